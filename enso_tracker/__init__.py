@@ -1,1 +1,53 @@
-"""enso-tracker."""
+"""enso-tracker: send usage events to Enso, exactly once, without slowing the caller.
+
+::
+
+    from enso_tracker import Tracker
+
+    tracker = Tracker(api_key="...")
+    tracker.track("ent_6CsgzAdRgTlzT_9O", "api_calls", 1)
+    tracker.shutdown()
+
+Or through the module-level default tracker::
+
+    import enso_tracker
+
+    enso_tracker.init(api_key="...")
+    enso_tracker.track("ent_6CsgzAdRgTlzT_9O", "api_calls", 1)
+"""
+
+from ._config import DEFAULT_BASE_URL, Config, OnDrop
+from ._default import flush, get_tracker, init, shutdown, stats, track
+from ._errors import (
+    ConfigurationError,
+    EnsoError,
+    InvalidEventError,
+    InvalidEventTypeError,
+    NotInitializedError,
+)
+from ._model import DropKind, DropReason, Event, Stats
+from ._tracker import Tracker
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Config",
+    "ConfigurationError",
+    "DropKind",
+    "DropReason",
+    "EnsoError",
+    "Event",
+    "InvalidEventError",
+    "InvalidEventTypeError",
+    "NotInitializedError",
+    "OnDrop",
+    "Stats",
+    "Tracker",
+    "__version__",
+    "flush",
+    "get_tracker",
+    "init",
+    "shutdown",
+    "stats",
+    "track",
+]

@@ -1,0 +1,67 @@
+"""Exceptions raised by enso-tracker.
+
+Only *programming* errors are raised, and only at the call site: bad arguments to
+``Tracker(...)`` or ``track()``. Delivery trouble (network, HTTP status, rejected
+records) is never raised into the caller's thread; it is counted in ``stats()`` and
+reported through the ``on_drop`` hook and the ``enso_tracker`` logger.
+
+::
+
+    EnsoError
+    ├── ConfigurationError(ValueError)     Tracker(...) / init() / from_env() arguments
+    ├── NotInitializedError(RuntimeError)  module-level track() before init()
+    └── InvalidEventError(ValueError)      track() argument with a bad value
+        └── InvalidEventTypeError(TypeError)   track() argument of the wrong type
+
+``InvalidEventError`` carries ``field`` (the argument name) and ``value`` (what was
+passed), so a caller can log or count rejections without parsing the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "EnsoError",
+    "InvalidEventError",
+    "InvalidEventTypeError",
+    "NotInitializedError",
+]
+
+_MAX_REPR = 80
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__} with failing repr>"
+    if len(text) > _MAX_REPR:
+        text = text[: _MAX_REPR - 3] + "..."
+    return text
+
+
+class EnsoError(Exception):
+    """Base class of every exception enso-tracker raises."""
+
+
+class ConfigurationError(EnsoError, ValueError):
+    """The tracker was configured with an invalid or contradictory option."""
+
+
+class NotInitializedError(EnsoError, RuntimeError):
+    """A module-level function was called before ``enso_tracker.init()``."""
+
+
+class InvalidEventError(EnsoError, ValueError):
+    """``track()`` got a value it will not send; nothing reached the queue."""
+
+    def __init__(self, field: str, value: Any, problem: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}={_short_repr(value)}: {problem}")
+
+
+class InvalidEventTypeError(InvalidEventError, TypeError):
+    """``track()`` got an argument of the wrong type."""

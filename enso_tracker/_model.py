@@ -1,0 +1,103 @@
+"""The public data model: what ``on_drop`` receives and what ``stats()`` returns."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ["DropKind", "DropReason", "Event", "Stats"]
+
+DropKind = Literal[
+    # accepted by track(), then never delivered:
+    "rejected",  # Enso refused it for good (a 4xx, or a per-record failure)
+    "too_large",  # alone in a batch and still refused with 413 / over max_batch_bytes
+    "retries_exhausted",  # max_retries or max_event_age ran out while Enso kept failing
+    "shutdown",  # still undelivered when shutdown()'s deadline passed
+    # refused by track() itself (it returned None):
+    "queue_full",  # max_queue_size or max_queue_bytes reached
+    "closed",  # track() after shutdown()
+]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One usage event as ``track()`` accepted it (timestamp already normalised)."""
+
+    event_id: str
+    entity: str
+    metric: str
+    value: int | float | Decimal
+    #: RFC 3339, UTC, milliseconds: ``2026-04-01T12:00:00.000Z``.
+    timestamp: str
+    metadata: dict[str, Any] | None = None
+    job_id: str | None = None
+
+
+class DropReason(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a group of events will never be delivered, in terms a person can act on."""
+
+    kind: DropKind
+    message: str
+    #: Enso's error code for a rejected record (``2002``, ``"27"``…), when it gave one.
+    code: int | str | None = None
+    #: The HTTP status (of the request, or the record's ``statusCode``), when there was one.
+    status: int | None = None
+
+    def __str__(self) -> str:
+        extra = []
+        if self.status is not None:
+            extra.append(f"status={self.status}")
+        if self.code is not None:
+            extra.append(f"code={self.code!r}")
+        suffix = f" ({', '.join(extra)})" if extra else ""
+        return f"{self.kind}: {self.message}{suffix}"
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    """A consistent snapshot of a tracker's counters, taken under its lock.
+
+    The books always balance: ``accepted == delivered + sum(dropped.values()) + pending``.
+    Events that ``track()`` refused (it returned ``None``) were never accepted and are
+    counted in ``refused`` instead.
+    """
+
+    #: Events ``track()`` returned an id for.
+    accepted: int
+    #: Events Enso acknowledged (absent from ``failedRecords`` of a 2xx answer).
+    delivered: int
+    #: Accepted events that will never be delivered, by :data:`DropKind`.
+    dropped: dict[str, int]
+    #: Events ``track()`` refused (``queue_full``, ``closed``).
+    refused: dict[str, int]
+    #: Times an event was put back to be sent again (one event may count many times).
+    retried: int
+    #: Accepted events waiting to be sent (new or retrying), and their estimated bytes.
+    queued: int
+    queued_bytes: int
+    #: Events in the request being sent right now.
+    in_flight: int
+    #: HTTP requests to /events/batch, and how many of them failed as a whole.
+    requests: int
+    failed_requests: int
+    #: Successful logins (client-credentials mode).
+    logins: int
+    #: Unexpected errors caught in the sender loop, and exceptions raised by ``on_drop``.
+    worker_errors: int
+    hook_errors: int
+    #: ``"ok"``, or ``"unauthorized"`` while Enso refuses the credentials.
+    auth_state: Literal["ok", "unauthorized"]
+    #: The last delivery problem, for humans (never holds a secret).
+    last_error: str | None
+    #: ``time.time()`` of the last 2xx answer from Enso.
+    last_success_at: float | None
+
+    @property
+    def pending(self) -> int:
+        """Accepted events not yet settled (queued or in flight)."""
+        return self.queued + self.in_flight
+
+    @property
+    def balanced(self) -> bool:
+        """Whether every accepted event is delivered, dropped with a reason, or pending."""
+        return self.accepted == self.delivered + sum(self.dropped.values()) + self.pending

@@ -1,0 +1,200 @@
+"""The sender: one HTTP request per batch, its answer classified into an :data:`Outcome`.
+
+The batching worker (``_tracker.py``) knows nothing of HTTP; this module knows nothing
+of queues. The boundary is :class:`Sender`, so tests and other transports can stand in.
+Classification follows ``shared/enso-api.md`` §10:
+
+===========================  ===============================================
+answer                       outcome
+===========================  ===============================================
+2xx, parseable               :class:`Answered` (per-record accounting)
+2xx, unparseable             :class:`Retry` (never counted as a success)
+408, 425, 429, 5xx, network  :class:`Retry` (``Retry-After`` honoured)
+413                          :class:`TooLarge` (the worker splits the batch)
+401                          re-login once and replay; then :class:`Unauthorized`
+403, other 4xx, 3xx          :class:`Rejected` (permanent)
+===========================  ===============================================
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from typing import Protocol
+
+import httpx
+import msgspec
+
+from ._auth import AuthFailure, Credentials
+from ._config import Config
+from ._version import __version__
+from ._wire import BatchAnswer, parse_batch_answer, parse_error_message
+
+__all__ = [
+    "Answered",
+    "HttpSender",
+    "Outcome",
+    "Rejected",
+    "Retry",
+    "Sender",
+    "TooLarge",
+    "Unauthorized",
+    "parse_retry_after",
+]
+
+USER_AGENT = f"enso-tracker-python/{__version__} httpx/{httpx.__version__}"
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+class Answered(msgspec.Struct, frozen=True):
+    answer: BatchAnswer
+
+
+class Retry(msgspec.Struct, frozen=True):
+    message: str
+    status: int | None = None
+    #: Seconds the server asked us to wait (already clamped), if it said.
+    retry_after: float | None = None
+
+
+class TooLarge(msgspec.Struct, frozen=True):
+    message: str
+
+
+class Unauthorized(msgspec.Struct, frozen=True):
+    message: str
+    status: int | None = None
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    message: str
+    status: int
+
+
+Outcome = Answered | Retry | TooLarge | Unauthorized | Rejected
+
+
+class Sender(Protocol):
+    """Delivers one encoded ``{"events": [...]}`` body and says what became of it."""
+
+    def send(self, body: bytes, timeout: float) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+    def after_fork(self) -> None:
+        """Forget connections inherited from the parent (called in the child)."""
+        ...
+
+    @property
+    def logins(self) -> int: ...
+
+
+def parse_retry_after(value: str | None, limit: float, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), limit)
+
+
+class HttpSender:
+    """:class:`Sender` over httpx, POSTing to ``{base_url}/events/batch``."""
+
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._config = config
+        self._credentials = credentials
+        self._transport = transport
+        self._url = config.base_url.rstrip("/") + "/events/batch"
+        self._client: httpx.Client | None = None
+
+    @property
+    def logins(self) -> int:
+        return self._credentials.logins
+
+    def _http(self) -> httpx.Client:
+        # Built on first use, on the sender thread: no I/O in __init__ or in a fork hook.
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=self._config.timeout,
+                verify=self._config.verify,
+                trust_env=self._config.trust_env,
+                transport=self._transport,
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=False,
+            )
+        return self._client
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def after_fork(self) -> None:
+        # The parent's sockets are shared with the child: never close them from here.
+        self._client = None
+
+    def send(self, body: bytes, timeout: float) -> Outcome:
+        client = self._http()
+        relogged = False
+        while True:
+            try:
+                authorization = self._credentials.authorization(client, timeout)
+            except AuthFailure as exc:
+                if exc.retryable:
+                    return Retry(str(exc), exc.status)
+                return Unauthorized(str(exc), exc.status)
+            try:
+                response = client.post(
+                    self._url,
+                    content=body,
+                    headers={"Authorization": authorization, "Content-Type": "application/json"},
+                    timeout=timeout,
+                )
+            except httpx.HTTPError as exc:
+                return Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            status = response.status_code
+            if status == 401 and not relogged and self._credentials.invalidate(authorization):
+                relogged = True  # one fresh login, then replay the very same body
+                continue
+            return self._classify(response)
+
+    def _classify(self, response: httpx.Response) -> Outcome:
+        status = response.status_code
+        if 200 <= status < 300:
+            answer = parse_batch_answer(response.content)
+            if answer is None:
+                snippet = parse_error_message(response.content, 120)
+                return Retry(f"HTTP {status} with an answer that is not a batch result: {snippet}")
+            return Answered(answer)
+        message = f"HTTP {status}: {parse_error_message(response.content)}"
+        if status in RETRYABLE_STATUS or status >= 500:
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), self._config.max_retry_after
+            )
+            return Retry(message, status, retry_after)
+        if status == 413:
+            return TooLarge(message)
+        if status == 401:
+            return Unauthorized(message, status)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "?")
+            return Rejected(f"{message} (redirect to {location}: check base_url)", status)
+        return Rejected(message, status)

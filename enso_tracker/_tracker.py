@@ -1,0 +1,1002 @@
+"""The tracker: a bounded in-memory queue fed by ``track()`` and one sender thread.
+
+Design, in the spirit of OpenTelemetry's BatchProcessor:
+
+* ``track()`` validates, stamps an ``eventId`` and appends a tuple to a deque under one
+  short lock. No I/O, no JSON of the batch, no allocation beyond the tuple.
+* One daemon thread (started lazily, restarted if found dead, re-created after fork)
+  forms batches by count, encoded bytes and time, hands each to a :class:`Sender`
+  and does the per-event accounting of the answer.
+* Every accepted event ends in exactly one of: delivered, dropped with a reason
+  (reported to ``on_drop``, counted, logged), or still pending. ``stats()`` shows the
+  books; they always balance.
+* All waiting (flush interval, backoff, ``Retry-After``) happens on the sender thread,
+  on an Event that ``flush()`` and ``shutdown()`` can cut short.
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import httpx
+import msgspec
+
+from ._auth import ApiKey, ClientCredentials, Credentials
+from ._config import Config
+from ._errors import ConfigurationError
+from ._model import DropKind, DropReason, Event, Stats
+from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, TooLarge
+from ._validate import (
+    MAX_EXACT_INT,
+    bad_id,
+    bad_name,
+    bad_value,
+    check_decimal,
+    encode_metadata,
+    timestamp_ms,
+)
+from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch
+
+__all__ = ["Tracker"]
+
+log = logging.getLogger("enso_tracker")
+
+# Layout of a queued event; a tuple because it is the cheapest thing to build in track().
+QueuedEvent = tuple[int, str, str, str, int | float | Decimal, int, bytes | None, str | None, int]
+_SEQ: Final = 0  # acceptance sequence number (== accepted count when it was queued)
+_ID: Final = 1
+_ENTITY: Final = 2
+_METRIC: Final = 3
+_VALUE: Final = 4
+_TS: Final = 5  # epoch milliseconds, UTC
+_META: Final = 6  # metadata, already JSON
+_JOB: Final = 7
+_SIZE: Final = 8  # estimated bytes, for max_queue_bytes
+
+#: Estimated bytes of one queued event beyond its strings (tuple, ints, JSON keys).
+_EVENT_OVERHEAD: Final = 200
+#: Per-record ``statusCode`` values worth another try (the rest are permanent).
+_RETRYABLE_RECORD_STATUS = frozenset({408, 425, 429})
+_LOG_EVERY: Final = 60.0
+_NO_SEQ: Final = 1 << 62
+
+
+class _Pending:
+    """An event the sender has taken from the queue: encoded once, retried as is."""
+
+    __slots__ = ("attempts", "body", "due", "first_sent", "item")
+
+    def __init__(self, item: QueuedEvent, body: bytes) -> None:
+        self.item = item
+        self.body = body
+        self.attempts = 0
+        self.first_sent = 0.0
+        self.due = 0.0
+
+    def __lt__(self, other: _Pending) -> bool:  # heap order: due time, then acceptance
+        return (self.due, self.item[_SEQ]) < (other.due, other.item[_SEQ])
+
+
+class _RateLimitedLog:
+    """At most one record per key per interval, with a count of what was held back."""
+
+    def __init__(self, interval: float = _LOG_EVERY) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        if held:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, held)
+        log.log(level, msg, *args)
+
+
+def _new_id_prefix() -> str:
+    # Random per process (and re-drawn in a forked child) + pid: unique across
+    # processes, machines and forks, while each id costs only a counter increment.
+    return f"evt_{random.getrandbits(48):012x}{os.getpid():x}_"
+
+
+_live: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+class Tracker:
+    """Collects usage events and delivers them to Enso in the background.
+
+    ``Tracker(api_key=...)`` or ``Tracker(client_key=..., client_secret=...)``; every
+    option of :class:`Config` may be passed as a keyword, or a whole ``config=``.
+    Thread-safe; fork-safe; usable as a context manager (``shutdown()`` on exit).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        client_key: str | None = None,
+        client_secret: str | None = None,
+        config: Config | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sender: Sender | None = None,
+        **options: Any,
+    ) -> None:
+        try:
+            cfg = (config or Config()).replace(**options) if options else (config or Config())
+        except TypeError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self._config = cfg
+        if sender is None:
+            sender = HttpSender(
+                cfg, _credentials(api_key, client_key, client_secret, cfg.base_url), transport
+            )
+        elif api_key is not None or client_key is not None or client_secret is not None:
+            raise ConfigurationError("pass credentials or a sender, not both")
+        self._sender = sender
+        self._encoder = EventEncoder()
+        self._metadata_encoder = msgspec.json.Encoder()
+        self._decode_metadata = msgspec.json.Decoder(dict[str, Any]).decode
+        self._on_drop = cfg.on_drop
+        self._logger = _RateLimitedLog()
+        # Hot-path copies of the bounds (attribute lookups on self are the cheapest).
+        self._max_name = cfg.max_name_length
+        self._max_id = cfg.max_id_length
+        self._max_queue = cfg.max_queue_size
+        self._max_queue_bytes = cfg.max_queue_bytes
+        self._batch_size = cfg.max_batch_size
+        self._byte_limit = cfg.max_batch_bytes
+        self._init_state()
+        self._closed = False  # shutdown() finished: nothing more is accepted or sent
+        _live.add(self)
+
+    def _init_state(self) -> None:
+        """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # an event settled (flush waits)
+        self._room = threading.Condition(self._lock)  # queue space freed ("block" policy)
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._id_prefix = _new_id_prefix()
+        self._seq = 0  # sequence number of the last accepted event == accepted count
+        self._queue: deque[QueuedEvent] = deque()
+        self._ready: deque[_Pending] = deque()  # encoded, to send before the queue
+        self._retry: list[_Pending] = []  # heap by due time
+        self._inflight: list[_Pending] = []
+        self._inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
+        self._outstanding = 0  # events in queue + ready + retry + in flight
+        self._outstanding_bytes = 0
+        self._batch_clock: float | None = None  # when the oldest queued event was seen
+        self._gate_until = 0.0  # request-level backoff: nothing is sent before it
+        self._failures = 0  # consecutive failed requests
+        self._flush_waiters = 0
+        self._stopping = False
+        self._deadline = math.inf
+        self._delivered = 0
+        self._dropped: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
+        self._retried = 0
+        self._requests = 0
+        self._failed_requests = 0
+        self._worker_errors = 0
+        self._hook_errors = 0
+        self._auth_state: Literal["ok", "unauthorized"] = "ok"
+        self._last_error: str | None = None
+        self._last_success_at: float | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Tracker:
+        """A tracker configured from ``ENSO_API_KEY`` or ``ENSO_CLIENT_KEY`` +
+        ``ENSO_CLIENT_SECRET``, and ``ENSO_BASE_URL``; keywords override the environment."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for var, name in (
+            ("ENSO_API_KEY", "api_key"),
+            ("ENSO_CLIENT_KEY", "client_key"),
+            ("ENSO_CLIENT_SECRET", "client_secret"),
+            ("ENSO_BASE_URL", "base_url"),
+        ):
+            if env.get(var):
+                kwargs[name] = env[var]
+        kwargs.update(options)
+        return cls(**kwargs)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "stopping" if self._stopping else "open"
+        return f"<Tracker {state} base_url={self._config.base_url!r} pending={self._outstanding}>"
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def track(
+        self,
+        entity: str,
+        metric: str,
+        value: int | float | Decimal,
+        *,
+        timestamp: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        job_id: str | None = None,
+    ) -> str | None:
+        """Queue one usage event; return its ``eventId``, or ``None`` if it was refused.
+
+        ``entity`` is the customer entity (Enso id or a unique attribute value), sent as
+        ``CustomerEntityId``. ``timestamp`` defaults to now; it may be a tz-aware
+        ``datetime`` or an RFC 3339 string with an offset. Bad arguments raise
+        :class:`~enso_tracker.InvalidEventError` here; delivery problems never raise.
+        """
+        # Fast checks inline; the bad_* helpers say precisely what is wrong.
+        if type(entity) is not str or not entity or len(entity) > self._max_name:
+            entity = self._slow_name("entity", entity)
+        if type(metric) is not str or not metric or len(metric) > self._max_name:
+            metric = self._slow_name("metric", metric)
+        kind = type(value)
+        if kind is int:
+            if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                bad_value(value)
+        elif kind is float:
+            if value - value != 0:  # type: ignore[operator]  # NaN/±inf; cheaper than isfinite
+                bad_value(value)
+        else:
+            value = _slow_value(value)
+        ts = time.time_ns() // 1_000_000 if timestamp is None else timestamp_ms(timestamp)
+        meta = None
+        size = _EVENT_OVERHEAD + len(entity) + len(metric)
+        if metadata is not None:
+            meta = encode_metadata(
+                metadata, self._metadata_encoder, self._config.max_metadata_bytes
+            )
+            size += len(meta)
+        if event_id is not None:
+            if type(event_id) is not str or not _is_id(event_id, self._max_id):
+                bad_id("event_id", event_id, self._max_id)
+            size += len(event_id)
+        if job_id is not None:
+            if type(job_id) is not str or not _is_id(job_id, self._max_id):
+                bad_id("job_id", job_id, self._max_id)
+            size += 2 * len(job_id)
+        if self._pid != os.getpid():
+            self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
+        with self._lock:
+            if (
+                self._outstanding >= self._max_queue
+                or self._outstanding_bytes + size > self._max_queue_bytes
+                or self._closed
+                or self._stopping
+            ):
+                refusal = self._refuse_locked(size)
+                if refusal is not None:
+                    self._report_refusal(refusal, event_id, entity, metric, value, ts, meta, job_id)
+                    return None
+            seq = self._seq = self._seq + 1
+            if event_id is None:
+                event_id = f"{self._id_prefix}{seq:x}"
+            self._queue.append((seq, event_id, entity, metric, value, ts, meta, job_id, size))
+            self._outstanding += 1
+            self._outstanding_bytes += size
+            n = len(self._queue)
+        if n == 1 or n % self._batch_size == 0:
+            # The queue just became non-empty, or a batch just filled up: wake the sender
+            # (and make sure it lives). Other calls skip this and its Event.set() cost.
+            self._kick()
+        return event_id
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything accepted so far, without waiting for ``flush_interval``.
+
+        Returns True once every event accepted before the call is delivered or dropped
+        (see ``stats()``/``on_drop`` for which), False if ``timeout`` (default:
+        ``shutdown_timeout``) passed first. Never raises for delivery reasons.
+        """
+        deadline = time.monotonic() + self._timeout(timeout)
+        with self._lock:
+            target = self._seq
+            if self._min_unsettled_locked() > target:
+                return True
+            self._flush_waiters += 1
+        try:
+            self._kick()
+            with self._settled:
+                while self._min_unsettled_locked() <= target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._settled.wait(remaining)
+                return True
+        finally:
+            with self._lock:
+                self._flush_waiters -= 1
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting, deliver what can be within ``timeout``, stop the thread.
+
+        What is still undelivered at the deadline is dropped with reason ``shutdown``
+        (reported to ``on_drop`` and logged). Returns True when nothing was dropped.
+        Idempotent; after it, ``track()`` refuses events (reason ``closed``).
+        """
+        deadline = time.monotonic() + self._timeout(timeout)
+        self._begin_shutdown(deadline)
+        return self._finish_shutdown(deadline)
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`)."""
+        with self._lock:
+            return Stats(
+                accepted=self._seq,
+                delivered=self._delivered,
+                dropped=dict(self._dropped),
+                refused=dict(self._refused),
+                retried=self._retried,
+                queued=self._outstanding - len(self._inflight) - len(self._inflight_raw),
+                queued_bytes=self._outstanding_bytes
+                - sum(p.item[_SIZE] for p in self._inflight)
+                - sum(item[_SIZE] for item in self._inflight_raw),
+                in_flight=len(self._inflight) + len(self._inflight_raw),
+                requests=self._requests,
+                failed_requests=self._failed_requests,
+                logins=self._sender.logins,
+                worker_errors=self._worker_errors,
+                hook_errors=self._hook_errors,
+                auth_state=self._auth_state,
+                last_error=self._last_error,
+                last_success_at=self._last_success_at,
+            )
+
+    # ------------------------------------------------------------- track() helpers
+
+    def _slow_name(self, field: str, value: object) -> str:
+        # str subclasses (enums, markup strings…) are accepted as their plain str value.
+        if isinstance(value, str) and type(value) is not str:
+            value = str(value)
+            if value and len(value) <= self._max_name and not value.isspace():
+                return value
+        if isinstance(value, str) and value and len(value) <= self._max_name:
+            if value.isspace():
+                bad_name(field, value, self._max_name)
+            return value  # pragma: no cover - the fast check already passed it
+        bad_name(field, value, self._max_name)
+
+    def _refuse_locked(self, size: int) -> DropReason | None:
+        """Why the event cannot be queued, or None if room was made (``block`` policy)."""
+        if self._closed or self._stopping:
+            return self._count_refusal("closed", "track() after shutdown()")
+        cfg = self._config
+        if cfg.queue_full_policy == "block" and threading.current_thread() is not self._thread:
+            deadline = time.monotonic() + cfg.block_timeout
+            while self._is_full_locked(size) and not (self._closed or self._stopping):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._room.wait(remaining)
+            if not self._is_full_locked(size) and not (self._closed or self._stopping):
+                return None
+            if self._closed or self._stopping:
+                return self._count_refusal("closed", "track() after shutdown()")
+        return self._count_refusal(
+            "queue_full",
+            f"queue full ({self._outstanding} events, ~{self._outstanding_bytes} bytes; "
+            f"max_queue_size={cfg.max_queue_size}, max_queue_bytes={cfg.max_queue_bytes})",
+        )
+
+    def _is_full_locked(self, size: int) -> bool:
+        return (
+            self._outstanding >= self._max_queue
+            or self._outstanding_bytes + size > self._max_queue_bytes
+        )
+
+    def _count_refusal(self, kind: DropKind, message: str) -> DropReason:
+        self._refused[kind] = self._refused.get(kind, 0) + 1
+        return DropReason(kind=kind, message=message)
+
+    def _report_refusal(
+        self,
+        reason: DropReason,
+        event_id: str | None,
+        entity: str,
+        metric: str,
+        value: int | float | Decimal,
+        ts: int,
+        meta: bytes | None,
+        job_id: str | None,
+    ) -> None:
+        item: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
+        self._report([(self._public_events([item]), reason)])
+
+    def _kick(self) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start_worker()
+        self._wake.set()
+
+    def _start_worker(self) -> None:
+        with self._start_lock:
+            thread = self._thread
+            if (thread is not None and thread.is_alive()) or self._closed:
+                return
+            if thread is not None:
+                self._logger(logging.ERROR, "dead", "enso-tracker sender thread died; restarting")
+            thread = threading.Thread(
+                target=_run_worker, args=(self,), name="enso-tracker-sender", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # e.g. at interpreter shutdown
+                self._logger(logging.ERROR, "start", "cannot start the sender thread: %s", exc)
+                return
+            self._thread = thread
+
+    @staticmethod
+    def _timeout(timeout: float | None) -> float:
+        return timeout if timeout is not None and timeout >= 0 else 0.0
+
+    # ----------------------------------------------------------- the sender thread
+
+    def _min_unsettled_locked(self) -> int:
+        low = self._queue[0][_SEQ] if self._queue else _NO_SEQ
+        for group in (self._ready, self._retry, self._inflight):
+            for p in group:
+                seq = p.item[_SEQ]
+                if seq < low:
+                    low = seq
+        for item in self._inflight_raw:
+            low = min(low, item[_SEQ])
+        return low
+
+    def _step(self) -> bool:
+        """One round of the sender loop; False when the tracker is closed."""
+        self._wake.clear()
+        with self._lock:
+            if self._closed:
+                return False
+            now = time.monotonic()
+            taken, wait = self._plan_locked(now)
+        if not taken:
+            self._wake.wait(wait)
+            return True
+        self._send(taken)
+        return True
+
+    def _plan_locked(self, now: float) -> tuple[list[_Pending | QueuedEvent], float | None]:
+        """What to send now (ready retries first, then the queue), or how long to sleep."""
+        stopping = self._stopping
+        if now < self._gate_until:
+            return [], self._gate_until - now
+        retry = self._retry
+        while retry and retry[0].due <= now:
+            self._ready.append(heapq.heappop(retry))
+        queue = self._queue
+        if queue and self._batch_clock is None:
+            self._batch_clock = now
+        queue_due = bool(queue) and (
+            len(queue) + len(self._ready) >= self._batch_size
+            or stopping
+            or self._flush_waiters > 0
+            or now - (self._batch_clock or now) >= self._config.flush_interval
+        )
+        if not self._ready and not queue_due:
+            waits = []
+            if queue and self._batch_clock is not None:
+                waits.append(self._batch_clock + self._config.flush_interval - now)
+            if retry:
+                waits.append(retry[0].due - now)
+            return [], (max(min(waits), 0.0) if waits else None)
+        taken: list[_Pending | QueuedEvent] = []
+        room = self._batch_size
+        while self._ready and room:
+            taken.append(self._ready.popleft())
+            room -= 1
+        if queue_due:
+            while queue and room:
+                taken.append(queue.popleft())
+                room -= 1
+            if not queue:
+                self._batch_clock = None
+        self._inflight = [p for p in taken if isinstance(p, _Pending)]
+        # Raw queue items become _Pending in _send; count them in flight from now on.
+        self._inflight_raw = [q for q in taken if not isinstance(q, _Pending)]
+        return taken, 0.0
+
+    def _encode(self, item: QueuedEvent) -> bytes:
+        return self._encoder.encode(*item[_ID:_SIZE])
+
+    def _send(self, taken: list[_Pending | QueuedEvent]) -> None:
+        # Encode outside the lock: only this thread touches these objects now.
+        batch: list[_Pending] = []
+        leftover: list[_Pending] = []
+        too_large: list[_Pending] = []
+        size = BODY_OVERHEAD
+        hard_limit = self._config.max_batch_bytes
+        for entry in taken:
+            p = entry if isinstance(entry, _Pending) else _Pending(entry, self._encode(entry))
+            need = len(p.body) + (1 if batch else 0)
+            if leftover or (batch and size + need > self._byte_limit):
+                leftover.append(p)
+            elif BODY_OVERHEAD + len(p.body) > hard_limit:
+                too_large.append(p)
+            else:
+                batch.append(p)
+                size += need
+        now = time.monotonic()
+        reports: list[tuple[list[Event], DropReason]] = []
+        with self._lock:
+            if self._closed:
+                return
+            self._inflight = batch
+            self._inflight_raw = []
+            for p in reversed(leftover):
+                self._ready.appendleft(p)
+            if too_large:
+                self._drop_locked(
+                    too_large,
+                    DropReason(
+                        kind="too_large",
+                        message=f"event alone is larger than max_batch_bytes={hard_limit}",
+                    ),
+                    reports,
+                )
+            deadline = self._deadline
+        self._report(reports)
+        if not batch:
+            return
+        for p in batch:
+            p.attempts += 1
+            if p.first_sent == 0.0:
+                p.first_sent = now
+        timeout = self._config.timeout
+        if deadline != math.inf:
+            timeout = max(min(timeout, deadline - now), 0.05)
+        try:
+            outcome = self._sender.send(join_batch([p.body for p in batch]), timeout)
+        except Exception as exc:  # a bug in a sender must not lose the batch
+            self._logger(logging.ERROR, "sender", "sender raised; will retry: %r", exc)
+            with self._lock:
+                self._worker_errors += 1
+            outcome = Retry(f"sender raised {type(exc).__name__}: {exc}")
+        self._settle(batch, outcome)
+
+    def _settle(self, batch: list[_Pending], outcome: Outcome) -> None:
+        reports: list[tuple[list[Event], DropReason]] = []
+        now = time.monotonic()
+        with self._lock:
+            self._inflight = []
+            if self._closed:
+                return  # shutdown() already reported these as dropped at its deadline
+            self._requests += 1
+            if isinstance(outcome, Answered):
+                self._settle_answer_locked(batch, outcome, now, reports)
+            else:
+                self._failed_requests += 1
+                self._failures += 1
+                self._last_error = outcome.message
+                if isinstance(outcome, Retry):
+                    self._auth_state = "ok" if outcome.status != 401 else self._auth_state
+                    self._backoff_locked(batch, now, outcome.retry_after, reports)
+                    self._logger(
+                        logging.WARNING,
+                        "retry",
+                        "Enso request failed, will retry %d events: %s",
+                        len(batch),
+                        outcome.message,
+                    )
+                elif isinstance(outcome, TooLarge):
+                    self._split_locked(batch, reports, outcome.message)
+                elif isinstance(outcome, Rejected):
+                    self._drop_locked(
+                        batch,
+                        DropReason(kind="rejected", message=outcome.message, status=outcome.status),
+                        reports,
+                    )
+                else:  # Unauthorized: keep the events while their budget lasts
+                    if self._auth_state != "unauthorized":
+                        log.error(
+                            "Enso refuses the credentials; events stay queued and are "
+                            "retried with backoff: %s",
+                            outcome.message,
+                        )
+                    self._auth_state = "unauthorized"
+                    self._backoff_locked(batch, now, None, reports)
+            self._settled.notify_all()
+            self._room.notify_all()
+        self._report(reports)
+
+    def _settle_answer_locked(
+        self,
+        batch: list[_Pending],
+        outcome: Answered,
+        now: float,
+        reports: list[tuple[list[Event], DropReason]],
+    ) -> None:
+        answer = outcome.answer
+        self._failures = 0
+        self._auth_state = "ok"
+        self._last_success_at = time.time()
+        n = len(batch)
+        failed: dict[int, FailedRecord] = {}
+        for record in answer.failed:
+            if 0 <= record.index < n:
+                failed[record.index] = record
+            else:
+                self._logger(
+                    logging.WARNING,
+                    "index",
+                    "Enso reported a failure at index %r of a %d-event batch; ignored",
+                    record.index,
+                    n,
+                )
+        if answer.summary_total is not None and answer.summary_total != n:
+            self._logger(
+                logging.WARNING,
+                "total",
+                "Enso's summary counts %d events for a batch of %d",
+                answer.summary_total,
+                n,
+            )
+        # If Enso says more failed than it listed, we cannot tell which: resend the
+        # unlisted ones too (same eventIds, so Enso's dedup makes this safe).
+        unsure = answer.summary_failed is not None and answer.summary_failed > len(failed)
+        if unsure:
+            self._last_error = (
+                f"Enso counted {answer.summary_failed} failures but listed {len(failed)}"
+            )
+        delivered = 0
+        retry: list[_Pending] = []
+        rejected: dict[tuple[Any, Any, str], list[_Pending]] = {}
+        for i, p in enumerate(batch):
+            failure = failed.get(i)
+            if failure is None:
+                if unsure:
+                    retry.append(p)
+                else:
+                    delivered += 1
+                    self._forget_locked(p)
+                continue
+            status = failure.status
+            if status is not None and (status >= 500 or status in _RETRYABLE_RECORD_STATUS):
+                retry.append(p)
+            else:
+                key = (failure.code, status, failure.error or "rejected by Enso")
+                rejected.setdefault(key, []).append(p)
+        self._delivered += delivered
+        for (code, status, message), group in rejected.items():
+            self._drop_locked(
+                group,
+                DropReason(kind="rejected", message=message, code=code, status=status),
+                reports,
+            )
+        if retry:
+            self._last_error = self._last_error or "per-record failures"
+            for p in retry:
+                self._schedule_locked(p, now + self._jitter(p.attempts), now, reports)
+
+    def _jitter(self, attempt: int) -> float:
+        cfg = self._config
+        return random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** min(attempt, 60)))
+
+    def _backoff_locked(
+        self,
+        batch: list[_Pending],
+        now: float,
+        retry_after: float | None,
+        reports: list[tuple[list[Event], DropReason]],
+    ) -> None:
+        delay = self._jitter(self._failures) if retry_after is None else retry_after
+        self._gate_until = now + delay
+        keep = [p for p in batch if self._within_budget_locked(p, now, reports)]
+        for p in reversed(keep):
+            self._ready.appendleft(p)
+        self._retried += len(keep)
+
+    def _schedule_locked(
+        self, p: _Pending, due: float, now: float, reports: list[tuple[list[Event], DropReason]]
+    ) -> None:
+        if self._within_budget_locked(p, now, reports):
+            p.due = due
+            heapq.heappush(self._retry, p)
+            self._retried += 1
+
+    def _within_budget_locked(
+        self, p: _Pending, now: float, reports: list[tuple[list[Event], DropReason]]
+    ) -> bool:
+        cfg = self._config
+        if p.attempts > cfg.max_retries or now - p.first_sent > cfg.max_event_age:
+            self._drop_locked(
+                [p],
+                DropReason(
+                    kind="retries_exhausted",
+                    message=f"gave up after {p.attempts} attempts over "
+                    f"{now - p.first_sent:.1f} s; last error: {self._last_error}",
+                ),
+                reports,
+            )
+            return False
+        return True
+
+    def _split_locked(
+        self, batch: list[_Pending], reports: list[tuple[list[Event], DropReason]], message: str
+    ) -> None:
+        if len(batch) == 1:
+            self._drop_locked(
+                batch, DropReason(kind="too_large", message=message, status=413), reports
+            )
+            return
+        # Enso's size limit is undocumented: learn it. Later batches stay at half this
+        # body's size; a lone event above that is still tried on its own.
+        body = BODY_OVERHEAD + sum(len(p.body) + 1 for p in batch) - 1
+        self._byte_limit = max(BODY_OVERHEAD + 2, min(self._byte_limit, body // 2))
+        for p in batch:
+            p.attempts -= 1  # a split is not a failed attempt of the event
+        for p in reversed(batch):
+            self._ready.appendleft(p)
+        self._logger(
+            logging.WARNING,
+            "413",
+            "Enso answered 413 to a %d-byte batch; batches are now cut at %d bytes",
+            body,
+            self._byte_limit,
+        )
+
+    def _forget_locked(self, p: _Pending) -> None:
+        self._outstanding -= 1
+        self._outstanding_bytes -= p.item[_SIZE]
+
+    def _drop_locked(
+        self,
+        group: Iterable[_Pending],
+        reason: DropReason,
+        reports: list[tuple[list[Event], DropReason]],
+    ) -> None:
+        items = [p.item for p in group]
+        for item in items:
+            self._outstanding -= 1
+            self._outstanding_bytes -= item[_SIZE]
+        self._dropped[reason.kind] = self._dropped.get(reason.kind, 0) + len(items)
+        self._last_error = str(reason)
+        reports.append((self._public_events(items), reason))
+
+    def _public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
+        return [
+            Event(
+                event_id=item[_ID],
+                entity=item[_ENTITY],
+                metric=item[_METRIC],
+                value=item[_VALUE],
+                timestamp=self._encoder.timestamp(item[_TS]),
+                metadata=None if item[_META] is None else self._decode_metadata(item[_META]),
+                job_id=item[_JOB],
+            )
+            for item in items
+        ]
+
+    def _report(self, reports: list[tuple[list[Event], DropReason]]) -> None:
+        """Log and hand drops to ``on_drop``; never under the lock, never raising."""
+        for events, reason in reports:
+            self._logger(
+                logging.WARNING if reason.kind in ("queue_full", "closed") else logging.ERROR,
+                f"drop:{reason.kind}",
+                "enso-tracker dropped %d event(s): %s",
+                len(events),
+                reason,
+            )
+            hook = self._on_drop
+            if hook is None:
+                continue
+            try:
+                hook(events, reason)
+            except Exception as exc:
+                with self._lock:
+                    self._hook_errors += 1
+                self._logger(logging.ERROR, "hook", "on_drop raised %r; ignored", exc)
+
+    # ------------------------------------------------------------ shutdown & fork
+
+    def _begin_shutdown(self, deadline: float) -> None:
+        with self._lock:
+            if self._closed or self._stopping:
+                return
+            self._stopping = True
+            self._deadline = deadline
+            # Cut every backoff short: one more prompt try for everything that is left.
+            self._gate_until = 0.0
+            for p in self._retry:
+                p.due = 0.0
+            self._room.notify_all()  # blocked track() calls give up now
+            pending = self._outstanding
+        if pending:
+            self._kick()
+        else:
+            self._wake.set()
+
+    def _finish_shutdown(self, deadline: float) -> bool:
+        with self._settled:
+            while self._outstanding and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if self._thread is None or not self._thread.is_alive():
+                    break  # no sender to wait for (e.g. it could not start at exit)
+                self._settled.wait(remaining)
+            if self._closed:
+                return not self._dropped.get("shutdown")
+            self._closed = True
+            reports: list[tuple[list[Event], DropReason]] = []
+            left: list[_Pending] = [
+                *self._ready,
+                *self._retry,
+                *self._inflight,
+                *(_Pending(q, b"") for q in self._inflight_raw),
+                *(_Pending(q, b"") for q in self._queue),
+            ]
+            self._ready.clear()
+            self._retry.clear()
+            self._inflight = []
+            self._inflight_raw = []
+            self._queue.clear()
+            if left:
+                self._drop_locked(
+                    left,
+                    DropReason(
+                        kind="shutdown",
+                        message="not delivered before the shutdown deadline "
+                        f"(last error: {self._last_error}); events in flight may still "
+                        "have reached Enso, and resending them is safe (same eventIds)",
+                    ),
+                    reports,
+                )
+            self._settled.notify_all()
+            self._room.notify_all()
+            delivered, dropped = self._delivered, dict(self._dropped)
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        # Closing the client also aborts a request still hanging past the deadline.
+        try:
+            self._sender.close()
+        except Exception as exc:
+            self._logger(logging.ERROR, "close", "closing the HTTP client failed: %r", exc)
+        self._report(reports)
+        _live.discard(self)
+        lost = sum(dropped.values())
+        log.log(
+            logging.WARNING if left else logging.INFO,
+            "enso-tracker shut down: %d delivered, %d dropped%s",
+            delivered,
+            lost,
+            f" {dropped}" if lost else "",
+        )
+        return not left
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still owns (and will deliver) every event it had queued: the child
+        # starts with empty books, fresh locks and no thread or connection.
+        closed = self._closed
+        self._init_state()
+        self._closed = closed
+        self._sender.after_fork()
+
+
+def _credentials(
+    api_key: str | None, client_key: str | None, client_secret: str | None, base_url: str
+) -> Credentials:
+    for name, value in (
+        ("api_key", api_key),
+        ("client_key", client_key),
+        ("client_secret", client_secret),
+    ):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigurationError(f"{name} must be a non-empty string")  # value not shown
+    if api_key is not None:
+        if client_key is not None or client_secret is not None:
+            raise ConfigurationError("pass either api_key or client_key + client_secret, not both")
+        return ApiKey(api_key)
+    if client_key is not None and client_secret is not None:
+        return ClientCredentials(client_key, client_secret, base_url)
+    if client_key is not None or client_secret is not None:
+        raise ConfigurationError("client_key and client_secret go together; one is missing")
+    raise ConfigurationError(
+        "no credentials: pass api_key=..., or client_key=... and client_secret=... "
+        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env())"
+    )
+
+
+def _is_id(value: str, max_length: int) -> bool:
+    return (
+        0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+        and (" " not in value)
+    )
+
+
+def _slow_value(value: object) -> int | float | Decimal:
+    if isinstance(value, Decimal):
+        return check_decimal(value)
+    if isinstance(value, bool):
+        bad_value(value)
+    if isinstance(value, int):  # int subclasses (IntEnum…) go out as plain ints
+        plain = int(value)
+        if -MAX_EXACT_INT <= plain <= MAX_EXACT_INT:
+            return plain
+    elif isinstance(value, float):  # float subclasses (numpy.float64…) as plain floats
+        plain_f = float(value)
+        if math.isfinite(plain_f):
+            return plain_f
+    bad_value(value)
+
+
+def _run_worker(tracker: Tracker) -> None:
+    """The sender thread. Catches everything: it must never die silently."""
+    while True:
+        try:
+            if not tracker._step():
+                return
+        except Exception as exc:
+            with tracker._lock:
+                tracker._worker_errors += 1
+                tracker._last_error = f"internal error: {exc!r}"
+            tracker._logger(
+                logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %r", exc
+            )
+            tracker._wake.wait(tracker._config.backoff_base)  # no hot spin on a bug
+        except BaseException:
+            # Interpreter teardown or a KeyboardInterrupt aimed at this thread: record
+            # it so the next track() knows to start a fresh thread.
+            log.exception("enso-tracker sender thread stopped")
+            raise
+
+
+@atexit.register
+def _shutdown_all_at_exit() -> None:
+    trackers = list(_live)
+    now = time.monotonic()
+    deadlines = [now + t.config.shutdown_timeout for t in trackers]
+    for t, deadline in zip(trackers, deadlines, strict=True):
+        t._begin_shutdown(deadline)
+    for t, deadline in zip(trackers, deadlines, strict=True):
+        try:
+            t._finish_shutdown(deadline)
+        except Exception:  # pragma: no cover - must not break other atexit hooks
+            log.exception("enso-tracker shutdown at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for t in list(_live):
+        t._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

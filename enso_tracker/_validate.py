@@ -1,0 +1,176 @@
+"""Call-site validation for ``track()``.
+
+The fast checks live inline in ``Tracker.track``; when one fails, the functions here
+work out exactly what is wrong and raise an error that names the field and the value.
+They also hold the slower conversions (timestamps, metadata) that only run when the
+caller passes those arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import msgspec
+
+from ._errors import InvalidEventError, InvalidEventTypeError
+
+__all__ = [
+    "MAX_EXACT_INT",
+    "bad_id",
+    "bad_name",
+    "bad_value",
+    "check_decimal",
+    "encode_metadata",
+    "format_ms",
+    "timestamp_ms",
+]
+
+#: Enso's server is JavaScript (its invalid dates render as ``NaN``), where integers
+#: beyond 2**53 silently lose precision: refuse them rather than bill a rounded value.
+MAX_EXACT_INT = 2**53 - 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MIN_MS = 0  # 1970-01-01: nothing billable happened before the epoch
+_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // _MS
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
+)
+_MAX_DEPTH = 32
+
+
+def bad_name(field: str, value: object, max_length: int) -> NoReturn:
+    if not isinstance(value, str):
+        raise InvalidEventTypeError(field, value, f"must be a str, not {type(value).__name__}")
+    if not value or value.isspace():
+        raise InvalidEventError(field, value, "must be a non-empty string")
+    if len(value) > max_length:
+        raise InvalidEventError(field, value, f"longer than {max_length} characters")
+    raise InvalidEventError(field, value, "invalid")  # pragma: no cover - callers pre-check
+
+
+def bad_id(field: str, value: object, max_length: int) -> NoReturn:
+    if not isinstance(value, str):
+        raise InvalidEventTypeError(field, value, f"must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidEventError(field, value, "must be a non-empty string")
+    if len(value) > max_length:
+        raise InvalidEventError(field, value, f"longer than {max_length} characters")
+    raise InvalidEventError(field, value, "must be printable ASCII without spaces")
+
+
+def bad_value(value: object) -> NoReturn:
+    if isinstance(value, bool) or value is None:
+        raise InvalidEventTypeError(
+            "value", value, "must be an int, float or Decimal (bool and None are not numbers)"
+        )
+    if isinstance(value, int):
+        raise InvalidEventError(
+            "value", value, f"integer beyond ±{MAX_EXACT_INT} would lose precision in Enso"
+        )
+    if isinstance(value, float):
+        raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
+    raise InvalidEventTypeError(
+        "value", value, f"must be an int, float or Decimal, not {type(value).__name__}"
+    )
+
+
+def check_decimal(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
+    return value
+
+
+def timestamp_ms(value: object) -> int:
+    """Epoch milliseconds (UTC) of a tz-aware datetime or an RFC 3339 string with offset."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidEventError(
+                "timestamp",
+                value,
+                "naive datetime (no timezone); pass an aware one, e.g. "
+                "datetime.now(timezone.utc) or dt.replace(tzinfo=timezone.utc)",
+            )
+        ms = (value - _EPOCH) // _MS
+    elif isinstance(value, str):
+        if not _RFC3339.match(value):
+            raise InvalidEventError(
+                "timestamp",
+                value,
+                "not an RFC 3339 date-time with a timezone, e.g. '2026-04-01T12:00:00Z' "
+                "or '2026-04-01T12:00:00.250+02:00'",
+            )
+        text = value.upper().replace(" ", "T")
+        if "." in text:  # datetime wants at most 6 fractional digits; Enso keeps 3
+            head, _, rest = text.partition(".")
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise InvalidEventError("timestamp", value, f"not a valid date-time: {exc}") from None
+        ms = (parsed - _EPOCH) // _MS
+    else:
+        raise InvalidEventTypeError(
+            "timestamp",
+            value,
+            f"must be a timezone-aware datetime or an RFC 3339 string, not {type(value).__name__}",
+        )
+    if not _MIN_MS <= ms <= _MAX_MS:
+        raise InvalidEventError("timestamp", value, "must be between 1970 and 9999 (UTC)")
+    return ms
+
+
+def format_ms(ms: int) -> str:
+    """``2026-04-01T12:00:00.000Z`` for epoch milliseconds."""
+    seconds, millis = divmod(ms, 1000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
+    )
+
+
+def _walk(value: Any, depth: int) -> None:
+    """Refuse what msgspec would silently turn into ``null`` or coerce (NaN, int keys)."""
+    if depth > _MAX_DEPTH:
+        raise InvalidEventError("metadata", value, f"nested deeper than {_MAX_DEPTH} levels")
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise InvalidEventError("metadata", value, "holds a NaN or infinite float")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEventTypeError(
+                    "metadata", key, f"keys must be str, not {type(key).__name__}"
+                )
+            _walk(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _walk(item, depth + 1)
+
+
+def encode_metadata(metadata: object, encoder: msgspec.json.Encoder, max_bytes: int) -> bytes:
+    """The JSON of ``metadata``, a snapshot taken now (later mutations are not sent)."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidEventTypeError(
+            "metadata", metadata, f"must be a mapping, not {type(metadata).__name__}"
+        )
+    _walk(metadata, 0)
+    try:
+        raw = encoder.encode(metadata if type(metadata) is dict else dict(metadata))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidEventTypeError(
+            "metadata", metadata, f"cannot be encoded as JSON: {exc}"
+        ) from None
+    if len(raw) > max_bytes:
+        raise InvalidEventError(
+            "metadata", metadata, f"is {len(raw)} bytes as JSON, more than {max_bytes}"
+        )
+    return raw
