@@ -261,9 +261,19 @@ class Tracker:
         :class:`~enso_tracker.InvalidEventError` here; delivery problems never raise.
         """
         # Fast checks inline; the bad_* helpers say precisely what is wrong.
-        if type(entity) is not str or not entity or len(entity) > self._max_name:
+        if (
+            type(entity) is not str
+            or not entity
+            or len(entity) > self._max_name
+            or entity.isspace()
+        ):
             entity = self._slow_name("entity", entity)
-        if type(metric) is not str or not metric or len(metric) > self._max_name:
+        if (
+            type(metric) is not str
+            or not metric
+            or len(metric) > self._max_name
+            or metric.isspace()
+        ):
             metric = self._slow_name("metric", metric)
         kind = type(value)
         if kind is int:

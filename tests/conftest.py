@@ -1,0 +1,86 @@
+"""Shared fixtures: a real FakeEnso on loopback and trackers that are always shut down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from enso_tracker import DropReason, Event, Tracker
+from enso_tracker.testing import FakeEnso
+
+API_KEY = "test-api-key"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition the test cannot be notified of, with a deadline (no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(0.005)
+    return True
+
+
+class DropLog:
+    """An ``on_drop`` hook that records what it was given."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[tuple[list[Event], DropReason]] = []
+
+    def __call__(self, events: Sequence[Event], reason: DropReason) -> None:
+        with self._lock:
+            self.calls.append((list(events), reason))
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        with self._lock:
+            return [e for es, r in self.calls for e in es if kind is None or r.kind == kind]
+
+    def reasons(self) -> dict[str, DropReason]:
+        with self._lock:
+            return {e.event_id: r for es, r in self.calls for e in es}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeEnso]:
+    with FakeEnso() as server:
+        yield server
+
+
+@pytest.fixture
+def drops() -> DropLog:
+    return DropLog()
+
+
+TrackerFactory = Callable[..., Tracker]
+
+
+@pytest.fixture
+def make_tracker(fake: FakeEnso, drops: DropLog) -> Iterator[TrackerFactory]:
+    """Trackers pointed at the fake, with fast backoff, shut down after the test."""
+    made: list[Tracker] = []
+
+    def make(**options: Any) -> Tracker:
+        options.setdefault("api_key", API_KEY)
+        options.setdefault("base_url", fake.url)
+        options.setdefault("on_drop", drops)
+        options.setdefault("backoff_base", 0.01)
+        options.setdefault("backoff_max", 0.2)
+        options.setdefault("flush_interval", 0.05)
+        tracker = Tracker(**options)
+        made.append(tracker)
+        return tracker
+
+    yield make
+    for tracker in made:
+        tracker.shutdown(2.0)
+
+
+def accepted(event_id: str | None) -> str:
+    """The id ``track()`` returned, asserting the event was accepted."""
+    assert event_id is not None, "track() refused the event"
+    return event_id

@@ -1,0 +1,53 @@
+"""The public surface is a contract: changing it must be a deliberate act."""
+
+from __future__ import annotations
+
+import enso_tracker
+import enso_tracker.testing
+
+EXPECTED = {
+    "DEFAULT_BASE_URL",
+    "Config",
+    "ConfigurationError",
+    "DropKind",
+    "DropReason",
+    "EnsoError",
+    "Event",
+    "InvalidEventError",
+    "InvalidEventTypeError",
+    "NotInitializedError",
+    "OnDrop",
+    "Stats",
+    "Tracker",
+    "__version__",
+    "flush",
+    "get_tracker",
+    "init",
+    "shutdown",
+    "stats",
+    "track",
+}
+
+
+def test_all_is_the_documented_surface() -> None:
+    assert set(enso_tracker.__all__) == EXPECTED
+    for name in enso_tracker.__all__:
+        assert hasattr(enso_tracker, name), name
+
+
+def test_public_names_are_listed() -> None:
+    public = {n for n in vars(enso_tracker) if not n.startswith("_")}
+    assert public <= EXPECTED | {"testing"}
+
+
+def test_testing_module_exports() -> None:
+    assert {"FakeEnso", "Fault", "RecordedRequest"} <= set(enso_tracker.testing.__all__)
+
+
+def test_exceptions_are_value_or_type_errors() -> None:
+    assert issubclass(enso_tracker.InvalidEventError, ValueError)
+    assert issubclass(enso_tracker.InvalidEventTypeError, TypeError)
+    assert issubclass(enso_tracker.InvalidEventTypeError, enso_tracker.InvalidEventError)
+    assert issubclass(enso_tracker.ConfigurationError, ValueError)
+    for exc in (enso_tracker.ConfigurationError, enso_tracker.NotInitializedError):
+        assert issubclass(exc, enso_tracker.EnsoError)
