@@ -15,6 +15,7 @@ DropKind = Literal[
     "too_large",  # alone in a batch and still refused with 413 / over max_batch_bytes
     "retries_exhausted",  # max_retries or max_event_age ran out while Enso kept failing
     "shutdown",  # still undelivered when shutdown()'s deadline passed
+    "unencodable",  # msgspec could not encode it (a bug: validation should prevent it)
     # refused by track() itself (it returned None):
     "queue_full",  # max_queue_size or max_queue_bytes reached
     "closed",  # track() after shutdown()

@@ -42,9 +42,9 @@ from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, Too
 from ._validate import (
     MAX_EXACT_INT,
     bad_id,
-    bad_name,
     bad_value,
     check_decimal,
+    check_name,
     encode_metadata,
     timestamp_ms,
 )
@@ -263,18 +263,18 @@ class Tracker:
         # Fast checks inline; the bad_* helpers say precisely what is wrong.
         if (
             type(entity) is not str
-            or not entity
-            or len(entity) > self._max_name
+            or not entity.isascii()
+            or not 0 < len(entity) <= self._max_name
             or entity.isspace()
         ):
-            entity = self._slow_name("entity", entity)
+            entity = check_name("entity", entity, self._max_name)
         if (
             type(metric) is not str
-            or not metric
-            or len(metric) > self._max_name
+            or not metric.isascii()
+            or not 0 < len(metric) <= self._max_name
             or metric.isspace()
         ):
-            metric = self._slow_name("metric", metric)
+            metric = check_name("metric", metric, self._max_name)
         kind = type(value)
         if kind is int:
             if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
@@ -388,18 +388,6 @@ class Tracker:
             )
 
     # ------------------------------------------------------------- track() helpers
-
-    def _slow_name(self, field: str, value: object) -> str:
-        # str subclasses (enums, markup strings…) are accepted as their plain str value.
-        if isinstance(value, str) and type(value) is not str:
-            value = str(value)
-            if value and len(value) <= self._max_name and not value.isspace():
-                return value
-        if isinstance(value, str) and value and len(value) <= self._max_name:
-            if value.isspace():
-                bad_name(field, value, self._max_name)
-            return value  # pragma: no cover - the fast check already passed it
-        bad_name(field, value, self._max_name)
 
     def _refuse_locked(self, size: int) -> DropReason | None:
         """Why the event cannot be queued, or None if room was made (``block`` policy)."""
@@ -551,8 +539,16 @@ class Tracker:
         too_large: list[_Pending] = []
         size = BODY_OVERHEAD
         hard_limit = self._config.max_batch_bytes
+        unencodable: list[tuple[_Pending, Exception]] = []
         for entry in taken:
-            p = entry if isinstance(entry, _Pending) else _Pending(entry, self._encode(entry))
+            if isinstance(entry, _Pending):
+                p = entry
+            else:
+                try:
+                    p = _Pending(entry, self._encode(entry))
+                except Exception as exc:  # validation should make this impossible
+                    unencodable.append((_Pending(entry, b""), exc))
+                    continue
             need = len(p.body) + (1 if batch else 0)
             if leftover or (batch and size + need > self._byte_limit):
                 leftover.append(p)
@@ -577,6 +573,12 @@ class Tracker:
                         kind="too_large",
                         message=f"event alone is larger than max_batch_bytes={hard_limit}",
                     ),
+                    reports,
+                )
+            for p, error in unencodable:
+                self._drop_locked(
+                    [p],
+                    DropReason(kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"),
                     reports,
                 )
             deadline = self._deadline
@@ -780,6 +782,15 @@ class Tracker:
             self._byte_limit,
         )
 
+    def _recover_locked(self) -> None:
+        """After an unexpected error mid-round: put what it had taken back in line."""
+        if self._inflight_raw:
+            self._queue.extendleft(reversed(self._inflight_raw))
+            self._inflight_raw = []
+        for p in reversed(self._inflight):
+            self._ready.appendleft(p)
+        self._inflight = []
+
     def _forget_locked(self, p: _Pending) -> None:
         self._outstanding -= 1
         self._outstanding_bytes -= p.item[_SIZE]
@@ -979,6 +990,7 @@ def _run_worker(tracker: Tracker) -> None:
             with tracker._lock:
                 tracker._worker_errors += 1
                 tracker._last_error = f"internal error: {exc!r}"
+                tracker._recover_locked()
             tracker._logger(
                 logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %r", exc
             )

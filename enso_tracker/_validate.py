@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,11 +22,10 @@ from ._errors import InvalidEventError, InvalidEventTypeError
 __all__ = [
     "MAX_EXACT_INT",
     "bad_id",
-    "bad_name",
     "bad_value",
     "check_decimal",
+    "check_name",
     "encode_metadata",
-    "format_ms",
     "timestamp_ms",
 ]
 
@@ -45,14 +43,23 @@ _RFC3339 = re.compile(
 _MAX_DEPTH = 32
 
 
-def bad_name(field: str, value: object, max_length: int) -> NoReturn:
+def check_name(field: str, value: object, max_length: int) -> str:
+    """``entity``/``metric`` as a plain ``str``, or an error saying what is wrong."""
     if not isinstance(value, str):
         raise InvalidEventTypeError(field, value, f"must be a str, not {type(value).__name__}")
+    value = str(value)  # str subclasses (StrEnum…) go out as their plain value
     if not value or value.isspace():
         raise InvalidEventError(field, value, "must be a non-empty string")
     if len(value) > max_length:
         raise InvalidEventError(field, value, f"longer than {max_length} characters")
-    raise InvalidEventError(field, value, "invalid")  # pragma: no cover - callers pre-check
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(
+                field, value, "is not valid Unicode (it holds a lone surrogate)"
+            ) from None
+    return value
 
 
 def bad_id(field: str, value: object, max_length: int) -> NoReturn:
@@ -125,16 +132,6 @@ def timestamp_ms(value: object) -> int:
     if not _MIN_MS <= ms <= _MAX_MS:
         raise InvalidEventError("timestamp", value, "must be between 1970 and 9999 (UTC)")
     return ms
-
-
-def format_ms(ms: int) -> str:
-    """``2026-04-01T12:00:00.000Z`` for epoch milliseconds."""
-    seconds, millis = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
-    )
 
 
 def _walk(value: Any, depth: int) -> None:
