@@ -9,6 +9,7 @@ are expected under faults (at-least-once) and are counted, not forbidden.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def track_many(tracker: Tracker, n: int, entity: str = "ent") -> list[str]:
 
 def gaps(fake: FakeEnso) -> list[float]:
     times = [r.time for r in fake.batch_requests()]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_503_storm_then_recovery(
@@ -191,7 +192,8 @@ def test_permanent_403_is_reported_not_retried(
     check_books(tracker, fake, ids, drops)
     assert {e.event_id for e in drops.events("rejected")} == set(ids)
     (reason,) = {r for _, r in drops.calls}
-    assert reason.status == 403 and "Forbidden" in reason.message
+    assert reason.status == 403
+    assert "Forbidden" in reason.message
     assert len(fake.batch_requests()) == 1
 
 
@@ -368,4 +370,5 @@ def test_fork_in_the_middle_of_traffic(
     assert drops.calls == []
     stats = tracker.stats()  # the parent's books hold the parent's events only
     assert stats.accepted == stats.delivered == len(parent_ids)
-    assert stats.balanced and stats.pending == 0
+    assert stats.balanced
+    assert stats.pending == 0

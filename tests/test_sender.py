@@ -21,7 +21,10 @@ from enso_tracker._sender import (
     parse_retry_after,
 )
 
-OK_BODY = b'{"status":"success","message":"Success","data":{"summary":{"success":1,"failed":0,"total":1},"failedRecords":[]}}'
+OK_BODY = (
+    b'{"status":"success","message":"Success",'
+    b'"data":{"summary":{"success":1,"failed":0,"total":1},"failedRecords":[]}}'
+)
 BODY = b'{"events":[{"eventId":"e1"}]}'
 
 
