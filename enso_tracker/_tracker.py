@@ -177,6 +177,7 @@ class Tracker:
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._worker_gone = True  # no sender thread running (never started, or it died)
         self._id_prefix = _new_id_prefix()
         self._seq = 0  # sequence number of the last accepted event == accepted count
         self._queue: deque[QueuedEvent] = deque()
@@ -320,9 +321,9 @@ class Tracker:
             self._outstanding += 1
             self._outstanding_bytes += size
             n = len(self._queue)
-        if n == 1 or n % self._batch_size == 0:
-            # The queue just became non-empty, or a batch just filled up: wake the sender
-            # (and make sure it lives). Other calls skip this and its Event.set() cost.
+        if n == 1 or n % self._batch_size == 0 or self._worker_gone:
+            # The queue just became non-empty, a batch just filled up, or the sender is
+            # not running: wake (or start) it. Other calls skip the Event.set() cost.
             self._kick()
         return event_id
 
@@ -451,16 +452,19 @@ class Tracker:
             thread = threading.Thread(
                 target=_run_worker, args=(self,), name="enso-tracker-sender", daemon=True
             )
+            self._worker_gone = False
             try:
                 thread.start()
             except RuntimeError as exc:  # e.g. at interpreter shutdown
+                self._worker_gone = True
                 self._logger(logging.ERROR, "start", "cannot start the sender thread: %s", exc)
                 return
             self._thread = thread
 
-    @staticmethod
-    def _timeout(timeout: float | None) -> float:
-        return timeout if timeout is not None and timeout >= 0 else 0.0
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self._config.shutdown_timeout
+        return timeout if timeout >= 0 else 0.0
 
     # ----------------------------------------------------------- the sender thread
 
@@ -982,24 +986,30 @@ def _slow_value(value: object) -> int | float | Decimal:
 
 def _run_worker(tracker: Tracker) -> None:
     """The sender thread. Catches everything: it must never die silently."""
-    while True:
-        try:
-            if not tracker._step():
-                return
-        except Exception as exc:
-            with tracker._lock:
-                tracker._worker_errors += 1
-                tracker._last_error = f"internal error: {exc!r}"
-                tracker._recover_locked()
-            tracker._logger(
-                logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %r", exc
-            )
-            tracker._wake.wait(tracker._config.backoff_base)  # no hot spin on a bug
-        except BaseException:
-            # Interpreter teardown or a KeyboardInterrupt aimed at this thread: record
-            # it so the next track() knows to start a fresh thread.
-            log.exception("enso-tracker sender thread stopped")
-            raise
+    try:
+        while True:
+            try:
+                if not tracker._step():
+                    return
+            except Exception as exc:
+                with tracker._lock:
+                    tracker._worker_errors += 1
+                    tracker._last_error = f"internal error: {exc!r}"
+                    tracker._recover_locked()
+                tracker._logger(
+                    logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %r", exc
+                )
+                tracker._wake.wait(tracker._config.backoff_base)  # no hot spin on a bug
+    except BaseException:
+        # SystemExit or KeyboardInterrupt raised in this thread: put the batch back and
+        # let the next track() (or flush) start a fresh thread.
+        with tracker._lock:
+            tracker._worker_errors += 1
+            tracker._recover_locked()
+        log.exception("enso-tracker sender thread stopped; the next track() restarts it")
+        raise
+    finally:
+        tracker._worker_gone = True
 
 
 @atexit.register

@@ -91,6 +91,8 @@ def bad_value(value: object) -> NoReturn:
 def check_decimal(value: Decimal) -> Decimal:
     if not value.is_finite():
         raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
+    if not math.isfinite(float(value)):
+        raise InvalidEventError("value", value, "beyond the range of a JSON number (float)")
     return value
 
 

@@ -1,0 +1,223 @@
+"""Lifecycle: garbage collection, a dying sender thread, hooks that raise, odd forks."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+import enso_tracker
+from enso_tracker import NotInitializedError, Tracker
+from enso_tracker._tracker import _live
+from enso_tracker.testing import FakeEnso
+
+from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+
+
+def test_unused_tracker_is_garbage_collected(fake: FakeEnso) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=fake.url)
+    ref = weakref.ref(tracker)
+    assert tracker in _live
+    del tracker
+    gc.collect()
+    assert ref() is None  # the atexit and fork registries hold it weakly
+
+
+def test_shut_down_tracker_is_garbage_collected(fake: FakeEnso) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=fake.url)
+    accepted(tracker.track("e", "m", 1))
+    assert tracker.shutdown(5.0)
+    thread = tracker._thread
+    assert thread is not None
+    thread.join(5.0)
+    assert not thread.is_alive()
+    ref = weakref.ref(tracker)
+    del tracker
+    gc.collect()
+    assert ref() is None
+    assert list(fake.events)  # and its event was delivered on the way out
+
+
+def test_shutdown_is_idempotent_and_context_manager_shuts_down(fake: FakeEnso) -> None:
+    with Tracker(api_key=API_KEY, base_url=fake.url) as tracker:
+        event_id = accepted(tracker.track("e", "m", 1))
+    assert list(fake.events) == [event_id]
+    assert tracker.shutdown(1.0) is True
+    assert tracker.shutdown(1.0) is True
+    assert tracker.track("e", "m", 1) is None
+    assert tracker.flush(1.0) is True
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_sender_thread_is_restarted_by_the_next_track(
+    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = make_tracker()
+    real_step = tracker._step
+    calls = {"n": 0}
+
+    def dying_step() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SystemExit("simulated thread death")
+        return real_step()
+
+    monkeypatch.setattr(tracker, "_step", dying_step)
+    first = accepted(tracker.track("e", "m", 1))
+    thread = tracker._thread
+    assert thread is not None
+    thread.join(5.0)
+    assert not thread.is_alive()
+    second = accepted(tracker.track("e", "m", 2))  # finds the thread dead, restarts it
+    assert tracker._thread is not thread
+    assert tracker.flush(5.0)
+    assert set(fake.events) == {first, second}
+    assert tracker.stats().worker_errors == 1
+
+
+def test_an_error_in_the_loop_is_counted_and_survived(
+    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = make_tracker()
+    real_plan = tracker._plan_locked
+    calls = {"n": 0}
+
+    def flaky_plan(now: float) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("bug in the planner")
+        return real_plan(now)
+
+    monkeypatch.setattr(tracker, "_plan_locked", flaky_plan)
+    ids = [accepted(tracker.track("e", "m", i)) for i in range(10)]
+    assert tracker.flush(10.0)
+    assert set(fake.events) == set(ids)
+    stats = tracker.stats()
+    assert stats.worker_errors == 1
+    assert stats.last_error is not None
+    assert "bug in the planner" in stats.last_error
+
+
+def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = make_tracker(flush_interval=10.0)
+    real_encode = tracker._encode
+
+    def encode(item: Any) -> bytes:
+        if item[3] == "poison":
+            raise OverflowError("cannot encode")
+        return real_encode(item)
+
+    monkeypatch.setattr(tracker, "_encode", encode)
+    good = [accepted(tracker.track("e", "m", i)) for i in range(3)]
+    bad = accepted(tracker.track("e", "poison", 1))
+    assert tracker.flush(5.0)
+    assert set(fake.events) == set(good)
+    assert [e.event_id for e in drops.events("unencodable")] == [bad]
+    assert tracker.stats().balanced
+
+
+def test_on_drop_that_raises_does_not_stop_delivery(fake: FakeEnso) -> None:
+    def angry_hook(events: Any, reason: Any) -> None:
+        raise ValueError("user bug")
+
+    with FakeEnso(known_entities={"known"}) as strict:
+        tracker = Tracker(
+            api_key=API_KEY, base_url=strict.url, on_drop=angry_hook, flush_interval=0.01
+        )
+        try:
+            bad = accepted(tracker.track("unknown", "m", 1))
+            assert tracker.flush(5.0)
+            good = accepted(tracker.track("known", "m", 1))
+            assert tracker.flush(5.0)
+            stats = tracker.stats()
+        finally:
+            tracker.shutdown(2.0)
+    assert list(strict.events) == [good]
+    assert bad not in strict.events
+    assert stats.hook_errors == 1
+    assert stats.dropped == {"rejected": 1}
+
+
+def test_fork_that_skipped_the_hooks_is_caught_by_the_pid_check(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    tracker = make_tracker(flush_interval=30.0)
+    for i in range(5):
+        accepted(tracker.track("parent", "m", i))
+    tracker._pid = -1  # as if this process were a child forked behind Python's back
+    mine = accepted(tracker.track("child", "m", 1))
+    stats = tracker.stats()
+    assert stats.accepted == 1  # fresh books: the parent's five are the parent's
+    assert stats.queued == 1
+    assert tracker.flush(5.0)
+    assert list(fake.events) == [mine]
+
+
+def test_module_level_api(fake: FakeEnso) -> None:
+    enso_tracker.shutdown()
+    with pytest.raises(NotInitializedError):
+        enso_tracker.track("e", "m", 1)
+    first = enso_tracker.init(api_key=API_KEY, base_url=fake.url)
+    second = enso_tracker.init(api_key=API_KEY, base_url=fake.url)
+    try:
+        assert enso_tracker.get_tracker() is second
+        assert first.track("e", "m", 1) is None  # the replaced tracker was shut down
+        event_id = accepted(enso_tracker.track("e", "m", 1))
+        assert enso_tracker.flush(5.0)
+        assert enso_tracker.stats().delivered == 1
+        assert list(fake.events) == [event_id]
+    finally:
+        assert enso_tracker.shutdown(2.0)
+    assert enso_tracker.flush(1.0) is True  # nothing to flush: no default tracker
+
+
+def test_init_reads_the_environment(fake: FakeEnso, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENSO_API_KEY", API_KEY)
+    monkeypatch.setenv("ENSO_BASE_URL", fake.url)
+    tracker = enso_tracker.init()
+    try:
+        assert tracker.config.base_url == fake.url
+        event_id = accepted(enso_tracker.track("e", "m", 1))
+        assert enso_tracker.flush(5.0)
+        assert list(fake.events) == [event_id]
+    finally:
+        enso_tracker.shutdown(2.0)
+
+
+def test_track_from_many_threads_while_shutting_down(fake: FakeEnso) -> None:
+    drops = DropLog()
+    tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=0.01, on_drop=drops)
+    results: list[str | None] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def spam() -> None:
+        go.wait()
+        for i in range(2_000):
+            r = tracker.track("e", "m", i)
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=spam) for _ in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    assert wait_until(lambda: tracker.stats().accepted > 100)
+    tracker.shutdown(5.0)
+    for t in threads:
+        t.join()
+    ids = {r for r in results if r is not None}
+    stats = tracker.stats()
+    assert stats.accepted == len(ids)
+    assert stats.refused.get("closed", 0) == results.count(None)
+    assert stats.balanced
+    after_acceptance = {e.event_id for e in drops.events() if e.event_id}
+    assert set(fake.events) | after_acceptance == ids
+    refused = [e for e in drops.events("closed")]
+    assert len(refused) == results.count(None)
+    assert all(e.event_id == "" for e in refused)  # never accepted, so never given an id
