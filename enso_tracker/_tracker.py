@@ -620,7 +620,6 @@ class Tracker:
                 self._failures += 1
                 self._last_error = outcome.message
                 if isinstance(outcome, Retry):
-                    self._auth_state = "ok" if outcome.status != 401 else self._auth_state
                     self._backoff_locked(batch, now, outcome.retry_after, reports)
                     self._logger(
                         logging.WARNING,
