@@ -28,6 +28,7 @@ unit: $(STAMP)
 test: lint types unit
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks
 
 clean:

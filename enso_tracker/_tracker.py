@@ -71,6 +71,8 @@ _EVENT_OVERHEAD: Final = 200
 #: Per-record ``statusCode`` values worth another try (the rest are permanent).
 _RETRYABLE_RECORD_STATUS = frozenset({408, 425, 429})
 _LOG_EVERY: Final = 60.0
+#: Drops waiting to be logged and handed to on_drop once the lock is released.
+_Reports = list[tuple[list[QueuedEvent], DropReason]]
 _NO_SEQ: Final = 1 << 62
 
 
@@ -434,7 +436,7 @@ class Tracker:
         job_id: str | None,
     ) -> None:
         item: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
-        self._report([(self._public_events([item]), reason)])
+        self._report([([item], reason)])
 
     def _kick(self) -> None:
         thread = self._thread
@@ -562,7 +564,7 @@ class Tracker:
                 batch.append(p)
                 size += need
         now = time.monotonic()
-        reports: list[tuple[list[Event], DropReason]] = []
+        reports: _Reports = []
         with self._lock:
             if self._closed:
                 return
@@ -606,7 +608,7 @@ class Tracker:
         self._settle(batch, outcome)
 
     def _settle(self, batch: list[_Pending], outcome: Outcome) -> None:
-        reports: list[tuple[list[Event], DropReason]] = []
+        reports: _Reports = []
         now = time.monotonic()
         with self._lock:
             self._inflight = []
@@ -654,7 +656,7 @@ class Tracker:
         batch: list[_Pending],
         outcome: Answered,
         now: float,
-        reports: list[tuple[list[Event], DropReason]],
+        reports: _Reports,
     ) -> None:
         answer = outcome.answer
         self._failures = 0
@@ -727,7 +729,7 @@ class Tracker:
         batch: list[_Pending],
         now: float,
         retry_after: float | None,
-        reports: list[tuple[list[Event], DropReason]],
+        reports: _Reports,
     ) -> None:
         delay = self._jitter(self._failures) if retry_after is None else retry_after
         self._gate_until = now + delay
@@ -736,17 +738,13 @@ class Tracker:
             self._ready.appendleft(p)
         self._retried += len(keep)
 
-    def _schedule_locked(
-        self, p: _Pending, due: float, now: float, reports: list[tuple[list[Event], DropReason]]
-    ) -> None:
+    def _schedule_locked(self, p: _Pending, due: float, now: float, reports: _Reports) -> None:
         if self._within_budget_locked(p, now, reports):
             p.due = due
             heapq.heappush(self._retry, p)
             self._retried += 1
 
-    def _within_budget_locked(
-        self, p: _Pending, now: float, reports: list[tuple[list[Event], DropReason]]
-    ) -> bool:
+    def _within_budget_locked(self, p: _Pending, now: float, reports: _Reports) -> bool:
         cfg = self._config
         if p.attempts > cfg.max_retries or now - p.first_sent > cfg.max_event_age:
             self._drop_locked(
@@ -761,9 +759,7 @@ class Tracker:
             return False
         return True
 
-    def _split_locked(
-        self, batch: list[_Pending], reports: list[tuple[list[Event], DropReason]], message: str
-    ) -> None:
+    def _split_locked(self, batch: list[_Pending], reports: _Reports, message: str) -> None:
         if len(batch) == 1:
             self._drop_locked(
                 batch, DropReason(kind="too_large", message=message, status=413), reports
@@ -802,7 +798,7 @@ class Tracker:
         self,
         group: Iterable[_Pending],
         reason: DropReason,
-        reports: list[tuple[list[Event], DropReason]],
+        reports: _Reports,
     ) -> None:
         items = [p.item for p in group]
         for item in items:
@@ -810,7 +806,7 @@ class Tracker:
             self._outstanding_bytes -= item[_SIZE]
         self._dropped[reason.kind] = self._dropped.get(reason.kind, 0) + len(items)
         self._last_error = str(reason)
-        reports.append((self._public_events(items), reason))
+        reports.append((items, reason))
 
     def _public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
         return [
@@ -826,7 +822,7 @@ class Tracker:
             for item in items
         ]
 
-    def _report(self, reports: list[tuple[list[Event], DropReason]]) -> None:
+    def _report(self, reports: _Reports) -> None:
         """Log and hand drops to ``on_drop``; never under the lock, never raising."""
         for events, reason in reports:
             self._logger(
@@ -838,9 +834,9 @@ class Tracker:
             )
             hook = self._on_drop
             if hook is None:
-                continue
+                continue  # no hook: do not pay for building Event objects
             try:
-                hook(events, reason)
+                hook(self._public_events(events), reason)
             except Exception as exc:
                 with self._lock:
                     self._hook_errors += 1
@@ -877,7 +873,7 @@ class Tracker:
             if self._closed:
                 return not self._dropped.get("shutdown")
             self._closed = True
-            reports: list[tuple[list[Event], DropReason]] = []
+            reports: _Reports = []
             left: list[_Pending] = [
                 *self._ready,
                 *self._retry,
