@@ -169,6 +169,7 @@ class Tracker:
         self._init_state()
         self._closed = False  # shutdown() finished: nothing more is accepted or sent
         _live.add(self)
+        _mp_hook.arm()
 
     def _init_state(self) -> None:
         """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
@@ -1027,3 +1028,30 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _MultiprocessingHook:
+    """multiprocessing children leave through ``os._exit()``, skipping ``atexit``; its
+    own exit finalizers do run, so the trackers are shut down from one of those.
+
+    A forked child's bootstrap clears the finalizers it inherited, then runs the
+    "after fork" callbacks: one of those re-arms the finalizer in every child.
+    """
+
+    armed_pid = 0
+
+    def arm(self) -> None:
+        if self.armed_pid == os.getpid():
+            return
+        self.armed_pid = os.getpid()
+        from multiprocessing import util
+
+        util.Finalize(None, _shutdown_all_at_exit, exitpriority=100)
+        util.register_after_fork(self, _MultiprocessingHook.rearm)
+
+    def rearm(self) -> None:
+        self.armed_pid = 0
+        self.arm()
+
+
+_mp_hook = _MultiprocessingHook()

@@ -372,3 +372,49 @@ def test_fork_in_the_middle_of_traffic(
     assert stats.accepted == stats.delivered == len(parent_ids)
     assert stats.balanced
     assert stats.pending == 0
+
+
+def _child_tracks(url: str, n: int) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=url, flush_interval=60.0)
+    for i in range(n):
+        tracker.track("mp-child", "api_calls", i)
+    # returns without flush(): multiprocessing then leaves through os._exit()
+
+
+def _child_uses_inherited(tracker: Tracker, n: int) -> None:
+    for i in range(n):
+        tracker.track("mp-inherited", "api_calls", i)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_children_deliver_at_exit(fake: FakeEnso, method: str) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(method)
+    child = ctx.Process(target=_child_tracks, args=(fake.url, 250))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert len(fake.events) == 250
+    assert {e["CustomerEntityId"] for e in fake.events.values()} == {"mp-child"}
+
+
+def test_multiprocessing_fork_child_with_an_inherited_tracker(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    import multiprocessing
+
+    tracker = make_tracker(flush_interval=60.0)
+    parent_ids = track_many(tracker, 30, "parent")  # queued in the parent at fork time
+    child = multiprocessing.get_context("fork").Process(
+        target=_child_uses_inherited, args=(tracker, 40)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    children = [e for e in fake.events.values() if e["CustomerEntityId"] == "mp-inherited"]
+    assert len(children) == 40
+    assert tracker.flush(10.0)
+    assert set(parent_ids) <= set(fake.events)
+    assert fake.duplicates == {}
+    assert len(fake.events) == 70
