@@ -306,24 +306,26 @@ class Tracker:
             size += 2 * len(job_id)
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
+        refusal = None
         with self._lock:
             if (
                 self._outstanding >= self._max_queue
                 or self._outstanding_bytes + size > self._max_queue_bytes
-                or self._closed
-                or self._stopping
+                or self._stopping  # also set once closed
             ):
                 refusal = self._refuse_locked(size)
-                if refusal is not None:
-                    self._report_refusal(refusal, event_id, entity, metric, value, ts, meta, job_id)
-                    return None
-            seq = self._seq = self._seq + 1
-            if event_id is None:
-                event_id = f"{self._id_prefix}{seq:x}"
-            self._queue.append((seq, event_id, entity, metric, value, ts, meta, job_id, size))
-            self._outstanding += 1
-            self._outstanding_bytes += size
-            n = len(self._queue)
+            if refusal is None:
+                seq = self._seq = self._seq + 1
+                if event_id is None:
+                    event_id = f"{self._id_prefix}{seq:x}"
+                queue = self._queue
+                queue.append((seq, event_id, entity, metric, value, ts, meta, job_id, size))
+                self._outstanding += 1
+                self._outstanding_bytes += size
+                n = len(queue)
+        if refusal is not None:  # reported outside the lock: on_drop may call stats()
+            self._report_refusal(refusal, event_id, entity, metric, value, ts, meta, job_id)
+            return None
         if n == 1 or n % self._batch_size == 0 or self._worker_gone:
             # The queue just became non-empty, a batch just filled up, or the sender is
             # not running: wake (or start) it. Other calls skip the Event.set() cost.
@@ -395,19 +397,19 @@ class Tracker:
 
     def _refuse_locked(self, size: int) -> DropReason | None:
         """Why the event cannot be queued, or None if room was made (``block`` policy)."""
-        if self._closed or self._stopping:
+        if self._stopping:
             return self._count_refusal("closed", "track() after shutdown()")
         cfg = self._config
         if cfg.queue_full_policy == "block" and threading.current_thread() is not self._thread:
             deadline = time.monotonic() + cfg.block_timeout
-            while self._is_full_locked(size) and not (self._closed or self._stopping):
+            while self._is_full_locked(size) and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._room.wait(remaining)
-            if not self._is_full_locked(size) and not (self._closed or self._stopping):
+            if not self._is_full_locked(size) and not self._stopping:
                 return None
-            if self._closed or self._stopping:
+            if self._stopping:
                 return self._count_refusal("closed", "track() after shutdown()")
         return self._count_refusal(
             "queue_full",
@@ -925,9 +927,9 @@ class Tracker:
     def _after_fork_in_child(self) -> None:
         # The parent still owns (and will deliver) every event it had queued: the child
         # starts with empty books, fresh locks and no thread or connection.
-        closed = self._closed
+        closed = self._closed or self._stopping
         self._init_state()
-        self._closed = closed
+        self._closed = self._stopping = closed  # a tracker shut down (or stopping) stays so
         self._sender.after_fork()
 
 

@@ -221,3 +221,24 @@ def test_track_from_many_threads_while_shutting_down(fake: FakeEnso) -> None:
     refused = [e for e in drops.events("closed")]
     assert len(refused) == results.count(None)
     assert all(e.event_id == "" for e in refused)  # never accepted, so never given an id
+
+
+def test_on_drop_may_call_back_into_the_tracker_on_queue_full(fake: FakeEnso) -> None:
+    fake.hang(None)
+    seen: list[int] = []
+    tracker: Tracker | None = None
+
+    def hook(events: Any, reason: Any) -> None:
+        assert tracker is not None
+        seen.append(tracker.stats().refused.get("queue_full", 0))  # needs the lock
+        raise RuntimeError("and then it fails")
+
+    tracker = Tracker(api_key=API_KEY, base_url=fake.url, max_queue_size=1, on_drop=hook)
+    try:
+        accepted(tracker.track("e", "m", 1))
+        assert tracker.track("e", "m", 2) is None  # no deadlock, no exception
+        assert seen == [1]
+        assert tracker.stats().hook_errors == 1
+    finally:
+        fake.release()
+        tracker.shutdown(2.0)
