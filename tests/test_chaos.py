@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from typing import Literal
 
 import pytest
 
@@ -387,11 +388,12 @@ def _child_uses_inherited(tracker: Tracker, n: int) -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_multiprocessing_children_deliver_at_exit(fake: FakeEnso, method: str) -> None:
+def test_multiprocessing_children_deliver_at_exit(
+    fake: FakeEnso, method: Literal["fork", "spawn"]
+) -> None:
     import multiprocessing
 
-    ctx = multiprocessing.get_context(method)
-    child = ctx.Process(target=_child_tracks, args=(fake.url, 250))
+    child = multiprocessing.get_context(method).Process(target=_child_tracks, args=(fake.url, 250))
     child.start()
     child.join(60)
     assert child.exitcode == 0
