@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -393,7 +393,8 @@ def test_multiprocessing_children_deliver_at_exit(
 ) -> None:
     import multiprocessing
 
-    child = multiprocessing.get_context(method).Process(target=_child_tracks, args=(fake.url, 250))
+    context: Any = multiprocessing.get_context(method)  # typeshed: BaseContext lacks Process
+    child = context.Process(target=_child_tracks, args=(fake.url, 250))
     child.start()
     child.join(60)
     assert child.exitcode == 0
