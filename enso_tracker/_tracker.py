@@ -46,7 +46,7 @@ from ._validate import (
     check_decimal,
     check_name,
     encode_metadata,
-    timestamp_ms,
+    timestamp_ns,
 )
 from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch
 
@@ -61,7 +61,7 @@ _ID: Final = 1
 _ENTITY: Final = 2
 _METRIC: Final = 3
 _VALUE: Final = 4
-_TS: Final = 5  # epoch milliseconds, UTC
+_TS: Final = 5  # epoch nanoseconds, UTC
 _META: Final = 6  # metadata, already JSON
 _JOB: Final = 7
 _SIZE: Final = 8  # estimated bytes, for max_queue_bytes
@@ -117,7 +117,7 @@ class _RateLimitedLog:
 def _new_id_prefix() -> str:
     # Random per process (and re-drawn in a forked child) + pid: unique across
     # processes, machines and forks, while each id costs only a counter increment.
-    return f"evt_{random.getrandbits(48):012x}{os.getpid():x}_"
+    return f"evt_{random.getrandbits(48):012x}{os.getpid():x}_"  # + hex(seq): "…_0x1f"
 
 
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
@@ -288,7 +288,7 @@ class Tracker:
                 bad_value(value)
         else:
             value = _slow_value(value)
-        ts = time.time_ns() // 1_000_000 if timestamp is None else timestamp_ms(timestamp)
+        ts = time.time_ns() if timestamp is None else timestamp_ns(timestamp)
         meta = None
         size = _EVENT_OVERHEAD + len(entity) + len(metric)
         if metadata is not None:
@@ -307,7 +307,9 @@ class Tracker:
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
         refusal = None
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # cheaper than `with` on this path; released in the finally
+        try:
             if (
                 self._outstanding >= self._max_queue
                 or self._outstanding_bytes + size > self._max_queue_bytes
@@ -317,12 +319,14 @@ class Tracker:
             if refusal is None:
                 seq = self._seq = self._seq + 1
                 if event_id is None:
-                    event_id = f"{self._id_prefix}{seq:x}"
+                    event_id = self._id_prefix + hex(seq)  # cheapest of the spellings
                 queue = self._queue
                 queue.append((seq, event_id, entity, metric, value, ts, meta, job_id, size))
                 self._outstanding += 1
                 self._outstanding_bytes += size
                 n = len(queue)
+        finally:
+            lock.release()
         if refusal is not None:  # reported outside the lock: on_drop may call stats()
             self._report_refusal(refusal, event_id, entity, metric, value, ts, meta, job_id)
             return None

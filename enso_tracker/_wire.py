@@ -50,19 +50,24 @@ def join_batch(encoded: list[bytes]) -> bytes:
 class EventEncoder:
     """Encodes events one by one, so batches can be cut at an exact byte size.
 
-    Built once per tracker: the msgspec encoder is reused, and the RFC 3339 prefix of
-    the current second is cached, since most events of a batch share it.
+    Built once per tracker: the msgspec encoder is reused, and the RFC 3339 text of the
+    current millisecond (and second) is cached, since the events of a burst share it.
     """
 
-    __slots__ = ("_encoder", "_second", "_second_text")
+    __slots__ = ("_encoder", "_ms", "_ms_text", "_second", "_second_text")
 
     def __init__(self) -> None:
         # Decimal goes out as an exact JSON number, never a string or a rounded float.
         self._encoder = msgspec.json.Encoder(decimal_format="number")
         self._second = -1
         self._second_text = ""
+        self._ms = -1
+        self._ms_text = ""
 
-    def timestamp(self, ms: int) -> str:
+    def timestamp(self, ns: int) -> str:
+        ms = ns // 1_000_000
+        if ms == self._ms:  # events of a burst share their millisecond
+            return self._ms_text
         seconds, millis = divmod(ms, 1000)
         if seconds != self._second:
             t = time.gmtime(seconds)
@@ -71,7 +76,9 @@ class EventEncoder:
                 f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
             )
             self._second = seconds
-        return f"{self._second_text}{millis:03d}Z"
+        self._ms = ms
+        self._ms_text = f"{self._second_text}{millis:03d}Z"
+        return self._ms_text
 
     def encode(
         self,
@@ -79,7 +86,7 @@ class EventEncoder:
         entity: str,
         metric: str,
         value: int | float | Decimal,
-        ts_ms: int,
+        ts_ns: int,
         metadata: bytes | None,
         job_id: str | None,
     ) -> bytes:
@@ -88,7 +95,7 @@ class EventEncoder:
                 CustomerEntityId=entity,
                 metric=metric,
                 value=value,
-                timestamp=self.timestamp(ts_ms),
+                timestamp=self.timestamp(ts_ns),
                 eventId=event_id,
                 metadata=None if metadata is None else msgspec.Raw(metadata),
                 JobId=job_id,
