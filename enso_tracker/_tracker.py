@@ -330,8 +330,9 @@ class Tracker:
         if refusal is not None:  # reported outside the lock: on_drop may call stats()
             self._report_refusal(refusal, event_id, entity, metric, value, ts, meta, job_id)
             return None
-        if n == 1 or n % self._batch_size == 0 or self._worker_gone:
-            # The queue just became non-empty, a batch just filled up, or the sender is
+        if n == 1 or n == self._batch_size or self._worker_gone:
+            # The queue just became non-empty, or just reached a full batch (a sender that
+            # is awake drains every full batch before it sleeps again), or the sender is
             # not running: wake (or start) it. Other calls skip the Event.set() cost.
             self._kick()
         return event_id
