@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -99,6 +100,12 @@ class Config:
         if self.queue_full_policy not in ("drop", "block"):
             raise ConfigurationError(
                 f"queue_full_policy={self.queue_full_policy!r}: must be 'drop' or 'block'"
+            )
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise ConfigurationError(f"verify={self.verify!r}: no such CA bundle file or folder")
+        if not isinstance(self.verify, bool | str | ssl.SSLContext):
+            raise ConfigurationError(
+                f"verify={self.verify!r}: must be True/False, a CA bundle path or an SSLContext"
             )
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")

@@ -296,3 +296,18 @@ def test_plain_http_needs_an_explicit_opt_in() -> None:
     tracker = Tracker(api_key="k", base_url="http://enso.internal", allow_insecure_http=True)
     assert tracker.config.allow_insecure_http
     tracker.shutdown(0.1)
+
+
+def test_tls_options_reach_httpx(tmp_path: Any) -> None:
+    import ssl
+
+    with pytest.raises(ConfigurationError, match="CA bundle"):
+        Tracker(api_key="k", verify=str(tmp_path / "missing.pem"))
+    context = ssl.create_default_context()
+    tracker = Tracker(api_key="k", verify=context, trust_env=False)
+    try:
+        client = tracker._sender._http()  # type: ignore[attr-defined]
+        assert client._transport._pool._ssl_context is context
+        assert client.trust_env is False
+    finally:
+        tracker.shutdown(0.1)
