@@ -10,6 +10,7 @@ end every accepted eventId must be either on the server exactly once, or reporte
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 import threading
@@ -32,14 +33,33 @@ def run_demo(
     """Run the demo; return 0 when the books balance, 1 otherwise."""
     dropped: dict[str, DropReason] = {}
     drop_lock = threading.Lock()
+    accepted: list[list[str]] = [[] for _ in range(threads)]
+    stop = threading.Event()
+    # The tracker's warnings (retries, drops) get their own lines above the live one.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("\r\033[K  log: %(levelname)s %(message)s"))
+    logger = logging.getLogger("enso_tracker")
+    logger.addHandler(handler)
+    try:
+        return _run(seconds, threads, live, out, dropped, drop_lock, accepted, stop)
+    finally:
+        logger.removeHandler(handler)
 
+
+def _run(
+    seconds: float,
+    threads: int,
+    live: bool,
+    out: TextIO,
+    dropped: dict[str, DropReason],
+    drop_lock: threading.Lock,
+    accepted: list[list[str]],
+    stop: threading.Event,
+) -> int:
     def on_drop(events: Sequence[Event], reason: DropReason) -> None:
         with drop_lock:
             for e in events:
                 dropped[e.event_id] = reason
-
-    accepted: list[list[str]] = [[] for _ in range(threads)]
-    stop = threading.Event()
 
     with FakeEnso(known_entities=KNOWN) as server:
         tracker = Tracker(

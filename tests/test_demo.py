@@ -1,0 +1,17 @@
+"""The main job (`make demo`) runs against its embedded fake Enso and balances its books."""
+
+from __future__ import annotations
+
+import io
+
+from enso_tracker._demo import run_demo
+
+
+def test_demo_balances_its_books() -> None:
+    out = io.StringIO()
+    assert run_demo(seconds=1.0, threads=3, live=True, out=out) == 0
+    text = out.getvalue()
+    assert "Books balance" in text
+    assert "x rejected: Customer entity not found (status=404, code=2002)" in text
+    assert "tracked=" in text  # the live progress line
+    assert "log: WARNING Enso request failed, will retry" in text  # the 503 it injects
