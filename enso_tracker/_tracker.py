@@ -194,6 +194,7 @@ class Tracker:
         self._gate_until = 0.0  # request-level backoff: nothing is sent before it
         self._failures = 0  # consecutive failed requests
         self._flush_waiters = 0
+        self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self._stopping = False
         self._deadline = math.inf
         self._delivered = 0
@@ -347,13 +348,13 @@ class Tracker:
         deadline = time.monotonic() + self._timeout(timeout)
         with self._lock:
             target = self._seq
-            if self._min_unsettled_locked() > target:
+            if self._settled_locked(target):
                 return True
             self._flush_waiters += 1
         try:
             self._kick()
             with self._settled:
-                while self._min_unsettled_locked() <= target:
+                while not self._settled_locked(target):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -478,6 +479,10 @@ class Tracker:
 
     # ----------------------------------------------------------- the sender thread
 
+    def _settled_locked(self, seq: int) -> bool:
+        """Every event up to ``seq`` is delivered or dropped, and its drop reported."""
+        return self._reporting == 0 and self._min_unsettled_locked() > seq
+
     def _min_unsettled_locked(self) -> int:
         low = self._queue[0][_SEQ] if self._queue else _NO_SEQ
         for group in (self._ready, self._retry, self._inflight):
@@ -573,30 +578,34 @@ class Tracker:
                 size += need
         now = time.monotonic()
         reports: _Reports = []
-        with self._lock:
-            if self._closed:
-                return
-            self._inflight = batch
-            self._inflight_raw = []
-            for p in reversed(leftover):
-                self._ready.appendleft(p)
-            if too_large:
-                self._drop_locked(
-                    too_large,
-                    DropReason(
-                        kind="too_large",
-                        message=f"event alone is larger than max_batch_bytes={hard_limit}",
-                    ),
-                    reports,
-                )
-            for p, error in unencodable:
-                self._drop_locked(
-                    [p],
-                    DropReason(kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"),
-                    reports,
-                )
-            deadline = self._deadline
-        self._report(reports)
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._inflight = batch
+                self._inflight_raw = []
+                for p in reversed(leftover):
+                    self._ready.appendleft(p)
+                if too_large:
+                    self._drop_locked(
+                        too_large,
+                        DropReason(
+                            kind="too_large",
+                            message=f"event alone is larger than max_batch_bytes={hard_limit}",
+                        ),
+                        reports,
+                    )
+                for p, error in unencodable:
+                    self._drop_locked(
+                        [p],
+                        DropReason(
+                            kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"
+                        ),
+                        reports,
+                    )
+                deadline = self._deadline
+        finally:
+            self._hand_over(reports)
         if not batch:
             return
         for p in batch:
@@ -618,46 +627,50 @@ class Tracker:
     def _settle(self, batch: list[_Pending], outcome: Outcome) -> None:
         reports: _Reports = []
         now = time.monotonic()
-        with self._lock:
-            self._inflight = []
-            if self._closed:
-                return  # shutdown() already reported these as dropped at its deadline
-            self._requests += 1
-            if isinstance(outcome, Answered):
-                self._settle_answer_locked(batch, outcome, now, reports)
-            else:
-                self._failed_requests += 1
-                self._failures += 1
-                self._last_error = outcome.message
-                if isinstance(outcome, Retry):
-                    self._backoff_locked(batch, now, outcome.retry_after, reports)
-                    self._logger(
-                        logging.WARNING,
-                        "retry",
-                        "Enso request failed, will retry %d events: %s",
-                        len(batch),
-                        outcome.message,
-                    )
-                elif isinstance(outcome, TooLarge):
-                    self._split_locked(batch, reports, outcome.message)
-                elif isinstance(outcome, Rejected):
-                    self._drop_locked(
-                        batch,
-                        DropReason(kind="rejected", message=outcome.message, status=outcome.status),
-                        reports,
-                    )
-                else:  # Unauthorized: keep the events while their budget lasts
-                    if self._auth_state != "unauthorized":
-                        log.error(
-                            "Enso refuses the credentials; events stay queued and are "
-                            "retried with backoff: %s",
+        try:
+            with self._lock:
+                self._inflight = []
+                if self._closed:
+                    return  # shutdown() already reported these as dropped at its deadline
+                self._requests += 1
+                if isinstance(outcome, Answered):
+                    self._settle_answer_locked(batch, outcome, now, reports)
+                else:
+                    self._failed_requests += 1
+                    self._failures += 1
+                    self._last_error = outcome.message
+                    if isinstance(outcome, Retry):
+                        self._backoff_locked(batch, now, outcome.retry_after, reports)
+                        self._logger(
+                            logging.WARNING,
+                            "retry",
+                            "Enso request failed, will retry %d events: %s",
+                            len(batch),
                             outcome.message,
                         )
-                    self._auth_state = "unauthorized"
-                    self._backoff_locked(batch, now, None, reports)
-            self._settled.notify_all()
-            self._room.notify_all()
-        self._report(reports)
+                    elif isinstance(outcome, TooLarge):
+                        self._split_locked(batch, reports, outcome.message)
+                    elif isinstance(outcome, Rejected):
+                        self._drop_locked(
+                            batch,
+                            DropReason(
+                                kind="rejected", message=outcome.message, status=outcome.status
+                            ),
+                            reports,
+                        )
+                    else:  # Unauthorized: keep the events while their budget lasts
+                        if self._auth_state != "unauthorized":
+                            log.error(
+                                "Enso refuses the credentials; events stay queued and are "
+                                "retried with backoff: %s",
+                                outcome.message,
+                            )
+                        self._auth_state = "unauthorized"
+                        self._backoff_locked(batch, now, None, reports)
+                self._settled.notify_all()
+                self._room.notify_all()
+        finally:
+            self._hand_over(reports)
 
     def _settle_answer_locked(
         self,
@@ -815,6 +828,7 @@ class Tracker:
         self._dropped[reason.kind] = self._dropped.get(reason.kind, 0) + len(items)
         self._last_error = str(reason)
         reports.append((items, reason))
+        self._reporting += 1
 
     def _public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
         return [
@@ -829,6 +843,17 @@ class Tracker:
             )
             for item in items
         ]
+
+    def _hand_over(self, reports: _Reports) -> None:
+        """Report drops counted by ``_drop_locked``, then let ``flush()`` see them done."""
+        if not reports:
+            return
+        try:
+            self._report(reports)
+        finally:
+            with self._lock:
+                self._reporting -= len(reports)
+                self._settled.notify_all()
 
     def _report(self, reports: _Reports) -> None:
         """Log and hand drops to ``on_drop``; never under the lock, never raising."""
@@ -917,7 +942,7 @@ class Tracker:
             self._sender.close()
         except Exception as exc:
             self._logger(logging.ERROR, "close", "closing the HTTP client failed: %r", exc)
-        self._report(reports)
+        self._hand_over(reports)
         _live.discard(self)
         lost = sum(dropped.values())
         log.log(
