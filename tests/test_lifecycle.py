@@ -242,3 +242,21 @@ def test_on_drop_may_call_back_into_the_tracker_on_queue_full(fake: FakeEnso) ->
     finally:
         fake.release()
         tracker.shutdown(2.0)
+
+
+def test_flush_returns_only_after_on_drop_has_seen_the_drops() -> None:
+    finished: list[str] = []
+    release = threading.Event()
+
+    def slow_hook(events: Any, reason: Any) -> None:
+        release.wait(0.3)  # a hook that takes its time (writes a dead-letter file, say)
+        finished.extend(e.event_id for e in events)
+
+    with FakeEnso(known_entities={"known"}) as strict:
+        tracker = Tracker(api_key=API_KEY, base_url=strict.url, on_drop=slow_hook)
+        try:
+            bad = accepted(tracker.track("unknown", "m", 1))
+            assert tracker.flush(5.0)
+            assert finished == [bad]
+        finally:
+            tracker.shutdown(2.0)
