@@ -79,7 +79,7 @@ _NO_SEQ: Final = 1 << 62
 class _Pending:
     """An event the sender has taken from the queue: encoded once, retried as is."""
 
-    __slots__ = ("attempts", "body", "due", "first_sent", "item")
+    __slots__ = ("attempts", "body", "due", "first_sent", "group", "item")
 
     def __init__(self, item: QueuedEvent, body: bytes) -> None:
         self.item = item
@@ -87,6 +87,9 @@ class _Pending:
         self.attempts = 0
         self.first_sent = 0.0
         self.due = 0.0
+        #: Largest batch this event may go in; halved each time its batch fails alone
+        #: (see _backoff_locked), so that one poison event ends up isolated.
+        self.group = 1 << 30
 
     def __lt__(self, other: _Pending) -> bool:  # heap order: due time, then acceptance
         return (self.due, self.item[_SEQ]) < (other.due, other.item[_SEQ])
@@ -194,6 +197,7 @@ class Tracker:
         self._gate_until = 0.0  # request-level backoff: nothing is sent before it
         self._failures = 0  # consecutive failed requests
         self._flush_waiters = 0
+        self._queue_turn = False  # after a failure, the next batch comes from the queue
         self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self._stopping = False
         self._deadline = math.inf
@@ -525,6 +529,16 @@ class Tracker:
             or self._flush_waiters > 0
             or now - (self._batch_clock or now) >= self._config.flush_interval
         )
+        if self._queue_turn and queue:
+            # The last request failed: try fresh events before retrying its batch, so one
+            # bad batch cannot hold up the rest, and a success tells the two cases apart.
+            self._queue_turn = False
+            fresh = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
+            if not queue:
+                self._batch_clock = None
+            self._inflight = []
+            self._inflight_raw = fresh
+            return [*fresh], 0.0
         if not self._ready and not queue_due:
             waits = []
             if queue and self._batch_clock is not None:
@@ -533,10 +547,12 @@ class Tracker:
                 waits.append(retry[0].due - now)
             return [], (max(min(waits), 0.0) if waits else None)
         taken: list[_Pending | QueuedEvent] = []
-        room = self._batch_size
-        while self._ready and room:
-            taken.append(self._ready.popleft())
-            room -= 1
+        limit = self._batch_size
+        ready = self._ready
+        while ready and len(taken) < limit and ready[0].group > len(taken):
+            limit = min(limit, ready[0].group)
+            taken.append(ready.popleft())
+        room = limit - len(taken)
         if queue_due:
             while queue and room:
                 taken.append(queue.popleft())
@@ -640,7 +656,11 @@ class Tracker:
                     self._failures += 1
                     self._last_error = outcome.message
                     if isinstance(outcome, Retry):
-                        self._backoff_locked(batch, now, outcome.retry_after, reports)
+                        # Rate limits and timeouts say nothing about the batch's content.
+                        suspect = outcome.status is None or outcome.status >= 500
+                        self._backoff_locked(
+                            batch, now, outcome.retry_after, reports, suspect=suspect
+                        )
                         self._logger(
                             logging.WARNING,
                             "retry",
@@ -751,13 +771,32 @@ class Tracker:
         now: float,
         retry_after: float | None,
         reports: _Reports,
+        *,
+        suspect: bool = False,
     ) -> None:
+        """A whole request failed: pause all sending, and put its events back in line.
+
+        The pause (``Retry-After``, else full jitter on the consecutive failures) spares
+        a struggling server. When the request before this one succeeded, the server is
+        up and this batch itself may be the trouble (a poison record): it is split in
+        half, and an event that fails alone waits on its own backoff, so the others
+        get through around it instead of queueing behind it.
+        """
         delay = self._jitter(self._failures) if retry_after is None else retry_after
         self._gate_until = now + delay
+        self._queue_turn = True  # next, probe with fresh events, not this batch again
         keep = [p for p in batch if self._within_budget_locked(p, now, reports)]
-        for p in reversed(keep):
-            self._ready.appendleft(p)
         self._retried += len(keep)
+        if len(batch) == 1:
+            for p in keep:  # alone and failing: on its own schedule, off the head of the line
+                p.due = now + max(delay, self._jitter(p.attempts))
+                heapq.heappush(self._retry, p)
+            return
+        if suspect and self._failures == 1:
+            half = (len(batch) + 1) // 2
+            for p in keep:
+                p.group = min(p.group, half)
+        self._ready.extend(keep)  # behind what is already waiting
 
     def _schedule_locked(self, p: _Pending, due: float, now: float, reports: _Reports) -> None:
         if self._within_budget_locked(p, now, reports):

@@ -518,6 +518,8 @@ class FakeEnso:
         self._hang_seconds: float | None = None
         self._hang_generation = 0
         self._failing_ids: dict[str, tuple[int, int]] = {}  # eventId -> (status, times left)
+        self._poison_ids: frozenset[str] = frozenset()
+        self._poison_status = 500
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -706,6 +708,7 @@ class FakeEnso:
             self._login_count = 0
             self._faults.clear()
             self._failing_ids.clear()
+            self._poison_ids = frozenset()
             self._end_hang()
 
     # ------------------------------------------------------------------ fault injection
@@ -746,6 +749,17 @@ class FakeEnso:
                     self._failing_ids[event_id] = (status, times)
                 else:
                     self._failing_ids.pop(event_id, None)
+
+    def poison_event_ids(self, ids: Collection[str], status: int = 500) -> None:
+        """Fail every whole ``/events/batch`` request that carries one of these eventIds.
+
+        Models a server bug triggered by one record: a client that keeps resending the
+        same batch, or retries it ahead of everything else, stalls behind it. An empty
+        collection clears the poison.
+        """
+        with self._lock:
+            self._poison_ids = frozenset(ids)
+            self._poison_status = status
 
     def revoke_tokens(self) -> None:
         """Invalidate every JWT issued so far, as a key rotation would; API keys still work."""
@@ -848,6 +862,14 @@ class FakeEnso:
         events = payload.get("events") if isinstance(payload, dict) else None
         if not isinstance(events, list) or not events:
             return _error(400, errors=[{"code": 2003, "message": "events array is required"}])
+        with self._lock:
+            poisoned = any(
+                isinstance(record, dict) and record.get("eventId") in self._poison_ids
+                for record in events
+            )
+            poison_status = self._poison_status
+        if poisoned:  # the whole request fails, every time, whatever else it carries
+            return _error(poison_status)
 
         overrides = dict(fault.record_status) if fault and fault.record_status else {}
         failed: list[dict[str, Any]] = []

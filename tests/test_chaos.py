@@ -18,12 +18,13 @@ import threading
 import time
 from typing import Any, Literal
 
+import msgspec
 import pytest
 
 from enso_tracker import Tracker
 from enso_tracker.testing import FakeEnso, Fault
 
-from .conftest import API_KEY, DropLog, TrackerFactory, accepted
+from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
 
 def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropLog) -> None:
@@ -42,6 +43,10 @@ def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropLog
 
 def track_many(tracker: Tracker, n: int, entity: str = "ent") -> list[str]:
     return [accepted(tracker.track(entity, "api_calls", i)) for i in range(n)]
+
+
+def sent_ids(body: bytes) -> list[str]:
+    return [e["eventId"] for e in msgspec.json.decode(body)["events"]]
 
 
 def gaps(fake: FakeEnso) -> list[float]:
@@ -207,7 +212,8 @@ def test_retry_budget_runs_out(
     assert tracker.flush(10.0)
     check_books(tracker, fake, ids, drops)
     assert {e.event_id for e in drops.events("retries_exhausted")} == set(ids)
-    assert len(fake.batch_requests()) == 4  # the first try and three retries
+    for event_id in ids:  # each event: the first try and three retries, no more
+        assert sum(event_id in sent_ids(r.body) for r in fake.batch_requests()) == 4
 
 
 def test_event_age_budget_runs_out(
@@ -421,3 +427,36 @@ def test_multiprocessing_fork_child_with_an_inherited_tracker(
     assert set(parent_ids) <= set(fake.events)
     assert fake.duplicates == {}
     assert len(fake.events) == 70
+
+
+def test_a_poison_event_does_not_hold_up_the_others(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    # Every request that carries the poison event fails as a whole (a server bug set off
+    # by one record). The others must get through around it, not queue behind it.
+    tracker = make_tracker(max_retries=1_000, backoff_base=0.02, backoff_max=0.2)
+    poison = accepted(tracker.track("ent", "api_calls", 0))
+    fake.poison_event_ids([poison])
+    others = track_many(tracker, 300)
+    assert fake.wait_for(lambda f: set(others) <= set(f.events), 15.0)
+    assert wait_until(lambda: tracker.stats().pending == 1)  # only the poison, retrying
+    assert poison not in fake.events
+    fake.poison_event_ids([])  # the server is fixed: the poison goes through too
+    assert tracker.flush(10.0)
+    check_books(tracker, fake, [poison, *others], drops)
+    assert set(fake.events) == {poison, *others}
+
+
+def test_a_poison_event_exhausts_its_own_budget(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    tracker = make_tracker(max_retries=12, backoff_base=0.01, backoff_max=0.05)
+    poison = accepted(tracker.track("ent", "api_calls", 0))
+    fake.poison_event_ids([poison])
+    others = track_many(tracker, 150)
+    assert tracker.flush(15.0)
+    check_books(tracker, fake, [poison, *others], drops)
+    assert set(fake.events) == set(others)  # bisection isolated it within the budget
+    assert [e.event_id for e in drops.events("retries_exhausted")] == [poison]
+    sent_with_poison = [r for r in fake.batch_requests() if poison in sent_ids(r.body)]
+    assert len(sent_with_poison) == 13  # the first try and its twelve retries
