@@ -17,6 +17,7 @@ Design, in the spirit of OpenTelemetry's BatchProcessor:
 from __future__ import annotations
 
 import atexit
+import base64
 import heapq
 import logging
 import math
@@ -118,12 +119,18 @@ class _RateLimitedLog:
 
 
 def _new_id_prefix() -> str:
-    # Random per process (and re-drawn in a forked child) + pid: unique across
-    # processes, machines and forks, while each id costs only a counter increment.
-    return f"evt_{random.getrandbits(48):012x}{os.getpid():x}_"  # + hex(seq): "…_0x1f"
+    # 80 random bits per tracker (drawn again in a forked child): unique across
+    # processes, machines and forks (a collision needs ~10^12 trackers), while each id
+    # costs only a counter increment. os.urandom, not `random`: an application that
+    # calls random.seed() must not make two processes hand out the same ids.
+    token = base64.b32encode(os.urandom(10)).decode("ascii").lower()
+    return f"evt_{token}_"  # + hex(seq): "evt_…_0x1f"
 
 
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
+#: Our own generator: drawing jitter from the global one would shift the sequence of an
+#: application that seeds `random` for reproducibility.
+_jitter_rng = random.Random()
 
 
 class Tracker:
@@ -763,7 +770,9 @@ class Tracker:
 
     def _jitter(self, attempt: int) -> float:
         cfg = self._config
-        return random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** min(attempt, 60)))
+        return _jitter_rng.uniform(
+            0, min(cfg.backoff_max, cfg.backoff_base * 2 ** min(attempt, 60))
+        )
 
     def _backoff_locked(
         self,

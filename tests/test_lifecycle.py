@@ -260,3 +260,16 @@ def test_flush_returns_only_after_on_drop_has_seen_the_drops() -> None:
             assert finished == [bad]
         finally:
             tracker.shutdown(2.0)
+
+
+def test_event_ids_do_not_depend_on_the_global_random_seed(fake: FakeEnso) -> None:
+    import random
+
+    ids = []
+    for _ in range(2):
+        random.seed(1234)  # an application seeding random for reproducibility
+        tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=30.0)
+        ids.append(accepted(tracker.track("e", "m", 1)))
+        tracker.shutdown(2.0)
+    assert ids[0] != ids[1]
+    assert set(fake.events) == set(ids)
