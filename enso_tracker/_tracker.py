@@ -77,23 +77,23 @@ _Reports = list[tuple[list[QueuedEvent], DropReason]]
 _NO_SEQ: Final = 1 << 62
 
 
-class _Pending:
-    """An event the sender has taken from the queue: encoded once, retried as is."""
+class _Pending(msgspec.Struct, order=True, gc=False):
+    """An event the sender has taken from the queue: encoded once, retried as is.
 
-    __slots__ = ("attempts", "body", "due", "first_sent", "group", "item")
+    A Struct because the sender makes one per event (~60 ns, against ~340 ns for a
+    slotted class); ``order=True`` gives the retry heap its order (due time, then
+    acceptance), and ``gc=False`` is safe since it never takes part in a cycle.
+    """
 
-    def __init__(self, item: QueuedEvent, body: bytes) -> None:
-        self.item = item
-        self.body = body
-        self.attempts = 0
-        self.first_sent = 0.0
-        self.due = 0.0
-        #: Largest batch this event may go in; halved each time its batch fails alone
-        #: (see _backoff_locked), so that one poison event ends up isolated.
-        self.group = 1 << 30
-
-    def __lt__(self, other: _Pending) -> bool:  # heap order: due time, then acceptance
-        return (self.due, self.item[_SEQ]) < (other.due, other.item[_SEQ])
+    due: float
+    seq: int
+    item: QueuedEvent
+    body: bytes
+    attempts: int = 0
+    first_sent: float = 0.0
+    #: Largest batch this event may go in; halved each time its batch fails while the
+    #: server is otherwise healthy (see _backoff_locked), so a poison event ends up alone.
+    group: int = 1 << 30
 
 
 class _RateLimitedLog:
@@ -498,9 +498,8 @@ class Tracker:
         low = self._queue[0][_SEQ] if self._queue else _NO_SEQ
         for group in (self._ready, self._retry, self._inflight):
             for p in group:
-                seq = p.item[_SEQ]
-                if seq < low:
-                    low = seq
+                if p.seq < low:
+                    low = p.seq
         for item in self._inflight_raw:
             low = min(low, item[_SEQ])
         return low
@@ -587,9 +586,9 @@ class Tracker:
                 p = entry
             else:
                 try:
-                    p = _Pending(entry, self._encode(entry))
+                    p = _Pending(0.0, entry[_SEQ], entry, self._encode(entry))
                 except Exception as exc:  # validation should make this impossible
-                    unencodable.append((_Pending(entry, b""), exc))
+                    unencodable.append((_Pending(0.0, entry[_SEQ], entry, b""), exc))
                     continue
             need = len(p.body) + (1 if batch else 0)
             if leftover or (batch and size + need > self._byte_limit):
@@ -959,8 +958,8 @@ class Tracker:
                 *self._ready,
                 *self._retry,
                 *self._inflight,
-                *(_Pending(q, b"") for q in self._inflight_raw),
-                *(_Pending(q, b"") for q in self._queue),
+                *(_Pending(0.0, q[_SEQ], q, b"") for q in self._inflight_raw),
+                *(_Pending(0.0, q[_SEQ], q, b"") for q in self._queue),
             ]
             self._ready.clear()
             self._retry.clear()
