@@ -737,6 +737,11 @@ class Tracker:
             self._last_error = (
                 f"Enso counted {answer.summary_failed} failures but listed {len(failed)}"
             )
+        if not failed and not unsure:  # the common case: everything delivered
+            self._delivered += n
+            self._outstanding -= n
+            self._outstanding_bytes -= sum([p.item[_SIZE] for p in batch])
+            return
         delivered = 0
         retry: list[_Pending] = []
         rejected: dict[tuple[Any, Any, str], list[_Pending]] = {}
