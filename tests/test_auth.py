@@ -306,8 +306,57 @@ def test_tls_options_reach_httpx(tmp_path: Any) -> None:
     context = ssl.create_default_context()
     tracker = Tracker(api_key="k", verify=context, trust_env=False)
     try:
-        client = tracker._sender._http()  # type: ignore[attr-defined]
-        assert client._transport._pool._ssl_context is context
+        sender: Any = tracker._sender
+        client = sender._http()
+        assert client._transport._pool._ssl_context is context  # login path
+        assert sender._direct._pool._ssl_context is context  # batch path
         assert client.trust_env is False
     finally:
         tracker.shutdown(0.1)
+
+
+@pytest.mark.parametrize(
+    ("env", "direct"),
+    [
+        ({}, True),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128"}, False),
+        ({"ALL_PROXY": "http://proxy.internal:3128"}, False),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "api.getenso.ai"}, True),
+        ({"HTTP_PROXY": "http://proxy.internal:3128"}, True),  # not for https URLs
+    ],
+)
+def test_environment_proxies_route_batches_through_the_client(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], direct: bool
+) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tracker = Tracker(api_key="k")
+    try:
+        sender: Any = tracker._sender
+        sender._http()
+        assert (sender._direct is not None) is direct
+    finally:
+        tracker.shutdown(0.1)
+
+
+def test_batches_reach_enso_through_an_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FakeEnso serves absolute-form requests too, so it can stand in for a forward proxy.
+    with FakeEnso() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        tracker = Tracker(
+            api_key="test-api-key", base_url="http://enso.invalid", allow_insecure_http=True
+        )
+        try:
+            event_id = accepted(tracker.track("ent", "m", 1))
+            assert tracker.flush(5.0)
+        finally:
+            tracker.shutdown(1.0)
+    assert list(proxy.events) == [event_id]
+    assert [r.path for r in proxy.batch_requests()] == ["http://enso.invalid/events/batch"]
