@@ -247,3 +247,36 @@ def test_process_exit_is_bounded_when_the_server_hangs(fake: FakeEnso) -> None:
     assert result.returncode == 0, result.stderr
     assert took < 1.0 + 4.0  # shutdown_timeout plus interpreter start-up and teardown
     assert "0 delivered, 100 dropped" in result.stderr
+
+
+def test_redrive_dropped_events_with_their_ids(drops: DropLog) -> None:
+    # Enso answers 2002 until the customer entity exists; once it does, the README's
+    # redrive recipe re-tracks the dropped events with their original eventIds.
+    with FakeEnso(known_entities={"ent_old"}) as before:
+        tracker = Tracker(api_key=API_KEY, base_url=before.url, on_drop=drops)
+        try:
+            ids = [accepted(tracker.track("ent_new", "api_calls", i)) for i in range(3)]
+            assert tracker.flush(5.0)
+        finally:
+            tracker.shutdown(2.0)
+    assert before.events == {}
+    dead_letters = drops.events("rejected")
+    assert [e.event_id for e in dead_letters] == ids
+    with FakeEnso(known_entities={"ent_old", "ent_new"}) as after:
+        tracker = Tracker(api_key=API_KEY, base_url=after.url)
+        try:
+            for e in dead_letters:  # the recipe
+                tracker.track(
+                    e.entity,
+                    e.metric,
+                    e.value,
+                    timestamp=e.timestamp,
+                    metadata=e.metadata,
+                    event_id=e.event_id,
+                    job_id=e.job_id,
+                )
+            assert tracker.flush(5.0)
+        finally:
+            tracker.shutdown(2.0)
+    assert list(after.events) == ids
+    assert [after.events[i]["value"] for i in ids] == [0, 1, 2]
