@@ -204,7 +204,7 @@ class Tracker:
         self._gate_until = 0.0  # request-level backoff: nothing is sent before it
         self._failures = 0  # consecutive failed requests
         self._flush_waiters = 0
-        self._queue_turn = False  # after a failure, the next batch comes from the queue
+        self._queue_turn = False  # after a failed retry, the next batch comes from the queue
         self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self._stopping = False
         self._deadline = math.inf
@@ -797,7 +797,9 @@ class Tracker:
         """
         delay = self._jitter(self._failures) if retry_after is None else retry_after
         self._gate_until = now + delay
-        self._queue_turn = True  # next, probe with fresh events, not this batch again
+        # A batch of retries failed: next, probe with fresh events rather than retrying
+        # it again at once (and the other way round), so neither starves the other.
+        self._queue_turn = batch[0].attempts > 1
         keep = [p for p in batch if self._within_budget_locked(p, now, reports)]
         self._retried += len(keep)
         if len(batch) == 1:

@@ -460,3 +460,21 @@ def test_a_poison_event_exhausts_its_own_budget(
     assert [e.event_id for e in drops.events("retries_exhausted")] == [poison]
     sent_with_poison = [r for r in fake.batch_requests() if poison in sent_ids(r.body)]
     assert len(sent_with_poison) == 13  # the first try and its twelve retries
+
+
+def test_retries_are_not_starved_by_fresh_traffic_during_an_outage(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    fake.script(*[Fault(status=503)] * 8)
+    tracker = make_tracker(max_batch_size=10, backoff_base=0.005, backoff_max=0.02)
+    first = track_many(tracker, 10)
+    assert fake.wait_for(lambda f: len(f.batch_requests()) >= 1, 5.0)
+    later: list[str] = []
+    while len(fake.batch_requests()) < 8:  # fresh traffic all through the outage
+        later += track_many(tracker, 10)
+        tracker.flush(0.01)
+    retried_first = [r for r in fake.batch_requests()[1:8] if set(sent_ids(r.body)) & set(first)]
+    assert len(retried_first) >= 2  # the first batch had its turns while fresh ones came
+    assert tracker.flush(10.0)
+    check_books(tracker, fake, first + later, drops)
+    assert set(fake.events) == set(first + later)
