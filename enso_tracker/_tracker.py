@@ -44,8 +44,8 @@ from ._validate import (
     MAX_EXACT_INT,
     bad_id,
     bad_value,
-    check_decimal,
     check_name,
+    coerce_value,
     encode_metadata,
     timestamp_ns,
 )
@@ -299,7 +299,7 @@ class Tracker:
             if value - value != 0:  # type: ignore[operator]  # NaN/±inf; cheaper than isfinite
                 bad_value(value)
         else:
-            value = _slow_value(value)
+            value = coerce_value(value)
         ts = time.time_ns() if timestamp is None else timestamp_ns(timestamp)
         meta = None
         size = _EVENT_OVERHEAD + len(entity) + len(metric)
@@ -1048,22 +1048,6 @@ def _is_id(value: str, max_length: int) -> bool:
         and value.isprintable()
         and (" " not in value)
     )
-
-
-def _slow_value(value: object) -> int | float | Decimal:
-    if isinstance(value, Decimal):
-        return check_decimal(value)
-    if isinstance(value, bool):
-        bad_value(value)
-    if isinstance(value, int):  # int subclasses (IntEnum…) go out as plain ints
-        plain = int(value)
-        if -MAX_EXACT_INT <= plain <= MAX_EXACT_INT:
-            return plain
-    elif isinstance(value, float):  # float subclasses (numpy.float64…) as plain floats
-        plain_f = float(value)
-        if math.isfinite(plain_f):
-            return plain_f
-    bad_value(value)
 
 
 def _run_worker(tracker: Tracker) -> None:

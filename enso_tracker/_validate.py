@@ -9,6 +9,7 @@ caller passes those arguments.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -23,8 +24,8 @@ __all__ = [
     "MAX_EXACT_INT",
     "bad_id",
     "bad_value",
-    "check_decimal",
     "check_name",
+    "coerce_value",
     "encode_metadata",
     "timestamp_ns",
 ]
@@ -88,12 +89,35 @@ def bad_value(value: object) -> NoReturn:
     )
 
 
-def check_decimal(value: Decimal) -> Decimal:
-    if not value.is_finite():
-        raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
-    if not math.isfinite(float(value)):
-        raise InvalidEventError("value", value, "beyond the range of a JSON number (float)")
-    return value
+def coerce_value(value: object) -> int | float | Decimal:
+    """A ``value`` that is not a plain int or float: checked, and made one if need be.
+
+    Int and float subclasses (IntEnum, numpy.float64) and other integral or real numbers
+    (numpy.int64, numpy.float32) go out as plain ints and floats; a Decimal stays exact.
+    """
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
+        if not math.isfinite(float(value)):
+            raise InvalidEventError("value", value, "beyond the range of a JSON number (float)")
+        return value
+    if isinstance(value, bool) or value is None:
+        bad_value(value)
+    if isinstance(value, numbers.Integral):
+        plain = int(value)
+        if -MAX_EXACT_INT <= plain <= MAX_EXACT_INT:
+            return plain
+        bad_value(plain)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Rational):
+        plain_f = float(value)
+        if math.isfinite(plain_f):
+            return plain_f
+        bad_value(plain_f)
+    if isinstance(value, numbers.Rational):
+        raise InvalidEventTypeError(
+            "value", value, "a fraction would be rounded; pass a Decimal for exact values"
+        )
+    bad_value(value)
 
 
 def timestamp_ns(value: object) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import numbers
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -35,6 +37,7 @@ BAD_CASES: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("value", {"value": 2**53}, InvalidEventError),
     ("value", {"value": "1"}, InvalidEventTypeError),
     ("value", {"value": 1j}, InvalidEventTypeError),
+    ("value", {"value": Fraction(1, 3)}, InvalidEventTypeError),
     ("timestamp", {"timestamp": datetime(2026, 4, 1, 12, 0)}, InvalidEventError),
     ("timestamp", {"timestamp": "2026-04-01T12:00:00"}, InvalidEventError),
     ("timestamp", {"timestamp": "yesterday"}, InvalidEventError),
@@ -94,12 +97,38 @@ class Units(enum.IntEnum):
     TEN = 10
 
 
+class Float32:
+    """Stands in for numpy.float32: a registered numbers.Real that is no float subclass."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
+
+
+class Int64:
+    """Stands in for numpy.int64: a registered numbers.Integral that is no int subclass."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __int__(self) -> int:
+        return self.value
+
+
+numbers.Real.register(Float32)
+numbers.Integral.register(Int64)
+
+
 GOOD_VALUES: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"value": 0}, {"value": 0}),
     ({"value": -3}, {"value": -3}),
     ({"value": 2**53 - 1}, {"value": 2**53 - 1}),
     ({"value": 12.5}, {"value": 12.5}),
     ({"value": Units.TEN}, {"value": 10}),
+    ({"value": Float32(2.5)}, {"value": 2.5}),
+    ({"value": Int64(7)}, {"value": 7}),
     ({"entity": Plan.PRO}, {"CustomerEntityId": "plan_pro"}),
     (
         {"timestamp": datetime(2026, 4, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))},
