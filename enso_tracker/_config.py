@@ -63,7 +63,7 @@ class Config:
     #: A server's ``Retry-After`` is honoured up to this many seconds.
     max_retry_after: float = 300.0
     #: Called with events that will never be delivered. Runs on the sender thread (or,
-    #: for ``queue_full``/``shutdown`` in ``track()``, on the caller's); must be quick.
+    #: for ``queue_full``/``closed`` refusals in ``track()``, on the caller's); be quick.
     on_drop: OnDrop | None = None
     #: Longest accepted ``entity``/``metric`` (characters).
     max_name_length: int = 512

@@ -31,31 +31,23 @@ def run_demo(
     *, seconds: float = 4.0, threads: int = 6, live: bool = True, out: TextIO = sys.stdout
 ) -> int:
     """Run the demo; return 0 when the books balance, 1 otherwise."""
-    dropped: dict[str, DropReason] = {}
-    drop_lock = threading.Lock()
-    accepted: list[list[str]] = [[] for _ in range(threads)]
-    stop = threading.Event()
     # The tracker's warnings (retries, drops) get their own lines above the live one.
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("\r\033[K  log: %(levelname)s %(message)s"))
     logger = logging.getLogger("enso_tracker")
     logger.addHandler(handler)
     try:
-        return _run(seconds, threads, live, out, dropped, drop_lock, accepted, stop)
+        return _run(seconds, threads, live, out)
     finally:
         logger.removeHandler(handler)
 
 
-def _run(
-    seconds: float,
-    threads: int,
-    live: bool,
-    out: TextIO,
-    dropped: dict[str, DropReason],
-    drop_lock: threading.Lock,
-    accepted: list[list[str]],
-    stop: threading.Event,
-) -> int:
+def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
+    dropped: dict[str, DropReason] = {}
+    drop_lock = threading.Lock()
+    accepted: list[list[str]] = [[] for _ in range(threads)]
+    stop = threading.Event()
+
     def on_drop(events: Sequence[Event], reason: DropReason) -> None:
         with drop_lock:
             for e in events:

@@ -139,6 +139,11 @@ class Tracker:
     ``Tracker(api_key=...)`` or ``Tracker(client_key=..., client_secret=...)``; every
     option of :class:`Config` may be passed as a keyword, or a whole ``config=``.
     Thread-safe; fork-safe; usable as a context manager (``shutdown()`` on exit).
+
+    For tests: ``transport=`` is handed to httpx (e.g. ``httpx.MockTransport``), and
+    ``sender=`` replaces the HTTP layer altogether (anything with the ``Sender``
+    protocol's ``send``/``close``/``after_fork``/``logins``), in which case no
+    credentials are passed.
     """
 
     def __init__(
@@ -536,8 +541,9 @@ class Tracker:
             or now - (self._batch_clock or now) >= self._config.flush_interval
         )
         if self._queue_turn and queue:
-            # The last request failed: try fresh events before retrying its batch, so one
-            # bad batch cannot hold up the rest, and a success tells the two cases apart.
+            # A batch of retries just failed: try fresh events before it again, so one bad
+            # batch cannot hold up the rest, and a success tells "server down" from
+            # "this batch is the trouble" (see _backoff_locked).
             self._queue_turn = False
             fresh = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
             if not queue:
