@@ -16,7 +16,15 @@ from typing import Protocol
 import httpx
 import msgspec
 
-__all__ = ["ApiKey", "AuthFailure", "ClientCredentials", "Credentials"]
+from ._errors import ConfigurationError
+
+__all__ = [
+    "ApiKey",
+    "AuthFailure",
+    "ClientCredentials",
+    "Credentials",
+    "make_credentials",
+]
 
 log = logging.getLogger("enso_tracker")
 
@@ -180,3 +188,29 @@ class ClientCredentials:
         self._header = f"Bearer {token}"
         self._logins += 1
         log.debug("logged in to Enso; token valid for %.0f s", lifetime)
+
+
+def make_credentials(
+    api_key: str | None, client_key: str | None, client_secret: str | None, base_url: str
+) -> Credentials:
+    """The credential mode the arguments select; ``ConfigurationError`` (never echoing a
+    value) when they are missing, contradictory or unusable."""
+    for name, value in (
+        ("api_key", api_key),
+        ("client_key", client_key),
+        ("client_secret", client_secret),
+    ):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigurationError(f"{name} must be a non-empty string")  # value not shown
+    if api_key is not None:
+        if client_key is not None or client_secret is not None:
+            raise ConfigurationError("pass either api_key or client_key + client_secret, not both")
+        return ApiKey(api_key)
+    if client_key is not None and client_secret is not None:
+        return ClientCredentials(client_key, client_secret, base_url)
+    if client_key is not None or client_secret is not None:
+        raise ConfigurationError("client_key and client_secret go together; one is missing")
+    raise ConfigurationError(
+        "no credentials: pass api_key=..., or client_key=... and client_secret=... "
+        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env())"
+    )

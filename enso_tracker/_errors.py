@@ -27,6 +27,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidEventTypeError",
     "NotInitializedError",
+    "describe_exception",
 ]
 
 _MAX_REPR = 80
@@ -65,3 +66,26 @@ class InvalidEventError(EnsoError, ValueError):
 
 class InvalidEventTypeError(InvalidEventError, TypeError):
     """``track()`` got an argument of the wrong type."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A text for logs, ``stats().last_error`` and drop reasons that cannot leak a secret.
+
+    The text of an exception from the HTTP stack can quote request headers (h11's
+    ``Illegal header value b'Bearer ...'``) or bodies (a ``UnicodeEncodeError`` holding
+    the login JSON), so it is never used. What is kept: the exception's type, and the
+    operating system's own words for the first ``OSError`` in its chain (``Connection
+    refused``), or the verification message of a TLS certificate error.
+    """
+    name = type(exc).__name__
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        verify_message = getattr(current, "verify_message", None)
+        if isinstance(verify_message, str) and verify_message:
+            return f"{name} ({verify_message})"
+        if isinstance(current, OSError) and isinstance(current.strerror, str) and current.strerror:
+            return f"{name} ({current.strerror})"
+        current = current.__cause__ or current.__context__
+    return name

@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 import httpx
 import msgspec
 
-from ._auth import ApiKey, ClientCredentials, Credentials
+from ._auth import make_credentials
 from ._config import Config
 from ._errors import ConfigurationError
 from ._model import DropKind, DropReason, Event, Stats
@@ -164,7 +164,7 @@ class Tracker:
         self._config = cfg
         if sender is None:
             sender = HttpSender(
-                cfg, _credentials(api_key, client_key, client_secret, cfg.base_url), transport
+                cfg, make_credentials(api_key, client_key, client_secret, cfg.base_url), transport
             )
         elif api_key is not None or client_key is not None or client_secret is not None:
             raise ConfigurationError("pass credentials or a sender, not both")
@@ -1021,30 +1021,6 @@ class Tracker:
         self._init_state()
         self._closed = self._stopping = closed  # a tracker shut down (or stopping) stays so
         self._sender.after_fork()
-
-
-def _credentials(
-    api_key: str | None, client_key: str | None, client_secret: str | None, base_url: str
-) -> Credentials:
-    for name, value in (
-        ("api_key", api_key),
-        ("client_key", client_key),
-        ("client_secret", client_secret),
-    ):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigurationError(f"{name} must be a non-empty string")  # value not shown
-    if api_key is not None:
-        if client_key is not None or client_secret is not None:
-            raise ConfigurationError("pass either api_key or client_key + client_secret, not both")
-        return ApiKey(api_key)
-    if client_key is not None and client_secret is not None:
-        return ClientCredentials(client_key, client_secret, base_url)
-    if client_key is not None or client_secret is not None:
-        raise ConfigurationError("client_key and client_secret go together; one is missing")
-    raise ConfigurationError(
-        "no credentials: pass api_key=..., or client_key=... and client_secret=... "
-        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env())"
-    )
 
 
 def _is_id(value: str, max_length: int) -> bool:
