@@ -42,8 +42,8 @@ from ._model import DropKind, DropReason, Event, Stats
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, TooLarge
 from ._validate import (
     MAX_EXACT_INT,
-    bad_id,
     bad_value,
+    check_id,
     check_name,
     coerce_value,
     encode_metadata,
@@ -315,11 +315,11 @@ class Tracker:
             size += len(meta)
         if event_id is not None:
             if type(event_id) is not str or not _is_id(event_id, self._max_id):
-                bad_id("event_id", event_id, self._max_id)
+                event_id = check_id("event_id", event_id, self._max_id)
             size += len(event_id)
         if job_id is not None:
             if type(job_id) is not str or not _is_id(job_id, self._max_id):
-                bad_id("job_id", job_id, self._max_id)
+                job_id = check_id("job_id", job_id, self._max_id)
             size += 2 * len(job_id)
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks

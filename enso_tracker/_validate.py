@@ -22,8 +22,8 @@ from ._errors import InvalidEventError, InvalidEventTypeError
 
 __all__ = [
     "MAX_EXACT_INT",
-    "bad_id",
     "bad_value",
+    "check_id",
     "check_name",
     "coerce_value",
     "encode_metadata",
@@ -48,7 +48,9 @@ def check_name(field: str, value: object, max_length: int) -> str:
     """``entity``/``metric`` as a plain ``str``, or an error saying what is wrong."""
     if not isinstance(value, str):
         raise InvalidEventTypeError(field, value, f"must be a str, not {type(value).__name__}")
-    value = str(value)  # str subclasses (StrEnum…) go out as their plain value
+    # A str subclass goes out as its own characters: str(value) would give a (str, Enum)
+    # member's *name* ("Metric.API_CALLS"), and usage would land on an unknown metric.
+    value = str.__str__(value)
     if not value or value.isspace():
         raise InvalidEventError(field, value, "must be a non-empty string")
     if len(value) > max_length:
@@ -63,9 +65,18 @@ def check_name(field: str, value: object, max_length: int) -> str:
     return value
 
 
-def bad_id(field: str, value: object, max_length: int) -> NoReturn:
+def check_id(field: str, value: object, max_length: int) -> str:
+    """``event_id``/``job_id`` as a plain ``str``, or an error saying what is wrong."""
     if not isinstance(value, str):
         raise InvalidEventTypeError(field, value, f"must be a str, not {type(value).__name__}")
+    value = str.__str__(value)  # a StrEnum/str subclass id goes out as its own characters
+    if (
+        0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    ):
+        return value
     if not value:
         raise InvalidEventError(field, value, "must be a non-empty string")
     if len(value) > max_length:
