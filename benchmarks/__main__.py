@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import exit_time, hot_path, memory, overhead, peers, throughput
+from . import async_gap, exit_time, hot_path, memory, overhead, peers, throughput
 from ._common import (
     FULL,
     QUICK,
@@ -66,6 +66,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("4. Caller overhead", lambda: overhead.run(sizes, sink.url)),
             ("5. Exit", lambda: exit_time.run(sizes, sink)),
             ("6. Peers", lambda: peers.run(sizes, sink)),
+            ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

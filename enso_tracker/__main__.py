@@ -1,22 +1,15 @@
-"""``python -m enso_tracker demo``: the main job, against an embedded fake Enso."""
+"""``python -m enso_tracker`` and the ``enso-tracker`` console script."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 
-from ._demo import run_demo
 
+def main(argv: Sequence[str] | None = None) -> int:
+    from ._cli import main as cli_main  # argparse and friends only when the CLI runs
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enso_tracker")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="track events from several threads into a fake Enso")
-    demo.add_argument("--seconds", type=float, default=4.0, help="how long the app runs")
-    demo.add_argument("--threads", type=int, default=6, help="request-handler threads")
-    demo.add_argument("--quiet", action="store_true", help="no live progress line")
-    args = parser.parse_args(argv)
-    return run_demo(seconds=args.seconds, threads=args.threads, live=not args.quiet)
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

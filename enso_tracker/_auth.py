@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import time
+import unicodedata
 from typing import Protocol
 
 import httpx
 import msgspec
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, describe_exception
 
 __all__ = [
     "ApiKey",
@@ -32,6 +34,13 @@ log = logging.getLogger("enso_tracker")
 FALLBACK_TOKEN_TTL = 300.0
 #: Renew this long before ``exp`` (or a quarter of the lifetime, if that is shorter).
 REFRESH_MARGIN = 60.0
+#: Least lifetime assumed for a token whose lifetime is only known through the client's
+#: wall clock (no usable ``iat``): a clock running ahead of Enso's makes a fresh token
+#: look expired, and without a floor every request would log in again.
+MIN_TOKEN_TTL = 30.0
+#: Surrounding whitespace stripped from credentials: what a key read from a file or a
+#: Kubernetes secret typically carries (a trailing newline), never part of a key.
+_STRIPPED = " \t\r\n"
 
 
 class AuthFailure(Exception):
@@ -89,26 +98,47 @@ class _LoginBody(msgspec.Struct):
     accessToken: str | None = None  # bare shape, should Enso ever drop the envelope
 
 
-class _Claims(msgspec.Struct):
-    exp: float | None = None
-
-
 _decode_login = msgspec.json.Decoder(_LoginBody).decode
-_decode_claims = msgspec.json.Decoder(_Claims).decode
+_decode_claims = msgspec.json.Decoder(dict[str, object]).decode
+
+
+def _claim(claims: dict[str, object], name: str) -> float | None:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def jwt_lifetime(token: str, now: float) -> float | None:
-    """Seconds until the JWT's ``exp``, read without verifying the signature."""
+    """Seconds the JWT is good for from its issue, read without verifying the signature;
+    ``None`` when it has no readable ``exp``.
+
+    ``exp - iat`` when both claims are readable and ``exp > iat``: both come from Enso's
+    clock, so the client's own clock (``now``, wall-clock seconds) does not matter. Without
+    a usable ``iat`` it is ``exp - now``, floored at :data:`MIN_TOKEN_TTL`: a client clock
+    ahead of Enso's makes a fresh token look expired, and a lifetime of zero would mean a
+    login before every request.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         return None
     payload = parts[1]
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        exp = _decode_claims(raw).exp
+        claims = _decode_claims(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return None if exp is None else exp - now
+    exp = _claim(claims, "exp")
+    if exp is None:
+        return None
+    iat = _claim(claims, "iat")
+    if iat is not None and exp > iat:
+        return exp - iat
+    return max(exp - now, MIN_TOKEN_TTL)
 
 
 class ClientCredentials:
@@ -148,17 +178,29 @@ class ClientCredentials:
 
     def _login(self, client: httpx.Client, timeout: float) -> None:
         self._header = None
+        # The token cannot have been issued before the request left: anchoring its
+        # lifetime here (monotonic) renews it a little early, never late.
+        sent_at = time.monotonic()
+        from ._wire import LOGIN_ANSWER_BYTES, AnswerError, read_answer  # keeps edits in _login
+
         try:
             # No Authorization header: this call is what issues the token (§9 A5).
-            response = client.post(
+            # Streamed: an endless answer or a gzip bomb is abandoned at the bound.
+            with client.stream(
+                "POST",
                 self._login_url,
                 json={"clientKey": self._key, "clientSecret": self._secret},
                 timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise AuthFailure(
-                f"login failed: {type(exc).__name__}: {exc}", retryable=True
-            ) from None
+            ) as response:
+                try:
+                    content: bytes | None = read_answer(response, LOGIN_ANSWER_BYTES)
+                except AnswerError:
+                    content = None  # over LOGIN_ANSWER_BYTES or undecodable: refused below
+        except Exception as exc:
+            # Not only httpx.HTTPError: whatever fails here may quote the request (an h11
+            # header error, a UnicodeEncodeError holding the JSON with clientSecret), so
+            # only the exception's type and the OS's own words go on.
+            raise AuthFailure(f"login failed: {describe_exception(exc)}", retryable=True) from None
         status = response.status_code
         if status in (400, 401, 403):
             raise AuthFailure(
@@ -168,9 +210,16 @@ class ClientCredentials:
             )
         if status != 200 and status != 201:
             raise AuthFailure(f"login answered HTTP {status}", retryable=True, status=status)
+        if content is None:
+            raise AuthFailure(
+                f"login answer is over {LOGIN_ANSWER_BYTES} bytes or undecodable; not read",
+                retryable=True,
+                status=status,
+            )
         try:
-            body = _decode_login(response.content)
+            body = _decode_login(content)
         except (msgspec.DecodeError, msgspec.ValidationError):
+            # The decoder's message can quote the body, which may hold a token: not kept.
             raise AuthFailure(
                 "login answer is not the documented JSON", retryable=True, status=status
             ) from None
@@ -179,15 +228,58 @@ class ClientCredentials:
             raise AuthFailure(
                 "login answer holds no data.accessToken", retryable=True, status=status
             )
-        now = time.monotonic()
+        token = token.strip(_STRIPPED)
+        if not token or _unsendable(token, header=True) is not None:
+            # Sent as is, h11 would refuse the header and quote it in its exception text.
+            raise AuthFailure(
+                "login answer's accessToken cannot travel in an HTTP header "
+                "(empty, control or non-ASCII characters)",
+                retryable=True,
+                status=status,
+            )
         lifetime = jwt_lifetime(token, time.time())
         if lifetime is None:
             lifetime = FALLBACK_TOKEN_TTL
-        margin = min(REFRESH_MARGIN, max(lifetime, 0.0) / 4)
-        self._renew_at = now + lifetime - margin
+        margin = min(REFRESH_MARGIN, lifetime / 4)
+        self._renew_at = sent_at + lifetime - margin
         self._header = f"Bearer {token}"
         self._logins += 1
         log.debug("logged in to Enso; token valid for %.0f s", lifetime)
+
+
+def _unsendable(value: str, *, header: bool) -> str | None:
+    """What keeps ``value`` from travelling (a header when ``header``, else a JSON string),
+    or None. Says what kind of character and where, never the character's neighbours."""
+    if header and value.isascii():
+        bad = next((i for i, c in enumerate(value) if c < " " or c == "\x7f"), None)
+        return None if bad is None else f"a control character at index {bad}"
+    for i, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return (
+                f"a lone surrogate at index {i} (not valid Unicode: an environment "
+                "variable or file that is not UTF-8?)"
+            )
+        if category == "Cc":
+            return f"a control character at index {i}"
+    if header:
+        bad = next(i for i, c in enumerate(value) if not c.isascii())
+        return f"a non-ASCII character at index {bad} (it travels in an HTTP header)"
+    return None
+
+
+def _credential(name: str, value: object, *, header: bool) -> str:
+    """``value`` stripped of surrounding whitespace, or ``ConfigurationError`` naming
+    ``name`` (never quoting the value: it is a secret)."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a non-empty string, not {type(value).__name__}")
+    value = str.__str__(value).strip(_STRIPPED)  # a str subclass goes on as its characters
+    if not value:
+        raise ConfigurationError(f"{name} must be a non-empty string")
+    problem = _unsendable(value, header=header)
+    if problem is not None:
+        raise ConfigurationError(f"{name} holds {problem}; it cannot be sent")
+    return value
 
 
 def make_credentials(
@@ -195,13 +287,16 @@ def make_credentials(
 ) -> Credentials:
     """The credential mode the arguments select; ``ConfigurationError`` (never echoing a
     value) when they are missing, contradictory or unusable."""
-    for name, value in (
-        ("api_key", api_key),
-        ("client_key", client_key),
-        ("client_secret", client_secret),
-    ):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigurationError(f"{name} must be a non-empty string")  # value not shown
+    # Surrounding spaces, tabs, CR and LF are stripped (a key read from a file or a
+    # Kubernetes secret ends with a newline); anything else that cannot travel is refused
+    # here, since h11 or the JSON encoder would otherwise refuse it on every request,
+    # quoting the secret in an exception text.
+    if api_key is not None:
+        api_key = _credential("api_key", api_key, header=True)
+    if client_key is not None:
+        client_key = _credential("client_key", client_key, header=False)
+    if client_secret is not None:
+        client_secret = _credential("client_secret", client_secret, header=False)
     if api_key is not None:
         if client_key is not None or client_secret is not None:
             raise ConfigurationError("pass either api_key or client_key + client_secret, not both")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
+
+import httpx
 
 from ._errors import ConfigurationError
 
@@ -24,6 +26,13 @@ OnDrop = Callable[[Sequence["Event"], "DropReason"], None]
 """``on_drop(events, reason)``: called once per group of events that will never be delivered."""
 
 QueueFullPolicy = Literal["drop", "block"]
+
+#: Upper bound of every duration option but ``max_event_age``: longer is surely a mistake
+#: (a unit slip, ``float("inf")``), and well inside what ``threading`` waits accept
+#: (``threading.TIMEOUT_MAX``).
+DAY = 86_400.0
+#: Upper bound of ``max_event_age``: how long an event may keep being retried.
+WEEK = 7 * DAY
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +86,10 @@ class Config:
     verify: bool | str | ssl.SSLContext = True
     #: Honour ``HTTP(S)_PROXY``/``SSL_CERT_FILE``… environment variables (httpx's trust_env).
     trust_env: bool = True
+    #: Make SIGTERM a graceful stop (see the README's "Shutdown and exit"): installed at
+    #: the first tracker made in the main thread while SIGTERM has its default action.
+    #: ``ENSO_HANDLE_SIGTERM=0`` in the environment also turns it off.
+    handle_sigterm: bool = True
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -94,9 +107,10 @@ class Config:
                 "so that every accepted event fits in a batch"
             )
         for name in ("flush_interval", "timeout", "backoff_base", "backoff_max"):
-            _check_seconds(name, getattr(self, name), positive=True)
-        for name in ("block_timeout", "shutdown_timeout", "max_event_age", "max_retry_after"):
-            _check_seconds(name, getattr(self, name), positive=False)
+            _check_seconds(name, getattr(self, name), positive=True, maximum=DAY)
+        for name in ("block_timeout", "shutdown_timeout", "max_retry_after"):
+            _check_seconds(name, getattr(self, name), positive=False, maximum=DAY)
+        _check_seconds("max_event_age", self.max_event_age, positive=False, maximum=WEEK)
         if self.queue_full_policy not in ("drop", "block"):
             raise ConfigurationError(
                 f"queue_full_policy={self.queue_full_policy!r}: must be 'drop' or 'block'"
@@ -122,12 +136,15 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise ConfigurationError(f"{name}={value!r}: must be between {low} and {high}")
 
 
-def _check_seconds(name: str, value: object, *, positive: bool) -> None:
+def _check_seconds(name: str, value: object, *, positive: bool, maximum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name}={value!r}: must be a number of seconds")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    # `not value <= maximum` also catches NaN and an int too large for a float.
+    if value < 0 or (positive and value == 0) or not value <= maximum:
         kind = "positive" if positive else "non-negative"
-        raise ConfigurationError(f"{name}={value!r}: must be a finite, {kind} number of seconds")
+        raise ConfigurationError(
+            f"{name}={value!r}: must be a {kind} number of seconds, at most {maximum:,.0f}"
+        )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -139,18 +156,77 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+#: A DNS label as written in a URL (after IDNA: ``xn--`` for non-ASCII names). Underscores
+#: are tolerated (some internal names have them); ``%``, spaces, ``\\`` and the like are not.
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+_USERINFO = re.compile(r"(//).*@")
+
+
+def _shown(url: str) -> str:
+    """``url`` for an error message: whatever could be a ``user:password@`` is masked."""
+    return repr(_USERINFO.sub(r"\1<redacted>@", url) if "@" in url else url)
+
+
+def _check_host(host: str) -> str | None:
+    """What is wrong with ``host`` (ASCII, as httpx sends it), or None."""
+    if not host:
+        return "has no host"
+    if ":" in host:  # a bracketed IPv6 literal, already checked by urlsplit
+        return None
+    name = host[:-1] if host.endswith(".") else host  # a fully qualified name: fine
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        return "has a malformed host name"
+    if labels[-1].isdigit():  # all-numeric last label: only an IPv4 address makes sense
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "has a malformed IPv4 address"
+    return None
+
+
 def _check_url(url: object, allow_insecure_http: bool) -> None:
+    """``ConfigurationError`` for anything but a well-formed ``http(s)://host[:port][/path]``.
+
+    Checked here, not on the first request: urlsplit silently drops tabs and newlines and
+    httpx percent-encodes spaces, so a malformed URL would otherwise fail later (or reach
+    another host) instead of at construction.
+    """
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"base_url={url!r}: must be a non-empty URL string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"base_url={url!r}: must be an http(s) URL with a host")
-    if parts.username or parts.password:
+    url = str.__str__(url)
+    shown = _shown(url)
+    for index, char in enumerate(url):
+        # Whitespace and control characters anywhere (an env var's trailing newline
+        # included); lone surrogates, which no encoding can send.
+        if char <= " " or "\x7f" <= char <= "\x9f" or "\ud800" <= char <= "\udfff":
+            raise ConfigurationError(
+                f"base_url={shown}: holds whitespace or a control character at index {index}"
+            )
+    if "?" in url or "#" in url:
+        raise ConfigurationError(f"base_url={shown}: must not have a query or fragment")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+        if host.startswith("xn--") or ".xn--" in host:
+            parsed.host.encode("utf-8")  # decodes the xn-- labels: raises for a bad one
+    except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
+        reason = str(exc) if "@" not in url else type(exc).__name__
+        raise ConfigurationError(f"base_url={shown}: not a valid URL ({reason})") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"base_url={shown}: must be an http(s) URL with a host")
+    if "@" in parts.netloc:
         raise ConfigurationError("base_url must not embed credentials")
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"base_url={url!r}: must not have a query or fragment")
-    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(parts.hostname):
+    problem = _check_host(host)
+    if problem is not None:
+        raise ConfigurationError(f"base_url={shown}: {problem}")
+    if port == 0:
+        raise ConfigurationError(f"base_url={shown}: port must be between 1 and 65535")
+    hostname = parts.hostname or ""
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
         raise ConfigurationError(
-            f"base_url={url!r}: plain http would send credentials in clear; use https, "
+            f"base_url={shown}: plain http would send credentials in clear; use https, "
             "or pass allow_insecure_http=True if this really is what you want"
         )

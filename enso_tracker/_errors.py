@@ -68,6 +68,22 @@ class InvalidEventTypeError(InvalidEventError, TypeError):
     """``track()`` got an argument of the wrong type."""
 
 
+#: Exact built-in types whose text names code, not data (a UnicodeError, an OSError or
+#: any library subclass may quote a header or body, so none of those is listed).
+_PLAIN_BUGS = frozenset(
+    {
+        RuntimeError,
+        AssertionError,
+        AttributeError,
+        IndexError,
+        NameError,
+        NotImplementedError,
+        RecursionError,
+        ZeroDivisionError,
+    }
+)
+
+
 def describe_exception(exc: BaseException) -> str:
     """A text for logs, ``stats().last_error`` and drop reasons that cannot leak a secret.
 
@@ -75,9 +91,12 @@ def describe_exception(exc: BaseException) -> str:
     ``Illegal header value b'Bearer ...'``) or bodies (a ``UnicodeEncodeError`` holding
     the login JSON), so it is never used. What is kept: the exception's type, and the
     operating system's own words for the first ``OSError`` in its chain (``Connection
-    refused``), or the verification message of a TLS certificate error.
+    refused``), or the verification message of a TLS certificate error; and the text of
+    a few plain built-in errors that only our own bugs raise (``RuntimeError``…).
     """
     name = type(exc).__name__
+    if type(exc) in _PLAIN_BUGS and str(exc):  # our own bugs: the text is the diagnosis
+        return f"{name}: {str(exc)[:200]}"
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 8:

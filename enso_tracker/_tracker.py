@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -35,9 +36,12 @@ from typing import Any, Final, Literal
 import httpx
 import msgspec
 
+from ._aio import AsyncMixin
 from ._auth import make_credentials
 from ._config import Config
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, describe_exception
+from ._lifecycle import install_sigterm_handler
+from ._log import DeferredLog, ErrorCounter, log
 from ._model import DropKind, DropReason, Event, Stats
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, TooLarge
 from ._validate import (
@@ -53,7 +57,6 @@ from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch
 
 __all__ = ["Tracker"]
 
-log = logging.getLogger("enso_tracker")
 
 # Layout of a queued event; a tuple because it is the cheapest thing to build in track().
 QueuedEvent = tuple[int, str, str, str, int | float | Decimal, int, bytes | None, str | None, int]
@@ -67,14 +70,25 @@ _META: Final = 6  # metadata, already JSON
 _JOB: Final = 7
 _SIZE: Final = 8  # estimated bytes, for max_queue_bytes
 
-#: Estimated bytes of one queued event beyond its strings (tuple, ints, JSON keys).
-_EVENT_OVERHEAD: Final = 200
+# max_queue_bytes counts what an event really holds (measured with tracemalloc; see
+# tests/test_hardening.py): CPython object headers included, names in bytes not
+# characters, and, once it is encoded, its wire body in place of its metadata JSON.
+_STR_OVERHEAD: Final = 49  # header of an ASCII str
+_BYTES_OVERHEAD: Final = 33  # header of a bytes object
+#: One queued event beyond its strings: the tuple and its deque slot, the generated id,
+#: the timestamp and value objects, and the headers of fresh entity and metric strs.
+_EVENT_OVERHEAD: Final = 420
+#: Added once the event is encoded: the _Pending struct, its floats, its body's header
+#: and its heap entries (the body's own length is counted on top).
+_PENDING_OVERHEAD: Final = 240
+#: The metadata slot of an encoded event: its JSON lives in the wire body only.
+_IN_BODY: Final = b"<metadata in the wire body>"
 #: Per-record ``statusCode`` values worth another try (the rest are permanent).
 _RETRYABLE_RECORD_STATUS = frozenset({408, 425, 429})
-_LOG_EVERY: Final = 60.0
 #: Drops waiting to be logged and handed to on_drop once the lock is released.
 _Reports = list[tuple[list[QueuedEvent], DropReason]]
 _NO_SEQ: Final = 1 << 62
+_CLOSED: Final = -1.0  # _step(): the tracker is closed, the sender thread ends
 
 
 class _Pending(msgspec.Struct, order=True, gc=False):
@@ -91,31 +105,13 @@ class _Pending(msgspec.Struct, order=True, gc=False):
     body: bytes
     attempts: int = 0
     first_sent: float = 0.0
+    #: In ``_unsettled`` (the heap flush() reads its low-water mark from), and whether
+    #: that entry is stale: settled since, or in flight (counted from ``_inflight``).
+    parked: bool = False
+    done: bool = False
     #: Largest batch this event may go in; halved each time its batch fails while the
     #: server is otherwise healthy (see _backoff_locked), so a poison event ends up alone.
     group: int = 1 << 30
-
-
-class _RateLimitedLog:
-    """At most one record per key per interval, with a count of what was held back."""
-
-    def __init__(self, interval: float = _LOG_EVERY) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        if held:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, held)
-        log.log(level, msg, *args)
 
 
 def _new_id_prefix() -> str:
@@ -133,12 +129,14 @@ _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
 _jitter_rng = random.Random()
 
 
-class Tracker:
+class Tracker(AsyncMixin):
     """Collects usage events and delivers them to Enso in the background.
 
     ``Tracker(api_key=...)`` or ``Tracker(client_key=..., client_secret=...)``; every
     option of :class:`Config` may be passed as a keyword, or a whole ``config=``.
-    Thread-safe; fork-safe; usable as a context manager (``shutdown()`` on exit).
+    Thread-safe; fork-safe; usable as a context manager (``shutdown()`` on exit), also
+    ``async with`` (``ashutdown()``); ``aflush``/``ashutdown`` wait without blocking the
+    event loop, and ``flush_after`` flushes around a serverless handler.
 
     For tests: ``transport=`` is handed to httpx (e.g. ``httpx.MockTransport``), and
     ``sender=`` replaces the HTTP layer altogether (anything with the ``Sender``
@@ -169,11 +167,14 @@ class Tracker:
         elif api_key is not None or client_key is not None or client_secret is not None:
             raise ConfigurationError("pass credentials or a sender, not both")
         self._sender = sender
+        # A tracker dropped without shutdown() closes its connections when collected (its
+        # thread holds it only weakly while idle). Not at exit: the atexit hook shuts it
+        # down first, and a finalizer run before that would close the client under it.
+        weakref.finalize(self, sender.close).atexit = False
         self._encoder = EventEncoder()
         self._metadata_encoder = msgspec.json.Encoder()
         self._decode_metadata = msgspec.json.Decoder(dict[str, Any]).decode
         self._on_drop = cfg.on_drop
-        self._logger = _RateLimitedLog()
         # Hot-path copies of the bounds (attribute lookups on self are the cheapest).
         self._max_name = cfg.max_name_length
         self._max_id = cfg.max_id_length
@@ -185,6 +186,8 @@ class Tracker:
         self._closed = False  # shutdown() finished: nothing more is accepted or sent
         _live.add(self)
         _mp_hook.arm()
+        if cfg.handle_sigterm:
+            install_sigterm_handler(_shutdown_all_at_exit)
 
     def _init_state(self) -> None:
         """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
@@ -193,7 +196,11 @@ class Tracker:
         self._settled = threading.Condition(self._lock)  # an event settled (flush waits)
         self._room = threading.Condition(self._lock)  # queue space freed ("block" policy)
         self._wake = threading.Event()
+        weakref.finalize(self, self._wake.set).atexit = False  # the idle sender ends
         self._start_lock = threading.Lock()
+        # Fresh after a fork too: a lock inherited mid-acquire would never be released.
+        self._hook_errors = ErrorCounter()  # raised by on_drop or a logging handler
+        self._logger = DeferredLog(self._hook_errors)
         self._thread: threading.Thread | None = None
         self._worker_gone = True  # no sender thread running (never started, or it died)
         self._id_prefix = _new_id_prefix()
@@ -203,16 +210,19 @@ class Tracker:
         self._retry: list[_Pending] = []  # heap by due time
         self._inflight: list[_Pending] = []
         self._inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
+        self._unsettled: list[tuple[int, _Pending]] = []  # see _park_locked
         self._outstanding = 0  # events in queue + ready + retry + in flight
         self._outstanding_bytes = 0
         self._batch_clock: float | None = None  # when the oldest queued event was seen
         self._gate_until = 0.0  # request-level backoff: nothing is sent before it
         self._failures = 0  # consecutive failed requests
         self._flush_waiters = 0
+        self._flush_asked = False  # flush() from the sender thread: send what is queued now
         self._queue_turn = False  # after a failed retry, the next batch comes from the queue
         self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self._stopping = False
         self._deadline = math.inf
+        self._finish_on_worker = False  # shutdown() came from the sender thread itself
         self._delivered = 0
         self._dropped: dict[str, int] = {}
         self._refused: dict[str, int] = {}
@@ -220,7 +230,6 @@ class Tracker:
         self._requests = 0
         self._failed_requests = 0
         self._worker_errors = 0
-        self._hook_errors = 0
         self._auth_state: Literal["ok", "unauthorized"] = "ok"
         self._last_error: str | None = None
         self._last_success_at: float | None = None
@@ -281,7 +290,8 @@ class Tracker:
         ``datetime`` or an RFC 3339 string with an offset. Bad arguments raise
         :class:`~enso_tracker.InvalidEventError` here; delivery problems never raise.
         """
-        # Fast checks inline; the bad_* helpers say precisely what is wrong.
+        # Fast checks inline; the check_*/bad_* helpers say precisely what is wrong.
+        size = _EVENT_OVERHEAD
         if (
             type(entity) is not str
             or not entity.isascii()
@@ -289,6 +299,7 @@ class Tracker:
             or entity.isspace()
         ):
             entity = check_name("entity", entity, self._max_name)
+            size += _wide_cost(entity)
         if (
             type(metric) is not str
             or not metric.isascii()
@@ -296,6 +307,7 @@ class Tracker:
             or metric.isspace()
         ):
             metric = check_name("metric", metric, self._max_name)
+            size += _wide_cost(metric)
         kind = type(value)
         if kind is int:
             if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
@@ -307,20 +319,21 @@ class Tracker:
             value = coerce_value(value)
         ts = time.time_ns() if timestamp is None else timestamp_ns(timestamp)
         meta = None
-        size = _EVENT_OVERHEAD + len(entity) + len(metric)
+        size += len(entity) + len(metric)
         if metadata is not None:
             meta = encode_metadata(
                 metadata, self._metadata_encoder, self._config.max_metadata_bytes
             )
-            size += len(meta)
+            meta = bytes(memoryview(meta))  # exact size: msgspec's buffer is up to 1.5x
+            size += len(meta) + _BYTES_OVERHEAD
         if event_id is not None:
             if type(event_id) is not str or not _is_id(event_id, self._max_id):
                 event_id = check_id("event_id", event_id, self._max_id)
-            size += len(event_id)
+            size += len(event_id)  # in place of the generated id counted in the overhead
         if job_id is not None:
             if type(job_id) is not str or not _is_id(job_id, self._max_id):
                 job_id = check_id("job_id", job_id, self._max_id)
-            size += 2 * len(job_id)
+            size += len(job_id) + _STR_OVERHEAD
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
         refusal = None
@@ -359,13 +372,21 @@ class Tracker:
 
         Returns True once every event accepted before the call is delivered or dropped
         (see ``stats()``/``on_drop`` for which), False if ``timeout`` (default:
-        ``shutdown_timeout``) passed first. Never raises for delivery reasons.
+        ``shutdown_timeout``; ``math.inf`` for no limit) passed first. Never raises for
+        delivery reasons.
+
+        Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
+        wait for that thread: it asks for a prompt send and returns at once, True only
+        if everything is already settled.
         """
-        deadline = time.monotonic() + self._timeout(timeout)
+        deadline = self._deadline_in(timeout)
         with self._lock:
             target = self._seq
             if self._settled_locked(target):
                 return True
+            if threading.current_thread() is self._thread:
+                self._flush_asked = True  # the next rounds send without waiting
+                return False
             self._flush_waiters += 1
         try:
             self._kick()
@@ -374,7 +395,7 @@ class Tracker:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._settled.wait(remaining)
+                    self._settled.wait(min(remaining, threading.TIMEOUT_MAX))
                 return True
         finally:
             with self._lock:
@@ -385,9 +406,20 @@ class Tracker:
 
         What is still undelivered at the deadline is dropped with reason ``shutdown``
         (reported to ``on_drop`` and logged). Returns True when nothing was dropped.
-        Idempotent; after it, ``track()`` refuses events (reason ``closed``).
+        Idempotent; after it, ``track()`` refuses events (reason ``closed``). ``timeout``
+        defaults to ``shutdown_timeout``; ``math.inf`` waits as long as delivery takes.
+
+        Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
+        wait for that thread: it stops intake and returns False at once, and the sender
+        thread finishes the shutdown itself, by the same deadline.
         """
-        deadline = time.monotonic() + self._timeout(timeout)
+        deadline = self._deadline_in(timeout)
+        if threading.current_thread() is self._thread:
+            with self._lock:
+                if not self._closed:
+                    self._finish_on_worker = True
+            self._begin_shutdown(deadline)
+            return False
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
 
@@ -409,7 +441,7 @@ class Tracker:
                 failed_requests=self._failed_requests,
                 logins=self._sender.logins,
                 worker_errors=self._worker_errors,
-                hook_errors=self._hook_errors,
+                hook_errors=self._hook_errors.count,
                 auth_state=self._auth_state,
                 last_error=self._last_error,
                 last_success_at=self._last_success_at,
@@ -477,7 +509,10 @@ class Tracker:
             if thread is not None:
                 self._logger(logging.ERROR, "dead", "enso-tracker sender thread died; restarting")
             thread = threading.Thread(
-                target=_run_worker, args=(self,), name="enso-tracker-sender", daemon=True
+                target=_run_worker,
+                args=(weakref.ref(self),),
+                name="enso-tracker-sender",
+                daemon=True,
             )
             self._worker_gone = False
             try:
@@ -488,10 +523,13 @@ class Tracker:
                 return
             self._thread = thread
 
-    def _timeout(self, timeout: float | None) -> float:
+    def _deadline_in(self, timeout: float | None) -> float:
+        """The ``time.monotonic()`` deadline of a public call's timeout (may be ``inf``)."""
         if timeout is None:
-            return self._config.shutdown_timeout
-        return timeout if timeout >= 0 else 0.0
+            timeout = self._config.shutdown_timeout
+        if not timeout >= 0:  # negative, or NaN
+            timeout = 0.0
+        return time.monotonic() + timeout
 
     # ----------------------------------------------------------- the sender thread
 
@@ -500,28 +538,46 @@ class Tracker:
         return self._reporting == 0 and self._min_unsettled_locked() > seq
 
     def _min_unsettled_locked(self) -> int:
+        """The lowest sequence not yet settled, in O(log n) amortised: the queue is in
+        sequence order, in-flight events are one batch, and everything else out of order
+        is in the ``_unsettled`` heap (stale entries are dropped as they surface)."""
         low = self._queue[0][_SEQ] if self._queue else _NO_SEQ
-        for group in (self._ready, self._retry, self._inflight):
-            for p in group:
-                if p.seq < low:
-                    low = p.seq
-        for item in self._inflight_raw:
-            low = min(low, item[_SEQ])
+        if self._inflight_raw:
+            low = min(low, self._inflight_raw[0][_SEQ])
+        for p in self._inflight:
+            if p.seq < low:
+                low = p.seq
+        heap = self._unsettled
+        while heap and heap[0][1].done:
+            heapq.heappop(heap)[1].parked = False
+        if heap and heap[0][0] < low:
+            low = heap[0][0]
         return low
 
-    def _step(self) -> bool:
-        """One round of the sender loop; False when the tracker is closed."""
+    def _step(self) -> float | None:
+        """One round of the sender loop: send a batch, or say how long to sleep.
+
+        Returns 0.0 after sending, the seconds to sleep (``None``: until woken), or
+        ``_CLOSED``. It never sleeps itself, so the loop can drop its strong reference
+        to the tracker while idle.
+        """
         self._wake.clear()
         with self._lock:
             if self._closed:
-                return False
+                return _CLOSED
             now = time.monotonic()
-            taken, wait = self._plan_locked(now)
+            finish = self._finish_on_worker and (not self._outstanding or now >= self._deadline)
+            if not finish:
+                taken, wait = self._plan_locked(now)
+                if self._finish_on_worker:  # shutdown() from on_drop: this thread ends it
+                    wait = min(self._deadline - now, math.inf if wait is None else wait)
+        if finish:
+            self._finish_shutdown(self._deadline)
+            return _CLOSED
         if not taken:
-            self._wake.wait(wait)
-            return True
+            return wait
         self._send(taken)
-        return True
+        return 0.0
 
     def _plan_locked(self, now: float) -> tuple[list[_Pending | QueuedEvent], float | None]:
         """What to send now (ready retries first, then the queue), or how long to sleep."""
@@ -538,6 +594,7 @@ class Tracker:
             len(queue) + len(self._ready) >= self._batch_size
             or stopping
             or self._flush_waiters > 0
+            or self._flush_asked
             or now - (self._batch_clock or now) >= self._config.flush_interval
         )
         if self._queue_turn and queue:
@@ -571,13 +628,16 @@ class Tracker:
                 room -= 1
             if not queue:
                 self._batch_clock = None
+                self._flush_asked = False
         self._inflight = [p for p in taken if isinstance(p, _Pending)]
         # Raw queue items become _Pending in _send; count them in flight from now on.
         self._inflight_raw = [q for q in taken if not isinstance(q, _Pending)]
         return taken, 0.0
 
     def _encode(self, item: QueuedEvent) -> bytes:
-        return self._encoder.encode(*item[_ID:_SIZE])
+        # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
+        # a retried event's memory what max_queue_bytes counts.
+        return bytes(memoryview(self._encoder.encode(*item[_ID:_SIZE])))
 
     def _send(self, taken: list[_Pending | QueuedEvent]) -> None:
         # Encode outside the lock: only this thread touches these objects now.
@@ -587,15 +647,26 @@ class Tracker:
         size = BODY_OVERHEAD
         hard_limit = self._config.max_batch_bytes
         unencodable: list[tuple[_Pending, Exception]] = []
+        grown = 0
         for entry in taken:
             if isinstance(entry, _Pending):
                 p = entry
             else:
                 try:
-                    p = _Pending(0.0, entry[_SEQ], entry, self._encode(entry))
+                    body = self._encode(entry)
                 except Exception as exc:  # validation should make this impossible
                     unencodable.append((_Pending(0.0, entry[_SEQ], entry, b""), exc))
                     continue
+                # Once encoded, the body is what is kept: its metadata replaces the JSON
+                # the tuple held (read back from the body if the event is ever reported),
+                # and the event's size becomes what it now holds (max_queue_bytes).
+                meta = entry[_META]
+                held = entry[_SIZE] + len(body) + _PENDING_OVERHEAD
+                if meta is not None:
+                    held -= len(meta) + _BYTES_OVERHEAD
+                    meta = _IN_BODY
+                grown += held - entry[_SIZE]
+                p = _Pending(0.0, entry[_SEQ], (*entry[:_META], meta, entry[_JOB], held), body)
             need = len(p.body) + (1 if batch else 0)
             if leftover or (batch and size + need > self._byte_limit):
                 leftover.append(p)
@@ -610,10 +681,12 @@ class Tracker:
             with self._lock:
                 if self._closed:
                     return
+                self._outstanding_bytes += grown
                 self._inflight = batch
                 self._inflight_raw = []
                 for p in reversed(leftover):
                     self._ready.appendleft(p)
+                    self._park_locked(p)
                 if too_large:
                     self._drop_locked(
                         too_large,
@@ -646,10 +719,11 @@ class Tracker:
         try:
             outcome = self._sender.send(join_batch([p.body for p in batch]), timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
-            self._logger(logging.ERROR, "sender", "sender raised; will retry: %r", exc)
+            what = describe_exception(exc)
+            self._logger(logging.ERROR, "sender", "sender raised %s; will retry", what)
             with self._lock:
                 self._worker_errors += 1
-            outcome = Retry(f"sender raised {type(exc).__name__}: {exc}")
+            outcome = Retry(f"sender raised {what}")
         self._settle(batch, outcome)
 
     def _settle(self, batch: list[_Pending], outcome: Outcome) -> None:
@@ -657,10 +731,12 @@ class Tracker:
         now = time.monotonic()
         try:
             with self._lock:
-                self._inflight = []
                 if self._closed:
+                    self._inflight = []
                     return  # shutdown() already reported these as dropped at its deadline
                 self._requests += 1
+                for p in batch:  # settled from here, unless parked again for a retry
+                    p.done = True
                 if isinstance(outcome, Answered):
                     self._settle_answer_locked(batch, outcome, now, reports)
                 else:
@@ -692,13 +768,17 @@ class Tracker:
                         )
                     else:  # Unauthorized: keep the events while their budget lasts
                         if self._auth_state != "unauthorized":
-                            log.error(
+                            self._logger.always(
+                                logging.ERROR,
                                 "Enso refuses the credentials; events stay queued and are "
                                 "retried with backoff: %s",
                                 outcome.message,
                             )
                         self._auth_state = "unauthorized"
                         self._backoff_locked(batch, now, None, reports)
+                # Emptied only now: should the accounting above fail, the loop's recovery
+                # puts the batch back in line instead of losing it.
+                self._inflight = []
                 self._settled.notify_all()
                 self._room.notify_all()
         finally:
@@ -711,37 +791,44 @@ class Tracker:
         now: float,
         reports: _Reports,
     ) -> None:
-        answer = outcome.answer
-        self._failures = 0
-        self._auth_state = "ok"
-        self._last_success_at = time.time()
+        # Imported here so that this method is the only part of the module it touches.
+        from ._wire import reconcile
+
         n = len(batch)
-        failed: dict[int, FailedRecord] = {}
-        for record in answer.failed:
-            if 0 <= record.index < n:
-                failed[record.index] = record
-            else:
-                self._logger(
-                    logging.WARNING,
-                    "index",
-                    "Enso reported a failure at index %r of a %d-event batch; ignored",
-                    record.index,
-                    n,
-                )
-        if answer.summary_total is not None and answer.summary_total != n:
+        # enso-api.md §11: an event is delivered only when the answer accounts for it.
+        verdict = reconcile(outcome.answer, n)
+        self._auth_state = "ok"  # a 2xx: Enso took the credentials
+        if not verdict.reconciled:
+            # Counts that do not add up vouch for nothing, not even the listed failures:
+            # a failed request, the whole batch resent (same eventIds: dedup makes that
+            # safe) until its retry budget runs out, then reported as retries_exhausted.
+            self._failed_requests += 1
+            self._failures += 1
+            self._last_error = f"Enso's answer does not account for the batch: {verdict.problem}"
             self._logger(
                 logging.WARNING,
-                "total",
-                "Enso's summary counts %d events for a batch of %d",
-                answer.summary_total,
+                "unreconciled",
+                "Enso's answer does not account for a %d-event batch (%s); resending it",
                 n,
+                verdict.problem,
             )
-        # If Enso says more failed than it listed, we cannot tell which: resend the
-        # unlisted ones too (same eventIds, so Enso's dedup makes this safe).
-        unsure = answer.summary_failed is not None and answer.summary_failed > len(failed)
+            self._backoff_locked(batch, now, None, reports)
+            return
+        self._failures = 0
+        self._last_success_at = time.time()
+        failed: dict[int, FailedRecord] = verdict.failures
+        # Counts that add up but list fewer failures than they count: which of the
+        # others failed is unknown, so they are all resent rather than guessed delivered.
+        unsure = not verdict.vouched
         if unsure:
-            self._last_error = (
-                f"Enso counted {answer.summary_failed} failures but listed {len(failed)}"
+            self._last_error = f"Enso's answer leaves events unaccounted for: {verdict.problem}"
+            self._logger(
+                logging.WARNING,
+                "unlisted",
+                "Enso's answer to a %d-event batch leaves events unaccounted for (%s); "
+                "resending them",
+                n,
+                verdict.problem,
             )
         if not failed and not unsure:  # the common case: everything delivered
             self._delivered += n
@@ -808,6 +895,8 @@ class Tracker:
         self._queue_turn = batch[0].attempts > 1
         keep = [p for p in batch if self._within_budget_locked(p, now, reports)]
         self._retried += len(keep)
+        for p in keep:
+            self._park_locked(p)
         if len(batch) == 1:
             for p in keep:  # alone and failing: on its own schedule, off the head of the line
                 p.due = now + max(delay, self._jitter(p.attempts))
@@ -823,6 +912,7 @@ class Tracker:
         if self._within_budget_locked(p, now, reports):
             p.due = due
             heapq.heappush(self._retry, p)
+            self._park_locked(p)
             self._retried += 1
 
     def _within_budget_locked(self, p: _Pending, now: float, reports: _Reports) -> bool:
@@ -854,6 +944,7 @@ class Tracker:
             p.attempts -= 1  # a split is not a failed attempt of the event
         for p in reversed(batch):
             self._ready.appendleft(p)
+            self._park_locked(p)
         self._logger(
             logging.WARNING,
             "413",
@@ -869,9 +960,20 @@ class Tracker:
             self._inflight_raw = []
         for p in reversed(self._inflight):
             self._ready.appendleft(p)
+            self._park_locked(p)
         self._inflight = []
 
+    def _park_locked(self, p: _Pending) -> None:
+        """Note an unsettled event that is out of sequence order (waiting to be retried,
+        or put back): ``flush()`` reads the lowest such sequence from a heap in O(log n)
+        instead of scanning every pending event under the lock."""
+        p.done = False
+        if not p.parked:
+            p.parked = True
+            heapq.heappush(self._unsettled, (p.seq, p))
+
     def _forget_locked(self, p: _Pending) -> None:
+        p.done = True
         self._outstanding -= 1
         self._outstanding_bytes -= p.item[_SIZE]
 
@@ -881,8 +983,13 @@ class Tracker:
         reason: DropReason,
         reports: _Reports,
     ) -> None:
-        items = [p.item for p in group]
-        for item in items:
+        items = []
+        for p in group:
+            p.done = True
+            item = p.item
+            if item[_META] is _IN_BODY:  # reported with its metadata, read back from the body
+                item = (*item[:_META], _metadata_of(p.body), item[_JOB], item[_SIZE])
+            items.append(item)
             self._outstanding -= 1
             self._outstanding_bytes -= item[_SIZE]
         self._dropped[reason.kind] = self._dropped.get(reason.kind, 0) + len(items)
@@ -905,8 +1012,13 @@ class Tracker:
         ]
 
     def _hand_over(self, reports: _Reports) -> None:
-        """Report drops counted by ``_drop_locked``, then let ``flush()`` see them done."""
+        """Report drops counted by ``_drop_locked``, then let ``flush()`` see them done.
+
+        Called with the lock released, after every locked section of the sender: it is
+        also where log records queued under the lock are emitted.
+        """
         if not reports:
+            self._logger.emit()
             return
         try:
             self._report(reports)
@@ -931,9 +1043,11 @@ class Tracker:
             try:
                 hook(self._public_events(events), reason)
             except Exception as exc:
-                with self._lock:
-                    self._hook_errors += 1
-                self._logger(logging.ERROR, "hook", "on_drop raised %r; ignored", exc)
+                self._hook_errors.add()
+                self._logger(
+                    logging.ERROR, "hook", "on_drop raised %s; ignored", describe_exception(exc)
+                )
+        self._logger.emit()
 
     # ------------------------------------------------------------ shutdown & fork
 
@@ -962,7 +1076,7 @@ class Tracker:
                     break
                 if self._thread is None or not self._thread.is_alive():
                     break  # no sender to wait for (e.g. it could not start at exit)
-                self._settled.wait(remaining)
+                self._settled.wait(min(remaining, threading.TIMEOUT_MAX))
             if self._closed:
                 return not self._dropped.get("shutdown")
             self._closed = True
@@ -976,6 +1090,7 @@ class Tracker:
             ]
             self._ready.clear()
             self._retry.clear()
+            self._unsettled.clear()
             self._inflight = []
             self._inflight_raw = []
             self._queue.clear()
@@ -996,22 +1111,27 @@ class Tracker:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
         # Closing the client also aborts a request still hanging past the deadline.
         try:
             self._sender.close()
         except Exception as exc:
-            self._logger(logging.ERROR, "close", "closing the HTTP client failed: %r", exc)
-        self._hand_over(reports)
+            self._logger(
+                logging.ERROR,
+                "close",
+                "closing the HTTP client failed: %s",
+                describe_exception(exc),
+            )
         _live.discard(self)
         lost = sum(dropped.values())
-        log.log(
+        self._logger.always(
             logging.WARNING if left else logging.INFO,
             "enso-tracker shut down: %d delivered, %d dropped%s",
             delivered,
             lost,
             f" {dropped}" if lost else "",
         )
+        self._hand_over(reports)
         return not left
 
     def _after_fork_in_child(self) -> None:
@@ -1023,6 +1143,28 @@ class Tracker:
         self._sender.after_fork()
 
 
+def _wide_cost(name: str) -> int:
+    """Bytes a non-ASCII name holds beyond ``len(name)``: its wider code units, and the
+    UTF-8 copy CPython caches inside the str once msgspec has encoded it."""
+    if name.isascii():
+        return 0
+    utf8 = len(name.encode("utf-8", "surrogatepass"))
+    return sys.getsizeof(name) - _STR_OVERHEAD - len(name) + utf8
+
+
+class _MetadataOnly(msgspec.Struct):
+    metadata: msgspec.Raw = msgspec.Raw()  # empty: the body has no metadata
+
+
+_decode_metadata_only = msgspec.json.Decoder(_MetadataOnly).decode
+
+
+def _metadata_of(body: bytes) -> bytes | None:
+    """The metadata JSON of an encoded event, read back from its wire body."""
+    raw = _decode_metadata_only(body).metadata
+    return bytes(raw) if raw else None
+
+
 def _is_id(value: str, max_length: int) -> bool:
     return (
         0 < len(value) <= max_length
@@ -1032,32 +1174,53 @@ def _is_id(value: str, max_length: int) -> bool:
     )
 
 
-def _run_worker(tracker: Tracker) -> None:
-    """The sender thread. Catches everything: it must never die silently."""
+def _run_worker(ref: weakref.ReferenceType[Tracker]) -> None:
+    """The sender thread. Catches everything: it must never die silently.
+
+    It holds its tracker weakly while idle (as OpenTelemetry's worker does): a tracker
+    dropped without ``shutdown()`` first delivers what it holds (the thread keeps it alive
+    while anything is outstanding), then is collected; its finalizer wakes this thread,
+    which finds the reference dead and exits, and closes its HTTP client.
+    """
+    tracker = ref()
     try:
-        while True:
+        while tracker is not None:
             try:
-                if not tracker._step():
-                    return
+                wait = tracker._step()
             except Exception as exc:
+                error = describe_exception(exc)
                 with tracker._lock:
                     tracker._worker_errors += 1
-                    tracker._last_error = f"internal error: {exc!r}"
+                    tracker._last_error = f"internal error: {error}"
                     tracker._recover_locked()
                 tracker._logger(
-                    logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %r", exc
+                    logging.ERROR, "loop", "enso-tracker sender loop error (continuing): %s", error
                 )
-                tracker._wake.wait(tracker._config.backoff_base)  # no hot spin on a bug
+                wait = tracker._config.backoff_base  # no hot spin on a bug
+            tracker._logger.emit()
+            if wait == _CLOSED:
+                return
+            if wait is None or wait > 0:
+                wake = tracker._wake
+                if not tracker._outstanding:
+                    tracker = None  # idle: let an unreferenced tracker be collected now
+                wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
+            tracker = ref()
     except BaseException:
         # SystemExit or KeyboardInterrupt raised in this thread: put the batch back and
         # let the next track() (or flush) start a fresh thread.
-        with tracker._lock:
-            tracker._worker_errors += 1
-            tracker._recover_locked()
-        log.exception("enso-tracker sender thread stopped; the next track() restarts it")
+        if tracker is not None:
+            with tracker._lock:
+                tracker._worker_errors += 1
+                tracker._recover_locked()
+            tracker._logger.always(
+                logging.ERROR, "enso-tracker sender thread stopped; the next track() restarts it"
+            )
+            tracker._logger.emit()
         raise
     finally:
-        tracker._worker_gone = True
+        if tracker is not None:
+            tracker._worker_gone = True
 
 
 @atexit.register
@@ -1084,26 +1247,42 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class _MultiprocessingHook:
     """multiprocessing children leave through ``os._exit()``, skipping ``atexit``; its
-    own exit finalizers do run, so the trackers are shut down from one of those.
+    own exit finalizers do run, so in those children the trackers are shut down from one.
 
-    A forked child's bootstrap clears the finalizers it inherited, then runs the
-    "after fork" callbacks: one of those re-arms the finalizer in every child.
+    Never armed in the main process: importing ``multiprocessing.util`` registers its own
+    ``atexit`` hook, later than ours and so run earlier, which would shut the trackers
+    down before an application's exit handler that still tracks. A forked child's
+    bootstrap clears the finalizers it inherited, then runs the "after fork" callbacks:
+    one of those arms the finalizer in every forked child; a spawned or forkserver child
+    arms it when its first tracker is made.
     """
 
-    armed_pid = 0
+    pid = 0  # the process the after-fork callback was registered in
+    armed_pid = 0  # the process whose finalizer is armed
 
     def arm(self) -> None:
+        pid = os.getpid()
+        if self.pid == pid:
+            return
+        self.pid = pid
+        import multiprocessing
+        from multiprocessing import util
+
+        util.register_after_fork(self, _MultiprocessingHook.in_child)
+        if multiprocessing.parent_process() is not None:
+            self._arm_finalizer()
+
+    def in_child(self) -> None:
+        self.pid = os.getpid()  # the inherited after-fork callback serves grandchildren too
+        self._arm_finalizer()
+
+    def _arm_finalizer(self) -> None:
         if self.armed_pid == os.getpid():
             return
         self.armed_pid = os.getpid()
         from multiprocessing import util
 
         util.Finalize(None, _shutdown_all_at_exit, exitpriority=100)
-        util.register_after_fork(self, _MultiprocessingHook.rearm)
-
-    def rearm(self) -> None:
-        self.armed_pid = 0
-        self.arm()
 
 
 _mp_hook = _MultiprocessingHook()

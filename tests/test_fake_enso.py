@@ -16,12 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
+from enso_tracker import Tracker
 from enso_tracker.testing import (
     CLICKHOUSE_TIMESTAMP_ERROR,
     FakeEnso,
     Fault,
     derive_event_id,
 )
+
+from .conftest import DropLog, TrackerFactory, wait_until
 
 API_KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -585,3 +588,240 @@ def test_reset_clears_data_and_faults_but_keeps_tokens(
     response = client.post("/events/batch", json=batch(event("b")), headers=bearer)
     assert response.status_code == 200
     assert fake.event_ids() == ["b"]
+
+
+def settings_of(fake: FakeEnso) -> tuple[object, ...]:
+    """The run-time settings (a call, so mypy does not narrow them from assignments)."""
+    return (
+        fake.response_shape,
+        fake.max_body_bytes,
+        fake.known_entities,
+        fake.token_lifetime,
+        fake.client_credentials,
+    )
+
+
+def test_reset_restores_settings_and_clears_hangs_and_poison(
+    fake: FakeEnso, client: httpx.Client
+) -> None:
+    fake.response_shape = "bare"
+    fake.max_body_bytes = 10
+    fake.known_entities = {"ent_only"}
+    fake.token_lifetime = 0.0
+    fake.client_credentials = {"ck_other": "cs_other"}
+    fake.poison_event_ids(["p"])
+    fake.hang(None)
+    fake.reset()
+    assert settings_of(fake) == (
+        "wrapped",
+        None,
+        frozenset({"ent_1", "ent_2"}),  # the constructor's
+        3600.0,
+        CREDENTIALS,
+    )
+    started = time.monotonic()
+    response = post_batch(client, event("p"))  # neither hung, poisoned nor 413
+    assert time.monotonic() - started < 2.0
+    assert response.json()["data"]["failedRecords"] == []
+    assert fake.event_ids() == ["p"]
+
+
+def test_reset_with_tokens_forgets_issued_tokens(fake: FakeEnso, client: httpx.Client) -> None:
+    bearer = {"Authorization": f"Bearer {login(client).json()['data']['accessToken']}"}
+    fake.reset(tokens=True)
+    assert client.post("/events/batch", json=batch(event()), headers=bearer).status_code == 401
+    assert post_batch(client, event()).is_success  # api keys are configuration, not tokens
+
+
+def test_settings_are_changeable_at_run_time(fake: FakeEnso, client: httpx.Client) -> None:
+    assert fake.api_key == API_KEY
+    fake.known_entities = None
+    fake.client_credentials = {"ck_new": "cs_new"}
+    anything = post_batch(client, event("a", CustomerEntityId="ent_anything"))
+    assert anything.json()["data"]["failedRecords"] == []
+    assert login(client).status_code == 401  # the old pair is gone
+    assert login(client, "ck_new", "cs_new").status_code == 200
+    with pytest.raises(TypeError, match="known_entities"):
+        fake.known_entities = "ent_1"
+    with pytest.raises(ValueError, match="token_lifetime"):
+        fake.token_lifetime = -1.0
+    with pytest.raises(RuntimeError, match="api key"):
+        _ = FakeEnso(api_keys=()).api_key
+
+
+# --------------------------------------------------------------------------- secrets in reprs
+
+SECRET = "cs_SECRET_do_not_log_42"
+
+
+def test_defect17_recorded_request_repr_redacts_bearer_and_client_secret() -> None:
+    with (
+        FakeEnso(client_credentials={"ck_1": SECRET}) as fake,
+        httpx.Client(base_url=fake.url) as http,
+    ):
+        token = login(http, "ck_1", SECRET).json()["data"]["accessToken"]
+        http.post(
+            "/events/batch", json=batch(event()), headers={"Authorization": f"Bearer {token}"}
+        )
+        post_batch(http, event("evt_2"))
+        http.post(  # not JSON at all: still redacted
+            "/auth/system-login", content=b'{"clientSecret": "' + SECRET.encode() + b'", oops'
+        )
+        requests = fake.requests
+        shown = repr(requests) + str(requests) + "".join(repr(r.headers) for r in requests)
+        for secret in (SECRET, token, token.split(".")[2], API_KEY):
+            assert secret not in shown
+        assert "Bearer <redacted>" in shown
+        assert '"clientSecret":"<redacted>"' in shown
+        assert '"clientKey":"ck_1"' in shown  # only the secret goes
+        login_request, bearer_request, key_request, _ = requests
+        assert login_request.json()["clientSecret"] == SECRET  # assertions see real values
+        assert bearer_request.headers["authorization"] == f"Bearer {token}"
+        assert key_request.headers["authorization"] == AUTH["Authorization"]
+
+
+# --------------------------------------------------------------------------- transport()
+
+
+@pytest.fixture
+def mock_client(fake: FakeEnso) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url="https://enso.invalid", transport=fake.transport()) as http:
+        yield http
+
+
+def test_transport_needs_no_socket_and_shares_state_with_the_server(
+    fake: FakeEnso, mock_client: httpx.Client, client: httpx.Client
+) -> None:
+    unstarted = FakeEnso()
+    with httpx.Client(base_url="https://x.invalid", transport=unstarted.transport()) as http:
+        assert post_batch(http, event("evt_u", CustomerEntityId="ent_9")).is_success
+    assert unstarted.event_ids() == ["evt_u"]
+    assert not unstarted.running
+    assert post_batch(mock_client, event("evt_a")).is_success
+    assert post_batch(client, event("evt_a"), event("evt_b")).is_success  # over the socket
+    assert fake.event_ids() == ["evt_a", "evt_b"]
+    assert fake.duplicates == {"evt_a": 1}
+    assert [r.path for r in fake.requests] == ["/events/batch", "/events/batch"]
+
+
+def test_transport_status_table_matches_the_socket(mock_client: httpx.Client) -> None:
+    assert mock_client.post("/events/batch", json=batch(event())).status_code == 401
+    assert mock_client.get("/nope", headers=AUTH).status_code == 404
+    wrong = mock_client.get("/events/batch", headers=AUTH)
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+    unknown = post_batch(mock_client, event(CustomerEntityId="ent_x"))
+    assert unknown.json()["data"]["failedRecords"][0]["code"] == 2002
+    single = mock_client.post("/events", json=event("evt_s"), headers=AUTH)
+    assert (single.status_code, single.json()) == (201, event("evt_s"))
+    assert login(mock_client).status_code == 200
+
+
+def test_transport_faults(fake: FakeEnso, mock_client: httpx.Client) -> None:
+    fake.script(
+        Fault(status=429, retry_after="3"), Fault(drop_connection=True), Fault(body=b"junk")
+    )
+    limited = post_batch(mock_client, event())
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    with pytest.raises(httpx.ReadError):
+        post_batch(mock_client, event())
+    assert post_batch(mock_client, event()).content == b"junk"
+    assert fake.events == {}
+    assert [r.status for r in fake.batch_requests()] == [429, 0, 200]
+
+
+def test_transport_hang_past_read_timeout_is_read_timeout(
+    fake: FakeEnso, mock_client: httpx.Client
+) -> None:
+    fake.hang(None)
+    with pytest.raises(httpx.ReadTimeout):
+        post_batch(mock_client, event("evt_late"), timeout=0.1)
+    assert fake.events == {}  # not processed: the client gave up
+    assert [r.status for r in fake.batch_requests()] == [0]
+    fake.script(Fault(delay=30.0))
+    fake.release()
+    with pytest.raises(httpx.ReadTimeout):
+        post_batch(mock_client, event("evt_late"), timeout=0.1)
+    assert post_batch(mock_client, event("evt_late")).is_success
+
+
+def test_transport_hang_until_release(fake: FakeEnso, mock_client: httpx.Client) -> None:
+    fake.hang(None)
+    thread, outcome = run_in_thread(lambda: post_batch(mock_client, event()))
+    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+    fake.release()
+    thread.join(timeout=5.0)
+    assert isinstance(outcome[0], httpx.Response)
+    assert outcome[0].status_code == 200
+    assert fake.event_ids() == ["evt_1"]
+
+
+def test_tracker_over_transport_delivers_and_dedups(
+    fake: FakeEnso, make_tracker: TrackerFactory
+) -> None:
+    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport())
+    for _ in range(2):
+        tracker.track("ent_1", "api_calls", 1, event_id="evt_twice")
+        assert tracker.flush(5.0)
+    tracker.track("ent_2", "gb_stored", 2.5)
+    assert tracker.flush(5.0)
+    assert len(fake.events) == 2
+    assert fake.duplicates == {"evt_twice": 1}
+    assert fake.events["evt_twice"]["metric"] == "api_calls"
+    assert tracker.stats().delivered == 3
+
+
+def test_tracker_over_transport_logs_in_with_client_credentials(fake: FakeEnso) -> None:
+    ((key, secret),) = CREDENTIALS.items()
+    tracker = Tracker(
+        client_key=key,
+        client_secret=secret,
+        base_url="https://enso.invalid",
+        transport=fake.transport(),
+    )
+    try:
+        tracker.track("ent_1", "api_calls", 1, event_id="evt_jwt")
+        assert tracker.flush(5.0)
+    finally:
+        tracker.shutdown(2.0)
+    assert fake.event_ids() == ["evt_jwt"]
+    assert fake.login_count == 1
+    assert fake.batch_requests()[0].headers["authorization"].startswith("Bearer ey")
+
+
+def test_tracker_over_transport_gets_2002_for_unknown_entities(
+    fake: FakeEnso, make_tracker: TrackerFactory, drops: DropLog
+) -> None:
+    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport())
+    event_id = tracker.track("ent_unknown", "api_calls", 1)
+    assert tracker.flush(5.0)
+    (reason,) = drops.reasons().values()
+    assert (reason.kind, reason.code) == ("rejected", 2002)
+    assert list(drops.reasons()) == [event_id]
+    assert fake.events == {}
+
+
+def test_tracker_over_transport_gets_401_for_a_bad_key(
+    fake: FakeEnso, make_tracker: TrackerFactory
+) -> None:
+    tracker = make_tracker(
+        api_key="wrong-key", base_url="https://enso.invalid", transport=fake.transport()
+    )
+    tracker.track("ent_1", "api_calls", 1)
+    assert wait_until(lambda: tracker.stats().auth_state == "unauthorized", timeout=5.0)
+    assert {r.status for r in fake.batch_requests()} == {401}
+    assert fake.events == {}
+    assert tracker.stats().queued + tracker.stats().in_flight == 1  # kept, not dropped
+
+
+def test_tracker_over_transport_retries_after_a_read_timeout(
+    fake: FakeEnso, make_tracker: TrackerFactory
+) -> None:
+    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport(), timeout=0.1)
+    fake.hang(None)
+    tracker.track("ent_1", "api_calls", 1, event_id="evt_slow")
+    assert fake.wait_for(lambda f: len(f.batch_requests()) >= 1, timeout=5.0)
+    fake.release()
+    assert tracker.flush(5.0)
+    assert fake.event_ids() == ["evt_slow"]
+    assert fake.batch_requests()[0].status == 0
+    assert tracker.stats().retried >= 1

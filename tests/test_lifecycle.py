@@ -59,7 +59,7 @@ def test_a_dead_sender_thread_is_restarted_by_the_next_track(
     real_step = tracker._step
     calls = {"n": 0}
 
-    def dying_step() -> bool:
+    def dying_step() -> float | None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise SystemExit("simulated thread death")

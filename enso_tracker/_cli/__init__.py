@@ -1,0 +1,39 @@
+"""The ``enso-tracker`` command line (also ``python -m enso_tracker``).
+
+Each command is a module with ``NAME``, ``HELP``, ``configure(parser)`` and
+``run(args) -> int`` (the exit code), listed in :data:`COMMANDS`. Everything delivers
+through the public :class:`~enso_tracker.Tracker`; there is no second delivery path.
+
+The ``spool`` commands (status, drain, redrive of a durable spool) go here as one more
+module in ``COMMANDS`` once the spool exists; ``doctor`` already reports
+"no spool configured".
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from . import _cmd_demo, _cmd_doctor, _cmd_import, _cmd_send
+from ._args import build_parser
+from ._output import EXIT_INTERRUPTED, setup_logging
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: tuple[ModuleType, ...] = (_cmd_import, _cmd_send, _cmd_doctor, _cmd_demo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(COMMANDS)
+    args = parser.parse_args(argv)
+    if getattr(args, "common", True):
+        setup_logging()
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `enso-tracker ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+    return code

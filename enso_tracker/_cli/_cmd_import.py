@@ -1,0 +1,243 @@
+"""``enso-tracker import FILE...``: flags, checks before anything is sent, the summary."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from .._errors import ConfigurationError
+from ._errors_out import ErrorsOut
+from ._import import Importer
+from ._mapping import Mapper
+from ._output import EXIT_USAGE, print_json, route_logs, stderr_line
+from ._progress import Ticker, make_display
+from ._rows import Input
+
+NAME = "import"
+HELP = "import usage rows from JSONL or CSV files (gzipped or not, or - for stdin)"
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(match[1]), int(match[2])
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """examples:
+  enso-tracker import events.jsonl                       # rows in the API's own shape
+  enso-tracker import usage.csv.gz --entity customer --metric-name api_calls \\
+      --value calls --timestamp ts --metadata region plan
+  zcat part-*.gz | enso-tracker import - --source-id usage-2026-04 --format jsonl
+  enso-tracker import big.csv --shard 0/4   # and 1/4, 2/4, 3/4 on other machines
+  enso-tracker import usage.csv --dry-run   # validate only; errors with file:line
+
+eventId (unless the row has one, or --id-column names it):
+  "imp_" + sha256(f"{source}\\n{line}\\n".encode() + record).hexdigest()[:32]
+  source: --source-id, else the file name without directory and without ".gz";
+  line: the 1-based line the record starts on (a CSV header is line 1);
+  record: the JSONL line stripped of surrounding whitespace, or the CSV fields
+  joined by \\x1f. Re-running the same import bills nothing twice."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="JSONL or CSV, .gz, or -")
+    parser.add_argument(
+        "--format",
+        choices=("auto", "jsonl", "csv"),
+        default="auto",
+        help="input format (default: from the name, else from the first byte)",
+    )
+    mapping = parser.add_argument_group("field mapping (defaults: the API's own names)")
+    mapping.add_argument("--entity", metavar="COL", help="customer entity (CustomerEntityId)")
+    metric = mapping.add_mutually_exclusive_group()
+    metric.add_argument("--metric", metavar="COL", help="metric column (metric)")
+    metric.add_argument("--metric-name", metavar="NAME", help="one metric for every row")
+    mapping.add_argument("--value", metavar="COL", help="value column (value)")
+    mapping.add_argument(
+        "--timestamp", metavar="COL", help="RFC 3339 time with an offset (timestamp)"
+    )
+    mapping.add_argument(
+        "--metadata",
+        metavar="COL",
+        nargs="+",
+        action="extend",
+        help="columns to put in metadata, by name (added to a 'metadata' object field)",
+    )
+    mapping.add_argument("--job-id", metavar="ID", help="JobId for every row (else JobId/jobId)")
+    ids = parser.add_argument_group("event ids")
+    ids.add_argument("--id-column", metavar="COL", help="take each eventId from this column")
+    ids.add_argument(
+        "--source-id",
+        metavar="ID",
+        help="the source key of derived ids (default: the file name); required for stdin",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--dry-run", action="store_true", help="validate every row, send nothing")
+    run.add_argument(
+        "--errors-out",
+        metavar="FILE",
+        help="write bad rows here (default: <input>.errors.jsonl next to each input)",
+    )
+    run.add_argument("--shard", type=_shard, metavar="I/N", help="import only shard I of N")
+    run.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "none"),
+        default="auto",
+        help="progress on stderr (auto: rich or plain on a terminal, none otherwise)",
+    )
+    run.add_argument("--batch-size", type=_positive, default=1000, help="events per request")
+    run.add_argument(
+        "--max-queue", type=_positive, default=10_000, help="events held in memory at most"
+    )
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up (exit 3) after this long without delivery progress",
+    )
+
+
+def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
+    """The inputs, or a usage problem (found before anything is sent)."""
+    paths: list[str] = args.files
+    if paths.count("-") > 1:
+        return [], "stdin (-) can be read only once"
+    if args.source_id is not None:
+        if len(paths) > 1:
+            return [], "--source-id names one input; import several files one by one"
+        if not args.source_id.isprintable() or not args.source_id.strip():
+            return [], "--source-id must be non-empty printable text"
+    if "-" in paths and args.source_id is None and args.id_column is None:
+        return [], (
+            "stdin has no file name to derive stable eventIds from: pass --source-id "
+            "(the same on every re-run), or --id-column"
+        )
+    inputs: list[Input] = []
+    for path in paths:
+        try:
+            inputs.append(Input(path, args.format))
+        except OSError as exc:
+            return [], f"{path}: {exc.strerror or exc}"
+    sources = [i.default_source for i in inputs if not i.is_stdin]
+    if args.source_id is None and len(set(sources)) != len(sources):
+        return [], "two inputs have the same file name, so their eventIds would collide"
+    required = Mapper(args).required_columns()
+    for inp in inputs:
+        if inp.is_stdin:
+            continue
+        try:
+            header = inp.read_header()
+        except (OSError, EOFError) as exc:
+            return [], f"{inp.name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+        if header is not None:
+            missing = [c for c in required if c not in header]
+            if missing:
+                return [], (
+                    f"{inp.name}: no column {', '.join(map(repr, missing))} in the header "
+                    f"(columns: {', '.join(header)}); map them with --entity/--value/..."
+                )
+    return inputs, None
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs, problem = _check(args)
+    if problem:
+        stderr_line(f"enso-tracker import: {problem}")
+        return EXIT_USAGE
+    errors = ErrorsOut(
+        args.errors_out,
+        [(i.path, i.is_stdin, args.source_id or i.default_source) for i in inputs],
+        args.shard,
+    )
+    display = make_display(args.progress)
+    importer = Importer(args, inputs, errors, display)
+    try:
+        if not args.dry_run:
+            importer.start_tracker()
+        errors.open()
+    except ConfigurationError as exc:
+        stderr_line(f"enso-tracker import: configuration error: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:
+        stderr_line(f"enso-tracker import: cannot write the errors file: {exc}; use --errors-out")
+        if importer.tracker is not None:
+            importer.tracker.shutdown(0.0)
+        return EXIT_USAGE
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        importer.request_interrupt()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ticker = Ticker(display, importer.snapshot)
+    route_logs(display.log)  # a log line must not tear the live progress line apart
+    try:
+        importer.run()
+    finally:
+        ticker.close()
+        route_logs(None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    written = errors.close()
+    code = importer.exit_code()
+    _summary(args, importer, written, code)
+    return code
+
+
+def _summary(
+    args: argparse.Namespace, imp: Importer, written: list[dict[str, Any]], code: int
+) -> None:
+    books = imp.books()
+    books["errors_files"] = written
+    books["problems"] = imp.problems
+    books["exit_code"] = code
+    if args.json:
+        print_json(books)
+        return
+    out = sys.stdout
+    title = "dry run (nothing sent)" if imp.dry_run else "the books"
+    out.write(f"== enso-tracker import: {title} ==\n")
+    rows = [("rows read", books["rows_read"])]
+    if imp.shard:
+        rows.append((f"  in other shards than {books['shard']}", books["other_shards"]))
+    rows.append(("invalid", books["invalid"]))
+    if not imp.dry_run:
+        rows += [("accepted", books["accepted"]), ("delivered", books["delivered"])]
+        rows.append(("dropped", sum(books["dropped"].values())))
+        rows += [(f"  {kind}", n) for kind, n in sorted(books["dropped"].items())]
+    else:
+        rows.append(("valid", books["valid"]))
+    for label, n in rows:
+        out.write(f"{label:<32}{n:>10,}\n")
+    if imp.problems:
+        out.write("first invalid rows:\n")
+    for problem in imp.problems:
+        out.write(f"  {problem}\n")
+    if imp.drop_reasons:
+        out.write("dropped because:\n")
+    for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):
+        out.write(f"  {n:>8,} x {reason}\n")
+    for f in written:
+        out.write(f"errors file: {f['path']} ({f['records']} records)\n")
+    if imp.stopped:
+        out.write(
+            f"stopped: {imp.stopped}. Re-run the same command to finish: rows already "
+            "delivered keep their eventIds and are not billed again.\n"
+        )
+    verdict = {
+        0: "every valid row delivered" if not imp.dry_run else "every row valid",
+        1: "some rows invalid or refused by Enso: see the errors file",
+        3: "some rows not delivered: re-run the same command",
+        130: "interrupted: re-run the same command",
+    }.get(code, "")
+    out.write(f"exit {code}: {verdict}\n")
+    out.flush()

@@ -1,0 +1,180 @@
+"""From a record's fields to ``track()``'s arguments, and the dry-run's checks.
+
+Rows in the API's own shape (``CustomerEntityId``, ``metric``, ``value``, ``timestamp``,
+``eventId``, ``metadata``, ``JobId``/``jobId``) need no flags; ``--entity`` and friends
+name other columns. Values are handed to ``track()`` as they are (CSV numbers parsed
+first), so the library's own validation decides, and names the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+from .._config import Config
+from .._validate import check_id, check_name, coerce_value, encode_metadata, timestamp_ns
+
+__all__ = ["Mapper", "RowError", "TrackArgs", "parse_number", "validate"]
+
+_NUMBER: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_INT: Final = re.compile(r"[+-]?\d+\Z")
+
+
+class RowError(Exception):
+    """A row that cannot become an event: ``field`` (a ``track()`` argument) and why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class TrackArgs:
+    entity: Any
+    metric: Any
+    value: Any
+    timestamp: Any
+    metadata: Any
+    event_id: str | None
+    job_id: Any
+
+
+def parse_number(text: str) -> int | float:
+    """A CSV/command-line number: an int when it is one, else a float."""
+    text = text.strip()
+    if _INT.match(text):
+        return int(text)
+    if _NUMBER.match(text):
+        return float(text)
+    raise RowError("value", f"{text!r} is not a number")
+
+
+class Mapper:
+    """The column mapping of one ``import`` run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.entity: str = args.entity or "CustomerEntityId"
+        self.metric: str = args.metric or "metric"
+        self.metric_name: str | None = args.metric_name
+        self.value: str = args.value or "value"
+        self.timestamp: str = args.timestamp or "timestamp"
+        self.metadata: list[str] = list(args.metadata or [])
+        self.id_column: str | None = args.id_column
+        self.job_id: str | None = args.job_id
+
+    def required_columns(self) -> list[str]:
+        """Columns a CSV header must have (checked before anything is sent)."""
+        cols = [self.entity, self.value, self.timestamp, *self.metadata]
+        if self.metric_name is None:
+            cols.append(self.metric)
+        if self.id_column is not None:
+            cols.append(self.id_column)
+        return cols
+
+    def explicit_id(self, fields: dict[str, Any]) -> Any:
+        """The row's own eventId (``--id-column``, else an ``eventId`` field), or None."""
+        if self.id_column is not None:
+            value = fields.get(self.id_column)
+            if value is None or value == "":
+                raise RowError("event_id", f"no value in column {self.id_column!r}")
+            return value
+        value = fields.get("eventId")
+        return None if value is None or value == "" else value
+
+    def map(self, fields: dict[str, Any], event_id: str | None, csv: bool) -> TrackArgs:
+        entity = self._get(fields, self.entity, "entity", "--entity")
+        if self.metric_name is not None:
+            metric: Any = self.metric_name
+        else:
+            metric = self._get(fields, self.metric, "metric", "--metric or --metric-name")
+        value = self._get(fields, self.value, "value", "--value")
+        if csv and isinstance(value, str):
+            value = parse_number(value)
+        timestamp = fields.get(self.timestamp)
+        if timestamp is None or timestamp == "":
+            raise RowError(
+                "timestamp",
+                f"missing (column {self.timestamp!r}): an import needs each row's time, "
+                "RFC 3339 with an offset, e.g. 2026-04-01T12:00:00Z",
+            )
+        metadata = self._metadata(fields, csv)
+        job_id = self.job_id
+        if job_id is None:
+            job_id = fields.get("JobId") or fields.get("jobId") or None
+        return TrackArgs(entity, metric, value, timestamp, metadata, event_id, job_id)
+
+    def _get(self, fields: dict[str, Any], column: str, field: str, flag: str) -> Any:
+        if column not in fields:
+            raise RowError(field, f"missing: no {column!r} in the row (map one with {flag})")
+        return fields[column]
+
+    def _metadata(self, fields: dict[str, Any], csv: bool) -> Any:
+        base = fields.get("metadata")
+        if csv and isinstance(base, str):
+            if not base.strip():
+                base = None
+            else:
+                try:
+                    base = msgspec.json.decode(base)
+                except msgspec.DecodeError:
+                    raise RowError("metadata", "the 'metadata' column is not JSON") from None
+        if not self.metadata:
+            return base
+        merged: dict[str, Any] = {}
+        if base is not None:
+            if not isinstance(base, dict):
+                raise RowError("metadata", "the 'metadata' field is not a JSON object")
+            merged.update(base)
+        for column in self.metadata:
+            if column not in fields:
+                raise RowError("metadata", f"missing: no {column!r} in the row")
+            merged[column] = fields[column]
+        return merged
+
+
+_metadata_encoder = msgspec.json.Encoder()
+
+
+def validate(config: Config, a: TrackArgs) -> None:
+    """The checks ``track()`` makes, in its order, with its helpers: raises the same
+    ``InvalidEventError`` (naming the field) that ``track()`` would, sends nothing."""
+    check_name("entity", a.entity, config.max_name_length)
+    check_name("metric", a.metric, config.max_name_length)
+    coerce_value(a.value)
+    timestamp_ns(a.timestamp)
+    if a.metadata is not None:
+        encode_metadata(a.metadata, _metadata_encoder, config.max_metadata_bytes)
+    if a.event_id is not None:
+        check_id("event_id", a.event_id, config.max_id_length)
+    if a.job_id is not None:
+        check_id("job_id", a.job_id, config.max_id_length)
+
+
+def api_shape(
+    entity: str,
+    metric: str,
+    value: int | float | Decimal,
+    timestamp: str,
+    event_id: str,
+    metadata: Any,
+    job_id: str | None,
+) -> dict[str, Any]:
+    """An event as an API-shaped JSONL row: re-importable as is, with the same eventId."""
+    row: dict[str, Any] = {
+        "CustomerEntityId": entity,
+        "metric": metric,
+        "value": value,
+        "timestamp": timestamp,
+        "eventId": event_id,
+    }
+    if metadata is not None:
+        row["metadata"] = metadata
+    if job_id is not None:
+        row["JobId"] = job_id
+    return row

@@ -1,0 +1,468 @@
+"""`enso-tracker import`, run as a user would (the console script in a subprocess), against
+a FakeEnso on 127.0.0.1 in this process."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enso_tracker.testing import FakeEnso
+
+API_KEY = "test-api-key"
+SCRIPT = Path(sys.executable).with_name("enso-tracker")
+N = 100_000
+
+
+def cli_env(url: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("ENSO_")
+    }
+    env.update({"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": url, **extra})
+    return env
+
+
+def run_cli(
+    *args: str | Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)],
+        env=env,
+        cwd=cwd,
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def books(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.stdout, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def doc_event_id(source: str, line: int, record: bytes) -> str:
+    """The formula as the README documents it, written out independently of the CLI."""
+    return "imp_" + hashlib.sha256(f"{source}\n{line}\n".encode() + record).hexdigest()[:32]
+
+
+def api_row(i: int) -> dict[str, Any]:
+    return {
+        "CustomerEntityId": f"ent_{i % 97}",
+        "metric": "api_calls",
+        "value": i % 7 + 1,
+        "timestamp": "2026-04-01T12:00:00Z",
+    }
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeEnso]:
+    with FakeEnso() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def big_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "usage.jsonl"
+    with path.open("w") as f:
+        for i in range(N):
+            f.write(json.dumps(api_row(i)) + "\n")
+    return path
+
+
+def test_100k_rows_delivered_exactly_once_and_a_rerun_bills_nothing(
+    fake: FakeEnso, big_jsonl: Path
+) -> None:
+    env = cli_env(fake.url)
+    first = run_cli("import", big_jsonl, "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert books(first)["delivered"] == N
+    assert books(first)["rows_read"] == N
+    events = fake.events
+    assert len(events) == N
+    assert fake.duplicates == {}
+    assert sum(e["value"] for e in events.values()) == sum(i % 7 + 1 for i in range(N))
+    line = big_jsonl.read_bytes().split(b"\n")[41]
+    assert doc_event_id("usage.jsonl", 42, line) in events  # the documented formula
+
+    again = run_cli("import", big_jsonl, "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(fake.event_ids()) == N  # nothing new on the server
+    assert sum(fake.duplicates.values()) == N  # every row resent, every copy absorbed
+
+
+def test_a_rerun_from_another_directory_compressed_gets_the_same_ids(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    plain = first_dir / "daily.csv"
+    plain.write_text(
+        "customer,calls,ts\n" + "".join(f"ent_{i % 5},1,2026-04-01T00:00:00Z\n" for i in range(300))
+    )
+    (second_dir / "daily.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    mapping = ["--entity", "customer", "--metric-name", "calls", "--value", "calls"]
+    mapping += ["--timestamp", "ts", "--json"]
+    env = cli_env(fake.url)
+    first = run_cli("import", "daily.csv", *mapping, env=env, cwd=first_dir)
+    assert first.returncode == 0, first.stderr
+    assert len(fake.event_ids()) == 300  # identical rows stay distinct (line numbers)
+    second = run_cli("import", second_dir / "daily.csv.gz", *mapping, env=env)
+    assert second.returncode == 0, second.stderr
+    assert books(second)["delivered"] == 300
+    assert len(fake.event_ids()) == 300
+    assert sum(fake.duplicates.values()) == 300
+    assert doc_event_id("daily.csv", 2, b"ent_0\x1f1\x1f2026-04-01T00:00:00Z") in fake.events
+
+
+def test_killed_half_way_then_rerun_delivers_every_row_exactly_once(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    path = tmp_path / "usage.csv.gz"
+    header = "customer,metric,amount,at\n"
+    rows = [f"ent_{i % 31},tokens,{i},2026-04-02T08:00:00.{i % 1000:03d}Z\n" for i in range(N)]
+    path.write_bytes(gzip.compress((header + "".join(rows)).encode()))
+    mapping = ["--entity", "customer", "--value", "amount", "--timestamp", "at"]
+    env = cli_env(fake.url)
+
+    def some_delivered(server: FakeEnso) -> bool:
+        if server.received < 10_000:
+            return False
+        server.hang(None)  # later batches hang: the import cannot finish before the kill
+        return True
+
+    proc = subprocess.Popen(
+        [str(SCRIPT), "import", str(path), *mapping],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert fake.wait_for(some_delivered, timeout=30.0)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10.0) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    fake.release()
+    partial = len(fake.event_ids())
+    assert 10_000 <= partial < N
+
+    rerun = run_cli("import", path, *mapping, "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    events = fake.events
+    assert len(events) == N
+    expected = {
+        doc_event_id("usage.csv", i + 2, row.rstrip("\n").replace(",", "\x1f").encode())
+        for i, row in enumerate(rows)
+    }
+    assert set(events) == expected
+    assert sorted(e["value"] for e in events.values()) == list(range(N))
+
+
+def test_bad_rows_are_reported_with_their_line_and_the_good_ones_delivered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "customer,calls,ts,region\n"  # line 1
+        "ent_known,3,2026-04-01T12:00:00Z,eu\n"  # 2: good
+        "ent_known,abc,2026-04-01T12:00:00Z,eu\n"  # 3: value not a number
+        "ent_known,4,2026-04-01T12:00:00,eu\n"  # 4: naive timestamp
+        ",4,2026-04-01T12:00:00Z,eu\n"  # 5: empty entity
+        "ent_known,nan,2026-04-01T12:00:00Z\n"  # 6: short row
+        "\n"  # 7: blank, skipped
+        "ent_unknown,5,2026-04-01T12:00:00Z,us\n"  # 8: Enso answers 2002
+        "ent_known,6,2026-04-01T12:00:00Z,us\n"  # 9: good
+    )
+    mapping = ["--entity", "customer", "--metric-name", "api_calls", "--value", "calls"]
+    mapping += ["--timestamp", "ts", "--metadata", "region"]
+    with FakeEnso(known_entities={"ent_known"}) as fake:
+        proc = run_cli("import", path, *mapping, env=cli_env(fake.url))
+        delivered = fake.events
+    assert proc.returncode == 1, proc.stderr
+    assert sorted(e["value"] for e in delivered.values()) == [3, 6]
+    assert all(e["metadata"] == {"region": e["metadata"]["region"]} for e in delivered.values())
+    errors_file = tmp_path / "mixed.csv.errors.jsonl"
+    assert str(errors_file) in proc.stdout  # named in the summary
+    records = [json.loads(line) for line in errors_file.read_text().splitlines()]
+    by_line = {r["line"]: r for r in records}
+    assert sorted(by_line) == [3, 4, 5, 6, 8]
+    assert [by_line[n]["field"] for n in (3, 4, 5, 6)] == ["value", "timestamp", "entity", "row"]
+    assert all(r["file"] == str(path) for r in records)
+    rejected = by_line[8]
+    assert rejected["kind"] == "rejected"
+    assert rejected["code"] == 2002
+    assert rejected["event"]["CustomerEntityId"] == "ent_unknown"
+    assert rejected["event"]["eventId"].startswith("imp_")  # re-importable, same id
+    assert "mixed.csv:3: value:" in proc.stdout
+
+
+def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    good = json.dumps(api_row(1))
+    path.write_text(
+        "\n".join(
+            [
+                good,
+                json.dumps({**api_row(2), "value": True}),  # bool is not a number
+                "{not json",
+                json.dumps({**api_row(3), "metadata": {"blob": "x" * 9000}}),  # over 8 KiB
+                json.dumps({**api_row(4), "eventId": "has space"}),
+                json.dumps({**api_row(5), "timestamp": "yesterday"}),
+                json.dumps({k: v for k, v in api_row(6).items() if k != "metric"}),
+                good,
+            ]
+        )
+        + "\n"
+    )
+    env = cli_env(fake.url)
+    del env["ENSO_API_KEY"]  # a dry run needs no credentials
+    dry = run_cli("import", path, "--dry-run", "--errors-out", tmp_path / "dry.jsonl", env=env)
+    assert dry.returncode == 1, dry.stderr
+    assert fake.requests == []
+    dry_errors = [json.loads(x) for x in (tmp_path / "dry.jsonl").read_text().splitlines()]
+    found = sorted((e["line"], e["field"]) for e in dry_errors)
+    assert found == [
+        (2, "value"),
+        (3, "row"),
+        (4, "metadata"),
+        (5, "event_id"),
+        (6, "timestamp"),
+        (7, "metric"),
+    ]
+    assert "rows.jsonl:5: event_id:" in dry.stdout
+
+    real = run_cli("import", path, "--errors-out", tmp_path / "real.jsonl", env=cli_env(fake.url))
+    assert real.returncode == 1, real.stderr
+    real_errors = [json.loads(x) for x in (tmp_path / "real.jsonl").read_text().splitlines()]
+    assert sorted((e["line"], e["field"], e["reason"]) for e in real_errors) == sorted(
+        (e["line"], e["field"], e["reason"]) for e in dry_errors
+    )
+    assert len(fake.event_ids()) == 2  # the two good rows (same content, two lines)
+
+
+def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps(api_row(i)) for i in range(3000)]
+    lines[100] = lines[2000] = "[1, 2]"  # two bad rows: each must be reported by one shard
+    path.write_text("\n".join(lines) + "\n")
+    env = cli_env(fake.url)
+    procs = [
+        subprocess.Popen(
+            [str(SCRIPT), "import", str(path), "--shard", f"{i}/3", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60.0)
+        results.append(json.loads(out))
+        assert proc.returncode == (1 if results[-1]["invalid"] else 0), err
+    assert fake.duplicates == {}
+    assert len(fake.event_ids()) == 2998
+    assert sum(r["delivered"] for r in results) == 2998
+    assert all(r["rows_read"] == 3000 for r in results)
+    assert sum(r["rows_read"] - r["other_shards"] for r in results) == 3000
+    assert sum(r["invalid"] for r in results) == 2
+    assert all(r["delivered"] > 700 for r in results)  # the hash spreads rows across shards
+    reported = []
+    for i in range(3):
+        errors = tmp_path / f"big.jsonl.shard-{i}-of-3.errors.jsonl"
+        if errors.exists():
+            reported += [json.loads(x)["line"] for x in errors.read_text().splitlines()]
+    assert sorted(reported) == [101, 2001]
+
+
+def test_stdin_gzip_with_a_source_id(fake: FakeEnso) -> None:
+    lines = [json.dumps(api_row(i)) for i in range(50)]
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    env = cli_env(fake.url)
+    refused = subprocess.run(
+        [str(SCRIPT), "import", "-"], env=env, input=data, capture_output=True, timeout=30
+    )
+    assert refused.returncode == 2
+    assert b"--source-id" in refused.stderr
+    assert fake.requests == []
+    proc = subprocess.run(
+        [str(SCRIPT), "import", "-", "--source-id", "usage-2026-04", "--json"],
+        env=env,
+        input=data,
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert set(fake.event_ids()) == {
+        doc_event_id("usage-2026-04", i + 1, line.encode()) for i, line in enumerate(lines)
+    }
+
+
+def test_usage_errors_exit_2_before_anything_is_sent(fake: FakeEnso, tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_text("customer,calls,ts\nent_1,1,2026-04-01T00:00:00Z\n")
+    env = cli_env(fake.url)
+    no_column = run_cli("import", path, env=env)
+    assert no_column.returncode == 2
+    assert "no column 'CustomerEntityId'" in no_column.stderr
+    no_file = run_cli("import", tmp_path / "missing.csv", env=env)
+    assert no_file.returncode == 2
+    bad_shard = run_cli("import", path, "--shard", "3/3", env=env)
+    assert bad_shard.returncode == 2
+    no_creds = run_cli(
+        "import", path, "--entity", "customer", "--metric-name", "m", "--value", "calls",
+        "--timestamp", "ts", env={k: v for k, v in env.items() if k != "ENSO_API_KEY"},
+    )  # fmt: skip
+    assert no_creds.returncode == 2
+    assert "ENSO_API_KEY" in no_creds.stderr
+    assert fake.requests == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
+    url = f"http://127.0.0.1:{_closed_port()}"
+    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(url))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Re-run the same command" in proc.stdout
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl.errors.jsonl").read_text().splitlines()]
+    assert len(records) == 20  # nothing vanishes: each undelivered row, with its line
+    assert {r["kind"] for r in records} == {"shutdown"}
+    assert sorted(r["line"] for r in records) == list(range(1, 21))
+
+
+def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(3000)))
+    fake.hang(None)  # Enso accepts the connection and never answers
+    proc = subprocess.Popen(
+        [str(SCRIPT), "import", str(path), "--json"],
+        env=cli_env(fake.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake.wait_for(lambda server: server.in_flight >= 1, timeout=30.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fake.release()
+    assert proc.returncode == 130, err
+    assert books_of(out)["stopped"] == "interrupted"
+    errors = (tmp_path / "t.jsonl.errors.jsonl").read_text().splitlines()
+    assert len(errors) == books_of(out)["accepted"] > 0
+    assert {json.loads(x)["kind"] for x in errors} == {"shutdown"}
+
+
+def books_of(stdout: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
+def test_refused_credentials_stop_the_import_with_exit_3(fake: FakeEnso, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
+    proc = run_cli("import", path, "--json", env=cli_env(fake.url, ENSO_API_KEY="wrong-key"))
+    assert proc.returncode == 3
+    assert "refuses the credentials" in books(proc)["stopped"]
+    assert fake.event_ids() == []
+
+
+def test_progress_is_shown_when_asked_and_never_into_a_pipe(fake: FakeEnso, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(2000)))
+    env = cli_env(fake.url)
+    quiet = run_cli("import", path, env=env)  # stderr is a pipe: no progress
+    assert quiet.returncode == 0
+    assert "rows/s" not in quiet.stderr
+    plain = run_cli("import", path, "--progress", "plain", env=env)
+    assert plain.returncode == 0
+    assert "rows/s" in plain.stderr
+    assert "delivered 2,000" in plain.stderr  # the final redraw
+    assert "ETA" in plain.stderr
+    fancy = run_cli("import", path, "--progress", "rich", env=env)
+    assert fancy.returncode == 0, fancy.stderr
+    assert "delivered 2,000" in fancy.stderr
+
+
+def test_help_has_examples_and_the_exit_codes(tmp_path: Path) -> None:
+    env = cli_env("http://127.0.0.1:9")
+    top = run_cli("--help", env=env)
+    assert top.returncode == 0
+    assert "examples:" in top.stdout
+    assert "exit codes:" in top.stdout
+    sub = run_cli("import", "--help", env=env)
+    assert "--source-id" in sub.stdout
+    assert 'sha256(f"{source}' in sub.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "enso_tracker", "send", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert module.returncode == 0
+    assert "--event-id" in module.stdout
+
+
+def test_demo_still_runs_from_the_command_line() -> None:
+    proc = subprocess.run(
+        [str(SCRIPT), "demo", "--seconds", "0.5", "--threads", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Books balance" in proc.stdout
+
+
+def test_two_inputs_with_one_file_name_are_refused(fake: FakeEnso, tmp_path: Path) -> None:
+    """Two inputs sharing a file name would share ids: refused before sending."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    src = tmp_path / "x" / "same.jsonl"
+    src.write_text(json.dumps(api_row(1)) + "\n")
+    shutil.copy(src, tmp_path / "y" / "same.jsonl")
+    proc = run_cli("import", src, tmp_path / "y" / "same.jsonl", env=cli_env(fake.url))
+    assert proc.returncode == 2
+    assert "same file name" in proc.stderr
+    assert fake.requests == []

@@ -1,0 +1,222 @@
+"""`enso-tracker send` and `enso-tracker doctor` as subprocesses, against a FakeEnso (or a
+tiny hostile server) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enso_tracker.testing import FakeEnso
+
+SCRIPT = Path(sys.executable).with_name("enso-tracker")
+LONG_KEY = "sk_live_0123456789abcdefWXYZ"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def cli_env(url: str, **secrets: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("ENSO_")
+    }
+    env.update({"ENSO_BASE_URL": url, "PYTHONIOENCODING": "utf-8", **secrets})
+    return env
+
+
+def checks(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    result = json.loads(proc.stdout)
+    return {c["name"]: c for c in result["checks"]}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeEnso]:
+    with FakeEnso(api_keys=(LONG_KEY,), known_entities={"ent_known"}) as server:
+        yield server
+
+
+# ------------------------------------------------------------------------- send
+
+
+def test_send_delivers_one_event_and_says_so(fake: FakeEnso) -> None:
+    proc = run_cli(
+        "send", "ent_known", "api_calls", "2.5", "--timestamp", "2026-04-01T12:00:00+02:00",
+        "--metadata", '{"region": "eu"}', "--event-id", "evt_cli_1", "--json",
+        env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "eventId": "evt_cli_1",
+        "status": "delivered",
+        "exit_code": 0,
+    }
+    event = fake.events["evt_cli_1"]
+    assert event["value"] == 2.5
+    assert event["timestamp"] == "2026-04-01T10:00:00.000Z"
+    assert event["metadata"] == {"region": "eu"}
+
+
+def test_send_reports_enso_refusing_the_event_with_its_code(fake: FakeEnso) -> None:
+    proc = run_cli(
+        "send", "ent_nobody", "api_calls", "1", env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY)
+    )
+    assert proc.returncode == 1
+    assert "rejected by Enso" in proc.stdout
+    assert "code=2002" in proc.stdout
+    assert fake.event_ids() == []
+    as_json = run_cli(
+        "send", "ent_nobody", "api_calls", "1", "--json",
+        env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY),
+    )  # fmt: skip
+    answer = json.loads(as_json.stdout)
+    assert (answer["status"], answer["code"], answer["httpStatus"]) == ("rejected", 2002, 404)
+
+
+def test_send_usage_errors_exit_2_and_send_nothing(fake: FakeEnso) -> None:
+    env = cli_env(fake.url, ENSO_API_KEY=LONG_KEY)
+    assert run_cli("send", "ent_known", "api_calls", "lots", env=env).returncode == 2
+    naive = run_cli("send", "ent_known", "m", "1", "--timestamp", "2026-04-01T12:00:00", env=env)
+    assert naive.returncode == 2
+    assert "timestamp" in naive.stderr
+    assert run_cli("send", "ent_known", "m", "1", env=cli_env(fake.url)).returncode == 2
+    assert fake.requests == []
+
+
+def test_send_with_refused_credentials_exits_3_without_printing_the_key(fake: FakeEnso) -> None:
+    wrong = "sk_live_wrongwrongwrong9876"
+    proc = run_cli("send", "ent_known", "m", "1", env=cli_env(fake.url, ENSO_API_KEY=wrong))
+    assert proc.returncode == 3
+    assert "credentials" in proc.stdout
+    assert wrong not in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------- doctor
+
+
+def test_doctor_on_a_healthy_enso_passes_every_check(fake: FakeEnso) -> None:
+    proc = run_cli("doctor", "--json", env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY))
+    assert proc.returncode == 0, proc.stdout
+    found = checks(proc)
+    assert {"configuration", "DNS", "TCP", "credentials", "clock", "spool"} <= set(found)
+    assert all(c["ok"] is not False for c in found.values())
+    assert found["credentials"]["ok"] is True
+    assert "2003" in found["credentials"]["detail"]
+    assert "no spool configured" in found["spool"]["detail"]
+    assert fake.event_ids() == []  # the probe billed nothing
+    human = run_cli("doctor", env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY))
+    assert human.returncode == 0
+    assert "✔ credentials" in human.stdout
+    assert "…WXYZ" in human.stdout  # a fingerprint at most
+    assert LONG_KEY not in human.stdout + human.stderr
+
+
+def test_doctor_with_wrong_credentials_says_how_to_fix_them(fake: FakeEnso) -> None:
+    wrong = "sk_live_not_the_right_one_5678"
+    proc = run_cli("doctor", env=cli_env(fake.url, ENSO_API_KEY=wrong))
+    assert proc.returncode == 1
+    assert "✘ credentials: Enso refused the API key (HTTP 401)" in proc.stdout
+    assert "fix: check ENSO_API_KEY" in proc.stdout
+    assert wrong not in proc.stdout + proc.stderr
+
+
+def test_doctor_logs_in_with_client_credentials_without_printing_the_secret() -> None:
+    secret = "cs_test_super_secret_value_42"
+    with FakeEnso(client_credentials={"ck_test_doctor_key_01": secret}) as server:
+        good = run_cli(
+            "doctor", "--json",
+            env=cli_env(server.url, ENSO_CLIENT_KEY="ck_test_doctor_key_01",
+                        ENSO_CLIENT_SECRET=secret),
+        )  # fmt: skip
+        bad = run_cli(
+            "doctor",
+            env=cli_env(server.url, ENSO_CLIENT_KEY="ck_test_doctor_key_01",
+                        ENSO_CLIENT_SECRET="cs_test_wrong_secret_000"),
+        )  # fmt: skip
+    assert good.returncode == 0, good.stdout
+    assert checks(good)["login"]["ok"] is True
+    assert checks(good)["credentials"]["ok"] is True
+    assert secret not in good.stdout + good.stderr
+    assert bad.returncode == 1
+    assert "✘ login: Enso refused the client credentials" in bad.stdout
+    assert "cs_test_wrong_secret_000" not in bad.stdout + bad.stderr
+
+
+def test_doctor_against_a_closed_port_fails_at_tcp() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        proc = run_cli(
+            "doctor", "--json", env=cli_env(f"http://127.0.0.1:{port}", ENSO_API_KEY=LONG_KEY)
+        )
+    assert proc.returncode == 1
+    found = checks(proc)
+    assert found["DNS"]["ok"] is True
+    assert found["TCP"]["ok"] is False
+    assert "Connection refused" in found["TCP"]["detail"]
+    assert found["TCP"]["fix"]
+    assert found["credentials"]["ok"] is None  # not checked, not claimed good
+
+
+class _SkewedHandler(BaseHTTPRequestHandler):
+    """Answers like an authenticated Enso (400, code 2003), with a Date an hour behind."""
+
+    protocol_version = "HTTP/1.1"
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return email.utils.formatdate(time.time() - 3600, usegmt=True)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"status":"error","errors":[{"code":2003,"message":"events array is required"}]}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_doctor_notices_a_skewed_clock() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SkewedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = run_cli("doctor", "--json", env=cli_env(url, ENSO_API_KEY=LONG_KEY))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert proc.returncode == 1
+    found = checks(proc)
+    assert found["credentials"]["ok"] is True
+    assert found["clock"]["ok"] is False
+    assert "ahead of" in found["clock"]["detail"]
+    assert "NTP" in found["clock"]["fix"]
+
+
+def test_doctor_without_credentials_still_checks_the_network(fake: FakeEnso) -> None:
+    proc = run_cli("doctor", "--json", env=cli_env(fake.url))
+    assert proc.returncode == 1
+    found = checks(proc)
+    assert found["configuration"]["ok"] is False
+    assert "ENSO_API_KEY" in found["configuration"]["fix"]
+    assert found["TCP"]["ok"] is True
+    assert found["credentials"]["ok"] is None
