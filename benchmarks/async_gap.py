@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enso_tracker import Tracker
-from enso_tracker._aio import AsyncMixin
 from enso_tracker.testing import FakeEnso
 
 from ._common import (
@@ -42,17 +41,6 @@ from ._servers import ServerProcess
 
 __all__ = ["largest_gap", "run"]
 
-if TYPE_CHECKING:
-
-    class _AsyncTracker(Tracker, AsyncMixin):
-        pass
-
-else:  # Tracker itself once it has the mixin
-    _AsyncTracker = (
-        Tracker
-        if issubclass(Tracker, AsyncMixin)
-        else type("_AsyncTracker", (Tracker, AsyncMixin), {})
-    )
 
 TICK = 0.001
 
@@ -67,7 +55,7 @@ async def _heartbeat(gaps: list[float]) -> None:
         last = now
 
 
-def largest_gap(tracker: _AsyncTracker, timeout: float) -> tuple[float, int, bool]:
+def largest_gap(tracker: Tracker, timeout: float) -> tuple[float, int, bool]:
     """Await ``aflush(timeout)`` beside a heartbeat: (largest gap s, beats, flush result)."""
 
     async def main() -> tuple[float, int, bool]:
@@ -91,7 +79,7 @@ def _hung(repeats: int, timeout: float) -> tuple[list[float], list[int]]:
         for _ in range(repeats):
             fake.reset()
             fake.hang(None)
-            tracker = _AsyncTracker(api_key=API_KEY, base_url=fake.url, flush_interval=0.01)
+            tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=0.01)
             try:
                 tracker.track(ENTITY, METRIC, 1)
                 if not fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0):
@@ -111,7 +99,7 @@ def _busy(repeats: int, events: int, sink: ServerProcess) -> tuple[list[float], 
     gaps: list[float] = []
     beats: list[int] = []
     for _ in range(repeats):
-        tracker = _AsyncTracker(
+        tracker = Tracker(
             api_key=API_KEY,
             base_url=sink.url,
             flush_interval=60.0,  # the burst goes out in the flush, not before

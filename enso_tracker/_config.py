@@ -58,7 +58,8 @@ class Config:
     queue_full_policy: QueueFullPolicy = "drop"
     #: With ``"block"``: longest ``track()`` waits for room before dropping.
     block_timeout: float = 1.0
-    #: HTTP timeout of one request (connect, read, write and pool each).
+    #: Deadline of one delivery attempt, from connect to the last byte of the answer
+    #: (a login and a replay after a 401 included): not a per-read timeout.
     timeout: float = 10.0
     #: Deadline of ``shutdown()`` when none is given, and of the ``atexit`` hook.
     shutdown_timeout: float = 5.0

@@ -103,6 +103,8 @@ class _Pending(msgspec.Struct, order=True, gc=False):
     seq: int
     item: QueuedEvent
     body: bytes
+    #: Bytes it holds now (its item's estimate, grown by the body once encoded).
+    size: int = 0
     attempts: int = 0
     first_sent: float = 0.0
     #: In ``_unsettled`` (the heap flush() reads its low-water mark from), and whether
@@ -434,7 +436,7 @@ class Tracker(AsyncMixin):
                 retried=self._retried,
                 queued=self._outstanding - len(self._inflight) - len(self._inflight_raw),
                 queued_bytes=self._outstanding_bytes
-                - sum(p.item[_SIZE] for p in self._inflight)
+                - sum(p.size for p in self._inflight)
                 - sum(item[_SIZE] for item in self._inflight_raw),
                 in_flight=len(self._inflight) + len(self._inflight_raw),
                 requests=self._requests,
@@ -655,18 +657,18 @@ class Tracker(AsyncMixin):
                 try:
                     body = self._encode(entry)
                 except Exception as exc:  # validation should make this impossible
-                    unencodable.append((_Pending(0.0, entry[_SEQ], entry, b""), exc))
+                    unencodable.append((_Pending(0.0, entry[_SEQ], entry, b"", entry[_SIZE]), exc))
                     continue
-                # Once encoded, the body is what is kept: its metadata replaces the JSON
+                # Once encoded, the body is what is kept: it replaces the metadata JSON
                 # the tuple held (read back from the body if the event is ever reported),
                 # and the event's size becomes what it now holds (max_queue_bytes).
                 meta = entry[_META]
                 held = entry[_SIZE] + len(body) + _PENDING_OVERHEAD
                 if meta is not None:
                     held -= len(meta) + _BYTES_OVERHEAD
-                    meta = _IN_BODY
+                    entry = (*entry[:_META], _IN_BODY, entry[_JOB], entry[_SIZE])
                 grown += held - entry[_SIZE]
-                p = _Pending(0.0, entry[_SEQ], (*entry[:_META], meta, entry[_JOB], held), body)
+                p = _Pending(0.0, entry[_SEQ], entry, body, held)
             need = len(p.body) + (1 if batch else 0)
             if leftover or (batch and size + need > self._byte_limit):
                 leftover.append(p)
@@ -833,7 +835,7 @@ class Tracker(AsyncMixin):
         if not failed and not unsure:  # the common case: everything delivered
             self._delivered += n
             self._outstanding -= n
-            self._outstanding_bytes -= sum([p.item[_SIZE] for p in batch])
+            self._outstanding_bytes -= sum([p.size for p in batch])
             return
         delivered = 0
         retry: list[_Pending] = []
@@ -975,7 +977,7 @@ class Tracker(AsyncMixin):
     def _forget_locked(self, p: _Pending) -> None:
         p.done = True
         self._outstanding -= 1
-        self._outstanding_bytes -= p.item[_SIZE]
+        self._outstanding_bytes -= p.size
 
     def _drop_locked(
         self,
@@ -991,7 +993,7 @@ class Tracker(AsyncMixin):
                 item = (*item[:_META], _metadata_of(p.body), item[_JOB], item[_SIZE])
             items.append(item)
             self._outstanding -= 1
-            self._outstanding_bytes -= item[_SIZE]
+            self._outstanding_bytes -= p.size
         self._dropped[reason.kind] = self._dropped.get(reason.kind, 0) + len(items)
         self._last_error = str(reason)
         reports.append((items, reason))
@@ -1085,8 +1087,8 @@ class Tracker(AsyncMixin):
                 *self._ready,
                 *self._retry,
                 *self._inflight,
-                *(_Pending(0.0, q[_SEQ], q, b"") for q in self._inflight_raw),
-                *(_Pending(0.0, q[_SEQ], q, b"") for q in self._queue),
+                *(_Pending(0.0, q[_SEQ], q, b"", q[_SIZE]) for q in self._inflight_raw),
+                *(_Pending(0.0, q[_SEQ], q, b"", q[_SIZE]) for q in self._queue),
             ]
             self._ready.clear()
             self._retry.clear()

@@ -1,7 +1,7 @@
 """asyncio support: ``aflush``, ``ashutdown``, ``async with`` (``enso_tracker._aio``).
 
 The tests run the loop with ``asyncio.run`` inside plain tests (no asyncio plugin). They
-use ``AsyncTracker``: ``Tracker`` itself once it has the mixin, a local subclass until then,
+use ``Tracker``: ``Tracker`` itself once it has the mixin, a local subclass until then,
 so they test the real class as soon as it is wired.
 """
 
@@ -10,51 +10,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker._aio import AsyncMixin
 from enso_tracker.testing import FakeEnso
 
-from .conftest import API_KEY, DropLog, wait_until
-
-if TYPE_CHECKING:
-
-    class AsyncTracker(Tracker, AsyncMixin):
-        pass
-
-else:
-    AsyncTracker = (
-        Tracker
-        if issubclass(Tracker, AsyncMixin)
-        else type("AsyncTracker", (Tracker, AsyncMixin), {})
-    )
-
-AsyncTrackerFactory = Callable[..., AsyncTracker]
+from .conftest import API_KEY, DropLog, TrackerFactory, wait_until
 
 
 @pytest.fixture
-def make_async(fake: FakeEnso, drops: DropLog) -> Iterator[AsyncTrackerFactory]:
-    """Like conftest's ``make_tracker``, for trackers with the async methods."""
-    made: list[AsyncTracker] = []
-
-    def make(**options: Any) -> AsyncTracker:
-        options.setdefault("api_key", API_KEY)
-        options.setdefault("base_url", fake.url)
-        options.setdefault("on_drop", drops)
-        options.setdefault("backoff_base", 0.01)
-        options.setdefault("backoff_max", 0.2)
-        options.setdefault("flush_interval", 0.05)
-        tracker = AsyncTracker(**options)
-        made.append(tracker)
-        return tracker
-
-    yield make
+def make_async(make_tracker: TrackerFactory, fake: FakeEnso) -> Iterator[TrackerFactory]:
+    """conftest's ``make_tracker``; a hang left by a test is released before teardown."""
+    yield make_tracker
     fake.release()
-    for tracker in made:
-        tracker.shutdown(2.0)
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -69,14 +39,14 @@ def waiter_threads() -> int:
     return sum(t.name == "enso-tracker-await" for t in threading.enumerate())
 
 
-def hang_one_request(fake: FakeEnso, tracker: AsyncTracker, event_id: str) -> None:
+def hang_one_request(fake: FakeEnso, tracker: Tracker, event_id: str) -> None:
     fake.hang(None)
     tracker.track("ent_1", "api_calls", 1, event_id=event_id)
     assert fake.wait_for(lambda f: f.in_flight == 1, timeout=5.0)
 
 
 def test_aflush_keeps_the_event_loop_running_while_enso_hangs(
-    fake: FakeEnso, make_async: AsyncTrackerFactory
+    fake: FakeEnso, make_async: TrackerFactory
 ) -> None:
     tracker = make_async()
     hang_one_request(fake, tracker, "evt_hung")
@@ -107,7 +77,7 @@ def test_aflush_keeps_the_event_loop_running_while_enso_hangs(
 
 
 def test_aflush_and_ashutdown_return_what_flush_and_shutdown_return(
-    fake: FakeEnso, make_async: AsyncTrackerFactory
+    fake: FakeEnso, make_async: TrackerFactory
 ) -> None:
     tracker = make_async()
 
@@ -127,8 +97,8 @@ def test_aflush_and_ashutdown_return_what_flush_and_shutdown_return(
 
 
 def test_async_with_shuts_down_on_exit(fake: FakeEnso, drops: DropLog) -> None:
-    async def main() -> AsyncTracker:
-        async with AsyncTracker(api_key=API_KEY, base_url=fake.url, on_drop=drops) as tracker:
+    async def main() -> Tracker:
+        async with Tracker(api_key=API_KEY, base_url=fake.url, on_drop=drops) as tracker:
             tracker.track("ent_1", "api_calls", 1, event_id="evt_ctx")
         return tracker
 
@@ -139,7 +109,7 @@ def test_async_with_shuts_down_on_exit(fake: FakeEnso, drops: DropLog) -> None:
 
 
 def test_cancelled_aflush_leaves_the_tracker_working(
-    fake: FakeEnso, make_async: AsyncTrackerFactory
+    fake: FakeEnso, make_async: TrackerFactory
 ) -> None:
     tracker = make_async()
     hang_one_request(fake, tracker, "evt_1")
@@ -160,9 +130,7 @@ def test_cancelled_aflush_leaves_the_tracker_working(
     assert tracker.stats().balanced
 
 
-def test_cancelled_ashutdown_still_completes(
-    fake: FakeEnso, make_async: AsyncTrackerFactory
-) -> None:
+def test_cancelled_ashutdown_still_completes(fake: FakeEnso, make_async: TrackerFactory) -> None:
     tracker = make_async()
     hang_one_request(fake, tracker, "evt_1")
 
@@ -182,7 +150,7 @@ def test_cancelled_ashutdown_still_completes(
 
 
 def test_a_wait_abandoned_when_the_loop_closes_ends_quietly(
-    fake: FakeEnso, make_async: AsyncTrackerFactory, monkeypatch: pytest.MonkeyPatch
+    fake: FakeEnso, make_async: TrackerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thread_errors: list[threading.ExceptHookArgs] = []
     monkeypatch.setattr(threading, "excepthook", thread_errors.append)
@@ -208,14 +176,14 @@ LIFESPAN_MESSAGES = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}
 
 def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake: FakeEnso) -> None:
     """The README's ASGI recipe, driven the way a server (uvicorn…) drives it."""
-    state: dict[str, AsyncTracker] = {}
+    state: dict[str, Tracker] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                state["tracker"] = AsyncTracker(api_key=API_KEY, base_url=fake.url)
+                state["tracker"] = Tracker(api_key=API_KEY, base_url=fake.url)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await state["tracker"].ashutdown(timeout=5.0)

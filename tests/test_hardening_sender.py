@@ -295,7 +295,7 @@ def test_defect8_read_answer_stops_pulling_the_stream_past_the_limit(bomb: bytes
         ("identity", OK_ANSWER),
     ],
 )
-def test_defect8_compressed_answers_within_the_bound_are_read(encoding: str, packed: bytes) -> None:
+def test_compressed_answers_within_the_bound_are_read(encoding: str, packed: bytes) -> None:
     transport = httpx.MockTransport(
         lambda request: httpx.Response(200, content=packed, headers={"Content-Encoding": encoding})
     )
@@ -323,7 +323,7 @@ def test_defect8_answers_in_encodings_we_cannot_bound_are_retried(
     assert "Content-Encoding" in outcome.message
 
 
-def test_defect8_the_answer_limit_grows_with_the_batch() -> None:
+def test_the_answer_limit_grows_with_the_batch() -> None:
     assert answer_limit(b"") == ANSWER_BASE_BYTES
     # The smallest event encodes to ~100 bytes: the bound leaves over 1 KiB per event.
     smallest = (
@@ -449,7 +449,7 @@ def test_defect9_normal_delivery_still_works(make_tracker: TrackerFactory, fake:
     assert sender._deadline.at == float("inf")  # no deadline left behind between sends
 
 
-def test_defect9_a_request_gets_the_whole_timeout_again_after_the_last(fake: FakeEnso) -> None:
+def test_a_later_request_does_not_inherit_an_old_deadline(fake: FakeEnso) -> None:
     # Pooled connections outlive a send(): a later send must not inherit an old deadline.
     sender = sender_for(fake.url, timeout=1.0)
     try:
@@ -758,7 +758,7 @@ def test_defect12_unaccounted_events_end_retries_exhausted(drops: DropLog) -> No
     assert not server.acknowledged
 
 
-def test_defect12_counted_but_unlisted_failures_are_resent_and_listed_ones_trusted(
+def test_counted_but_unlisted_failures_are_resent_and_listed_ones_trusted(
     drops: DropLog,
 ) -> None:
     # Reconciles (2 + 1 == 3) but lists none of the failures: nothing guessed delivered.

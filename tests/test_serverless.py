@@ -17,27 +17,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker._aio import AsyncMixin
 from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog
-
-if TYPE_CHECKING:
-
-    class AsyncTracker(Tracker, AsyncMixin):
-        pass
-
-else:
-    AsyncTracker = (
-        Tracker
-        if issubclass(Tracker, AsyncMixin)
-        else type("AsyncTracker", (Tracker, AsyncMixin), {})
-    )
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 50  # below max_batch_size: nothing goes out before flush_interval unless flushed
@@ -45,12 +32,10 @@ N = 50  # below max_batch_size: nothing goes out before flush_interval unless fl
 HANDLER_PROCESS = """
 import asyncio, sys, time
 from enso_tracker import Tracker
-from enso_tracker._aio import AsyncMixin
 
-T = Tracker if issubclass(Tracker, AsyncMixin) else type("T", (Tracker, AsyncMixin), {})
 url, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 # flush_interval=60: without flush_after, nothing would be sent before the freeze.
-tracker = T(api_key="test-api-key", base_url=url, flush_interval=60.0)
+tracker = Tracker(api_key="test-api-key", base_url=url, flush_interval=60.0)
 
 def work():
     for i in range(n):
@@ -137,12 +122,12 @@ def test_control_without_flush_after_the_freeze_strands_the_events(fake: FakeEns
 
 
 @pytest.fixture
-def make_async(fake: FakeEnso, drops: DropLog) -> Iterator[Callable[..., AsyncTracker]]:
-    made: list[AsyncTracker] = []
+def make_async(fake: FakeEnso, drops: DropLog) -> Iterator[Callable[..., Tracker]]:
+    made: list[Tracker] = []
 
-    def make(**options: Any) -> AsyncTracker:
+    def make(**options: Any) -> Tracker:
         options.setdefault("flush_interval", 60.0)  # only an explicit flush sends
-        tracker = AsyncTracker(api_key=API_KEY, base_url=fake.url, on_drop=drops, **options)
+        tracker = Tracker(api_key=API_KEY, base_url=fake.url, on_drop=drops, **options)
         made.append(tracker)
         return tracker
 
@@ -153,7 +138,7 @@ def make_async(fake: FakeEnso, drops: DropLog) -> Iterator[Callable[..., AsyncTr
 
 
 def test_decorator_keeps_the_handler_result_name_and_exception(
-    fake: FakeEnso, make_async: Callable[..., AsyncTracker]
+    fake: FakeEnso, make_async: Callable[..., Tracker]
 ) -> None:
     tracker = make_async()
 
@@ -174,7 +159,7 @@ def test_decorator_keeps_the_handler_result_name_and_exception(
 
 
 def test_async_handler_flushes_without_blocking_the_loop(
-    fake: FakeEnso, make_async: Callable[..., AsyncTracker]
+    fake: FakeEnso, make_async: Callable[..., Tracker]
 ) -> None:
     tracker = make_async()
 
@@ -208,7 +193,7 @@ def test_async_handler_flushes_without_blocking_the_loop(
 
 
 def test_a_flush_that_times_out_is_logged(
-    fake: FakeEnso, make_async: Callable[..., AsyncTracker], caplog: pytest.LogCaptureFixture
+    fake: FakeEnso, make_async: Callable[..., Tracker], caplog: pytest.LogCaptureFixture
 ) -> None:
     tracker = make_async()
     fake.hang(None)
