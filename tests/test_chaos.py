@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -478,3 +479,50 @@ def test_retries_are_not_starved_by_fresh_traffic_during_an_outage(
     assert tracker.flush(10.0)
     check_books(tracker, fake, first + later, drops)
     assert set(fake.events) == set(first + later)
+
+
+def test_unvouched_answers_and_hostile_hooks_keep_the_books(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    """2xx answers that account for nothing, mixed with outages, while a logging handler
+    raises and ``on_drop`` calls back into the tracker: nothing counted delivered that
+    Enso did not store, nothing lost, the books exact."""
+
+    class Raising(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("broken handler")
+
+    handler = Raising(logging.DEBUG)
+    logging.getLogger("enso_tracker").addHandler(handler)
+    fake.known_entities = {"ent"}
+    unvouched = [
+        b'{"data":{"summary":{}}}',
+        b'{"status":"error","data":{"summary":{"success":5,"failed":0,"total":5}}}',
+        b'{"summary":{"success":0,"failed":0,"total":0},"failedRecords":[]}',
+        b'{"data":{"summary":{"success":1,"failed":0,"total":3},"failedRecords":[]}}',
+    ]
+    fake.script(
+        *(Fault(status=200, body=body) for body in unvouched),
+        Fault(status=503),
+        Fault(drop_connection=True),
+        Fault(status=200, body=unvouched[0]),
+    )
+    holder: list[Tracker] = []
+
+    def on_drop(events: Any, reason: Any) -> None:
+        drops(events, reason)
+        holder[0].stats()
+        holder[0].flush(0.01)  # from the sender thread: returns at once
+
+    try:
+        tracker = make_tracker(on_drop=on_drop, max_batch_size=20)
+        holder.append(tracker)
+        ids = track_many(tracker, 150)
+        ids += track_many(tracker, 10, entity="ent_unknown")  # rejected 2002
+        assert tracker.flush(20.0)
+        check_books(tracker, fake, ids, drops)
+        assert {e.event_id for e in drops.events("rejected")} == set(ids[150:])
+        assert set(fake.events) == set(ids[:150])
+        assert tracker.stats().hook_errors >= 1
+    finally:
+        logging.getLogger("enso_tracker").removeHandler(handler)
