@@ -18,6 +18,7 @@ from typing import Protocol
 import httpx
 import msgspec
 
+from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
 from ._errors import ConfigurationError, describe_exception
 
 __all__ = [
@@ -181,7 +182,6 @@ class ClientCredentials:
         # The token cannot have been issued before the request left: anchoring its
         # lifetime here (monotonic) renews it a little early, never late.
         sent_at = time.monotonic()
-        from ._wire import LOGIN_ANSWER_BYTES, AnswerError, read_answer  # keeps edits in _login
 
         try:
             # No Authorization header: this call is what issues the token (§9 A5).

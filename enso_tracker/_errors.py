@@ -28,12 +28,14 @@ __all__ = [
     "InvalidEventTypeError",
     "NotInitializedError",
     "describe_exception",
+    "short_repr",
 ]
 
 _MAX_REPR = 80
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr(value)`` for a message: at most 80 characters, and never raising."""
     try:
         text = repr(value)
     except Exception:  # a hostile __repr__ must not hide the real error
@@ -61,7 +63,7 @@ class InvalidEventError(EnsoError, ValueError):
     def __init__(self, field: str, value: Any, problem: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field}={_short_repr(value)}: {problem}")
+        super().__init__(f"{field}={short_repr(value)}: {problem}")
 
 
 class InvalidEventTypeError(InvalidEventError, TypeError):

@@ -83,7 +83,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     failed_requests: int
     #: Successful logins (client-credentials mode).
     logins: int
-    #: Unexpected errors caught in the sender loop, and exceptions raised by ``on_drop``.
+    #: Unexpected errors caught in the sender loop, and exceptions raised by user code
+    #: (``on_drop`` or a logging handler): counted, never propagated.
     worker_errors: int
     hook_errors: int
     #: ``"ok"``, or ``"unauthorized"`` while Enso refuses the credentials.

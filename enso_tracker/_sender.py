@@ -22,11 +22,12 @@ Two bounds hold whatever the server does:
   for the whole call (connect, TLS, the login if one is due, writing the body, the
   status line, headers and every byte of the answer, and the replay after a 401), not
   a per-read timeout that a server trickling one byte at a time could stretch forever.
-  httpx has no such deadline, so :class:`_DeadlineBackend` (httpcore's public
+  httpx has no such deadline, so :class:`~._deadline.DeadlineBackend` (httpcore's public
   ``NetworkBackend`` API) caps every socket operation at the time left. Only name
   resolution escapes it (``getaddrinfo`` cannot be interrupted).
 * **Memory.** An answer is streamed and abandoned (closing the connection) once it
-  passes :func:`~._wire.answer_limit`, compressed or decoded; see :func:`~._wire.read_answer`.
+  passes :func:`~._answer.answer_limit`, compressed or decoded; see
+  :func:`~._answer.read_answer`.
 
 No exception text from the HTTP stack is ever quoted (it can hold our headers): only
 :func:`~._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
@@ -37,31 +38,20 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
-import ssl
-import threading
 import time
 import urllib.request
-from collections.abc import Iterable
 from typing import Protocol
 
-import httpcore
 import httpx
 import msgspec
 
+from ._answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
 from ._auth import AuthFailure, Credentials
 from ._config import Config
+from ._deadline import Deadline, arm
 from ._errors import describe_exception
 from ._version import __version__
-from ._wire import (
-    ERROR_ANSWER_BYTES,
-    AnswerError,
-    BatchAnswer,
-    answer_limit,
-    parse_batch_answer,
-    parse_error_message,
-    printable,
-    read_answer,
-)
+from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
 
 __all__ = [
     "Answered",
@@ -147,127 +137,6 @@ def parse_retry_after(value: str | None, limit: float, now: float | None = None)
     return min(max(seconds, 0.0), limit)
 
 
-class _Deadline(threading.local):
-    """When the current ``send()`` must be over (per thread; ``inf`` outside one)."""
-
-    at: float = math.inf
-
-    def left(self, timeout: float | None, expired: type[Exception]) -> float | None:
-        """The socket timeout for one operation: ``timeout``, cut to the time left."""
-        at = self.at
-        if at == math.inf:
-            return timeout
-        left = at - time.monotonic()
-        if left <= 0:
-            raise expired("the request's deadline passed")
-        return left if timeout is None or left < timeout else timeout
-
-
-#: Writes go out in slices so that a server reading slowly meets the deadline too.
-_WRITE_SLICE = 64 * 1024
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    __slots__ = ("_deadline", "_inner")
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._deadline.left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        left = self._deadline.left
-        if len(buffer) <= _WRITE_SLICE:
-            self._inner.write(buffer, left(timeout, httpcore.WriteTimeout))
-            return
-        for start in range(0, len(buffer), _WRITE_SLICE):
-            piece = buffer[start : start + _WRITE_SLICE]
-            self._inner.write(piece, left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        # CPython's handshake counts its timeout as a deadline across all its reads.
-        inner = self._inner.start_tls(
-            ssl_context, server_hostname, self._deadline.left(timeout, httpcore.ConnectTimeout)
-        )
-        return _DeadlineStream(inner, self._deadline)
-
-    def get_extra_info(self, info: str) -> object:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's network backend, with every socket operation cut to the deadline.
-
-    Reads, writes, connects and TLS handshakes each get ``min(their timeout, time
-    left)`` and fail with httpcore's own timeout errors past it, which httpx maps to
-    ``httpx.ReadTimeout`` & co. Cost: one clock read per socket operation.
-    """
-
-    def __init__(self, inner: httpcore.NetworkBackend, deadline: _Deadline) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(
-            host,
-            port,
-            self._deadline.left(timeout, httpcore.ConnectTimeout),
-            local_address,
-            socket_options,
-        )
-        return _DeadlineStream(stream, self._deadline)
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(
-            path, self._deadline.left(timeout, httpcore.ConnectTimeout), socket_options
-        )
-        return _DeadlineStream(stream, self._deadline)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def _arm(transport: httpx.BaseTransport | None, deadline: _Deadline) -> bool:
-    """Put the deadline under an httpx transport we built; False if it cannot be done.
-
-    httpx offers no public way to choose httpcore's network backend, so this swaps
-    the connection pool's (``ConnectionPool``/``HTTPProxy``/``SOCKSProxy`` all keep it
-    in ``_network_backend`` and read it for each new connection). Done before the
-    first request; tests pin it (``test_defect9_every_transport_is_armed``), so an
-    httpx upgrade that moves it fails loudly rather than silently.
-    """
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, _DeadlineBackend):
-        return True
-    if not isinstance(backend, httpcore.NetworkBackend):
-        return False
-    pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
-    return True
-
-
 class HttpSender:
     """:class:`Sender` over httpx, POSTing to ``{base_url}/events/batch``.
 
@@ -277,7 +146,7 @@ class HttpSender:
     request here, and that CPU is GIL time taken from the application's threads. The
     Client is still built, for the login call and for when an environment proxy applies
     to ``base_url`` (the Client is what honours ``HTTPS_PROXY``/``NO_PROXY``). Every
-    transport built here gets the :class:`_DeadlineBackend`, on both paths.
+    transport built here gets the :class:`~._deadline.DeadlineBackend`, on both paths.
     """
 
     def __init__(
@@ -292,7 +161,7 @@ class HttpSender:
         self._url = httpx.URL(config.base_url.rstrip("/") + "/events/batch")
         self._client: httpx.Client | None = None
         self._direct: httpx.BaseTransport | None = None
-        self._deadline = _Deadline()
+        self._deadline = Deadline()
 
     @property
     def logins(self) -> int:
@@ -314,13 +183,13 @@ class HttpSender:
             else:
                 # The Client's own transport (login, no proxy) and its proxy mounts.
                 mounts = getattr(client, "_mounts", {})
-                armed = [_arm(client._transport, self._deadline)]
-                armed += [_arm(t, self._deadline) for t in mounts.values() if t is not None]
+                armed = [arm(client._transport, self._deadline)]
+                armed += [arm(t, self._deadline) for t in mounts.values() if t is not None]
                 if not (self._config.trust_env and _proxy_applies(self._url)):
                     self._direct = httpx.HTTPTransport(
                         verify=self._config.verify, trust_env=self._config.trust_env
                     )
-                    armed.append(_arm(self._direct, self._deadline))
+                    armed.append(arm(self._direct, self._deadline))
                 if not all(armed):
                     log.warning(
                         "this httpx/httpcore version does not let enso-tracker enforce its "

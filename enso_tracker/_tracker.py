@@ -53,7 +53,7 @@ from ._validate import (
     encode_metadata,
     timestamp_ns,
 )
-from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch
+from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch, reconcile
 
 __all__ = ["Tracker"]
 
@@ -504,6 +504,12 @@ class Tracker(AsyncMixin):
         self._wake.set()
 
     def _start_worker(self) -> None:
+        try:
+            self._start_worker_locked()
+        finally:
+            self._logger.emit()  # "died"/"cannot start" lines, once _start_lock is free
+
+    def _start_worker_locked(self) -> None:
         with self._start_lock:
             thread = self._thread
             if (thread is not None and thread.is_alive()) or self._closed:
@@ -793,9 +799,6 @@ class Tracker(AsyncMixin):
         now: float,
         reports: _Reports,
     ) -> None:
-        # Imported here so that this method is the only part of the module it touches.
-        from ._wire import reconcile
-
         n = len(batch)
         # enso-api.md §11: an event is delivered only when the answer accounts for it.
         verdict = reconcile(outcome.answer, n)

@@ -24,17 +24,11 @@ import httpx
 import pytest
 
 from enso_tracker import Config, Tracker
+from enso_tracker._answer import ANSWER_BASE_BYTES, AnswerError, answer_limit, read_answer
 from enso_tracker._auth import ApiKey, ClientCredentials
-from enso_tracker._sender import Answered, HttpSender, Outcome, Rejected, Retry, _DeadlineBackend
-from enso_tracker._wire import (
-    ANSWER_BASE_BYTES,
-    AnswerError,
-    BatchAnswer,
-    answer_limit,
-    parse_batch_answer,
-    read_answer,
-    reconcile,
-)
+from enso_tracker._deadline import DeadlineBackend
+from enso_tracker._sender import Answered, HttpSender, Outcome, Rejected, Retry
+from enso_tracker._wire import BatchAnswer, parse_batch_answer, reconcile
 from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted
@@ -431,7 +425,7 @@ def test_defect9_every_transport_is_armed(no_proxy_env: pytest.MonkeyPatch, prox
         assert (sender._direct is None) is proxied
         direct = [] if sender._direct is None else [sender._direct]
         for transport in [client._transport, *mounts, *direct]:
-            assert isinstance(transport._pool._network_backend, _DeadlineBackend)
+            assert isinstance(transport._pool._network_backend, DeadlineBackend)
     finally:
         sender.close()
 
