@@ -1,44 +1,169 @@
-"""SIGTERM as a graceful stop: deliver, then die of SIGTERM as the platform expects.
+"""Process lifecycle: the registry of live trackers, and every way a process ends or forks.
 
-Python runs no ``atexit`` hook when SIGTERM kills it, and SIGTERM is how most platforms
-stop a process: ``docker stop``, Kubernetes, gunicorn and uWSGI stopping workers,
-``multiprocessing.Pool.terminate()`` (``with Pool() as p:`` ends with it). So, at the
-first tracker made in the main thread, if SIGTERM still has its default action (kill),
-the tracker installs a handler that shuts every live tracker down within its
-``shutdown_timeout``, then restores the default action and raises SIGTERM again: the
-exit status stays "killed by SIGTERM". A handler the application installed is never
-replaced (the disposition is no longer the default), and one installed later replaces
-ours, which is the application's call. Opt out with ``handle_sigterm=False`` or
-``ENSO_HANDLE_SIGTERM=0``.
+* **Registry.** Live trackers are held by weak reference (a tracker nobody references
+  can still be collected), in one module-level set for every hook below, rather than a
+  closure per tracker as OpenTelemetry registers.
+* **atexit.** Registered at import, so it runs after the exit handlers an application
+  registers later (``atexit`` is last-in, first-out): those may still track. All live
+  trackers are shut down in parallel, each within its ``shutdown_timeout``.
+* **fork.** ``os.register_at_fork`` gives every tracker fresh state in the child; the
+  pid check in ``track()`` covers forks that skip the hooks (uWSGI forking from C).
+* **multiprocessing.** Its children leave through ``os._exit()``, skipping ``atexit``;
+  its exit finalizers do run, so one is armed in every child (see
+  :class:`_MultiprocessingHook`).
+* **SIGTERM.** Python runs no ``atexit`` hook when SIGTERM kills it, and SIGTERM is how
+  most platforms stop a process: ``docker stop``, Kubernetes, gunicorn and uWSGI
+  stopping workers, ``multiprocessing.Pool.terminate()`` (``with Pool() as p:`` ends with
+  it). So, at the first tracker made in the main thread, if SIGTERM still has its default
+  action (kill), a handler is installed that shuts every live tracker down, then
+  restores the default action and raises SIGTERM again: the exit status stays "killed by
+  SIGTERM". A handler the application installed is never replaced (the disposition is
+  no longer the default), and one installed later replaces ours, which is the
+  application's call. Opt out with ``handle_sigterm=False`` or ``ENSO_HANDLE_SIGTERM=0``.
 
-A signal handler runs in the main thread between two bytecodes of whatever it
-interrupted. If that was tracker code, the interrupted frame may hold a tracker lock
-that the shutdown needs, and it cannot release it before the handler returns: then the
-shutdown runs on a helper thread while the interrupted code finishes, and the helper
-raises SIGTERM again when it is done.
+  A signal handler runs in the main thread between two bytecodes of whatever it
+  interrupted. If that was tracker code, the interrupted frame may hold a tracker lock
+  that the shutdown needs, and it cannot release it before the handler returns: then the
+  shutdown runs on a helper thread while the interrupted code finishes, and the helper
+  raises SIGTERM again when it is done.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
-from collections.abc import Callable
+import time
+import weakref
 from types import FrameType
+from typing import Protocol
 
-__all__ = ["install_sigterm_handler"]
+from ._log import log
+
+__all__ = ["flush_all", "forget", "live", "register", "shutdown_all"]
+
+
+class Managed(Protocol):
+    """What the hooks need of a tracker."""
+
+    @property
+    def shutdown_timeout(self) -> float: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def _begin_shutdown(self, deadline: float) -> None: ...
+
+    def _finish_shutdown(self, deadline: float) -> bool: ...
+
+    def _after_fork_in_child(self) -> None: ...
+
+
+_live: weakref.WeakSet[Managed] = weakref.WeakSet()
+
+
+def register(tracker: Managed, *, handle_sigterm: bool) -> None:
+    """Put a new tracker under every hook; cheap after the first tracker of a process."""
+    _live.add(tracker)
+    _mp_hook.arm()
+    if handle_sigterm:
+        _install_sigterm_handler()
+
+
+def forget(tracker: Managed) -> None:
+    _live.discard(tracker)
+
+
+def live() -> list[Managed]:
+    """The trackers alive in this process (a copy)."""
+    return list(_live)
+
+
+def shutdown_all() -> None:
+    """Shut every live tracker down, all in parallel, each within its shutdown_timeout."""
+    trackers = live()
+    now = time.monotonic()
+    deadlines = [now + t.shutdown_timeout for t in trackers]
+    for t, deadline in zip(trackers, deadlines, strict=True):
+        t._begin_shutdown(deadline)
+    for t, deadline in zip(trackers, deadlines, strict=True):
+        try:
+            t._finish_shutdown(deadline)
+        except Exception:  # must not break other exit hooks
+            log.exception("enso-tracker shutdown failed")
+
+
+def flush_all(timeout: float | None = None) -> bool:
+    """Flush every live tracker (for framework hooks that end a process their own way);
+    True when all of them settled within ``timeout`` each."""
+    return all([t.flush(timeout) for t in live()])
+
+
+atexit.register(shutdown_all)
+
+
+def _after_fork_in_child() -> None:
+    for t in live():
+        t._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _MultiprocessingHook:
+    """multiprocessing children leave through ``os._exit()``, skipping ``atexit``; its
+    own exit finalizers do run, so in those children the trackers are shut down from one.
+
+    Never armed in the main process: importing ``multiprocessing.util`` registers its own
+    ``atexit`` hook, later than ours and so run earlier, which would shut the trackers
+    down before an application's exit handler that still tracks. A forked child's
+    bootstrap clears the finalizers it inherited, then runs the "after fork" callbacks:
+    one of those arms the finalizer in every forked child; a spawned or forkserver child
+    arms it when its first tracker is made.
+    """
+
+    pid = 0  # the process the after-fork callback was registered in
+    armed_pid = 0  # the process whose finalizer is armed
+
+    def arm(self) -> None:
+        pid = os.getpid()
+        if self.pid == pid:
+            return
+        self.pid = pid
+        import multiprocessing
+        from multiprocessing import util
+
+        util.register_after_fork(self, _MultiprocessingHook.in_child)
+        if multiprocessing.parent_process() is not None:
+            self._arm_finalizer()
+
+    def in_child(self) -> None:
+        self.pid = os.getpid()  # the inherited after-fork callback serves grandchildren too
+        self._arm_finalizer()
+
+    def _arm_finalizer(self) -> None:
+        if self.armed_pid == os.getpid():
+            return
+        self.armed_pid = os.getpid()
+        from multiprocessing import util
+
+        util.Finalize(None, shutdown_all, exitpriority=100)
+
+
+_mp_hook = _MultiprocessingHook()
+
+# ------------------------------------------------------------------------- SIGTERM
 
 _state_lock = threading.Lock()
 _installed_pid = 0
-_shutdown_all: Callable[[], None] | None = None
 _stopping = False
 
 
-def install_sigterm_handler(shutdown_all: Callable[[], None]) -> bool:
+def _install_sigterm_handler() -> bool:
     """Install the graceful SIGTERM handler if it is wanted and possible; True if it is in
-    place (now or already). Call from ``Tracker()``; cheap after the first call."""
-    global _installed_pid, _shutdown_all
-    if _installed_pid == os.getpid():  # a forked child inherits the handler itself
+    place (now or already)."""
+    global _installed_pid
+    if _installed_pid == os.getpid():
         return True
     if threading.current_thread() is not threading.main_thread():
         return False  # only the main thread may set handlers; a later tracker may
@@ -52,7 +177,6 @@ def install_sigterm_handler(shutdown_all: Callable[[], None]) -> bool:
                 return True
             if current is not signal.SIG_DFL:
                 return False  # the application (or its server) handles SIGTERM itself
-            _shutdown_all = shutdown_all
             signal.signal(signal.SIGTERM, _on_sigterm)
         except (ValueError, OSError):  # e.g. a subinterpreter
             return False
@@ -74,8 +198,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _stop_then_die() -> None:
     try:
-        if _shutdown_all is not None:
-            _shutdown_all()
+        shutdown_all()
     finally:
         if threading.current_thread() is threading.main_thread():
             _die()

@@ -16,7 +16,6 @@ Design, in the spirit of OpenTelemetry's BatchProcessor:
 
 from __future__ import annotations
 
-import atexit
 import base64
 import heapq
 import logging
@@ -36,12 +35,12 @@ from typing import Any, Final, Literal
 import httpx
 import msgspec
 
+from . import _lifecycle
 from ._aio import AsyncMixin
 from ._auth import make_credentials
 from ._config import Config
 from ._errors import ConfigurationError, describe_exception
-from ._lifecycle import install_sigterm_handler
-from ._log import DeferredLog, ErrorCounter, log
+from ._log import DeferredLog, ErrorCounter
 from ._model import DropKind, DropReason, Event, Stats
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, TooLarge
 from ._validate import (
@@ -125,7 +124,6 @@ def _new_id_prefix() -> str:
     return f"evt_{token}_"  # + hex(seq): "evt_…_0x1f"
 
 
-_live: weakref.WeakSet[Tracker] = weakref.WeakSet()
 #: Our own generator: drawing jitter from the global one would shift the sequence of an
 #: application that seeds `random` for reproducibility.
 _jitter_rng = random.Random()
@@ -186,10 +184,7 @@ class Tracker(AsyncMixin):
         self._byte_limit = cfg.max_batch_bytes
         self._init_state()
         self._closed = False  # shutdown() finished: nothing more is accepted or sent
-        _live.add(self)
-        _mp_hook.arm()
-        if cfg.handle_sigterm:
-            install_sigterm_handler(_shutdown_all_at_exit)
+        _lifecycle.register(self, handle_sigterm=cfg.handle_sigterm)
 
     def _init_state(self) -> None:
         """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
@@ -258,6 +253,10 @@ class Tracker(AsyncMixin):
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def shutdown_timeout(self) -> float:
+        return self._config.shutdown_timeout
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "stopping" if self._stopping else "open"
@@ -1057,15 +1056,21 @@ class Tracker(AsyncMixin):
     # ------------------------------------------------------------ shutdown & fork
 
     def _begin_shutdown(self, deadline: float) -> None:
+        if self._pid != os.getpid():
+            # A fork that skipped the hooks (uWSGI forks from C): the parent's events are
+            # the parent's, never reported or waited for here.
+            self._after_fork_in_child()
         with self._lock:
             if self._closed or self._stopping:
                 return
             self._stopping = True
             self._deadline = deadline
-            # Cut every backoff short: one more prompt try for everything that is left.
+            # Cut every backoff short: one more prompt try for everything that is left,
+            # in acceptance order (the heap is re-ordered for its new keys).
             self._gate_until = 0.0
             for p in self._retry:
                 p.due = 0.0
+            heapq.heapify(self._retry)
             self._room.notify_all()  # blocked track() calls give up now
             pending = self._outstanding
         if pending:
@@ -1127,7 +1132,7 @@ class Tracker(AsyncMixin):
                 "closing the HTTP client failed: %s",
                 describe_exception(exc),
             )
-        _live.discard(self)
+        _lifecycle.forget(self)
         lost = sum(dropped.values())
         self._logger.always(
             logging.WARNING if left else logging.INFO,
@@ -1226,68 +1231,3 @@ def _run_worker(ref: weakref.ReferenceType[Tracker]) -> None:
     finally:
         if tracker is not None:
             tracker._worker_gone = True
-
-
-@atexit.register
-def _shutdown_all_at_exit() -> None:
-    trackers = list(_live)
-    now = time.monotonic()
-    deadlines = [now + t.config.shutdown_timeout for t in trackers]
-    for t, deadline in zip(trackers, deadlines, strict=True):
-        t._begin_shutdown(deadline)
-    for t, deadline in zip(trackers, deadlines, strict=True):
-        try:
-            t._finish_shutdown(deadline)
-        except Exception:  # pragma: no cover - must not break other atexit hooks
-            log.exception("enso-tracker shutdown at exit failed")
-
-
-def _after_fork_in_child() -> None:
-    for t in list(_live):
-        t._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _MultiprocessingHook:
-    """multiprocessing children leave through ``os._exit()``, skipping ``atexit``; its
-    own exit finalizers do run, so in those children the trackers are shut down from one.
-
-    Never armed in the main process: importing ``multiprocessing.util`` registers its own
-    ``atexit`` hook, later than ours and so run earlier, which would shut the trackers
-    down before an application's exit handler that still tracks. A forked child's
-    bootstrap clears the finalizers it inherited, then runs the "after fork" callbacks:
-    one of those arms the finalizer in every forked child; a spawned or forkserver child
-    arms it when its first tracker is made.
-    """
-
-    pid = 0  # the process the after-fork callback was registered in
-    armed_pid = 0  # the process whose finalizer is armed
-
-    def arm(self) -> None:
-        pid = os.getpid()
-        if self.pid == pid:
-            return
-        self.pid = pid
-        import multiprocessing
-        from multiprocessing import util
-
-        util.register_after_fork(self, _MultiprocessingHook.in_child)
-        if multiprocessing.parent_process() is not None:
-            self._arm_finalizer()
-
-    def in_child(self) -> None:
-        self.pid = os.getpid()  # the inherited after-fork callback serves grandchildren too
-        self._arm_finalizer()
-
-    def _arm_finalizer(self) -> None:
-        if self.armed_pid == os.getpid():
-            return
-        self.armed_pid = os.getpid()
-        from multiprocessing import util
-
-        util.Finalize(None, _shutdown_all_at_exit, exitpriority=100)
-
-
-_mp_hook = _MultiprocessingHook()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
+import textwrap
 import threading
 import weakref
 from typing import Any
 
+import msgspec
 import pytest
 
 import enso_tracker
 from enso_tracker import NotInitializedError, Tracker
-from enso_tracker._tracker import _live
+from enso_tracker._lifecycle import live
 from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
@@ -20,7 +24,7 @@ from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 def test_unused_tracker_is_garbage_collected(fake: FakeEnso) -> None:
     tracker = Tracker(api_key=API_KEY, base_url=fake.url)
     ref = weakref.ref(tracker)
-    assert tracker in _live
+    assert tracker in live()
     del tracker
     gc.collect()
     assert ref() is None  # the atexit and fork registries hold it weakly
@@ -273,3 +277,46 @@ def test_event_ids_do_not_depend_on_the_global_random_seed(fake: FakeEnso) -> No
         tracker.shutdown(2.0)
     assert ids[0] != ids[1]
     assert set(fake.events) == set(ids)
+
+
+def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: FakeEnso) -> None:
+    """uWSGI forks workers from C, skipping ``os.register_at_fork``: libc's fork() here.
+    The child's shutdown must neither wait for nor report the parent's queued events."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import ctypes, json, os, sys
+        from enso_tracker import Tracker
+        drops = []
+        tracker = Tracker(api_key="test-api-key", base_url=sys.argv[1], flush_interval=60.0,
+                          on_drop=lambda events, reason: drops.extend(events))
+        ids = [tracker.track("ent", "m", i) for i in range(10)]
+        pid = ctypes.CDLL(None).fork()  # no Python at-fork hooks run
+        if pid == 0:
+            ok = tracker.shutdown(5.0)
+            stats = tracker.stats()
+            print(json.dumps({"ok": ok, "drops": len(drops), "accepted": stats.accepted}))
+            sys.stdout.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert tracker.shutdown(5.0)
+        print(json.dumps({"parent_ids": ids}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, fake.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    child_line, parent_line = result.stdout.strip().splitlines()
+    child = msgspec.json.decode(child_line)
+    assert child == {"ok": True, "drops": 0, "accepted": 0}
+    parent_ids = msgspec.json.decode(parent_line)["parent_ids"]
+    assert set(fake.events) == set(parent_ids)
+    assert not fake.duplicates
