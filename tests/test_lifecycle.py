@@ -282,10 +282,6 @@ def test_event_ids_do_not_depend_on_the_global_random_seed(fake: FakeEnso) -> No
 def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: FakeEnso) -> None:
     """uWSGI forks workers from C, skipping ``os.register_at_fork``: libc's fork() here.
     The child's shutdown must neither wait for nor report the parent's queued events."""
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent(
         """
         import ctypes, json, os, sys
