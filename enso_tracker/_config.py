@@ -91,6 +91,8 @@ class Config:
     #: the first tracker made in the main thread while SIGTERM has its default action.
     #: ``ENSO_HANDLE_SIGTERM=0`` in the environment also turns it off.
     handle_sigterm: bool = True
+    #: Enable the framework integrations (Celery, uWSGI…) whose framework is present.
+    integrations: bool = True
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)

@@ -53,6 +53,7 @@ from ._validate import (
     timestamp_ns,
 )
 from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch, reconcile
+from .integrations import auto_enable
 
 __all__ = ["Tracker"]
 
@@ -185,6 +186,8 @@ class Tracker(AsyncMixin):
         self._init_state()
         self._closed = False  # shutdown() finished: nothing more is accepted or sent
         _lifecycle.register(self, handle_sigterm=cfg.handle_sigterm)
+        if cfg.integrations:
+            auto_enable()
 
     def _init_state(self) -> None:
         """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
