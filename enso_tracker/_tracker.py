@@ -17,7 +17,6 @@ Design, in the spirit of OpenTelemetry's BatchProcessor:
 from __future__ import annotations
 
 import base64
-import heapq
 import logging
 import math
 import os
@@ -40,8 +39,28 @@ from ._aio import AsyncMixin
 from ._auth import make_credentials
 from ._config import Config
 from ._errors import ConfigurationError, describe_exception
+from ._items import (
+    BYTES_OVERHEAD,
+    ENTITY,
+    EVENT_OVERHEAD,
+    ID,
+    IN_BODY,
+    JOB,
+    META,
+    METRIC,
+    PENDING_OVERHEAD,
+    SEQ,
+    SIZE,
+    STR_OVERHEAD,
+    TS,
+    VALUE,
+    Pending,
+    QueuedEvent,
+    metadata_of,
+)
 from ._log import DeferredLog, ErrorCounter
 from ._model import DropKind, DropReason, Event, Stats
+from ._schedule import NO_SEQ, RetryPolicy, Schedule
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, Sender, TooLarge
 from ._validate import (
     MAX_EXACT_INT,
@@ -52,68 +71,18 @@ from ._validate import (
     encode_metadata,
     timestamp_ns,
 )
-from ._wire import BODY_OVERHEAD, EventEncoder, FailedRecord, join_batch, reconcile
+from ._wire import EventEncoder, FailedRecord, join_batch, reconcile
 from .integrations import auto_enable
 
 __all__ = ["Tracker"]
 
 
-# Layout of a queued event; a tuple because it is the cheapest thing to build in track().
-QueuedEvent = tuple[int, str, str, str, int | float | Decimal, int, bytes | None, str | None, int]
-_SEQ: Final = 0  # acceptance sequence number (== accepted count when it was queued)
-_ID: Final = 1
-_ENTITY: Final = 2
-_METRIC: Final = 3
-_VALUE: Final = 4
-_TS: Final = 5  # epoch nanoseconds, UTC
-_META: Final = 6  # metadata, already JSON
-_JOB: Final = 7
-_SIZE: Final = 8  # estimated bytes, for max_queue_bytes
-
-# max_queue_bytes counts what an event really holds (measured with tracemalloc; see
-# tests/test_hardening.py): CPython object headers included, names in bytes not
-# characters, and, once it is encoded, its wire body in place of its metadata JSON.
-_STR_OVERHEAD: Final = 49  # header of an ASCII str
-_BYTES_OVERHEAD: Final = 33  # header of a bytes object
-#: One queued event beyond its strings: the tuple and its deque slot, the generated id,
-#: the timestamp and value objects, and the headers of fresh entity and metric strs.
-_EVENT_OVERHEAD: Final = 420
-#: Added once the event is encoded: the _Pending struct, its floats, its body's header
-#: and its heap entries (the body's own length is counted on top).
-_PENDING_OVERHEAD: Final = 240
-#: The metadata slot of an encoded event: its JSON lives in the wire body only.
-_IN_BODY: Final = b"<metadata in the wire body>"
 #: Per-record ``statusCode`` values worth another try (the rest are permanent).
 _RETRYABLE_RECORD_STATUS = frozenset({408, 425, 429})
 #: Drops waiting to be logged and handed to on_drop once the lock is released.
 _Reports = list[tuple[list[QueuedEvent], DropReason]]
 _NO_SEQ: Final = 1 << 62
 _CLOSED: Final = -1.0  # _step(): the tracker is closed, the sender thread ends
-
-
-class _Pending(msgspec.Struct, order=True, gc=False):
-    """An event the sender has taken from the queue: encoded once, retried as is.
-
-    A Struct because the sender makes one per event (~60 ns, against ~340 ns for a
-    slotted class); ``order=True`` gives the retry heap its order (due time, then
-    acceptance), and ``gc=False`` is safe since it never takes part in a cycle.
-    """
-
-    due: float
-    seq: int
-    item: QueuedEvent
-    body: bytes
-    #: Bytes it holds now (its item's estimate, grown by the body once encoded).
-    size: int = 0
-    attempts: int = 0
-    first_sent: float = 0.0
-    #: In ``_unsettled`` (the heap flush() reads its low-water mark from), and whether
-    #: that entry is stale: settled since, or in flight (counted from ``_inflight``).
-    parked: bool = False
-    done: bool = False
-    #: Largest batch this event may go in; halved each time its batch fails while the
-    #: server is otherwise healthy (see _backoff_locked), so a poison event ends up alone.
-    group: int = 1 << 30
 
 
 def _new_id_prefix() -> str:
@@ -182,7 +151,6 @@ class Tracker(AsyncMixin):
         self._max_queue = cfg.max_queue_size
         self._max_queue_bytes = cfg.max_queue_bytes
         self._batch_size = cfg.max_batch_size
-        self._byte_limit = cfg.max_batch_bytes
         self._init_state()
         self._closed = False  # shutdown() finished: nothing more is accepted or sent
         _lifecycle.register(self, handle_sigterm=cfg.handle_sigterm)
@@ -191,6 +159,7 @@ class Tracker(AsyncMixin):
 
     def _init_state(self) -> None:
         """Everything that a forked child must get fresh (no I/O, no threads, no logging)."""
+        cfg = self._config
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # an event settled (flush waits)
@@ -206,19 +175,24 @@ class Tracker(AsyncMixin):
         self._id_prefix = _new_id_prefix()
         self._seq = 0  # sequence number of the last accepted event == accepted count
         self._queue: deque[QueuedEvent] = deque()
-        self._ready: deque[_Pending] = deque()  # encoded, to send before the queue
-        self._retry: list[_Pending] = []  # heap by due time
-        self._inflight: list[_Pending] = []
+        self._schedule = Schedule(
+            RetryPolicy(
+                max_retries=cfg.max_retries,
+                max_event_age=cfg.max_event_age,
+                backoff_base=cfg.backoff_base,
+                backoff_max=cfg.backoff_max,
+            ),
+            batch_size=cfg.max_batch_size,
+            byte_limit=cfg.max_batch_bytes,
+            flush_interval=cfg.flush_interval,
+            rng=_jitter_rng,
+        )
+        self._inflight: list[Pending] = []
         self._inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
-        self._unsettled: list[tuple[int, _Pending]] = []  # see _park_locked
         self._outstanding = 0  # events in queue + ready + retry + in flight
         self._outstanding_bytes = 0
-        self._batch_clock: float | None = None  # when the oldest queued event was seen
-        self._gate_until = 0.0  # request-level backoff: nothing is sent before it
-        self._failures = 0  # consecutive failed requests
         self._flush_waiters = 0
         self._flush_asked = False  # flush() from the sender thread: send what is queued now
-        self._queue_turn = False  # after a failed retry, the next batch comes from the queue
         self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self._stopping = False
         self._deadline = math.inf
@@ -295,7 +269,7 @@ class Tracker(AsyncMixin):
         :class:`~enso_tracker.InvalidEventError` here; delivery problems never raise.
         """
         # Fast checks inline; the check_*/bad_* helpers say precisely what is wrong.
-        size = _EVENT_OVERHEAD
+        size = EVENT_OVERHEAD
         if (
             type(entity) is not str
             or not entity.isascii()
@@ -329,7 +303,7 @@ class Tracker(AsyncMixin):
                 metadata, self._metadata_encoder, self._config.max_metadata_bytes
             )
             meta = bytes(memoryview(meta))  # exact size: msgspec's buffer is up to 1.5x
-            size += len(meta) + _BYTES_OVERHEAD
+            size += len(meta) + BYTES_OVERHEAD
         if event_id is not None:
             if type(event_id) is not str or not _is_id(event_id, self._max_id):
                 event_id = check_id("event_id", event_id, self._max_id)
@@ -337,7 +311,7 @@ class Tracker(AsyncMixin):
         if job_id is not None:
             if type(job_id) is not str or not _is_id(job_id, self._max_id):
                 job_id = check_id("job_id", job_id, self._max_id)
-            size += len(job_id) + _STR_OVERHEAD
+            size += len(job_id) + STR_OVERHEAD
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
         refusal = None
@@ -439,7 +413,7 @@ class Tracker(AsyncMixin):
                 queued=self._outstanding - len(self._inflight) - len(self._inflight_raw),
                 queued_bytes=self._outstanding_bytes
                 - sum(p.size for p in self._inflight)
-                - sum(item[_SIZE] for item in self._inflight_raw),
+                - sum(item[SIZE] for item in self._inflight_raw),
                 in_flight=len(self._inflight) + len(self._inflight_raw),
                 requests=self._requests,
                 failed_requests=self._failed_requests,
@@ -549,20 +523,15 @@ class Tracker(AsyncMixin):
 
     def _min_unsettled_locked(self) -> int:
         """The lowest sequence not yet settled, in O(log n) amortised: the queue is in
-        sequence order, in-flight events are one batch, and everything else out of order
-        is in the ``_unsettled`` heap (stale entries are dropped as they surface)."""
-        low = self._queue[0][_SEQ] if self._queue else _NO_SEQ
+        sequence order, in-flight events are one batch, and the schedule keeps the rest
+        (events out of order) in a heap."""
+        low = self._queue[0][SEQ] if self._queue else NO_SEQ
         if self._inflight_raw:
-            low = min(low, self._inflight_raw[0][_SEQ])
+            low = min(low, self._inflight_raw[0][SEQ])
         for p in self._inflight:
             if p.seq < low:
                 low = p.seq
-        heap = self._unsettled
-        while heap and heap[0][1].done:
-            heapq.heappop(heap)[1].parked = False
-        if heap and heap[0][0] < low:
-            low = heap[0][0]
-        return low
+        return min(low, self._schedule.low_water())
 
     def _step(self) -> float | None:
         """One round of the sender loop: send a batch, or say how long to sleep.
@@ -589,102 +558,49 @@ class Tracker(AsyncMixin):
         self._send(taken)
         return 0.0
 
-    def _plan_locked(self, now: float) -> tuple[list[_Pending | QueuedEvent], float | None]:
-        """What to send now (ready retries first, then the queue), or how long to sleep."""
-        stopping = self._stopping
-        if now < self._gate_until:
-            return [], self._gate_until - now
-        retry = self._retry
-        while retry and retry[0].due <= now:
-            self._ready.append(heapq.heappop(retry))
-        queue = self._queue
-        if queue and self._batch_clock is None:
-            self._batch_clock = now
-        queue_due = bool(queue) and (
-            len(queue) + len(self._ready) >= self._batch_size
-            or stopping
-            or self._flush_waiters > 0
-            or self._flush_asked
-            or now - (self._batch_clock or now) >= self._config.flush_interval
-        )
-        if self._queue_turn and queue:
-            # A batch of retries just failed: try fresh events before it again, so one bad
-            # batch cannot hold up the rest, and a success tells "server down" from
-            # "this batch is the trouble" (see _backoff_locked).
-            self._queue_turn = False
-            fresh = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
-            if not queue:
-                self._batch_clock = None
-            self._inflight = []
-            self._inflight_raw = fresh
-            return [*fresh], 0.0
-        if not self._ready and not queue_due:
-            waits = []
-            if queue and self._batch_clock is not None:
-                waits.append(self._batch_clock + self._config.flush_interval - now)
-            if retry:
-                waits.append(retry[0].due - now)
-            return [], (max(min(waits), 0.0) if waits else None)
-        taken: list[_Pending | QueuedEvent] = []
-        limit = self._batch_size
-        ready = self._ready
-        while ready and len(taken) < limit and ready[0].group > len(taken):
-            limit = min(limit, ready[0].group)
-            taken.append(ready.popleft())
-        room = limit - len(taken)
-        if queue_due:
-            while queue and room:
-                taken.append(queue.popleft())
-                room -= 1
-            if not queue:
-                self._batch_clock = None
+    def _plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
+        """What to send now, or how long to sleep; what is taken counts as in flight."""
+        urgent = self._stopping or self._flush_waiters > 0 or self._flush_asked
+        taken, wait = self._schedule.plan(now, self._queue, urgent=urgent)
+        if taken:
+            if not self._queue:
                 self._flush_asked = False
-        self._inflight = [p for p in taken if isinstance(p, _Pending)]
-        # Raw queue items become _Pending in _send; count them in flight from now on.
-        self._inflight_raw = [q for q in taken if not isinstance(q, _Pending)]
-        return taken, 0.0
+            self._inflight = [p for p in taken if isinstance(p, Pending)]
+            # Raw queue items become Pending in _send; in flight from now on.
+            self._inflight_raw = [q for q in taken if not isinstance(q, Pending)]
+        return taken, wait
 
     def _encode(self, item: QueuedEvent) -> bytes:
         # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
         # a retried event's memory what max_queue_bytes counts.
-        return bytes(memoryview(self._encoder.encode(*item[_ID:_SIZE])))
+        return bytes(memoryview(self._encoder.encode(*item[ID:SIZE])))
 
-    def _send(self, taken: list[_Pending | QueuedEvent]) -> None:
+    def _send(self, taken: list[Pending | QueuedEvent]) -> None:
         # Encode outside the lock: only this thread touches these objects now.
-        batch: list[_Pending] = []
-        leftover: list[_Pending] = []
-        too_large: list[_Pending] = []
-        size = BODY_OVERHEAD
+        encoded: list[Pending] = []
         hard_limit = self._config.max_batch_bytes
-        unencodable: list[tuple[_Pending, Exception]] = []
+        unencodable: list[tuple[Pending, Exception]] = []
         grown = 0
         for entry in taken:
-            if isinstance(entry, _Pending):
+            if isinstance(entry, Pending):
                 p = entry
             else:
                 try:
                     body = self._encode(entry)
                 except Exception as exc:  # validation should make this impossible
-                    unencodable.append((_Pending(0.0, entry[_SEQ], entry, b"", entry[_SIZE]), exc))
+                    unencodable.append((Pending(0.0, entry[SEQ], entry, b"", entry[SIZE]), exc))
                     continue
                 # Once encoded, the body is what is kept: it replaces the metadata JSON
                 # the tuple held (read back from the body if the event is ever reported),
                 # and the event's size becomes what it now holds (max_queue_bytes).
-                meta = entry[_META]
-                held = entry[_SIZE] + len(body) + _PENDING_OVERHEAD
+                meta = entry[META]
+                held = entry[SIZE] + len(body) + PENDING_OVERHEAD
                 if meta is not None:
-                    held -= len(meta) + _BYTES_OVERHEAD
-                    entry = (*entry[:_META], _IN_BODY, entry[_JOB], entry[_SIZE])
-                grown += held - entry[_SIZE]
-                p = _Pending(0.0, entry[_SEQ], entry, body, held)
-            need = len(p.body) + (1 if batch else 0)
-            if leftover or (batch and size + need > self._byte_limit):
-                leftover.append(p)
-            elif BODY_OVERHEAD + len(p.body) > hard_limit:
-                too_large.append(p)
-            else:
-                batch.append(p)
-                size += need
+                    held -= len(meta) + BYTES_OVERHEAD
+                    entry = (*entry[:META], IN_BODY, entry[JOB], entry[SIZE])
+                grown += held - entry[SIZE]
+                p = Pending(0.0, entry[SEQ], entry, body, held)
+            encoded.append(p)
         now = time.monotonic()
         reports: _Reports = []
         try:
@@ -692,11 +608,9 @@ class Tracker(AsyncMixin):
                 if self._closed:
                     return
                 self._outstanding_bytes += grown
+                batch, too_large = self._schedule.cut(encoded, hard_limit)
                 self._inflight = batch
                 self._inflight_raw = []
-                for p in reversed(leftover):
-                    self._ready.appendleft(p)
-                    self._park_locked(p)
                 if too_large:
                     self._drop_locked(
                         too_large,
@@ -736,7 +650,7 @@ class Tracker(AsyncMixin):
             outcome = Retry(f"sender raised {what}")
         self._settle(batch, outcome)
 
-    def _settle(self, batch: list[_Pending], outcome: Outcome) -> None:
+    def _settle(self, batch: list[Pending], outcome: Outcome) -> None:
         reports: _Reports = []
         now = time.monotonic()
         try:
@@ -751,7 +665,6 @@ class Tracker(AsyncMixin):
                     self._settle_answer_locked(batch, outcome, now, reports)
                 else:
                     self._failed_requests += 1
-                    self._failures += 1
                     self._last_error = outcome.message
                     if isinstance(outcome, Retry):
                         # Rate limits and timeouts say nothing about the batch's content.
@@ -796,7 +709,7 @@ class Tracker(AsyncMixin):
 
     def _settle_answer_locked(
         self,
-        batch: list[_Pending],
+        batch: list[Pending],
         outcome: Answered,
         now: float,
         reports: _Reports,
@@ -810,7 +723,6 @@ class Tracker(AsyncMixin):
             # a failed request, the whole batch resent (same eventIds: dedup makes that
             # safe) until its retry budget runs out, then reported as retries_exhausted.
             self._failed_requests += 1
-            self._failures += 1
             self._last_error = f"Enso's answer does not account for the batch: {verdict.problem}"
             self._logger(
                 logging.WARNING,
@@ -821,7 +733,7 @@ class Tracker(AsyncMixin):
             )
             self._backoff_locked(batch, now, None, reports)
             return
-        self._failures = 0
+        self._schedule.on_success()
         self._last_success_at = time.time()
         failed: dict[int, FailedRecord] = verdict.failures
         # Counts that add up but list fewer failures than they count: which of the
@@ -843,8 +755,8 @@ class Tracker(AsyncMixin):
             self._outstanding_bytes -= sum([p.size for p in batch])
             return
         delivered = 0
-        retry: list[_Pending] = []
-        rejected: dict[tuple[Any, Any, str], list[_Pending]] = {}
+        retry: list[Pending] = []
+        rejected: dict[tuple[Any, Any, str], list[Pending]] = {}
         for i, p in enumerate(batch):
             failure = failed.get(i)
             if failure is None:
@@ -870,61 +782,29 @@ class Tracker(AsyncMixin):
         if retry:
             self._last_error = self._last_error or "per-record failures"
             for p in retry:
-                self._schedule_locked(p, now + self._jitter(p.attempts), now, reports)
-
-    def _jitter(self, attempt: int) -> float:
-        cfg = self._config
-        return _jitter_rng.uniform(
-            0, min(cfg.backoff_max, cfg.backoff_base * 2 ** min(attempt, 60))
-        )
+                if self._schedule.retry_later(p, now):
+                    self._retried += 1
+                else:
+                    self._exhaust_locked([p], now, reports)
 
     def _backoff_locked(
         self,
-        batch: list[_Pending],
+        batch: list[Pending],
         now: float,
         retry_after: float | None,
         reports: _Reports,
         *,
         suspect: bool = False,
     ) -> None:
-        """A whole request failed: pause all sending, and put its events back in line.
+        """A whole request failed: the schedule pauses sending and puts the batch back
+        in line (bisecting it if it looks like the trouble); spent budgets are dropped."""
+        exhausted = self._schedule.on_failure(batch, now, retry_after, suspect=suspect)
+        self._retried += len(batch) - len(exhausted)
+        if exhausted:
+            self._exhaust_locked(exhausted, now, reports)
 
-        The pause (``Retry-After``, else full jitter on the consecutive failures) spares
-        a struggling server. When the request before this one succeeded, the server is
-        up and this batch itself may be the trouble (a poison record): it is split in
-        half, and an event that fails alone waits on its own backoff, so the others
-        get through around it instead of queueing behind it.
-        """
-        delay = self._jitter(self._failures) if retry_after is None else retry_after
-        self._gate_until = now + delay
-        # A batch of retries failed: next, probe with fresh events rather than retrying
-        # it again at once (and the other way round), so neither starves the other.
-        self._queue_turn = batch[0].attempts > 1
-        keep = [p for p in batch if self._within_budget_locked(p, now, reports)]
-        self._retried += len(keep)
-        for p in keep:
-            self._park_locked(p)
-        if len(batch) == 1:
-            for p in keep:  # alone and failing: on its own schedule, off the head of the line
-                p.due = now + max(delay, self._jitter(p.attempts))
-                heapq.heappush(self._retry, p)
-            return
-        if suspect and self._failures == 1:
-            half = (len(batch) + 1) // 2
-            for p in keep:
-                p.group = min(p.group, half)
-        self._ready.extend(keep)  # behind what is already waiting
-
-    def _schedule_locked(self, p: _Pending, due: float, now: float, reports: _Reports) -> None:
-        if self._within_budget_locked(p, now, reports):
-            p.due = due
-            heapq.heappush(self._retry, p)
-            self._park_locked(p)
-            self._retried += 1
-
-    def _within_budget_locked(self, p: _Pending, now: float, reports: _Reports) -> bool:
-        cfg = self._config
-        if p.attempts > cfg.max_retries or now - p.first_sent > cfg.max_event_age:
+    def _exhaust_locked(self, group: list[Pending], now: float, reports: _Reports) -> None:
+        for p in group:
             self._drop_locked(
                 [p],
                 DropReason(
@@ -934,30 +814,21 @@ class Tracker(AsyncMixin):
                 ),
                 reports,
             )
-            return False
-        return True
 
-    def _split_locked(self, batch: list[_Pending], reports: _Reports, message: str) -> None:
-        if len(batch) == 1:
+    def _split_locked(self, batch: list[Pending], reports: _Reports, message: str) -> None:
+        body = self._schedule.on_too_large(batch)
+        if body is None:
             self._drop_locked(
                 batch, DropReason(kind="too_large", message=message, status=413), reports
             )
             return
-        # Enso's size limit is undocumented: learn it. Later batches stay at half this
-        # body's size; a lone event above that is still tried on its own.
-        body = BODY_OVERHEAD + sum(len(p.body) + 1 for p in batch) - 1
-        self._byte_limit = max(BODY_OVERHEAD + 2, min(self._byte_limit, body // 2))
-        for p in batch:
-            p.attempts -= 1  # a split is not a failed attempt of the event
-        for p in reversed(batch):
-            self._ready.appendleft(p)
-            self._park_locked(p)
+        # Enso's size limit is undocumented: later batches stay at half this body's size.
         self._logger(
             logging.WARNING,
             "413",
             "Enso answered 413 to a %d-byte batch; batches are now cut at %d bytes",
             body,
-            self._byte_limit,
+            self._schedule.byte_limit,
         )
 
     def _recover_locked(self) -> None:
@@ -965,28 +836,17 @@ class Tracker(AsyncMixin):
         if self._inflight_raw:
             self._queue.extendleft(reversed(self._inflight_raw))
             self._inflight_raw = []
-        for p in reversed(self._inflight):
-            self._ready.appendleft(p)
-            self._park_locked(p)
+        self._schedule.put_back(self._inflight)
         self._inflight = []
 
-    def _park_locked(self, p: _Pending) -> None:
-        """Note an unsettled event that is out of sequence order (waiting to be retried,
-        or put back): ``flush()`` reads the lowest such sequence from a heap in O(log n)
-        instead of scanning every pending event under the lock."""
-        p.done = False
-        if not p.parked:
-            p.parked = True
-            heapq.heappush(self._unsettled, (p.seq, p))
-
-    def _forget_locked(self, p: _Pending) -> None:
+    def _forget_locked(self, p: Pending) -> None:
         p.done = True
         self._outstanding -= 1
         self._outstanding_bytes -= p.size
 
     def _drop_locked(
         self,
-        group: Iterable[_Pending],
+        group: Iterable[Pending],
         reason: DropReason,
         reports: _Reports,
     ) -> None:
@@ -994,8 +854,8 @@ class Tracker(AsyncMixin):
         for p in group:
             p.done = True
             item = p.item
-            if item[_META] is _IN_BODY:  # reported with its metadata, read back from the body
-                item = (*item[:_META], _metadata_of(p.body), item[_JOB], item[_SIZE])
+            if item[META] is IN_BODY:  # reported with its metadata, read back from the body
+                item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
             items.append(item)
             self._outstanding -= 1
             self._outstanding_bytes -= p.size
@@ -1007,13 +867,13 @@ class Tracker(AsyncMixin):
     def _public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
         return [
             Event(
-                event_id=item[_ID],
-                entity=item[_ENTITY],
-                metric=item[_METRIC],
-                value=item[_VALUE],
-                timestamp=self._encoder.timestamp(item[_TS]),
-                metadata=None if item[_META] is None else self._decode_metadata(item[_META]),
-                job_id=item[_JOB],
+                event_id=item[ID],
+                entity=item[ENTITY],
+                metric=item[METRIC],
+                value=item[VALUE],
+                timestamp=self._encoder.timestamp(item[TS]),
+                metadata=None if item[META] is None else self._decode_metadata(item[META]),
+                job_id=item[JOB],
             )
             for item in items
         ]
@@ -1068,12 +928,7 @@ class Tracker(AsyncMixin):
                 return
             self._stopping = True
             self._deadline = deadline
-            # Cut every backoff short: one more prompt try for everything that is left,
-            # in acceptance order (the heap is re-ordered for its new keys).
-            self._gate_until = 0.0
-            for p in self._retry:
-                p.due = 0.0
-            heapq.heapify(self._retry)
+            self._schedule.expedite()  # one more prompt try for everything that is left
             self._room.notify_all()  # blocked track() calls give up now
             pending = self._outstanding
         if pending:
@@ -1094,16 +949,12 @@ class Tracker(AsyncMixin):
                 return not self._dropped.get("shutdown")
             self._closed = True
             reports: _Reports = []
-            left: list[_Pending] = [
-                *self._ready,
-                *self._retry,
+            left: list[Pending] = [
+                *self._schedule.drain(),
                 *self._inflight,
-                *(_Pending(0.0, q[_SEQ], q, b"", q[_SIZE]) for q in self._inflight_raw),
-                *(_Pending(0.0, q[_SEQ], q, b"", q[_SIZE]) for q in self._queue),
+                *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self._inflight_raw),
+                *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self._queue),
             ]
-            self._ready.clear()
-            self._retry.clear()
-            self._unsettled.clear()
             self._inflight = []
             self._inflight_raw = []
             self._queue.clear()
@@ -1162,20 +1013,7 @@ def _wide_cost(name: str) -> int:
     if name.isascii():
         return 0
     utf8 = len(name.encode("utf-8", "surrogatepass"))
-    return sys.getsizeof(name) - _STR_OVERHEAD - len(name) + utf8
-
-
-class _MetadataOnly(msgspec.Struct):
-    metadata: msgspec.Raw = msgspec.Raw()  # empty: the body has no metadata
-
-
-_decode_metadata_only = msgspec.json.Decoder(_MetadataOnly).decode
-
-
-def _metadata_of(body: bytes) -> bytes | None:
-    """The metadata JSON of an encoded event, read back from its wire body."""
-    raw = _decode_metadata_only(body).metadata
-    return bytes(raw) if raw else None
+    return sys.getsizeof(name) - STR_OVERHEAD - len(name) + utf8
 
 
 def _is_id(value: str, max_length: int) -> bool:

@@ -483,13 +483,14 @@ def test_defect15_flush_reads_the_low_water_mark_without_scanning() -> None:
         backoff_max=60.0,
     )
     try:
-        tracker._ready = _CountingDeque(tracker._ready)
-        tracker._retry = _CountingList(tracker._retry)
+        schedule = tracker._schedule
+        schedule.ready = _CountingDeque(schedule.ready)
+        schedule.retry = _CountingList(schedule.retry)
         for i in range(20_000):
             accepted(tracker.track("ent", "m", i))
         # One batch failed and waits to be retried; the rest is queued behind the gate.
         assert wait_until(lambda: tracker.stats().retried >= 1_000, 30.0)
-        assert len(tracker._ready) == 1_000
+        assert len(schedule.ready) == 1_000
         _CountingDeque.iterations = _CountingList.iterations = 0
         assert tracker.flush(0.0) is False
         assert tracker.flush(0.001) is False

@@ -1,0 +1,252 @@
+"""The schedule: which events go in the next request, and when. Pure code.
+
+No lock, thread, clock, random source or I/O of its own: the caller passes ``now`` and
+the random generator, holds the tracker lock around every call, and does the sending.
+That is what lets ``tests/test_schedule.py`` check its rules deterministically:
+
+* **Request gate.** After a failed request nothing is sent before ``gate_until``: the
+  server's ``Retry-After``, else full-jitter backoff on the consecutive failures.
+* **Turn-taking.** After a batch of retries fails, the next request carries fresh events
+  (and the other way round), so neither starves the other during an outage, and one
+  success tells "the server is down" from "this batch is the trouble".
+* **Poison bisection.** A batch that fails while the server is otherwise healthy is cut
+  in half (each event's ``group`` is the largest batch it may join), again on each such
+  failure, until the culprit is alone; a lone failing event waits on its own backoff in
+  the retry heap while everything else flows around it.
+* **413 learning.** A refused body halves the byte limit for the tracker's life.
+* **Budgets.** :class:`RetryPolicy` says when an event has been tried enough.
+* **Low-water mark.** Events out of acceptance order (retried, put back) are noted in a
+  heap, so the lowest unsettled sequence is found in O(log n) (``flush()`` needs it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from typing import Final
+
+import msgspec
+
+from ._items import Pending, QueuedEvent
+from ._wire import BODY_OVERHEAD
+
+__all__ = ["NO_SEQ", "RetryPolicy", "Schedule"]
+
+NO_SEQ: Final = 1 << 62  # "nothing unsettled" for a low-water mark
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """Backoff and retry budgets, after urllib3's ``Retry``."""
+
+    max_retries: int
+    max_event_age: float
+    backoff_base: float
+    backoff_max: float
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full jitter: ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``."""
+        return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 60)))
+
+    def exhausted(self, p: Pending, now: float) -> bool:
+        return p.attempts > self.max_retries or now - p.first_sent > self.max_event_age
+
+
+class Schedule:
+    """Ready retries, the retry heap, the request gate and the learned byte limit."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        batch_size: int,
+        byte_limit: int,
+        flush_interval: float,
+        rng: random.Random,
+    ) -> None:
+        self.policy = policy
+        self.batch_size = batch_size
+        #: Bodies are cut at this many bytes; halved by every 413 (never grows back).
+        self.byte_limit = byte_limit
+        self.flush_interval = flush_interval
+        self._rng = rng
+        self.ready: deque[Pending] = deque()  # to send before the queue, in this order
+        self.retry: list[Pending] = []  # heap by (due, seq)
+        self.gate_until = 0.0  # request-level backoff: nothing is sent before it
+        self.failures = 0  # consecutive failed requests
+        self.queue_turn = False  # after a failed retry, the next batch comes from the queue
+        self.batch_clock: float | None = None  # when the oldest queued event was seen
+        self._parked: list[tuple[int, Pending]] = []  # out-of-order events, by seq
+
+    # ------------------------------------------------------------------- planning
+
+    def plan(
+        self, now: float, queue: deque[QueuedEvent], *, urgent: bool
+    ) -> tuple[list[Pending | QueuedEvent], float | None]:
+        """What to send now (ready retries first, then the queue), or how long to wait
+        (``None``: until something happens). ``urgent`` (a flush or shutdown is
+        waiting) sends queued events without waiting for ``flush_interval``. Taken
+        queue items are popped from ``queue``."""
+        if now < self.gate_until:
+            return [], self.gate_until - now
+        retry = self.retry
+        while retry and retry[0].due <= now:
+            self.ready.append(heapq.heappop(retry))
+        if queue and self.batch_clock is None:
+            self.batch_clock = now
+        queue_due = bool(queue) and (
+            urgent
+            or len(queue) + len(self.ready) >= self.batch_size
+            or now - (self.batch_clock or now) >= self.flush_interval
+        )
+        if self.queue_turn and queue:
+            self.queue_turn = False
+            fresh = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
+            if not queue:
+                self.batch_clock = None
+            return [*fresh], 0.0
+        if not self.ready and not queue_due:
+            waits = []
+            if queue and self.batch_clock is not None:
+                waits.append(self.batch_clock + self.flush_interval - now)
+            if retry:
+                waits.append(retry[0].due - now)
+            return [], (max(min(waits), 0.0) if waits else None)
+        taken: list[Pending | QueuedEvent] = []
+        limit = self.batch_size
+        ready = self.ready
+        while ready and len(taken) < limit and ready[0].group > len(taken):
+            limit = min(limit, ready[0].group)
+            taken.append(ready.popleft())
+        if queue_due:
+            room = limit - len(taken)
+            while queue and room:
+                taken.append(queue.popleft())
+                room -= 1
+            if not queue:
+                self.batch_clock = None
+        return taken, 0.0
+
+    def cut(self, pending: list[Pending], hard_limit: int) -> tuple[list[Pending], list[Pending]]:
+        """Cut one body's worth from ``pending`` at the byte limit.
+
+        Returns the batch and the events that are alone larger than ``hard_limit`` (to
+        be dropped as ``too_large``); the rest goes back to the head of the line."""
+        batch: list[Pending] = []
+        too_large: list[Pending] = []
+        leftover: list[Pending] = []
+        size = BODY_OVERHEAD
+        for p in pending:
+            need = len(p.body) + (1 if batch else 0)
+            if leftover or (batch and size + need > self.byte_limit):
+                leftover.append(p)
+            elif BODY_OVERHEAD + len(p.body) > hard_limit:
+                too_large.append(p)
+            else:
+                batch.append(p)
+                size += need
+        self.put_back(leftover)
+        return batch, too_large
+
+    # ------------------------------------------------------------------- outcomes
+
+    def on_success(self) -> None:
+        self.failures = 0
+
+    def on_failure(
+        self, batch: list[Pending], now: float, retry_after: float | None, *, suspect: bool
+    ) -> list[Pending]:
+        """A whole request failed: shut the gate, put the batch back in line.
+
+        ``suspect``: the failure may be the batch's own (a 5xx or a network error, not a
+        rate limit or a refused credential); right after a success, the batch is then
+        bisected. Returns the events whose retry budget is spent (not put back)."""
+        self.failures += 1
+        if retry_after is None:
+            delay = self.policy.backoff(self.failures, self._rng)
+        else:
+            delay = retry_after
+        self.gate_until = now + delay
+        self.queue_turn = batch[0].attempts > 1
+        keep, exhausted = self._budget(batch, now)
+        for p in keep:
+            self.park(p)
+        if len(batch) == 1:
+            for p in keep:  # alone and failing: on its own schedule, off the head of the line
+                p.due = now + max(delay, self.policy.backoff(p.attempts, self._rng))
+                heapq.heappush(self.retry, p)
+            return exhausted
+        if suspect and self.failures == 1:
+            half = (len(batch) + 1) // 2
+            for p in keep:
+                p.group = min(p.group, half)
+        self.ready.extend(keep)  # behind what is already waiting
+        return exhausted
+
+    def retry_later(self, p: Pending, now: float) -> bool:
+        """One event failed on its own (a per-record 5xx): back off it alone. False if
+        its budget is spent."""
+        if self.policy.exhausted(p, now):
+            return False
+        p.due = now + self.policy.backoff(p.attempts, self._rng)
+        heapq.heappush(self.retry, p)
+        self.park(p)
+        return True
+
+    def on_too_large(self, batch: list[Pending]) -> int | None:
+        """Enso refused the body as too large (413). Alone, the event is beyond help:
+        returns None. Else learns the limit (half this body) and puts the batch back to
+        be cut smaller; returns the refused body's size."""
+        if len(batch) == 1:
+            return None
+        body = BODY_OVERHEAD + sum(len(p.body) + 1 for p in batch) - 1
+        self.byte_limit = max(BODY_OVERHEAD + 2, min(self.byte_limit, body // 2))
+        for p in batch:
+            p.attempts -= 1  # a split is not a failed attempt of the event
+        self.put_back(batch)
+        return body
+
+    def put_back(self, pending: list[Pending]) -> None:
+        """Back to the head of the line, in this order (a cut's rest, a failed round)."""
+        for p in reversed(pending):
+            self.ready.appendleft(p)
+            self.park(p)
+
+    def expedite(self) -> None:
+        """Shutdown: cut every backoff short, one more prompt try for everything left."""
+        self.gate_until = 0.0
+        for p in self.retry:
+            p.due = 0.0
+        heapq.heapify(self.retry)  # same keys for all: re-ordered by acceptance
+
+    def drain(self) -> list[Pending]:
+        """Everything waiting (shutdown's deadline): taken out, in no particular order."""
+        left = [*self.ready, *self.retry]
+        self.ready.clear()
+        self.retry.clear()
+        self._parked.clear()
+        return left
+
+    def _budget(self, batch: list[Pending], now: float) -> tuple[list[Pending], list[Pending]]:
+        keep: list[Pending] = []
+        exhausted: list[Pending] = []
+        for p in batch:
+            (exhausted if self.policy.exhausted(p, now) else keep).append(p)
+        return keep, exhausted
+
+    # ------------------------------------------------------------ low-water mark
+
+    def park(self, p: Pending) -> None:
+        """Note an unsettled event out of acceptance order (waiting to be retried, or put
+        back); ``low_water`` reads the lowest such sequence from a heap in O(log n)."""
+        p.done = False
+        if not p.parked:
+            p.parked = True
+            heapq.heappush(self._parked, (p.seq, p))
+
+    def low_water(self) -> int:
+        """The lowest sequence among parked events not settled since (``NO_SEQ``: none)."""
+        heap = self._parked
+        while heap and heap[0][1].done:
+            heapq.heappop(heap)[1].parked = False
+        return heap[0][0] if heap else NO_SEQ
