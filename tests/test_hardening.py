@@ -483,7 +483,7 @@ def test_defect15_flush_reads_the_low_water_mark_without_scanning() -> None:
         backoff_max=60.0,
     )
     try:
-        schedule = tracker._schedule
+        schedule = tracker._ledger.schedule
         schedule.ready = _CountingDeque(schedule.ready)
         schedule.retry = _CountingList(schedule.retry)
         for i in range(20_000):

@@ -34,7 +34,7 @@ def test_shut_down_tracker_is_garbage_collected(fake: FakeEnso) -> None:
     tracker = Tracker(api_key=API_KEY, base_url=fake.url)
     accepted(tracker.track("e", "m", 1))
     assert tracker.shutdown(5.0)
-    thread = tracker._thread
+    thread = tracker._worker.thread
     assert thread is not None
     thread.join(5.0)
     assert not thread.is_alive()
@@ -60,7 +60,8 @@ def test_a_dead_sender_thread_is_restarted_by_the_next_track(
     make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = make_tracker()
-    real_step = tracker._step
+    worker = tracker._worker
+    real_step = worker.step
     calls = {"n": 0}
 
     def dying_step() -> float | None:
@@ -69,14 +70,14 @@ def test_a_dead_sender_thread_is_restarted_by_the_next_track(
             raise SystemExit("simulated thread death")
         return real_step()
 
-    monkeypatch.setattr(tracker, "_step", dying_step)
+    monkeypatch.setattr(worker, "step", dying_step)
     first = accepted(tracker.track("e", "m", 1))
-    thread = tracker._thread
+    thread = worker.thread
     assert thread is not None
     thread.join(5.0)
     assert not thread.is_alive()
     second = accepted(tracker.track("e", "m", 2))  # finds the thread dead, restarts it
-    assert tracker._thread is not thread
+    assert worker.thread is not thread
     assert tracker.flush(5.0)
     assert set(fake.events) == {first, second}
     assert tracker.stats().worker_errors == 1
@@ -86,7 +87,8 @@ def test_an_error_in_the_loop_is_counted_and_survived(
     make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = make_tracker()
-    real_plan = tracker._plan_locked
+    ledger = tracker._ledger
+    real_plan = ledger.plan_locked
     calls = {"n": 0}
 
     def flaky_plan(now: float) -> Any:
@@ -95,7 +97,7 @@ def test_an_error_in_the_loop_is_counted_and_survived(
             raise RuntimeError("bug in the planner")
         return real_plan(now)
 
-    monkeypatch.setattr(tracker, "_plan_locked", flaky_plan)
+    monkeypatch.setattr(ledger, "plan_locked", flaky_plan)
     ids = [accepted(tracker.track("e", "m", i)) for i in range(10)]
     assert tracker.flush(10.0)
     assert set(fake.events) == set(ids)
@@ -109,14 +111,14 @@ def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
     make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = make_tracker(flush_interval=10.0)
-    real_encode = tracker._encode
+    real_encode = tracker._worker.encode
 
     def encode(item: Any) -> bytes:
         if item[3] == "poison":
             raise OverflowError("cannot encode")
         return real_encode(item)
 
-    monkeypatch.setattr(tracker, "_encode", encode)
+    monkeypatch.setattr(tracker._worker, "encode", encode)
     good = [accepted(tracker.track("e", "m", i)) for i in range(3)]
     bad = accepted(tracker.track("e", "poison", 1))
     assert tracker.flush(5.0)

@@ -1,0 +1,274 @@
+"""The ledger: the one owner of the books, behind the tracker's one lock.
+
+It holds the queue ``track()`` appends to, the sequence, what is in flight, the
+outstanding counts and bytes, the conditions ``flush()`` and a blocked ``track()`` wait
+on, every counter ``stats()`` shows, and the :class:`~._schedule.Schedule` (which is pure
+and lives under the same lock). Every method whose name ends in ``_locked`` is called
+with ``lock`` held; none of them runs user code or logs: drops are appended to a
+``Reports`` list that the caller hands to the reporter once the lock is released.
+
+The books always balance: every accepted event is in exactly one of the queue, in
+flight, the schedule, delivered, or dropped with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Literal
+
+from ._config import Config
+from ._items import IN_BODY, JOB, META, SEQ, SIZE, Pending, QueuedEvent, metadata_of
+from ._model import DropKind, DropReason, Stats
+from ._reporting import Reports
+from ._schedule import NO_SEQ, Schedule
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
+
+    def __init__(self, config: Config, schedule: Schedule, id_prefix: str) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self.settled = threading.Condition(self.lock)  # an event settled (flush waits)
+        self.room = threading.Condition(self.lock)  # queue space freed ("block" policy)
+        self.schedule = schedule
+        self.id_prefix = id_prefix
+        self.seq = 0  # sequence number of the last accepted event == accepted count
+        self.queue: deque[QueuedEvent] = deque()
+        self.inflight: list[Pending] = []
+        self.inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
+        self.outstanding = 0  # events queued, in flight or in the schedule
+        self.outstanding_bytes = 0
+        self.flush_waiters = 0
+        self.flush_asked = False  # flush() from the sender thread: send what is queued now
+        self.reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
+        self.stopping = False  # shutdown() began: nothing more is accepted
+        self.closed = False  # shutdown() finished: nothing more is sent
+        self.deadline = math.inf  # shutdown()'s
+        self.finish_on_worker = False  # shutdown() came from the sender thread itself
+        self.worker_gone = True  # no sender thread running (never started, or it died)
+        self.delivered = 0
+        self.dropped: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.retried = 0
+        self.requests = 0
+        self.failed_requests = 0
+        self.worker_errors = 0
+        self.auth_state: Literal["ok", "unauthorized"] = "ok"
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+
+    # --------------------------------------------------------------- admission
+
+    def refuse_locked(self, size: int, *, may_block: bool) -> DropReason | None:
+        """Why an event of ``size`` bytes cannot be queued, or None if room was made
+        (``block`` policy; ``may_block`` is False on the sender thread, which frees it)."""
+        if self.stopping:
+            return self._count_refusal("closed", "track() after shutdown()")
+        cfg = self.config
+        if cfg.queue_full_policy == "block" and may_block:
+            deadline = time.monotonic() + cfg.block_timeout
+            while self._is_full_locked(size) and not self.stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.room.wait(remaining)
+            if not self._is_full_locked(size) and not self.stopping:
+                return None
+            if self.stopping:
+                return self._count_refusal("closed", "track() after shutdown()")
+        return self._count_refusal(
+            "queue_full",
+            f"queue full ({self.outstanding} events, ~{self.outstanding_bytes} bytes; "
+            f"max_queue_size={cfg.max_queue_size}, max_queue_bytes={cfg.max_queue_bytes})",
+        )
+
+    def _is_full_locked(self, size: int) -> bool:
+        cfg = self.config
+        return (
+            self.outstanding >= cfg.max_queue_size
+            or self.outstanding_bytes + size > cfg.max_queue_bytes
+        )
+
+    def _count_refusal(self, kind: DropKind, message: str) -> DropReason:
+        self.refused[kind] = self.refused.get(kind, 0) + 1
+        return DropReason(kind=kind, message=message)
+
+    # ---------------------------------------------------------------- settling
+
+    def settled_locked(self, seq: int) -> bool:
+        """Every event up to ``seq`` is delivered or dropped, and its drop reported."""
+        return self.reporting == 0 and self.min_unsettled_locked() > seq
+
+    def min_unsettled_locked(self) -> int:
+        """The lowest sequence not yet settled, in O(log n) amortised: the queue is in
+        sequence order, in-flight events are one batch, and the schedule keeps the rest
+        (events out of order) in a heap."""
+        low = self.queue[0][SEQ] if self.queue else NO_SEQ
+        if self.inflight_raw:
+            low = min(low, self.inflight_raw[0][SEQ])
+        for p in self.inflight:
+            if p.seq < low:
+                low = p.seq
+        return min(low, self.schedule.low_water())
+
+    def wait_settled(self, seq: int, deadline: float) -> bool:
+        """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
+        with self.settled:
+            while not self.settled_locked(seq):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.settled.wait(min(remaining, threading.TIMEOUT_MAX))
+            return True
+
+    def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
+        """What to send now, or how long to sleep; what is taken counts as in flight."""
+        urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
+        taken, wait = self.schedule.plan(now, self.queue, urgent=urgent)
+        if taken:
+            if not self.queue:
+                self.flush_asked = False
+            self.inflight = [p for p in taken if isinstance(p, Pending)]
+            # Raw queue items become Pending once encoded; in flight from now on.
+            self.inflight_raw = [q for q in taken if not isinstance(q, Pending)]
+        return taken, wait
+
+    def delivered_locked(self, batch: list[Pending]) -> None:
+        """Every event of ``batch`` is delivered: O(1) Python operations but the sum."""
+        self.delivered += len(batch)
+        self.outstanding -= len(batch)
+        self.outstanding_bytes -= sum([p.size for p in batch])
+
+    def forget_locked(self, p: Pending) -> None:
+        """One event delivered."""
+        p.done = True
+        self.delivered += 1
+        self.outstanding -= 1
+        self.outstanding_bytes -= p.size
+
+    def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
+        """Events that will never be delivered: counted now, reported by the caller."""
+        items = []
+        for p in group:
+            p.done = True
+            item = p.item
+            if item[META] is IN_BODY:  # reported with its metadata, read back from the body
+                item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
+            items.append(item)
+            self.outstanding -= 1
+            self.outstanding_bytes -= p.size
+        self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(items)
+        self.last_error = str(reason)
+        reports.append((items, reason))
+        self.reporting += 1
+
+    def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
+        for p in group:
+            self.drop_locked(
+                [p],
+                DropReason(
+                    kind="retries_exhausted",
+                    message=f"gave up after {p.attempts} attempts over "
+                    f"{now - p.first_sent:.1f} s; last error: {self.last_error}",
+                ),
+                reports,
+            )
+
+    def backoff_locked(
+        self,
+        batch: list[Pending],
+        now: float,
+        retry_after: float | None,
+        reports: Reports,
+        *,
+        suspect: bool = False,
+    ) -> None:
+        """A whole request failed: the schedule pauses sending and puts the batch back
+        in line (bisecting it if it looks like the trouble); spent budgets are dropped."""
+        exhausted = self.schedule.on_failure(batch, now, retry_after, suspect=suspect)
+        self.retried += len(batch) - len(exhausted)
+        if exhausted:
+            self.exhaust_locked(exhausted, now, reports)
+
+    def retry_locked(self, p: Pending, now: float, reports: Reports) -> None:
+        """One event failed on its own: it backs off alone, while its budget lasts."""
+        if self.schedule.retry_later(p, now):
+            self.retried += 1
+        else:
+            self.exhaust_locked([p], now, reports)
+
+    def recover_locked(self) -> None:
+        """After an unexpected error mid-round: put what it had taken back in line."""
+        if self.inflight_raw:
+            self.queue.extendleft(reversed(self.inflight_raw))
+            self.inflight_raw = []
+        self.schedule.put_back(self.inflight)
+        self.inflight = []
+
+    def handed_over(self, n: int) -> None:
+        """``n`` reports reached ``on_drop``: a waiting ``flush()`` may now return."""
+        with self.lock:
+            self.reporting -= n
+            self.settled.notify_all()
+
+    # ---------------------------------------------------------------- shutdown
+
+    def close_locked(self, reports: Reports) -> list[Pending]:
+        """Stop for good; everything still held is dropped as ``shutdown`` and returned."""
+        self.closed = True
+        left: list[Pending] = [
+            *self.schedule.drain(),
+            *self.inflight,
+            *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self.inflight_raw),
+            *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self.queue),
+        ]
+        self.inflight = []
+        self.inflight_raw = []
+        self.queue.clear()
+        if left:
+            self.drop_locked(
+                left,
+                DropReason(
+                    kind="shutdown",
+                    message="not delivered before the shutdown deadline "
+                    f"(last error: {self.last_error}); events in flight may still "
+                    "have reached Enso, and resending them is safe (same eventIds)",
+                ),
+                reports,
+            )
+        self.settled.notify_all()
+        self.room.notify_all()
+        return left
+
+    # ------------------------------------------------------------------- stats
+
+    def snapshot(self, logins: int, hook_errors: int) -> Stats:
+        with self.lock:
+            in_flight = len(self.inflight) + len(self.inflight_raw)
+            return Stats(
+                accepted=self.seq,
+                delivered=self.delivered,
+                dropped=dict(self.dropped),
+                refused=dict(self.refused),
+                retried=self.retried,
+                queued=self.outstanding - in_flight,
+                queued_bytes=self.outstanding_bytes
+                - sum(p.size for p in self.inflight)
+                - sum(item[SIZE] for item in self.inflight_raw),
+                in_flight=in_flight,
+                requests=self.requests,
+                failed_requests=self.failed_requests,
+                logins=logins,
+                worker_errors=self.worker_errors,
+                hook_errors=hook_errors,
+                auth_state=self.auth_state,
+                last_error=self.last_error,
+                last_success_at=self.last_success_at,
+            )

@@ -1,0 +1,76 @@
+"""Reporting drops: log lines and ``on_drop``, always with the tracker lock released.
+
+Drops are counted under the lock (``Ledger.drop_locked``) into a list of reports, and
+handed here once it is released: ``on_drop`` and logging handlers are user code, which
+may sleep, raise or call back into the tracker. An exception from either is counted
+(``hook_errors``), logged and never propagated. Without an ``on_drop`` hook no
+:class:`~enso_tracker.Event` is ever built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ._config import OnDrop
+from ._errors import describe_exception
+from ._items import ENTITY, ID, JOB, META, METRIC, TS, VALUE, QueuedEvent
+from ._log import DeferredLog, ErrorCounter
+from ._model import DropReason, Event
+from ._wire import EventEncoder
+
+__all__ = ["Reporter", "Reports"]
+
+#: Drops counted under the lock, waiting to be logged and handed to ``on_drop``.
+Reports = list[tuple[list[QueuedEvent], DropReason]]
+
+
+class Reporter:
+    """The tracker's log (deferred, rate-limited) and its ``on_drop`` hook."""
+
+    def __init__(self, on_drop: OnDrop | None) -> None:
+        self.on_drop = on_drop
+        # Fresh after a fork too: a lock inherited mid-acquire would never be released.
+        self.hook_errors = ErrorCounter()
+        self.log = DeferredLog(self.hook_errors)
+        self._encoder = EventEncoder()  # for timestamps: cached per millisecond
+        self._decode_metadata = msgspec.json.Decoder(dict[str, Any]).decode
+
+    def report(self, reports: Reports) -> None:
+        """Log and hand drops to ``on_drop``; never under the lock, never raising."""
+        for events, reason in reports:
+            self.log(
+                logging.WARNING if reason.kind in ("queue_full", "closed") else logging.ERROR,
+                f"drop:{reason.kind}",
+                "enso-tracker dropped %d event(s): %s",
+                len(events),
+                reason,
+            )
+            hook = self.on_drop
+            if hook is None:
+                continue  # no hook: do not pay for building Event objects
+            try:
+                hook(self.public_events(events), reason)
+            except Exception as exc:
+                self.hook_errors.add()
+                self.log(
+                    logging.ERROR, "hook", "on_drop raised %s; ignored", describe_exception(exc)
+                )
+        self.log.emit()
+
+    def public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
+        return [
+            Event(
+                event_id=item[ID],
+                entity=item[ENTITY],
+                metric=item[METRIC],
+                value=item[VALUE],
+                timestamp=self._encoder.timestamp(item[TS]),
+                metadata=None if item[META] is None else self._decode_metadata(item[META]),
+                job_id=item[JOB],
+            )
+            for item in items
+        ]

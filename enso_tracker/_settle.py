@@ -1,0 +1,160 @@
+"""Settling a request: what the sender's outcome means for each event of the batch.
+
+Called by the worker with the ledger's lock held; it only moves events between the
+ledger's books and the schedule, and appends drops to ``reports`` and log records to the
+deferred log (both handed over once the lock is released).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, assert_never
+
+from ._items import Pending
+from ._ledger import Ledger
+from ._log import DeferredLog
+from ._model import DropReason
+from ._reporting import Reports
+from ._sender import RETRYABLE_STATUS, Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
+from ._wire import reconcile
+
+__all__ = ["settle_locked"]
+
+
+def settle_locked(
+    ledger: Ledger,
+    batch: list[Pending],
+    outcome: Outcome,
+    now: float,
+    reports: Reports,
+    log: DeferredLog,
+) -> None:
+    ledger.requests += 1
+    for p in batch:  # settled from here, unless parked again for a retry
+        p.done = True
+    match outcome:
+        case Answered():
+            _answered_locked(ledger, batch, outcome, now, reports, log)
+            return
+        case Retry(message=message, status=status, retry_after=retry_after):
+            _failed_locked(ledger, message)
+            # Rate limits and timeouts say nothing about the batch's content.
+            suspect = status is None or status >= 500
+            ledger.backoff_locked(batch, now, retry_after, reports, suspect=suspect)
+            log(
+                logging.WARNING,
+                "retry",
+                "Enso request failed, will retry %d events: %s",
+                len(batch),
+                message,
+            )
+        case TooLarge(message=message):
+            _failed_locked(ledger, message)
+            body = ledger.schedule.on_too_large(batch)
+            if body is None:
+                ledger.drop_locked(
+                    batch, DropReason(kind="too_large", message=message, status=413), reports
+                )
+                return
+            # Enso's limit is undocumented: later batches stay at half this body's size.
+            log(
+                logging.WARNING,
+                "413",
+                "Enso answered 413 to a %d-byte batch; batches are now cut at %d bytes",
+                body,
+                ledger.schedule.byte_limit,
+            )
+        case Rejected(message=message, status=status):
+            _failed_locked(ledger, message)
+            ledger.drop_locked(
+                batch, DropReason(kind="rejected", message=message, status=status), reports
+            )
+        case Unauthorized(message=message):  # keep the events while their budget lasts
+            _failed_locked(ledger, message)
+            if ledger.auth_state != "unauthorized":
+                log.always(
+                    logging.ERROR,
+                    "Enso refuses the credentials; events stay queued and are "
+                    "retried with backoff: %s",
+                    message,
+                )
+            ledger.auth_state = "unauthorized"
+            ledger.backoff_locked(batch, now, None, reports)
+        case _:
+            assert_never(outcome)
+
+
+def _failed_locked(ledger: Ledger, message: str) -> None:
+    ledger.failed_requests += 1
+    ledger.last_error = message
+
+
+def _answered_locked(
+    ledger: Ledger,
+    batch: list[Pending],
+    outcome: Answered,
+    now: float,
+    reports: Reports,
+    log: DeferredLog,
+) -> None:
+    n = len(batch)
+    # enso-api.md §11: an event is delivered only when the answer accounts for it.
+    verdict = reconcile(outcome.answer, n)
+    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
+    if not verdict.reconciled:
+        # Counts that do not add up vouch for nothing, not even the listed failures: a
+        # failed request, the whole batch resent (same eventIds: dedup makes that safe)
+        # until its retry budget runs out, then reported as retries_exhausted.
+        _failed_locked(ledger, f"Enso's answer does not account for the batch: {verdict.problem}")
+        log(
+            logging.WARNING,
+            "unreconciled",
+            "Enso's answer does not account for a %d-event batch (%s); resending it",
+            n,
+            verdict.problem,
+        )
+        ledger.backoff_locked(batch, now, None, reports)
+        return
+    ledger.schedule.on_success()
+    ledger.last_success_at = time.time()
+    failed = verdict.failures
+    # Counts that add up but list fewer failures than they count: which of the others
+    # failed is unknown, so they are all resent rather than guessed delivered.
+    unsure = not verdict.vouched
+    if unsure:
+        ledger.last_error = f"Enso's answer leaves events unaccounted for: {verdict.problem}"
+        log(
+            logging.WARNING,
+            "unlisted",
+            "Enso's answer to a %d-event batch leaves events unaccounted for (%s); resending them",
+            n,
+            verdict.problem,
+        )
+    if not failed and not unsure:  # the common case: everything delivered
+        ledger.delivered_locked(batch)
+        return
+    retry: list[Pending] = []
+    rejected: dict[tuple[Any, Any, str], list[Pending]] = {}
+    for i, p in enumerate(batch):
+        failure = failed.get(i)
+        if failure is None:
+            if unsure:
+                retry.append(p)
+            else:
+                ledger.forget_locked(p)
+            continue
+        status = failure.status
+        if status is not None and (status >= 500 or status in RETRYABLE_STATUS):
+            retry.append(p)
+        else:
+            key = (failure.code, status, failure.error or "rejected by Enso")
+            rejected.setdefault(key, []).append(p)
+    for (code, status, message), group in rejected.items():
+        ledger.drop_locked(
+            group, DropReason(kind="rejected", message=message, code=code, status=status), reports
+        )
+    if retry:
+        ledger.last_error = ledger.last_error or "per-record failures"
+        for p in retry:
+            ledger.retry_locked(p, now, reports)
