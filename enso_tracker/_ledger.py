@@ -32,6 +32,39 @@ __all__ = ["Ledger"]
 class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
+    __slots__ = (
+        "auth_state",
+        "closed",
+        "config",
+        "deadline",
+        "delivered",
+        "dropped",
+        "failed_requests",
+        "finish_on_worker",
+        "flush_asked",
+        "flush_waiters",
+        "id_prefix",
+        "inflight",
+        "inflight_raw",
+        "last_error",
+        "last_success_at",
+        "lock",
+        "outstanding",
+        "outstanding_bytes",
+        "queue",
+        "refused",
+        "reporting",
+        "requests",
+        "retried",
+        "room",
+        "schedule",
+        "seq",
+        "settled",
+        "stopping",
+        "worker_errors",
+        "worker_gone",
+    )
+
     def __init__(self, config: Config, schedule: Schedule, id_prefix: str) -> None:
         self.config = config
         self.lock = threading.Lock()
