@@ -87,17 +87,17 @@ def test_an_error_in_the_loop_is_counted_and_survived(
     make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = make_tracker()
-    ledger = tracker._ledger
-    real_plan = ledger.plan_locked
+    schedule = tracker._ledger.schedule
+    real_plan = schedule.plan
     calls = {"n": 0}
 
-    def flaky_plan(now: float) -> Any:
+    def flaky_plan(now: float, queue: Any, *, urgent: bool) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("bug in the planner")
-        return real_plan(now)
+        return real_plan(now, queue, urgent=urgent)
 
-    monkeypatch.setattr(ledger, "plan_locked", flaky_plan)
+    monkeypatch.setattr(schedule, "plan", flaky_plan)
     ids = [accepted(tracker.track("e", "m", i)) for i in range(10)]
     assert tracker.flush(10.0)
     assert set(fake.events) == set(ids)
