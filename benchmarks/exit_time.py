@@ -87,7 +87,7 @@ def run(sizes: Sizes, sink: ServerProcess) -> Section:
             Row.measured("unreachable: whole child (spawn → exit)", Summary.of(down_total), "s"),
         ]
     section.details += [
-        f"A child process tracks {n:,} events (default options, max_batch_size=100) and "
+        f"A child process tracks {n:,} events (default options) and "
         "returns from its main without calling flush() or shutdown(); the tracker's atexit "
         f"hook delivers. {sizes.exit_repeats} repeats per case, alternated.",
         "'last track() → process gone' runs from the child's time.monotonic() after its last "

@@ -190,7 +190,7 @@ def run(sizes: Sizes, sink_url: str) -> Section:
         "Variants alternate within each repeat, and ratios are taken per repeat.",
         "Call: `track('ent_6CsgzAdRgTlzT_9O', 'api_calls', 1)` (no timestamp, no metadata); "
         "baselines append `(entity, metric, value)` and `(entity, metric, value, time_ns())`.",
-        "The sender thread runs meanwhile (max_batch_size=100, default flush_interval), "
+        "The sender thread runs meanwhile (default max_batch_size and flush_interval), "
         "posting to the counting sink in a separate process; the queue is flushed between "
         "variants. p99 includes chunks interrupted by the sender (GIL switch interval "
         f"{_switch_interval_ms():.0f} ms) and by the garbage collector.",
