@@ -26,23 +26,34 @@ from ._errors import (
     NotInitializedError,
 )
 from ._model import DropKind, DropReason, Event, Stats
+from ._sender import Answered, Outcome, Rejected, Retry, Sender, TooLarge, Unauthorized
 from ._tracker import Tracker
 from ._version import __version__
+from ._wire import BatchAnswer, FailedRecord
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "Answered",
+    "BatchAnswer",
     "Config",
     "ConfigurationError",
     "DropKind",
     "DropReason",
     "EnsoError",
     "Event",
+    "FailedRecord",
     "InvalidEventError",
     "InvalidEventTypeError",
     "NotInitializedError",
     "OnDrop",
+    "Outcome",
+    "Rejected",
+    "Retry",
+    "Sender",
     "Stats",
+    "TooLarge",
     "Tracker",
+    "Unauthorized",
     "__version__",
     "flush",
     "get_tracker",

@@ -75,10 +75,15 @@ ACCEPT_ENCODING = "gzip, deflate"
 
 
 class Answered(msgspec.Struct, frozen=True):
+    """A 2xx answer that parses as a batch result; the worker reconciles it per event."""
+
     answer: BatchAnswer
 
 
 class Retry(msgspec.Struct, frozen=True):
+    """The whole request failed for now (network, timeout, 408/425/429, 5xx, a 2xx that
+    is not a batch result): every event is sent again after a backoff."""
+
     message: str
     status: int | None = None
     #: Seconds the server asked us to wait (already clamped), if it said.
@@ -86,15 +91,21 @@ class Retry(msgspec.Struct, frozen=True):
 
 
 class TooLarge(msgspec.Struct, frozen=True):
+    """413: the batch is split in half and the byte limit learned."""
+
     message: str
 
 
 class Unauthorized(msgspec.Struct, frozen=True):
+    """Enso refuses the credentials: events stay queued and are retried with backoff."""
+
     message: str
     status: int | None = None
 
 
 class Rejected(msgspec.Struct, frozen=True):
+    """A permanent refusal of the whole request (403, other 4xx, 3xx): dropped."""
+
     message: str
     status: int
 
@@ -103,7 +114,12 @@ Outcome = Answered | Retry | TooLarge | Unauthorized | Rejected
 
 
 class Sender(Protocol):
-    """Delivers one encoded ``{"events": [...]}`` body and says what became of it."""
+    """Delivers one encoded ``{"events": [...]}`` body and says what became of it.
+
+    ``Tracker(sender=...)`` takes anything with this shape in place of HTTP (for tests,
+    or another transport); ``send`` must return within about ``timeout`` seconds and
+    should not raise (an exception is counted and the batch retried).
+    """
 
     def send(self, body: bytes, timeout: float) -> Outcome: ...
 

@@ -113,6 +113,8 @@ class EventEncoder:
 
 
 class FailedRecord(msgspec.Struct, frozen=True):
+    """One entry of ``failedRecords``: the batch index, Enso's message, code and status."""
+
     index: int
     error: str | None = None
     code: int | str | None = None

@@ -24,8 +24,7 @@ from typing import Any
 
 import pytest
 
-from enso_tracker import DropReason, Event, Tracker
-from enso_tracker._sender import Outcome, Retry
+from enso_tracker import DropReason, Event, Outcome, Retry, Tracker
 from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until

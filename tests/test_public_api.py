@@ -6,6 +6,16 @@ import enso_tracker
 import enso_tracker.testing
 
 EXPECTED = {
+    # The sender= seam: its protocol and the outcome types a sender returns.
+    "Answered",
+    "BatchAnswer",
+    "FailedRecord",
+    "Outcome",
+    "Rejected",
+    "Retry",
+    "Sender",
+    "TooLarge",
+    "Unauthorized",
     "DEFAULT_BASE_URL",
     "Config",
     "ConfigurationError",
