@@ -41,6 +41,7 @@ from ._model import DropReason
 from ._reporting import Reporter, Reports
 from ._sender import Retry, Sender
 from ._settle import settle_locked
+from ._spool import MemorySpool, Spool
 from ._wire import EventEncoder, join_batch
 
 __all__ = ["CLOSED", "Worker"]
@@ -58,8 +59,10 @@ class Worker:
         sender: Sender,
         reporter: Reporter,
         owner: weakref.ReferenceType[object],
+        spool: Spool | None = None,
     ) -> None:
         self.config = config
+        self.spool: Spool = MemorySpool() if spool is None else spool
         self.ledger = ledger
         self.sender = sender
         self.reporter = reporter
@@ -154,6 +157,7 @@ class Worker:
 
     def _close_sender(self) -> None:
         try:
+            self.spool.close()
             self.sender.close()
         except Exception as exc:
             self.reporter.log(
@@ -262,8 +266,10 @@ class Worker:
         timeout = self.config.timeout
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
+        body = join_batch([p.body for p in batch])
         try:
-            outcome = self.sender.send(join_batch([p.body for p in batch]), timeout)
+            self.spool.stage(batch, body)
+            outcome = self.sender.send(body, timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
             what = describe_exception(exc)
             self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
@@ -284,6 +290,7 @@ class Worker:
                 ledger.room.notify_all()
         finally:
             self.hand_over(reports)
+        self.spool.commit([p for p in batch if p.done])
 
     def hand_over(self, reports: Reports) -> None:
         """Report drops counted under the lock, then let ``flush()`` see them done.
