@@ -29,6 +29,7 @@ __all__ = [
     "VALUE",
     "Pending",
     "QueuedEvent",
+    "held",
     "metadata_of",
 ]
 
@@ -42,7 +43,7 @@ VALUE: Final = 4
 TS: Final = 5  # epoch nanoseconds, UTC
 META: Final = 6  # metadata, already JSON
 JOB: Final = 7
-SIZE: Final = 8  # estimated bytes, for max_queue_bytes
+SIZE: Final = 8  # estimated bytes beyond EVENT_OVERHEAD (see held()), for max_queue_bytes
 
 # max_queue_bytes counts what an event really holds (measured with tracemalloc; see
 # tests/test_hardening.py): CPython object headers included, names in bytes not
@@ -55,6 +56,15 @@ EVENT_OVERHEAD: Final = 420
 #: Added once the event is encoded: the Pending struct, its floats, its body's header
 #: and its heap entries (the body's own length is counted on top).
 PENDING_OVERHEAD: Final = 240
+
+
+def held(item: QueuedEvent) -> int:
+    """Bytes a queued event holds. The tuple stores what it holds beyond EVENT_OVERHEAD:
+    usually under 257, an int CPython caches, where the whole figure would cost one more
+    int object (32 bytes) per queued event."""
+    return item[SIZE] + EVENT_OVERHEAD
+
+
 #: The metadata slot of an encoded event: its JSON lives in the wire body only.
 IN_BODY: Final = b"<metadata in the wire body>"
 

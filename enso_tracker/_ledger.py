@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from ._config import Config
-from ._items import IN_BODY, JOB, META, SEQ, SIZE, Pending, QueuedEvent, metadata_of
+from ._items import IN_BODY, JOB, META, SEQ, SIZE, Pending, QueuedEvent, held, metadata_of
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
@@ -259,8 +259,8 @@ class Ledger:
         left: list[Pending] = [
             *self.schedule.drain(),
             *self.inflight,
-            *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self.inflight_raw),
-            *(Pending(0.0, q[SEQ], q, b"", q[SIZE]) for q in self.queue),
+            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
+            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
         ]
         self.inflight = []
         self.inflight_raw = []
@@ -294,7 +294,7 @@ class Ledger:
                 queued=self.outstanding - in_flight,
                 queued_bytes=self.outstanding_bytes
                 - sum(p.size for p in self.inflight)
-                - sum(item[SIZE] for item in self.inflight_raw),
+                - sum(held(item) for item in self.inflight_raw),
                 in_flight=in_flight,
                 requests=self.requests,
                 failed_requests=self.failed_requests,

@@ -265,7 +265,9 @@ class Tracker(AsyncMixin):
                 if event_id is None:
                     event_id = led.id_prefix + hex(seq)  # cheapest of the spellings
                 queue = led.queue
-                queue.append((seq, event_id, entity, metric, value, ts, meta, job_id, size))
+                queue.append(
+                    (seq, event_id, entity, metric, value, ts, meta, job_id, size - EVENT_OVERHEAD)
+                )
                 led.outstanding += 1
                 led.outstanding_bytes += size
                 n = len(queue)

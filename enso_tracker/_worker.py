@@ -35,6 +35,7 @@ from ._items import (
     SIZE,
     Pending,
     QueuedEvent,
+    held,
 )
 from ._ledger import Ledger
 from ._model import DropReason
@@ -214,18 +215,18 @@ class Worker:
                 try:
                     body = self.encode(entry)
                 except Exception as exc:  # validation should make this impossible
-                    unencodable.append((Pending(0.0, entry[SEQ], entry, b"", entry[SIZE]), exc))
+                    unencodable.append((Pending(0.0, entry[SEQ], entry, b"", held(entry)), exc))
                     continue
                 # Once encoded, the body is what is kept: it replaces the metadata JSON
                 # the tuple held (read back from the body if the event is ever reported),
                 # and the event's size becomes what it now holds (max_queue_bytes).
                 meta = entry[META]
-                held = entry[SIZE] + len(body) + PENDING_OVERHEAD
+                size = held(entry) + len(body) + PENDING_OVERHEAD
                 if meta is not None:
-                    held -= len(meta) + BYTES_OVERHEAD
+                    size -= len(meta) + BYTES_OVERHEAD
                     entry = (*entry[:META], IN_BODY, entry[JOB], entry[SIZE])
-                grown += held - entry[SIZE]
-                p = Pending(0.0, entry[SEQ], entry, body, held)
+                grown += size - held(entry)
+                p = Pending(0.0, entry[SEQ], entry, body, size)
             encoded.append(p)
         now = time.monotonic()
         reports: Reports = []

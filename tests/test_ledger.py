@@ -17,7 +17,7 @@ from enso_tracker import (
     TooLarge,
     Unauthorized,
 )
-from enso_tracker._items import SEQ, SIZE, Pending
+from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, held
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
@@ -35,11 +35,12 @@ def ledger() -> Ledger:
     return Ledger(CONFIG, schedule, "evt_test_")
 
 
-def accept(led: Ledger, n: int, size: int = 100) -> None:
+def accept(led: Ledger, n: int, size: int = 500) -> None:
     """What track() does under the lock."""
     for _ in range(n):
         led.seq += 1
-        led.queue.append((led.seq, f"evt_{led.seq}", "ent", "m", 1, 0, None, None, size))
+        item = (led.seq, f"evt_{led.seq}", "ent", "m", 1, 0, None, None, size - EVENT_OVERHEAD)
+        led.queue.append(item)
         led.outstanding += 1
         led.outstanding_bytes += size
 
@@ -49,7 +50,7 @@ def take(led: Ledger, now: float = 100.0) -> list[Pending]:
     led.flush_asked = True  # as flush() does: no waiting for flush_interval
     taken, _ = led.plan_locked(now)
     batch = [
-        e if isinstance(e, Pending) else Pending(0.0, e[SEQ], e, b"{}", e[SIZE]) for e in taken
+        e if isinstance(e, Pending) else Pending(0.0, e[SEQ], e, b"{}", held(e)) for e in taken
     ]
     led.inflight, led.inflight_raw = batch, []
     for p in batch:
