@@ -282,26 +282,32 @@ class Ledger:
 
     # ------------------------------------------------------------------- stats
 
-    def snapshot(self, logins: int, hook_errors: int) -> Stats:
+    def snapshot(self, logins: int, hook_errors: int, *, locked: bool = True) -> Stats:
+        """The counters; ``locked=False`` reads them without the lock (see stats())."""
+        if not locked:
+            return self._snapshot_locked(logins, hook_errors)
         with self.lock:
-            in_flight = len(self.inflight) + len(self.inflight_raw)
-            return Stats(
-                accepted=self.seq,
-                delivered=self.delivered,
-                dropped=dict(self.dropped),
-                refused=dict(self.refused),
-                retried=self.retried,
-                queued=self.outstanding - in_flight,
-                queued_bytes=self.outstanding_bytes
-                - sum(p.size for p in self.inflight)
-                - sum(held(item) for item in self.inflight_raw),
-                in_flight=in_flight,
-                requests=self.requests,
-                failed_requests=self.failed_requests,
-                logins=logins,
-                worker_errors=self.worker_errors,
-                hook_errors=hook_errors,
-                auth_state=self.auth_state,
-                last_error=self.last_error,
-                last_success_at=self.last_success_at,
-            )
+            return self._snapshot_locked(logins, hook_errors)
+
+    def _snapshot_locked(self, logins: int, hook_errors: int) -> Stats:
+        in_flight = len(self.inflight) + len(self.inflight_raw)
+        return Stats(
+            accepted=self.seq,
+            delivered=self.delivered,
+            dropped=dict(self.dropped),
+            refused=dict(self.refused),
+            retried=self.retried,
+            queued=self.outstanding - in_flight,
+            queued_bytes=self.outstanding_bytes
+            - sum(p.size for p in self.inflight)
+            - sum(held(item) for item in self.inflight_raw),
+            in_flight=in_flight,
+            requests=self.requests,
+            failed_requests=self.failed_requests,
+            logins=logins,
+            worker_errors=self.worker_errors,
+            hook_errors=hook_errors,
+            auth_state=self.auth_state,
+            last_error=self.last_error,
+            last_success_at=self.last_success_at,
+        )

@@ -19,11 +19,12 @@ import base64
 import os
 import random
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Mapping
 from decimal import Decimal
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
@@ -251,9 +252,10 @@ class Tracker(AsyncMixin):
             self._after_fork_in_child()  # a fork that skipped os.register_at_fork hooks
         refusal = None
         led = self._ledger
-        lock = led.lock
-        lock.acquire()  # cheaper than `with` on this path; released in the finally
-        try:
+        # `with`, not acquire()/try: CPython runs a signal handler (KeyboardInterrupt)
+        # only after a call or on a backward jump, and arms a with-block's exit before
+        # either: an interruption can never leave this lock held.
+        with led.lock:
             if (
                 led.outstanding >= self._max_queue
                 or led.outstanding_bytes + size > self._max_queue_bytes
@@ -261,21 +263,32 @@ class Tracker(AsyncMixin):
             ):
                 refusal = led.refuse_locked(size, may_block=not self._worker.on_thread())
             if refusal is None:
-                seq = led.seq = led.seq + 1
+                seq = led.seq + 1
                 if event_id is None:
                     event_id = led.id_prefix + hex(seq)  # cheapest of the spellings
                 queue = led.queue
-                queue.append(
-                    (seq, event_id, entity, metric, value, ts, meta, job_id, size - EVENT_OVERHEAD)
+                n = len(queue) + 1
+                item = (
+                    seq,
+                    event_id,
+                    entity,
+                    metric,
+                    value,
+                    ts,
+                    meta,
+                    job_id,
+                    size - EVENT_OVERHEAD,
                 )
+                # No call between these stores and the append, which is the last call:
+                # an interruption lands before all of them or after all of them, so the
+                # books never count an event the queue does not hold, or the reverse.
+                led.seq = seq
                 led.outstanding += 1
                 led.outstanding_bytes += size
-                n = len(queue)
-        finally:
-            lock.release()
+                queue.append(item)
         if refusal is not None:  # reported outside the lock: on_drop may call stats()
-            item: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
-            self._reporter.report([([item], refusal)])
+            refused: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
+            self._reporter.report([([refused], refusal)])
             return None
         if n == 1 or n == self._batch_size or led.worker_gone:
             # The queue just became non-empty, or just reached a full batch (a sender that
@@ -294,20 +307,28 @@ class Tracker(AsyncMixin):
 
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it asks for a prompt send and returns at once, True only
-        if everything is already settled.
+        if everything is already settled. Called from a signal handler that interrupted
+        this tracker's own code on the same thread, it waits for the tracker's lock no
+        longer than ``timeout`` (the interrupted frame may hold it) and returns False if
+        it stays held.
         """
         deadline = self._deadline_in(timeout)
         led, worker = self._ledger, self._worker
+        reentered = _interrupted_inside(self)
+        if reentered and not _lock_free_within(led, deadline):
+            return False
         with led.lock:
             target = led.seq
             if led.settled_locked(target):
                 return True
-            if worker.on_thread():
+            if worker.on_thread() or reentered:
                 led.flush_asked = True  # the next rounds send without waiting
-                return False
+                if worker.on_thread():
+                    return False
             led.flush_waiters += 1
         try:
-            worker.kick()
+            if not reentered:  # kick() may take locks the interrupted frame holds
+                worker.kick()
             return led.wait_settled(target, deadline)
         finally:
             with led.lock:
@@ -323,9 +344,17 @@ class Tracker(AsyncMixin):
 
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it stops intake and returns False at once, and the sender
-        thread finishes the shutdown itself, by the same deadline.
+        thread finishes the shutdown itself, by the same deadline. Called from a signal
+        handler that interrupted this tracker's own code on the same thread, it cannot
+        wait for that frame either: the shutdown runs on a helper thread (same deadline)
+        and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
+        if _interrupted_inside(self):
+            threading.Thread(
+                target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
+            ).start()
+            return False
         if self._worker.on_thread():
             led = self._ledger
             with led.lock:
@@ -337,8 +366,16 @@ class Tracker(AsyncMixin):
         return self._finish_shutdown(deadline)
 
     def stats(self) -> Stats:
-        """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`)."""
-        return self._ledger.snapshot(self._sender.logins, self._reporter.hook_errors.count)
+        """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`).
+
+        From a signal handler that interrupted this tracker's own code on the same
+        thread, while that frame holds the lock, the snapshot is read without it (it
+        may then be one event off, never blocked)."""
+        led = self._ledger
+        locked = not _interrupted_inside(self) or _lock_free_within(
+            led, time.monotonic() + _REENTRANT_STATS_WAIT
+        )
+        return led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
 
     # ------------------------------------------------------------------ internals
 
@@ -373,6 +410,35 @@ class Tracker(AsyncMixin):
         self._sender.after_fork()
 
 
+#: How long stats() from a signal handler waits for a lock its interrupted frame may hold.
+_REENTRANT_STATS_WAIT = 0.05
+
+
+def _interrupted_inside(tracker: Tracker) -> bool:
+    """Whether the caller runs on a thread that is, further up its stack, inside one of
+    this tracker's calls that hold (or may hold) the ledger's lock or the worker's wake
+    event: a signal handler that interrupted them. Waiting for that lock would wait for
+    a frame that cannot resume before the handler returns. Costs a walk of the stack,
+    on flush()/shutdown()/stats() only, never on track()."""
+    parts = (tracker, tracker._ledger, tracker._worker, tracker._worker.wake)
+    frame: FrameType | None = sys._getframe(2)  # the public method's caller
+    while frame is not None:
+        if frame.f_code in _LOCK_HOLDERS:
+            owner = frame.f_locals.get("self")
+            if any(owner is part for part in parts):
+                return True
+        frame = frame.f_back
+    return False
+
+
+def _lock_free_within(ledger: Ledger, deadline: float) -> bool:
+    remaining = min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX)
+    if ledger.lock.acquire(timeout=remaining):
+        ledger.lock.release()
+        return True
+    return False
+
+
 def _wide_cost(name: str) -> int:
     """Bytes a non-ASCII name holds beyond ``len(name)``: its wider code units, and the
     UTF-8 copy CPython caches inside the str once msgspec has encoded it."""
@@ -389,3 +455,22 @@ def _is_id(value: str, max_length: int) -> bool:
         and value.isprintable()
         and (" " not in value)
     )
+
+
+_LOCK_HOLDERS = frozenset(
+    function.__code__
+    for function in (
+        Tracker.track,
+        Tracker.flush,
+        Tracker.stats,
+        Tracker.shutdown,
+        Ledger.snapshot,
+        Ledger.refuse_locked,
+        Ledger.wait_settled,
+        Ledger.handed_over,
+        Worker.kick,
+        Worker.begin_shutdown,
+        Worker.finish_shutdown,
+        threading.Event.set,
+    )
+)

@@ -101,20 +101,23 @@ class Worker:
             if thread is not None:
                 log(logging.ERROR, "dead", "enso-tracker sender thread died; restarting")
             thread = threading.Thread(target=self.run, name="enso-tracker-sender", daemon=True)
+            # Published before start(): a KeyboardInterrupt inside start() (it waits for
+            # the thread to run) must not leave a running thread this object does not
+            # know, or the next kick() would start a second one.
+            self.thread = thread
             self.ledger.worker_gone = False
             try:
                 thread.start()
             except RuntimeError as exc:  # e.g. at interpreter shutdown
                 self.ledger.worker_gone = True
                 log(logging.ERROR, "start", "cannot start the sender thread: %s", exc)
-                return
-            self.thread = thread
 
     def run(self) -> None:
         """The thread's body. Catches everything: it must never die silently."""
         ledger, log = self.ledger, self.reporter.log
+        me = threading.current_thread()
         try:
-            while True:
+            while self.thread is me:  # one sender per worker, whatever happened to start()
                 try:
                     wait = self.step()
                 except Exception as exc:
@@ -154,7 +157,8 @@ class Worker:
             log.emit()
             raise
         finally:
-            ledger.worker_gone = True
+            if self.thread is me:
+                ledger.worker_gone = True
 
     def _close_sender(self) -> None:
         try:

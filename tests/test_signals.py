@@ -1,0 +1,143 @@
+"""Signals during track(): asynchronous exceptions and re-entrant calls from handlers.
+
+Each runs in a subprocess (its own signal state) against the FakeEnso of the test
+process, with a timer firing every few hundred microseconds while the main thread calls
+track() in a tight loop, so that the signal lands at every point of track() over the
+run. Everything is bounded in time: a hang fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from enso_tracker.testing import FakeEnso
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(source: str, fake: FakeEnso) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source), fake.url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_keyboard_interrupt_anywhere_in_track_leaves_exact_books(fake: FakeEnso) -> None:
+    report = run(
+        """
+        import json, signal, sys, time
+        from enso_tracker import Tracker
+
+        tracker = Tracker(api_key="test-api-key", base_url=sys.argv[1], flush_interval=0.05)
+
+        armed = False
+
+        def interrupt(signum, frame):
+            global armed
+            if armed:  # only around track(): the loop itself must survive
+                armed = False
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+        ids, interrupts = [], 0
+        deadline = time.monotonic() + 20
+        while interrupts < 400 and time.monotonic() < deadline:
+            try:
+                armed = True
+                event_id = tracker.track("ent", "m", 1)
+                armed = False
+                ids.append(event_id)
+            except KeyboardInterrupt:
+                interrupts += 1
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        settled = tracker.flush(20.0)  # the lock is free, or this would hang
+        stats = tracker.stats()
+        print(json.dumps({
+            "interrupts": interrupts, "ids": ids, "settled": settled,
+            "accepted": stats.accepted, "delivered": stats.delivered,
+            "pending": stats.pending, "balanced": stats.balanced, "dropped": stats.dropped,
+        }))
+        """,
+        fake,
+    )
+    assert report["interrupts"] >= 100
+    assert report["settled"] is True
+    assert report["balanced"] is True
+    assert report["pending"] == 0
+    assert report["dropped"] == {}
+    # No phantom: every accepted event is on the server, once; an interruption after
+    # acceptance may have kept its id from the caller, never the event from Enso.
+    assert fake.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
+    assert report["delivered"] == report["accepted"] == len(fake.events)
+    assert None not in report["ids"]
+    assert set(report["ids"]) <= set(fake.events)
+    assert not fake.duplicates
+
+
+def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake: FakeEnso) -> None:
+    report = run(
+        """
+        import json, signal, sys, time
+        from enso_tracker import Tracker
+
+        tracker = Tracker(api_key="test-api-key", base_url=sys.argv[1], flush_interval=0.05)
+        calls = {"n": 0, "slowest": 0.0, "shutdown": None, "busy": False}
+
+        def handler(signum, frame):
+            if calls["busy"]:  # the timer outpaces a waiting handler: no nesting
+                return
+            calls["busy"] = True
+            calls["n"] += 1
+            started = time.monotonic()
+            tracker.stats()
+            tracker.flush(0.02)
+            if calls["n"] == 300:
+                calls["shutdown"] = tracker.shutdown(5.0)
+            calls["slowest"] = max(calls["slowest"], time.monotonic() - started)
+            calls["busy"] = False
+
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+        ids, refused = [], 0
+        deadline = time.monotonic() + 30
+        while calls["n"] < 400 and time.monotonic() < deadline:
+            event_id = tracker.track("ent", "m", 1)
+            if event_id is None:
+                refused += 1
+            else:
+                ids.append(event_id)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        closed = tracker.shutdown(10.0)
+        stats = tracker.stats()
+        print(json.dumps({
+            "calls": calls["n"], "slowest": calls["slowest"], "ids": ids,
+            "refused": refused, "closed": closed, "balanced": stats.balanced,
+            "accepted": stats.accepted, "delivered": stats.delivered,
+            "dropped": stats.dropped, "pending": stats.pending,
+        }))
+        """,
+        fake,
+    )
+    assert report["calls"] >= 300  # the shutdown call came from the handler
+    assert report["slowest"] < 6.0  # each call honoured its timeout (5 s at most)
+    assert report["refused"] > 0  # track() after the handler's shutdown: closed
+    assert report["balanced"] is True
+    assert report["pending"] == 0
+    assert report["dropped"] == {}
+    assert report["delivered"] == report["accepted"] == len(report["ids"])
+    assert fake.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
+    assert set(report["ids"]) == set(fake.events)
