@@ -53,19 +53,28 @@ class DeferredLog:
         # deque.append/popleft are atomic: records may be queued from any thread.
         self._pending: deque[tuple[int, str, tuple[object, ...]]] = deque()
 
-    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
-        """Queue a record unless one with this key was queued within the interval."""
+    def __call__(
+        self, level: int, key: str, msg: str, *args: object, events: int | None = None
+    ) -> None:
+        """Queue a record unless one with this key was queued within the interval.
+
+        What is held back is counted and said in the next record of the key: in events
+        when the records are about ``events`` (a drop of 200,000 refusals one by one
+        reads "200,000 more in the last 60 s"), else in records."""
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self._interval:
-                self._held[key] = self._held.get(key, 0) + 1
+                self._held[key] = self._held.get(key, 0) + (1 if events is None else events)
                 return
             held = self._held.pop(key, 0)
             self._last[key] = now
         if held:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, held)
+            if events is None:
+                msg += " (%d similar messages suppressed)"
+            else:
+                msg += " (and %d more event(s) like it in the last %.0f s)"
+            args = (*args, held, self._interval) if events is not None else (*args, held)
         self._pending.append((level, msg, args))
 
     def always(self, level: int, msg: str, *args: object) -> None:

@@ -48,6 +48,7 @@ class Reporter:
                 "enso-tracker dropped %d event(s): %s",
                 len(events),
                 reason,
+                events=len(events),
             )
             hook = self.on_drop
             if hook is None:

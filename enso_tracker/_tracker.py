@@ -338,7 +338,8 @@ class Tracker(AsyncMixin):
         """Stop accepting, deliver what can be within ``timeout``, stop the thread.
 
         What is still undelivered at the deadline is dropped with reason ``shutdown``
-        (reported to ``on_drop`` and logged). Returns True when nothing was dropped.
+        (reported to ``on_drop`` and logged). Returns True only when every event given to
+        ``track()`` reached Enso: nothing dropped, for any reason, and nothing refused.
         Idempotent; after it, ``track()`` refuses events (reason ``closed``). ``timeout``
         defaults to ``shutdown_timeout``; ``math.inf`` waits as long as delivery takes.
 

@@ -330,7 +330,8 @@ class Worker:
 
     def finish_shutdown(self, deadline: float) -> bool:
         """Wait for delivery until ``deadline``, then drop what is left, stop the thread
-        and close the sender. True when nothing was dropped as ``shutdown``."""
+        and close the sender. True only when every event ``track()`` was given reached
+        Enso: nothing dropped (for any reason) and nothing refused."""
         ledger = self.ledger
         reports: Reports = []
         with ledger.settled:
@@ -342,22 +343,25 @@ class Worker:
                     break  # no sender to wait for (e.g. it could not start at exit)
                 ledger.settled.wait(min(remaining, threading.TIMEOUT_MAX))
             if ledger.closed:
-                return not ledger.dropped.get("shutdown")
-            left = ledger.close_locked(reports)
+                return not ledger.dropped and not ledger.refused
+            ledger.close_locked(reports)
             delivered, dropped = ledger.delivered, dict(ledger.dropped)
+            refused = dict(ledger.refused)
         self.wake.set()
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
-        lost = sum(dropped.values())
+        lost, turned_away = sum(dropped.values()), sum(refused.values())
         self.reporter.log.always(
-            logging.WARNING if left else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s",
+            logging.WARNING if lost or turned_away else logging.INFO,
+            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s",
             delivered,
             lost,
             f" {dropped}" if lost else "",
+            turned_away,
+            f" {refused}" if turned_away else "",
         )
         self.hand_over(reports)
-        return not left
+        return not lost and not turned_away

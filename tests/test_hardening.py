@@ -204,7 +204,7 @@ def test_defect4_a_raising_handler_and_on_drop_never_escape_track(
     try:
         accepted(tracker.track("ent", "m", 1))
         assert tracker.track("ent", "m", 2) is None  # queue_full: reported, never raised
-        assert tracker.shutdown(5.0)
+        assert tracker.shutdown(5.0) is False  # something was refused
         assert tracker.track("ent", "m", 3) is None  # closed
         assert [r.kind for r in calls] == ["queue_full", "closed"]
         assert tracker.stats().hook_errors >= 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 import enso_tracker
 from enso_tracker import NotInitializedError, Tracker
 from enso_tracker._lifecycle import live
+from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
@@ -318,3 +320,36 @@ def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: Fake
     parent_ids = msgspec.json.decode(parent_line)["parent_ids"]
     assert set(fake.events) == set(parent_ids)
     assert not fake.duplicates
+
+
+def test_refusals_in_a_tight_loop_are_counted_in_the_exit_line_and_the_result(
+    fake: FakeEnso, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=fake.url, max_queue_size=5, flush_interval=60)
+    results = [tracker.track("ent", "m", i) for i in range(2_000)]
+    refused = results.count(None)
+    assert refused > 1_000
+    with caplog.at_level(logging.INFO, logger="enso_tracker"):
+        assert tracker.shutdown(5.0) is False  # events were refused
+    assert tracker.stats().refused == {"queue_full": refused}
+    summary = [r.getMessage() for r in caplog.records if "shut down" in r.getMessage()]
+    assert summary == [
+        f"enso-tracker shut down: {2_000 - refused} delivered, 0 dropped, "
+        f"{refused} refused {{'queue_full': {refused}}}"
+    ]
+
+
+def test_rate_limited_drop_lines_say_how_many_events_were_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = DeferredLog(ErrorCounter(), interval=60.0)
+    for _ in range(1_000):
+        log(logging.WARNING, "drop:queue_full", "dropped %d event(s)", 1, events=1)
+    log._last["drop:queue_full"] -= 61.0  # a minute has passed
+    log(logging.WARNING, "drop:queue_full", "dropped %d event(s)", 1, events=1)
+    with caplog.at_level(logging.WARNING, logger="enso_tracker"):
+        log.emit()
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped 1 event(s)",
+        "dropped 1 event(s) (and 999 more event(s) like it in the last 60 s)",
+    ]
