@@ -1,10 +1,10 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3.11
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench clean
+.PHONY: demo test test-all lint types unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,17 @@ unit: $(STAMP)
 
 test: lint types unit
 
+# The suite on every supported Python, each in its own venv (pyenv keeps non-global
+# versions off PATH, so look for them where it installs them too).
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
+test-all: test
+	$(MAKE) test PYTHON=$(PY312) VENV=.venv-3.12
+	$(MAKE) test PYTHON=$(PY313) VENV=.venv-3.13
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.12 .venv-3.13 build *.egg-info .mypy_cache .pytest_cache .ruff_cache

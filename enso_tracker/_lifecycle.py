@@ -41,7 +41,7 @@ from typing import Protocol
 
 from ._log import log
 
-__all__ = ["flush_all", "forget", "live", "register", "shutdown_all"]
+__all__ = ["after_fork_in_child", "flush_all", "forget", "live", "register", "shutdown_all"]
 
 
 class Managed(Protocol):
@@ -102,12 +102,16 @@ def flush_all(timeout: float | None = None) -> bool:
 atexit.register(shutdown_all)
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """Give every live tracker fresh state in a forked child: run by
+    ``os.register_at_fork``, and by integrations for forks made from C (uWSGI). A
+    tracker already reset for this process is left alone, so running it twice is
+    harmless."""
     for t in live():
         t._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=after_fork_in_child)
 
 
 class _MultiprocessingHook:

@@ -313,6 +313,8 @@ class Tracker(AsyncMixin):
         it stays held.
         """
         deadline = self._deadline_in(timeout)
+        if self._pid != os.getpid():
+            self._after_fork_in_child()  # never wait for (or resend) a parent's events
         led, worker = self._ledger, self._worker
         reentered = _interrupted_inside(self)
         if reentered and not _lock_free_within(led, deadline):
@@ -372,6 +374,8 @@ class Tracker(AsyncMixin):
         From a signal handler that interrupted this tracker's own code on the same
         thread, while that frame holds the lock, the snapshot is read without it (it
         may then be one event off, never blocked)."""
+        if self._pid != os.getpid():
+            self._after_fork_in_child()  # a child's books, never its parent's
         led = self._ledger
         locked = not _interrupted_inside(self) or _lock_free_within(
             led, time.monotonic() + _REENTRANT_STATS_WAIT
@@ -403,6 +407,8 @@ class Tracker(AsyncMixin):
     def _after_fork_in_child(self) -> None:
         # The parent still owns (and will deliver) every event it had queued: the child
         # starts with empty books, fresh locks and no thread or connection.
+        if self._pid == os.getpid():
+            return  # already reset for this process (a hook and the pid check both ran)
         led = self._ledger
         closed = led.closed or led.stopping
         self._build_parts()

@@ -9,6 +9,8 @@ that the application has not imported or cannot import.
   Celery's ``worker_process_shutdown`` signal, since billiard ends it with ``os._exit()``.
 * :mod:`.uwsgi` (running under uWSGI): ``uwsgi.atexit`` shuts the trackers down, and
   ``uwsgi.post_fork_hook`` gives each worker, forked from C, fresh tracker state.
+* :mod:`.uvicorn` (a tracker made while a uvicorn server holds SIGTERM): the trackers
+  are shut down after that server's graceful stop, before it re-raises SIGTERM.
 
 Django, Flask, FastAPI and Starlette need nothing: the server they run under is what
 starts, forks and stops the process.
@@ -17,23 +19,23 @@ starts, forks and stops the process.
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 
 __all__ = ["auto_enable"]
 
+#: integration module -> the module whose presence in ``sys.modules`` means its
+#: framework is in the process (the embedded ``uwsgi`` module exists only under uWSGI)
+_INTEGRATIONS = {"celery": "celery", "uwsgi": "uwsgi", "uvicorn": "uvicorn.server"}
 _enabled: set[str] = set()
 
 
 def auto_enable() -> None:
     """Enable every integration whose framework is present; idempotent and cheap."""
-    if len(_enabled) == 2:  # nothing left to look for
+    if len(_enabled) == len(_INTEGRATIONS):
         return
-    if "celery" not in _enabled and "celery" in sys.modules:
-        from . import celery
-
-        if celery.enable():
-            _enabled.add("celery")
-    if "uwsgi" not in _enabled and "uwsgi" in sys.modules:
-        from . import uwsgi
-
-        if uwsgi.enable():
-            _enabled.add("uwsgi")
+    modules = sys.modules
+    for name, marker in _INTEGRATIONS.items():
+        if name not in _enabled and marker in modules:
+            integration = import_module(f"{__name__}.{name}")
+            if integration.enable():
+                _enabled.add(name)

@@ -34,13 +34,11 @@ def enable() -> bool:
     if "celery" not in sys.modules:  # never import Celery for an application
         return False
     try:
-        from celery import signals
+        from celery import signals  # type: ignore[import-untyped]
     except Exception:  # a broken or partial Celery: the tracker still works without it
         return False
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid=_UID)
-    signals.worker_process_shutdown.connect(
-        _on_process_shutdown, weak=False, dispatch_uid=_UID
-    )
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False, dispatch_uid=_UID)
     return True
 
 
@@ -49,9 +47,7 @@ def _on_process_init(**_: Any) -> None:
 
     # Last in line, after the receivers the application connected while importing.
     signals.worker_process_shutdown.disconnect(_on_process_shutdown, dispatch_uid=_UID)
-    signals.worker_process_shutdown.connect(
-        _on_process_shutdown, weak=False, dispatch_uid=_UID
-    )
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False, dispatch_uid=_UID)
 
 
 def _on_process_shutdown(**_: Any) -> None:

@@ -74,4 +74,4 @@ def _at_exit() -> None:
 
 
 def _after_fork() -> None:
-    _lifecycle._after_fork_in_child()
+    _lifecycle.after_fork_in_child()
