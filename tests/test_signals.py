@@ -141,3 +141,73 @@ def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake: FakeEns
     assert report["delivered"] == report["accepted"] == len(report["ids"])
     assert fake.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
     assert set(report["ids"]) == set(fake.events)
+
+
+def test_the_sender_gets_its_turn_while_another_thread_tracks_in_a_tight_loop(
+    fake: FakeEnso,
+) -> None:
+    report = run(
+        """
+        import json, sys, threading, time
+        from enso_tracker import Tracker
+
+        tracker = Tracker(api_key="test-api-key", base_url=sys.argv[1], flush_interval=0.2)
+        stop = threading.Event()
+        tracked = []
+
+        def tight_loop():
+            n = 0
+            while not stop.is_set():
+                tracker.track("ent", "m", 1)
+                n += 1
+            tracked.append(n)
+
+        loop = threading.Thread(target=tight_loop)
+        loop.start()
+        # The loop stops only once the server has seen a request, or after 20 s.
+        started = time.monotonic()
+        while tracker.stats().requests == 0 and time.monotonic() - started < 20:
+            stop.wait(0.01)
+        requests_while_looping = tracker.stats().requests
+        stop.set()
+        loop.join()
+        print(json.dumps({"requests": requests_while_looping, "tracked": tracked[0],
+                          "clean": tracker.shutdown(10.0)}))
+        """,
+        fake,
+    )
+    assert report["requests"] >= 1  # delivered while the loop was still running
+    assert report["tracked"] > 0
+    assert report["clean"] is True
+
+
+def test_a_tracker_that_never_started_its_thread_causes_no_fork_warning() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::DeprecationWarning",
+            "-c",
+            textwrap.dedent(
+                """
+                import os
+                from enso_tracker import Tracker
+                tracker = Tracker(api_key="k", base_url="http://127.0.0.1:9")
+                pid = os.fork()  # Python 3.12+ warns when forking a multi-threaded process
+                if pid == 0:
+                    os._exit(0)
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0
+                import threading
+                assert threading.active_count() == 1, threading.enumerate()
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DeprecationWarning" not in result.stderr
