@@ -7,8 +7,8 @@ import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,7 +18,7 @@ from ._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._model import DropReason, Event
 
-__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop"]
+__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop", "options_from_env"]
 
 DEFAULT_BASE_URL = "https://api.getenso.ai"
 
@@ -235,3 +235,18 @@ def _check_url(url: object, allow_insecure_http: bool) -> None:
             f"base_url={shown}: plain http would send credentials in clear; use https, "
             "or pass allow_insecure_http=True if this really is what you want"
         )
+
+
+def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``Tracker`` keywords from ``ENSO_API_KEY``, ``ENSO_CLIENT_KEY`` +
+    ``ENSO_CLIENT_SECRET`` and ``ENSO_BASE_URL`` (unset or empty ones are left out)."""
+    kwargs: dict[str, Any] = {}
+    for var, name in (
+        ("ENSO_API_KEY", "api_key"),
+        ("ENSO_CLIENT_KEY", "client_key"),
+        ("ENSO_CLIENT_SECRET", "client_secret"),
+        ("ENSO_BASE_URL", "base_url"),
+    ):
+        if environ.get(var):
+            kwargs[name] = environ[var]
+    return kwargs

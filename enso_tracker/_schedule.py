@@ -28,6 +28,7 @@ from typing import Final
 
 import msgspec
 
+from ._config import Config
 from ._items import Pending, QueuedEvent
 from ._wire import BODY_OVERHEAD
 
@@ -54,6 +55,22 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
 class Schedule:
     """Ready retries, the retry heap, the request gate and the learned byte limit."""
+
+    @classmethod
+    def from_config(cls, config: Config, rng: random.Random) -> Schedule:
+        policy = RetryPolicy(
+            max_retries=config.max_retries,
+            max_event_age=config.max_event_age,
+            backoff_base=config.backoff_base,
+            backoff_max=config.backoff_max,
+        )
+        return cls(
+            policy,
+            batch_size=config.max_batch_size,
+            byte_limit=config.max_batch_bytes,
+            flush_interval=config.flush_interval,
+            rng=rng,
+        )
 
     def __init__(
         self,

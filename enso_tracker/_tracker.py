@@ -18,13 +18,12 @@ from __future__ import annotations
 import base64
 import os
 import random
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Mapping
 from decimal import Decimal
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -33,13 +32,19 @@ import msgspec
 from . import _lifecycle
 from ._aio import AsyncMixin
 from ._auth import make_credentials
-from ._config import Config
+from ._config import Config, options_from_env
 from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
 from ._model import Stats
+from ._reentry import (
+    REENTRANT_STATS_WAIT,
+    interrupted_inside,
+    lock_free_within,
+    register_lock_holders,
+)
 from ._reporting import Reporter
-from ._schedule import RetryPolicy, Schedule
+from ._schedule import Schedule
 from ._sender import HttpSender, Sender
 from ._validate import (
     MAX_EXACT_INT,
@@ -48,7 +53,9 @@ from ._validate import (
     check_name,
     coerce_value,
     encode_metadata,
+    is_id,
     timestamp_ns,
+    wide_cost,
 )
 from ._worker import Worker
 from .integrations import auto_enable
@@ -125,18 +132,7 @@ class Tracker(AsyncMixin):
         cfg = self._config
         self._pid = os.getpid()
         self._reporter = Reporter(cfg.on_drop)
-        schedule = Schedule(
-            RetryPolicy(
-                max_retries=cfg.max_retries,
-                max_event_age=cfg.max_event_age,
-                backoff_base=cfg.backoff_base,
-                backoff_max=cfg.backoff_max,
-            ),
-            batch_size=cfg.max_batch_size,
-            byte_limit=cfg.max_batch_bytes,
-            flush_interval=cfg.flush_interval,
-            rng=_jitter_rng,
-        )
+        schedule = Schedule.from_config(cfg, _jitter_rng)
         self._ledger = Ledger(cfg, schedule, _new_id_prefix())
         self._worker = Worker(cfg, self._ledger, self._sender, self._reporter, weakref.ref(self))
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
@@ -149,16 +145,7 @@ class Tracker(AsyncMixin):
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Tracker:
         """A tracker configured from ``ENSO_API_KEY`` or ``ENSO_CLIENT_KEY`` +
         ``ENSO_CLIENT_SECRET``, and ``ENSO_BASE_URL``; keywords override the environment."""
-        env = os.environ if environ is None else environ
-        kwargs: dict[str, Any] = {}
-        for var, name in (
-            ("ENSO_API_KEY", "api_key"),
-            ("ENSO_CLIENT_KEY", "client_key"),
-            ("ENSO_CLIENT_SECRET", "client_secret"),
-            ("ENSO_BASE_URL", "base_url"),
-        ):
-            if env.get(var):
-                kwargs[name] = env[var]
+        kwargs: dict[str, Any] = options_from_env(os.environ if environ is None else environ)
         kwargs.update(options)
         return cls(**kwargs)
 
@@ -213,7 +200,7 @@ class Tracker(AsyncMixin):
             or entity.isspace()
         ):
             entity = check_name("entity", entity, self._max_name)
-            size += _wide_cost(entity)
+            size += wide_cost(entity)
         if (
             type(metric) is not str
             or not metric.isascii()
@@ -221,7 +208,7 @@ class Tracker(AsyncMixin):
             or metric.isspace()
         ):
             metric = check_name("metric", metric, self._max_name)
-            size += _wide_cost(metric)
+            size += wide_cost(metric)
         kind = type(value)
         if kind is int:
             if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
@@ -241,11 +228,11 @@ class Tracker(AsyncMixin):
             meta = bytes(memoryview(meta))  # exact size: msgspec's buffer is up to 1.5x
             size += len(meta) + BYTES_OVERHEAD
         if event_id is not None:
-            if type(event_id) is not str or not _is_id(event_id, self._max_id):
+            if type(event_id) is not str or not is_id(event_id, self._max_id):
                 event_id = check_id("event_id", event_id, self._max_id)
             size += len(event_id)  # in place of the generated id counted in the overhead
         if job_id is not None:
-            if type(job_id) is not str or not _is_id(job_id, self._max_id):
+            if type(job_id) is not str or not is_id(job_id, self._max_id):
                 job_id = check_id("job_id", job_id, self._max_id)
             size += len(job_id) + STR_OVERHEAD
         if self._pid != os.getpid():
@@ -316,8 +303,8 @@ class Tracker(AsyncMixin):
         if self._pid != os.getpid():
             self._after_fork_in_child()  # never wait for (or resend) a parent's events
         led, worker = self._ledger, self._worker
-        reentered = _interrupted_inside(self)
-        if reentered and not _lock_free_within(led, deadline):
+        reentered = interrupted_inside(self._parts())
+        if reentered and not lock_free_within(led.lock, deadline):
             return False
         with led.lock:
             target = led.seq
@@ -353,7 +340,7 @@ class Tracker(AsyncMixin):
         and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
-        if _interrupted_inside(self):
+        if interrupted_inside(self._parts()):
             threading.Thread(
                 target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
             ).start()
@@ -377,12 +364,16 @@ class Tracker(AsyncMixin):
         if self._pid != os.getpid():
             self._after_fork_in_child()  # a child's books, never its parent's
         led = self._ledger
-        locked = not _interrupted_inside(self) or _lock_free_within(
-            led, time.monotonic() + _REENTRANT_STATS_WAIT
-        )
+        locked = not interrupted_inside(
+            (self, self._ledger, self._worker, self._worker.wake)
+        ) or lock_free_within(led.lock, time.monotonic() + REENTRANT_STATS_WAIT)
         return led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
 
     # ------------------------------------------------------------------ internals
+
+    def _parts(self) -> tuple[object, ...]:
+        """What a signal handler may have interrupted holding a lock (see _reentry)."""
+        return (self, self._ledger, self._worker, self._worker.wake)
 
     def _deadline_in(self, timeout: float | None) -> float:
         """The ``time.monotonic()`` deadline of a public call's timeout (may be ``inf``)."""
@@ -417,67 +408,19 @@ class Tracker(AsyncMixin):
         self._sender.after_fork()
 
 
-#: How long stats() from a signal handler waits for a lock its interrupted frame may hold.
-_REENTRANT_STATS_WAIT = 0.05
-
-
-def _interrupted_inside(tracker: Tracker) -> bool:
-    """Whether the caller runs on a thread that is, further up its stack, inside one of
-    this tracker's calls that hold (or may hold) the ledger's lock or the worker's wake
-    event: a signal handler that interrupted them. Waiting for that lock would wait for
-    a frame that cannot resume before the handler returns. Costs a walk of the stack,
-    on flush()/shutdown()/stats() only, never on track()."""
-    parts = (tracker, tracker._ledger, tracker._worker, tracker._worker.wake)
-    frame: FrameType | None = sys._getframe(2)  # the public method's caller
-    while frame is not None:
-        if frame.f_code in _LOCK_HOLDERS:
-            owner = frame.f_locals.get("self")
-            if any(owner is part for part in parts):
-                return True
-        frame = frame.f_back
-    return False
-
-
-def _lock_free_within(ledger: Ledger, deadline: float) -> bool:
-    remaining = min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX)
-    if ledger.lock.acquire(timeout=remaining):
-        ledger.lock.release()
-        return True
-    return False
-
-
-def _wide_cost(name: str) -> int:
-    """Bytes a non-ASCII name holds beyond ``len(name)``: its wider code units, and the
-    UTF-8 copy CPython caches inside the str once msgspec has encoded it."""
-    if name.isascii():
-        return 0
-    utf8 = len(name.encode("utf-8", "surrogatepass"))
-    return sys.getsizeof(name) - STR_OVERHEAD - len(name) + utf8
-
-
-def _is_id(value: str, max_length: int) -> bool:
-    return (
-        0 < len(value) <= max_length
-        and value.isascii()
-        and value.isprintable()
-        and (" " not in value)
-    )
-
-
-_LOCK_HOLDERS = frozenset(
-    function.__code__
-    for function in (
-        Tracker.track,
-        Tracker.flush,
-        Tracker.stats,
-        Tracker.shutdown,
-        Ledger.snapshot,
-        Ledger.refuse_locked,
-        Ledger.wait_settled,
-        Ledger.handed_over,
-        Worker.kick,
-        Worker.begin_shutdown,
-        Worker.finish_shutdown,
-        threading.Event.set,
-    )
+# Calls of these may hold the ledger's lock (or the wake event's) when a signal handler
+# runs on top of them: see _reentry.interrupted_inside.
+register_lock_holders(
+    Tracker.track,
+    Tracker.flush,
+    Tracker.stats,
+    Tracker.shutdown,
+    Ledger.snapshot,
+    Ledger.refuse_locked,
+    Ledger.wait_settled,
+    Ledger.handed_over,
+    Worker.kick,
+    Worker.begin_shutdown,
+    Worker.finish_shutdown,
+    threading.Event.set,
 )

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from ._errors import InvalidEventError, InvalidEventTypeError
+from ._items import STR_OVERHEAD
 
 __all__ = [
     "DECIMAL_DIGITS",
@@ -29,7 +30,9 @@ __all__ = [
     "check_name",
     "coerce_value",
     "encode_metadata",
+    "is_id",
     "timestamp_ns",
+    "wide_cost",
 ]
 
 #: Enso's server is JavaScript (its invalid dates render as ``NaN``), where integers
@@ -75,6 +78,25 @@ def check_name(field: str, value: object, max_length: int) -> str:
                 field, value, "is not valid Unicode (it holds a lone surrogate)"
             ) from None
     return value
+
+
+def is_id(value: str, max_length: int) -> bool:
+    """The fast check of an ``event_id``/``job_id`` (``check_id`` says what is wrong)."""
+    return (
+        0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+        and (" " not in value)
+    )
+
+
+def wide_cost(name: str) -> int:
+    """Bytes a non-ASCII name holds beyond ``len(name)``: its wider code units, and the
+    UTF-8 copy CPython caches inside the str once msgspec has encoded it."""
+    if name.isascii():
+        return 0
+    utf8 = len(name.encode("utf-8", "surrogatepass"))
+    return sys.getsizeof(name) - STR_OVERHEAD - len(name) + utf8
 
 
 def check_id(field: str, value: object, max_length: int) -> str:
