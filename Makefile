@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m enso_tracker demo
+	$(PY) -m enso_tracker demo --crash
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check enso_tracker tests benchmarks

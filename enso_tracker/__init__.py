@@ -25,8 +25,9 @@ from ._errors import (
     InvalidEventTypeError,
     NotInitializedError,
 )
-from ._model import DropKind, DropReason, Event, Stats
+from ._model import DeadLetter, DropKind, DropReason, Event, SpoolStatus, Stats
 from ._sender import Answered, Outcome, Rejected, Retry, Sender, TooLarge, Unauthorized
+from ._spool_admin import Spool
 from ._tracker import Tracker
 from ._version import __version__
 from ._wire import BatchAnswer, FailedRecord
@@ -37,6 +38,7 @@ __all__ = [
     "BatchAnswer",
     "Config",
     "ConfigurationError",
+    "DeadLetter",
     "DropKind",
     "DropReason",
     "EnsoError",
@@ -50,6 +52,8 @@ __all__ = [
     "Rejected",
     "Retry",
     "Sender",
+    "Spool",
+    "SpoolStatus",
     "Stats",
     "TooLarge",
     "Tracker",

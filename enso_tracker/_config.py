@@ -26,6 +26,7 @@ OnDrop = Callable[[Sequence["Event"], "DropReason"], None]
 """``on_drop(events, reason)``: called once per group of events that will never be delivered."""
 
 QueueFullPolicy = Literal["drop", "block"]
+Durability = Literal["process", "power"]
 
 #: Upper bound of every duration option but ``max_event_age``: longer is surely a mistake
 #: (a unit slip, ``float("inf")``), and well inside what ``threading`` waits accept
@@ -95,6 +96,19 @@ class Config:
     handle_sigterm: bool = True
     #: Enable the framework integrations (Celery, uWSGI…) whose framework is present.
     integrations: bool = True
+    #: A local directory for the durable spool (README "Durable spool"); None: memory only.
+    #: Also ``ENSO_SPOOL_DIR``. Created 0700; a network filesystem is refused.
+    spool_dir: str | None = None
+    #: Longest an accepted event waits in memory before it is written to the spool.
+    spool_interval: float = 0.2
+    #: ``"process"``: a written batch survives any death of the process (SQLite WAL,
+    #: ``synchronous=NORMAL``); ``"power"``: also a power loss (``synchronous=FULL``).
+    durability: Durability = "process"
+    #: Largest this process's spool file grows; past it the newest batch is dropped as
+    #: ``spool_full`` (``queue_full_policy="drop"``) or kept in memory (``"block"``).
+    max_spool_bytes: int = 1024 * 1024 * 1024
+    #: Largest the directory's dead-letter store grows; past it the oldest are evicted.
+    max_dead_letter_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -126,6 +140,17 @@ class Config:
             raise ConfigurationError(
                 f"verify={self.verify!r}: must be True/False, a CA bundle path or an SSLContext"
             )
+        if self.spool_dir is not None:
+            if not isinstance(self.spool_dir, str | os.PathLike) or not os.fspath(self.spool_dir):
+                raise ConfigurationError(f"spool_dir={self.spool_dir!r}: must be a directory path")
+            object.__setattr__(self, "spool_dir", os.fspath(self.spool_dir))
+        _check_seconds("spool_interval", self.spool_interval, positive=True, maximum=DAY)
+        if self.durability not in ("process", "power"):
+            raise ConfigurationError(
+                f"durability={self.durability!r}: must be 'process' or 'power'"
+            )
+        _check_int("max_spool_bytes", self.max_spool_bytes, 1024 * 1024, 1 << 50)
+        _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
 
@@ -239,13 +264,15 @@ def _check_url(url: object, allow_insecure_http: bool) -> None:
 
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``Tracker`` keywords from ``ENSO_API_KEY``, ``ENSO_CLIENT_KEY`` +
-    ``ENSO_CLIENT_SECRET`` and ``ENSO_BASE_URL`` (unset or empty ones are left out)."""
+    ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL`` and ``ENSO_SPOOL_DIR`` (unset or empty
+    ones are left out)."""
     kwargs: dict[str, Any] = {}
     for var, name in (
         ("ENSO_API_KEY", "api_key"),
         ("ENSO_CLIENT_KEY", "client_key"),
         ("ENSO_CLIENT_SECRET", "client_secret"),
         ("ENSO_BASE_URL", "base_url"),
+        ("ENSO_SPOOL_DIR", "spool_dir"),
     ):
         if environ.get(var):
             kwargs[name] = environ[var]

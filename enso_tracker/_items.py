@@ -8,7 +8,7 @@ what ``max_queue_bytes`` counts, measured with tracemalloc (``tests/test_hardeni
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -27,6 +27,7 @@ __all__ = [
     "STR_OVERHEAD",
     "TS",
     "VALUE",
+    "WHOLE_BODY",
     "Pending",
     "QueuedEvent",
     "held",
@@ -67,6 +68,9 @@ def held(item: QueuedEvent) -> int:
 
 #: The metadata slot of an encoded event: its JSON lives in the wire body only.
 IN_BODY: Final = b"<metadata in the wire body>"
+#: The metadata slot of an event read back from the spool: the tuple holds only its
+#: sequence and size; everything else is read from the wire body if it is ever reported.
+WHOLE_BODY: Final = b"<event in the wire body>"
 
 
 class Pending(msgspec.Struct, order=True, gc=False):
@@ -93,6 +97,8 @@ class Pending(msgspec.Struct, order=True, gc=False):
     #: server is otherwise healthy (``Schedule.on_failure``), so a poison event ends up
     #: alone.
     group: int = 1 << 30
+    #: With a spool: the ``StoredBatch`` (row on disk) holding this event, until settled.
+    row: Any = None
 
 
 class _MetadataOnly(msgspec.Struct):

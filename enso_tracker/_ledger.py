@@ -8,20 +8,36 @@ with ``lock`` held; none of them runs user code or logs: drops are appended to a
 ``Reports`` list that the caller hands to the reporter once the lock is released.
 
 The books always balance: every accepted event is in exactly one of the queue, in
-flight, the schedule, delivered, or dropped with a reason.
+flight, the schedule, delivered, or dropped with a reason. With a spool (``_spool``) the
+ledger also holds ``staged`` (written to disk, not yet sent), the backlog (rows on disk
+whose events are not in memory) and what was left on disk at shutdown; ``outstanding``
+and ``outstanding_bytes`` then count what is in *memory*, ``on_disk`` the rest.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from ._config import Config
-from ._items import IN_BODY, JOB, META, SEQ, SIZE, Pending, QueuedEvent, held, metadata_of
+from ._dead_letters import DEAD_KINDS, item_of
+from ._items import (
+    IN_BODY,
+    JOB,
+    META,
+    SEQ,
+    SIZE,
+    WHOLE_BODY,
+    Pending,
+    QueuedEvent,
+    held,
+    metadata_of,
+)
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
@@ -33,14 +49,21 @@ class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
+        "adopted",
         "auth_state",
+        "backlog_adopted",
+        "backlog_own",
         "closed",
         "config",
+        "dead",
+        "dead_evicted",
+        "dead_letters",
         "deadline",
         "delivered",
         "dropped",
         "failed_requests",
         "finish_on_worker",
+        "finished",
         "flush_asked",
         "flush_waiters",
         "id_prefix",
@@ -48,7 +71,9 @@ class Ledger:
         "inflight_raw",
         "last_error",
         "last_success_at",
+        "left_in_spool",
         "lock",
+        "on_disk",
         "outstanding",
         "outstanding_bytes",
         "queue",
@@ -60,7 +85,14 @@ class Ledger:
         "schedule",
         "seq",
         "settled",
+        "spool",
+        "spool_bytes",
+        "spool_clock",
+        "spool_gate",
+        "spooling",
+        "staged",
         "stopping",
+        "volatile",
         "worker_errors",
         "worker_gone",
     )
@@ -96,6 +128,26 @@ class Ledger:
         self.auth_state: Literal["ok", "unauthorized"] = "ok"
         self.last_error: str | None = None
         self.last_success_at: float | None = None
+        # ---- the durable spool (all empty and unused without one)
+        self.spool = config.spool_dir is not None
+        self.spooling: list[QueuedEvent] = []  # taken by the spooler, being written
+        self.staged: deque[Pending] = deque()  # on disk and in memory, never sent, in order
+        self.backlog_own: deque[Any] = deque()  # StoredBatch rows on disk only, in order
+        self.backlog_adopted: deque[Any] = deque()  # rows of adopted files: sent first
+        self.on_disk = 0  # events of the backlog (not counted in outstanding)
+        self.adopted = 0
+        self.left_in_spool = 0
+        self.spool_clock: float | None = None  # when the oldest queued event was seen
+        self.spool_gate = 0.0  # no write before it (after the disk refused one)
+        self.spool_bytes = 0
+        self.dead_letters = 0
+        self.dead_evicted = 0
+        #: Settled events whose rows may now be deleted, and dead letters to store: the
+        #: sender thread takes both after each locked section.
+        self.finished: list[Pending] = []
+        self.dead: list[tuple[bytes, DropReason]] = []
+        #: Events sent without being on disk (the disk failed): (seq, Pending) heap.
+        self.volatile: list[tuple[int, Pending]] = []
 
     # --------------------------------------------------------------- admission
 
@@ -149,7 +201,112 @@ class Ledger:
         for p in self.inflight:
             if p.seq < low:
                 low = p.seq
+        if self.spooling:
+            low = min(low, self.spooling[0][SEQ])
+        if self.staged:
+            low = min(low, self.staged[0].seq)
+        if self.backlog_own:
+            low = min(low, self.backlog_own[0].first_seq)
         return min(low, self.schedule.low_water())
+
+    def durable_seq_locked(self) -> int:
+        """Every event accepted up to this sequence is on disk or settled (with a
+        spool); without one, settled."""
+        if not self.spool:
+            return min(self.min_unsettled_locked() - 1, self.seq)
+        low = self.queue[0][SEQ] if self.queue else NO_SEQ
+        if self.spooling:
+            low = min(low, self.spooling[0][SEQ])
+        heap = self.volatile
+        while heap and heap[0][1].done:
+            heapq.heappop(heap)
+        if heap:
+            low = min(low, heap[0][0])
+        return min(low - 1, self.seq)
+
+    # ------------------------------------------------------------------ spool
+
+    def spool_plan_locked(self, now: float) -> tuple[list[QueuedEvent], float | None]:
+        """Queued events to write to disk now, or how long until some are due."""
+        queue = self.queue
+        if not queue:
+            self.spool_clock = None
+            return [], None
+        if now < self.spool_gate:
+            return [], self.spool_gate - now
+        cfg = self.config
+        if self.spool_clock is None:
+            self.spool_clock = now
+        due = (
+            self.stopping
+            or self.flush_waiters > 0
+            or self.flush_asked
+            or len(queue) >= cfg.max_batch_size
+            or now - self.spool_clock >= cfg.spool_interval
+        )
+        if not due:
+            return [], self.spool_clock + cfg.spool_interval - now
+        taken = [queue.popleft() for _ in range(min(len(queue), cfg.max_batch_size))]
+        if not queue:
+            self.spool_clock = None
+        self.spooling = taken
+        return taken, 0.0
+
+    def window_locked(self) -> bool:
+        """Whether memory is comfortable enough to hold another row's events."""
+        return self.outstanding_bytes <= self.config.max_queue_bytes // 2 and (
+            len(self.staged) + len(self.schedule.ready) < 2 * self.config.max_batch_size
+        )
+
+    def stage_locked(self, pendings: list[Pending], row: Any) -> None:
+        """A batch is on disk: its events wait in memory (``staged``), or, when memory
+        is tight or older rows wait on disk, only on disk (the backlog)."""
+        self.spooling = []
+        if self.backlog_own or self.backlog_adopted or not self.window_locked():
+            self.release_locked(pendings, row)
+        else:
+            self.staged.extend(pendings)
+
+    def release_locked(self, pendings: list[Pending], row: Any) -> None:
+        self.backlog_own.append(row)
+        self.on_disk += len(pendings)
+        self.outstanding -= len(pendings)
+        self.outstanding_bytes -= sum([p.size for p in pendings])
+
+    def load_locked(self, pendings: list[Pending], *, own: bool) -> None:
+        """A backlog row's events are back in memory: own ones join ``staged`` (newest
+        last, in order), adopted ones go first (ready, like retries)."""
+        (self.backlog_own if own else self.backlog_adopted).popleft()
+        self.on_disk -= len(pendings)
+        self.outstanding += len(pendings)
+        self.outstanding_bytes += sum([p.size for p in pendings])
+        if own:
+            self.staged.extend(pendings)
+        else:
+            self.schedule.enqueue(pendings)
+
+    def adopt_locked(self, rows: list[Any]) -> None:
+        self.backlog_adopted.extend(rows)
+        n = sum(r.n for r in rows)
+        self.on_disk += n
+        self.adopted += n
+
+    def corrupt_locked(self, row: Any, own: bool, raw: bytes, why: str, reports: Reports) -> None:
+        """A backlog row failed its CRC (or no longer parses): its events are lost to
+        Enso; the bytes are kept as a dead letter."""
+        (self.backlog_own if own else self.backlog_adopted).popleft()
+        self.on_disk -= row.n
+        reason = DropReason(kind="corrupt", message=why)
+        self.dropped["corrupt"] = self.dropped.get("corrupt", 0) + row.n
+        self.last_error = str(reason)
+        self.dead.append((raw, reason))
+        reports.append(([], reason))
+        self.reporting += 1
+
+    def take_finished_locked(self) -> tuple[list[Pending], list[tuple[bytes, DropReason]]]:
+        finished, dead = self.finished, self.dead
+        self.finished, self.dead = [], []
+        return finished, dead
 
     def wait_settled(self, seq: int, deadline: float) -> bool:
         """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
@@ -164,9 +321,10 @@ class Ledger:
     def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
         urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
-        taken, wait = self.schedule.plan(now, self.queue, urgent=urgent)
+        source: deque[Any] = self.staged if self.spool else self.queue
+        taken, wait = self.schedule.plan(now, source, urgent=urgent)
         if taken:
-            if not self.queue:
+            if not source and not self.queue:
                 self.flush_asked = False
             self.inflight = [p for p in taken if isinstance(p, Pending)]
             # Raw queue items become Pending once encoded; in flight from now on.
@@ -178,6 +336,8 @@ class Ledger:
         self.delivered += len(batch)
         self.outstanding -= len(batch)
         self.outstanding_bytes -= sum([p.size for p in batch])
+        if self.spool:
+            self.finished.extend(batch)
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""
@@ -185,18 +345,27 @@ class Ledger:
         self.delivered += 1
         self.outstanding -= 1
         self.outstanding_bytes -= p.size
+        if p.row is not None:
+            self.finished.append(p)
 
     def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
         """Events that will never be delivered: counted now, reported by the caller."""
         items = []
+        keep = self.spool and reason.kind in DEAD_KINDS
         for p in group:
             p.done = True
             item = p.item
             if item[META] is IN_BODY:  # reported with its metadata, read back from the body
                 item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
+            elif item[META] is WHOLE_BODY:  # read back from the spool
+                item = item_of(p.body, p.seq)
             items.append(item)
             self.outstanding -= 1
             self.outstanding_bytes -= p.size
+            if p.row is not None:
+                self.finished.append(p)
+            if keep and p.body:
+                self.dead.append((p.body, reason))
         self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(items)
         self.last_error = str(reason)
         reports.append((items, reason))
@@ -237,6 +406,13 @@ class Ledger:
         else:
             self.exhaust_locked([p], now, reports)
 
+    def spool_recover_locked(self) -> None:
+        """After an unexpected error in the spooler: what it had taken goes back in line
+        (written twice at worst: the same eventIds, deduplicated by Enso)."""
+        if self.spooling:
+            self.queue.extendleft(reversed(self.spooling))
+            self.spooling = []
+
     def recover_locked(self) -> None:
         """After an unexpected error mid-round: put what it had taken back in line."""
         if self.inflight_raw:
@@ -259,12 +435,26 @@ class Ledger:
         left: list[Pending] = [
             *self.schedule.drain(),
             *self.inflight,
+            *self.staged,
+            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.spooling),
             *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
             *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
         ]
         self.inflight = []
         self.inflight_raw = []
+        self.spooling = []
         self.queue.clear()
+        self.staged.clear()
+        if self.spool:
+            # On disk: not dropped, left for the next tracker on the directory.
+            on_disk = [p for p in left if p.row is not None]
+            left = [p for p in left if p.row is None]
+            self.left_in_spool += len(on_disk) + self.on_disk
+            self.outstanding -= len(on_disk)
+            self.outstanding_bytes -= sum([p.size for p in on_disk])
+            self.on_disk = 0
+            self.backlog_own.clear()
+            self.backlog_adopted.clear()
         if left:
             self.drop_locked(
                 left,
@@ -291,13 +481,16 @@ class Ledger:
 
     def _snapshot_locked(self, logins: int, hook_errors: int) -> Stats:
         in_flight = len(self.inflight) + len(self.inflight_raw)
+        spooled = self.on_disk
+        if self.spool:
+            spooled += self.outstanding - len(self.queue) - len(self.spooling)
         return Stats(
             accepted=self.seq,
             delivered=self.delivered,
             dropped=dict(self.dropped),
             refused=dict(self.refused),
             retried=self.retried,
-            queued=self.outstanding - in_flight,
+            queued=self.outstanding + self.on_disk - in_flight,
             queued_bytes=self.outstanding_bytes
             - sum(p.size for p in self.inflight)
             - sum(held(item) for item in self.inflight_raw),
@@ -310,4 +503,11 @@ class Ledger:
             auth_state=self.auth_state,
             last_error=self.last_error,
             last_success_at=self.last_success_at,
+            durable_seq=self.durable_seq_locked(),
+            spooled=spooled,
+            spool_bytes=self.spool_bytes,
+            adopted=self.adopted,
+            left_in_spool=self.left_in_spool,
+            dead_letters=self.dead_letters,
+            dead_letters_evicted=self.dead_evicted,
         )

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["DropKind", "DropReason", "Event", "Stats"]
+__all__ = ["DeadLetter", "DropKind", "DropReason", "Event", "SpoolStatus", "Stats"]
 
 DropKind = Literal[
     # accepted by track(), then never delivered:
@@ -16,6 +16,8 @@ DropKind = Literal[
     "retries_exhausted",  # max_retries or max_event_age ran out while Enso kept failing
     "shutdown",  # still undelivered when shutdown()'s deadline passed
     "unencodable",  # msgspec could not encode it (a bug: validation should prevent it)
+    "spool_full",  # the durable spool was at max_spool_bytes (or the disk was full)
+    "corrupt",  # read back from the spool with a bad CRC: quarantined as a dead letter
     # refused by track() itself (it returned None):
     "queue_full",  # max_queue_size or max_queue_bytes reached
     "closed",  # track() after shutdown()
@@ -93,6 +95,25 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None
     #: ``time.time()`` of the last 2xx answer from Enso.
     last_success_at: float | None
+    #: With a spool: every event accepted up to this sequence number (the N-th accepted
+    #: event has sequence N) is on disk or settled. The loss window of a ``kill -9`` is
+    #: what lies beyond it: at most ``spool_interval`` of events, plus the batch being
+    #: written. Without a spool: what is settled (nothing survives the process).
+    durable_seq: int = 0
+    #: Events on disk and not yet settled (own and adopted; part of ``queued``).
+    spooled: int = 0
+    #: Bytes of this tracker's spool file (with its WAL).
+    spool_bytes: int = 0
+    #: Events taken over from the spool files of processes that are gone (and
+    #: redriven dead letters): delivered by this tracker, on top of ``accepted``.
+    adopted: int = 0
+    #: After shutdown: undelivered events left on disk for the next tracker on the
+    #: directory (not dropped).
+    left_in_spool: int = 0
+    #: Dead letters written to the spool directory's store, and evicted from it (oldest
+    #: first, past ``max_dead_letter_bytes``).
+    dead_letters: int = 0
+    dead_letters_evicted: int = 0
 
     @property
     def pending(self) -> int:
@@ -101,5 +122,44 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def balanced(self) -> bool:
-        """Whether every accepted event is delivered, dropped with a reason, or pending."""
-        return self.accepted == self.delivered + sum(self.dropped.values()) + self.pending
+        """Whether every accepted (or adopted) event is delivered, dropped with a reason,
+        pending, or left in the spool for the next start."""
+        return self.accepted + self.adopted == (
+            self.delivered + sum(self.dropped.values()) + self.pending + self.left_in_spool
+        )
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An event Enso will never take, kept in the spool directory with why.
+
+    ``event`` is None for a ``corrupt`` record (bytes that failed their CRC: nothing in
+    them can be trusted); ``body`` is the event's exact wire JSON (or those bytes).
+    """
+
+    event: Event | None
+    reason: DropReason
+    #: ``time.time()`` when it was stored.
+    stored_at: float
+    body: bytes
+
+
+class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a spool directory holds (``Spool(path).status()``)."""
+
+    path: str
+    #: Spool files, and how many of them a running process owns.
+    files: int
+    live_files: int
+    #: Undelivered events in every spool file, and the bytes the directory uses.
+    events: int
+    bytes: int
+    #: ``time.time()`` when the oldest undelivered batch was written.
+    oldest: float | None
+    dead_letters: int
+    dead_letters_by_kind: dict[str, int]
+    #: By Enso's code as text (``"2002"``); ``""`` for none.
+    dead_letters_by_code: dict[str, int]
+    dead_letters_evicted: int
+    #: Files renamed aside as unreadable, and files of another format version.
+    corrupt_files: list[str]
+    unsupported_files: list[str]

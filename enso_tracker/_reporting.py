@@ -42,6 +42,9 @@ class Reporter:
     def report(self, reports: Reports) -> None:
         """Log and hand drops to ``on_drop``; never under the lock, never raising."""
         for events, reason in reports:
+            if not events:  # a corrupt spool record: nothing in it can be trusted
+                self.log.always(logging.ERROR, "enso-tracker lost a spool record: %s", reason)
+                continue
             self.log(
                 logging.WARNING if reason.kind in ("queue_full", "closed") else logging.ERROR,
                 f"drop:{reason.kind}",

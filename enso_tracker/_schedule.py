@@ -229,6 +229,12 @@ class Schedule:
             self.ready.appendleft(p)
             self.park(p)
 
+    def enqueue(self, pending: list[Pending]) -> None:
+        """At the end of the line of ready events, in this order (adopted from disk)."""
+        for p in pending:
+            self.ready.append(p)
+            self.park(p)
+
     def expedite(self) -> None:
         """Shutdown: cut every backoff short, one more prompt try for everything left."""
         self.gate_until = 0.0

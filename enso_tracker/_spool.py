@@ -1,44 +1,276 @@
-"""The spool seam: where the worker keeps a batch between cutting it and settling it.
+"""The durable spool as the sender thread sees it: write, adopt, load, settle.
 
-The worker calls :meth:`Spool.stage` with each batch and its exact wire body before
-sending it, and :meth:`Spool.commit` with the events Enso has accounted for (delivered
-or dropped for good) once the outcome is settled; events sent again keep their place.
-Today's behaviour is :class:`MemorySpool`, which keeps nothing: an event waiting in
-memory dies with its process. The durable spool (issue #10) adds a class here that
-writes the staged body to disk, and changes neither ``track()`` nor the schedule.
-Both calls run on the sender thread with no lock held.
+Opt-in (``Config.spool_dir``). Without it the worker keeps everything in memory and
+nothing here runs. With it, the pipeline gains one stage between ``track()``'s queue and
+the sender (README "Durable spool")::
+
+    track() → queue → [sender thread: encode, one row per batch → disk] → staged → send
+                                                      ↘ backlog (on disk only) ↗
+
+* Every ``spool_interval`` (or as soon as a batch is full, or a flush asks) the sender
+  thread takes a batch from the queue, encodes it, and commits its exact body as one row
+  of this process's spool file; only then may any of it be sent. ``track()`` gains no
+  disk I/O: it never waits for the disk.
+* The events of a written row stay in memory (``staged``) while memory is comfortable;
+  past half of ``max_queue_bytes`` (Enso down longer than memory lasts) new rows stay on
+  disk only (the backlog) and are loaded back, oldest first, as sending frees room.
+* A row is deleted when every event in it is settled: delivered, or dropped for good
+  (then also stored as a dead letter). What is undelivered at shutdown stays on disk.
+* Spool files of processes that are gone are adopted at start and every
+  ``ADOPT_INTERVAL``: their rows join the backlog, are sent first, and their file is
+  removed once drained.
+
+Runs on the spooler and sender threads (one at a time: ``DiskSpool.lock``), with the
+ledger's lock released.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Final
 
-from ._items import Pending
+import msgspec
 
-__all__ = ["MemorySpool", "Spool"]
+from ._dead_letters import DeadLetterStore, split_batch
+from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
+from ._model import DropReason
+from ._spool_store import (
+    Durability,
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFile,
+    SpoolUnsupported,
+    StoredBatch,
+    create_own,
+    find_orphans,
+    open_orphan,
+    quarantine,
+    salvage,
+)
+
+__all__ = ["ADOPT_INTERVAL", "DiskSpool", "Problem", "SpoolClosed", "pendings_of"]
+
+#: How often a running tracker looks for spool files left by processes that died.
+ADOPT_INTERVAL: Final = 60.0
+#: A drained file larger than this is rebuilt small (VACUUM; ~0.1 s per 200 MB).
+COMPACT_ABOVE: Final = 64 * 1024 * 1024
+
+#: Something to report about a file (logged, and counted by the caller).
+Problem = tuple[str, str]  # (kind, message): kind "corrupt" | "unsupported" | "error"
 
 
-class Spool(Protocol):
-    def stage(self, batch: list[Pending], body: bytes) -> None:
-        """``batch`` is about to be sent as ``body`` (the same body on every retry of
-        this exact batch; a retried event may travel in another batch next time)."""
-        ...
+class DiskSpool:
+    """This process's spool file, the files it adopted, and the dead-letter store."""
 
-    def commit(self, settled: list[Pending]) -> None:
-        """These events are settled for good: delivered, or dropped with a reason."""
-        ...
+    def __init__(
+        self,
+        directory: str,
+        *,
+        durability: Durability,
+        max_bytes: int,
+        max_dead_letter_bytes: int,
+    ) -> None:
+        self.directory = directory
+        self.durability: Durability = durability
+        self.max_bytes = max_bytes
+        self.own: SpoolFile | None = None  # created at the first write
+        self.adopted: list[SpoolFile] = []
+        self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes)
+        self.skip: set[str] = set()  # files refused once (another format): not again
+        self.next_scan = 0.0  # monotonic time of the next look for orphans
+        self.closed = False
+        #: Both threads call in (the spooler writes, either commits): one at a time.
+        self.lock = threading.RLock()
 
-    def close(self) -> None: ...
+    # ------------------------------------------------------------------ entry points
+    # Every entry point takes ``lock``: the spooler and the sender both call in.
 
+    def write(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
+        with self.lock:
+            return self._write_unlocked(body, n, first_seq)
 
-class MemorySpool:
-    """The default: nothing outlives the process."""
+    def adopt(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+        with self.lock:
+            return self._adopt_unlocked(now)
 
-    def stage(self, batch: list[Pending], body: bytes) -> None:
-        pass
+    def load(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
+        with self.lock:
+            return self._load_unlocked(row)
 
-    def commit(self, settled: list[Pending]) -> None:
-        pass
+    def settle(self, settled: list[Pending]) -> list[Problem]:
+        with self.lock:
+            return self._settle_unlocked(settled)
+
+    def delete(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
+        with self.lock:
+            return self._delete_unlocked(file, rows)
 
     def close(self) -> None:
-        pass
+        with self.lock:
+            self._close_unlocked()
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_unlocked(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
+        """Commit one batch (``SpoolFull``, ``SpoolCorrupt`` or an OS/SQLite error)."""
+        if self.closed:
+            raise SpoolClosed("the spool is closed (shutdown)")
+        own = self.own
+        if own is None:
+            own = self.own = create_own(
+                self.directory, durability=self.durability, max_bytes=self.max_bytes
+            )
+        try:
+            return own.append(body, n, first_seq)
+        except SpoolCorrupt:
+            # Our own file went bad under us (someone truncated it): set it aside and
+            # start a new one; the rows it held are reported by whoever reads them.
+            self.own = None
+            own.quarantine()
+            raise
+
+    def own_size(self) -> int:
+        return self.own.size() if self.own is not None else 0
+
+    # ------------------------------------------------------------------ adopting
+
+    def _adopt_unlocked(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+        """Take over every spool file whose owner is gone.
+
+        Returns the rows to deliver (in order), the bodies salvaged from damaged files
+        (the caller writes them to its own file, so they are sent like any other), and
+        what to report."""
+        self.next_scan = now + ADOPT_INTERVAL
+        if self.closed:
+            return [], [], []
+        rows: list[StoredBatch] = []
+        salvaged: list[bytes] = []
+        problems: list[Problem] = []
+        for db, fd in find_orphans(self.directory, self.skip):
+            try:
+                file = open_orphan(db, fd, durability=self.durability)
+                found = file.index()
+            except SpoolUnsupported as exc:
+                self.skip.add(db)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                problems.append(("unsupported", str(exc)))
+                continue
+            except Exception as exc:  # SpoolCorrupt, sqlite3/OS errors: unreadable
+                kept = list(salvage(db))
+                salvaged.extend(body for body, _, _ in kept)
+                target = quarantine(db)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                problems.append(
+                    (
+                        "corrupt",
+                        f"unreadable spool file renamed to {target} ({type(exc).__name__}: "
+                        f"{exc}); {len(kept)} intact batches recovered from it",
+                    )
+                )
+                continue
+            if not found:
+                file.close()
+                continue
+            self.adopted.append(file)
+            rows.extend(found)
+        return rows, salvaged, problems
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_unlocked(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
+        """A row's events (their exact bodies), or None if the row failed its CRC or
+        does not parse (then the raw bytes, for the dead letter). ``SpoolCorrupt`` if
+        its file cannot be read any more."""
+        body, intact = row.file.read(row)
+        if not intact:
+            return None, body
+        try:
+            return split_batch(body), body
+        except msgspec.DecodeError:
+            return None, body
+
+    # ------------------------------------------------------------------ settling
+
+    def _settle_unlocked(self, settled: list[Pending]) -> list[Problem]:
+        """These events are settled: rows all of whose events are settled are deleted,
+        and adopted files left empty are removed."""
+        done: dict[SpoolFile, list[StoredBatch]] = {}
+        for p in settled:
+            row = p.row
+            if row is None:
+                continue
+            p.row = None  # settled once: a stale second sighting changes nothing
+            row.left -= 1
+            if row.left == 0:
+                done.setdefault(row.file, []).append(row)
+        problems: list[Problem] = []
+        for file, rows in done.items():
+            problems.extend(self._delete_unlocked(file, rows))
+        return problems
+
+    def _delete_unlocked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
+        problems: list[Problem] = []
+        try:
+            file.delete(rows)
+        except SpoolClosed:
+            return problems  # closed under us (shutdown): the rows are resent next time
+        except Exception as exc:
+            problems.append(("error", f"cannot delete delivered batches from {file.path}: {exc}"))
+            return problems
+        if file.rows == 0:
+            if file.adopted:
+                file.close(remove_if_empty=True)
+                with contextlib.suppress(ValueError):
+                    self.adopted.remove(file)
+            elif file.size() > COMPACT_ABOVE:
+                file.compact()
+        return problems
+
+    def store_dead(self, letters: list[tuple[bytes, DropReason]]) -> tuple[int, int]:
+        """Dead letters stored, and how many older ones that evicted."""
+        if not letters:
+            return 0, 0
+        evicted = self.dead.add(letters)
+        return len(letters), evicted
+
+    # ------------------------------------------------------------------ closing
+
+    def _close_unlocked(self) -> None:
+        """Shutdown: files with rows left stay for the next tracker (our lock released)."""
+        if self.closed:
+            return
+        self.closed = True
+        for file in [*self.adopted, *([self.own] if self.own is not None else [])]:
+            with contextlib.suppress(Exception):
+                file.close(remove_if_empty=True)
+        self.adopted = []
+        self.own = None
+        self.dead.close()
+
+    def abandon(self) -> None:
+        """A forked child's copy: never touch the parent's files (see SpoolFile.abandon)."""
+        self.closed = True
+        for file in [*self.adopted, *([self.own] if self.own is not None else [])]:
+            file.abandon()
+        self.adopted = []
+        self.own = None
+        self.dead.abandon()
+
+
+def pendings_of(
+    bodies: list[bytes], row: StoredBatch, first_seq: int | None, adopted_seq: Iterator[int]
+) -> list[Pending]:
+    """Pending events for a loaded row: their bodies as they were sent, the rest of what
+    they were (entity, value…) read back from the body only if one is ever reported."""
+    out = []
+    for i, body in enumerate(bodies):
+        seq = first_seq + i if first_seq is not None else next(adopted_seq)
+        size = EVENT_OVERHEAD + PENDING_OVERHEAD + len(body)
+        item = (seq, "", "", "", 0, 0, WHOLE_BODY, None, size - EVENT_OVERHEAD)
+        out.append(Pending(0.0, seq, item, body, size, row=row))
+    return out

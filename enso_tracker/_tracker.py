@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -36,7 +36,7 @@ from ._config import Config, options_from_env
 from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
-from ._model import Stats
+from ._model import DeadLetter, Stats
 from ._reentry import (
     REENTRANT_STATS_WAIT,
     interrupted_inside,
@@ -46,6 +46,9 @@ from ._reentry import (
 from ._reporting import Reporter
 from ._schedule import Schedule
 from ._sender import HttpSender, Sender
+from ._spool import DiskSpool
+from ._spool_admin import Spool
+from ._spool_store import check_directory
 from ._validate import (
     MAX_EXACT_INT,
     bad_value,
@@ -114,6 +117,8 @@ class Tracker(AsyncMixin):
         elif api_key is not None or client_key is not None or client_secret is not None:
             raise ConfigurationError("pass credentials or a sender, not both")
         self._sender = sender
+        if cfg.spool_dir is not None:
+            cfg = self._config = cfg.replace(spool_dir=check_directory(cfg.spool_dir, create=True))
         self._metadata_encoder = msgspec.json.Encoder()
         # Hot-path copies of the bounds (attribute lookups on self are the cheapest).
         self._max_name = cfg.max_name_length
@@ -125,6 +130,12 @@ class Tracker(AsyncMixin):
         _lifecycle.register(self, handle_sigterm=cfg.handle_sigterm)
         if cfg.integrations:
             auto_enable()
+        if cfg.spool_dir is not None:
+            # What dead processes left is taken over now, before the constructor returns
+            # (stats() counts it, and a shutdown() right away waits for it): a directory
+            # listing and, per file found, an index read and SQLite's quick_check.
+            self._worker.adopt(time.monotonic())
+            self._worker.kick()
 
     def _build_parts(self) -> None:
         """The pipeline, fresh: at construction, and in a forked child (no I/O, no thread,
@@ -134,7 +145,18 @@ class Tracker(AsyncMixin):
         self._reporter = Reporter(cfg.on_drop)
         schedule = Schedule.from_config(cfg, _jitter_rng)
         self._ledger = Ledger(cfg, schedule, _new_id_prefix())
-        self._worker = Worker(cfg, self._ledger, self._sender, self._reporter, weakref.ref(self))
+        disk = None
+        if cfg.spool_dir is not None:
+            # The files are opened by the sender thread, at its first need.
+            disk = DiskSpool(
+                cfg.spool_dir,
+                durability=cfg.durability,
+                max_bytes=cfg.max_spool_bytes,
+                max_dead_letter_bytes=cfg.max_dead_letter_bytes,
+            )
+        self._worker = Worker(
+            cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
+        )
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
         # at exit: the exit hook shuts the tracker down first.
         weakref.finalize(self, self._worker.abandon).atexit = False
@@ -160,7 +182,8 @@ class Tracker(AsyncMixin):
     def __repr__(self) -> str:
         led = self._ledger
         state = "closed" if led.closed else "stopping" if led.stopping else "open"
-        return f"<Tracker {state} base_url={self._config.base_url!r} pending={led.outstanding}>"
+        pending = led.outstanding + led.on_disk
+        return f"<Tracker {state} base_url={self._config.base_url!r} pending={pending}>"
 
     def __enter__(self) -> Tracker:
         return self
@@ -369,6 +392,36 @@ class Tracker(AsyncMixin):
         ) or lock_free_within(led.lock, time.monotonic() + REENTRANT_STATS_WAIT)
         return led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
 
+    # ------------------------------------------------------------- dead letters
+
+    def _spool(self) -> Spool:
+        if self._config.spool_dir is None:
+            raise ConfigurationError("dead letters are kept only with a spool: pass spool_dir")
+        return Spool(self._config.spool_dir)
+
+    def dead_letters(
+        self, kind: str | None = None, code: int | str | None = None
+    ) -> Iterator[DeadLetter]:
+        """Events that will never be delivered, kept in the spool directory with their
+        reason (``rejected``, ``too_large``, ``retries_exhausted``, ``corrupt``), oldest
+        first; ``code`` matches Enso's code as text (``2002`` or ``"2002"``)."""
+        return self._spool().dead_letters(kind, code)
+
+    def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
+        """Send matching dead letters again, with the same eventIds (say, once the
+        customer entity behind Enso's 2002 exists); returns how many. They count as
+        ``adopted`` in ``stats()``, and dead letters again if Enso still refuses them."""
+        moved = self._spool().redrive(kind, code)
+        disk = self._worker.disk
+        if moved and disk is not None:
+            disk.next_scan = 0.0  # adopt the redrive file at once
+            self._worker.kick()
+        return moved
+
+    def purge_dead_letters(self, kind: str | None = None, code: int | str | None = None) -> int:
+        """Delete matching dead letters for good; returns how many."""
+        return self._spool().purge_dead_letters(kind, code)
+
     # ------------------------------------------------------------------ internals
 
     def _parts(self) -> tuple[object, ...]:
@@ -402,6 +455,8 @@ class Tracker(AsyncMixin):
             return  # already reset for this process (a hook and the pid check both ran)
         led = self._ledger
         closed = led.closed or led.stopping
+        if self._worker.disk is not None:
+            self._worker.disk.abandon()  # the parent's files: never touched from here
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
             self._ledger.stopping = self._ledger.closed = True

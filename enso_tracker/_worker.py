@@ -15,11 +15,14 @@ the HTTP client.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from ._config import Config
@@ -40,10 +43,12 @@ from ._items import (
 from ._ledger import Ledger
 from ._model import DropReason
 from ._reporting import Reporter, Reports
+from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
-from ._spool import MemorySpool, Spool
-from ._wire import EventEncoder, join_batch
+from ._spool import DiskSpool, Problem, pendings_of
+from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, StoredBatch
+from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
 __all__ = ["CLOSED", "Worker"]
 
@@ -60,76 +65,120 @@ class Worker:
         sender: Sender,
         reporter: Reporter,
         owner: weakref.ReferenceType[object],
-        spool: Spool | None = None,
+        disk: DiskSpool | None = None,
     ) -> None:
         self.config = config
-        self.spool: Spool = MemorySpool() if spool is None else spool
+        self.disk = disk
+        self._adopted_seqs = itertools.count(NO_SEQ + 1)
         self.ledger = ledger
         self.sender = sender
         self.reporter = reporter
         self._owner = owner
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        #: With a spool: the thread that writes batches to disk (``spool_run``).
+        self.spool_wake = threading.Event()
+        self.spool_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._encoder = EventEncoder()
 
     def on_thread(self) -> bool:
-        """Whether the caller runs on this worker's thread (``on_drop``, a log handler)."""
-        return threading.current_thread() is self.thread
+        """Whether the caller runs on one of this worker's threads (``on_drop``, a log
+        handler): it must never wait for them."""
+        current = threading.current_thread()
+        return current is self.thread or current is self.spool_thread
 
     def abandon(self) -> None:
-        """The tracker was collected: the thread ends once nothing is outstanding."""
+        """The tracker was collected: the threads end once nothing is outstanding."""
         self.wake.set()
+        self.spool_wake.set()
 
     # ------------------------------------------------------------------ thread
 
     def kick(self) -> None:
         thread = self.thread
-        if thread is None or not thread.is_alive():
+        spooler = self.spool_thread
+        if (
+            thread is None
+            or not thread.is_alive()
+            or (self.disk is not None and (spooler is None or not spooler.is_alive()))
+        ):
             try:
                 self._start()
             finally:
                 self.reporter.log.emit()  # "died"/"cannot start", outside _start_lock
+        self.spool_wake.set()
         self.wake.set()
 
     def _start(self) -> None:
-        log = self.reporter.log
         with self._start_lock:
-            thread = self.thread
-            if (thread is not None and thread.is_alive()) or self.ledger.closed:
+            if self.ledger.closed:
                 return
-            if thread is not None:
-                log(logging.ERROR, "dead", "enso-tracker sender thread died; restarting")
-            thread = threading.Thread(target=self.run, name="enso-tracker-sender", daemon=True)
-            # Published before start(): a KeyboardInterrupt inside start() (it waits for
-            # the thread to run) must not leave a running thread this object does not
-            # know, or the next kick() would start a second one.
-            self.thread = thread
-            self.ledger.worker_gone = False
-            try:
-                thread.start()
-            except RuntimeError as exc:  # e.g. at interpreter shutdown
-                self.ledger.worker_gone = True
-                log(logging.ERROR, "start", "cannot start the sender thread: %s", exc)
+            self._start_one("thread", self.run, "sender")
+            if self.disk is not None:
+                self._start_one("spool_thread", self.spool_run, "spooler")
+
+    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> None:
+        log = self.reporter.log
+        thread = getattr(self, attr)
+        if thread is not None and thread.is_alive():
+            return
+        if thread is not None:
+            log(logging.ERROR, "dead", "enso-tracker %s thread died; restarting", role)
+        thread = threading.Thread(target=target, name=f"enso-tracker-{role}", daemon=True)
+        # Published before start(): a KeyboardInterrupt inside start() (it waits for
+        # the thread to run) must not leave a running thread this object does not
+        # know, or the next kick() would start a second one.
+        setattr(self, attr, thread)
+        self.ledger.worker_gone = False
+        try:
+            thread.start()
+        except RuntimeError as exc:  # e.g. at interpreter shutdown
+            self.ledger.worker_gone = True
+            log(logging.ERROR, "start", "cannot start the %s thread: %s", role, exc)
 
     def run(self) -> None:
-        """The thread's body. Catches everything: it must never die silently."""
+        """The sender thread's body."""
+        self._loop("thread", self.wake, self.step, self.ledger.recover_locked, "sender")
+
+    def spool_run(self) -> None:
+        """The spooler thread's body (with a spool only): writes, adopts, loads, so a
+        request hanging for ``timeout`` never holds events off the disk."""
+        self._loop(
+            "spool_thread",
+            self.spool_wake,
+            self.spool_step,
+            self.ledger.spool_recover_locked,
+            "spooler",
+        )
+
+    def _loop(
+        self,
+        attr: str,
+        wake: threading.Event,
+        step: Callable[[], float | None],
+        recover: Callable[[], None],
+        role: str,
+    ) -> None:
+        """A thread's loop. Catches everything: it must never die silently."""
         ledger, log = self.ledger, self.reporter.log
         me = threading.current_thread()
         try:
-            while self.thread is me:  # one sender per worker, whatever happened to start()
+            while getattr(self, attr) is me:  # one per role, whatever happened to start()
                 try:
-                    wait = self.step()
+                    wait = step()
                 except Exception as exc:
                     error = describe_exception(exc)
                     with ledger.lock:
                         ledger.worker_errors += 1
                         ledger.last_error = f"internal error: {error}"
-                        ledger.recover_locked()
+                        recover()
                     log(
                         logging.ERROR,
                         "loop",
-                        "enso-tracker sender loop error (continuing): %s",
+                        "enso-tracker %s loop error (continuing): %s",
+                        role,
                         error,
                     )
                     wait = self.config.backoff_base  # no hot spin on a bug
@@ -139,30 +188,36 @@ class Worker:
                 if wait is None or wait > 0:
                     # Hold the tracker (keeping it alive, and under the exit hook) only
                     # while it has something to deliver; once it is gone and idle, end.
-                    owner = self._owner() if ledger.outstanding else None
-                    if owner is None and not ledger.outstanding and self._owner() is None:
-                        self._close_sender()
+                    busy = ledger.outstanding or ledger.on_disk
+                    owner = self._owner() if busy else None
+                    if owner is None and not busy and self._owner() is None:
+                        if attr == "thread":
+                            self.spool_wake.set()
+                            self._close_sender()
                         return
-                    self.wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
+                    wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
                     owner = None
         except BaseException:
             # SystemExit or KeyboardInterrupt raised in this thread: put the batch back
             # and let the next track() (or flush) start a fresh thread.
             with ledger.lock:
                 ledger.worker_errors += 1
-                ledger.recover_locked()
+                recover()
             log.always(
-                logging.ERROR, "enso-tracker sender thread stopped; the next track() restarts it"
+                logging.ERROR,
+                "enso-tracker %s thread stopped; the next track() restarts it",
+                role,
             )
             log.emit()
             raise
         finally:
-            if self.thread is me:
+            if getattr(self, attr) is me:
                 ledger.worker_gone = True
 
     def _close_sender(self) -> None:
         try:
-            self.spool.close()
+            if self.disk is not None:
+                self.disk.close()
             self.sender.close()
         except Exception as exc:
             self.reporter.log(
@@ -181,11 +236,15 @@ class Worker:
         """
         ledger = self.ledger
         self.wake.clear()
+        taken: list[Pending | QueuedEvent] = []
+        wait: float | None = None
         with ledger.lock:
             if ledger.closed:
                 return CLOSED
             now = time.monotonic()
-            finish = ledger.finish_on_worker and (not ledger.outstanding or now >= ledger.deadline)
+            finish = ledger.finish_on_worker and (
+                not (ledger.outstanding or ledger.on_disk) or now >= ledger.deadline
+            )
             if not finish:
                 taken, wait = ledger.plan_locked(now)
                 if ledger.finish_on_worker:  # shutdown() from on_drop: this thread ends it
@@ -205,11 +264,13 @@ class Worker:
         # a retried event's memory what max_queue_bytes counts.
         return bytes(memoryview(self._encoder.encode(*item[ID:SIZE])))
 
-    def send(self, taken: list[Pending | QueuedEvent]) -> None:
-        ledger = self.ledger
-        # Encode outside the lock: only this thread touches these objects now.
+    def encode_all(
+        self, taken: Sequence[Pending | QueuedEvent]
+    ) -> tuple[list[Pending], list[tuple[Pending, Exception]], int]:
+        """Encode what is not yet (outside the lock: only this thread touches these
+        objects now): the Pendings, those that could not be encoded, and the bytes the
+        events now hold beyond what they held."""
         encoded: list[Pending] = []
-        hard_limit = self.config.max_batch_bytes
         unencodable: list[tuple[Pending, Exception]] = []
         grown = 0
         for entry in taken:
@@ -232,6 +293,22 @@ class Worker:
                 grown += size - held(entry)
                 p = Pending(0.0, entry[SEQ], entry, body, size)
             encoded.append(p)
+        return encoded, unencodable, grown
+
+    def drop_unencodable_locked(
+        self, unencodable: list[tuple[Pending, Exception]], reports: Reports
+    ) -> None:
+        for p, error in unencodable:
+            self.ledger.drop_locked(
+                [p],
+                DropReason(kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"),
+                reports,
+            )
+
+    def send(self, taken: list[Pending | QueuedEvent]) -> None:
+        ledger = self.ledger
+        hard_limit = self.config.max_batch_bytes
+        encoded, unencodable, grown = self.encode_all(taken)
         now = time.monotonic()
         reports: Reports = []
         try:
@@ -251,14 +328,7 @@ class Worker:
                         ),
                         reports,
                     )
-                for p, error in unencodable:
-                    ledger.drop_locked(
-                        [p],
-                        DropReason(
-                            kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"
-                        ),
-                        reports,
-                    )
+                self.drop_unencodable_locked(unencodable, reports)
                 deadline = ledger.deadline
         finally:
             self.hand_over(reports)
@@ -273,7 +343,6 @@ class Worker:
             timeout = max(min(timeout, deadline - now), 0.05)
         body = join_batch([p.body for p in batch])
         try:
-            self.spool.stage(batch, body)
             outcome = self.sender.send(body, timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
             what = describe_exception(exc)
@@ -295,14 +364,262 @@ class Worker:
                 ledger.room.notify_all()
         finally:
             self.hand_over(reports)
-        self.spool.commit([p for p in batch if p.done])
+
+    # ------------------------------------------------------------ the spool
+
+    def spool_step(self) -> float | None:
+        """One round of the spooler: adopt or load when due, else write the queued
+        events that are due to disk, or say how long to sleep (as ``step``)."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        self.spool_wake.clear()
+        if ledger.closed:
+            return CLOSED
+        now = time.monotonic()
+        if self.disk_chores(now):
+            return 0.0
+        with ledger.lock:
+            if ledger.closed:
+                return CLOSED
+            raw, wait = ledger.spool_plan_locked(now)
+            stopping = ledger.stopping
+        if raw:
+            self.spool_write(raw)
+            return 0.0
+        if not stopping:
+            wait = _sooner(wait, max(disk.next_scan - now, 0.0))
+        return wait
+
+    def spool_write(self, raw: list[QueuedEvent]) -> None:
+        """Encode a batch taken from the queue and commit it to disk as one row; only
+        then do its events join ``staged`` (or the backlog) to be sent."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        encoded, unencodable, grown = self.encode_all(raw)
+        hard_limit = self.config.max_batch_bytes
+        keep = [p for p in encoded if BODY_OVERHEAD + len(p.body) <= hard_limit]
+        too_large = [p for p in encoded if BODY_OVERHEAD + len(p.body) > hard_limit]
+        row: StoredBatch | None = None
+        full: str | None = None
+        failed: str | None = None
+        if keep:
+            try:
+                row = disk.write(join_batch([p.body for p in keep]), len(keep), keep[0].seq)
+            except SpoolFull as exc:
+                full = str(exc)
+            except SpoolClosed:
+                return  # shutdown closed the spool: it accounted for these events
+            except Exception as exc:  # an I/O error, a file gone bad: send from memory
+                failed = describe_exception(exc)
+        reports: Reports = []
+        log = self.reporter.log
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    return  # shutdown() already accounted for these at its deadline
+                if full is not None and self.config.queue_full_policy == "block":
+                    # Kept in memory: track() blocks (then refuses) once memory is full.
+                    ledger.spooling = []
+                    ledger.queue.extendleft(reversed(raw))
+                    ledger.spool_gate = time.monotonic() + self.config.backoff_base
+                    log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
+                    return
+                ledger.outstanding_bytes += grown
+                if too_large:
+                    ledger.drop_locked(
+                        too_large,
+                        DropReason(
+                            kind="too_large",
+                            message=f"event alone is larger than max_batch_bytes={hard_limit}",
+                        ),
+                        reports,
+                    )
+                self.drop_unencodable_locked(unencodable, reports)
+                if full is not None:
+                    ledger.spooling = []
+                    ledger.drop_locked(
+                        keep,
+                        DropReason(
+                            kind="spool_full",
+                            message=f"the spool is full (max_spool_bytes="
+                            f"{self.config.max_spool_bytes}): {full}",
+                        ),
+                        reports,
+                    )
+                elif row is None:
+                    ledger.spooling = []
+                    ledger.staged.extend(keep)
+                    for p in keep:
+                        heapq.heappush(ledger.volatile, (p.seq, p))
+                    if failed is not None:
+                        ledger.worker_errors += 1
+                        ledger.last_error = f"cannot write to the spool: {failed}"
+                        log(
+                            logging.ERROR,
+                            "spool_write",
+                            "cannot write to the spool (%s); sending from memory, not durable",
+                            failed,
+                        )
+                else:
+                    for p in keep:
+                        p.row = row
+                    ledger.stage_locked(keep, row)
+                ledger.room.notify_all()  # memory freed (rows on disk only, drops)
+                ledger.settled.notify_all()
+        finally:
+            self.hand_over(reports)
+        self.wake.set()  # the sender: new events to send
+
+    def adopt(self, now: float) -> bool:
+        """Take over the spool files of processes that are gone (at construction, then
+        every ``ADOPT_INTERVAL`` on the spooler). True if it found anything."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        try:
+            rows, salvaged, problems = disk.adopt(now)
+        except OSError as exc:  # the directory went away, or unreadable: try again later
+            self.report_problems([("error", f"cannot look for spool files: {exc}")])
+            return False
+        self.report_problems(problems)
+        with ledger.lock:
+            if ledger.closed:
+                return False
+            ledger.adopt_locked(rows)
+        for body in salvaged:
+            self.adopt_salvaged(body)
+        if rows or salvaged:
+            self.spool_wake.set()
+        return bool(rows or salvaged)
+
+    def disk_chores(self, now: float) -> bool:
+        """Adopt orphan spool files when due, load a backlog row when memory has room.
+        True if it did something (the loop then comes straight back)."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        if now >= disk.next_scan and not ledger.stopping:
+            return self.adopt(now)
+        with ledger.lock:
+            if ledger.backlog_adopted:
+                row, own = ledger.backlog_adopted[0], False
+            elif ledger.backlog_own:
+                row, own = ledger.backlog_own[0], True
+            else:
+                return False
+            if not ledger.window_locked():
+                return False
+        reports: Reports = []
+        try:
+            bodies, raw = disk.load(row)
+        except SpoolClosed:
+            return False  # shutdown closed the files: what is left stays on disk
+        except SpoolCorrupt as exc:
+            self.lose_file(row, str(exc))
+            return True
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    return False
+                if bodies is None or len(bodies) != row.n:
+                    why = (
+                        f"a spool record of {row.n} events failed its CRC check"
+                        if bodies is None
+                        else f"a spool record says {row.n} events and holds {len(bodies)}"
+                    )
+                    ledger.corrupt_locked(row, own, raw, f"{why} ({row.file.path})", reports)
+                    ledger.settled.notify_all()
+                    disk_rows = [row]
+                else:
+                    first = row.first_seq if own else None
+                    ledger.load_locked(pendings_of(bodies, row, first, self._adopted_seqs), own=own)
+                    disk_rows = []
+        finally:
+            self.hand_over(reports)
+        for gone in disk_rows:
+            self.report_problems(disk.delete(gone.file, [gone]))
+        self.wake.set()  # the sender: events to send
+        return True
+
+    def adopt_salvaged(self, body: bytes) -> None:
+        """A batch recovered from a damaged file: written to our own file, then adopted."""
+        disk = self.disk
+        assert disk is not None
+        try:
+            from ._dead_letters import split_batch
+
+            n = len(split_batch(body))
+            row = disk.write(body, n, 0)
+        except Exception as exc:
+            self.report_problems([("error", f"cannot keep a recovered batch: {exc}")])
+            return
+        with self.ledger.lock:
+            self.ledger.adopt_locked([row])
+
+    def lose_file(self, row: StoredBatch, why: str) -> None:
+        """A file became unreadable: set it aside; every backlog row of it is lost."""
+        ledger = self.ledger
+        file = row.file
+        target = file.quarantine()
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                for backlog, own in ((ledger.backlog_adopted, False), (ledger.backlog_own, True)):
+                    while backlog and backlog[0].file is file:
+                        ledger.corrupt_locked(
+                            backlog[0], own, b"", f"spool file unreadable ({why})", reports
+                        )
+        finally:
+            self.hand_over(reports)
+        self.report_problems([("corrupt", f"unreadable spool file renamed to {target}: {why}")])
+        self.commit_disk()
+
+    def commit_disk(self) -> None:
+        """Store the dead letters, then delete the rows whose events are all settled
+        (in that order: a crash between the two resends, never loses)."""
+        disk = self.disk
+        if disk is None:
+            return
+        ledger = self.ledger
+        with ledger.lock:
+            finished, dead = ledger.take_finished_locked()
+        if not finished and not dead:
+            return
+        stored = evicted = 0
+        problems: list[Problem] = []
+        with self._commit_lock:
+            if dead:
+                try:
+                    stored, evicted = disk.store_dead(dead)
+                except Exception as exc:
+                    problems.append(("error", f"cannot store dead letters: {exc}"))
+            problems.extend(disk.settle(finished))
+            size = disk.own_size()
+        self.spool_wake.set()  # room freed: the spooler may load a backlog row
+        with ledger.lock:
+            ledger.dead_letters += stored
+            ledger.dead_evicted += evicted
+            ledger.spool_bytes = size
+        self.report_problems(problems)
+
+    def report_problems(self, problems: list[Problem]) -> None:
+        if not problems:
+            return
+        log = self.reporter.log
+        with self.ledger.lock:
+            self.ledger.last_error = problems[-1][1]
+        for kind, message in problems:
+            log.always(logging.ERROR, "enso-tracker spool (%s): %s", kind, message)
+        log.emit()
 
     def hand_over(self, reports: Reports) -> None:
         """Report drops counted under the lock, then let ``flush()`` see them done.
 
         Called with the lock released, after every locked section of the sender: it is
-        also where log records queued under the lock are emitted.
+        also where log records queued under the lock are emitted, and, with a spool,
+        where dead letters are stored and settled rows deleted (before ``flush()`` may
+        return: a caller who flushed finds its dead letters stored).
         """
+        if self.disk is not None:
+            self.commit_disk()
         if not reports:
             self.reporter.log.emit()
             return
@@ -322,7 +639,7 @@ class Worker:
             ledger.deadline = deadline
             ledger.schedule.expedite()  # one more prompt try for everything that is left
             ledger.room.notify_all()  # blocked track() calls give up now
-            pending = ledger.outstanding
+            pending = ledger.outstanding or ledger.on_disk
         if pending:
             self.kick()
         else:
@@ -335,7 +652,7 @@ class Worker:
         ledger = self.ledger
         reports: Reports = []
         with ledger.settled:
-            while ledger.outstanding and not ledger.closed:
+            while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -347,21 +664,31 @@ class Worker:
             ledger.close_locked(reports)
             delivered, dropped = ledger.delivered, dict(ledger.dropped)
             refused = dict(ledger.refused)
+            left = ledger.left_in_spool
         self.wake.set()
-        thread = self.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
+        self.spool_wake.set()
+        for thread in (self.thread, self.spool_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())
         self.reporter.log.always(
-            logging.WARNING if lost or turned_away else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s",
+            logging.WARNING if lost or turned_away or left else logging.INFO,
+            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s",
             delivered,
             lost,
             f" {dropped}" if lost else "",
             turned_away,
             f" {refused}" if turned_away else "",
+            f", {left} left in the spool for the next start" if left else "",
         )
         self.hand_over(reports)
-        return not lost and not turned_away
+        return not lost and not turned_away and not left
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The shorter of two waits (None: no limit)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

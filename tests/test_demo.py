@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from enso_tracker._demo import run_demo
+from enso_tracker._demo_crash import run_crash_demo
 
 
 def test_demo_balances_its_books() -> None:
@@ -15,3 +16,11 @@ def test_demo_balances_its_books() -> None:
     assert "x rejected: Customer entity not found (status=404, code=2002)" in text
     assert "tracked=" in text  # the live progress line
     assert "log: WARNING Enso request failed, will retry" in text  # the 503 it injects
+
+
+def test_crash_demo_delivers_everything_committed_before_kill_9() -> None:
+    out = io.StringIO()
+    assert run_crash_demo(seconds=1.0, out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "app killed with SIGKILL" in text
+    assert "Every event committed before the kill was delivered exactly once." in text

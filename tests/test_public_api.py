@@ -16,6 +16,10 @@ EXPECTED = {
     "Sender",
     "TooLarge",
     "Unauthorized",
+    # The durable spool: a directory seen without a tracker, and what it keeps.
+    "DeadLetter",
+    "Spool",
+    "SpoolStatus",
     "DEFAULT_BASE_URL",
     "Config",
     "ConfigurationError",

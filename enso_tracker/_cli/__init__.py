@@ -4,9 +4,10 @@ Each command is a module with ``NAME``, ``HELP``, ``configure(parser)`` and
 ``run(args) -> int`` (the exit code), listed in :data:`COMMANDS`. Everything delivers
 through the public :class:`~enso_tracker.Tracker`; there is no second delivery path.
 
-The ``spool`` commands (status, drain, redrive of a durable spool) go here as one more
-module in ``COMMANDS`` once the spool exists; ``doctor`` already reports
-"no spool configured".
+``spool`` (status, dead-letters, redrive, purge, export) works on a durable spool
+directory through the public :class:`~enso_tracker.Spool` and sends nothing itself: a
+redrive hands dead letters to the next tracker on the directory. ``doctor`` reports the
+status of ``$ENSO_SPOOL_DIR`` when it is set.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _cmd_demo, _cmd_doctor, _cmd_import, _cmd_send
+from . import _cmd_demo, _cmd_doctor, _cmd_import, _cmd_send, _cmd_spool
 from ._args import build_parser
 from ._output import EXIT_INTERRUPTED, setup_logging
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS: tuple[ModuleType, ...] = (_cmd_import, _cmd_send, _cmd_doctor, _cmd_demo)
+COMMANDS: tuple[ModuleType, ...] = (_cmd_import, _cmd_send, _cmd_doctor, _cmd_spool, _cmd_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

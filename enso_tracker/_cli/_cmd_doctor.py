@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import os
 import re
 import socket
 import ssl
@@ -24,6 +25,7 @@ from .._errors import ConfigurationError, describe_exception
 from .._sender import USER_AGENT
 from .._wire import parse_error_message
 from ._args import Connection, connection
+from ._cmd_spool import spool_check
 from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
 
 NAME = "doctor"
@@ -65,6 +67,10 @@ class Doctor:
         return ok is not False
 
     def run(self) -> None:
+        self._enso()
+        self._spool()
+
+    def _enso(self) -> None:
         conn = self.conn
         url_ok, creds_ok = self._configuration()
         if not url_ok:
@@ -84,7 +90,13 @@ class Doctor:
         else:
             self._credentials()
             self._clock()
-        self.add("spool", None, "no spool configured (events live in memory until delivered)")
+
+    def _spool(self) -> None:
+        path = os.environ.get("ENSO_SPOOL_DIR")
+        if not path:
+            self.add("spool", None, "no spool configured (events live in memory until delivered)")
+            return
+        self.add("spool", *spool_check(path))
 
     def _configuration(self) -> tuple[bool, bool]:
         conn = self.conn

@@ -1,0 +1,336 @@
+"""The dead-letter store: events Enso will never take, kept with why (one per spool dir).
+
+``dead-letters.db`` is shared by every process on the directory (SQLite's own locking
+and a busy timeout: writes are rare, one transaction per group of drops). Each row is
+one event's exact wire JSON (or, for a ``corrupt`` record, the bytes that failed their
+CRC), its :class:`~._model.DropReason` and when it was stored. Bounded by
+``max_dead_letter_bytes``: past it, the oldest are evicted and counted. An event stored
+twice (its batch resent after a crash, refused again) keeps one row: its eventId is
+unique.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+from ._items import QueuedEvent
+from ._model import DeadLetter, DropReason, Event
+from ._spool_store import connect
+
+__all__ = ["DEAD_KINDS", "DeadLetterStore", "event_of", "item_of", "split_batch"]
+
+FILE_NAME: Final = "dead-letters.db"
+#: Drop kinds worth keeping: Enso's refusals and what could never be sent. ``shutdown``
+#: never happens with a spool (undelivered events stay spooled), and queue/spool-full
+#: refusals are the caller's to retry.
+DEAD_KINDS: Final = frozenset({"rejected", "too_large", "retries_exhausted", "corrupt"})
+#: Bytes a row costs beyond its body and message (columns, b-tree cell, index entry).
+_ROW_OVERHEAD: Final = 96
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT,
+        kind TEXT NOT NULL,
+        code,
+        status INTEGER,
+        message TEXT NOT NULL,
+        stored_at REAL NOT NULL,
+        body BLOB NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_event ON dead_letters (event_id)",
+    "CREATE INDEX IF NOT EXISTS dead_letters_kind ON dead_letters (kind)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+
+class _Batch(msgspec.Struct):
+    events: list[msgspec.Raw]
+
+
+class _Wire(msgspec.Struct):
+    CustomerEntityId: str
+    metric: str
+    value: msgspec.Raw
+    timestamp: str
+    eventId: str
+    metadata: dict[str, Any] | None = None
+    JobId: str | None = None
+    jobId: str | None = None
+
+
+_decode_batch = msgspec.json.Decoder(_Batch).decode
+_decode_wire = msgspec.json.Decoder(_Wire).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def split_batch(body: bytes) -> list[bytes]:
+    """The events of a ``{"events": [...]}`` body, each its exact bytes."""
+    return [bytes(raw) for raw in _decode_batch(body).events]
+
+
+def _number(raw: bytes) -> int | float | Decimal:
+    text = raw.decode("ascii")
+    if text.lstrip("-").isdigit():
+        return int(text)
+    as_float = float(text)
+    # A float that reads back as the same text stays a float; anything else (a Decimal
+    # such as 0.10) keeps its exact digits.
+    return as_float if repr(as_float) == text else Decimal(text)
+
+
+def event_of(body: bytes) -> Event:
+    """The :class:`Event` one wire event encodes (``msgspec.DecodeError`` if it does not)."""
+    wire = _decode_wire(body)
+    return Event(
+        event_id=wire.eventId,
+        entity=wire.CustomerEntityId,
+        metric=wire.metric,
+        value=_number(bytes(wire.value)),
+        timestamp=wire.timestamp,
+        metadata=wire.metadata,
+        job_id=wire.JobId if wire.JobId is not None else wire.jobId,
+    )
+
+
+def item_of(body: bytes, seq: int) -> QueuedEvent:
+    """The queued-event tuple of an event read back from the spool (for reporting)."""
+    try:
+        event = event_of(body)
+        stamp = datetime.fromisoformat(event.timestamp)
+        ts = (calendar.timegm(stamp.utctimetuple()) * 1_000_000 + stamp.microsecond) * 1000
+        meta = None if event.metadata is None else msgspec.json.encode(event.metadata)
+        return (
+            seq,
+            event.event_id,
+            event.entity,
+            event.metric,
+            event.value,
+            ts,
+            meta,
+            event.job_id,
+            0,
+        )
+    except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
+        return (seq, _event_id(body) or "", "", "", 0, 0, None, None, 0)
+
+
+def _event_id(body: bytes) -> str | None:
+    try:
+        found = _decode_any(body)
+    except msgspec.DecodeError:
+        return None
+    value = found.get("eventId") if isinstance(found, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _where(kind: str | None, code: int | str | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if kind is not None:
+        clauses.append("kind = ?")
+        params.append(kind)
+    if code is not None:
+        clauses.append("CAST(code AS TEXT) = ?")
+        params.append(str(code))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class DeadLetterStore:
+    """``dead-letters.db`` of one spool directory; opened per use, or held by a tracker."""
+
+    def __init__(
+        self, directory: str, *, max_bytes: int | None = None, create: bool = True
+    ) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self.max_bytes = max_bytes
+        self._conn: sqlite3.Connection | None = None
+        self._create = create
+        self._bytes: int | None = None  # running estimate, recounted when past the cap
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.path, create=self._create)
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except BaseException:
+                conn.close()
+                raise
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o600)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def abandon(self) -> None:
+        """A forked child never closes the parent's connection (see SpoolFile.abandon)."""
+        from ._spool_store import _ABANDONED
+
+        _ABANDONED.append(self._conn)
+        self._conn = None
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, letters: Iterable[tuple[bytes, DropReason]]) -> int:
+        """Store events with their reason; returns how many older ones were evicted."""
+        now = time.time()
+        rows = [
+            (_event_id(body), r.kind, r.code, r.status, r.message, now, body) for body, r in letters
+        ]
+        if not rows:
+            return 0
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO dead_letters "
+                "(event_id, kind, code, status, message, stored_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            evicted = self._evict_locked(
+                db, sum(len(row[6]) + len(row[4]) + _ROW_OVERHEAD for row in rows)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._bytes = None
+            raise
+        return evicted
+
+    def _total(self, db: sqlite3.Connection) -> int:
+        found = db.execute(
+            "SELECT coalesce(sum(length(body) + length(message) + ?), 0) FROM dead_letters",
+            (_ROW_OVERHEAD,),
+        ).fetchone()
+        return int(found[0])
+
+    def _evict_locked(self, db: sqlite3.Connection, added: int) -> int:
+        if self.max_bytes is None:
+            return 0
+        if self._bytes is None:
+            self._bytes = self._total(db)
+        else:
+            self._bytes += added
+        if self._bytes <= self.max_bytes:
+            return 0
+        self._bytes = self._total(db)  # other processes write here too: count for real
+        evicted = 0
+        while self._bytes > self.max_bytes:
+            oldest = db.execute(
+                "SELECT id, length(body) + length(message) + ? "
+                "FROM dead_letters ORDER BY id LIMIT 256",
+                (_ROW_OVERHEAD,),
+            ).fetchall()
+            if not oldest:
+                break
+            goner = []
+            for rowid, size in oldest:
+                goner.append((rowid,))
+                self._bytes -= size
+                if self._bytes <= self.max_bytes:
+                    break
+            db.executemany("DELETE FROM dead_letters WHERE id = ?", goner)
+            evicted += len(goner)
+        if evicted:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('evicted', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                (evicted,),
+            )
+        return evicted
+
+    # ------------------------------------------------------------------ reading
+
+    def iterate(
+        self, kind: str | None = None, code: int | str | None = None
+    ) -> Iterator[tuple[int, DeadLetter]]:
+        """(row id, letter), oldest first; read in pages, never the whole store at once."""
+        if not self.exists():
+            return
+        where, params = _where(kind, code)
+        last = 0
+        while True:
+            page = (
+                self._db()
+                .execute(
+                    # `where` is built from fixed fragments; values go in as parameters.
+                    "SELECT id, kind, code, status, message, stored_at, body FROM dead_letters"  # noqa: S608
+                    + (where + " AND" if where else " WHERE")
+                    + " id > ? ORDER BY id LIMIT 500",
+                    [*params, last],
+                )
+                .fetchall()
+            )
+            if not page:
+                return
+            for rowid, k, c, status, message, stored_at, body in page:
+                last = rowid
+                body = bytes(body)
+                try:
+                    event: Event | None = event_of(body) if k != "corrupt" else None
+                except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
+                    event = None
+                reason = DropReason(kind=k, message=message, code=c, status=status)
+                yield rowid, DeadLetter(event=event, reason=reason, stored_at=stored_at, body=body)
+
+    def delete(self, rowids: list[int]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rowids])
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._bytes = None
+
+    def purge(self, kind: str | None = None, code: int | str | None = None) -> int:
+        if not self.exists():
+            return 0
+        where, params = _where(kind, code)
+        cursor = self._db().execute("DELETE FROM dead_letters" + where, params)  # noqa: S608
+        self._bytes = None
+        return max(cursor.rowcount, 0)
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """Dead letters by kind, by code (as text, "" for none), and evicted so far."""
+        if not self.exists():
+            return {}, {}, 0
+        db = self._db()
+        kinds = dict(db.execute("SELECT kind, count(*) FROM dead_letters GROUP BY kind"))
+        codes = {
+            ("" if c is None else str(c)): n
+            for c, n in db.execute(
+                "SELECT CAST(code AS TEXT), count(*) FROM dead_letters GROUP BY 1"
+            )
+        }
+        found = db.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
+        return kinds, codes, int(found[0]) if found else 0
+
+    def size(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(self.path + suffix).st_size
+        return total

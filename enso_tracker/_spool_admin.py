@@ -1,0 +1,223 @@
+"""``Spool(path)``: a spool directory seen from outside any tracker (the CLI's view).
+
+Reads spool files read-only and never takes a file over: a live owner keeps writing
+while ``status()`` counts. Redriving writes dead letters into a new, ownerless spool
+file (built under a temp name, renamed in complete), which the next tracker on the
+directory adopts and delivers like any orphan, with the same eventIds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from typing import Final
+
+import msgspec
+
+from ._dead_letters import DeadLetterStore, event_of, split_batch
+from ._errors import ConfigurationError
+from ._model import DeadLetter, Event, SpoolStatus
+from ._spool_store import (
+    APPLICATION_ID,
+    FORMAT_VERSION,
+    connect,
+    lock_path,
+    spool_files,
+    write_unowned,
+)
+from ._wire import BODY_OVERHEAD, join_batch
+
+__all__ = ["Spool"]
+
+#: A redriven batch is cut like the sender cuts one (events and bytes).
+_REDRIVE_EVENTS: Final = 500
+_REDRIVE_BYTES: Final = 512 * 1024
+
+
+def _live(db: str) -> bool:
+    """Whether a running process owns ``db`` (holds the exclusive flock on its lock).
+    Probed with a shared lock, released at once: never mistaken for an owner."""
+    try:
+        fd = os.open(lock_path(db), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+class Spool:
+    """A spool directory: status, undelivered events and dead letters, without a tracker.
+
+    ``Spool(path)`` needs the directory to exist (``ConfigurationError`` otherwise) and
+    creates nothing in it but what ``redrive()`` writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        full = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(full):
+            raise ConfigurationError(f"spool directory {full!r}: no such directory")
+        self.path = full
+
+    def __repr__(self) -> str:
+        return f"Spool({self.path!r})"
+
+    def _store(self) -> DeadLetterStore:
+        return DeadLetterStore(self.path, create=False)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> SpoolStatus:
+        files = live = events = size = 0
+        oldest: float | None = None
+        corrupt: list[str] = []
+        unsupported: list[str] = []
+        for db in spool_files(self.path):
+            files += 1
+            live += _live(db)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    size += os.stat(db + suffix).st_size
+            try:
+                conn = connect(db, create=False, readonly=True)
+            except sqlite3.Error:
+                corrupt.append(db)
+                continue
+            try:
+                app = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if app != APPLICATION_ID or version != FORMAT_VERSION:
+                    unsupported.append(db)
+                    continue
+                n, first = conn.execute("SELECT sum(n), min(created) FROM batches").fetchone()
+            except sqlite3.Error:
+                corrupt.append(db)
+                continue
+            finally:
+                conn.close()
+            events += n or 0
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        with contextlib.suppress(OSError):
+            corrupt.extend(
+                os.path.join(self.path, name)
+                for name in sorted(os.listdir(self.path))
+                if ".corrupt-" in name and not name.endswith(("-wal", "-shm"))
+            )
+        store = self._store()
+        try:
+            kinds, codes, evicted = store.counts()
+            size += store.size()
+        finally:
+            store.close()
+        return SpoolStatus(
+            path=self.path,
+            files=files,
+            live_files=live,
+            events=events,
+            bytes=size,
+            oldest=oldest,
+            dead_letters=sum(kinds.values()),
+            dead_letters_by_kind=kinds,
+            dead_letters_by_code=codes,
+            dead_letters_evicted=evicted,
+            corrupt_files=corrupt,
+            unsupported_files=unsupported,
+        )
+
+    def pending(self) -> Iterator[Event]:
+        """Undelivered events of every spool file, oldest file first, read-only (a
+        record that fails its CRC is skipped: ``status()`` and the tracker report it)."""
+        for db in spool_files(self.path):
+            try:
+                conn = connect(db, create=False, readonly=True)
+            except sqlite3.Error:
+                continue
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] != FORMAT_VERSION:
+                    continue
+                last = 0
+                while True:
+                    page = conn.execute(
+                        "SELECT id, crc, body FROM batches WHERE id > ? ORDER BY id LIMIT 64",
+                        (last,),
+                    ).fetchall()
+                    if not page:
+                        break
+                    for rowid, crc, body in page:
+                        last = rowid
+                        if zlib.crc32(body) != crc:
+                            continue
+                        with contextlib.suppress(msgspec.DecodeError, ValueError):
+                            for one in split_batch(bytes(body)):
+                                yield event_of(one)
+            except sqlite3.Error:
+                continue
+            finally:
+                conn.close()
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letters(
+        self, kind: str | None = None, code: int | str | None = None
+    ) -> Iterator[DeadLetter]:
+        """Dead letters, oldest first, filtered by kind and Enso's code (as text)."""
+        store = self._store()
+        try:
+            for _, letter in store.iterate(kind, code):
+                yield letter
+        finally:
+            store.close()
+
+    def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
+        """Move matching dead letters into a spool file the next tracker on this
+        directory adopts and delivers (same eventIds). Corrupt records cannot be sent
+        and stay. Returns how many were moved."""
+        store = self._store()
+        try:
+            chosen: list[int] = []
+            bodies: list[bytes] = []
+            for rowid, letter in store.iterate(kind, code):
+                if letter.event is None:
+                    continue
+                chosen.append(rowid)
+                bodies.append(letter.body)
+            batches: list[tuple[bytes, int]] = []
+            current: list[bytes] = []
+            size = BODY_OVERHEAD
+            for body in bodies:
+                if current and (
+                    len(current) >= _REDRIVE_EVENTS or size + len(body) + 1 > _REDRIVE_BYTES
+                ):
+                    batches.append((join_batch(current), len(current)))
+                    current, size = [], BODY_OVERHEAD
+                current.append(body)
+                size += len(body) + 1
+            if current:
+                batches.append((join_batch(current), len(current)))
+            # Written (and renamed in) before the letters are deleted: a crash between
+            # the two leaves them twice, never nowhere (Enso dedups by eventId).
+            write_unowned(self.path, batches)
+            if chosen:
+                store.delete(chosen)
+            return len(chosen)
+        finally:
+            store.close()
+
+    def purge_dead_letters(self, kind: str | None = None, code: int | str | None = None) -> int:
+        """Delete matching dead letters for good; returns how many."""
+        store = self._store()
+        try:
+            return store.purge(kind, code)
+        finally:
+            store.close()

@@ -1,0 +1,648 @@
+"""Spool files on disk: one SQLite file per process, owned through ``flock``.
+
+A spool directory holds::
+
+    spool-<pid>-<random>.lock     flock(LOCK_EX) held by the owning process for its life
+    spool-<pid>-<random>.db       (+ -wal, -shm) batches not yet accounted for by Enso
+    dead-letters.db               events that will never be delivered (``_dead_letters``)
+    <name>.corrupt-<unix time>    an unreadable file, renamed aside and reported
+
+Design (after Vector's disk buffer, the OpenTelemetry Collector's persistent queue and
+sentry-native's run files; see ``shared/notes/durable-spool.md``):
+
+* One row per HTTP batch: its exact encoded body, a CRC32 of it, its event count and the
+  time it was written. SQLite in WAL mode with 64 KiB pages: a commit costs one append
+  to the WAL, no fsync with ``synchronous=NORMAL`` (durable against process death) and
+  one with ``FULL`` (durable against power loss).
+* One file per process: no two writers ever share one, so nothing waits on SQLite's
+  locks. The owner takes ``flock`` on the ``.lock`` file *before* publishing it (a temp
+  name, then a rename), and never uses ``fcntl`` record locks, which any stray ``close()``
+  of the file in the process silently drops.
+* A file whose lock can be taken has no owner: another tracker adopts it (opened
+  without creating), sends its rows, and removes db, -wal, -shm, then the lock last.
+* Bounded by ``PRAGMA max_page_count``: an insert past it fails with SQLITE_FULL while
+  deletes keep working, so a full spool always drains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Final, Literal
+from urllib.parse import quote
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "APPLICATION_ID",
+    "FORMAT_VERSION",
+    "Durability",
+    "SpoolClosed",
+    "SpoolCorrupt",
+    "SpoolFile",
+    "SpoolFull",
+    "SpoolUnsupported",
+    "StoredBatch",
+    "check_directory",
+    "connect",
+    "create_own",
+    "find_orphans",
+    "quarantine",
+    "remove_files",
+    "spool_files",
+]
+
+Durability = Literal["process", "power"]
+
+#: ``PRAGMA application_id``: "Enso" in ASCII, so a stray SQLite file is never taken for ours.
+APPLICATION_ID: Final = 0x456E736F
+#: ``PRAGMA user_version`` of the layout below; a file with another one is refused.
+FORMAT_VERSION: Final = 1
+PAGE_SIZE: Final = 65536
+WAL_PAGES: Final = 64
+WAL_LIMIT: Final = 8 * 1024 * 1024
+#: Pages SQLite needs beyond the rows (schema, freelist, b-tree interior pages).
+_SPARE_PAGES: Final = 16
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    n INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+
+#: Filesystems where flock and SQLite's locking are unreliable or local-only.
+_NETWORK_FS: Final = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "9p",
+        "fuse.sshfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.rclone",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "davfs",
+        "fuse.davfs2",
+    }
+)
+
+
+class SpoolFull(Exception):
+    """The spool file reached ``max_spool_bytes``, or the disk refused to grow it."""
+
+
+class SpoolClosed(Exception):
+    """An operation on a spool file already closed (shutdown raced a last write)."""
+
+
+class SpoolCorrupt(Exception):
+    """A spool file SQLite cannot read: it is renamed aside, never retried."""
+
+
+class SpoolUnsupported(Exception):
+    """A spool file of another format version: refused, left as it is."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL:
+            return True
+        text = str(exc).lower()
+        return "full" in text or "too large" in text
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+# ------------------------------------------------------------------ the directory
+
+
+def _mount_type(path: str) -> str | None:
+    """The filesystem type ``path`` lives on (Linux: from /proc/self/mounts), or None."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def check_directory(path: str, *, create: bool) -> str:
+    """The spool directory, absolute; created 0700 if ``create``. ``ConfigurationError``
+    for one that cannot hold a spool: missing, not a directory, unwritable, or on a
+    network filesystem (whose locks cannot keep two processes off one file)."""
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise ConfigurationError(f"spool_dir={path!r}: must be a directory path")
+    full = os.path.abspath(os.fspath(path))
+    if create:
+        try:
+            os.makedirs(full, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"spool_dir={full!r}: cannot create it ({exc.strerror})"
+            ) from None
+    if not os.path.isdir(full):
+        raise ConfigurationError(f"spool_dir={full!r}: no such directory")
+    kind = _mount_type(os.path.realpath(full))
+    if kind in _NETWORK_FS:
+        raise ConfigurationError(
+            f"spool_dir={full!r} is on a network filesystem ({kind}): its locks cannot keep "
+            "two processes off one spool file; use a local disk"
+        )
+    if create:
+        probe = os.path.join(full, f".probe-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"spool_dir={full!r}: cannot write there ({exc.strerror})"
+            ) from None
+    return full
+
+
+def spool_files(directory: str) -> list[str]:
+    """Paths of the spool databases in ``directory``, oldest first (by name: pid order is
+    no help, so by modification time)."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("spool-") and n.endswith(".db")]
+    except OSError:
+        return []
+    paths = [os.path.join(directory, n) for n in names]
+
+    def age(p: str) -> tuple[float, str]:
+        try:
+            return (os.stat(p).st_mtime, p)
+        except OSError:
+            return (0.0, p)
+
+    return sorted(paths, key=age)
+
+
+def lock_path(db: str) -> str:
+    return db[: -len(".db")] + ".lock"
+
+
+def remove_files(db: str) -> None:
+    """Remove a drained spool file: db, -wal, -shm, the lock last (so that nobody adopts
+    a half-removed file: with its lock gone, the db went first)."""
+    for path in (db, db + "-wal", db + "-shm", db + "-journal", lock_path(db)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def quarantine(db: str) -> str:
+    """Rename an unreadable file (and its -wal/-shm) aside as ``*.corrupt-<time>``."""
+    stamp = f"corrupt-{int(time.time())}"
+    target = f"{db}.{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(db + suffix, target + suffix)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path(db))
+    return target
+
+
+def _take_lock(path: str, *, create: bool) -> int | None:
+    """An fd holding ``flock`` on ``path``, or None if another owner holds it or the file
+    went away (an adopter removed it between our open and our lock)."""
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file we locked must still be the one under that name.
+        mine, there = os.fstat(fd), os.stat(path)
+        if (mine.st_ino, mine.st_dev) != (there.st_ino, there.st_dev):
+            os.close(fd)
+            return None
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# ------------------------------------------------------------------ connections
+
+
+def connect(
+    path: str,
+    *,
+    create: bool,
+    durability: Durability = "process",
+    readonly: bool = False,
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (each statement its own transaction unless
+    ``BEGIN``), WAL, with the durability asked for. Never creates a file unless
+    ``create`` (an orphan must be opened, not made anew)."""
+    mode = "ro" if readonly else "rwc" if create else "rw"
+    uri = f"file:{quote(path)}?mode={mode}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+    try:
+        if create:
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+            # SQLite checkpoints every 1000 pages by default: 64 MB of WAL with 64 KiB
+            # pages. Every 64 pages (4 MiB) instead, and the file cut back to 8 MiB.
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_format(conn: sqlite3.Connection, path: str) -> None:
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app != APPLICATION_ID or version != FORMAT_VERSION:
+        raise SpoolUnsupported(
+            f"{path}: not an enso-tracker spool of format {FORMAT_VERSION} "
+            f"(application_id={app:#x}, user_version={version}); left as it is"
+        )
+
+
+class StoredBatch:
+    """One row's place: where it is, how many events, and how many are not yet settled."""
+
+    __slots__ = ("created", "file", "first_seq", "left", "n", "nbytes", "rowid")
+
+    def __init__(
+        self, file: SpoolFile, rowid: int, n: int, nbytes: int, created: float, first_seq: int
+    ) -> None:
+        self.file = file
+        self.rowid = rowid
+        self.n = n
+        self.nbytes = nbytes
+        self.created = created
+        self.left = n
+        #: Own rows: the sequence of its first event (later events follow in order);
+        #: adopted rows: 0 (they are not this tracker's to flush).
+        self.first_seq = first_seq
+
+
+class SpoolFile:
+    """One spool database, our own or adopted. Thread-safe (one lock per file)."""
+
+    def __init__(
+        self,
+        path: str,
+        conn: sqlite3.Connection,
+        lock_fd: int | None,
+        *,
+        adopted: bool,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.path = path
+        self.adopted = adopted
+        self._conn: sqlite3.Connection | None = conn
+        self._lock_fd = lock_fd
+        self._lock = threading.Lock()
+        self.rows = 0  # rows it holds
+        self.events = 0  # events in them
+        if max_bytes is not None:
+            pages = max(max_bytes // PAGE_SIZE, 0) + _SPARE_PAGES
+            conn.execute(f"PRAGMA max_page_count={pages}")
+
+    def __repr__(self) -> str:
+        return f"<SpoolFile {self.path} rows={self.rows} events={self.events}>"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolClosed(f"{self.path}: closed")
+        return self._conn
+
+    def append(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
+        """Commit one batch; ``SpoolFull`` past the cap or when the disk refuses."""
+        crc = zlib.crc32(body)
+        created = time.time()
+        with self._lock:
+            try:
+                cursor = self._db().execute(
+                    "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
+                    (created, n, crc, body),
+                )
+            except (sqlite3.Error, OSError) as exc:
+                if _is_full(exc):
+                    raise SpoolFull(str(exc)) from None
+                if _is_corrupt(exc):
+                    raise SpoolCorrupt(f"{self.path}: {exc}") from None
+                raise
+            rowid = cursor.lastrowid
+            assert rowid is not None
+            self.rows += 1
+            self.events += n
+        return StoredBatch(self, rowid, n, len(body), created, first_seq)
+
+    def index(self) -> list[StoredBatch]:
+        """Every row, in order, without reading the bodies."""
+        with self._lock:
+            try:
+                found = (
+                    self._db()
+                    .execute("SELECT id, n, length(body), created FROM batches ORDER BY id")
+                    .fetchall()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+            rows = [
+                StoredBatch(self, rowid, n, size, created, 0) for rowid, n, size, created in found
+            ]
+            self.rows = len(rows)
+            self.events = sum(r.n for r in rows)
+        return rows
+
+    def read(self, row: StoredBatch) -> tuple[bytes, bool]:
+        """The row's body and whether its CRC matches. ``SpoolCorrupt`` if the file
+        cannot be read at all."""
+        with self._lock:
+            try:
+                found = (
+                    self._db()
+                    .execute("SELECT crc, body FROM batches WHERE id = ?", (row.rowid,))
+                    .fetchone()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+        if found is None:  # deleted under us: nothing to send
+            return b"", False
+        crc, body = found
+        body = bytes(body)
+        return body, zlib.crc32(body) == crc
+
+    def delete(self, rows: list[StoredBatch]) -> None:
+        """Forget rows Enso accounted for (one transaction). Works on a full spool."""
+        if not rows:
+            return
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN")
+            try:
+                db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in rows])
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            self.rows -= len(rows)
+            self.events -= sum(r.n for r in rows)
+
+    def size(self) -> int:
+        """Bytes on disk: the db and its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(self.path + suffix).st_size
+        return total
+
+    def compact(self) -> None:
+        """A drained file that grew large is rebuilt small (VACUUM) and its WAL reset."""
+        with self._lock:
+            db = self._db()
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self, *, remove_if_empty: bool = True) -> bool:
+        """Close; a file with no rows left is removed (lock last). True if removed."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return False
+            empty = False
+            with contextlib.suppress(sqlite3.Error):
+                empty = conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            removed = remove_if_empty and empty
+            if removed:
+                remove_files(self.path)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # after removing: nobody adopts it meanwhile
+                self._lock_fd = None
+            return removed
+
+    def quarantine(self) -> str:
+        """Rename this unreadable file aside, drop our hold on it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            target = quarantine(self.path)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            return target
+
+    def abandon(self) -> None:
+        """In a forked child: let go of the parent's file without touching it.
+
+        The connection is never closed (closing it could checkpoint and delete the WAL
+        the parent is writing): it is kept referenced for the child's life. The lock fd
+        is closed: the parent's own descriptor keeps the flock."""
+        with contextlib.suppress(RuntimeError):  # the lock may be held by the parent's thread
+            pass
+        _ABANDONED.append(self._conn)
+        self._conn = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+#: Connections inherited over fork: referenced forever, so no finalizer closes them.
+_ABANDONED: list[sqlite3.Connection | None] = []
+
+
+def create_own(directory: str, *, durability: Durability, max_bytes: int) -> SpoolFile:
+    """This process's spool file: locked first, then published under its name."""
+    base = f"spool-{os.getpid()}-{secrets.token_hex(6)}"
+    db = os.path.join(directory, base + ".db")
+    tmp = os.path.join(directory, f".tmp-{base}.lock")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, lock_path(db))
+        conn = connect(db, create=True, durability=durability)
+        try:
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        except BaseException:
+            conn.close()
+            remove_files(db)
+            raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        os.close(fd)
+        raise
+    os.chmod(db, 0o600)
+    return SpoolFile(db, conn, fd, adopted=False, max_bytes=max_bytes)
+
+
+def open_orphan(db: str, lock_fd: int, *, durability: Durability) -> SpoolFile:
+    """Open an orphan we hold the lock of. ``SpoolCorrupt``/``SpoolUnsupported`` if it
+    cannot be used (the caller renames or skips it)."""
+    try:
+        conn = connect(db, create=False, durability=durability)
+    except sqlite3.DatabaseError as exc:
+        raise SpoolCorrupt(f"{db}: {exc}") from None
+    try:
+        try:
+            _check_format(conn, db)
+            check = conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SpoolCorrupt(f"{db}: {exc}") from None
+        if check is None or check[0] != "ok":
+            raise SpoolCorrupt(f"{db}: quick_check: {check[0] if check else 'no answer'}")
+    except BaseException:
+        conn.close()
+        raise
+    return SpoolFile(db, conn, lock_fd, adopted=True)
+
+
+def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
+    """From a damaged file: every row still readable with a matching CRC (body, n,
+    created), in order, until the damage stops the reading."""
+    try:
+        conn = connect(db, create=False, readonly=True)
+    except sqlite3.Error:
+        return
+    try:
+        cursor = conn.execute("SELECT crc, body, n, created FROM batches ORDER BY id")
+        while True:
+            try:
+                found = cursor.fetchone()
+            except sqlite3.Error:
+                return
+            if found is None:
+                return
+            crc, body, n, created = found
+            if isinstance(body, bytes) and zlib.crc32(body) == crc:
+                yield body, n, created
+    except sqlite3.Error:
+        return
+    finally:
+        conn.close()
+
+
+def find_orphans(directory: str, skip: set[str]) -> Iterator[tuple[str, int]]:
+    """Spool files whose owner is gone, each with the lock fd we now hold on it. Paths in
+    ``skip`` (known unusable) are passed over; stale locks and temp files are removed."""
+    for db in spool_files(directory):
+        if db in skip:
+            continue
+        fd = _take_lock(lock_path(db), create=True)
+        if fd is None:
+            continue  # a live owner (or an adopter) holds it
+        if not os.path.exists(db):  # removed meanwhile: the lock we made is stale
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path(db))
+            os.close(fd)
+            continue
+        yield db, fd
+    _remove_stale(directory)
+
+
+def _remove_stale(directory: str) -> None:
+    """Locks with no db and temp locks left by a process killed while creating its file."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        stale = (name.startswith("spool-") and name.endswith(".lock")) and not os.path.exists(
+            path[: -len(".lock")] + ".db"
+        )
+        if not (stale or (name.startswith(".tmp-spool-") and name.endswith(".lock"))):
+            continue
+        fd = _take_lock(path, create=False)
+        if fd is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stale and os.path.exists(path[: -len(".lock")] + ".db"):
+                os.close(fd)
+                continue
+            os.unlink(path)
+        os.close(fd)
+
+
+def write_unowned(directory: str, bodies: list[tuple[bytes, int]]) -> str | None:
+    """A spool file with no owner holding ``bodies`` (redriven dead letters): built under
+    a temp name and renamed into place complete, so it is adopted whole or not at all."""
+    if not bodies:
+        return None
+    base = f"spool-redrive-{secrets.token_hex(6)}"
+    tmp = os.path.join(directory, f".tmp-{base}.db")
+    conn = sqlite3.connect(f"file:{quote(tmp)}?mode=rwc", uri=True, isolation_level=None, timeout=5)
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(_SCHEMA)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        now = time.time()
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
+            [(now, n, zlib.crc32(body), body) for body, n in bodies],
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    os.chmod(tmp, 0o600)
+    target = os.path.join(directory, base + ".db")
+    os.rename(tmp, target)
+    return target
