@@ -25,7 +25,7 @@ import msgspec
 
 from ._items import QueuedEvent
 from ._model import DeadLetter, DropReason, Event
-from ._spool_store import connect
+from ._spool_store import connect, disk_size
 
 __all__ = ["DEAD_KINDS", "DeadLetterStore", "event_of", "item_of", "split_batch"]
 
@@ -329,8 +329,4 @@ class DeadLetterStore:
         return kinds, codes, int(found[0]) if found else 0
 
     def size(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += os.stat(self.path + suffix).st_size
-        return total
+        return disk_size(self.path)

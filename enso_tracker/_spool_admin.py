@@ -66,7 +66,8 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         full = os.path.abspath(os.fspath(path))
         if not os.path.isdir(full):
-            raise ConfigurationError(f"spool directory {full!r}: no such directory")
+            what = "not a directory" if os.path.exists(full) else "no such directory"
+            raise ConfigurationError(f"spool directory {full!r}: {what}")
         self.path = full
 
     def __repr__(self) -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "check_directory",
     "connect",
     "create_own",
+    "disk_size",
     "find_orphans",
     "quarantine",
     "remove_files",
@@ -203,8 +204,7 @@ def check_directory(path: str, *, create: bool) -> str:
 
 
 def spool_files(directory: str) -> list[str]:
-    """Paths of the spool databases in ``directory``, oldest first (by name: pid order is
-    no help, so by modification time)."""
+    """Paths of the spool databases in ``directory``, least recently written first."""
     try:
         names = [n for n in os.listdir(directory) if n.startswith("spool-") and n.endswith(".db")]
     except OSError:
@@ -218,6 +218,15 @@ def spool_files(directory: str) -> list[str]:
             return (0.0, p)
 
     return sorted(paths, key=age)
+
+
+def disk_size(db: str) -> int:
+    """Bytes a SQLite file uses on disk: the db and its WAL."""
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(db + suffix).st_size
+    return total
 
 
 def lock_path(db: str) -> str:
@@ -436,12 +445,7 @@ class SpoolFile:
             self.events -= sum(r.n for r in rows)
 
     def size(self) -> int:
-        """Bytes on disk: the db and its WAL."""
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += os.stat(self.path + suffix).st_size
-        return total
+        return disk_size(self.path)
 
     def compact(self) -> None:
         """A drained file that grew large is rebuilt small (VACUUM) and its WAL reset."""
@@ -489,8 +493,6 @@ class SpoolFile:
         The connection is never closed (closing it could checkpoint and delete the WAL
         the parent is writing): it is kept referenced for the child's life. The lock fd
         is closed: the parent's own descriptor keeps the flock."""
-        with contextlib.suppress(RuntimeError):  # the lock may be held by the parent's thread
-            pass
         _ABANDONED.append(self._conn)
         self._conn = None
         if self._lock_fd is not None:

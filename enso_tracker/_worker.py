@@ -295,9 +295,24 @@ class Worker:
             encoded.append(p)
         return encoded, unencodable, grown
 
-    def drop_unencodable_locked(
-        self, unencodable: list[tuple[Pending, Exception]], reports: Reports
+    def drop_unsendable_locked(
+        self,
+        too_large: list[Pending],
+        unencodable: list[tuple[Pending, Exception]],
+        reports: Reports,
     ) -> None:
+        """Events that can never go in a request: alone over ``max_batch_bytes``, or
+        that msgspec could not encode."""
+        if too_large:
+            self.ledger.drop_locked(
+                too_large,
+                DropReason(
+                    kind="too_large",
+                    message="event alone is larger than "
+                    f"max_batch_bytes={self.config.max_batch_bytes}",
+                ),
+                reports,
+            )
         for p, error in unencodable:
             self.ledger.drop_locked(
                 [p],
@@ -319,16 +334,7 @@ class Worker:
                 batch, too_large = ledger.schedule.cut(encoded, hard_limit)
                 ledger.inflight = batch
                 ledger.inflight_raw = []
-                if too_large:
-                    ledger.drop_locked(
-                        too_large,
-                        DropReason(
-                            kind="too_large",
-                            message=f"event alone is larger than max_batch_bytes={hard_limit}",
-                        ),
-                        reports,
-                    )
-                self.drop_unencodable_locked(unencodable, reports)
+                self.drop_unsendable_locked(too_large, unencodable, reports)
                 deadline = ledger.deadline
         finally:
             self.hand_over(reports)
@@ -425,16 +431,7 @@ class Worker:
                     log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
                     return
                 ledger.outstanding_bytes += grown
-                if too_large:
-                    ledger.drop_locked(
-                        too_large,
-                        DropReason(
-                            kind="too_large",
-                            message=f"event alone is larger than max_batch_bytes={hard_limit}",
-                        ),
-                        reports,
-                    )
-                self.drop_unencodable_locked(unencodable, reports)
+                self.drop_unsendable_locked(too_large, unencodable, reports)
                 if full is not None:
                     ledger.spooling = []
                     ledger.drop_locked(
