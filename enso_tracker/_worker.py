@@ -444,8 +444,9 @@ class Worker:
                         reports,
                     )
                 elif row is None:
+                    # Sent from memory; ready like retries (staged keeps to disk order).
                     ledger.spooling = []
-                    ledger.staged.extend(keep)
+                    ledger.schedule.enqueue(keep)
                     for p in keep:
                         heapq.heappush(ledger.volatile, (p.seq, p))
                     if failed is not None:
@@ -508,7 +509,10 @@ class Worker:
         try:
             bodies, raw = disk.load(row)
         except SpoolClosed:
-            return False  # shutdown closed the files: what is left stays on disk
+            if disk.closed:
+                return False  # shutdown closed the files: what is left stays on disk
+            self.lose_file(row, "the file was set aside as unreadable")
+            return True
         except SpoolCorrupt as exc:
             self.lose_file(row, str(exc))
             return True
