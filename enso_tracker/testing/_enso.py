@@ -543,6 +543,13 @@ class FakeEnso:
         with self._lock:
             self._plan.script(faults)
 
+    def chaos(self, p503: float = 0.0, p_store_then_drop: float = 0.0, seed: int = 0) -> None:
+        """Random faults for every batch request no scripted fault covers: a 503 with
+        probability ``p503``, a stored batch whose answer is lost (``store_then_drop``)
+        with ``p_store_then_drop``; reproducible from ``seed``. ``chaos()`` turns it off."""
+        with self._lock:
+            self._plan.chaos(p503, p_store_then_drop, seed)
+
     def hang(self, seconds: float | None) -> None:
         """Make every batch request wait ``seconds`` (None: until ``release()``/``stop()``)."""
         with self._lock:
@@ -714,6 +721,8 @@ class FakeEnso:
                         }
                     )
             shape = self._response_shape
+        if fault is not None and fault.store_then_drop:
+            return DROP  # stored, and the answer lost on the way back
         failed.reverse()  # the real API does not sort failedRecords; never let clients rely on it
         summary = {
             "success": len(events) - len(failed),

@@ -6,6 +6,7 @@ with its lock held, so a fault is consumed atomically with the request that meet
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class Fault:
     * ``status == 200`` with ``record_status``: process normally, but the records at those
       request indexes fail with that per-record ``statusCode`` (code ``"transient"``) and
       are not stored.
+    * ``store_then_drop``: process normally (records stored as a 200 would store them),
+      then reset the connection without an answer: Enso took the batch but the client
+      never heard (through ``transport()``: ``httpx.ReadError`` after storing).
 
     Through :meth:`FakeEnso.transport() <enso_tracker.testing.FakeEnso.transport>` (no
     socket), ``drop_connection`` raises ``httpx.ReadError`` in the client, and a ``delay``
@@ -42,6 +46,7 @@ class Fault:
     delay: float = 0.0
     drop_connection: bool = False
     record_status: Mapping[int, int] | None = None
+    store_then_drop: bool = False
 
     def __post_init__(self) -> None:
         """Reject impossible faults at script time, not deep inside a server thread."""
@@ -63,10 +68,15 @@ class FaultPlan:
         self.failing_ids: dict[str, tuple[int, int]] = {}  # eventId -> (status, times left)
         self.poison_ids: frozenset[str] = frozenset()
         self.poison_status = 500
+        #: ``FakeEnso.chaos``: random faults for requests the script does not cover.
+        self.chaos_503 = 0.0
+        self.chaos_store_then_drop = 0.0
+        self.chaos_rng = random.Random(0)
 
     def clear(self) -> None:
         """Forget every fault and end the hang (the caller notifies waiters)."""
         self.faults.clear()
+        self.chaos(0.0, 0.0, 0)
         self.failing_ids.clear()
         self.poison_ids = frozenset()
         self.poison_status = 500
@@ -76,7 +86,22 @@ class FaultPlan:
         self.faults.extend(faults)
 
     def next_fault(self) -> Fault | None:
-        return self.faults.popleft() if self.faults else None
+        if self.faults:
+            return self.faults.popleft()
+        if self.chaos_503 or self.chaos_store_then_drop:
+            draw = self.chaos_rng.random()
+            if draw < self.chaos_503:
+                return Fault(status=503)
+            if draw < self.chaos_503 + self.chaos_store_then_drop:
+                return Fault(store_then_drop=True)
+        return None
+
+    def chaos(self, p503: float, p_store_then_drop: float, seed: int) -> None:
+        if not (0 <= p503 and 0 <= p_store_then_drop and p503 + p_store_then_drop <= 1):
+            raise ValueError("chaos probabilities must be >= 0 and sum to at most 1")
+        self.chaos_503 = p503
+        self.chaos_store_then_drop = p_store_then_drop
+        self.chaos_rng = random.Random(seed)
 
     def hang(self, seconds: float | None) -> None:
         if seconds is not None and seconds < 0:
