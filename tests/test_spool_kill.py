@@ -2,7 +2,7 @@
 
 Two producer processes share one spool directory and track events as fast as a busy web
 app, while Enso answers some requests with 503 and sometimes stores a batch but loses
-the answer. One of them is SIGKILLed at a random moment every 50–1,500 ms (mid-commit,
+the answer. One of them is SIGKILLed at a random moment every 50-1,500 ms (mid-commit,
 mid-send, mid-adoption: a fresh producer adopts the orphans at construction) and
 replaced, at least 100 times. Oracle: each producer fsyncs its ``durable_seq`` as it
 goes; after a final drain with the faults off, every event at or below the last
@@ -112,7 +112,7 @@ def test_kill_9_at_random_moments_loses_no_committed_event(fake: FakeEnso, tmp_p
     reports.mkdir()
     fake.chaos(p503=0.1, p_store_then_drop=0.05, seed=SEED)
     made = 0
-    live = []
+    live: list[Producer] = []
     for _ in range(2):
         live.append(start(fake, spool, reports, made))
         made += 1
@@ -137,7 +137,7 @@ def test_kill_9_at_random_moments_loses_no_committed_event(fake: FakeEnso, tmp_p
         stats = heir.stats()
     on_server = set(fake.event_ids())
     committed = 0
-    lost = []
+    lost: list[str] = []
     for producer in dead:
         durable = producer.last_durable()
         committed += durable

@@ -97,7 +97,7 @@ class FaultPlan:
         return None
 
     def chaos(self, p503: float, p_store_then_drop: float, seed: int) -> None:
-        if not (0 <= p503 and 0 <= p_store_then_drop and p503 + p_store_then_drop <= 1):
+        if not (p503 >= 0 and p_store_then_drop >= 0 and p503 + p_store_then_drop <= 1):
             raise ValueError("chaos probabilities must be >= 0 and sum to at most 1")
         self.chaos_503 = p503
         self.chaos_store_then_drop = p_store_then_drop
