@@ -41,6 +41,7 @@ from ._spool_store import (
     Durability,
     SpoolClosed,
     SpoolCorrupt,
+    SpoolEmpty,
     SpoolFile,
     SpoolUnsupported,
     StoredBatch,
@@ -48,6 +49,7 @@ from ._spool_store import (
     find_orphans,
     open_orphan,
     quarantine,
+    remove_files,
     salvage,
 )
 
@@ -59,7 +61,7 @@ ADOPT_INTERVAL: Final = 60.0
 COMPACT_ABOVE: Final = 64 * 1024 * 1024
 
 #: Something to report about a file (logged, and counted by the caller).
-Problem = tuple[str, str]  # (kind, message): kind "corrupt" | "unsupported" | "error"
+Problem = tuple[str, str]  # (kind, message): "corrupt" | "unsupported" | "empty" | "error"
 
 
 class DiskSpool:
@@ -153,6 +155,11 @@ class DiskSpool:
             try:
                 file = open_orphan(db, fd, durability=self.durability)
                 found = file.index()
+            except SpoolEmpty as exc:
+                remove_files(db)
+                os.close(fd)
+                problems.append(("empty", str(exc)))
+                continue
             except SpoolUnsupported as exc:
                 self.skip.add(db)
                 with contextlib.suppress(OSError):

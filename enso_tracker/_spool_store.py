@@ -47,6 +47,7 @@ __all__ = [
     "Durability",
     "SpoolClosed",
     "SpoolCorrupt",
+    "SpoolEmpty",
     "SpoolFile",
     "SpoolFull",
     "SpoolUnsupported",
@@ -122,6 +123,10 @@ class SpoolClosed(Exception):
 
 class SpoolCorrupt(Exception):
     """A spool file SQLite cannot read: it is renamed aside, never retried."""
+
+
+class SpoolEmpty(Exception):
+    """A spool file with nothing in it to deliver (removed by its adopter)."""
 
 
 class SpoolUnsupported(Exception):
@@ -297,16 +302,20 @@ def connect(
         if create:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table
         if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
-            # SQLite checkpoints every 1000 pages by default: 64 MB of WAL with 64 KiB
-            # pages. Every 64 pages (4 MiB) instead, and the file cut back to 8 MiB.
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            _configure(conn, durability)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _configure(conn: sqlite3.Connection, durability: Durability) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+    # SQLite checkpoints every 1000 pages by default: 64 MB of WAL with 64 KiB pages.
+    # Every 64 pages (4 MiB) instead, and the file cut back to 8 MiB.
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
 
 
 def _check_format(conn: sqlite3.Connection, path: str) -> None:
@@ -534,14 +543,22 @@ def create_own(directory: str, *, durability: Durability, max_bytes: int) -> Spo
 
 def open_orphan(db: str, lock_fd: int, *, durability: Durability) -> SpoolFile:
     """Open an orphan we hold the lock of. ``SpoolCorrupt``/``SpoolUnsupported`` if it
-    cannot be used (the caller renames or skips it)."""
+    cannot be used (the caller renames or skips it), ``SpoolEmpty`` if it never held a
+    table (its WAL, where a young file keeps everything, was lost)."""
+    uri = f"file:{quote(db)}?mode=rw"
     try:
-        conn = connect(db, create=False, durability=durability)
+        # Checked before anything is written: a file of another format stays as it was.
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5
+        )
     except sqlite3.DatabaseError as exc:
         raise SpoolCorrupt(f"{db}: {exc}") from None
     try:
         try:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                raise SpoolEmpty(f"{db}: holds no table (its WAL was lost?); nothing to send")
             _check_format(conn, db)
+            _configure(conn, durability)
             check = conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"{db}: {exc}") from None
