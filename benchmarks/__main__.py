@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import async_gap, exit_time, hot_path, memory, overhead, peers, throughput
+from . import async_gap, exit_time, hot_path, memory, overhead, peers, spool, throughput
 from ._common import (
     FULL,
     QUICK,
@@ -67,6 +67,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("5. Exit", lambda: exit_time.run(sizes, sink)),
             ("6. Peers", lambda: peers.run(sizes, sink)),
             ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
+            ("8. Durable spool", lambda: spool.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

@@ -22,6 +22,8 @@ HEADINGS = (
     "### 4. Caller overhead",
     "### 5. Exit",
     "### 6. Peers",
+    "### 7. asyncio: event-loop gaps",
+    "### 8. Durable spool",
 )
 
 
