@@ -239,3 +239,59 @@ def test_spool_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(ConfigurationError, match="file"):
         Tracker(API_KEY, base_url="http://127.0.0.1:9", handle_sigterm=False, spool_dir=target)
+
+
+def test_dead_letters_are_bounded_oldest_evicted_and_counted(
+    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    fake.known_entities = {"ent"}
+    cap = 64 * 1024
+    tracker = make_tracker(spool_dir=spool, max_dead_letter_bytes=cap)
+    meta = {"pad": "p" * 1000}
+    refused = [accepted(tracker.track("nobody", "m", i, metadata=meta)) for i in range(300)]
+    assert tracker.flush(20.0)
+    stats = tracker.stats()
+    assert stats.dropped == {"rejected": 300}
+    assert stats.dead_letters == 300
+    assert stats.dead_letters_evicted > 0
+    kept = [letter.event.event_id for letter in tracker.dead_letters() if letter.event]
+    assert 0 < len(kept) < 300
+    assert kept == refused[-len(kept) :]  # the newest stay, the oldest went
+    assert sum(len(letter.body) for letter in tracker.dead_letters()) <= cap
+    assert Spool(spool).status().dead_letters_evicted == stats.dead_letters_evicted
+
+
+def test_durability_sets_sqlite_synchronous(
+    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+) -> None:
+    for durability, level in (("process", 1), ("power", 2)):  # NORMAL, FULL
+        tracker = make_tracker(spool_dir=tmp_path / durability, durability=durability)
+        accepted(tracker.track("ent", "m", 1))
+        assert tracker.flush(10.0)
+        disk = tracker._worker.disk
+        assert disk is not None
+        assert disk.own is not None
+        assert disk.own._db().execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def test_a_drained_spool_that_grew_large_is_compacted(
+    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from enso_tracker import _spool
+
+    monkeypatch.setattr(_spool, "COMPACT_ABOVE", 256 * 1024)
+    spool = tmp_path / "spool"
+    fake.hang(None)
+    tracker = make_tracker(spool_dir=spool, timeout=0.3, max_batch_size=100)
+    meta = {"pad": "q" * 500}
+    [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(4000)]
+    assert wait_until(lambda: tracker.stats().durable_seq == 4000, 20.0)
+    disk = tracker._worker.disk
+    assert disk is not None
+    assert disk.own is not None
+    grown = disk.own.size()
+    assert grown > 1024 * 1024
+    fake.release()
+    assert tracker.flush(30.0)
+    assert wait_until(lambda: disk.own is not None and disk.own.size() < grown // 4, 10.0)
