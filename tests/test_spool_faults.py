@@ -302,6 +302,16 @@ def test_bad_directories_are_refused_at_construction(
     for path in (target, target / "below"):
         with pytest.raises(ConfigurationError, match=str(path.parent.name)):
             Tracker(API_KEY, base_url="http://127.0.0.1:9", handle_sigterm=False, spool_dir=path)
+    # Read-only places (the suite runs as root, which chmod cannot stop): procfs.
+    with pytest.raises(ConfigurationError, match="cannot write there"):
+        Tracker(API_KEY, base_url="http://127.0.0.1:9", handle_sigterm=False, spool_dir="/proc")
+    with pytest.raises(ConfigurationError, match="cannot create it"):
+        Tracker(
+            API_KEY,
+            base_url="http://127.0.0.1:9",
+            handle_sigterm=False,
+            spool_dir="/proc/enso-spool",
+        )
     monkeypatch.setattr(store, "_mount_type", lambda path: "nfs4")
     with pytest.raises(ConfigurationError, match="network filesystem"):
         Tracker(
