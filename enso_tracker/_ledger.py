@@ -54,6 +54,7 @@ class Ledger:
         "backlog_adopted",
         "backlog_own",
         "closed",
+        "committing",
         "config",
         "dead",
         "dead_evicted",
@@ -146,6 +147,7 @@ class Ledger:
         #: sender thread takes both after each locked section.
         self.finished: list[Pending] = []
         self.dead: list[tuple[bytes, DropReason]] = []
+        self.committing = 0  # disk commits under way (flush() waits for them)
         #: Events sent without being on disk (the disk failed): (seq, Pending) heap.
         self.volatile: list[tuple[int, Pending]] = []
 
@@ -188,8 +190,14 @@ class Ledger:
     # ---------------------------------------------------------------- settling
 
     def settled_locked(self, seq: int) -> bool:
-        """Every event up to ``seq`` is delivered or dropped, and its drop reported."""
-        return self.reporting == 0 and self.min_unsettled_locked() > seq
+        """Every event up to ``seq`` is delivered or dropped, and its drop reported (and,
+        with a spool, its row deleted or its dead letter stored)."""
+        return (
+            self.reporting == 0
+            and not self.finished
+            and not self.committing
+            and self.min_unsettled_locked() > seq
+        )
 
     def min_unsettled_locked(self) -> int:
         """The lowest sequence not yet settled, in O(log n) amortised: the queue is in

@@ -58,6 +58,8 @@ class Managed(Protocol):
 
     def _after_fork_in_child(self) -> None: ...
 
+    def _fork_locks(self) -> list[threading.Lock | threading.RLock]: ...
+
 
 _live: weakref.WeakSet[Managed] = weakref.WeakSet()
 
@@ -111,7 +113,35 @@ def after_fork_in_child() -> None:
         t._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=after_fork_in_child)
+#: Locks taken around a fork (see ``_before_fork``), to release on both sides.
+_held_over_fork: list[threading.Lock | threading.RLock] = []
+
+
+def _before_fork() -> None:
+    """Take each tracker's spool locks, so no thread of ours is inside SQLite when the
+    process forks: the child would inherit SQLite's own mutexes locked, and hang at its
+    first SQLite call. Bounded: a lock held longer (a fork from on_drop) is skipped."""
+    for t in live():
+        for lock in t._fork_locks():
+            if lock.acquire(timeout=5.0):
+                _held_over_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().release()
+
+
+def _after_fork_in_child_hook() -> None:
+    _after_fork_in_parent()  # the child's copies: released, then the child builds anew
+    after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child_hook,
+)
 
 
 class _MultiprocessingHook:

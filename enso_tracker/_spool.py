@@ -222,6 +222,9 @@ class DiskSpool:
 
     def _delete_unlocked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
         problems: list[Problem] = []
+        if not file.adopted:
+            file.defer_delete(rows)  # with the next insert, or when the spooler idles
+            return problems
         try:
             file.delete(rows)
         except SpoolClosed:
@@ -230,13 +233,32 @@ class DiskSpool:
             problems.append(("error", f"cannot delete delivered batches from {file.path}: {exc}"))
             return problems
         if file.rows == 0:
-            if file.adopted:
-                file.close(remove_if_empty=True)
-                with contextlib.suppress(ValueError):
-                    self.adopted.remove(file)
-            elif file.size() > COMPACT_ABOVE:
-                file.compact()
+            file.close(remove_if_empty=True)
+            with contextlib.suppress(ValueError):
+                self.adopted.remove(file)
         return problems
+
+    def deletes_deferred(self) -> bool:
+        own = self.own
+        return own is not None and own.has_deferred()
+
+    def flush_deletes(self) -> list[Problem]:
+        """The spooler is idle: carry out the deferred deletes of our own file; a file
+        drained after growing large is compacted."""
+        with self.lock:
+            own = self.own
+            if own is None or self.closed:
+                return []
+            try:
+                if not own.flush_deletes():
+                    return []
+                if own.rows == 0 and own.size() > COMPACT_ABOVE:
+                    own.compact()
+            except SpoolClosed:
+                return []
+            except Exception as exc:
+                return [("error", f"cannot delete delivered batches from {own.path}: {exc}")]
+            return []
 
     def store_dead(self, letters: list[tuple[bytes, DropReason]]) -> tuple[int, int]:
         """Dead letters stored, and how many older ones that evicted."""

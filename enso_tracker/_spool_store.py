@@ -366,6 +366,7 @@ class SpoolFile:
         self._lock = threading.Lock()
         self.rows = 0  # rows it holds
         self.events = 0  # events in them
+        self._deferred: list[StoredBatch] = []  # settled rows, deleted with the next insert
         if max_bytes is not None:
             pages = max(max_bytes // PAGE_SIZE, 0) + _SPARE_PAGES
             conn.execute(f"PRAGMA max_page_count={pages}")
@@ -379,26 +380,70 @@ class SpoolFile:
         return self._conn
 
     def append(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
-        """Commit one batch; ``SpoolFull`` past the cap or when the disk refuses."""
-        crc = zlib.crc32(body)
-        created = time.time()
+        """Commit one batch, with the deletes deferred so far in the same transaction;
+        ``SpoolFull`` past the cap or when the disk refuses."""
+        row = (time.time(), n, zlib.crc32(body), body)
         with self._lock:
+            db = self._db()
             try:
-                cursor = self._db().execute(
-                    "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
-                    (created, n, crc, body),
-                )
+                try:
+                    rowid = self._insert_locked(db, row)
+                except sqlite3.Error as exc:
+                    if not (_is_full(exc) and self._deferred):
+                        raise
+                    self._delete_locked(db, self._deferred)  # deletes work when full
+                    rowid = self._insert_locked(db, row)
             except (sqlite3.Error, OSError) as exc:
                 if _is_full(exc):
                     raise SpoolFull(str(exc)) from None
                 if _is_corrupt(exc):
                     raise SpoolCorrupt(f"{self.path}: {exc}") from None
                 raise
-            rowid = cursor.lastrowid
-            assert rowid is not None
             self.rows += 1
             self.events += n
-        return StoredBatch(self, rowid, n, len(body), created, first_seq)
+        return StoredBatch(self, rowid, n, len(body), row[0], first_seq)
+
+    def _insert_locked(self, db: sqlite3.Connection, row: tuple[float, int, int, bytes]) -> int:
+        deferred = self._deferred
+        db.execute("BEGIN")
+        try:
+            if deferred:
+                db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in deferred])
+            cursor = db.execute(
+                "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)", row
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._forget(deferred)
+        self._deferred = []
+        rowid = cursor.lastrowid
+        assert rowid is not None
+        return rowid
+
+    def _forget(self, rows: list[StoredBatch]) -> None:
+        self.rows -= len(rows)
+        self.events -= sum(r.n for r in rows)
+
+    def defer_delete(self, rows: list[StoredBatch]) -> None:
+        """Delete these rows with the next insert (one transaction instead of two), or at
+        the next ``flush_deletes()``. Until then a crash resends them: Enso dedups."""
+        with self._lock:
+            self._deferred.extend(rows)
+
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def flush_deletes(self) -> bool:
+        """Carry out the deferred deletes now. True if there were any."""
+        with self._lock:
+            if not self._deferred or self._conn is None:
+                return False
+            self._delete_locked(self._db(), self._deferred)
+            self._deferred = []
+            return True
 
     def index(self) -> list[StoredBatch]:
         """Every row, in order, without reading the bodies."""
@@ -441,17 +486,18 @@ class SpoolFile:
         if not rows:
             return
         with self._lock:
-            db = self._db()
-            db.execute("BEGIN")
-            try:
-                db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in rows])
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
-            self.rows -= len(rows)
-            self.events -= sum(r.n for r in rows)
+            self._delete_locked(self._db(), rows)
+
+    def _delete_locked(self, db: sqlite3.Connection, rows: list[StoredBatch]) -> None:
+        db.execute("BEGIN")
+        try:
+            db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._forget(rows)
 
     def size(self) -> int:
         return disk_size(self.path)
@@ -467,6 +513,10 @@ class SpoolFile:
     def close(self, *, remove_if_empty: bool = True) -> bool:
         """Close; a file with no rows left is removed (lock last). True if removed."""
         with self._lock:
+            if self._deferred and self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._delete_locked(self._conn, self._deferred)
+                self._deferred = []
             conn, self._conn = self._conn, None
             if conn is None:
                 return False
@@ -575,6 +625,9 @@ def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
     created), in order, until the damage stops the reading."""
     try:
         conn = connect(db, create=False, readonly=True)
+        # A file shorter than its header says is "malformed" to SQLite at once; this
+        # lets it read the pages that are there (the connection is read-only).
+        conn.execute("PRAGMA writable_schema=ON")
     except sqlite3.Error:
         return
     try:

@@ -448,6 +448,11 @@ class Tracker(AsyncMixin):
         _lifecycle.forget(self)
         return ok
 
+    def _fork_locks(self) -> list[threading.Lock | threading.RLock]:
+        """Held around a fork (see _lifecycle._before_fork): with a spool, the locks
+        every SQLite call of this tracker's threads runs under, in the order they nest."""
+        return self._worker.fork_locks()
+
     def _after_fork_in_child(self) -> None:
         # The parent still owns (and will deliver) every event it had queued: the child
         # starts with empty books, fresh locks and no thread or connection.

@@ -81,7 +81,15 @@ class Worker:
         self.spool_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
+        self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
+
+    def fork_locks(self) -> list[threading.Lock | threading.RLock]:
+        """The locks every SQLite call of this worker's threads runs under, in the order
+        they nest (held around a fork: see ``_lifecycle._before_fork``)."""
+        if self.disk is None:
+            return []
+        return [self._commit_lock, self.disk.lock]
 
     def on_thread(self) -> bool:
         """Whether the caller runs on one of this worker's threads (``on_drop``, a log
@@ -390,8 +398,19 @@ class Worker:
             raw, wait = ledger.spool_plan_locked(now)
             stopping = ledger.stopping
         if raw:
+            self._deletes_due = None  # the write carried the deferred deletes
             self.spool_write(raw)
             return 0.0
+        if wait is None and disk.deletes_deferred():
+            # Idle: settled rows are deleted after spool_interval without a write (busy,
+            # each write carries them: one transaction instead of two).
+            if self._deletes_due is None:
+                self._deletes_due = now + self.config.spool_interval
+            if now >= self._deletes_due or stopping:
+                self._deletes_due = None
+                self.report_problems(disk.flush_deletes())
+            else:
+                wait = self._deletes_due - now
         if not stopping:
             wait = _sooner(wait, max(disk.next_scan - now, 0.0))
         return wait
@@ -582,23 +601,35 @@ class Worker:
         ledger = self.ledger
         with ledger.lock:
             finished, dead = ledger.take_finished_locked()
-        if not finished and not dead:
-            return
-        stored = evicted = 0
+            if not finished and not dead:
+                return
+            ledger.committing += 1  # flush() waits for this commit (Ledger.settled_locked)
+        stored = evicted = size = 0
         problems: list[Problem] = []
-        with self._commit_lock:
-            if dead:
-                try:
-                    stored, evicted = disk.store_dead(dead)
-                except Exception as exc:
-                    problems.append(("error", f"cannot store dead letters: {exc}"))
-            problems.extend(disk.settle(finished))
-            size = disk.own_size()
-        self.spool_wake.set()  # room freed: the spooler may load a backlog row
-        with ledger.lock:
-            ledger.dead_letters += stored
-            ledger.dead_evicted += evicted
-            ledger.spool_bytes = size
+        try:
+            with self._commit_lock:
+                if dead:
+                    try:
+                        stored, evicted = disk.store_dead(dead)
+                    except Exception as exc:
+                        problems.append(("error", f"cannot store dead letters: {exc}"))
+                problems.extend(disk.settle(finished))
+                if ledger.flush_waiters or ledger.stopping:
+                    # Someone waits: the delivered rows leave the disk before it returns
+                    # (a process that flushes and exits must not leave them to resend).
+                    problems.extend(disk.flush_deletes())
+                size = disk.own_size()
+        finally:
+            with ledger.lock:
+                ledger.committing -= 1
+                ledger.dead_letters += stored
+                ledger.dead_evicted += evicted
+                ledger.spool_bytes = size
+                ledger.settled.notify_all()
+        if ledger.backlog_own or ledger.backlog_adopted or not ledger.queue:
+            # Room freed: the spooler may load a backlog row; or it may be idle, and
+            # must time the deletes it now holds (spool_step).
+            self.spool_wake.set()
         self.report_problems(problems)
 
     def report_problems(self, problems: list[Problem]) -> None:
