@@ -666,14 +666,34 @@ def find_orphans(directory: str, skip: set[str]) -> Iterator[tuple[str, int]]:
     _remove_stale(directory)
 
 
+#: A temp redrive file older than this was left by a process killed while writing it.
+_STALE_TEMP = 3600.0
+
+
 def _remove_stale(directory: str) -> None:
-    """Locks with no db and temp locks left by a process killed while creating its file."""
+    """What killed processes left half made or half removed: locks with no db, temp locks,
+    a -wal/-shm whose db is gone, an abandoned temp redrive file."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
         path = os.path.join(directory, name)
+        if name.startswith("spool-") and name.endswith((".db-wal", ".db-shm")):
+            db = path[: -len("-wal")]
+            if not os.path.exists(db):
+                fd = _take_lock(lock_path(db), create=False)
+                if fd is not None or not os.path.exists(lock_path(db)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                if fd is not None:
+                    os.close(fd)
+            continue
+        if name.startswith(".tmp-spool-redrive-") and name.endswith(".db"):
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(path).st_mtime > _STALE_TEMP:
+                    os.unlink(path)
+            continue
         stale = (name.startswith("spool-") and name.endswith(".lock")) and not os.path.exists(
             path[: -len(".lock")] + ".db"
         )

@@ -532,3 +532,21 @@ def test_two_trackers_on_one_directory_then_one_adopts_what_the_other_left(
     assert first.stats().balanced
     assert first.shutdown(5.0)
     assert spool_files(spool) == []
+
+
+def test_leftovers_of_killed_processes_are_cleaned_up(fake: FakeEnso, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    # Killed between removing its db and its -wal/-shm (no lock left either):
+    (spool / "spool-7-dead.db-wal").write_bytes(b"x" * 100)
+    (spool / "spool-7-dead.db-shm").write_bytes(b"x" * 100)
+    # Killed while creating its file (temp lock), or writing a redrive file an hour ago:
+    (spool / ".tmp-spool-8-dead.lock").write_bytes(b"")
+    stale = spool / ".tmp-spool-redrive-dead.db"
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    fresh = spool / ".tmp-spool-redrive-busy.db"  # maybe being written right now: kept
+    fresh.write_bytes(b"x")
+    with heir(spool, fake):
+        pass
+    assert sorted(os.listdir(spool)) == [".tmp-spool-redrive-busy.db"]
