@@ -22,7 +22,7 @@ HEADINGS = (
     "### 4. Caller overhead",
     "### 5. Exit",
     "### 6. Peers",
-    "### 7. asyncio: event-loop gaps",
+    "### Async: event-loop gap during aflush()",
     "### 8. Durable spool",
 )
 
