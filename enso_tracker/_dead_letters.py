@@ -25,7 +25,7 @@ import msgspec
 
 from ._items import QueuedEvent
 from ._model import DeadLetter, DropReason, Event
-from ._spool_store import connect, disk_size
+from ._spool_store import SpoolCorrupt, connect, disk_size, is_corrupt, quarantine
 
 __all__ = ["DEAD_KINDS", "DeadLetterStore", "event_of", "item_of", "split_batch"]
 
@@ -156,23 +156,43 @@ class DeadLetterStore:
         self._conn: sqlite3.Connection | None = None
         self._create = create
         self._bytes: int | None = None  # running estimate, recounted when past the cap
+        self.quarantined: str | None = None  # an unreadable store renamed aside
 
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = connect(self.path, create=self._create)
             try:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            except BaseException:
-                conn.close()
-                raise
+                conn = self._open()
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                if not self._create:  # a reader (Spool): report, never touch
+                    raise SpoolCorrupt(f"{self.path}: {exc}") from None
+                # A writer sets the unreadable store aside and starts a fresh one, so
+                # that new dead letters are kept (the caller reports the rename).
+                self.quarantined = quarantine(self.path)
+                conn = self._open()
             with contextlib.suppress(OSError):
                 os.chmod(self.path, 0o600)
             self._conn = conn
         return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path, create=self._create)
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def take_quarantined(self) -> str | None:
+        """Where an unreadable store was renamed to, once (for the caller to report)."""
+        target, self.quarantined = self.quarantined, None
+        return target
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -491,7 +491,10 @@ class Ledger:
         in_flight = len(self.inflight) + len(self.inflight_raw)
         spooled = self.on_disk
         if self.spool:
-            spooled += self.outstanding - len(self.queue) - len(self.spooling)
+            # In memory and on disk: all but the queued, the being-written, and the
+            # events sent from memory after a failed write (volatile, not yet settled).
+            volatile = sum(1 for _, p in self.volatile if not p.done)
+            spooled += self.outstanding - len(self.queue) - len(self.spooling) - volatile
         return Stats(
             accepted=self.seq,
             delivered=self.delivered,

@@ -24,6 +24,7 @@ from ._model import DeadLetter, Event, SpoolStatus
 from ._spool_store import (
     APPLICATION_ID,
     FORMAT_VERSION,
+    SpoolCorrupt,
     connect,
     lock_path,
     spool_files,
@@ -116,9 +117,14 @@ class Spool:
                 if ".corrupt-" in name and not name.endswith(("-wal", "-shm"))
             )
         store = self._store()
+        kinds: dict[str, int] = {}
+        codes: dict[str, int] = {}
+        evicted = 0
         try:
             kinds, codes, evicted = store.counts()
             size += store.size()
+        except SpoolCorrupt:
+            corrupt.append(store.path)  # the next tracker on the directory sets it aside
         finally:
             store.close()
         return SpoolStatus(

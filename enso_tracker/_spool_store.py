@@ -57,6 +57,7 @@ __all__ = [
     "create_own",
     "disk_size",
     "find_orphans",
+    "is_corrupt",
     "quarantine",
     "remove_files",
     "spool_files",
@@ -143,7 +144,7 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def _is_corrupt(exc: BaseException) -> bool:
+def is_corrupt(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return True
@@ -396,7 +397,7 @@ class SpoolFile:
             except (sqlite3.Error, OSError) as exc:
                 if _is_full(exc):
                     raise SpoolFull(str(exc)) from None
-                if _is_corrupt(exc):
+                if is_corrupt(exc):
                     raise SpoolCorrupt(f"{self.path}: {exc}") from None
                 raise
             self.rows += 1
@@ -575,9 +576,13 @@ def create_own(directory: str, *, durability: Durability, max_bytes: int) -> Spo
         os.rename(tmp, lock_path(db))
         conn = connect(db, create=True, durability=durability)
         try:
+            # One transaction: a file caught mid-creation (a kill, a lost WAL) has no
+            # table at all (removed as empty), never a table without its stamps.
+            conn.execute("BEGIN")
             conn.execute(_SCHEMA)
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
             conn.close()
             remove_files(db)

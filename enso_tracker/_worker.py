@@ -436,6 +436,7 @@ class Worker:
                 return  # shutdown closed the spool: it accounted for these events
             except Exception as exc:  # an I/O error, a file gone bad: send from memory
                 failed = describe_exception(exc)
+        size = disk.own_size() if row is not None else 0
         reports: Reports = []
         log = self.reporter.log
         try:
@@ -481,6 +482,7 @@ class Worker:
                     for p in keep:
                         p.row = row
                     ledger.stage_locked(keep, row)
+                    ledger.spool_bytes = size
                 ledger.room.notify_all()  # memory freed (rows on disk only, drops)
                 ledger.settled.notify_all()
         finally:
@@ -613,6 +615,11 @@ class Worker:
                         stored, evicted = disk.store_dead(dead)
                     except Exception as exc:
                         problems.append(("error", f"cannot store dead letters: {exc}"))
+                    aside = disk.dead.take_quarantined()
+                    if aside is not None:
+                        problems.append(
+                            ("corrupt", f"unreadable dead-letter store renamed to {aside}")
+                        )
                 problems.extend(disk.settle(finished))
                 if ledger.flush_waiters or ledger.stopping:
                     # Someone waits: the delivered rows leave the disk before it returns

@@ -1,8 +1,9 @@
 """The durable spool when things go wrong, against a real FakeEnso: damaged files (a
-flipped byte, a truncated db, a truncated or deleted WAL, a zeroed header), a full spool
-and a filesystem that refuses writes, a file of another format, bad directories, a fork,
-and two trackers on one directory. Never a crash, never a loop; what is intact is
-delivered exactly once and the rest is reported."""
+flipped byte, a truncated db, a truncated, deleted or commit-cut WAL, a zeroed header, an
+unreadable dead-letter store), a full spool and a filesystem that refuses writes (and
+what stats() says meanwhile), a file of another format, bad directories, a fork, and two
+trackers on one directory. Never a crash, never a loop; what is intact is delivered
+exactly once and the rest is reported."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enso_tracker import ConfigurationError, Spool, Tracker
+from enso_tracker import ConfigurationError, DropReason, Spool, Tracker
 from enso_tracker import _spool_store as store
+from enso_tracker._dead_letters import DeadLetterStore
 from enso_tracker._spool import DiskSpool
 from enso_tracker.testing import FakeEnso
 
@@ -68,31 +72,54 @@ def heir(spool: Path, fake: FakeEnso, **options: Any) -> Tracker:
 # ---------------------------------------------------------------- corruption
 
 
+def flip_one_bit(db: Path, how: str, inside: str) -> tuple[bytes, bytes]:
+    """Flip one bit of the body of the row holding ``inside`` (an eventId): with SQL,
+    or in the file's bytes as a disk would (SQLite's own checks never read a row's
+    payload). Returns the body before and after."""
+    with sqlite3.connect(db) as conn:
+        rowid, body = conn.execute(
+            "SELECT id, body FROM batches WHERE instr(body, ?) > 0", (inside.encode(),)
+        ).fetchone()
+        body = bytes(body)
+        at = body.index(inside.encode())
+        damaged = bytearray(body)
+        damaged[at] ^= 0x01  # one bit: a CRC catches it, JSON might not
+        if how == "sql":
+            conn.execute("UPDATE batches SET body = ? WHERE id = ?", (bytes(damaged), rowid))
+    conn.close()
+    if how == "in place":
+        assert not Path(str(db) + "-wal").exists()  # all of it is in the db file
+        raw = bytearray(db.read_bytes())
+        assert raw.count(body) == 1
+        raw[raw.index(body) + at] ^= 0x01
+        db.write_bytes(bytes(raw))
+    return body, bytes(damaged)
+
+
+@pytest.mark.parametrize("how", ["sql", "in place"])
 def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog, caplog: pytest.LogCaptureFixture
+    fake: FakeEnso, tmp_path: Path, drops: DropLog, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     spool = tmp_path / "spool"
     ids = leave_behind(spool, 300, batch=100)
     db = only_db(spool)
-    with sqlite3.connect(db) as conn:
-        rowid, body = conn.execute("SELECT id, body FROM batches ORDER BY id LIMIT 1").fetchone()
-        damaged = bytearray(body)
-        damaged[len(damaged) // 2] ^= 0x01  # one bit: a CRC catches it, JSON might not
-        conn.execute("UPDATE batches SET body = ? WHERE id = ?", (bytes(damaged), rowid))
-    conn.close()
+    body, damaged = flip_one_bit(db, how, ids[150])  # the middle one of three batches
+    assert body != damaged
     caplog.set_level(logging.ERROR, logger="enso_tracker")
     with heir(spool, fake, on_drop=drops) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
         stats = tracker.stats()
         assert stats.adopted == 300
         assert stats.dropped == {"corrupt": 100}
+        assert stats.dead_letters == 1
         assert stats.balanced
         letters = list(tracker.dead_letters(kind="corrupt"))
     assert len(letters) == 1
     assert letters[0].event is None
     assert letters[0].reason.kind == "corrupt"
-    assert letters[0].body == bytes(damaged)
-    assert sorted(fake.event_ids()) == sorted(ids[100:])
+    assert letters[0].body == damaged
+    # The batches on either side of it, in the order they were tracked, once each.
+    assert fake.event_ids() == ids[:100] + ids[200:]
     assert fake.duplicates == {}
     # Nothing in a corrupt record can be trusted, so no Event reaches on_drop: the loss
     # is logged at ERROR and kept as a dead letter.
@@ -105,6 +132,7 @@ def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
     assert status.dead_letters_by_kind == {"corrupt": 1}
     assert status.events == 0
     assert spool_files(spool) == []
+    assert sorted(os.listdir(spool)) == ["dead-letters.db"]
 
 
 def test_a_truncated_db_is_set_aside_what_is_readable_delivered(
@@ -129,7 +157,8 @@ def test_a_truncated_db_is_set_aside_what_is_readable_delivered(
     assert len(on_server) == recovered + 1  # everything recovered was delivered, once
     assert fake.duplicates == {}
     aside = [n for n in os.listdir(spool) if ".corrupt-" in n and not n.endswith(("-wal", "-shm"))]
-    assert aside, os.listdir(spool)
+    assert len(aside) == 1, os.listdir(spool)
+    assert re.fullmatch(re.escape(db.name) + r"\.corrupt-\d+", aside[0])
     assert any(
         r.levelno == logging.ERROR and "unreadable spool file renamed" in r.getMessage()
         for r in caplog.records
@@ -151,21 +180,44 @@ def test_a_zeroed_header_is_set_aside_and_a_fresh_start_works(
         f.write(b"\0" * 100)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
     with heir(spool, fake) as tracker:
-        assert tracker.stats().adopted == 0
+        assert wait_until(lambda: not db.exists(), 10.0)
         fresh = [accepted(tracker.track("ent", "m", i)) for i in range(10)]
         assert tracker.flush(10.0)
+        assert tracker.stats().adopted == 0
         assert tracker.stats().balanced
     assert sorted(fake.event_ids()) == sorted(fresh)
     (aside,) = [
         n for n in os.listdir(spool) if ".corrupt-" in n and not n.endswith(("-wal", "-shm"))
     ]
-    assert aside.startswith(db.name + ".corrupt-")
+    assert re.fullmatch(re.escape(db.name) + r"\.corrupt-\d+", aside)
     assert any(
-        r.levelno == logging.ERROR and "unreadable spool file" in r.getMessage()
+        r.levelno == logging.ERROR
+        and f"unreadable spool file renamed to {spool / aside}" in r.getMessage()
         for r in caplog.records
     )
     assert Spool(spool).status().corrupt_files == [str(spool / aside)]
-    assert [n for n in spool_files(spool) if ".corrupt-" not in n] == []  # drained its own
+    left = [n for n in os.listdir(spool) if ".corrupt-" not in n]
+    assert [n for n in left if not n.startswith("dead-letters.db")] == []  # drained its own
+
+
+def test_a_zeroed_db_header_under_a_wal_that_holds_page_one_loses_nothing(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    """A young file of a killed process keeps its newest page 1 in the WAL, and SQLite
+    reads it from there: the zeroed copy in the db file is never looked at. Everything
+    is delivered once and nothing is set aside."""
+    spool = tmp_path / "spool"
+    ids = killed_writer(spool, 200)
+    db = only_db(spool)
+    with open(db, "r+b") as f:
+        f.write(b"\0" * 100)
+    with heir(spool, fake) as tracker:
+        assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
+        assert tracker.stats().adopted == 200
+        assert tracker.stats().balanced
+    assert sorted(fake.event_ids()) == sorted(ids)
+    assert fake.duplicates == {}
+    assert os.listdir(spool) == []
 
 
 WRITER = """
@@ -239,6 +291,110 @@ def test_a_damaged_wal_never_crashes_and_nothing_is_sent_twice(
     assert [n for n in left if not n.startswith("dead-letters.db")] == []
 
 
+def wal_commit_ends(wal: Path) -> list[int]:
+    """Offsets just past each commit frame of a WAL whose frames are all of one
+    generation (nothing checkpointed yet): where a crash may have cut it cleanly.
+    (A frame: a 24-byte header — page number, db size in pages if it ends a commit
+    else 0, salts, checksums — then the page; the file starts with a 32-byte header.)"""
+    data = wal.read_bytes()
+    page_size = int.from_bytes(data[8:12], "big")
+    salts = data[16:24]
+    ends: list[int] = []
+    at = 32
+    while at + 24 + page_size <= len(data) and data[at + 8 : at + 16] == salts:
+        commit = int.from_bytes(data[at + 4 : at + 8], "big")
+        at += 24 + page_size
+        if commit:
+            ends.append(at)
+    return ends
+
+
+def test_a_wal_cut_after_any_commit_delivers_that_prefix_and_leaves_nothing(
+    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed while its file is young (everything still in the WAL) or a WAL
+    cut on a commit boundary: the file holds exactly the first k commits, among them
+    the ones that create the table and stamp the format. Each such state must be
+    delivered (its rows, once) and cleaned up, never left for ever."""
+    original = tmp_path / "original"
+    ids = killed_writer(original, 2000)
+    wal_name = only_db(original).name + "-wal"
+    ends = wal_commit_ends(original / wal_name)
+    assert len(ends) >= 5  # the table, its two stamps, then the rows (each a commit)
+    survived: list[int] = []
+    leftovers: dict[str, list[str]] = {}  # the cut -> what stayed in the directory
+    for k, end in enumerate(ends):
+        spool = tmp_path / f"cut-{k}"
+        shutil.copytree(original, spool)
+        with open(spool / wal_name, "r+b") as f:
+            f.truncate(end)
+        fake.reset()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="enso_tracker"), heir(spool, fake) as tracker:
+            assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
+            stats = tracker.stats()
+            assert stats.balanced
+            assert stats.delivered == stats.adopted
+        survived.append(stats.adopted)
+        assert sorted(fake.event_ids()) == sorted(ids[: stats.adopted]), k
+        assert fake.duplicates == {}
+        left = [n for n in os.listdir(spool) if not n.startswith("dead-letters.db")]
+        if left:
+            leftovers[f"after commit {k + 1} of {len(ends)}"] = [
+                *left,
+                *(r.getMessage() for r in caplog.records),
+            ]
+    assert survived == sorted(survived)  # more of the WAL, never fewer events
+    assert survived[-1] == len(ids)  # the whole WAL: everything
+    assert survived[0] == 0
+    assert leftovers == {}
+
+
+def broken_dead_letters(spool: Path) -> Path:
+    """A ``dead-letters.db`` that held a letter, its header then zeroed."""
+    spool.mkdir(mode=0o700, exist_ok=True)
+    letters = DeadLetterStore(str(spool))
+    letters.add([(b'{"eventId": "earlier"}', DropReason(kind="rejected", message="no"))])
+    letters.close()
+    path = spool / "dead-letters.db"
+    assert not Path(f"{path}-wal").exists()
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 100)
+    return path
+
+
+def test_an_unreadable_dead_letter_store_is_reported_by_spool_status(tmp_path: Path) -> None:
+    """The directory-level view (the CLI's) never crashes on a damaged file: it lists it."""
+    spool = tmp_path / "spool"
+    path = broken_dead_letters(spool)
+    status = Spool(spool).status()
+    assert str(path) in status.corrupt_files
+    assert status.dead_letters == 0
+
+
+def test_an_unreadable_dead_letter_store_is_set_aside_and_a_new_one_used(
+    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like an unreadable spool file: renamed ``*.corrupt-<time>``, reported, and the
+    tracker starts a fresh store, so new dead letters are kept rather than lost."""
+    spool = tmp_path / "spool"
+    ids = leave_behind(spool, 300, batch=100)
+    _, damaged = flip_one_bit(only_db(spool), "sql", ids[150])
+    path = broken_dead_letters(spool)
+    caplog.set_level(logging.ERROR, logger="enso_tracker")
+    with heir(spool, fake) as tracker:
+        assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
+        assert tracker.flush(5.0)
+        assert tracker.stats().dropped == {"corrupt": 100}
+        assert tracker.stats().dead_letters == 1, tracker.stats().last_error
+        letters = list(tracker.dead_letters())
+    assert [(d.reason.kind, d.body) for d in letters] == [("corrupt", damaged)]
+    aside = [n for n in os.listdir(spool) if n.startswith("dead-letters.db.corrupt-")]
+    assert [n for n in aside if not n.endswith(("-wal", "-shm"))] != [], os.listdir(spool)
+    assert any(r.levelno == logging.ERROR and str(path) in r.getMessage() for r in caplog.records)
+    assert Spool(spool).status().dead_letters_by_kind == {"corrupt": 1}
+
+
 # ---------------------------------------------------------------- full disk
 
 
@@ -248,7 +404,13 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
     spool = tmp_path / "spool"
     fake.hang(None)
     tracker = heir(
-        spool, fake, max_spool_bytes=1024 * 1024, timeout=0.3, on_drop=drops, max_batch_size=100
+        spool,
+        fake,
+        max_spool_bytes=1024 * 1024,  # the least allowed
+        queue_full_policy="drop",
+        timeout=0.3,
+        on_drop=drops,
+        max_batch_size=100,
     )
     try:
         meta = {"pad": "y" * 1000}
@@ -265,9 +427,13 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         assert {r.kind for _, r in drops.calls} == {"spool_full"}
         assert all("max_spool_bytes=1048576" in r.message for _, r in drops.calls)
         assert tracker.stats().balanced
+        assert Spool(spool).status().events == len(kept)  # on disk, every one kept
         fake.release()
         assert tracker.flush(30.0)
         assert sorted(fake.event_ids()) == sorted(kept)
+        # Deleted from the file at its cap: drained while the tracker lives.
+        assert Spool(spool).status().events == 0
+        assert tracker.stats().spooled == 0
         more = [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(200)]
         assert tracker.flush(30.0)  # room again: the drained spool takes new batches
         assert set(more) <= set(fake.event_ids())
@@ -279,31 +445,66 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
     assert spool_files(spool) == []
 
 
+def test_spool_bytes_follows_the_file_while_enso_is_down(fake: FakeEnso, tmp_path: Path) -> None:
+    """``stats().spool_bytes`` is how a user watches a spool fill during an outage (how
+    near ``max_spool_bytes`` it is): it must grow with the file, not only when something
+    is delivered."""
+    spool = tmp_path / "spool"
+    fake.hang(None)
+    tracker = heir(spool, fake, timeout=0.3, max_batch_size=100)
+    try:
+        for i in range(1000):
+            accepted(tracker.track("ent", "m", i, metadata={"pad": "y" * 200}))
+        assert wait_until(lambda: tracker.stats().durable_seq == 1000, 20.0)
+        assert tracker.stats().delivered == 0
+        db = str(only_db(spool))
+        on_disk = store.disk_size(db)
+        assert on_disk > 1000 * 200
+        assert wait_until(lambda: tracker.stats().spool_bytes == store.disk_size(db), 3.0), (
+            tracker.stats().spool_bytes,
+            store.disk_size(db),
+        )
+    finally:
+        fake.release()
+        tracker.shutdown(5.0)
+
+
 FSIZE_CHILD = """
 import json, resource, signal, sys, time
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))
 from enso_tracker import Tracker
 dropped = []
 t = Tracker({key!r}, base_url={url!r}, spool_dir={spool!r}, handle_sigterm=False,
             timeout=0.3, max_batch_size=100,
             on_drop=lambda es, r: dropped.extend(e.event_id for e in es))
 meta = {{"pad": "z" * 1000}}
+
+def written():
+    # Until every event was written, refused or kept in memory.
+    deadline = time.monotonic() + 30
+    while (t._ledger.queue or t._ledger.spooling) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s = t.stats()
+    alive = t._worker.thread.is_alive() and t._worker.spool_thread.is_alive()
+    return {{"durable": s.durable_seq, "spooled": s.spooled, "dropped": list(dropped),
+             "errors": s.worker_errors, "last_error": s.last_error, "alive": alive}}
+
 ids = [t.track("ent", "m", i, metadata=meta) for i in range(3000)]
-deadline = time.monotonic() + 30  # until every event was written, refused or kept in memory
-while (t._ledger.queue or t._ledger.spooling) and time.monotonic() < deadline:
-    time.sleep(0.01)
-s = t.stats()
-print(json.dumps({{"ids": ids, "durable": s.durable_seq, "dropped": dropped,
-                  "errors": s.worker_errors, "last_error": s.last_error}}), flush=True)
+full = written()
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+later = [t.track("ent", "later", i, metadata=meta) for i in range(500)]  # space again
+print(json.dumps({{"ids": ids, "full": full, "later": later, "after": written()}}), flush=True)
 time.sleep(120)
 """
 
 
-def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survives(
-    fake: FakeEnso, tmp_path: Path
-) -> None:
-    spool = tmp_path / "spool"
+@pytest.fixture(scope="module")
+def refused_writes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], int]:
+    """A process whose spool file may not grow past 1.5 MB (``RLIMIT_FSIZE``) tracks
+    3,000 events (~3 MB) with Enso unreachable, then the limit is lifted and it tracks
+    500 more; then it is SIGKILLed. Its report, and the events its spool holds."""
+    spool = tmp_path_factory.mktemp("fsize") / "spool"
     script = FSIZE_CHILD.format(key=API_KEY, url=UNREACHABLE, spool=str(spool))
     child = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -311,45 +512,126 @@ def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survive
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
-        assert line, child.stderr.read() if child.stderr else ""
-        report = json.loads(line)
     finally:
         child.kill()
-        child.wait(30)
+        _, stderr = child.communicate(timeout=30)
+    assert line, stderr
+    report: dict[str, Any] = json.loads(line)
+    return spool, report, Spool(spool).status().events
+
+
+def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survives(
+    fake: FakeEnso, refused_writes: tuple[Path, dict[str, Any], int]
+) -> None:
+    spool, report, _ = refused_writes
+    full, after = report["full"], report["after"]
+    assert full["alive"], full  # no crash: both threads still at work
     # Refused, and said so: as spool_full drops, or (SQLite reports EFBIG as an I/O
     # error) by sending from memory with an error on record.
-    said = report["dropped"] or "cannot write to the spool" in (report["last_error"] or "")
-    assert said, report
+    said = full["dropped"] or "cannot write to the spool" in (full["last_error"] or "")
+    assert said, full
+    assert 0 < full["durable"] < len(report["ids"])  # some written before the limit
+    assert after["alive"], after
     with heir(spool, fake) as tracker:
         assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
-    committed = set(report["ids"][: report["durable"]]) - set(report["dropped"])
+        assert tracker.stats().balanced
+    committed = set(report["ids"][: full["durable"]]) - set(full["dropped"])
     on_server = set(fake.event_ids())
     assert committed <= on_server, len(committed - on_server)
+    # Once the disk takes writes again, new events are spooled again (durably: they
+    # survived the SIGKILL).
+    assert set(report["later"]) <= on_server, len(set(report["later"]) - on_server)
+    assert on_server <= {*report["ids"], *report["later"]}
     assert fake.duplicates == {}
     assert [n for n in spool_files(spool) if ".corrupt-" not in n] == []
+
+
+def test_spooled_counts_only_events_that_are_on_disk(
+    refused_writes: tuple[Path, dict[str, Any], int],
+) -> None:
+    """``stats().spooled`` is "events on disk not yet settled": the events the spool
+    could not take (sent from memory, not durable) are not among them."""
+    _, report, on_disk = refused_writes
+    assert on_disk > 0
+    assert report["after"]["spooled"] == on_disk, (report["after"]["spooled"], on_disk)
 
 
 # ---------------------------------------------------------------- format, directory
 
 
+def foreign_spool(path: Path, version: int) -> None:
+    """A spool file of another format: an older one (``user_version`` 0, another
+    layout) or a newer one (our stamp and table, ``user_version`` 99) holding an event
+    that must not be sent by a tracker that does not know that format."""
+    with sqlite3.connect(path) as conn:
+        if version == 0:
+            conn.execute("CREATE TABLE queue (item BLOB)")
+            conn.execute("INSERT INTO queue VALUES (?)", (b'{"eventId": "old-format"}',))
+        else:
+            body = json.dumps(
+                {
+                    "events": [
+                        {
+                            "CustomerEntityId": "ent",
+                            "metric": "m",
+                            "value": 1,
+                            "timestamp": "2026-01-01T00:00:00Z",
+                            "eventId": "new-format",
+                        }
+                    ]
+                }
+            ).encode()
+            conn.execute(
+                "CREATE TABLE batches (id INTEGER PRIMARY KEY, created REAL NOT NULL, "
+                "n INTEGER NOT NULL, crc INTEGER NOT NULL, body BLOB NOT NULL)"
+            )
+            conn.execute(
+                "INSERT INTO batches (created, n, crc, body) VALUES (0, 1, ?, ?)",
+                (zlib.crc32(body), body),
+            )
+            conn.execute(f"PRAGMA application_id={store.APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [0, 99])
 def test_a_file_of_another_format_is_left_alone_and_reported(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
     spool = tmp_path / "spool"
     ids = leave_behind(spool, 50)
-    foreign = spool / "spool-1-old.db"
-    with sqlite3.connect(foreign) as conn:
-        conn.execute("CREATE TABLE queue (item BLOB)")
-        conn.execute("PRAGMA user_version=0")
-    conn.close()
+    foreign = spool / "spool-1-abc.db"
+    foreign_spool(foreign, version)
     before = foreign.read_bytes()
     caplog.set_level(logging.ERROR, logger="enso_tracker")
     with heir(spool, fake) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 50, 10.0)
+        # The periodic scan passes it over without a word: reported once, never a loop.
+        tracker._worker.disk.next_scan = 0.0  # type: ignore[union-attr]  # the 60 s scan, now
+        tracker._worker.kick()
+        assert wait_until(lambda: tracker._worker.disk.next_scan > 0.0, 10.0)  # type: ignore[union-attr]
+        stats = tracker.stats()
+        assert stats.adopted == 50
+        assert stats.balanced
     assert sorted(fake.event_ids()) == sorted(ids)  # the valid orphan beside it: adopted
     assert foreign.read_bytes() == before  # refused, untouched
-    assert any("not an enso-tracker spool" in r.getMessage() for r in caplog.records)
-    assert Spool(spool).status().unsupported_files == [str(foreign)]
+    assert not Path(f"{foreign}-wal").exists()
+    said = [r for r in caplog.records if "not an enso-tracker spool" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert said[0].levelno == logging.ERROR
+    assert str(foreign) in said[0].getMessage()
+    assert f"user_version={version}" in said[0].getMessage()
+    status = Spool(spool).status()
+    assert status.unsupported_files == [str(foreign)]
+    assert status.corrupt_files == []
+    assert status.events == 0  # its contents are not ours to count
+    assert list(Spool(spool).pending()) == []
+    # The next tracker on the directory leaves it alone as well.
+    with heir(spool, fake) as tracker:
+        assert tracker.flush(5.0)
+        assert tracker.stats().adopted == 0
+    assert foreign.read_bytes() == before
+    assert "new-format" not in fake.event_ids()
 
 
 def test_bad_directories_are_refused_at_construction(
@@ -446,6 +728,13 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
     assert codes == [0] * 5
     assert tracker.flush(10.0)
     assert parent_file in os.listdir(spool)  # the parent's file is still its own
+    # ... and still sound (db and WAL), read by another connection meanwhile.
+    check = sqlite3.connect(f"file:{spool / parent_file}?mode=ro", uri=True)
+    try:
+        assert check.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        assert check.execute("PRAGMA user_version").fetchone() == (store.FORMAT_VERSION,)
+    finally:
+        check.close()
     # The children are gone: the parent's next scan takes their files over and removes
     # them (rows a child had not deleted yet are resent: Enso dedups them).
     tracker._worker.disk.next_scan = 0.0  # type: ignore[union-attr]  # the 60 s scan, now
@@ -459,6 +748,10 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
     assert set(parent) <= on_server
     assert set(parent).isdisjoint(fake.duplicates)  # the parent's events exactly once
     assert {f"child-{k}-{i}" for k in range(5) for i in range(20)} <= on_server
+    # A child's flush() returned with its delivered rows off its disk: adopting the
+    # file it left resent none of them.
+    assert fake.duplicates == {}
+    assert on_server == set(parent) | {f"child-{k}-{i}" for k in range(5) for i in range(20)}
     assert tracker.shutdown(5.0)
     assert spool_files(spool) == []
 
