@@ -64,9 +64,19 @@ def only_db(spool: Path) -> Path:
 
 
 def heir(spool: Path, fake: FakeEnso, **options: Any) -> Tracker:
+    """The next tracker on the directory: the same key and ``base_url`` as the writers (a
+    tracker adopts only files of its own identity), its requests carried to ``fake`` by
+    the fake's own transport (the writers' URL is unreachable on purpose)."""
     options.setdefault("backoff_base", 0.01)
     options.setdefault("backoff_max", 0.2)
-    return Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False, **options)
+    return Tracker(
+        API_KEY,
+        base_url=UNREACHABLE,
+        transport=fake.transport(),
+        spool_dir=spool,
+        handle_sigterm=False,
+        **options,
+    )
 
 
 # ---------------------------------------------------------------- corruption
