@@ -784,6 +784,10 @@ def find_orphans(
     for db in spool_files(directory):
         if db in skip:
             continue
+        why = untrusted(db)  # before any open: another user's file is not even locked
+        if why is not None:
+            refused[db] = f"{db}: {why}"
+            continue
         try:
             fd = _lock_db(db)
         except UntrustedFile as exc:
