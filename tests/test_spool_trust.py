@@ -173,8 +173,10 @@ def test_the_fingerprint_is_stable_normalized_and_never_the_key() -> None:
     assert one != fingerprint("https://api.example.com/v2", "api_key", key)
     assert one != fingerprint("https://api.example.com/v1", "api_key", key + "0")
     assert one != fingerprint("https://api.example.com/v1", "client_key", key)
-    assert len(one) == 32 and int(one, 16) >= 0
-    assert key not in one and key.encode().hex() not in one
+    assert len(one) == 32
+    assert int(one, 16) >= 0
+    assert key not in one
+    assert key.encode().hex() not in one
 
 
 def test_redrive_writes_each_dead_letter_back_for_its_own_identity(
@@ -252,7 +254,8 @@ def test_every_file_is_private_whatever_the_umask(fake: FakeEnso, tmp_path: Path
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(spool).st_mode) == 0o700
-    assert any(n.endswith(".db-wal") for n in modes) and "dead-letters.db" in modes
+    assert any(n.endswith(".db-wal") for n in modes)
+    assert "dead-letters.db" in modes
     assert {n: m for n, m in modes.items() if m != 0o600} == {}
 
 
@@ -320,7 +323,8 @@ def test_a_spool_file_owned_by_another_user_is_skipped_and_reported(
     assert fake.event_ids() == []
     assert spool_names(spool) == [name]  # left as it is: not quarantined, not removed
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "owned by another user (uid 65534)" in said and "corrupt" not in said
+    assert "owned by another user (uid 65534)" in said
+    assert "corrupt" not in said
     os.chown(spool / name, 0, 0)  # given back: the next tracker delivers it
     with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
         assert fake.wait_for_events(1, 10.0)
@@ -436,7 +440,8 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
     assert report["rows"] == 0
     (why,) = report["refused"]
     # SQLite says only "unable to open database file" (SQLITE_CANTOPEN): not damage.
-    assert "cannot open" in why and "tried again later" in why
+    assert "cannot open" in why
+    assert "tried again later" in why
     assert not [n for n in report["names"] if ".corrupt-" in n]
     assert report["delivered"] == 1
     assert fake.event_ids() == ["late-1"]
@@ -482,7 +487,8 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
         assert report["adopted"] == 0
         said = " ".join(report["said"])
         assert "owned by another user (uid 0)" in said
-        assert "corrupt" not in said and "renamed" not in said
+        assert "corrupt" not in said
+        assert "renamed" not in said
         assert spool_names(spool) == names  # all five left as they were
         assert sorted(fake.event_ids()) == ["warmup"]
         # Their owner's tracker delivers them.
