@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,9 +32,12 @@ from enso_tracker.testing import FakeEnso
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Nothing listens on port 1 of loopback: the connection is refused at once. (A hung
-#: FakeEnso would store a batch whose client is gone once released: a delivery.)
-UNREACHABLE = "http://127.0.0.1:1"
+#: A loopback port bound for the session but never listening: every connection is
+#: refused at once (a fixed port such as 1 may be served by anything on a shared host).
+#: (A hung FakeEnso would store a batch whose client is gone once released: a delivery.)
+_REFUSING = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_REFUSING.bind(("127.0.0.1", 0))
+UNREACHABLE = f"http://127.0.0.1:{_REFUSING.getsockname()[1]}"
 
 
 def spool_files(directory: Path) -> list[str]:
