@@ -381,11 +381,13 @@ def connect(
     """A connection in autocommit mode (each statement its own transaction unless
     ``BEGIN``), WAL, with the durability asked for. Never creates a file unless
     ``create`` (an orphan must be opened, not made anew); a created file is made 0600
-    (and with it SQLite's -wal/-shm). Never follows a symlink (``UntrustedFile``)."""
+    (and with it SQLite's -wal/-shm). Never follows a symlink (``UntrustedFile``); a
+    writer (``create``) also refuses a file owned by another user, a reader (the CLI of
+    an on-call user) may open one if the permissions let it."""
     if create and not readonly:
         with contextlib.suppress(FileExistsError):
             os.close(create_private(path))
-    conn = _open_checked(path, "ro" if readonly else "rw", ours=not readonly)
+    conn = _open_checked(path, "ro" if readonly else "rw", ours=create and not readonly)
     try:
         if not readonly and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new: before WAL and tables

@@ -124,6 +124,17 @@ _HELD: set[tuple[int, int]] = set()
 _HELD_LOCK = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child holds none of its parent's files (it lets go of them, and adopts
+    them if the parent dies); a lock held at the fork by another thread is made anew."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def hold(fd: int) -> None:
     """This process holds the spool database ``fd`` is open on (own or adopted)."""
     st = os.fstat(fd)
