@@ -178,6 +178,8 @@ class DiskSpool:
         self.foreign = {p: i for p, i in self.foreign.items() if os.path.lexists(p)}
         self.refused = {p: w for p, w in self.refused.items() if os.path.lexists(p)}
         known_refused = dict(self.refused)
+        # A file set aside as unreadable while being sent holds no slot any more.
+        self.adopted = [f for f in self.adopted if f.is_open]
         mine = {f.path for f in self.adopted}
         if self.own is not None:
             mine.add(self.own.path)  # never opened beside our own connection
@@ -221,6 +223,8 @@ class DiskSpool:
             self.refused[db] = f"{exc}; tried again later"
         except SpoolCorrupt as exc:  # real damage only (SQLite's codes, quick_check)
             problems.append(self._set_aside(db, None, exc, salvaged))
+        except Exception as exc:  # anything else is no proof of damage: left, retried
+            self.refused[db] = f"{db}: cannot open ({type(exc).__name__}: {exc}); tried again later"
         else:
             try:
                 found = file.index()

@@ -481,6 +481,10 @@ class SpoolFile:
     def __repr__(self) -> str:
         return f"<SpoolFile {self.path} rows={self.rows} events={self.events}>"
 
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise SpoolClosed(f"{self.path}: closed")
