@@ -575,8 +575,9 @@ def test_spooled_counts_only_events_that_are_on_disk(
 
 def foreign_spool(path: Path, version: int) -> None:
     """A spool file of another format: an older one (``user_version`` 0, another
-    layout) or a newer one (our stamp and table, ``user_version`` 99) holding an event
-    that must not be sent by a tracker that does not know that format."""
+    layout; or 1, our layout before files recorded whom they were written for) or a
+    newer one (our stamp and table, ``user_version`` 99) holding an event that must not
+    be sent by a tracker that does not know that format (or whose it is)."""
     with sqlite3.connect(path) as conn:
         if version == 0:
             conn.execute("CREATE TABLE queue (item BLOB)")
@@ -608,7 +609,7 @@ def foreign_spool(path: Path, version: int) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("version", [0, 99])
+@pytest.mark.parametrize("version", [0, 1, 99])
 def test_a_file_of_another_format_is_left_alone_and_reported(
     fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
