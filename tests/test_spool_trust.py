@@ -498,3 +498,46 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
         assert sorted(fake.event_ids()) == sorted([*ids, "warmup"])
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# ---------------------------------------------------------------- the CLI
+
+SCRIPT = Path(sys.executable).parent / "enso-tracker"
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("ENSO_")
+    }
+    environ.update({"PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [str(SCRIPT), *args], env=environ, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_cli_sends_none_of_another_identity_and_doctor_says_whose_they_are(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    mine = plant_orphans(spool, 2, identity(fake.url), prefix="mine")
+    plant_orphans(spool, 3, identity(fake.url, "key-b"), prefix="theirs")
+    env = {"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": fake.url, "ENSO_SPOOL_DIR": str(spool)}
+    # A CLI run on the directory (ENSO_SPOOL_DIR) adopts what is its own, nothing else.
+    sent = run_cli("send", "ent", "m", "1", "--event-id", "cli-1", **env)
+    assert sent.returncode == 0, sent.stderr
+    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])
+    status = json.loads(run_cli("spool", "status", "--dir", str(spool), "--json").stdout)
+    assert status["events_by_identity"] == {short(identity(fake.url, "key-b")): 3}
+    human = run_cli("spool", "status", "--dir", str(spool)).stdout
+    assert f"by identity:   {short(identity(fake.url, 'key-b'))}: 3" in human
+    doctor = run_cli("doctor", "--json", **env)
+    assert doctor.returncode == 1
+    check = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["spool"]
+    assert check["ok"] is False
+    assert "3 undelivered events written for another destination or credential" in check["detail"]
+    assert "never delete them" in check["fix"]
+    assert API_KEY not in doctor.stdout
+    assert "key-b" not in doctor.stdout
+    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])  # still none of theirs
