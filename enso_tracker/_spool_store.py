@@ -44,7 +44,6 @@ import time
 import zlib
 from collections.abc import Generator, Iterator
 from typing import Final, Literal
-from urllib.parse import quote
 
 from ._errors import ConfigurationError
 from ._spool_identity import short
@@ -53,7 +52,9 @@ from ._spool_trust import (
     check_trusted_dir,
     create_private,
     hold,
+    lock_db,
     open_nofollow,
+    open_sqlite,
     release,
     same_file,
     untrusted,
@@ -315,60 +316,7 @@ def quarantine(db: str) -> str:
     return target
 
 
-def _lock_db(db: str) -> int | None:
-    """An fd holding ``flock`` on the database ``db`` itself, or None if a live owner (or
-    an adopter) holds it or the file went away. ``UntrustedFile`` for a symlink or a
-    file not ours; ``OSError`` if it cannot be opened (permissions, descriptors)."""
-    try:
-        fd = open_nofollow(db, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The file we locked must still be the one under that name (an owner removes
-        # its drained file while holding the flock; we may have opened it just before).
-        if not same_file(db, os.fstat(fd)):
-            os.close(fd)
-            return None
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 # ------------------------------------------------------------------ connections
-
-
-def _open_checked(
-    path: str, mode: str, *, ours: bool, first: str | None = None
-) -> sqlite3.Connection:
-    """SQLite on ``path`` (which must exist), never through a symlink: checked with
-    ``lstat`` before, and the same inode after SQLite opened it. ``ours``: refuse a
-    file owned by another user too (a reader may look at another user's files).
-    ``first``: a statement to run before anything reads the schema."""
-    try:
-        before = os.lstat(path)
-    except FileNotFoundError:
-        raise sqlite3.OperationalError(f"{path}: no such file") from None
-    why = untrusted(path, before)
-    if why is not None and (ours or "owned by" not in why):
-        raise UntrustedFile(f"{path}: {why}")
-    uri = f"file:{quote(path)}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
-    try:
-        if first is not None:
-            conn.execute(first)
-        # SQLite opens lazily: the first statement opens the file, then we look again.
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        if not same_file(path, before):
-            raise UntrustedFile(f"{path}: replaced while it was being opened")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 def connect(
@@ -387,7 +335,7 @@ def connect(
     if create and not readonly:
         with contextlib.suppress(FileExistsError):
             os.close(create_private(path))
-    conn = _open_checked(path, "ro" if readonly else "rw", ours=create and not readonly)
+    conn = open_sqlite(path, "ro" if readonly else "rw", ours=create and not readonly)
     try:
         if not readonly and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new: before WAL and tables
@@ -723,7 +671,7 @@ def open_orphan(db: str, lock_fd: int, *, durability: Durability, identity: str)
     left as they are), ``SpoolEmpty`` if it never held a table (its WAL, where a young
     file keeps everything, was lost). Nothing is written before the checks pass."""
     try:
-        conn = _open_checked(db, "rw", ours=True)
+        conn = open_sqlite(db, "rw", ours=True)
     except UntrustedFile as exc:
         raise SpoolUnavailable(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
@@ -758,7 +706,7 @@ def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
     try:
         # A file shorter than its header says is "malformed" to SQLite at once; this
         # lets it read the pages that are there (the connection is read-only).
-        conn = _open_checked(db, "ro", ours=True, first="PRAGMA writable_schema=ON")
+        conn = open_sqlite(db, "ro", ours=True, first="PRAGMA writable_schema=ON")
     except (sqlite3.Error, UntrustedFile):
         return
     try:
@@ -795,7 +743,7 @@ def find_orphans(
             refused[db] = f"{db}: {why}"
             continue
         try:
-            fd = _lock_db(db)
+            fd = lock_db(db)
         except UntrustedFile as exc:
             refused[db] = str(exc)
             continue
@@ -867,7 +815,7 @@ def write_unowned(directory: str, bodies: list[tuple[bytes, int]], identity: str
     tmp = os.path.join(directory, f".tmp-{base}.db")
     os.close(create_private(tmp))
     try:
-        conn = _open_checked(tmp, "rw", ours=True)
+        conn = open_sqlite(tmp, "rw", ours=True)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -19,10 +19,13 @@ recognized by inode.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sqlite3
 import stat
 import threading
 from typing import Final
+from urllib.parse import quote
 
 from ._errors import ConfigurationError
 
@@ -32,7 +35,9 @@ __all__ = [
     "create_private",
     "held_here",
     "hold",
+    "lock_db",
     "open_nofollow",
+    "open_sqlite",
     "release",
     "same_file",
     "untrusted",
@@ -116,6 +121,62 @@ def same_file(path: str, before: os.stat_result) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino)
+
+
+# ------------------------------------------------------------------ spool databases
+
+
+def lock_db(db: str) -> int | None:
+    """An fd holding ``flock`` on the database ``db`` itself, or None if a live owner (or
+    an adopter) holds it or the file went away. ``UntrustedFile`` for a symlink or a
+    file not ours; ``OSError`` if it cannot be opened (permissions, descriptors)."""
+    try:
+        fd = open_nofollow(db, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file we locked must still be the one under that name (an owner removes
+        # its drained file while holding the flock; we may have opened it just before).
+        if not same_file(db, os.fstat(fd)):
+            os.close(fd)
+            return None
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_sqlite(
+    path: str, mode: str, *, ours: bool, first: str | None = None
+) -> sqlite3.Connection:
+    """SQLite on ``path`` (which must exist), never through a symlink: checked with
+    ``lstat`` before, and the same inode after SQLite opened it. ``ours``: refuse a
+    file owned by another user too (a reader may look at another user's files).
+    ``first``: a statement to run before anything reads the schema."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise sqlite3.OperationalError(f"{path}: no such file") from None
+    why = untrusted(path, before)
+    if why is not None and (ours or "owned by" not in why):
+        raise UntrustedFile(f"{path}: {why}")
+    uri = f"file:{quote(path)}?mode={mode}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+    try:
+        if first is not None:
+            conn.execute(first)
+        # SQLite opens lazily: the first statement opens the file, then we look again.
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        if not same_file(path, before):
+            raise UntrustedFile(f"{path}: replaced while it was being opened")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 # ------------------------------------------------------------------ files held here
