@@ -35,7 +35,7 @@ from ._spool_store import (
     spool_files,
     write_unowned,
 )
-from ._spool_trust import held_here, untrusted
+from ._spool_trust import UntrustedFile, held_here, untrusted
 from ._wire import BODY_OVERHEAD, join_batch
 
 __all__ = ["Spool"]
@@ -109,6 +109,9 @@ class Spool:
                     size += os.stat(db + suffix).st_size
             try:
                 conn = connect(db, create=False, readonly=True)
+            except UntrustedFile:  # replaced by a symlink since the check above
+                refused.append(db)
+                continue
             except sqlite3.Error:
                 corrupt.append(db)
                 continue
@@ -169,7 +172,7 @@ class Spool:
         for db in spool_files(self.path):
             try:
                 conn = connect(db, create=False, readonly=True)
-            except sqlite3.Error:
+            except (sqlite3.Error, UntrustedFile):  # a symlink is never followed
                 continue
             try:
                 if conn.execute("PRAGMA user_version").fetchone()[0] != FORMAT_VERSION:

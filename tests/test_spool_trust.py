@@ -306,6 +306,7 @@ def test_a_symlinked_spool_file_and_lock_are_never_followed(fake: FakeEnso, tmp_
     assert not (tmp_path / "created-through-lock").exists()
     assert not (tmp_path / "created-through-temp-lock").exists()
     assert Spool(spool).status().refused_files == [str(spool / "spool-1-planted.db")]
+    assert list(Spool(spool).pending()) == []  # an outside reader does not follow it either
 
 
 @as_root
