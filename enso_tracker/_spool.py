@@ -41,6 +41,7 @@ import msgspec
 from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
+from ._spool_identity import short
 from ._spool_store import (
     Durability,
     SpoolClosed,
@@ -178,6 +179,7 @@ class DiskSpool:
         self.foreign = {p: i for p, i in self.foreign.items() if os.path.lexists(p)}
         self.refused = {p: w for p, w in self.refused.items() if os.path.lexists(p)}
         known_refused = dict(self.refused)
+        known_foreign = set(self.foreign)
         # A file set aside as unreadable while being sent holds no slot any more.
         self.adopted = [f for f in self.adopted if f.is_open]
         mine = {f.path for f in self.adopted}
@@ -200,7 +202,24 @@ class DiskSpool:
         for db, why in self.refused.items():
             if known_refused.get(db) != why:
                 problems.append(("refused", f"spool file left as it is: {why}"))
+        problems.extend(self._foreign_news(known_foreign))
         return rows, salvaged, problems
+
+    def _foreign_news(self, known: set[str]) -> list[Problem]:
+        """One report per identity for the files of another identity found this scan."""
+        by_identity: dict[str | None, list[str]] = {}
+        for db, who in self.foreign.items():
+            if db not in known:
+                by_identity.setdefault(who, []).append(db)
+        return [
+            (
+                "foreign",
+                f"{len(paths)} spool file(s) written for another destination or credential "
+                f"(identity {short(who)}; this tracker's is {short(self.identity)}) left "
+                f"untouched for a tracker of theirs, e.g. {paths[0]}",
+            )
+            for who, paths in by_identity.items()
+        ]
 
     def _open_one(
         self, db: str, fd: int, salvaged: list[bytes], problems: list[Problem]
@@ -212,8 +231,7 @@ class DiskSpool:
             remove_files(db)  # under our flock, released below
             problems.append(("empty", str(exc)))
         except SpoolForeign as exc:
-            self.foreign[db] = exc.identity
-            problems.append(("foreign", str(exc)))
+            self.foreign[db] = exc.identity  # reported per identity by the caller
         except SpoolUnsupported as exc:
             self.skip.add(db)
             problems.append(("unsupported", str(exc)))

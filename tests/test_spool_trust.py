@@ -155,6 +155,10 @@ def test_a_tracker_of_another_identity_never_sends_a_killed_process_events(
     exit_line = [r.getMessage() for r in caplog.records if "shut down" in r.getMessage()]
     assert "1 spool files of another destination or credential left untouched" in exit_line[-1]
     assert "key-b" not in " ".join(r.getMessage() for r in caplog.records)
+    said = [r for r in caplog.records if "written for another destination" in r.getMessage()]
+    assert len(said) == 1  # once, however often the directory is scanned
+    assert said[0].levelno == logging.ERROR
+    assert f"identity {short(identity(fake.url))}" in said[0].getMessage()
     fake.start()  # A's Enso is back, on its port: tracker A delivers all, once
     with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as a:
         assert fake.wait_for_events(20, 15.0)
