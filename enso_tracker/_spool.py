@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Final
 
@@ -41,6 +42,7 @@ import msgspec
 from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
+from ._receipts import SpoolReceipts
 from ._spool_identity import short
 from ._spool_store import (
     Durability,
@@ -106,6 +108,9 @@ class DiskSpool:
         self.closed = False
         #: Both threads call in (the spooler writes, either commits): one at a time.
         self.lock = threading.RLock()
+        #: Receipts (``_receipts``), None when off: folded at settlement, written with
+        #: the deletes of the rows they account for.
+        self.receipts: SpoolReceipts | None = None
 
     # ------------------------------------------------------------------ entry points
     # Every entry point takes ``lock``: the spooler and the sender both call in.
@@ -148,6 +153,7 @@ class DiskSpool:
                 max_bytes=self.max_bytes,
                 identity=self.identity,
             )
+            own.receipts = self.receipts
         try:
             return own.append(body, n, first_seq)
         except SpoolCorrupt:
@@ -244,6 +250,7 @@ class DiskSpool:
         except Exception as exc:  # anything else is no proof of damage: left, retried
             self.refused[db] = f"{db}: cannot open ({type(exc).__name__}: {exc}); tried again later"
         else:
+            file.receipts = self.receipts  # its pending receipts move to our store
             try:
                 found = file.index()
             except SpoolUnavailable as exc:
@@ -295,8 +302,11 @@ class DiskSpool:
         """These events are settled: rows all of whose events are settled are deleted,
         and adopted files left empty are removed."""
         done: dict[SpoolFile, list[StoredBatch]] = {}
+        receipts = self.receipts
         for p in settled:
             row = p.row
+            if receipts is not None:
+                receipts.note(p, row)
             if row is None:
                 continue
             p.row = None  # settled once: a stale second sighting changes nothing
@@ -304,9 +314,17 @@ class DiskSpool:
             if row.left == 0:
                 done.setdefault(row.file, []).append(row)
         problems: list[Problem] = []
+        if receipts is not None:
+            problems.extend(receipts.commit())  # per-event rows before their rows go
         for file, rows in done.items():
             problems.extend(self._delete_unlocked(file, rows))
+        if receipts is not None and not self.closed:
+            receipts.move_due(self.files(), now=time.monotonic())
         return problems
+
+    def files(self) -> list[SpoolFile]:
+        """The files held open: our own, then the adopted ones."""
+        return [*([self.own] if self.own is not None else []), *self.adopted]
 
     def _delete_unlocked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
         problems: list[Problem] = []
@@ -340,7 +358,10 @@ class DiskSpool:
             if own is None or self.closed:
                 return []
             try:
-                if not own.flush_deletes():
+                flushed = own.flush_deletes()
+                if self.receipts is not None:  # a flush() waits: receipts visible after it
+                    self.receipts.move_due(self.files(), now=time.monotonic(), force=True)
+                if not flushed:
                     return []
                 if own.rows == 0 and own.size() > COMPACT_ABOVE:
                     own.compact()
@@ -370,6 +391,8 @@ class DiskSpool:
         self.adopted = []
         self.own = None
         self.dead.close()
+        if self.receipts is not None:
+            self.receipts.store.close()
 
     def abandon(self) -> None:
         """A forked child's copy: never touch the parent's files (see SpoolFile.abandon)."""
@@ -379,6 +402,8 @@ class DiskSpool:
         self.adopted = []
         self.own = None
         self.dead.abandon()
+        if self.receipts is not None:
+            self.receipts.store.abandon()
 
 
 def pendings_of(

@@ -37,6 +37,7 @@ from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
 from ._model import DeadLetter, Stats
+from ._receipts import make_receipts
 from ._reentry import (
     REENTRANT_STATS_WAIT,
     interrupted_inside,
@@ -120,7 +121,7 @@ class Tracker(AsyncMixin):
         #: Whom this tracker's spool files are written for: it adopts only those
         #: (a custom sender: the destination alone). PBKDF2: computed with a spool only.
         self._identity = ""
-        if cfg.spool_dir is not None:
+        if cfg.spool_dir is not None or cfg.receipts_dir is not None:
             self._identity = (
                 credentials.spool_identity(cfg.base_url)
                 if isinstance(credentials, ApiKey | ClientCredentials)
@@ -129,6 +130,9 @@ class Tracker(AsyncMixin):
         self._sender = sender
         if cfg.spool_dir is not None:
             cfg = self._config = cfg.replace(spool_dir=check_directory(cfg.spool_dir, create=True))
+        if cfg.receipts_dir is not None:
+            full = check_directory(cfg.receipts_dir, create=True)
+            cfg = self._config = cfg.replace(receipts_dir=full)
         self._metadata_encoder = msgspec.json.Encoder()
         # Hot-path copies of the bounds (attribute lookups on self are the cheapest).
         self._max_name = cfg.max_name_length
@@ -168,6 +172,12 @@ class Tracker(AsyncMixin):
         self._worker = Worker(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
         )
+        receipts = make_receipts(cfg, self._identity)  # docs/receipts.md
+        if receipts is not None:
+            self._worker.receipts = receipts
+            self._ledger.receipts = True
+            if disk is not None:
+                disk.receipts = receipts
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
         # at exit: the exit hook shuts the tracker down first.
         weakref.finalize(self, self._worker.abandon).atexit = False
@@ -475,6 +485,8 @@ class Tracker(AsyncMixin):
         closed = led.closed or led.stopping
         if self._worker.disk is not None:
             self._worker.disk.abandon()  # the parent's files: never touched from here
+        if self._worker.receipts is not None:
+            self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
             self._ledger.stopping = self._ledger.closed = True
