@@ -20,6 +20,10 @@ EXPECTED = {
     "DeadLetter",
     "Spool",
     "SpoolStatus",
+    # Receipts: what a tracker settled, read back (docs/receipts.md).
+    "EventReceipt",
+    "ReceiptTotal",
+    "Receipts",
     "DEFAULT_BASE_URL",
     "Config",
     "ConfigurationError",

@@ -16,13 +16,22 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _cmd_demo, _cmd_doctor, _cmd_import, _cmd_send, _cmd_spool
+from . import (
+    _cmd_demo,
+    _cmd_doctor,
+    _cmd_import,
+    _cmd_receipts,
+    _cmd_reconcile,
+    _cmd_send,
+    _cmd_spool,
+)
 from ._args import build_parser
 from ._output import EXIT_INTERRUPTED, setup_logging
 
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: tuple[ModuleType, ...] = (_cmd_import, _cmd_send, _cmd_doctor, _cmd_spool, _cmd_demo)
+COMMANDS += (_cmd_receipts, _cmd_reconcile)  # docs/receipts.md
 
 
 def main(argv: Sequence[str] | None = None) -> int:
