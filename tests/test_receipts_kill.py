@@ -31,14 +31,14 @@ from .conftest import API_KEY
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 24
 SEED = int(os.environ.get("ENSO_KILL_SEED", "20261206"))
+PRODUCER = (sys.executable, "-m", "tests.apps.receipts_producer")
 KNOWN = ["ent_a", "ent_b", "ent_c", "ent_d"]
 
 
 def start(fake: FakeEnso, spool: Path, logs: Path, k: int) -> subprocess.Popen[bytes]:
     with open(logs / f"stderr-{k}.txt", "wb") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.apps.receipts_producer", "--url", fake.url]
-            + ["--dir", str(spool)],
+            [*PRODUCER, "--url", fake.url, "--dir", str(spool)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=err,

@@ -123,7 +123,8 @@ def _print_totals(rows: list[ReceiptTotal], *, as_json: bool, as_csv: bool) -> N
     table += [(r.period, r.entity, r.metric, r.outcome, str(r.count), text_of(r.sum)) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(6)]
     for line in table:
-        cells = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        pairs = enumerate(zip(line, widths, strict=True))
+        cells = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in pairs]
         print("  ".join(cells).rstrip())
     if len(table) == 1:
         print("(no receipts match)")
