@@ -6,6 +6,7 @@ import csv
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from .conftest import API_KEY
 TS = "2026-11-03T10:15:00Z"
 
 
-def tracker(fake: FakeEnso, tmp_path: Path, **options: object) -> Tracker:
+def tracker(fake: FakeEnso, tmp_path: Path, **options: Any) -> Tracker:
     return Tracker(API_KEY, base_url=fake.url, handle_sigterm=False, **options)
 
 
