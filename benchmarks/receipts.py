@@ -6,7 +6,7 @@
 * Disk per million events: the receipts store after the run, scaled.
 
 A tracker paced at 20,000 events/s for the CPU figures (the issue's load); the same
-events, timestamps spread over 24 hours and 50 entities × 2 metrics, for the disk.
+events, timestamps spread over 24 hours and 50 entities x 2 metrics, for the disk.
 """
 
 from __future__ import annotations
