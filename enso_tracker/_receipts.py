@@ -388,6 +388,9 @@ class SpoolReceipts:
         self.loose: Fold = {}
         self.event_rows: list[EventRow] = []
         self.next_move = 0.0
+        #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender
+        #: thread that outlived its join still folds: one at a time.
+        self._lock = threading.Lock()
 
     def note(self, p: Pending, row: Any) -> None:
         """A settled event: folded into its spool row's receipt (written when the row is
@@ -489,9 +492,10 @@ class SpoolReceipts:
                 return []
             ledger.committing += 1
         try:
-            for p in finished:
-                self.note(p, None)
-            return self.commit()
+            with self._lock:
+                for p in finished:
+                    self.note(p, None)
+                return self.commit()
         finally:
             with ledger.lock:
                 ledger.committing -= 1
