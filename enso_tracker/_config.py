@@ -111,7 +111,7 @@ class Config:
     max_dead_letter_bytes: int = 64 * 1024 * 1024
     #: Receipts (docs/receipts.md): ``True`` keeps totals per (entity, metric, UTC hour,
     #: outcome); ``"events"`` also one row per event (eventId → outcome, code, when);
-    #: ``False`` none. ``None`` (the default): totals with a spool, none without.
+    #: ``False`` none. ``None`` (the default): totals with a spool or a ``receipts_dir``.
     receipts: bool | Literal["events"] | None = None
     #: Where the receipts store lives (default: ``spool_dir``; needed without a spool).
     #: Also ``ENSO_RECEIPTS_DIR``.

@@ -109,7 +109,9 @@ _PENDING: Final = """CREATE TABLE IF NOT EXISTS receipts_pending (
 
 def make_receipts(config: Any, identity: str) -> SpoolReceipts | None:
     """A tracker's receipts as its ``Config`` asks (None: off)."""
-    level = config.receipts if config.receipts is not None else config.spool_dir is not None
+    level = config.receipts
+    if level is None:  # on where there is a place for them: a spool, or a receipts_dir
+        level = config.spool_dir is not None or config.receipts_dir is not None
     if not level:
         return None
     directory = config.receipts_dir or config.spool_dir

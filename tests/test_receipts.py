@@ -80,12 +80,23 @@ def test_receipts_without_a_spool_need_a_directory(fake: FakeEnso, tmp_path: Pat
     assert [(x.outcome, x.count, x.sum) for x in totals] == [("delivered", 10, Decimal("12.50"))]
 
 
-def test_no_receipts_by_default_without_a_spool(fake: FakeEnso, tmp_path: Path) -> None:
-    t = tracker(fake, tmp_path, receipts_dir=tmp_path)
-    t.track("ent", "m", 1)
-    assert t.flush(20)
-    t.shutdown()
+def test_receipts_default_on_with_a_receipts_dir_and_off_without(
+    fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    off = tracker(fake, tmp_path, receipts=False, receipts_dir=tmp_path)
+    off.track("ent", "m", 1)
+    assert off.flush(20)
+    off.shutdown()
     assert list(tmp_path.glob("receipts-*.db")) == []
+    # ENSO_RECEIPTS_DIR alone turns them on for from_env trackers: the import CLI's too.
+    monkeypatch.setenv("ENSO_RECEIPTS_DIR", str(tmp_path))
+    monkeypatch.setenv("ENSO_API_KEY", API_KEY)
+    on = Tracker.from_env(base_url=fake.url, handle_sigterm=False)
+    on.track("ent", "m", 4, timestamp=TS)
+    assert on.flush(20)
+    on.shutdown()
+    with Receipts(tmp_path) as r:
+        assert [(x.count, x.sum) for x in r.totals()] == [(1, 4)]
 
 
 def test_receipts_refuses_a_directory_without_a_store(tmp_path: Path) -> None:
@@ -183,3 +194,21 @@ def test_reconcile_passes_on_matching_data_and_lists_every_difference(
     assert "2026-11-03  ent_b  api_calls  receipts: sum 3, count 3  enso: nothing" in out
     bad = export(tmp_path / "bad.csv", ENSO, "customer,metric,period,count,sum")
     assert main(["reconcile", str(bad), "--dir", str(store)]) == 2
+
+
+def test_a_move_repeated_after_a_crash_counts_once(tmp_path: Path) -> None:
+    """The kill between the store's commit and the spool file's delete: the next move of
+    the same pending rows (same file key, same seqs) adds nothing; newer rows add."""
+    from enso_tracker._receipts import ReceiptStore
+
+    store = ReceiptStore(
+        str(tmp_path / "receipts-x.db"), level="totals", retention=60.0, identity="x"
+    )
+    rows = [(1, "ent", "m", "2026-11-03T10", "delivered", 2, "0.30")]
+    store.apply(rows, source="file-key")
+    store.apply(rows, source="file-key")  # moved again: the delete never committed
+    store.apply([*rows, (2, "ent", "m", "2026-11-03T10", "delivered", 1, "0.05")], "file-key")
+    store.apply(rows, source="another-file")  # another file's row 1 is its own
+    store.close()
+    with Receipts(tmp_path) as r:
+        assert [(x.count, x.sum) for x in r.totals()] == [(5, Decimal("0.65"))]
