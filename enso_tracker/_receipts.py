@@ -22,9 +22,10 @@ Where the totals are written decides what a crash can do to them:
 Per-event rows are idempotent (keyed by eventId) and go straight to the store before
 the spool row is deleted: a crash in between writes them again, never loses them.
 
-The fold runs on the sender/spooler threads, never in ``track()``; values are read back
-from each event's wire body (what Enso received), so ints and Decimals sum exactly and a
-float sums as the shortest decimal text it was sent as.
+The fold runs on the sender/spooler threads, never in ``track()``; values are those
+encoded on the wire (from the event's tuple, or its body when read back from a spool
+file), so ints and Decimals sum exactly and a float sums as the shortest decimal text it
+was sent as.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from ._items import ENTITY, ID, METRIC, TS, VALUE, Pending
+from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending
 from ._model import DropReason
 from ._spool_identity import short
 from ._spool_trust import create_private, open_sqlite
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("enso_tracker")
+_HOUR_NS: Final = 3_600_000_000_000
 
 DELIVERED: Final = "delivered"
 #: ``Pending.receipt`` of an event already folded: a second sighting adds nothing.
@@ -101,10 +103,13 @@ _STORE_SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
-#: In a spool file: totals written with the deletes of the rows they account for.
+#: In a spool file: totals written with the deletes of the rows they account for, one
+#: row per transaction (a msgpack list of [entity, metric, hour, outcome, count, sum]):
+#: one INSERT, however many (entity, metric, hour) the deleted rows touched.
 _PENDING: Final = """CREATE TABLE IF NOT EXISTS receipts_pending (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, metric TEXT NOT NULL,
-    hour TEXT NOT NULL, outcome TEXT NOT NULL, count INTEGER NOT NULL, sum TEXT NOT NULL)"""
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"""
+_encode_pending = msgspec.msgpack.Encoder().encode
+_decode_pending = msgspec.msgpack.Decoder(list[tuple[str, str, str, str, int, str]]).decode
 
 
 def make_receipts(config: Any, identity: str) -> SpoolReceipts | None:
@@ -144,6 +149,10 @@ def add(a: int | Decimal, b: int | Decimal) -> int | Decimal:
     if type(a) is int and type(b) is int:
         return a + b
     return EXACT.add(Decimal(a), Decimal(b))
+
+
+def _exact_add(a: str, b: str) -> str:
+    return text_of(add(number(a), number(b)))
 
 
 def text_of(n: int | Decimal) -> str:
@@ -246,6 +255,7 @@ class ReceiptStore:
             os.close(create_private(self.path))
         conn = open_sqlite(self.path, "rw", ours=True)
         try:
+            conn.create_function("exact_add", 2, _exact_add, deterministic=True)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
@@ -318,20 +328,14 @@ class ReceiptStore:
 
     @staticmethod
     def _upsert(conn: sqlite3.Connection, merged: Fold) -> None:
-        for key, (count, total) in merged.items():
-            found = conn.execute(
-                "SELECT count, sum FROM totals WHERE entity = ? AND metric = ? AND hour = ? "
-                "AND outcome = ?",
-                key,
-            ).fetchone()
-            if found is not None:
-                count += found[0]
-                total = add(total, number(found[1]))
-            conn.execute(
-                "INSERT OR REPLACE INTO totals (entity, metric, hour, outcome, count, sum) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (*key, count, text_of(total)),
-            )
+        # One statement for every key: the exact addition of two sums' texts is a Python
+        # function SQLite calls on conflicts only (registered at open: exact_add).
+        conn.executemany(
+            "INSERT INTO totals (entity, metric, hour, outcome, count, sum) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (entity, metric, hour, outcome) DO UPDATE "
+            "SET count = count + excluded.count, sum = exact_add(sum, excluded.sum)",
+            [(*key, count, text_of(total)) for key, (count, total) in merged.items()],
+        )
 
     def add_fold(self, fold: Fold) -> None:
         """Totals of events settled outside any spool row (best effort)."""
@@ -390,9 +394,69 @@ class SpoolReceipts:
         self.loose: Fold = {}
         self.event_rows: list[EventRow] = []
         self.next_move = 0.0
+        self._hours: dict[int, str] = {}  # hour number → "YYYY-MM-DDTHH" (UTC)
         #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender
         #: thread that outlived its join still folds: one at a time.
         self._lock = threading.Lock()
+
+    def note_all(self, settled: list[Pending]) -> None:
+        """Settled events, each folded into its spool row's receipt (``p.row``) or the
+        loose totals; the hot loop of receipts (one call per settled batch, inlined: the
+        fields of an event tracked here come from its tuple, only those read back from a
+        spool file are decoded from their body)."""
+        loose = self.loose
+        hours = self._hours
+        events = self.event_rows if self.events else None
+        for p in settled:
+            receipt = p.receipt
+            if receipt is FOLDED:
+                continue  # a second sighting of an event already folded
+            p.receipt = FOLDED
+            item = p.item
+            if item[META] is WHOLE_BODY:  # read back from a spool file: from its body
+                event_id, entity, metric, hour, text = facts_of(p)
+                try:
+                    amount = number(text)
+                except (ValueError, decimal.InvalidOperation):
+                    amount = 0
+            else:
+                event_id, entity, metric, value = item[ID], item[ENTITY], item[METRIC], item[VALUE]
+                h = item[TS] // _HOUR_NS
+                cached = hours.get(h)
+                if cached is None:
+                    cached = hours[h] = time.strftime("%Y-%m-%dT%H", time.gmtime(h * 3600))
+                hour = cached
+                # A float as the shortest text it is sent as (msgspec writes the same).
+                amount = Decimal(repr(value)) if isinstance(value, float) else value
+            if receipt is None:
+                outcome = DELIVERED
+            else:
+                outcome, code, status, message = outcome_of(receipt)
+            row = p.row
+            if row is None:
+                target = loose
+            else:
+                target = row.receipt
+                if target is None:
+                    target = row.receipt = {}
+            key = (entity, metric, hour, outcome)
+            slot = target.get(key)
+            if slot is None:
+                target[key] = [1, amount]
+            else:
+                slot[0] += 1
+                total = slot[1]
+                if type(total) is int and type(amount) is int:
+                    slot[1] = total + amount
+                else:
+                    slot[1] = EXACT.add(Decimal(total), Decimal(amount))
+            if events is not None:
+                if receipt is None:
+                    code = status = message = None
+                events.append(
+                    (event_id, entity, metric, hour, text_of(amount), outcome, code, status,
+                     message, time.time())
+                )  # fmt: skip
 
     def note(self, p: Pending, row: Any) -> None:
         """A settled event: folded into its spool row's receipt (written when the row is
@@ -435,25 +499,25 @@ class SpoolReceipts:
         """Inside the transaction that deletes ``rows`` from ``file``: their totals, as
         pending rows of the same file. Never fails the transaction: should the insert
         fail (the statement alone is undone), the rows go without their receipt, logged."""
-        pending = [
-            (entity, metric, hour, outcome, slot[0], text_of(slot[1]))
-            for row in rows
-            if row.receipt
-            for (entity, metric, hour, outcome), slot in row.receipt.items()
-        ]
-        if not pending:
+        merged: Fold = {}
+        for row in rows:
+            for key, (count, total) in (row.receipt or {}).items():
+                slot = merged.get(key)
+                if slot is None:
+                    merged[key] = [count, total]
+                else:
+                    slot[0] += count
+                    slot[1] = add(slot[1], total)
+        if not merged:
             return
+        body = _encode_pending([(*key, c, text_of(s)) for key, (c, s) in merged.items()])
         try:
             db.execute(_PENDING)
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('receipts_key', ?)",
                 (secrets.token_hex(16),),
             )
-            db.executemany(
-                "INSERT INTO receipts_pending (entity, metric, hour, outcome, count, sum) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                pending,
-            )
+            db.execute("INSERT INTO receipts_pending (body) VALUES (?)", (body,))
         except sqlite3.Error as exc:
             self.store.errors += 1
             _log.error("enso-tracker receipts: cannot write receipts in %s: %s", file.path, exc)
@@ -462,14 +526,18 @@ class SpoolReceipts:
         """Move ``file``'s pending totals to the store. True if some are left (the store
         could not take them now: the file must not be removed)."""
         try:
-            rows = db.execute(
-                "SELECT seq, entity, metric, hour, outcome, count, sum FROM receipts_pending "
-                "ORDER BY seq"
-            ).fetchall()
+            found_rows = db.execute("SELECT seq, body FROM receipts_pending ORDER BY seq")
+            blobs = found_rows.fetchall()
         except sqlite3.OperationalError:
             return False  # no such table: no receipts were ever written in this file
-        if not rows:
+        if not blobs:
             return False
+        try:
+            rows = [(seq, *t) for seq, body in blobs for t in _decode_pending(body)]
+        except msgspec.DecodeError as exc:  # not written by us: left, reported once
+            self.store.errors += 1
+            _log.error("enso-tracker receipts: unreadable receipts in %s: %s", file.path, exc)
+            return True
         found = db.execute("SELECT value FROM meta WHERE key = 'receipts_key'").fetchone()
         source = found[0] if found else file.path
         try:
@@ -495,8 +563,7 @@ class SpoolReceipts:
             ledger.committing += 1
         try:
             with self._lock:
-                for p in finished:
-                    self.note(p, None)
+                self.note_all(finished)
                 return self.commit()
         finally:
             with ledger.lock:

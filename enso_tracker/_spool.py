@@ -303,10 +303,10 @@ class DiskSpool:
         and adopted files left empty are removed."""
         done: dict[SpoolFile, list[StoredBatch]] = {}
         receipts = self.receipts
+        if receipts is not None:
+            receipts.note_all(settled)  # before the rows are let go of below
         for p in settled:
             row = p.row
-            if receipts is not None:
-                receipts.note(p, row)
             if row is None:
                 continue
             p.row = None  # settled once: a stale second sighting changes nothing
