@@ -121,6 +121,10 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: (a symlink, another user's, permission denied, out of descriptors): retried at
     #: every scan; ``last_error`` says why.
     skipped_spool_files: int = 0
+    #: Receipts (docs/receipts.md) that could not be written (logged at ERROR): some
+    #: totals or per-event rows are missing. Pending totals a move could not take yet
+    #: stay in their spool file and are not counted here.
+    receipt_errors: int = 0
 
     @property
     def pending(self) -> int:

@@ -246,7 +246,7 @@ class ReceiptStore:
         self._lock = threading.Lock()
         self._next_prune = 0.0
         self.closed = False
-        self.errors = 0  # folds that could not be written (logged)
+        self.errors = 0  # receipt writes that failed for good (logged): Stats.receipt_errors
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is not None:
@@ -534,8 +534,7 @@ class SpoolReceipts:
             return False
         try:
             rows = [(seq, *t) for seq, body in blobs for t in _decode_pending(body)]
-        except msgspec.DecodeError as exc:  # not written by us: left, reported once
-            self.store.errors += 1
+        except msgspec.DecodeError as exc:  # not written by us: left as it is
             _log.error("enso-tracker receipts: unreadable receipts in %s: %s", file.path, exc)
             return True
         found = db.execute("SELECT value FROM meta WHERE key = 'receipts_key'").fetchone()
@@ -543,8 +542,7 @@ class SpoolReceipts:
         try:
             self.store.apply(rows, source=source)
             db.execute("DELETE FROM receipts_pending WHERE seq <= ?", (rows[-1][0],))
-        except Exception as exc:
-            self.store.errors += 1
+        except Exception as exc:  # kept in the file, moved later: not lost, not counted
             _log.error(
                 "enso-tracker receipts: cannot move receipts from %s (kept there, moved later): %s",
                 file.path,

@@ -411,7 +411,11 @@ class Tracker(AsyncMixin):
         locked = not interrupted_inside(
             (self, self._ledger, self._worker, self._worker.wake)
         ) or lock_free_within(led.lock, time.monotonic() + REENTRANT_STATS_WAIT)
-        return led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
+        stats = led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
+        receipts = self._worker.receipts
+        if receipts is not None and receipts.store.errors:
+            stats = msgspec.structs.replace(stats, receipt_errors=receipts.store.errors)
+        return stats
 
     # ------------------------------------------------------------- dead letters
 

@@ -216,6 +216,13 @@ INSTRUMENTS: Final[tuple[tuple[str, str, str, str, Read], ...]] = (
         "Spool files that cannot be opened now",
         _one("skipped_spool_files"),
     ),
+    (
+        "enso.tracker.receipts.errors",
+        "counter",
+        "{error}",
+        "Receipt writes that failed (docs/receipts.md)",
+        _one("receipt_errors"),
+    ),
 )
 
 

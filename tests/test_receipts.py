@@ -212,3 +212,23 @@ def test_a_move_repeated_after_a_crash_counts_once(tmp_path: Path) -> None:
     store.close()
     with Receipts(tmp_path) as r:
         assert [(x.count, x.sum) for x in r.totals()] == [(5, Decimal("0.65"))]
+
+
+def test_a_store_that_cannot_be_written_never_stops_delivery_and_is_counted(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    first = tracker(fake, tmp_path, receipts_dir=tmp_path)
+    first.track("ent", "m", 1)
+    assert first.flush(20)
+    first.shutdown()
+    (store,) = tmp_path.glob("receipts-*.db")
+    for leftover in tmp_path.glob("receipts-*"):
+        leftover.unlink()
+    store.mkdir()  # the store's name is taken by something SQLite cannot open
+    t = tracker(fake, tmp_path, receipts_dir=tmp_path)
+    t.track("ent", "m", 2)
+    assert t.flush(20)
+    stats = t.stats()
+    t.shutdown()
+    assert (stats.delivered, stats.receipt_errors) == (1, 1)
+    assert len(fake.events) == 2
