@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Final
 
@@ -37,12 +38,15 @@ import msgspec
 from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
+from ._spool_budget import Budget, file_size_limit, is_io_error
 from ._spool_store import (
+    PAGE_SIZE,
     Durability,
     SpoolClosed,
     SpoolCorrupt,
     SpoolEmpty,
     SpoolFile,
+    SpoolFull,
     SpoolUnsupported,
     StoredBatch,
     create_own,
@@ -74,10 +78,18 @@ class DiskSpool:
         durability: Durability,
         max_bytes: int,
         max_dead_letter_bytes: int,
+        max_dir_bytes: int | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.directory = directory
         self.durability: Durability = durability
         self.max_bytes = max_bytes
+        self.budget = Budget(
+            directory,
+            max_file_bytes=max_bytes,
+            max_dir_bytes=max_bytes if max_dir_bytes is None else max_dir_bytes,
+            min_free_bytes=min_free_bytes,
+        )
         self.own: SpoolFile | None = None  # created at the first write
         self.adopted: list[SpoolFile] = []
         self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes)
@@ -121,18 +133,55 @@ class DiskSpool:
         if self.closed:
             raise SpoolClosed("the spool is closed (shutdown)")
         own = self.own
+        now = time.monotonic()
         if own is None:
+            # Not even created when a bound leaves no room for this row.
+            if not self.budget.room_for(len(body)):
+                raise SpoolFull(self.budget.reason)
             own = self.own = create_own(
                 self.directory, durability=self.durability, max_bytes=self.max_bytes
             )
+            self.budget.apply(own, now, force=True)
+        else:
+            self.budget.apply(own, now)
         try:
-            return own.append(body, n, first_seq)
+            try:
+                return own.append(body, n, first_seq)
+            except SpoolFull:
+                # Measured again at once: another process's file may have drained.
+                if not self.budget.apply(own, now, force=True):
+                    raise
+                return own.append(body, n, first_seq)
+        except SpoolFull as exc:
+            if not self._at_bound(own, len(body)):
+                raise SpoolFull(f"the filesystem is full ({exc})") from None
+            raise SpoolFull(self.budget.reason) from None
         except SpoolCorrupt:
             # Our own file went bad under us (someone truncated it): set it aside and
             # start a new one; the rows it held are reported by whoever reads them.
             self.own = None
             own.quarantine()
             raise
+        except Exception as exc:
+            # EFBIG (RLIMIT_FSIZE) comes back from SQLite as a plain I/O error: the
+            # spool is full, and its WAL is emptied so that deletes (and later,
+            # smaller writes) go on.
+            if is_io_error(exc) and self.budget.size_limited(own, len(body)):
+                own.checkpoint()
+                limit = file_size_limit()
+                raise SpoolFull(
+                    f"the process's file size limit (RLIMIT_FSIZE) {limit} reached"
+                ) from None
+            raise
+
+    def _at_bound(self, own: SpoolFile, nbytes: int) -> bool:
+        """Whether a refused insert of ``nbytes`` ran into our page limit (else: the
+        filesystem itself is full)."""
+        try:
+            pages = own.page_count()
+        except Exception:
+            return True
+        return (pages + nbytes // PAGE_SIZE + 2) > self.budget.pages
 
     def own_size(self) -> int:
         return self.own.size() if self.own is not None else 0

@@ -72,8 +72,6 @@ FORMAT_VERSION: Final = 1
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
 WAL_LIMIT: Final = 8 * 1024 * 1024
-#: Pages SQLite needs beyond the rows (schema, freelist, b-tree interior pages).
-_SPARE_PAGES: Final = 16
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -369,8 +367,9 @@ class SpoolFile:
         self.events = 0  # events in them
         self._deferred: list[StoredBatch] = []  # settled rows, deleted with the next insert
         if max_bytes is not None:
-            pages = max(max_bytes // PAGE_SIZE, 0) + _SPARE_PAGES
-            conn.execute(f"PRAGMA max_page_count={pages}")
+            # No pages beyond the bound: Config makes sure it holds a whole row
+            # (SPOOL_ROW_OVERHEAD), and _spool_budget lowers it for the other bounds.
+            conn.execute(f"PRAGMA max_page_count={max(max_bytes // PAGE_SIZE, 1)}")
 
     def __repr__(self) -> str:
         return f"<SpoolFile {self.path} rows={self.rows} events={self.events}>"
@@ -502,6 +501,23 @@ class SpoolFile:
 
     def size(self) -> int:
         return disk_size(self.path)
+
+    def page_count(self) -> int:
+        """Pages the database holds (those still in the WAL included)."""
+        with self._lock:
+            return int(self._db().execute("PRAGMA page_count").fetchone()[0])
+
+    def limit_pages(self, pages: int) -> None:
+        """No insert may grow the database past ``pages`` (SQLITE_FULL). SQLite keeps
+        the limit at the current size if ``pages`` is below it: deletes still work."""
+        with self._lock:
+            self._db().execute(f"PRAGMA max_page_count={max(int(pages), 1)}")
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and cut it to nothing (a WAL that may not grow,
+        at the file size limit, is emptied so that writes and deletes go on)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def compact(self) -> None:
         """A drained file that grew large is rebuilt small (VACUUM) and its WAL reset."""

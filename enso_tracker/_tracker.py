@@ -153,6 +153,8 @@ class Tracker(AsyncMixin):
                 durability=cfg.durability,
                 max_bytes=cfg.max_spool_bytes,
                 max_dead_letter_bytes=cfg.max_dead_letter_bytes,
+                max_dir_bytes=cfg.max_spool_dir_bytes,
+                min_free_bytes=cfg.spool_min_free_bytes,
             )
         self._worker = Worker(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
