@@ -30,6 +30,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
@@ -68,6 +69,18 @@ COMPACT_ABOVE: Final = 64 * 1024 * 1024
 Problem = tuple[str, str]  # (kind, message): "corrupt" | "unsupported" | "empty" | "error"
 
 
+class _Unread:
+    """Where reading an adopted file's rows got to: the last rowid handed out, and the
+    events of the rows after it."""
+
+    __slots__ = ("after", "events", "file")
+
+    def __init__(self, file: SpoolFile, events: int) -> None:
+        self.file = file
+        self.after = 0
+        self.events = events
+
+
 class DiskSpool:
     """This process's spool file, the files it adopted, and the dead-letter store."""
 
@@ -92,6 +105,8 @@ class DiskSpool:
         )
         self.own: SpoolFile | None = None  # created at the first write
         self.adopted: list[SpoolFile] = []
+        #: Adopted files whose rows are not all read yet, oldest first.
+        self.unread: deque[_Unread] = deque()
         self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes)
         self.skip: set[str] = set()  # files refused once (another format): not again
         self.next_scan = 0.0  # monotonic time of the next look for orphans
@@ -106,9 +121,15 @@ class DiskSpool:
         with self.lock:
             return self._write_unlocked(body, n, first_seq)
 
-    def adopt(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+    def adopt(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         with self.lock:
             return self._adopt_unlocked(now)
+
+    def read_adopted(
+        self, limit: int
+    ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int]:
+        with self.lock:
+            return self._read_adopted_unlocked(limit)
 
     def load(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
         with self.lock:
@@ -188,22 +209,23 @@ class DiskSpool:
 
     # ------------------------------------------------------------------ adopting
 
-    def _adopt_unlocked(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+    def _adopt_unlocked(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         """Take over every spool file whose owner is gone.
 
-        Returns the rows to deliver (in order), the bodies salvaged from damaged files
-        (the caller writes them to its own file, so they are sent like any other), and
-        what to report."""
+        Returns how many events they hold (their rows are read later, in chunks, in
+        order: ``read_adopted``), the bodies salvaged from damaged files (the caller
+        writes them to its own file, so they are sent like any other), and what to
+        report."""
         self.next_scan = now + ADOPT_INTERVAL
         if self.closed:
-            return [], [], []
-        rows: list[StoredBatch] = []
+            return 0, [], []
+        events = 0
         salvaged: list[bytes] = []
         problems: list[Problem] = []
         for db, fd in find_orphans(self.directory, self.skip):
             try:
                 file = open_orphan(db, fd, durability=self.durability)
-                found = file.index()
+                found, in_file = file.tally()
             except SpoolEmpty as exc:
                 remove_files(db)
                 os.close(fd)
@@ -233,8 +255,45 @@ class DiskSpool:
                 file.close()
                 continue
             self.adopted.append(file)
-            rows.extend(found)
-        return rows, salvaged, problems
+            self.unread.append(_Unread(file, in_file))
+            events += in_file
+        return events, salvaged, problems
+
+    def _read_adopted_unlocked(
+        self, limit: int
+    ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int]:
+        """The next (up to ``limit``) rows of the adopted files, in order; the files
+        that could not be read (the caller sets them aside: ``forget_unread``); and how
+        many events counted at adoption are gone from files read to their end (rows
+        deleted by someone else: the caller accounts for them)."""
+        rows: list[StoredBatch] = []
+        broken: list[tuple[SpoolFile, str]] = []
+        vanished = 0
+        while self.unread and len(rows) < limit and not self.closed:
+            unread = self.unread[0]
+            asked = limit - len(rows)
+            try:
+                found = unread.file.rows_after(unread.after, asked)
+            except (SpoolCorrupt, SpoolClosed) as exc:
+                broken.append((unread.file, str(exc)))
+                break  # the caller forgets it, then reads on
+            if found:
+                unread.after = found[-1].rowid
+                unread.events -= sum([r.n for r in found])
+                rows.extend(found)
+            if len(found) < asked:  # read to its end
+                self.unread.popleft()
+                vanished += max(unread.events, 0)
+        return rows, broken, vanished
+
+    def forget_unread(self, file: SpoolFile) -> int:
+        """``file`` is set aside: the events of its rows not read yet."""
+        with self.lock:
+            for unread in self.unread:
+                if unread.file is file:
+                    self.unread.remove(unread)
+                    return max(unread.events, 0)
+            return 0
 
     # ------------------------------------------------------------------ loading
 
@@ -327,6 +386,7 @@ class DiskSpool:
             with contextlib.suppress(Exception):
                 file.close(remove_if_empty=True)
         self.adopted = []
+        self.unread.clear()
         self.own = None
         self.dead.close()
 
@@ -336,6 +396,7 @@ class DiskSpool:
         for file in [*self.adopted, *([self.own] if self.own is not None else [])]:
             file.abandon()
         self.adopted = []
+        self.unread.clear()
         self.own = None
         self.dead.abandon()
 

@@ -463,6 +463,39 @@ class SpoolFile:
             self.events = sum(r.n for r in rows)
         return rows
 
+    def tally(self) -> tuple[int, int]:
+        """How many rows and events the file holds (one aggregate query: no object per
+        row, whatever their number)."""
+        with self._lock:
+            try:
+                rows, events = (
+                    self._db()
+                    .execute("SELECT count(*), coalesce(sum(n), 0) FROM batches")
+                    .fetchone()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+            self.rows, self.events = int(rows), int(events)
+        return self.rows, self.events
+
+    def rows_after(self, rowid: int, limit: int) -> list[StoredBatch]:
+        """Up to ``limit`` rows after ``rowid``, in order, without their bodies (keyset
+        pagination: each call costs what it returns, not what precedes it)."""
+        with self._lock:
+            try:
+                found = (
+                    self._db()
+                    .execute(
+                        "SELECT id, n, length(body), created FROM batches "
+                        "WHERE id > ? ORDER BY id LIMIT ?",
+                        (rowid, limit),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+        return [StoredBatch(self, rowid, n, size, created, 0) for rowid, n, size, created in found]
+
     def read(self, row: StoredBatch) -> tuple[bytes, bool]:
         """The row's body and whether its CRC matches. ``SpoolCorrupt`` if the file
         cannot be read at all."""

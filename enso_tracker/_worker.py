@@ -47,12 +47,14 @@ from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, StoredBatch
+from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFile, SpoolFull, StoredBatch
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
 __all__ = ["CLOSED", "Worker", "cut_rows"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
+#: Rows of adopted files read from disk at a time (their place and size, not bodies).
+ADOPT_CHUNK: Final = 1024
 
 
 def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
@@ -528,7 +530,7 @@ class Worker:
         ledger, disk = self.ledger, self.disk
         assert disk is not None
         try:
-            rows, salvaged, problems = disk.adopt(now)
+            events, salvaged, problems = disk.adopt(now)
         except OSError as exc:  # the directory went away, or unreadable: try again later
             self.report_problems([("error", f"cannot look for spool files: {exc}")])
             return False
@@ -536,12 +538,38 @@ class Worker:
         with ledger.lock:
             if ledger.closed:
                 return False
-            ledger.adopt_locked(rows)
+            ledger.adopt_locked([], events)  # rows read later, a chunk at a time
         for body in salvaged:
             self.adopt_salvaged(body)
-        if rows or salvaged:
+        if events or salvaged:
             self.spool_wake.set()
-        return bool(rows or salvaged)
+        return bool(events or salvaged)
+
+    def read_adopted(self) -> bool:
+        """The next chunk of adopted rows, once those read before are all loaded: what
+        memory holds for a backlog stays the same whatever its number of rows."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        rows, broken, vanished = disk.read_adopted(ADOPT_CHUNK)
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    return False
+                ledger.refill_locked(rows)
+                if vanished:
+                    ledger.lose_unread_locked(
+                        vanished,
+                        "rows of an adopted spool file vanished before they were read",
+                        reports,
+                    )
+        finally:
+            self.hand_over(reports)
+        for file, why in broken:
+            if disk.closed:
+                return False
+            self.lose_file(file, why)
+        return bool(rows or broken or vanished)
 
     def disk_chores(self, now: float) -> bool:
         """Adopt orphan spool files when due, load a backlog row when memory has room.
@@ -550,6 +578,10 @@ class Worker:
         assert disk is not None
         if now >= disk.next_scan and not ledger.stopping:
             return self.adopt(now)
+        with ledger.lock:
+            refill = not ledger.backlog_adopted and ledger.unread_adopted > 0
+        if refill and self.read_adopted():
+            return True
         with ledger.lock:
             if ledger.backlog_adopted:
                 row, own = ledger.backlog_adopted[0], False
@@ -565,10 +597,10 @@ class Worker:
         except SpoolClosed:
             if disk.closed:
                 return False  # shutdown closed the files: what is left stays on disk
-            self.lose_file(row, "the file was set aside as unreadable")
+            self.lose_file(row.file, "the file was set aside as unreadable")
             return True
         except SpoolCorrupt as exc:
-            self.lose_file(row, str(exc))
+            self.lose_file(row.file, str(exc))
             return True
         try:
             with ledger.lock:
@@ -609,14 +641,18 @@ class Worker:
         with self.ledger.lock:
             self.ledger.adopt_locked([row])
 
-    def lose_file(self, row: StoredBatch, why: str) -> None:
-        """A file became unreadable: set it aside; every backlog row of it is lost."""
+    def lose_file(self, file: SpoolFile, why: str) -> None:
+        """A file became unreadable: set it aside; every backlog row of it is lost (read
+        or not yet)."""
         ledger = self.ledger
-        file = row.file
+        disk = self.disk
+        assert disk is not None
         target = file.quarantine()
+        unread = disk.forget_unread(file)
         reports: Reports = []
         try:
             with ledger.lock:
+                ledger.lose_unread_locked(unread, f"spool file unreadable ({why})", reports)
                 for backlog, own in ((ledger.backlog_adopted, False), (ledger.backlog_own, True)):
                     while backlog and backlog[0].file is file:
                         ledger.corrupt_locked(
@@ -673,7 +709,13 @@ class Worker:
                 # for a full spool is tried again now, not at the end of its backoff.
                 room = ledger.spool_gate > 0.0
                 ledger.spool_gate = 0.0
-        if room or ledger.backlog_own or ledger.backlog_adopted or not ledger.queue:
+        if (
+            room
+            or ledger.backlog_own
+            or ledger.backlog_adopted
+            or ledger.unread_adopted
+            or not ledger.queue
+        ):
             # Room freed: the spooler may load a backlog row; or it may be idle, and
             # must time the deletes it now holds (spool_step).
             self.spool_wake.set()
