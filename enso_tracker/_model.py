@@ -141,6 +141,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     #: ``time.time()`` when it was stored.
     stored_at: float
     body: bytes
+    #: Its number in the store: a letter stored later has a higher one (a watermark
+    #: for ``Spool.purge_dead_letters(through=...)``); 0 if it was never stored.
+    id: int = 0
 
 
 class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +163,11 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: By Enso's code as text (``"2002"``); ``""`` for none.
     dead_letters_by_code: dict[str, int]
     dead_letters_evicted: int
-    #: Files renamed aside as unreadable, and files of another format version.
+    #: Damaged files: renamed aside (``*.corrupt-*``), or found damaged and not yet set
+    #: aside (the next tracker on the directory does that, recovering what it can).
     corrupt_files: list[str]
+    #: Files of another format version.
     unsupported_files: list[str]
+    #: Files that could not be opened, and why (``"permission denied"``, busy…): not
+    #: damaged, and they may hold undelivered events: never delete them.
+    unreadable_files: dict[str, str] = msgspec.field(default_factory=dict)

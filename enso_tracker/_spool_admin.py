@@ -9,6 +9,7 @@ directory adopts and delivers like any orphan, with the same eventIds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -26,13 +27,14 @@ from ._spool_store import (
     FORMAT_VERSION,
     SpoolCorrupt,
     connect,
+    is_corrupt,
     lock_path,
     spool_files,
     write_unowned,
 )
 from ._wire import BODY_OVERHEAD, join_batch
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "cannot_open"]
 
 #: A redriven batch is cut like the sender cuts one (events and bytes).
 _REDRIVE_EVENTS: Final = 500
@@ -55,6 +57,31 @@ def _live(db: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def cannot_open(path: str, exc: BaseException) -> str:
+    """Why ``path`` could not be read, when it is not damaged: in words an operator
+    acts on (permission denied: run as the owner; busy: try again)."""
+    errno_ = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if errno_ == errno.EACCES or errno_ == errno.EPERM or not os.access(path, os.R_OK):
+        return "cannot open: permission denied"
+    if "readonly" in text or "read-only" in text or "attempt to write" in text:
+        return "cannot open: permission denied (read-only)"
+    if "locked" in text or "busy" in text:
+        return "cannot open: busy (locked by another process); try again"
+    return f"cannot open: {exc}"
+
+
+def _classify(
+    path: str, exc: BaseException, corrupt: list[str], unreadable: dict[str, str]
+) -> None:
+    """A file that failed to open or read: damaged (SQLite says so), or only unreadable
+    to us (permissions, a lock): never reported as corrupt then."""
+    if is_corrupt(exc):
+        corrupt.append(path)
+    else:
+        unreadable[path] = cannot_open(path, exc)
 
 
 class Spool:
@@ -84,6 +111,7 @@ class Spool:
         oldest: float | None = None
         corrupt: list[str] = []
         unsupported: list[str] = []
+        unreadable: dict[str, str] = {}
         for db in spool_files(self.path):
             files += 1
             live += _live(db)
@@ -92,8 +120,8 @@ class Spool:
                     size += os.stat(db + suffix).st_size
             try:
                 conn = connect(db, create=False, readonly=True)
-            except sqlite3.Error:
-                corrupt.append(db)
+            except sqlite3.Error as exc:
+                _classify(db, exc, corrupt, unreadable)
                 continue
             try:
                 app = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -102,8 +130,8 @@ class Spool:
                     unsupported.append(db)
                     continue
                 n, first = conn.execute("SELECT sum(n), min(created) FROM batches").fetchone()
-            except sqlite3.Error:
-                corrupt.append(db)
+            except sqlite3.Error as exc:
+                _classify(db, exc, corrupt, unreadable)
                 continue
             finally:
                 conn.close()
@@ -125,6 +153,8 @@ class Spool:
             size += store.size()
         except SpoolCorrupt:
             corrupt.append(store.path)  # the next tracker on the directory sets it aside
+        except (sqlite3.Error, OSError) as exc:
+            _classify(store.path, exc, corrupt, unreadable)
         finally:
             store.close()
         return SpoolStatus(
@@ -140,6 +170,7 @@ class Spool:
             dead_letters_evicted=evicted,
             corrupt_files=corrupt,
             unsupported_files=unsupported,
+            unreadable_files=unreadable,
         )
 
     def pending(self) -> Iterator[Event]:
@@ -221,10 +252,22 @@ class Spool:
         finally:
             store.close()
 
-    def purge_dead_letters(self, kind: str | None = None, code: int | str | None = None) -> int:
-        """Delete matching dead letters for good; returns how many."""
+    def purge_dead_letters(
+        self,
+        kind: str | None = None,
+        code: int | str | None = None,
+        *,
+        through: int | None = None,
+        stored_before: float | None = None,
+    ) -> int:
+        """Delete matching dead letters for good, in one transaction; returns how many.
+
+        On a directory trackers keep writing to, purge only what was looked at:
+        ``through`` (a ``DeadLetter.id``, e.g. the highest one exported) leaves every
+        letter stored after it; ``stored_before`` (a ``time.time()``) also leaves those
+        stored again (same eventId) or numbered anew since then."""
         store = self._store()
         try:
-            return store.purge(kind, code)
+            return store.purge(kind, code, through=through, stored_before=stored_before)
         finally:
             store.close()
