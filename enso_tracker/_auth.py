@@ -20,6 +20,7 @@ import msgspec
 
 from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
 from ._errors import ConfigurationError, describe_exception
+from ._spool_identity import fingerprint
 
 __all__ = [
     "ApiKey",
@@ -85,6 +86,10 @@ class ApiKey:
     @property
     def logins(self) -> int:
         return 0
+
+    def spool_identity(self, base_url: str) -> str:
+        """The non-secret fingerprint of this key and ``base_url`` (``_spool_identity``)."""
+        return fingerprint(base_url, "api_key", self._header[len("Bearer ") :])
 
     def __repr__(self) -> str:
         return "ApiKey(<redacted>)"
@@ -162,6 +167,10 @@ class ClientCredentials:
     @property
     def logins(self) -> int:
         return self._logins
+
+    def spool_identity(self, base_url: str) -> str:
+        """The fingerprint of the client key id and ``base_url`` (never the secret)."""
+        return fingerprint(base_url, "client_key", self._key)
 
     def __repr__(self) -> str:
         return "ClientCredentials(client_key=<redacted>, client_secret=<redacted>)"

@@ -31,7 +31,7 @@ import msgspec
 
 from . import _lifecycle
 from ._aio import AsyncMixin
-from ._auth import make_credentials
+from ._auth import ApiKey, ClientCredentials, make_credentials
 from ._config import Config, options_from_env
 from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
@@ -48,6 +48,7 @@ from ._schedule import Schedule
 from ._sender import HttpSender, Sender
 from ._spool import DiskSpool
 from ._spool_admin import Spool
+from ._spool_identity import fingerprint
 from ._spool_store import check_directory
 from ._validate import (
     MAX_EXACT_INT,
@@ -110,12 +111,21 @@ class Tracker(AsyncMixin):
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
         self._config = cfg
+        credentials = None
         if sender is None:
-            sender = HttpSender(
-                cfg, make_credentials(api_key, client_key, client_secret, cfg.base_url), transport
-            )
+            credentials = make_credentials(api_key, client_key, client_secret, cfg.base_url)
+            sender = HttpSender(cfg, credentials, transport)
         elif api_key is not None or client_key is not None or client_secret is not None:
             raise ConfigurationError("pass credentials or a sender, not both")
+        #: Whom this tracker's spool files are written for: it adopts only those
+        #: (a custom sender: the destination alone). PBKDF2: computed with a spool only.
+        self._identity = ""
+        if cfg.spool_dir is not None:
+            self._identity = (
+                credentials.spool_identity(cfg.base_url)
+                if isinstance(credentials, ApiKey | ClientCredentials)
+                else fingerprint(cfg.base_url, "sender", "")
+            )
         self._sender = sender
         if cfg.spool_dir is not None:
             cfg = self._config = cfg.replace(spool_dir=check_directory(cfg.spool_dir, create=True))
@@ -153,6 +163,7 @@ class Tracker(AsyncMixin):
                 durability=cfg.durability,
                 max_bytes=cfg.max_spool_bytes,
                 max_dead_letter_bytes=cfg.max_dead_letter_bytes,
+                identity=self._identity,
                 max_dir_bytes=cfg.max_spool_dir_bytes,
                 min_free_bytes=cfg.spool_min_free_bytes,
             )
@@ -411,9 +422,11 @@ class Tracker(AsyncMixin):
 
     def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
         """Send matching dead letters again, with the same eventIds (say, once the
-        customer entity behind Enso's 2002 exists); returns how many. They count as
-        ``adopted`` in ``stats()``, and dead letters again if Enso still refuses them."""
-        moved = self._spool().redrive(kind, code)
+        customer entity behind Enso's 2002 exists); returns how many. Only the letters
+        stored for this tracker's destination and credential (docs/spool-trust.md). They
+        count as ``adopted`` in ``stats()``, and dead letters again if Enso still
+        refuses them."""
+        moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only
         disk = self._worker.disk
         if moved and disk is not None:
             disk.next_scan = 0.0  # adopt the redrive file at once

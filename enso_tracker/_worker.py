@@ -47,7 +47,14 @@ from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFile, SpoolFull, StoredBatch
+from ._spool_store import (
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFile,
+    SpoolFull,
+    SpoolUnavailable,
+    StoredBatch,
+)
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
 __all__ = ["CLOSED", "Worker", "cut_rows"]
@@ -536,6 +543,8 @@ class Worker:
             return False
         self.report_problems(problems)
         with ledger.lock:
+            ledger.foreign_files = len(disk.foreign)
+            ledger.skipped_files = len(disk.refused)
             if ledger.closed:
                 return False
             ledger.adopt_locked([], events)  # rows read later, a chunk at a time
@@ -550,7 +559,8 @@ class Worker:
         memory holds for a backlog stays the same whatever its number of rows."""
         ledger, disk = self.ledger, self.disk
         assert disk is not None
-        rows, broken, vanished = disk.read_adopted(ADOPT_CHUNK)
+        rows, broken, vanished, problems = disk.read_adopted(ADOPT_CHUNK)
+        self.report_problems(problems)
         reports: Reports = []
         try:
             with ledger.lock:
@@ -602,6 +612,9 @@ class Worker:
         except SpoolCorrupt as exc:
             self.lose_file(row.file, str(exc))
             return True
+        except SpoolUnavailable as exc:  # busy, out of descriptors: not damage, later
+            self.report_problems([("error", f"cannot read a spool record now: {exc}")])
+            return False
         try:
             with ledger.lock:
                 if ledger.closed:
@@ -786,6 +799,7 @@ class Worker:
             delivered, dropped = ledger.delivered, dict(ledger.dropped)
             refused = dict(ledger.refused)
             left = ledger.left_in_spool
+            foreign = ledger.foreign_files
         self.wake.set()
         self.spool_wake.set()
         for thread in (self.thread, self.spool_thread):
@@ -795,14 +809,17 @@ class Worker:
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())
         self.reporter.log.always(
-            logging.WARNING if lost or turned_away or left else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s",
+            logging.WARNING if lost or turned_away or left or foreign else logging.INFO,
+            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s%s",
             delivered,
             lost,
             f" {dropped}" if lost else "",
             turned_away,
             f" {refused}" if turned_away else "",
             f", {left} left in the spool for the next start" if left else "",
+            f"; {foreign} spool files of another destination or credential left untouched"
+            if foreign
+            else "",
         )
         self.hand_over(reports)
         return not lost and not turned_away and not left

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from .._auth import jwt_lifetime
+from .._auth import ApiKey, ClientCredentials, jwt_lifetime, make_credentials
 from .._config import Config
 from .._errors import ConfigurationError, describe_exception
 from .._sender import USER_AGENT
@@ -96,7 +96,24 @@ class Doctor:
         if not path:
             self.add("spool", None, "no spool configured (events live in memory until delivered)")
             return
-        self.add("spool", *spool_check(path))
+        self.add("spool", *spool_check(path, identity=self._identity()))
+
+    def _identity(self) -> str | None:
+        """The spool identity of the configured destination and credentials, or None."""
+        conn, env = self.conn, self.conn.secrets
+        try:
+            if conn.mode == "api_key":
+                creds = make_credentials(env["ENSO_API_KEY"], None, None, conn.base_url)
+            elif conn.mode == "client_credentials":
+                key, secret = env.get("ENSO_CLIENT_KEY"), env.get("ENSO_CLIENT_SECRET")
+                creds = make_credentials(None, key, secret, conn.base_url)
+            else:
+                return None
+        except ConfigurationError:
+            return None
+        if isinstance(creds, ApiKey | ClientCredentials):
+            return creds.spool_identity(conn.base_url)
+        return None
 
     def _configuration(self) -> tuple[bool, bool]:
         conn = self.conn
