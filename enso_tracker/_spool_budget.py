@@ -21,6 +21,7 @@ import contextlib
 import os
 import resource
 import sqlite3
+import stat
 from typing import Final
 
 from ._spool_store import PAGE_SIZE, SpoolFile, disk_size
@@ -44,14 +45,20 @@ def file_size_limit() -> int | None:
 
 
 def _others_bytes(directory: str, own: str | None) -> int:
-    """Bytes of every spool file in ``directory`` (with its WAL) but ``own``."""
+    """Bytes of every spool file in ``directory`` (with its WAL) but ``own``. Measured
+    with ``lstat``: a planted symlink counts for nothing, whatever it points to."""
     total = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            if name.startswith("spool-") and name.endswith(".db"):
-                path = os.path.join(directory, name)
-                if path != own:
-                    total += disk_size(path)
+            if not (name.startswith("spool-") and name.endswith((".db", ".db-wal"))):
+                continue
+            path = os.path.join(directory, name)
+            if path in (own, f"{own}-wal"):
+                continue
+            with contextlib.suppress(OSError):
+                found = os.lstat(path)
+                if stat.S_ISREG(found.st_mode):
+                    total += found.st_size
     return total
 
 

@@ -228,3 +228,25 @@ def test_the_free_space_guard_makes_the_spool_full(
     finally:
         fake.release()
         tracker.shutdown(5.0)
+
+
+def test_a_planted_symlink_does_not_count_toward_the_directory_bound(
+    fake: FakeEnso, tmp_path: Path, drops: DropLog
+) -> None:
+    """Measured with lstat: a link named like a spool file, pointing at a large file,
+    cannot make the spool full (nor is it ever opened)."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    large = tmp_path / "large"
+    with large.open("wb") as fh:
+        fh.truncate(64 * MiB)  # sparse: no disk used
+    (spool / "spool-1-aaaaaaaaaaaa.db").symlink_to(large)
+    tracker = _tracker(spool, fake, drops, max_spool_bytes=16 * MiB, max_spool_dir_bytes=16 * MiB)
+    try:
+        ids = [accepted(tracker.track("ent", "m", i, metadata=META)) for i in range(500)]
+        assert tracker.flush(30.0), tracker.stats()
+        assert drops.calls == []
+        assert set(ids) <= set(fake.event_ids())
+    finally:
+        tracker.shutdown(5.0)
+    assert large.stat().st_size == 64 * MiB
