@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import TracebackType
@@ -730,9 +730,10 @@ class FakeEnso:
             "total": len(events),
         }
         result = {"summary": summary, "failedRecords": failed}
-        if shape == "bare":
-            return Reply(200, _ENCODER.encode(result))
-        return _success(result)
+        reply = Reply(200, _ENCODER.encode(result)) if shape == "bare" else _success(result)
+        if fault is not None and fault.answer_twice:
+            return replace(reply, twice=True)
+        return reply
 
     def _handle_single(self, request: Incoming) -> Reply:
         if not self._authorized(request.headers):

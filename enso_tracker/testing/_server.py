@@ -162,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self._drop()
             return
+        if reply.twice:
+            self._answer_twice(reply)
+            return
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -172,6 +175,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    def _answer_twice(self, reply: Reply) -> None:
+        """The whole answer, head and body, twice in one write (``Fault.answer_twice``):
+        the copy lands in the client's buffer right behind the answer."""
+        phrase = self.responses.get(reply.status, ("",))[0]
+        lines = [f"{self.protocol_version} {reply.status} {phrase}"]
+        lines += [f"{name}: {value}" for name, value in reply.headers]
+        lines += ["Content-Type: application/json", f"Content-Length: {len(reply.body)}"]
+        answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command != "HEAD":
+            answer += reply.body
+        self.wfile.write(answer * 2)
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
