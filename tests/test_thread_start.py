@@ -1,0 +1,195 @@
+"""Issue #18, finding 5: a sender thread that cannot start.
+
+Resource limits (``RuntimeError: can't start new thread``), or CPython 3.12.0-3.12.2
+after the main thread returned (gh-113964), make ``Thread.start()`` raise. Events must
+stay queued and counted, the start is retried with backoff, ``flush()``/``shutdown()``
+deliver in the caller's thread (or report every event), and ``shutdown()`` never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from enso_tracker.testing import FakeEnso
+
+from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StartFailures:
+    """``Thread.start`` raising for the tracker's threads (as under a thread limit)."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.attempts = 0
+        self._lock = threading.Lock()
+
+
+@pytest.fixture
+def no_threads(monkeypatch: pytest.MonkeyPatch) -> StartFailures:
+    state = StartFailures()
+    original = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("enso-tracker-"):
+            with state._lock:
+                state.attempts += 1
+            if state.failing:
+                raise RuntimeError("can't start new thread")
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return state
+
+
+def tracker_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("enso-tracker-")]
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
+def test_flush_and_shutdown_deliver_in_the_callers_thread(
+    make_tracker: TrackerFactory,
+    fake: FakeEnso,
+    no_threads: StartFailures,
+    drops: DropLog,
+    tmp_path: Path,
+    spool: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = {"spool_dir": str(tmp_path / "spool")} if spool else {}
+    tracker = make_tracker(max_batch_size=40, **options)
+    with caplog.at_level(logging.ERROR, logger="enso_tracker"):
+        ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(100)]
+    assert tracker_threads() == []
+    assert tracker.stats().queued + tracker.stats().spooled >= 100 - tracker.stats().delivered
+    assert "cannot start the enso-tracker" in caplog.text
+    assert "died" not in caplog.text  # it never ran: nothing died
+    assert tracker.flush(10.0)
+    assert set(fake.events) == set(ids)
+    more = [accepted(tracker.track("ent", "api_calls", i)) for i in range(30)]
+    assert tracker.shutdown(10.0) is True  # no RuntimeError from joining an unstarted thread
+    assert set(fake.events) == set(ids + more)
+    stats = tracker.stats()
+    assert stats.delivered == 130
+    assert stats.balanced
+    assert drops.calls == []
+    assert tracker_threads() == []
+
+
+def test_shutdown_reports_every_event_it_cannot_deliver(
+    make_tracker: TrackerFactory,
+    fake: FakeEnso,
+    no_threads: StartFailures,
+    drops: DropLog,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracker = make_tracker()
+    fake.stop()  # nothing can be delivered
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(25)]
+    with caplog.at_level(logging.INFO, logger="enso_tracker"):
+        assert tracker.shutdown(0.5) is False
+    assert sorted(e.event_id for e in drops.events("shutdown")) == sorted(ids)
+    stats = tracker.stats()
+    assert stats.dropped == {"shutdown": 25}
+    assert stats.balanced
+    assert "shut down: 0 delivered, 25 dropped" in caplog.text
+
+
+def test_a_failed_start_is_retried_with_backoff_not_on_every_track(
+    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+) -> None:
+    tracker = make_tracker(backoff_base=0.2, backoff_max=0.4)
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(2000)]
+    assert 1 <= no_threads.attempts <= 3  # not 2,000 tries: the backoff holds them back
+    assert fake.received == 0
+    no_threads.failing = False
+
+    def track_one_more() -> bool:
+        ids.append(accepted(tracker.track("ent", "api_calls", 1)))
+        return fake.received > 0
+
+    # Once starting works again, a later track() starts the thread, which delivers by
+    # itself (no flush).
+    assert wait_until(track_one_more)
+    assert "enso-tracker-sender" in tracker_threads()
+    assert tracker.flush(10.0)
+    assert set(fake.events) == set(ids)
+    assert tracker.stats().delivered == len(ids)
+
+
+def test_a_flush_without_a_thread_keeps_its_deadline(
+    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+) -> None:
+    tracker = make_tracker(timeout=5.0)
+    fake.hang(None)
+    accepted(tracker.track("ent", "api_calls", 1))
+    started = time.monotonic()
+    try:
+        assert tracker.flush(0.5) is False
+    finally:
+        fake.release()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0, f"flush(0.5) took {elapsed:.1f} s with timeout=5.0"
+    assert tracker.flush(10.0)
+    assert len(fake.events) == 1
+
+
+# ------------------------------------------------ a real failure, in a subprocess
+
+CHILD = textwrap.dedent(
+    """
+    import json, logging, resource, sys, threading
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from enso_tracker import Tracker
+
+    tracker = Tracker(api_key=sys.argv[2], base_url=sys.argv[1], flush_interval=0.05)
+    # A real limit, no patching: every new thread asks for a 1 GiB stack, and the
+    # address space may grow by 256 MiB only.
+    with open("/proc/self/status") as status:
+        vm = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = vm * 1024 + 256 * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    threading.stack_size(1024 * 1024 * 1024)
+    try:
+        threading.Thread(target=print).start()
+        started = True
+    except RuntimeError:
+        started = False
+    ids = [tracker.track("ent", "api_calls", i) for i in range(50)]
+    flushed = tracker.flush(10.0)
+    ids += [tracker.track("ent", "api_calls", i) for i in range(20)]
+    print(json.dumps({"started": started, "flushed": flushed, "ids": ids,
+                      "threads": [t.name for t in threading.enumerate()]}))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, fake.url, API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["started"] is False  # the limit is real: no thread can start
+    assert report["threads"] == ["MainThread"]
+    assert report["flushed"] is True
+    assert set(fake.events) == set(report["ids"])  # the 20 after the flush: at exit
+    assert "cannot start the enso-tracker sender thread" in result.stderr
+    assert "shut down: 70 delivered, 0 dropped, 0 refused" in result.stderr
