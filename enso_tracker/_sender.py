@@ -54,6 +54,7 @@ from ._auth import AuthFailure, Credentials
 from ._config import Config
 from ._deadline import Deadline, arm
 from ._errors import describe_exception
+from ._proxy import check_environment_proxies
 from ._reuse import discard, stale_reason, surplus
 from ._version import __version__
 from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
@@ -176,6 +177,8 @@ class HttpSender:
         credentials: Credentials,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if config.trust_env:
+            check_environment_proxies()  # a proxy that cannot work fails here, not later
         self._config = config
         self._credentials = credentials
         self._transport = transport
