@@ -116,7 +116,10 @@ class AsyncMixin:
 
         A decorator for plain and ``async def`` handlers, and a context manager (``with``
         and ``async with``); the async forms flush without blocking the event loop.
-        ``timeout`` defaults to ``shutdown_timeout``.
+        Objects with an ``async def __call__``, and ``async def`` handlers behind a
+        decorator that hides them, are async too: whatever a handler's call returns that
+        is awaitable is awaited first, and the flush follows it. ``timeout`` defaults to
+        ``shutdown_timeout``.
         """
         return FlushAfter(self, timeout)
 
@@ -176,13 +179,15 @@ class FlushAfter:
     def __call__(self, handler: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, handler: Callable[P, Any]) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(handler):
+        if _is_async(handler):
 
             @functools.wraps(handler)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 try:
-                    result: Awaitable[Any] = handler(*args, **kwargs)
-                    return await result
+                    result: Any = handler(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
                 finally:
                     await self._aflush()
 
@@ -190,9 +195,36 @@ class FlushAfter:
 
         @functools.wraps(handler)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            flush = True
             try:
-                return handler(*args, **kwargs)
+                result = handler(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    # An async handler behind a plain decorator (or any callable that
+                    # hands back an awaitable): it has not run yet. Flush once it has,
+                    # without blocking the loop.
+                    flush = False
+                    return self._then_flush(result)
+                return result
             finally:
-                self._flush()
+                if flush:
+                    self._flush()
 
         return wrapper
+
+    async def _then_flush(self, awaitable: Awaitable[R]) -> R:
+        try:
+            return await awaitable
+        finally:
+            await self._aflush()
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` surely starts a coroutine: an ``async def`` (or a
+    partial of one), or an object whose ``__call__`` is ``async def``. (A plain decorator
+    hides an ``async def`` from this check; the wrapper then looks at what the call
+    returns.)"""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    if inspect.isfunction(handler) or inspect.ismethod(handler):
+        return False
+    return inspect.iscoroutinefunction(inspect.getattr_static(type(handler), "__call__", None))
