@@ -33,7 +33,7 @@ __all__ = ["discard", "stale_reason", "surplus"]
 
 #: How deep :func:`_parser_buffer` looks through httpx/httpcore's response stream
 #: wrappers (httpx's bound stream, its transport stream, httpcore's pool stream).
-_WRAPPERS = 4
+_WRAPPERS = 6
 
 
 def _network_stream(response: httpx.Response) -> object:

@@ -90,6 +90,9 @@ class Worker:
         #: its caller's deadline, which also cuts the requests it sends.
         self._inline: threading.Thread | None = None
         self._inline_deadline = math.inf
+        #: While no thread runs, the tracker is held here as the thread would hold it: a
+        #: tracker dropped without shutdown() then lives on to the exit hook's shutdown.
+        self._held: object = None
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
@@ -141,7 +144,9 @@ class Worker:
             if started:
                 self._start_failures = 0
                 self._start_retry_at = 0.0
+                self._held = None
             else:
+                self._held = self._owner()
                 self._start_failures += 1
                 backoff = self.config.backoff_base * 2.0 ** min(self._start_failures - 1, 30)
                 self._start_retry_at = time.monotonic() + min(backoff, self.config.backoff_max)
@@ -810,6 +815,7 @@ class Worker:
             if _alive(thread) and thread is not threading.current_thread():
                 assert thread is not None
                 thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
+        self._held = None
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())

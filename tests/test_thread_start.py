@@ -169,6 +169,8 @@ CHILD = textwrap.dedent(
     ids = [tracker.track("ent", "api_calls", i) for i in range(50)]
     flushed = tracker.flush(10.0)
     ids += [tracker.track("ent", "api_calls", i) for i in range(20)]
+    if sys.argv[3] == "dropped":  # no reference kept, never shut down: the exit hook's
+        ids += [Tracker(api_key=sys.argv[2], base_url=sys.argv[1]).track("ent", "m", 1)]
     print(json.dumps({"started": started, "flushed": flushed, "ids": ids,
                       "threads": [t.name for t in threading.enumerate()]}))
     """
@@ -176,10 +178,11 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso) -> None:
+@pytest.mark.parametrize("mode", ["kept", "dropped"])
+def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso, mode: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, fake.url, API_KEY],
+        [sys.executable, "-c", CHILD, fake.url, API_KEY, mode],
         capture_output=True,
         text=True,
         timeout=60,
@@ -193,3 +196,6 @@ def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso)
     assert set(fake.events) == set(report["ids"])  # the 20 after the flush: at exit
     assert "cannot start the enso-tracker sender thread" in result.stderr
     assert "shut down: 70 delivered, 0 dropped, 0 refused" in result.stderr
+    if mode == "dropped":  # the tracker dropped at once still delivered at exit
+        assert len(report["ids"]) == 71
+        assert "shut down: 1 delivered, 0 dropped, 0 refused" in result.stderr
