@@ -57,6 +57,11 @@ __all__ = ["CLOSED", "Worker"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
 
+#: Trackers whose thread could not start. A running thread keeps its tracker alive while
+#: events are outstanding (its frame is a GC root); without one, this module does, so a
+#: tracker dropped without shutdown() still reaches the exit hook's shutdown().
+_HELD: set[object] = set()
+
 
 class Worker:
     """The sender thread of one tracker, and what it needs: ledger, sender, reporter."""
@@ -90,9 +95,6 @@ class Worker:
         #: its caller's deadline, which also cuts the requests it sends.
         self._inline: threading.Thread | None = None
         self._inline_deadline = math.inf
-        #: While no thread runs, the tracker is held here as the thread would hold it: a
-        #: tracker dropped without shutdown() then lives on to the exit hook's shutdown.
-        self._held: object = None
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
@@ -144,9 +146,11 @@ class Worker:
             if started:
                 self._start_failures = 0
                 self._start_retry_at = 0.0
-                self._held = None
+                self._release()
             else:
-                self._held = self._owner()
+                owner = self._owner()
+                if owner is not None:  # held as a thread would hold it (see _HELD)
+                    _HELD.add(owner)
                 self._start_failures += 1
                 backoff = self.config.backoff_base * 2.0 ** min(self._start_failures - 1, 30)
                 self._start_retry_at = time.monotonic() + min(backoff, self.config.backoff_max)
@@ -205,12 +209,10 @@ class Worker:
                 ran = False
                 if self.disk is not None and not _alive(self.spool_thread):
                     ran = True
-                    wait = self._round(
-                        self.spool_wake, self.spool_step, self.ledger.spool_recover_locked
-                    )
+                    wait = self._round(self.spool_step, self.ledger.spool_recover_locked)
                 if not _alive(self.thread):
                     ran = True
-                    sent = self._round(self.wake, self.step, self.ledger.recover_locked)
+                    sent = self._round(self.step, self.ledger.recover_locked)
                     wait = sent if wait is None else wait if sent is None else min(wait, sent)
                 if not ran or wait == CLOSED:
                     return  # a thread started meanwhile, or the tracker is closed
@@ -224,9 +226,13 @@ class Worker:
                 self._inline = None
                 self._inline_deadline = math.inf
 
+    def _release(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            _HELD.discard(owner)
+
     def _round(
         self,
-        wake: threading.Event,
         step: Callable[[], float | None],
         recover: Callable[[], None],
     ) -> float | None:
@@ -815,7 +821,7 @@ class Worker:
             if _alive(thread) and thread is not threading.current_thread():
                 assert thread is not None
                 thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
-        self._held = None
+        self._release()
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())
