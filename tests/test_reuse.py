@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO
 
 import httpx
@@ -371,3 +375,101 @@ def test_a_connection_abandoned_mid_answer_is_never_reused(kind: str) -> None:
     assert ("ReadTimeout" if kind == "stall" else "limit") in first.message
     assert isinstance(second, Answered)
     assert server.per_connection == [1, 1]  # the second request went on a new connection
+
+
+# ----------------------------------------------------------------------- over TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    command = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    command += ["-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+class TlsEnso(ThreadingHTTPServer):
+    """A keep-alive HTTPS batch endpoint (TLS 1.3 where available, so session tickets
+    arrive after the handshake); ``double`` requests are answered twice in one write."""
+
+    daemon_threads = True
+
+    def __init__(self, cert: str, key: str, double: set[int]) -> None:
+        super().__init__(("127.0.0.1", 0), _TlsHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server_address[1]}"
+        self.double = double
+        self.requests = 0
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5.0)
+
+
+class _TlsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        server = self.server
+        assert isinstance(server, TlsEnso)
+        with server.lock:
+            server.connections += 1
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        server = self.server
+        assert isinstance(server, TlsEnso)
+        events = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["events"]
+        with server.lock:
+            server.requests += 1
+            double = server.requests in server.double
+        summary = {"success": len(events), "failed": 0, "total": len(events)}
+        body = json.dumps({"summary": summary, "failedRecords": []}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        self.wfile.write((head + body) * (2 if double else 1))
+
+
+@pytest.mark.parametrize("double", [set(), {1}], ids=["plain", "first-answer-twice"])
+def test_over_tls_a_connection_is_reused_unless_an_answer_came_twice(
+    certificate: tuple[str, str], double: set[int]
+) -> None:
+    server = TlsEnso(*certificate, double)
+    sender = HttpSender(
+        Config(
+            base_url=server.url,
+            timeout=5.0,
+            verify=ssl.create_default_context(cafile=certificate[0]),
+        ),
+        ApiKey(API_KEY),
+    )
+    try:
+        outcomes = [sender.send(body_of([f"e{i}"]), 5.0) for i in range(5)]
+    finally:
+        sender.close()
+        server.close()
+    # No false alarm from TLS itself (session tickets, records): every answer trusted.
+    assert all(isinstance(outcome, Answered) for outcome in outcomes)
+    assert server.requests == 5
+    assert sender.discarded == len(double)
+    assert server.connections == 1 + len(double)
