@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._auth import ApiKey
+from enso_tracker._auth import ApiKey, ClientCredentials
 from enso_tracker._deadline import Deadline, DeadlineStream
 from enso_tracker._reuse import _parser_buffer
 from enso_tracker._sender import Answered, HttpSender, Retry
@@ -473,3 +473,43 @@ def test_over_tls_a_connection_is_reused_unless_an_answer_came_twice(
     assert server.requests == 5
     assert sender.discarded == len(double)
     assert server.connections == 1 + len(double)
+
+
+class DoublingLogin(DoublingMiddlebox):
+    """System-login answers issuing ``tok1``, ``tok2``...; the first one goes out twice."""
+
+    def __init__(self) -> None:
+        self.logins = 0
+        super().__init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while self._read_request(reader) is not None:
+                with self._lock:
+                    self.logins += 1
+                    issued = self.logins
+                    double = not self._doubled
+                    self._doubled = True
+                body = json.dumps({"data": {"accessToken": f"tok{issued}"}}).encode()
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                conn.sendall((head + body) * (2 if double else 1))
+        except OSError:
+            return
+        finally:
+            reader.close()
+            conn.close()
+
+
+def test_a_doubled_login_answer_is_not_the_next_logins_answer() -> None:
+    server = DoublingLogin()
+    credentials = ClientCredentials("ck", "cs", server.url)
+    try:
+        with httpx.Client() as client:
+            first = credentials.authorization(client, 5.0)
+            credentials.invalidate(first)
+            second = credentials.authorization(client, 5.0)
+    finally:
+        server.close()
+    assert (first, second) == ("Bearer tok1", "Bearer tok2")  # not tok1's copy again
+    assert server.connections == 2
