@@ -48,7 +48,7 @@ async def _off_loop(wait: Callable[[float | None], bool], timeout: float | None)
 
     Cancelling the awaiting task leaves the wait running to its own deadline (``flush``
     and ``shutdown`` are bounded and safe to abandon); its result is then discarded, even
-    if the loop is closed by then.
+    if the loop is closed by then. When no thread can start, the wait runs on the loop.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bool] = loop.create_future()
@@ -71,7 +71,13 @@ async def _off_loop(wait: Callable[[float | None], bool], timeout: float | None)
         with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="enso-tracker-await", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="enso-tracker-await", daemon=True).start()
+    except Exception:
+        # No thread can start (resource limits; CPython 3.12.0-3.12.2 at exit): wait
+        # here, blocking the loop up to ``timeout``, rather than leave the events behind.
+        log.warning("enso-tracker could not start a thread to wait on; waiting on the loop")
+        return wait(timeout)
     return await future
 
 

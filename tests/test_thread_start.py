@@ -8,6 +8,7 @@ deliver in the caller's thread (or report every event), and ``shutdown()`` never
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -200,3 +201,20 @@ def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso,
     if mode == "dropped":  # the tracker dropped at once still delivered at exit
         assert len(report["ids"]) == 71
         assert "shut down: 1 delivered, 0 dropped, 0 refused" in result.stderr
+
+
+def test_aflush_and_ashutdown_deliver_when_no_thread_can_start(
+    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+) -> None:
+    tracker = make_tracker()
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
+
+    async def main() -> tuple[bool, bool]:
+        flushed = await tracker.aflush(10.0)
+        ids.append(accepted(tracker.track("ent", "api_calls", 10)))
+        return flushed, await tracker.ashutdown(10.0)
+
+    # (The awaiting helper, "enso-tracker-await", cannot start either.)
+    assert asyncio.run(main()) == (True, True)
+    assert set(fake.events) == set(ids)
+    assert no_threads.attempts >= 2
