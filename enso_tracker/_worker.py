@@ -95,6 +95,7 @@ class Worker:
         #: its caller's deadline, which also cuts the requests it sends.
         self._inline: threading.Thread | None = None
         self._inline_deadline = math.inf
+        self._inline_lock = threading.Lock()
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
@@ -194,11 +195,21 @@ class Worker:
         until ``done()`` or ``deadline``: the fallback of ``flush()`` and ``shutdown()``
         when no thread could start. Waits (backoff, ``Retry-After``) are slept here, cut
         short by ``flush()``/``track()`` as the thread's would be."""
-        me = threading.current_thread()
+        # One caller at a time runs the rounds; another (a shutdown() while a flush()
+        # sends) waits for it, then goes on with what is left, within its own deadline.
+        left = max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
+        if not self._inline_lock.acquire(timeout=left):
+            return
+        try:
+            self._deliver_inline(done, deadline)
+        finally:
+            self._inline_lock.release()
+
+    def _deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
         with self._start_lock:
-            if self._inline is not None or self.ledger.closed or not self.stalled():
+            if self.ledger.closed or not self.stalled():
                 return
-            self._inline = me
+            self._inline = threading.current_thread()
             self._inline_deadline = deadline
         try:
             while not done():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from enso_tracker.testing import FakeEnso
+from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
@@ -218,3 +218,21 @@ def test_aflush_and_ashutdown_deliver_when_no_thread_can_start(
     assert asyncio.run(main()) == (True, True)
     assert set(fake.events) == set(ids)
     assert no_threads.attempts >= 2
+
+
+def test_a_shutdown_during_another_threads_flush_waits_and_delivers_the_rest(
+    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures, drops: DropLog
+) -> None:
+    tracker = make_tracker()
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
+    fake.script(Fault(delay=0.5))  # the flush's request is in flight for a while
+    flushed: list[bool] = []
+    flusher = threading.Thread(target=lambda: flushed.append(tracker.flush(10.0)))
+    flusher.start()
+    assert wait_until(lambda: fake.in_flight == 1)
+    ids += [accepted(tracker.track("ent", "api_calls", i)) for i in range(5)]
+    assert tracker.shutdown(10.0) is True  # not "dropped at once": it waited its turn
+    flusher.join(10.0)
+    assert flushed == [True]
+    assert set(fake.events) == set(ids)
+    assert drops.calls == []
