@@ -110,7 +110,7 @@ def test_shutdown_reports_every_event_it_cannot_deliver(
 def test_a_failed_start_is_retried_with_backoff_not_on_every_track(
     make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
 ) -> None:
-    tracker = make_tracker(backoff_base=0.2, backoff_max=0.4)
+    tracker = make_tracker(backoff_base=1.0, backoff_max=2.0)
     ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(2000)]
     assert 1 <= no_threads.attempts <= 3  # not 2,000 tries: the backoff holds them back
     assert fake.received == 0
