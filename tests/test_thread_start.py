@@ -54,6 +54,11 @@ def no_threads(monkeypatch: pytest.MonkeyPatch) -> StartFailures:
     return state
 
 
+def child_path() -> str:
+    """PYTHONPATH for a child interpreter: this checkout first, then the caller's."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def tracker_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("enso-tracker-")]
 
@@ -182,7 +187,7 @@ CHILD = textwrap.dedent(
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("mode", ["kept", "dropped"])
 def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso, mode: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": child_path()}
     result = subprocess.run(
         [sys.executable, "-c", CHILD, fake.url, API_KEY, mode],
         capture_output=True,
@@ -236,3 +241,46 @@ def test_a_shutdown_during_another_threads_flush_waits_and_delivers_the_rest(
     assert flushed == [True]
     assert set(fake.events) == set(ids)
     assert drops.calls == []
+
+
+GH_113964 = textwrap.dedent(
+    """
+    import logging, sys, threading
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from enso_tracker import Tracker
+
+    tracker = Tracker(api_key=sys.argv[2], base_url=sys.argv[1], flush_interval=0.05)
+    go = threading.Event()
+
+    def work():
+        go.wait()  # set only once the main thread has returned
+        for i in range(300):
+            tracker.track("ent", "api_calls", i)
+
+    threading.Thread(target=work).start()
+    threading.Timer(0.3, go.set).start()
+    """
+)
+
+
+@pytest.mark.skipif(
+    not (sys.implementation.name == "cpython" and (3, 12, 0) <= sys.version_info[:3] <= (3, 12, 2)),
+    reason="CPython gh-113964 exists on 3.12.0-3.12.2 only (make test-all runs one)",
+)
+def test_events_tracked_after_the_main_thread_returned_on_cpython_3_12_early(
+    fake: FakeEnso,
+) -> None:
+    # On these versions no thread can start once the main thread returned: the sender
+    # never runs, and the exit hook delivers in its own thread.
+    env = {**os.environ, "PYTHONPATH": child_path()}
+    result = subprocess.run(
+        [sys.executable, "-c", GH_113964, fake.url, API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "can't create new thread at interpreter shutdown" in result.stderr
+    assert "shut down: 300 delivered, 0 dropped, 0 refused" in result.stderr
+    assert len(fake.events) == 300
