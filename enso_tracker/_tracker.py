@@ -372,7 +372,7 @@ class Tracker(AsyncMixin):
         and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
-        if interrupted_inside(self._parts()):
+        if interrupted_inside(self._parts()) and not self._called_back_inline(deadline):
             helper = threading.Thread(
                 target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
             )
@@ -394,6 +394,15 @@ class Tracker(AsyncMixin):
             return False
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
+
+    def _called_back_inline(self, deadline: float) -> bool:
+        """Whether this is user code (``on_drop``, a log handler) called by the rounds
+        this thread runs for ``flush()``/``shutdown()`` when no sender thread could
+        start: inside those calls, but holding no lock (what a signal handler that
+        interrupted them could not be sure of)."""
+        return self._worker.on_thread() and lock_free_within(
+            self._ledger.lock, min(deadline, time.monotonic() + REENTRANT_STATS_WAIT)
+        )
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`).

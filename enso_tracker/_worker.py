@@ -195,6 +195,8 @@ class Worker:
         until ``done()`` or ``deadline``: the fallback of ``flush()`` and ``shutdown()``
         when no thread could start. Waits (backoff, ``Retry-After``) are slept here, cut
         short by ``flush()``/``track()`` as the thread's would be."""
+        if self._inline is threading.current_thread():
+            return  # already running them: a shutdown() from on_drop, finished by step()
         # One caller at a time runs the rounds; another (a shutdown() while a flush()
         # sends) waits for it, then goes on with what is left, within its own deadline.
         left = max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
@@ -211,8 +213,11 @@ class Worker:
                 return
             self._inline = threading.current_thread()
             self._inline_deadline = deadline
+        ledger = self.ledger
         try:
-            while not done():
+            # A shutdown() asked from on_drop during these rounds is finished by them
+            # (step() does it), as the sender thread would.
+            while not done() or (ledger.finish_on_worker and not ledger.closed):
                 now = time.monotonic()
                 if now >= deadline:
                     return

@@ -284,3 +284,23 @@ def test_events_tracked_after_the_main_thread_returned_on_cpython_3_12_early(
     assert "can't create new thread at interpreter shutdown" in result.stderr
     assert "shut down: 300 delivered, 0 dropped, 0 refused" in result.stderr
     assert len(fake.events) == 300
+
+
+def test_shutdown_from_on_drop_during_caller_run_delivery_does_not_stall(
+    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+) -> None:
+    outcomes: list[bool] = []
+
+    def on_drop(events: object, reason: object) -> None:
+        outcomes.append(tracker.shutdown(5.0))  # runs in flush()'s own thread here
+
+    tracker = make_tracker(on_drop=on_drop)
+    fake.script(Fault(status=400))  # the batch is refused: on_drop runs
+    accepted(tracker.track("ent", "api_calls", 1))
+    started = time.monotonic()
+    tracker.flush(5.0)
+    elapsed = time.monotonic() - started
+    assert outcomes == [False]  # from on_drop: it cannot wait for the rounds it is in
+    assert tracker.stats().dropped == {"rejected": 1}
+    assert repr(tracker).startswith("<Tracker closed")
+    assert elapsed < 3.0, f"flush(5.0) took {elapsed:.1f} s: the shutdown waited on itself"
