@@ -33,6 +33,10 @@ class Fault:
     * ``store_then_drop``: process normally (records stored as a 200 would store them),
       then reset the connection without an answer: Enso took the batch but the client
       never heard (through ``transport()``: ``httpx.ReadError`` after storing).
+    * ``answer_twice``: process normally, then write the answer twice in one go on the
+      kept-alive connection, as a broken server or proxy would. A client that reads the
+      copy as the answer to its next request books that request's events by another
+      batch's answer. Through ``transport()`` (no connection) the answer is sent once.
 
     Through :meth:`FakeEnso.transport() <enso_tracker.testing.FakeEnso.transport>` (no
     socket), ``drop_connection`` raises ``httpx.ReadError`` in the client, and a ``delay``
@@ -47,6 +51,7 @@ class Fault:
     drop_connection: bool = False
     record_status: Mapping[int, int] | None = None
     store_then_drop: bool = False
+    answer_twice: bool = False
 
     def __post_init__(self) -> None:
         """Reject impossible faults at script time, not deep inside a server thread."""
