@@ -249,7 +249,8 @@ def test_send_judges_its_own_event_and_leaves_an_apps_spool_alone(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "delivered" not in proc.stdout
     assert "rejected by Enso: Customer entity not found" in proc.stdout
-    assert "code=2002" in proc.stdout and "evt_mine" in proc.stdout
+    assert "code=2002" in proc.stdout
+    assert "evt_mine" in proc.stdout
     assert batch_ids(fake) == [["evt_mine"]]  # nothing of the app's was sent
     assert not set(leftovers) & set(fake.event_ids())
     assert Spool(str(spool_dir)).status().events == 2  # the leftovers, untouched
