@@ -296,3 +296,59 @@ def test_send_with_an_unusable_key_is_a_usage_error_without_a_traceback(fake: Fa
     assert "Traceback" not in proc.stderr
     assert "ключ" not in proc.stdout + proc.stderr
     assert fake.requests == []
+
+
+def test_doctor_takes_a_key_ending_in_a_newline_as_the_tracker_does(fake: FakeEnso) -> None:
+    """#17 finding 7: doctor had its own login/POST code and refused what the tracker took."""
+    env = cli_env(fake.url, ENSO_API_KEY=LONG_KEY + "\n")  # as read from a secret file
+    doctor = run_cli("doctor", "--json", env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    found = checks(doctor)
+    assert found["credentials"]["ok"] is True
+    assert "\n" not in found["configuration"]["detail"]
+    assert "…WXYZ (28 chars)" in found["configuration"]["detail"]
+    send = run_cli("send", "ent_known", "api_calls", "1", env=env)
+    assert send.returncode == 0, send.stdout + send.stderr
+    auth = {r.headers["authorization"] for r in fake.batch_requests()}
+    assert auth == {f"Bearer {LONG_KEY}"}  # doctor and tracker sent the same header
+
+
+def test_doctor_with_a_non_ascii_key_says_so_without_a_traceback(fake: FakeEnso) -> None:
+    key = "sk_live_0123456789abcdé"
+    proc = run_cli("doctor", env=cli_env(fake.url, ENSO_API_KEY=key))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "✘ configuration:" in proc.stdout
+    assert "ENSO_API_KEY holds a non-ASCII character at index 22" in proc.stdout
+    assert "- credentials: not checked: no usable credentials" in proc.stdout
+    assert key not in proc.stdout + proc.stderr
+    assert fake.requests == []
+
+
+def test_doctor_uses_the_trackers_login_for_client_credentials_with_newlines() -> None:
+    with FakeEnso(client_credentials={"ck_test_doctor_key_01": "cs_secret_value_0042"}) as server:
+        proc = run_cli(
+            "doctor", "--json",
+            env=cli_env(server.url, ENSO_CLIENT_KEY="ck_test_doctor_key_01\n",
+                        ENSO_CLIENT_SECRET="cs_secret_value_0042\r\n"),
+        )  # fmt: skip
+        logins = server.login_requests()
+    assert proc.returncode == 0, proc.stdout
+    found = checks(proc)
+    assert found["login"]["ok"] is True
+    assert "token valid for 3600 s" in found["login"]["detail"]
+    assert [r.json()["clientSecret"] for r in logins] == ["cs_secret_value_0042"]
+
+
+def test_doctor_when_enso_hangs_fails_within_its_timeout(fake: FakeEnso) -> None:
+    fake.hang(None)
+    try:
+        proc = run_cli("doctor", "--json", "--timeout", "1", env=cli_env(fake.url,
+                       ENSO_API_KEY=LONG_KEY))  # fmt: skip
+    finally:
+        fake.release()
+    assert proc.returncode == 1
+    found = checks(proc)
+    assert found["TCP"]["ok"] is True
+    assert found["credentials"]["ok"] is False
+    assert found["credentials"]["detail"] == "request failed: ReadTimeout"

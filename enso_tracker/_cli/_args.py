@@ -24,6 +24,7 @@ __all__ = [
     "build_parser",
     "connection",
     "connection_options",
+    "connection_options_of",
     "in_env_terms",
     "make_tracker",
 ]
@@ -145,7 +146,11 @@ def connection_options(args: argparse.Namespace) -> dict[str, Any]:
     ``send_events()`` or ``make_credentials()``: nothing else (never ``ENSO_SPOOL_DIR``).
     ``ConfigurationError`` (naming the variables, never a value) when they are missing
     or contradictory."""
-    conn = connection(args)
+    return connection_options_of(connection(args))
+
+
+def connection_options_of(conn: Connection) -> dict[str, Any]:
+    """:func:`connection_options` of a :class:`Connection` already read."""
     if conn.mode == "none":
         raise ConfigurationError(
             "no credentials: set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET"
