@@ -14,6 +14,7 @@ from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
 from ._output import EXIT_USAGE, print_json, route_logs, stderr_line
+from ._preflight import check_enso
 from ._progress import Ticker, make_display
 from ._rows import Input
 
@@ -173,6 +174,13 @@ def run(args: argparse.Namespace) -> int:
         if importer.tracker is not None:
             importer.tracker.shutdown(0.0)
         return EXIT_USAGE
+    if importer.tracker is not None:  # fail fast: Enso unreachable or refusing (exit 3)
+        importer.stopped = check_enso(args, importer.tracker.config)
+        if importer.stopped is not None:
+            importer.tracker.shutdown(0.0)
+            code = importer.exit_code()
+            _summary(args, importer, errors.close(), code)
+            return code
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         importer.request_interrupt()
