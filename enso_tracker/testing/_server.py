@@ -33,9 +33,10 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], runner: ServerRunner) -> None:
         self.runner = runner
+        # Before binding: a failed bind calls server_close(), which closes these too.
+        self._wake_reader, self._wake_writer = socket.socketpair()
         super().__init__(address, _Handler)
         self.socket.setblocking(False)  # a client that vanishes before accept() cannot block us
-        self._wake_reader, self._wake_writer = socket.socketpair()
 
     def serve_until_woken(self) -> None:
         """Accept connections until ``wake()``.
