@@ -28,7 +28,7 @@ import httpx
 import msgspec
 
 from ._auth import make_credentials
-from ._config import Config, options_from_env
+from ._config import DAY, Config, options_from_env
 from ._errors import (
     ConfigurationError,
     InvalidEventError,
@@ -312,8 +312,10 @@ def send_events(
         raise ConfigurationError("send_events() never uses a spool: drop spool_dir=")
     if "sender" in options:
         raise ConfigurationError("send_events() takes credentials, not a sender")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ConfigurationError(f"timeout={timeout!r}: must be a positive number of seconds")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= DAY:
+        raise ConfigurationError(
+            f"timeout={timeout!r}: must be a positive number of seconds, at most {DAY:,.0f}"
+        )
     given = {"api_key": api_key, "client_key": client_key, "client_secret": client_secret}
     if all(v is None for v in given.values()):
         # As init() and Tracker.from_env(): the environment, then the keywords over it.

@@ -213,6 +213,8 @@ def test_malformed_calls_are_refused_before_sending(fake: FakeEnso) -> None:
         send_events([ok], api_key=KEY, base_url=fake.url, spool_dir="/tmp/x")
     with pytest.raises(ConfigurationError, match="timeout"):
         send_events([ok], api_key=KEY, base_url=fake.url, timeout=0)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        send_events([ok], api_key=KEY, base_url=fake.url, timeout=float("inf"))
     with pytest.raises(ConfigurationError, match="non-ASCII"):
         send_events([ok], api_key="sk_clé", base_url=fake.url)
     assert fake.requests == []
