@@ -58,6 +58,7 @@ class Doctor:
         self.date_header: str | None = None
         self.round_trip: tuple[float, float] = (0.0, 0.0)
         self.credentials: Credentials | None = None
+        self.answered = False  # whether the probe got an HTTP answer (with its Date)
 
     def add(self, name: str, ok: bool | None, detail: str, fix: str | None = None) -> bool:
         self.checks.append(Check(name, ok, detail, fix if ok is False else None))
@@ -200,6 +201,7 @@ class Doctor:
         result = probe(config, self.credentials, self.timeout)
         self.round_trip = (result.sent_at, result.received_at)
         self.date_header = result.date
+        self.answered = result.status is not None
         if conn.mode == "client_credentials" and not self._login(result):
             self.add("credentials", None, "not checked: the login failed")
             return
@@ -262,7 +264,8 @@ class Doctor:
 
     def _clock(self) -> None:
         if not self.date_header:
-            self.add("clock", None, "Enso's answer had no Date header: skew unknown")
+            what = "Enso's answer had no Date header" if self.answered else "no answer from Enso"
+            self.add("clock", None, f"{what}: skew unknown")
             return
         try:
             server = email.utils.parsedate_to_datetime(self.date_header).timestamp()
