@@ -1,5 +1,10 @@
 """``enso-tracker doctor``: is this machine set up to deliver to Enso? Each check says
-what it found and, when it fails, what to do. No usage is ever sent, no secret printed."""
+what it found and, when it fails, what to do. No usage is ever sent, no secret printed.
+
+Credentials are read and checked by the tracker's own rules (``_auth.make_credentials``)
+and probed with the tracker's own login and sender (``_probe.probe``): what doctor
+accepts, the tracker accepts. DNS, TCP and TLS are diagnosed with plain sockets first, so
+a failure says which step broke."""
 
 from __future__ import annotations
 
@@ -35,8 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
       enso-tracker doctor
       ENSO_BASE_URL=https://api.staging.example enso-tracker doctor --json
 
-    The credential probe sends an empty batch {"events": []}: Enso answers code 2003 once
-    the credentials are accepted (401 when not). No usage is sent."""
+    The credential probe sends an empty batch {"events": []} with the tracker's own login
+    and sender: Enso answers code 2003 once the credentials are accepted (401 when not).
+    No usage is sent."""
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per network step"
     )
