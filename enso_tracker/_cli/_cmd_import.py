@@ -14,7 +14,6 @@ from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
 from ._output import EXIT_USAGE, print_json, route_logs, stderr_line
-from ._preflight import check_enso
 from ._progress import Ticker, make_display
 from ._rows import Input
 
@@ -175,12 +174,9 @@ def run(args: argparse.Namespace) -> int:
             importer.tracker.shutdown(0.0)
         return EXIT_USAGE
     if importer.tracker is not None:  # fail fast: Enso unreachable or refusing (exit 3)
+        from ._preflight import check_enso  # beside its one use
+
         importer.stopped = check_enso(args, importer.tracker.config)
-        if importer.stopped is not None:
-            importer.tracker.shutdown(0.0)
-            code = importer.exit_code()
-            _summary(args, importer, errors.close(), code)
-            return code
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         importer.request_interrupt()
@@ -189,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
     ticker = Ticker(display, importer.snapshot)
     route_logs(display.log)  # a log line must not tear the live progress line apart
     try:
-        importer.run()
+        if importer.stopped is None:
+            importer.run()
+        elif importer.tracker is not None:  # the preflight said no: not one row is read
+            importer.tracker.shutdown(0.0)
     finally:
         ticker.close()
         route_logs(None)
