@@ -33,7 +33,9 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], runner: ServerRunner) -> None:
         self.runner = runner
-        # Before binding: a failed bind calls server_close(), which closes these too.
+        # An IPv6 literal ("::1") needs an IPv6 socket; names and IPv4 stay on IPv4.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        # Made first: a failed bind calls server_close(), which closes them.
         self._wake_reader, self._wake_writer = socket.socketpair()
         super().__init__(address, _Handler)
         self.socket.setblocking(False)  # a client that vanishes before accept() cannot block us
