@@ -133,3 +133,24 @@ def test_client_credentials_and_usage_errors(servers: list[subprocess.Popen[str]
     assert cli("fake-server", "--fail-rate", "2", env=clean_env()).returncode == 2
     assert cli("fake-server", "--status", "200", env=clean_env()).returncode == 2
     assert stop(proc)[0] == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_an_ipv6_host_gets_a_bracketed_url(servers: list[subprocess.Popen[str]]) -> None:
+    proc = start(servers, "--host", "::1", "--json")
+    url = json.loads(first_line(proc))["url"]
+    assert url.startswith("http://[::1]:")
+    sent = cli(
+        "send", "ent_1", "m", "1", env=clean_env(ENSO_BASE_URL=url, ENSO_API_KEY="test-api-key")
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert stop(proc)[0] == 0

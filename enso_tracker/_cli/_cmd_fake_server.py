@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 f"enso-tracker fake-server: cannot listen on {args.host}:{args.port}: {exc}"
             )
             return EXIT_USAGE
-        _announce(args, fake.url)
+        host = f"[{fake.host}]" if ":" in fake.host else fake.host  # an IPv6 literal
+        _announce(args, f"http://{host}:{fake.port}")
         while not stop.wait(1.0):  # a signal handler runs between waits
             pass
     finally:
