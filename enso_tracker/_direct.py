@@ -34,6 +34,7 @@ from ._errors import (
     InvalidEventError,
     InvalidEventTypeError,
     describe_exception,
+    short_repr,
 )
 from ._schedule import RetryPolicy
 from ._sender import (
@@ -103,7 +104,8 @@ def _event_error(index: int | None, exc: InvalidEventError) -> InvalidEventError
     """``exc`` with its field named ``events[i].field`` when the call had several events."""
     if index is None:
         return exc
-    problem = str(exc).partition(": ")[2]
+    text, prefix = str(exc), f"{exc.field}={short_repr(exc.value)}: "
+    problem = text[len(prefix) :] if text.startswith(prefix) else text
     return type(exc)(f"events[{index}].{exc.field}", exc.value, problem)
 
 
@@ -179,10 +181,9 @@ class _Run:
     def later(self, items: list[_Item], retry_after: float | None) -> None:
         """Back in line after a backoff (or Enso's ``Retry-After``), unless out of tries."""
         retry = [i for i in items if i.attempts <= self.config.max_retries]
+        spent = [i for i in items if i.attempts > self.config.max_retries]
         message, status = self.problem
-        self.settle(
-            [i for i in items if i not in retry], "undelivered", message=message, status=status
-        )
+        self.settle(spent, "undelivered", message=message, status=status)
         if not retry:
             return
         attempt = max(i.attempts for i in retry)

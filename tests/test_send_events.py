@@ -173,6 +173,7 @@ BAD_EVENTS: list[dict[str, Any]] = [
     {"entity": "e", "metric": "m", "value": 1, "timestamp": "2026-04-01T12:00:00"},
     {"entity": "e", "metric": "m", "value": 1, "metadata": {"x": float("inf")}},
     {"entity": "e", "metric": "m", "value": 1, "metadata": [1]},
+    {"entity": "e", "metric": "m", "value": 1, "metadata": {"blob": "x: " * 3000}},
     {"entity": "e", "metric": "m", "value": 1, "event_id": "has space"},
     {"entity": "e", "metric": "m", "value": 1, "job_id": ""},
 ]
@@ -193,6 +194,7 @@ def test_validation_is_track_s_own(fake: FakeEnso, event: dict[str, Any]) -> Non
         send_events([{"entity": "ent_1", "metric": "m", "value": 1}, event],
                     api_key=KEY, base_url=fake.url)  # fmt: skip
     assert in_list.value.field == f"events[1].{by_track.value.field}"
+    assert str(in_list.value) == "events[1]." + str(by_track.value)  # same words, located
     assert fake.requests == []  # nothing sent, not even the good event
 
 
