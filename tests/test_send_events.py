@@ -236,3 +236,13 @@ def test_credentials_from_the_environment_and_never_a_spool(
     monkeypatch.delenv("ENSO_API_KEY")
     with pytest.raises(ConfigurationError, match="no credentials"):
         enso_tracker.send("ent_1", "m", 1)
+
+
+def test_more_events_than_a_batch_go_in_several_requests(fake: FakeEnso) -> None:
+    events = [{"entity": "ent_1", "metric": "m", "value": i, "event_id": f"e{i}"} for i in range(5)]
+    results = send_events(events, api_key=KEY, base_url=fake.url, max_batch_size=2)
+    assert [r.event_id for r in results] == [f"e{i}" for i in range(5)]  # the order given
+    assert all(r.delivered for r in results)
+    assert batch_ids(fake) == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+    with pytest.raises(InvalidEventError, match="more than 10000"):
+        send_events([events[0]] * 10_001, api_key=KEY, base_url=fake.url)
