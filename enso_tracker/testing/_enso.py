@@ -548,12 +548,15 @@ class FakeEnso:
         with self._lock:
             self._plan.script(faults)
 
-    def chaos(self, p503: float = 0.0, p_store_then_drop: float = 0.0, seed: int = 0) -> None:
-        """Random faults for every batch request no scripted fault covers: a 503 with
-        probability ``p503``, a stored batch whose answer is lost (``store_then_drop``)
-        with ``p_store_then_drop``; reproducible from ``seed``. ``chaos()`` turns it off."""
+    def chaos(
+        self, p503: float = 0.0, p_store_then_drop: float = 0.0, seed: int = 0, status: int = 503
+    ) -> None:
+        """Random faults for every batch request no scripted fault covers: a 503 (or
+        ``status``) with probability ``p503``, a stored batch whose answer is lost
+        (``store_then_drop``) with ``p_store_then_drop``; reproducible from ``seed``.
+        ``chaos()`` turns it off."""
         with self._lock:
-            self._plan.chaos(p503, p_store_then_drop, seed)
+            self._plan.chaos(p503, p_store_then_drop, seed, status)
 
     def hang(self, seconds: float | None) -> None:
         """Make every batch request wait ``seconds`` (None: until ``release()``/``stop()``)."""
