@@ -350,6 +350,11 @@ class Ledger:
         self.finished, self.dead = [], []
         return finished, dead
 
+    def settled_now(self, seq: int) -> bool:
+        """``settled_locked``, taking the lock."""
+        with self.lock:
+            return self.settled_locked(seq)
+
     def wait_settled(self, seq: int, deadline: float) -> bool:
         """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
         with self.settled:

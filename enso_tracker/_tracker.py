@@ -16,6 +16,7 @@ to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import random
 import threading
@@ -328,6 +329,10 @@ class Tracker(AsyncMixin):
         ``shutdown_timeout``; ``math.inf`` for no limit) passed first. Never raises for
         delivery reasons.
 
+        When the sender thread cannot start (resource limits, or CPython 3.12.0-3.12.2
+        after the main thread returned), it sends in the calling thread instead, within
+        ``timeout``.
+
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it asks for a prompt send and returns at once, True only
         if everything is already settled. Called from a signal handler that interrupted
@@ -354,6 +359,8 @@ class Tracker(AsyncMixin):
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
+                if worker.stalled():  # no thread could start: send from this thread
+                    worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
             with led.lock:
@@ -367,6 +374,8 @@ class Tracker(AsyncMixin):
         ``track()`` reached Enso: nothing dropped, for any reason, and nothing refused.
         Idempotent; after it, ``track()`` refuses events (reason ``closed``). ``timeout``
         defaults to ``shutdown_timeout``; ``math.inf`` waits as long as delivery takes.
+        When the sender thread cannot start, it sends in the calling thread instead,
+        within ``timeout``. It never raises.
 
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it stops intake and returns False at once, and the sender
@@ -376,10 +385,18 @@ class Tracker(AsyncMixin):
         and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
-        if interrupted_inside(self._parts()):
-            threading.Thread(
+        if interrupted_inside(self._parts()) and not self._called_back_inline(deadline):
+            helper = threading.Thread(
                 target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
-            ).start()
+            )
+            try:
+                helper.start()
+            except Exception:  # no thread can start: the exit hook shuts it down later
+                self._reporter.log.always(
+                    logging.ERROR,
+                    "enso-tracker: shutdown() in a signal handler could not start its "
+                    "helper thread; the tracker is shut down at exit instead",
+                )
             return False
         if self._worker.on_thread():
             led = self._ledger
@@ -390,6 +407,15 @@ class Tracker(AsyncMixin):
             return False
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
+
+    def _called_back_inline(self, deadline: float) -> bool:
+        """Whether this is user code (``on_drop``, a log handler) called by the rounds
+        this thread runs for ``flush()``/``shutdown()`` when no sender thread could
+        start: inside those calls, but holding no lock (what a signal handler that
+        interrupted them could not be sure of)."""
+        return self._worker.on_thread() and lock_free_within(
+            self._ledger.lock, min(deadline, time.monotonic() + REENTRANT_STATS_WAIT)
+        )
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`).
