@@ -85,6 +85,7 @@ def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
         rows.append(current)
     return rows
 
+
 #: Trackers whose thread could not start. A running thread keeps its tracker alive while
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
 #: tracker dropped without shutdown() still reaches the exit hook's shutdown().
