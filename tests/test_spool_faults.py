@@ -421,7 +421,7 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         spool,
         fake,
         max_spool_bytes=1024 * 1024,  # the least allowed
-        max_batch_bytes=256 * 1024,  # rows of at most this (a 1 MiB spool holds one)
+        max_batch_bytes=256 * 1024,  # a spool must hold a row of it and 256 KiB
         queue_full_policy="drop",
         timeout=0.3,
         on_drop=drops,
