@@ -41,7 +41,15 @@ from typing import Protocol
 
 from ._log import log
 
-__all__ = ["after_fork_in_child", "flush_all", "forget", "live", "register", "shutdown_all"]
+__all__ = [
+    "after_fork_in_child",
+    "flush_all",
+    "forget",
+    "live",
+    "register",
+    "reinstall_sigterm_handler",
+    "shutdown_all",
+]
 
 
 class Managed(Protocol):
@@ -69,6 +77,8 @@ def register(tracker: Managed, *, handle_sigterm: bool) -> None:
     _live.add(tracker)
     _mp_hook.arm()
     if handle_sigterm:
+        global _sigterm_wanted
+        _sigterm_wanted = True
         _install_sigterm_handler()
 
 
@@ -191,6 +201,18 @@ _mp_hook = _MultiprocessingHook()
 _state_lock = threading.Lock()
 _installed_pid = 0
 _stopping = False
+#: a tracker of this process, or of the process it was forked from, asked for the handler
+_sigterm_wanted = False
+
+
+def reinstall_sigterm_handler() -> bool:
+    """For integrations: in a process forked from one whose trackers installed the SIGTERM
+    handler, put it back after the framework reset SIGTERM to its default action (as
+    gunicorn's UvicornWorker does in every worker). Never replaces a handler someone set;
+    True if ours is in place."""
+    if not _sigterm_wanted or not _live:
+        return False
+    return _install_sigterm_handler()
 
 
 def _install_sigterm_handler() -> bool:
