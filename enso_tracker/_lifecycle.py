@@ -33,11 +33,13 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._log import log
 
@@ -221,8 +223,9 @@ def _install_sigterm_handler() -> bool:
     global _installed_pid
     if _installed_pid == os.getpid():
         return True
-    if threading.current_thread() is not threading.main_thread():
-        return False  # only the main thread may set handlers; a later tracker may
+    # Only the main thread may set handlers (a later tracker may): ``signal.signal``
+    # raises ValueError elsewhere, caught below. ``threading`` is not asked: under
+    # eventlet's monkey-patching the main thread's greenlet is not ``main_thread()``.
     if os.environ.get("ENSO_HANDLE_SIGTERM", "1").strip().lower() in ("0", "false", "no"):
         return False
     with _state_lock:
@@ -246,6 +249,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         _die()
         return
     _stopping = True
+    spawn = _green_spawn()
+    if spawn is not None:  # in gevent's or eventlet's loop, which may not block
+        spawn(_stop_then_die)
+        return
     if _inside_tracker(frame):
         threading.Thread(target=_stop_then_die, name="enso-tracker-sigterm").start()
         return
@@ -274,3 +281,61 @@ def _inside_tracker(frame: FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _green_spawn() -> Callable[[Callable[[], None]], object] | None:
+    """If the handler runs in the hub of gevent or eventlet (the greenlet that runs their
+    event loop: where a signal lands while every other greenlet waits), their ``spawn``;
+    else None. Waiting for the sender there is refused (gevent's
+    ``BlockingSwitchOutError``) or hangs the loop, so the stop runs in a greenlet of its
+    own, which the hub starts as soon as the handler returns."""
+    greenlet: Any = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None
+    current = greenlet.getcurrent()
+    gevent_hub: Any = sys.modules.get("gevent.hub")
+    if gevent_hub is not None and isinstance(current, gevent_hub.Hub):
+        spawn: Callable[[Callable[[], None]], object] = sys.modules["gevent"].spawn
+        return spawn
+    eventlet_hubs: Any = sys.modules.get("eventlet.hubs")
+    hub = getattr(getattr(eventlet_hubs, "_threadlocal", None), "hub", None)
+    if hub is not None and current is getattr(hub, "greenlet", None):
+        eventlet_spawn: Callable[[Callable[[], None]], object] = sys.modules["eventlet"].spawn
+
+        def spawn_and_wake(stop: Callable[[], None]) -> object:
+            greenlet = eventlet_spawn(stop)
+            _wake_eventlet_hub(hub)
+            return greenlet
+
+        return spawn_and_wake
+    return None
+
+
+def _wake_eventlet_hub(hub: Any) -> None:
+    """Make eventlet's hub leave the poll the signal interrupted. Python resumes an
+    interrupted ``poll`` after the handler (PEP 475) with the time the hub chose (up to
+    a minute with nothing scheduled), and eventlet has no wake-up call of its own: a
+    pipe with a byte in it, watched by the hub, ends that wait, and the hub then starts
+    the greenlet just spawned. Best effort: without it the stop starts at the hub's next
+    wake-up."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return
+
+    def woken(_fileno: int) -> None:
+        hub.remove(listener)
+        os.close(r)
+        os.close(w)
+
+    try:
+        hub.mark_as_reopened(r)  # a listener left on a recycled descriptor number
+        listener = hub.add(hub.READ, r, woken, _ignore, _ignore)
+        os.write(w, b"\0")
+    except Exception:  # an eventlet whose hub API differs: the stop just starts later
+        os.close(r)
+        os.close(w)
+
+
+def _ignore(*_: object) -> None:
+    pass
