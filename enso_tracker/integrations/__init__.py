@@ -14,6 +14,8 @@ that the application has not imported or cannot import.
 * :mod:`.gunicorn` (``gunicorn`` imported): a worker forked from a ``--preload`` master
   gets the tracker's SIGTERM handler back when its worker class reset SIGTERM to the
   default action (both UvicornWorker packages).
+* :mod:`.rq` (``rq`` imported): a work horse shuts its trackers down at the end of its
+  job, since it ends with ``os._exit()``.
 
 Django, Flask, FastAPI and Starlette need nothing: the server they run under is what
 starts, forks and stops the process.
@@ -33,6 +35,7 @@ _INTEGRATIONS = {
     "uwsgi": "uwsgi",
     "uvicorn": "uvicorn.server",
     "gunicorn": "gunicorn.workers.base",
+    "rq": "rq.worker",
 }
 _enabled: set[str] = set()
 
