@@ -17,9 +17,12 @@
   it). So, at the first tracker made in the main thread, if SIGTERM still has its default
   action (kill), a handler is installed that shuts every live tracker down, then
   restores the default action and raises SIGTERM again: the exit status stays "killed by
-  SIGTERM". A handler the application installed is never replaced (the disposition is
-  no longer the default), and one installed later replaces ours, which is the
-  application's call. Opt out with ``handle_sigterm=False`` or ``ENSO_HANDLE_SIGTERM=0``.
+  SIGTERM". Where that default action does not end the process (Python as PID 1 in a
+  container without an init, which the kernel shields from it), the process exits with
+  status 128 + SIGTERM (143) instead, as ``docker stop`` expects. A handler the
+  application installed is never replaced (the disposition is no longer the default),
+  and one installed later replaces ours, which is the application's call. Opt out with
+  ``handle_sigterm=False`` or ``ENSO_HANDLE_SIGTERM=0``.
 
   A signal handler runs in the main thread between two bytecodes of whatever it
   interrupted. If that was tracker code, the interrupted frame may hold a tracker lock
@@ -31,6 +34,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -271,7 +275,14 @@ def _stop_then_die() -> None:
 
 def _die() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)  # like raise(3): never returns if it kills
+    # Still alive: the default action did not end the process. PID 1 (a container
+    # started without an init) ignores it. End the process as the signal would have,
+    # in the shell's and Docker's terms: exit status 128 + SIGTERM (143).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: exit all the same
+            stream.flush()
+    os._exit(128 + signal.SIGTERM)
 
 
 def _inside_tracker(frame: FrameType | None) -> bool:
@@ -319,22 +330,23 @@ def _wake_eventlet_hub(hub: Any) -> None:
     the greenlet just spawned. Best effort: without it the stop starts at the hub's next
     wake-up."""
     try:
-        r, w = os.pipe()
-    except OSError:
+        real_os: Any = sys.modules["eventlet.patcher"].original("os")  # green write waits
+        r, w = real_os.pipe()
+    except Exception:  # an eventlet whose API differs: the stop just starts later
         return
 
     def woken(_fileno: int) -> None:
         hub.remove(listener)
-        os.close(r)
-        os.close(w)
+        real_os.close(r)
+        real_os.close(w)
 
     try:
         hub.mark_as_reopened(r)  # a listener left on a recycled descriptor number
         listener = hub.add(hub.READ, r, woken, _ignore, _ignore)
-        os.write(w, b"\0")
-    except Exception:  # an eventlet whose hub API differs: the stop just starts later
-        os.close(r)
-        os.close(w)
+        real_os.write(w, b"\0")
+    except Exception:
+        real_os.close(r)
+        real_os.close(w)
 
 
 def _ignore(*_: object) -> None:
