@@ -83,8 +83,6 @@ def register(tracker: Managed, *, handle_sigterm: bool) -> None:
     _live.add(tracker)
     _mp_hook.arm()
     if handle_sigterm:
-        global _sigterm_wanted
-        _sigterm_wanted = True
         _install_sigterm_handler()
 
 
@@ -207,8 +205,6 @@ _mp_hook = _MultiprocessingHook()
 _state_lock = threading.Lock()
 _installed_pid = 0
 _stopping = False
-#: a tracker of this process, or of the process it was forked from, asked for the handler
-_sigterm_wanted = False
 
 
 def reinstall_sigterm_handler() -> bool:
@@ -216,7 +212,7 @@ def reinstall_sigterm_handler() -> bool:
     handler, put it back after the framework reset SIGTERM to its default action (as
     gunicorn's UvicornWorker does in every worker). Never replaces a handler someone set;
     True if ours is in place."""
-    if not _sigterm_wanted or not _live:
+    if not _installed_pid or not _live:  # never installed here nor before the fork
         return False
     return _install_sigterm_handler()
 
