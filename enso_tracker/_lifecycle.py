@@ -325,10 +325,12 @@ def _wake_eventlet_hub(hub: Any) -> None:
     pipe with a byte in it, watched by the hub, ends that wait, and the hub then starts
     the greenlet just spawned. Best effort: without it the stop starts at the hub's next
     wake-up."""
+    # ``posix``, not ``os``: eventlet patches ``os.write`` with one that waits on the hub,
+    # which the hub itself may not do; ``os`` re-exports these from ``posix``.
+    real_os: Any = sys.modules.get("posix")
     try:
-        real_os: Any = sys.modules["eventlet.patcher"].original("os")  # green write waits
         r, w = real_os.pipe()
-    except Exception:  # an eventlet whose API differs: the stop just starts later
+    except Exception:  # not POSIX: the stop just starts at the hub's next wake-up
         return
 
     def woken(_fileno: int) -> None:
@@ -340,7 +342,7 @@ def _wake_eventlet_hub(hub: Any) -> None:
         hub.mark_as_reopened(r)  # a listener left on a recycled descriptor number
         listener = hub.add(hub.READ, r, woken, _ignore, _ignore)
         real_os.write(w, b"\0")
-    except Exception:
+    except Exception:  # an eventlet whose hub API differs: the stop just starts later
         real_os.close(r)
         real_os.close(w)
 
