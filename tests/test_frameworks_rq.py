@@ -1,5 +1,6 @@
 """RQ against a real Redis: every job runs in a work horse that ends with ``os._exit()``.
-Each horse delivers the events its job tracked, whether the tracker was made by the job
+Each horse delivers the events its job tracked (jobs that succeed and jobs that fail
+alike), whether the tracker was made by the job
 in the horse (the usual layout) or in the worker before the fork, with the forking
 worker and with ``SpawnWorker``; without the integration, every one of them is lost."""
 
@@ -102,6 +103,7 @@ def test_every_horse_delivers_its_jobs_events(
         (main,) = imports
         assert main not in horses
     assert ids == {f"job-{i}" for i in range(JOBS)}
+    assert log.count("job 1 failed after tracking") >= 1  # the failure path ran
     assert fake.wait_for(lambda f: len(f.events) >= JOBS, 10.0), log
     assert set(fake.events) == ids
     assert not fake.duplicates

@@ -44,6 +44,9 @@ _append("imports.jsonl", {"pid": os.getpid()})
 
 
 def work(i: int) -> str | None:
+    """Track one event; every odd job then fails (RQ's failure path ends the horse too)."""
     event_id = tracker.track("ent", "job", 1, event_id=f"job-{i}")
     _append("ids.jsonl", {"id": event_id, "pid": os.getpid()})
+    if i % 2:
+        raise RuntimeError(f"job {i} failed after tracking")
     return event_id
