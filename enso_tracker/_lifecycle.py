@@ -54,6 +54,7 @@ __all__ = [
     "live",
     "register",
     "reinstall_sigterm_handler",
+    "renew_after_patching",
     "shutdown_all",
 ]
 
@@ -71,6 +72,8 @@ class Managed(Protocol):
     def _finish_shutdown(self, deadline: float) -> bool: ...
 
     def _after_fork_in_child(self) -> None: ...
+
+    def _renew_after_patching(self) -> None: ...
 
     def _fork_locks(self) -> list[threading.Lock | threading.RLock]: ...
 
@@ -125,6 +128,14 @@ def after_fork_in_child() -> None:
     harmless."""
     for t in live():
         t._after_fork_in_child()
+
+
+def renew_after_patching() -> None:
+    """For integrations: in a forked child that monkey-patched ``threading`` after the
+    fork (gunicorn's gevent worker), rebuild the fresh state of every tracker not yet
+    used in this process with the patched primitives."""
+    for t in live():
+        t._renew_after_patching()
 
 
 #: Locks taken around a fork (see ``_before_fork``), to release on both sides.

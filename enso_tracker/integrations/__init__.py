@@ -13,7 +13,8 @@ that the application has not imported or cannot import.
   are shut down after that server's graceful stop, before it re-raises SIGTERM.
 * :mod:`.gunicorn` (``gunicorn`` imported): a worker forked from a ``--preload`` master
   gets the tracker's SIGTERM handler back when its worker class reset SIGTERM to the
-  default action (both UvicornWorker packages).
+  default action (both UvicornWorker packages), and, under the gevent worker, tracker
+  state built with gevent's locks.
 * :mod:`.rq` (``rq`` imported): a work horse shuts its trackers down at the end of its
   job, since it ends with ``os._exit()``.
 

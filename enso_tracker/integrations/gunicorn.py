@@ -1,4 +1,5 @@
-"""gunicorn: a worker forked from a ``--preload`` master gets the SIGTERM handler back.
+"""gunicorn: a worker forked from a ``--preload`` master gets the SIGTERM handler back,
+and, under the gevent worker, locks that gevent can schedule around.
 
 With ``--preload`` the application, and so its tracker, is made in the master, which
 installs the tracker's SIGTERM handler there; every worker inherits it over ``fork``.
@@ -16,6 +17,12 @@ back, uvicorn captures and restores it, and its re-raised SIGTERM shuts the trac
 down before the worker dies. A handler the worker class set itself (gunicorn's own
 sync, gthread, gevent and eventlet workers, which end through ``sys.exit`` and so
 ``atexit``) is never replaced.
+
+The same hook serves the gevent worker with ``--preload``: it monkey-patches
+``threading`` after the fork, so the fresh tracker state the fork hook built holds real
+locks, while the sender started later is a greenlet; waiting on a real lock blocks the
+whole worker, and its exit hung until gunicorn's SIGKILL. A tracker not yet used in the
+worker is rebuilt there with the patched primitives.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ def enable() -> bool:
 
     @functools.wraps(original)
     def load_wsgi(self: Any) -> Any:
+        _lifecycle.renew_after_patching()
         _lifecycle.reinstall_sigterm_handler()
         return original(self)
 
