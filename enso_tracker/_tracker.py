@@ -506,6 +506,21 @@ class Tracker(AsyncMixin):
             self._ledger.stopping = self._ledger.closed = True
         self._sender.after_fork()
 
+    def _renew_after_patching(self) -> None:
+        # A forked child that monkey-patches ``threading`` after the fork (gunicorn's
+        # gevent worker) got real locks from the fork hook, and its sender would be a
+        # greenlet: a greenlet waiting on a real lock blocks every greenlet, and the exit
+        # hook then waits forever. Built anew with the patched ones, while the tracker is
+        # untouched in this process (its sender starts at the first track()).
+        if (
+            self._pid != os.getpid()
+            or self._worker.thread is not None
+            or type(self._ledger.lock) is type(threading.Lock())
+        ):
+            return
+        self._pid = 0
+        self._after_fork_in_child()
+
 
 # Calls of these may hold the ledger's lock (or the wake event's) when a signal handler
 # runs on top of them: see _reentry.interrupted_inside.
