@@ -265,8 +265,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         spawn(_stop_then_die)
         return
     if _inside_tracker(frame):
-        threading.Thread(target=_stop_then_die, name="enso-tracker-sigterm").start()
-        return
+        try:
+            threading.Thread(target=_stop_then_die, name="enso-tracker-sigterm").start()
+            return
+        except RuntimeError:  # no thread can start (limits, interpreter exit): stop here;
+            pass  # the re-entry guard keeps it from waiting on a lock this frame holds
     _stop_then_die()
 
 

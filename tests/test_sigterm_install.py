@@ -6,10 +6,15 @@ Each case runs in a subprocess: its own signal state."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from enso_tracker.testing import FakeEnso
+
+from .conftest import API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,3 +117,35 @@ def test_the_handler_is_put_back_after_a_fork_only_where_it_was_ours() -> None:
         """
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_sigterm_inside_the_tracker_with_no_thread_to_spare_still_stops_and_delivers(
+    fake: FakeEnso,
+) -> None:
+    # The handler hands the stop to a thread when the signal interrupted the tracker's own
+    # code; when no thread can start, it must stop in place, never raise out of the handler.
+    result = _run(
+        f"""
+        import signal, sys, threading
+        from enso_tracker import Tracker
+        from enso_tracker import _lifecycle
+
+        tracker = Tracker(api_key="{API_KEY}", base_url="{fake.url}", flush_interval=3600.0)
+        for i in range(50):
+            tracker.track("ent", "m", 1, event_id=f"e{{i}}")
+
+        def refuse(self):
+            raise RuntimeError("can't start new thread")
+
+        threading.Thread.start = refuse
+        # A frame of enso_tracker's own, as when SIGTERM lands inside track().
+        scope = {{"__name__": "enso_tracker._frame", "lc": _lifecycle, "signal": signal,
+                  "sys": sys}}
+        exec("def inside():\\n    lc._on_sigterm(signal.SIGTERM, sys._getframe())", scope)
+        scope["inside"]()
+        print("the handler returned")
+        """
+    )
+    assert result.returncode == -signal.SIGTERM, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(fake.event_ids()) == sorted(f"e{i}" for i in range(50))
