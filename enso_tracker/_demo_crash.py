@@ -26,6 +26,7 @@ from ._tracker import Tracker
 from .testing import FakeEnso, Fault
 
 PREFIX = "crash-demo-"
+STARTUP_TIMEOUT = 60.0  # seconds the app may take to commit its first event
 
 
 def app(url: str, directory: str) -> None:
@@ -73,6 +74,7 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
             text=True,
         )
         durable = 0
+        committing = threading.Event()  # the app has committed its first events
         assert child.stdout is not None
 
         def read() -> None:
@@ -81,11 +83,16 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
             for line in child.stdout:
                 if line.strip().isdigit():
                     durable = int(line)
+                    if durable:
+                        committing.set()
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        # The clock starts when the app commits, not when it is launched: on a loaded
+        # machine its start-up alone can take longer than the whole run.
+        committing.wait(STARTUP_TIMEOUT)
         started = time.monotonic()
-        while time.monotonic() - started < seconds:
+        while committing.is_set() and time.monotonic() - started < seconds:
             if rng.random() < 0.05:  # now and then, not a storm
                 server.script(Fault(status=503))
             time.sleep(0.05)

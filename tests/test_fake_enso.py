@@ -448,7 +448,7 @@ def test_fault_validation() -> None:
 def test_hang_until_release(fake: FakeEnso, client: httpx.Client) -> None:
     fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
     assert fake.events == {}  # still hanging
     fake.release()
     thread.join(timeout=5.0)
@@ -457,7 +457,7 @@ def test_hang_until_release(fake: FakeEnso, client: httpx.Client) -> None:
     assert fake.event_ids() == ["evt_1"]
     started = time.monotonic()
     post_batch(client, event("after"))  # release() also ends the hang for new requests
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # prompt, with room for a loaded machine
 
 
 def test_hang_for_seconds(fake: FakeEnso, client: httpx.Client) -> None:
@@ -473,10 +473,10 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
     try:
         fake.hang(None)
         thread, outcome = run_in_thread(lambda: post_batch(client, event()))
-        assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+        assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
         started = time.monotonic()
         fake.stop()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # prompt, with room for a loaded machine
         thread.join(timeout=5.0)
         assert isinstance(outcome[0], httpx.TransportError)
         assert not fake.running
@@ -747,7 +747,7 @@ def test_transport_hang_past_read_timeout_is_read_timeout(
 def test_transport_hang_until_release(fake: FakeEnso, mock_client: httpx.Client) -> None:
     fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(mock_client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
     fake.release()
     thread.join(timeout=5.0)
     assert isinstance(outcome[0], httpx.Response)

@@ -392,7 +392,7 @@ def test_defect9_a_trickling_server_cannot_hold_a_request_past_the_timeout(
     elapsed = time.monotonic() - started
     assert isinstance(outcome, Retry)
     assert outcome.message == "ReadTimeout"
-    assert elapsed < 3.0, f"held for {elapsed:.1f} s with timeout=1.0"
+    assert elapsed < 5.0, f"held for {elapsed:.1f} s with timeout=1.0"
     assert server.requests  # it really went to the trickling server
     assert not server.completed
 
@@ -408,7 +408,7 @@ def test_defect9_a_trickled_login_is_bounded_too(
     elapsed = time.monotonic() - started
     assert isinstance(outcome, Retry)
     assert outcome.message == "login failed: ReadTimeout"
-    assert elapsed < 3.0, f"held for {elapsed:.1f} s with timeout=1.0"
+    assert elapsed < 5.0, f"held for {elapsed:.1f} s with timeout=1.0"
 
 
 @pytest.mark.parametrize("proxied", [False, True])
