@@ -27,6 +27,8 @@ from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 
 def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropLog) -> None:
     stats = tracker.stats()

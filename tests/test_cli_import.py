@@ -20,6 +20,8 @@ import pytest
 
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 API_KEY = "test-api-key"
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 N = 100_000

@@ -20,6 +20,8 @@ import pytest
 
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 LONG_KEY = "sk_live_0123456789abcdefWXYZ"
 

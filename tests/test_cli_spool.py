@@ -22,6 +22,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 TS = "2026-04-01T12:00:00Z"
 REJECTED = ["evt_nobody_0", "evt_nobody_1", "evt_nobody_2"]

@@ -233,6 +233,7 @@ def test_flush_and_shutdown_honour_their_timeout_when_the_server_hangs(
     assert tracker.stats().refused == {"closed": 1}
 
 
+@pytest.mark.slow
 def test_process_exit_is_bounded_when_the_server_hangs(fake: FakeEnso) -> None:
     fake.hang(None)
     started = time.monotonic()

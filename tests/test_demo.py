@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from enso_tracker._demo import run_demo
 from enso_tracker._demo_crash import run_crash_demo
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 
 def test_demo_balances_its_books() -> None:

@@ -800,6 +800,7 @@ def test_tracker_over_transport_gets_2002_for_unknown_entities(
     assert fake.events == {}
 
 
+@pytest.mark.slow
 def test_tracker_over_transport_gets_401_for_a_bad_key(
     fake: FakeEnso, make_tracker: TrackerFactory
 ) -> None:

@@ -30,6 +30,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Nothing listens on port 1 of loopback: the connection is refused at once. (A hung
 #: FakeEnso would store a batch whose client is gone once released: a delivery.)
