@@ -307,5 +307,6 @@ def make_credentials(
         raise ConfigurationError("client_key and client_secret go together; one is missing")
     raise ConfigurationError(
         "no credentials: pass api_key=..., or client_key=... and client_secret=... "
-        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env())"
+        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env()); "
+        "for development and tests without Enso, disabled=True or ENSO_DISABLED=1"
     )

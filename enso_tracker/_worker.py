@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ._config import Config
+from ._debug import log_request
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
@@ -356,6 +357,7 @@ class Worker:
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
         body = join_batch([p.body for p in batch])
+        started = time.monotonic()
         try:
             outcome = self.sender.send(body, timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
@@ -364,6 +366,9 @@ class Worker:
             with ledger.lock:
                 ledger.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
+        took = time.monotonic() - started
+        attempt = max([p.attempts for p in batch])
+        log_request(self.reporter.log, len(batch), len(body), attempt, outcome, took)
         reports = []
         try:
             with ledger.lock:
