@@ -57,6 +57,17 @@ def app(url: str, directory: str) -> None:
 
 def run_crash_demo(*, seconds: float = 2.0, out: TextIO = sys.stdout) -> int:
     """Run the crash demo; 0 when every committed event was delivered exactly once."""
+    print(
+        f"Simulating a crash: an app tracking with a durable spool is killed with SIGKILL "
+        f"{seconds:g} s after its first commit; a new process delivers what it had committed.",
+        file=out,
+    )
+    print(
+        "On purpose, the embedded fake Enso answers some requests with 503, and the kill "
+        "loses answers: some events go twice, and Enso's dedup by eventId absorbs them.",
+        file=out,
+        flush=True,
+    )
     directory = tempfile.mkdtemp(prefix="enso-crash-demo-")
     try:
         return _run(directory, seconds, out)
@@ -100,7 +111,7 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
         child.wait()
         reader.join(5.0)
         before = len(server.event_ids())
-        print(f"app killed with SIGKILL after {seconds:.1f} s", file=out)
+        print(f"app killed with SIGKILL {seconds:.1f} s after its first commit", file=out)
         print(f"  last durable_seq it printed  {durable:8d}", file=out)
         print(f"  events Enso had by then      {before:8d}", file=out)
         left = [n for n in os.listdir(directory) if n.endswith(".db")]
