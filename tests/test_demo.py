@@ -38,7 +38,7 @@ def test_demo_on_a_terminal_rewrites_one_live_line() -> None:
     out = Terminal()
     assert run_demo(seconds=0.5, threads=2, live=True, out=out) == 0
     text = out.getvalue()
-    assert "\rtracked=" not in text
+    assert "s tracked=" in text
     assert text.count("\r") > 1  # the line was rewritten in place
     assert "\r\033[K  log: " in text  # log lines clear the live line first
 
