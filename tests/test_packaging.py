@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def _run(*args: str | Path, cwd: Path, timeout: float = 300.0) -> str:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("packaging")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=SKIP)
@@ -82,7 +81,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # The default: the sdist first, then the wheel built from the unpacked sdist, which
     # proves the sdist is complete enough to build.
     _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, source, cwd=work)
-    yield out
+    return out
 
 
 def _metadata(wheel: Path) -> Message:
