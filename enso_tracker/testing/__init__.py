@@ -1,8 +1,8 @@
 """An in-process fake of the Enso usage-billing API, for tests.
 
 :class:`FakeEnso` speaks the wire contract of ``/events/batch``, ``/events`` and
-``/auth/system-login`` as documented (see ``enso-api.md``), including the parts that surprise
-clients: top-level ``"status": "success"`` with every record failed, the polymorphic
+``/auth/system-login`` as documented (see ``docs/wire-contract.md``), including the parts
+that surprise clients: top-level ``"status": "success"`` with every record failed, the polymorphic
 ``code`` (``2002`` vs ``"27"``), unsorted ``failedRecords`` and content-derived event ids.
 Two ways in, one state:
 
