@@ -44,7 +44,7 @@ def run_cli(
     stdin: bytes | None = None,
     timeout: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .` (make check, make test)"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run(
         [str(SCRIPT), *map(str, args)],
         env=env,

@@ -27,7 +27,7 @@ LONG_KEY = "sk_live_0123456789abcdefWXYZ"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .` (make check, make test)"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 

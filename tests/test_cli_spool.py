@@ -33,7 +33,7 @@ POISONED = "evt_poison_1"
 def run_cli(
     *args: str, env: dict[str, str] | None = None, spool_dir: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .` (make check, make test)"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     environ = cli_env() if env is None else env
     if spool_dir is not None:
         environ["ENSO_SPOOL_DIR"] = str(spool_dir)

@@ -3,10 +3,10 @@
 The blocks show production code (``Tracker(api_key="...")``, ``Tracker.from_env()``), so
 each runs with the production defaults pointed at a fake: ``Config``'s default
 ``base_url`` and ``ENSO_BASE_URL`` are the fake's URL, and the fake accepts ``"..."`` as
-an API key (and as a client key and secret). Test functions a block defines (``def test_...``) are then
-called, with the fixtures they name. A block that cannot run (it needs FastAPI, say) has
-``<!-- not-run: reason -->`` on the line above it: it must still compile, and there may
-be only a few.
+an API key (and as a client key and secret). Test functions a block defines
+(``def test_...``) are then called, with the fixtures they name. A block that cannot run
+(it needs FastAPI, say) has ``<!-- not-run: reason -->`` on the line above it: it must
+still compile, and there may be only a few.
 """
 
 from __future__ import annotations
