@@ -366,9 +366,7 @@ class Worker:
             with ledger.lock:
                 ledger.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
-        took = time.monotonic() - started
-        attempt = max([p.attempts for p in batch])
-        log_request(self.reporter.log, len(batch), len(body), attempt, outcome, took)
+        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
         reports = []
         try:
             with ledger.lock:
