@@ -192,7 +192,8 @@ class Tracker(AsyncMixin):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Tracker:
         """A tracker configured from ``ENSO_API_KEY`` or ``ENSO_CLIENT_KEY`` +
-        ``ENSO_CLIENT_SECRET``, and ``ENSO_BASE_URL``; keywords override the environment."""
+        ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL`` and ``ENSO_SPOOL_DIR``; keywords override
+        the environment. With ``ENSO_DISABLED=1`` no credentials are needed."""
         kwargs: dict[str, Any] = options_from_env(os.environ if environ is None else environ)
         kwargs.update(options)
         return cls(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,11 @@ from enso_tracker.testing import DropRecorder, FakeEnso
 pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
 
 API_KEY = "test-api-key"
+
+# A developer's ENSO_DISABLED=1 or ENSO_DEBUG=1 (docs/configuration.md) would switch every
+# tracker of this suite off, or flood its output; the tests of those switches set them.
+for _switch in ("ENSO_DISABLED", "ENSO_DEBUG"):
+    os.environ.pop(_switch, None)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
