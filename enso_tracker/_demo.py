@@ -81,6 +81,7 @@ def _run(seconds: float, threads: int, live: bool, terminal: bool, out: TextIO) 
         tracker = Tracker(
             api_key="test-api-key",
             base_url=server.url,
+            disabled=False,  # the demo runs even where ENSO_DISABLED=1 is set
             on_drop=on_drop,
             flush_interval=0.25,
             backoff_base=0.05,

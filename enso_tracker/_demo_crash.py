@@ -36,6 +36,7 @@ def app(url: str, directory: str) -> None:
         base_url=url,
         spool_dir=directory,
         handle_sigterm=False,
+        disabled=False,  # the demo runs even where ENSO_DISABLED=1 is set
         flush_interval=0.2,
         backoff_base=0.05,
         backoff_max=0.5,
@@ -117,7 +118,11 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
         left = [n for n in os.listdir(directory) if n.endswith(".db")]
         print(f"  spool files left behind      {len(left):8d}", file=out)
         heir = Tracker(
-            api_key="test-api-key", base_url=server.url, spool_dir=directory, handle_sigterm=False
+            api_key="test-api-key",
+            base_url=server.url,
+            spool_dir=directory,
+            handle_sigterm=False,
+            disabled=False,
         )
         ok = heir.shutdown(30.0)  # waits until everything adopted is delivered
         stats = heir.stats()

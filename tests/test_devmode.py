@@ -262,3 +262,23 @@ def test_fake_enso_env_points_init_and_from_env_at_the_fake(fake_enso_env: FakeE
     finally:
         own.shutdown(5.0)
     assert set(fake_enso_env.event_ids()) == {first, second}
+
+
+def test_commands_that_send_refuse_to_run_disabled_and_the_demo_runs_anyway(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeEnso, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from enso_tracker.__main__ import main
+
+    monkeypatch.setenv("ENSO_DISABLED", "1")
+    monkeypatch.setenv("ENSO_API_KEY", API_KEY)
+    monkeypatch.setenv("ENSO_BASE_URL", fake.url)
+    # A success exit for events a disabled tracker let go would be a false claim.
+    assert main(["send", "ent", "api_calls", "1"]) == 2
+    assert "ENSO_DISABLED is set, so nothing would be sent" in capsys.readouterr().err
+    assert fake.requests == []
+    monkeypatch.setenv("ENSO_DISABLED", "0")
+    assert main(["send", "ent", "api_calls", "1"]) == 0
+    assert len(fake.events) == 1
+    monkeypatch.setenv("ENSO_DISABLED", "1")
+    assert main(["demo", "--seconds", "0.3", "--threads", "1", "--quiet"]) == 0
+    assert "Books balance" in capsys.readouterr().out
