@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from ._ledger import Ledger
+from ._reentry import register_lock_holders
 from ._reporting import Reports
 from ._sender import Outcome
 from ._worker import Worker
@@ -73,3 +75,14 @@ class DisabledWorker(Worker):
         )
         self.hand_over(reports)
         return not turned_away
+
+
+# As the Worker's are: a signal handler that interrupted these (the worker is among a
+# tracker's parts) must not wait on the lock they hold (see _reentry). The public calls
+# that reach them are registered too; this keeps it true for any other caller.
+register_lock_holders(
+    DisabledWorker.kick,
+    DisabledWorker.begin_shutdown,
+    DisabledWorker.finish_shutdown,
+    Ledger.let_go_locked,
+)

@@ -282,3 +282,32 @@ def test_commands_that_send_refuse_to_run_disabled_and_the_demo_runs_anyway(
     monkeypatch.setenv("ENSO_DISABLED", "1")
     assert main(["demo", "--seconds", "0.3", "--threads", "1", "--quiet"]) == 0
     assert "Books balance" in capsys.readouterr().out
+
+
+def test_a_signal_handler_on_top_of_a_disabled_tracker_never_waits_for_its_lock() -> None:
+    """A trace function stands in for a signal handler: it runs on top of the frame that
+    holds the lock (``let_go_locked``) and calls back into the tracker."""
+    tracker = Tracker(disabled=True, handle_sigterm=False)
+    seen: list[object] = []
+
+    def handler(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_name == "let_go_locked" and event == "line" and not seen:
+            seen.append(tracker.stats())  # would wait for ever on the held lock
+            seen.append(tracker.flush(0.1))
+        return handler
+
+    def run() -> None:
+        sys.settrace(handler)
+        try:
+            tracker.track("ent", "m", 1)
+        finally:
+            sys.settrace(None)
+
+    worker = threading.Thread(target=run, daemon=True)  # a failure must not hang the run
+    worker.start()
+    worker.join(10.0)
+    assert not worker.is_alive(), "the call back into the tracker waited on its own lock"
+    assert len(seen) == 2
+    assert seen[1] is False  # flush() could not take the lock: it says so, at once
+    assert tracker.stats().disabled == 1
+    tracker.shutdown(2.0)
