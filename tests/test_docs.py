@@ -102,3 +102,30 @@ def test_the_block_runs(
             logger.handlers[:], root.handlers[:] = handlers
         # Whatever a block sent went to the fake, with a key it accepts.
         assert all(r.status != 401 for r in enso.requests), where
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _prose(page: Path) -> str:
+    return re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "CHANGELOG.md"], ids=lambda p: p.name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    """Files and headings a page links to exist (docs move; links must follow)."""
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
+        if link.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(link)
+        elif anchor and target.suffix == ".md":
+            headings = re.findall(r"^#+ (.*)$", _prose(target), re.MULTILINE)
+            if anchor not in {_slug(h) for h in headings}:
+                broken.append(link)
+    assert not broken
