@@ -31,9 +31,10 @@ METRICS = ("api_calls", "tokens", "gb_stored")
 
 
 def run_demo(
-    *, seconds: float = 4.0, threads: int = 6, live: bool = True, out: TextIO = sys.stdout
+    *, seconds: float = 4.0, threads: int = 6, live: bool = True, out: TextIO | None = None
 ) -> int:
     """Run the demo; return 0 when the books balance, 1 otherwise."""
+    out = sys.stdout if out is None else out  # read now: sys.stdout may have been replaced
     terminal = _is_terminal(out)
     print(
         f"Simulating a web app: {threads} threads track usage events for {seconds:g} s into "

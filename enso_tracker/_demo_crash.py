@@ -56,8 +56,9 @@ def app(url: str, directory: str) -> None:
             time.sleep(0.001)  # a web app's pace, not a tight loop
 
 
-def run_crash_demo(*, seconds: float = 2.0, out: TextIO = sys.stdout) -> int:
+def run_crash_demo(*, seconds: float = 2.0, out: TextIO | None = None) -> int:
     """Run the crash demo; 0 when every committed event was delivered exactly once."""
+    out = sys.stdout if out is None else out  # read now: sys.stdout may have been replaced
     print(
         f"Simulating a crash: an app tracking with a durable spool is killed with SIGKILL "
         f"{seconds:g} s after its first commit; a new process delivers what it had committed.",
