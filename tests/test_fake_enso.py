@@ -328,13 +328,14 @@ def test_login_with_wrong_or_missing_credentials_is_401(
 
 def test_expired_token_is_401() -> None:
     with (
-        FakeEnso(client_credentials=CREDENTIALS, token_lifetime=0.5) as fake,
+        # Long enough for the first request to arrive in time on a loaded machine.
+        FakeEnso(client_credentials=CREDENTIALS, token_lifetime=1.5) as fake,
         httpx.Client(base_url=fake.url) as client,
     ):
         token = login(client).json()["data"]["accessToken"]
         bearer = {"Authorization": f"Bearer {token}"}
         assert client.post("/events/batch", json=batch(event("a")), headers=bearer).is_success
-        deadline = time.monotonic() + 0.6
+        deadline = time.monotonic() + 1.6
         while time.monotonic() < deadline:  # waiting for a clock deadline, not for threads
             time.sleep(deadline - time.monotonic())
         expired = client.post("/events/batch", json=batch(event("b")), headers=bearer)
