@@ -6,7 +6,7 @@ each runs with the production defaults pointed at a fake: ``Config``'s default
 an API key (and as a client key and secret). Test functions a block defines
 (``def test_...``) are then called, with the fixtures they name. A block that cannot run
 (it needs FastAPI, say) has ``<!-- not-run: reason -->`` on the line above it: it must
-still compile, and there may be only a few.
+still compile, and there may be only a few. And every relative link resolves.
 """
 
 from __future__ import annotations
