@@ -17,6 +17,8 @@ from enso_tracker.testing import FakeEnso
 from .apps.harness import free_port, listening, read_jsonl, run, track_over_http
 from .conftest import wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 REQUESTS = 16
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .._config import DEFAULT_BASE_URL
+from .._config import DEFAULT_BASE_URL, env_flag
 from .._errors import ConfigurationError
 from .._tracker import Tracker
 from .._version import __version__
@@ -137,6 +137,12 @@ def make_tracker(args: argparse.Namespace, **options: Any) -> Tracker:
     if conn.mode == "conflict":
         raise ConfigurationError(
             "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
+        )
+    # A command that sends must never report a success for events a disabled tracker let
+    # go, nor send from a shell where billing was switched off on purpose: it refuses.
+    if env_flag(os.environ, "ENSO_DISABLED"):
+        raise ConfigurationError(
+            "ENSO_DISABLED is set, so nothing would be sent; unset it (or set it to 0) to send"
         )
     return Tracker.from_env(base_url=conn.base_url, **options)
 
