@@ -311,3 +311,26 @@ def test_a_signal_handler_on_top_of_a_disabled_tracker_never_waits_for_its_lock(
     assert seen[1] is False  # flush() could not take the lock: it says so, at once
     assert tracker.stats().disabled == 1
     tracker.shutdown(2.0)
+
+
+def test_send_events_when_disabled_checks_and_sends_nothing(
+    fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The synchronous call follows the same switch as a tracker: checked, never sent, and a
+    # result that cannot be mistaken for a delivery.
+    results = enso_tracker.send_events(
+        [{"entity": "ent", "metric": "m", "value": 1, "event_id": "d-1"}],
+        base_url=fake.url,
+        disabled=True,
+    )
+    assert [(r.event_id, r.state, r.delivered) for r in results] == [("d-1", "disabled", False)]
+    monkeypatch.setenv("ENSO_DISABLED", "1")
+    monkeypatch.delenv("ENSO_API_KEY", raising=False)
+    one = enso_tracker.send("ent", "m", 2, base_url=fake.url)
+    assert one.state == "disabled"
+    with pytest.raises(enso_tracker.InvalidEventError, match="value"):
+        enso_tracker.send("ent", "m", float("nan"), base_url=fake.url)
+    assert fake.event_ids() == []
+    # Credentials given are still checked, as by a disabled Tracker.
+    with pytest.raises(ConfigurationError):
+        enso_tracker.send("ent", "m", 1, api_key="  ", base_url=fake.url)
