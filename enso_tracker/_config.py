@@ -18,7 +18,7 @@ from ._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._model import DropReason, Event
 
-__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop", "options_from_env"]
+__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop", "env_flag", "options_from_env"]
 
 DEFAULT_BASE_URL = "https://api.getenso.ai"
 
@@ -121,6 +121,11 @@ class Config:
     spool_min_free_bytes: int = 256 * 1024 * 1024
     #: Largest the directory's dead-letter store grows; past it the oldest are evicted.
     max_dead_letter_bytes: int = 64 * 1024 * 1024
+    #: Development and test mode: ``track()`` validates and returns ids as always, but
+    #: nothing is sent, no credentials are needed, no thread starts and no spool is
+    #: opened; ``stats().disabled`` counts the events let go. ``ENSO_DISABLED=1`` in the
+    #: environment sets it for every tracker not given ``disabled=False`` explicitly.
+    disabled: bool = False
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -179,6 +184,8 @@ class Config:
             )
         _check_int("spool_min_free_bytes", self.spool_min_free_bytes, 0, 1 << 50)
         _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
+        if type(self.disabled) is not bool:
+            raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
 
@@ -318,3 +325,20 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                     f"{var}={text!r}: must be a whole number of bytes"
                 ) from None
     return kwargs
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no switch from the environment (``ENSO_DISABLED``, ``ENSO_DEBUG``): unset or
+    empty is no; anything but 1/0, true/false, yes/no, on/off is a ConfigurationError
+    (a typo must not silently leave billing on, or off)."""
+    raw = environ.get(name, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r}: must be 1/0, true/false, yes/no or on/off")

@@ -28,7 +28,7 @@ import httpx
 import msgspec
 
 from ._auth import make_credentials
-from ._config import DAY, Config, options_from_env
+from ._config import DAY, Config, env_flag, options_from_env
 from ._errors import (
     ConfigurationError,
     InvalidEventError,
@@ -60,7 +60,7 @@ MAX_SEND_EVENTS = 10_000
 _CREDENTIALS = ("api_key", "client_key", "client_secret")
 _rng = random.Random()  # our own: a caller's random.seed() must not shape our backoff
 
-SendState = Literal["delivered", "rejected", "unauthorized", "undelivered"]
+SendState = Literal["delivered", "rejected", "unauthorized", "undelivered", "disabled"]
 
 
 class SendResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +78,8 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
     * ``"undelivered"``: ``timeout`` passed first (network, 5xx, rate limits). It may
       or may not have reached Enso: send it again with the same ``event_id`` and Enso
       counts it once.
+    * ``"disabled"``: sending is switched off (``disabled=True`` or ``ENSO_DISABLED=1``,
+      as for a :class:`~enso_tracker.Tracker`): the event was checked, never sent.
     """
 
     event_id: str
@@ -317,6 +319,8 @@ def send_events(
         raise ConfigurationError(
             f"timeout={timeout!r}: must be a positive number of seconds, at most {DAY:,.0f}"
         )
+    if "disabled" not in options and env_flag(os.environ, "ENSO_DISABLED"):
+        options["disabled"] = True  # as Tracker(): the environment's switch, unless given
     given = {"api_key": api_key, "client_key": client_key, "client_secret": client_secret}
     if all(v is None for v in given.values()):
         # As init() and Tracker.from_env(): the environment, then the keywords over it.
@@ -339,6 +343,18 @@ def send_events(
         raise InvalidEventError(
             "events", f"{len(listed)} events", f"more than {MAX_SEND_EVENTS}; use a Tracker"
         )
+    if cfg.disabled:
+        # As a disabled Tracker: checked as in production, credentials not needed (but
+        # checked when given), nothing sent.
+        if any(v is not None for v in given.values()):
+            make_credentials(
+                given["api_key"], given["client_key"], given["client_secret"], cfg.base_url
+            )
+        note = "not sent: sending is disabled (disabled=True or ENSO_DISABLED=1)"
+        return [
+            SendResult(event_id=item.event_id, state="disabled", message=note)
+            for item in _prepare(listed, cfg)
+        ]
     credentials = make_credentials(
         given["api_key"], given["client_key"], given["client_secret"], cfg.base_url
     )

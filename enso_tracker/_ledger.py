@@ -61,6 +61,7 @@ class Ledger:
         "dead_letters",
         "deadline",
         "delivered",
+        "disabled",
         "dropped",
         "failed_requests",
         "finish_on_worker",
@@ -123,6 +124,7 @@ class Ledger:
         self.finish_on_worker = False  # shutdown() came from the sender thread itself
         self.worker_gone = True  # no sender thread running (never started, or it died)
         self.delivered = 0
+        self.disabled = 0  # validated by a disabled tracker and let go, never sent
         self.dropped: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self.retried = 0
@@ -183,6 +185,18 @@ class Ledger:
             f"queue full ({self.outstanding} events, ~{self.outstanding_bytes} bytes; "
             f"max_queue_size={cfg.max_queue_size}, max_queue_bytes={cfg.max_queue_bytes})",
         )
+
+    def let_go_locked(self) -> None:
+        """A disabled tracker (``_disabled``): what ``track()`` queued was validated; it
+        is counted as ``disabled`` and let go, never sent."""
+        queue = self.queue
+        if queue:
+            self.disabled += len(queue)
+            self.outstanding -= len(queue)
+            self.outstanding_bytes -= sum([held(q) for q in queue])
+            queue.clear()
+            self.settled.notify_all()
+            self.room.notify_all()
 
     def _is_full_locked(self, size: int) -> bool:
         cfg = self.config
@@ -538,6 +552,7 @@ class Ledger:
         return Stats(
             accepted=self.seq,
             delivered=self.delivered,
+            disabled=self.disabled,
             dropped=dict(self.dropped),
             refused=dict(self.refused),
             retried=self.retried,

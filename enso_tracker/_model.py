@@ -60,7 +60,8 @@ class DropReason(msgspec.Struct, frozen=True, kw_only=True):
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """A consistent snapshot of a tracker's counters, taken under its lock.
 
-    The books always balance: ``accepted == delivered + sum(dropped.values()) + pending``.
+    The books always balance: ``accepted == delivered + sum(dropped.values()) + pending``
+    (plus ``disabled`` for a disabled tracker; see :attr:`balanced` for the spool's terms).
     Events that ``track()`` refused (it returned ``None``) were never accepted and are
     counted in ``refused`` instead.
     """
@@ -121,6 +122,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: (a symlink, another user's, permission denied, out of descriptors): retried at
     #: every scan; ``last_error`` says why.
     skipped_spool_files: int = 0
+    #: Events a disabled tracker (``disabled=True``, ``ENSO_DISABLED=1``) validated and
+    #: let go without sending: settled, never delivered, never dropped.
+    disabled: int = 0
 
     @property
     def pending(self) -> int:
@@ -130,9 +134,13 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def balanced(self) -> bool:
         """Whether every accepted (or adopted) event is delivered, dropped with a reason,
-        pending, or left in the spool for the next start."""
+        pending, left in the spool for the next start, or let go by a disabled tracker."""
         return self.accepted + self.adopted == (
-            self.delivered + sum(self.dropped.values()) + self.pending + self.left_in_spool
+            self.delivered
+            + sum(self.dropped.values())
+            + self.pending
+            + self.left_in_spool
+            + self.disabled
         )
 
 

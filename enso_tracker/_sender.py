@@ -2,7 +2,7 @@
 
 The batching worker (``_tracker.py``) knows nothing of HTTP; this module knows nothing
 of queues. The boundary is :class:`Sender`, so tests and other transports can stand in.
-Classification follows ``shared/enso-api.md`` §10:
+Classification follows ``docs/wire-contract.md`` (Classification):
 
 ===========================  ===============================================
 answer                       outcome

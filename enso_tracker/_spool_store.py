@@ -8,7 +8,7 @@ A spool directory holds::
     <name>.corrupt-<unix time>    an unreadable file, renamed aside and reported
 
 Design (after Vector's disk buffer, the OpenTelemetry Collector's persistent queue and
-sentry-native's run files; see ``shared/notes/durable-spool.md``):
+sentry-native's run files; see ``docs/spool.md``):
 
 * One row per HTTP batch: its exact encoded body, a CRC32 of it, its event count and the
   time it was written. SQLite in WAL mode with 64 KiB pages: a commit costs one append

@@ -170,7 +170,7 @@ def coerce_value(value: object) -> int | float | Decimal:
 
 
 def _check_decimal(value: Decimal) -> Decimal:
-    """``value`` if Enso, which parses JSON numbers into doubles (``enso-api.md`` §12),
+    """``value`` if Enso, which parses JSON numbers into doubles (wire contract, Values),
     gets back exactly the number sent, else ``InvalidEventError`` naming ``value``.
 
     The rule: zero; or at most :data:`DECIMAL_DIGITS` (15) significant digits, counted

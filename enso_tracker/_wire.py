@@ -1,9 +1,9 @@
 """The wire format of ``POST /events/batch``: request encoding and response parsing.
 
-See ``shared/enso-api.md`` §3. Two response shapes are documented (wrapped in
+See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are documented (wrapped in
 ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
 a top-level ``"status": "success"`` says nothing about the records. Which events an
-answer vouches for is decided by :func:`reconcile` (§11). Answers are read, bounded,
+answer vouches for is decided by :func:`reconcile` (Accounting). Answers are read, bounded,
 by ``_answer.read_answer``.
 """
 
@@ -194,7 +194,7 @@ def parse_batch_answer(content: bytes) -> BatchAnswer | None:
 
 
 class Verdict(msgspec.Struct, frozen=True):
-    """What a 2xx answer proves about a batch of ``n`` events (``enso-api.md`` §11).
+    """What a 2xx answer proves about a batch of ``n`` events (wire contract, Accounting).
 
     * ``vouched`` and no ``problem``: every event not in ``failures`` is delivered.
     * not ``vouched``: the events not in ``failures`` are *not* known to be delivered;

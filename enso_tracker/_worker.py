@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ._config import Config
+from ._debug import log_request
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
@@ -505,6 +506,7 @@ class Worker:
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
         body = join_batch([p.body for p in batch])
+        started = time.monotonic()
         try:
             outcome = self.sender.send(body, timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
@@ -513,6 +515,7 @@ class Worker:
             with ledger.lock:
                 ledger.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
+        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
         reports = []
         try:
             with ledger.lock:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 HEADINGS = (

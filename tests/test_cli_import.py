@@ -20,6 +20,8 @@ import pytest
 
 from enso_tracker.testing import FakeEnso, Fault
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 API_KEY = "test-api-key"
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 N = 100_000
@@ -42,7 +44,7 @@ def run_cli(
     stdin: bytes | None = None,
     timeout: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run(
         [str(SCRIPT), *map(str, args)],
         env=env,

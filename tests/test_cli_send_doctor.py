@@ -21,12 +21,14 @@ import pytest
 from enso_tracker import Spool, Tracker
 from enso_tracker.testing import FakeEnso, Fault
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 LONG_KEY = "sk_live_0123456789abcdefWXYZ"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 

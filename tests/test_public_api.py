@@ -60,7 +60,9 @@ def test_public_names_are_listed() -> None:
 
 
 def test_testing_module_exports() -> None:
-    assert {"FakeEnso", "Fault", "RecordedRequest"} <= set(enso_tracker.testing.__all__)
+    assert {"DropRecorder", "FakeEnso", "Fault", "RecordedRequest"} <= set(
+        enso_tracker.testing.__all__
+    )
 
 
 def test_exceptions_are_value_or_type_errors() -> None:

@@ -31,6 +31,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 #: A loopback port bound for the session but never listening: every connection is
 #: refused at once (a fixed port such as 1 may be served by anything on a shared host).
@@ -431,6 +433,11 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         meta = {"pad": "y" * 1000}
         ids = [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(3000)]
         assert wait_until(lambda: tracker.stats().durable_seq == 3000, 20.0)
+        # Drops are counted under the lock and handed to on_drop just after: wait for the
+        # hook to have seen every one the books count.
+        assert wait_until(
+            lambda: len(drops.events()) == sum(tracker.stats().dropped.values()), 20.0
+        )
         refused = {e.event_id for e in drops.events("spool_full")}
         assert refused, tracker.stats()
         assert tracker.stats().dropped == {"spool_full": len(refused)}

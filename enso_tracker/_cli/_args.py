@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .._config import DEFAULT_BASE_URL
+from .._config import DEFAULT_BASE_URL, env_flag
 from .._errors import ConfigurationError
 from .._tracker import Tracker
 from .._version import __version__
@@ -138,7 +138,17 @@ def make_tracker(args: argparse.Namespace, **options: Any) -> Tracker:
         raise ConfigurationError(
             "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
         )
+    refuse_if_disabled()
     return Tracker.from_env(base_url=conn.base_url, **options)
+
+
+def refuse_if_disabled() -> None:
+    """A command that sends must never report a success for events a disabled tracker let
+    go, nor send from a shell where billing was switched off on purpose: it refuses."""
+    if env_flag(os.environ, "ENSO_DISABLED"):
+        raise ConfigurationError(
+            "ENSO_DISABLED is set, so nothing would be sent; unset it (or set it to 0) to send"
+        )
 
 
 def connection_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,6 +169,7 @@ def connection_options_of(conn: Connection) -> dict[str, Any]:
         raise ConfigurationError(
             "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
         )
+    refuse_if_disabled()
     keyword = {variable: keyword for keyword, variable in _ENV_NAMES}
     options: dict[str, Any] = {keyword[var]: value for var, value in conn.secrets.items()}
     options["base_url"] = conn.base_url
