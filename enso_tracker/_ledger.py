@@ -96,6 +96,7 @@ class Ledger:
         "spooling",
         "staged",
         "stopping",
+        "unread_adopted",
         "volatile",
         "worker_errors",
         "worker_gone",
@@ -140,6 +141,9 @@ class Ledger:
         self.backlog_own: deque[Any] = deque()  # StoredBatch rows on disk only, in order
         self.backlog_adopted: deque[Any] = deque()  # rows of adopted files: sent first
         self.on_disk = 0  # events of the backlog (not counted in outstanding)
+        #: Events of adopted files not yet read into ``backlog_adopted`` (in on_disk):
+        #: rows are read in chunks as they are sent, never an object per row at once.
+        self.unread_adopted = 0
         self.adopted = 0
         self.left_in_spool = 0
         self.spool_clock: float | None = None  # when the oldest queued event was seen
@@ -288,7 +292,12 @@ class Ledger:
         """A batch is on disk: its events wait in memory (``staged``), or, when memory
         is tight or older rows wait on disk, only on disk (the backlog)."""
         self.spooling = []
-        if self.backlog_own or self.backlog_adopted or not self.window_locked():
+        if (
+            self.backlog_own
+            or self.backlog_adopted
+            or self.unread_adopted
+            or not self.window_locked()
+        ):
             self.release_locked(pendings, row)
         else:
             self.staged.extend(pendings)
@@ -311,11 +320,32 @@ class Ledger:
         else:
             self.schedule.enqueue(pendings)
 
-    def adopt_locked(self, rows: list[Any]) -> None:
+    def adopt_locked(self, rows: list[Any], unread: int = 0) -> None:
+        """Rows of adopted files join the backlog, and ``unread`` events of theirs that
+        are still to be read (``refill_locked``)."""
         self.backlog_adopted.extend(rows)
-        n = sum(r.n for r in rows)
+        n = sum(r.n for r in rows) + unread
         self.on_disk += n
         self.adopted += n
+        self.unread_adopted += unread
+
+    def refill_locked(self, rows: list[Any]) -> None:
+        """The next rows of adopted files, read from disk (already counted)."""
+        self.backlog_adopted.extend(rows)
+        self.unread_adopted -= sum(r.n for r in rows)
+
+    def lose_unread_locked(self, events: int, why: str, reports: Reports) -> None:
+        """Rows of an adopted file that became unreadable before they were read: their
+        events are lost to Enso (counted as ``corrupt``)."""
+        if events <= 0:
+            return
+        self.unread_adopted -= events
+        self.on_disk -= events
+        reason = DropReason(kind="corrupt", message=why)
+        self.dropped["corrupt"] = self.dropped.get("corrupt", 0) + events
+        self.last_error = str(reason)
+        reports.append(([], reason))
+        self.reporting += 1
 
     def corrupt_locked(self, row: Any, own: bool, raw: bytes, why: str, reports: Reports) -> None:
         """A backlog row failed its CRC (or no longer parses): its events are lost to
@@ -486,6 +516,7 @@ class Ledger:
             self.on_disk = 0
             self.backlog_own.clear()
             self.backlog_adopted.clear()
+            self.unread_adopted = 0
         if left:
             self.drop_locked(
                 left,

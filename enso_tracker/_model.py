@@ -156,6 +156,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     #: ``time.time()`` when it was stored.
     stored_at: float
     body: bytes
+    #: Its number in the store: a letter stored later has a higher one (a watermark
+    #: for ``Spool.purge_dead_letters(through=...)``); 0 if it was never stored.
+    id: int = 0
 
 
 class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,8 +178,10 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: By Enso's code as text (``"2002"``); ``""`` for none.
     dead_letters_by_code: dict[str, int]
     dead_letters_evicted: int
-    #: Files renamed aside as unreadable, and files of another format version.
+    #: Damaged files: renamed aside (``*.corrupt-*``), or found damaged and not yet set
+    #: aside (the next tracker on the directory does that, recovering what it can).
     corrupt_files: list[str]
+    #: Files of another format version.
     unsupported_files: list[str]
     #: Undelivered events by the identity their file was written for (the first 12 hex
     #: digits of its fingerprint of destination and credential, never a secret; see
@@ -184,3 +189,6 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     events_by_identity: dict[str, int] = {}
     #: Names in the directory that are never opened (symlinks, not regular files).
     refused_files: list[str] = []
+    #: Files that could not be opened, and why (``"permission denied"``, busy…): not
+    #: damaged, and they may hold undelivered events: never delete them.
+    unreadable_files: dict[str, str] = {}

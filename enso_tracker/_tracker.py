@@ -190,6 +190,8 @@ class Tracker(AsyncMixin):
                 max_bytes=cfg.max_spool_bytes,
                 max_dead_letter_bytes=cfg.max_dead_letter_bytes,
                 identity=self._identity,
+                max_dir_bytes=cfg.max_spool_dir_bytes,
+                min_free_bytes=cfg.spool_min_free_bytes,
             )
         self._worker = (DisabledWorker if cfg.disabled else Worker)(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk

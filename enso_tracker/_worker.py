@@ -51,12 +51,41 @@ from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, SpoolUnavailable, StoredBatch
+from ._spool_store import (
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFile,
+    SpoolFull,
+    SpoolUnavailable,
+    StoredBatch,
+)
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
-__all__ = ["CLOSED", "Worker"]
+__all__ = ["CLOSED", "Worker", "cut_rows"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
+#: Rows of adopted files read from disk at a time (their place and size, not bodies).
+ADOPT_CHUNK: Final = 1024
+
+
+def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
+    """``pendings`` (each alone within ``limit``) in order, cut into groups whose joined
+    body (``join_batch``) is at most ``limit`` bytes."""
+    rows: list[list[Pending]] = []
+    current: list[Pending] = []
+    size = BODY_OVERHEAD
+    for p in pendings:
+        need = len(p.body) + (1 if current else 0)
+        if current and size + need > limit:
+            rows.append(current)
+            current, size = [], BODY_OVERHEAD
+            need = len(p.body)
+        current.append(p)
+        size += need
+    if current:
+        rows.append(current)
+    return rows
+
 
 #: Trackers whose thread could not start. A running thread keeps its tracker alive while
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
@@ -539,72 +568,86 @@ class Worker:
         return wait
 
     def spool_write(self, raw: list[QueuedEvent]) -> None:
-        """Encode a batch taken from the queue and commit it to disk as one row; only
-        then do its events join ``staged`` (or the backlog) to be sent."""
+        """Encode a batch taken from the queue and commit it to disk, one row per
+        ``max_batch_bytes`` (a row is never larger than what a request may carry, nor
+        than what the spool can hold); only then do its events join ``staged`` (or the
+        backlog) to be sent.
+
+        When the spool is full (a bound, the file size limit, the disk): if some rows of
+        this batch were written, the rest waits at the head of the queue until rows are
+        deleted (or ``backoff_base``); if none was, ``queue_full_policy`` decides: the
+        rest is dropped as ``spool_full`` or held in memory (``track()`` then blocks)."""
         ledger, disk = self.ledger, self.disk
         assert disk is not None
-        encoded, unencodable, grown = self.encode_all(raw)
+        encoded, unencodable, _ = self.encode_all(raw)
         hard_limit = self.config.max_batch_bytes
         keep = [p for p in encoded if BODY_OVERHEAD + len(p.body) <= hard_limit]
         too_large = [p for p in encoded if BODY_OVERHEAD + len(p.body) > hard_limit]
-        row: StoredBatch | None = None
+        written: list[tuple[list[Pending], StoredBatch]] = []
+        rest: list[Pending] = []  # not written: the chunk that failed and those after it
         full: str | None = None
         failed: str | None = None
-        if keep:
+        chunks = cut_rows(keep, hard_limit)
+        for i, chunk in enumerate(chunks):
             try:
-                row = disk.write(join_batch([p.body for p in keep]), len(keep), keep[0].seq)
+                row = disk.write(join_batch([p.body for p in chunk]), len(chunk), chunk[0].seq)
             except SpoolFull as exc:
                 full = str(exc)
             except SpoolClosed:
                 return  # shutdown closed the spool: it accounted for these events
             except Exception as exc:  # an I/O error, a file gone bad: send from memory
                 failed = describe_exception(exc)
-        size = disk.own_size() if row is not None else 0
+            else:
+                written.append((chunk, row))
+                continue
+            rest = [p for later in chunks[i:] for p in later]
+            break
+        size = disk.own_size() if written else 0
+        hold = full is not None and (bool(written) or self.config.queue_full_policy == "block")
         reports: Reports = []
         log = self.reporter.log
         try:
             with ledger.lock:
                 if ledger.closed:
                     return  # shutdown() already accounted for these at its deadline
-                if full is not None and self.config.queue_full_policy == "block":
-                    # Kept in memory: track() blocks (then refuses) once memory is full.
-                    ledger.spooling = []
-                    ledger.queue.extendleft(reversed(raw))
+                ledger.spooling = []
+                if hold:
+                    # Back at the head of the line, as they were (not encoded): written
+                    # once the spool has room, in order.
+                    back = {p.seq for p in rest}
+                    ledger.queue.extendleft(reversed([q for q in raw if q[SEQ] in back]))
                     ledger.spool_gate = time.monotonic() + self.config.backoff_base
-                    log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
-                    return
-                ledger.outstanding_bytes += grown
+                    if not written:
+                        log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
+                    rest = []
+                kept = [p for chunk, _ in written for p in chunk] + rest + too_large
+                # Encoded: they now hold their bodies (the held back ones are raw again).
+                ledger.outstanding_bytes += sum([p.size - held(p.item) for p in kept])
                 self.drop_unsendable_locked(too_large, unencodable, reports)
-                if full is not None:
-                    ledger.spooling = []
+                if full is not None and rest:
                     ledger.drop_locked(
-                        keep,
-                        DropReason(
-                            kind="spool_full",
-                            message=f"the spool is full (max_spool_bytes="
-                            f"{self.config.max_spool_bytes}): {full}",
-                        ),
+                        rest,
+                        DropReason(kind="spool_full", message=f"the spool is full: {full}"),
                         reports,
                     )
-                elif row is None:
+                elif rest:
                     # Sent from memory; ready like retries (staged keeps to disk order).
-                    ledger.spooling = []
-                    ledger.schedule.enqueue(keep)
-                    for p in keep:
+                    ledger.schedule.enqueue(rest)
+                    for p in rest:
                         heapq.heappush(ledger.volatile, (p.seq, p))
-                    if failed is not None:
-                        ledger.worker_errors += 1
-                        ledger.last_error = f"cannot write to the spool: {failed}"
-                        log(
-                            logging.ERROR,
-                            "spool_write",
-                            "cannot write to the spool (%s); sending from memory, not durable",
-                            failed,
-                        )
-                else:
-                    for p in keep:
+                    ledger.worker_errors += 1
+                    ledger.last_error = f"cannot write to the spool: {failed}"
+                    log(
+                        logging.ERROR,
+                        "spool_write",
+                        "cannot write to the spool (%s); sending from memory, not durable",
+                        failed,
+                    )
+                for chunk, row in written:
+                    for p in chunk:
                         p.row = row
-                    ledger.stage_locked(keep, row)
+                    ledger.stage_locked(chunk, row)
+                if written:
                     ledger.spool_bytes = size
                 ledger.room.notify_all()  # memory freed (rows on disk only, drops)
                 ledger.settled.notify_all()
@@ -618,7 +661,7 @@ class Worker:
         ledger, disk = self.ledger, self.disk
         assert disk is not None
         try:
-            rows, salvaged, problems = disk.adopt(now)
+            events, salvaged, problems = disk.adopt(now)
         except OSError as exc:  # the directory went away, or unreadable: try again later
             self.report_problems([("error", f"cannot look for spool files: {exc}")])
             return False
@@ -628,12 +671,39 @@ class Worker:
             ledger.skipped_files = len(disk.refused)
             if ledger.closed:
                 return False
-            ledger.adopt_locked(rows)
+            ledger.adopt_locked([], events)  # rows read later, a chunk at a time
         for body in salvaged:
             self.adopt_salvaged(body)
-        if rows or salvaged:
+        if events or salvaged:
             self.spool_wake.set()
-        return bool(rows or salvaged)
+        return bool(events or salvaged)
+
+    def read_adopted(self) -> bool:
+        """The next chunk of adopted rows, once those read before are all loaded: what
+        memory holds for a backlog stays the same whatever its number of rows."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        rows, broken, vanished, problems = disk.read_adopted(ADOPT_CHUNK)
+        self.report_problems(problems)
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    return False
+                ledger.refill_locked(rows)
+                if vanished:
+                    ledger.lose_unread_locked(
+                        vanished,
+                        "rows of an adopted spool file vanished before they were read",
+                        reports,
+                    )
+        finally:
+            self.hand_over(reports)
+        for file, why in broken:
+            if disk.closed:
+                return False
+            self.lose_file(file, why)
+        return bool(rows or broken or vanished)
 
     def disk_chores(self, now: float) -> bool:
         """Adopt orphan spool files when due, load a backlog row when memory has room.
@@ -642,6 +712,10 @@ class Worker:
         assert disk is not None
         if now >= disk.next_scan and not ledger.stopping:
             return self.adopt(now)
+        with ledger.lock:
+            refill = not ledger.backlog_adopted and ledger.unread_adopted > 0
+        if refill and self.read_adopted():
+            return True
         with ledger.lock:
             if ledger.backlog_adopted:
                 row, own = ledger.backlog_adopted[0], False
@@ -657,10 +731,10 @@ class Worker:
         except SpoolClosed:
             if disk.closed:
                 return False  # shutdown closed the files: what is left stays on disk
-            self.lose_file(row, "the file was set aside as unreadable")
+            self.lose_file(row.file, "the file was set aside as unreadable")
             return True
         except SpoolCorrupt as exc:
-            self.lose_file(row, str(exc))
+            self.lose_file(row.file, str(exc))
             return True
         except SpoolUnavailable as exc:  # busy, out of descriptors: not damage, later
             self.report_problems([("error", f"cannot read a spool record now: {exc}")])
@@ -704,14 +778,18 @@ class Worker:
         with self.ledger.lock:
             self.ledger.adopt_locked([row])
 
-    def lose_file(self, row: StoredBatch, why: str) -> None:
-        """A file became unreadable: set it aside; every backlog row of it is lost."""
+    def lose_file(self, file: SpoolFile, why: str) -> None:
+        """A file became unreadable: set it aside; every backlog row of it is lost (read
+        or not yet)."""
         ledger = self.ledger
-        file = row.file
+        disk = self.disk
+        assert disk is not None
         target = file.quarantine()
+        unread = disk.forget_unread(file)
         reports: Reports = []
         try:
             with ledger.lock:
+                ledger.lose_unread_locked(unread, f"spool file unreadable ({why})", reports)
                 for backlog, own in ((ledger.backlog_adopted, False), (ledger.backlog_own, True)):
                     while backlog and backlog[0].file is file:
                         ledger.corrupt_locked(
@@ -761,7 +839,20 @@ class Worker:
                 ledger.dead_evicted += evicted
                 ledger.spool_bytes = size
                 ledger.settled.notify_all()
-        if ledger.backlog_own or ledger.backlog_adopted or not ledger.queue:
+        room = False
+        if finished:
+            with ledger.lock:
+                # Rows deleted (or about to be, with the next write): a batch held back
+                # for a full spool is tried again now, not at the end of its backoff.
+                room = ledger.spool_gate > 0.0
+                ledger.spool_gate = 0.0
+        if (
+            room
+            or ledger.backlog_own
+            or ledger.backlog_adopted
+            or ledger.unread_adopted
+            or not ledger.queue
+        ):
             # Room freed: the spooler may load a backlog row; or it may be idle, and
             # must time the deletes it now holds (spool_step).
             self.spool_wake.set()

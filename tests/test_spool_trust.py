@@ -427,7 +427,7 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         used = len(os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
-        rows, salvaged, problems = disk.adopt(time.monotonic())
+        events, salvaged, problems = disk.adopt(time.monotonic())  # events it holds
         refused = dict(disk.refused)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         names = sorted(os.listdir({str(spool)!r}))
@@ -438,7 +438,7 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
             time.sleep(0.01)
         stats = t.stats()
         t.shutdown(10.0)
-        print(json.dumps({{"rows": len(rows), "refused": list(refused.values()),
+        print(json.dumps({{"rows": events, "refused": list(refused.values()),
                            "names": names, "delivered": stats.delivered}}))
         """
     )
