@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -10,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._spool_admin import Spool
 from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
@@ -89,6 +91,12 @@ eventId (unless the row has one, or --id-column names it):
     )
     run.add_argument("--shard", type=_shard, metavar="I/N", help="import only shard I of N")
     run.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="a durable spool for this run, in a directory of its own (never taken from "
+        "$ENSO_SPOOL_DIR: that one is an application's; its leftovers are not this run's)",
+    )
+    run.add_argument(
         "--progress",
         choices=("auto", "rich", "plain", "none"),
         default="auto",
@@ -131,6 +139,10 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     sources = [i.default_source for i in inputs if not i.is_stdin]
     if args.source_id is None and len(set(sources)) != len(sources):
         return [], "two inputs have the same file name, so their eventIds would collide"
+    if args.spool_dir is not None:
+        problem = _spool_problem(args.spool_dir)
+        if problem:
+            return [], problem
     required = Mapper(args).required_columns()
     for inp in inputs:
         if inp.is_stdin:
@@ -147,6 +159,26 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
                     f"(columns: {', '.join(header)}); map them with --entity/--value/..."
                 )
     return inputs, None
+
+
+def _spool_problem(path: str) -> str | None:
+    """Why ``--spool-dir`` cannot be this run's, or None. A tracker adopts the leftovers
+    of dead processes in its directory: an import's counts, exit code and errors file
+    would then speak of events that are not its rows. So the directory must hold none."""
+    if not os.path.exists(path):
+        return None  # the tracker creates it, 0700
+    try:
+        status = Spool(path).status()
+    except (ConfigurationError, OSError) as exc:
+        return f"--spool-dir {path}: {exc}"
+    if status.events:
+        return (
+            f"--spool-dir {path}: holds {status.events:,} undelivered events of other runs or "
+            "processes, which this run would adopt and count as its own; let their "
+            "application deliver them (or `enso-tracker spool export --pending --dir DIR`), "
+            "or give an empty directory"
+        )
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

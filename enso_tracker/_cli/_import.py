@@ -93,6 +93,9 @@ class Importer:
             max_batch_size=self.args.batch_size,
             max_queue_size=self.args.max_queue,
             flush_interval=0.25,
+            # Only a spool given for this run (checked empty): never $ENSO_SPOOL_DIR, an
+            # application's, whose leftovers this tracker would adopt and count as ours.
+            spool_dir=self.args.spool_dir,
         )
         self.config = self.tracker.config
 
@@ -302,6 +305,8 @@ class Importer:
             "accepted": s.accepted if s else 0,
             "delivered": s.delivered if s else 0,
             "dropped": dict(s.dropped) if s else {},
+            # Not this run's rows (0 unless another process died in --spool-dir meanwhile).
+            "adopted": s.adopted if s else 0,
             "drop_reasons": dict(self.drop_reasons),
             "stopped": self.stopped,
             "elapsed": round(time.monotonic() - self.started, 3),
