@@ -15,9 +15,9 @@ from .._spool_admin import Spool
 from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
-from ._output import EXIT_USAGE, print_json, route_logs, stderr_line
+from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
 from ._progress import Ticker, make_display
-from ._rows import Input
+from ._rows import DEFAULT_MAX_LINE_BYTES, Input
 
 NAME = "import"
 HELP = "import usage rows from JSONL or CSV files (gzipped or not, or - for stdin)"
@@ -102,6 +102,14 @@ eventId (unless the row has one, or --id-column names it):
         default="auto",
         help="progress on stderr (auto: rich or plain on a terminal, none otherwise)",
     )
+    run.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help="a longer line is an error row, skipped without being held in memory "
+        f"(default: {DEFAULT_MAX_LINE_BYTES:,})",
+    )
     run.add_argument("--batch-size", type=_positive, default=1000, help="events per request")
     run.add_argument(
         "--max-queue", type=_positive, default=10_000, help="events held in memory at most"
@@ -133,9 +141,12 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     inputs: list[Input] = []
     for path in paths:
         try:
-            inputs.append(Input(path, args.format))
+            inputs.append(Input(path, args.format, args.max_line_bytes))
         except OSError as exc:
             return [], f"{path}: {exc.strerror or exc}"
+    problem = _errors_out_problem(args, inputs)
+    if problem:
+        return [], problem
     sources = [i.default_source for i in inputs if not i.is_stdin]
     if args.source_id is None and len(set(sources)) != len(sources):
         return [], "two inputs have the same file name, so their eventIds would collide"
@@ -159,6 +170,30 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
                     f"(columns: {', '.join(header)}); map them with --entity/--value/..."
                 )
     return inputs, None
+
+
+def _errors_out_problem(args: argparse.Namespace, inputs: list[Input]) -> str | None:
+    """An errors file that is one of the inputs would be emptied before it is read."""
+    targets = [args.errors_out] if args.errors_out is not None else []
+    if args.errors_out is None:
+        suffix = f".shard-{args.shard[0]}-of-{args.shard[1]}" if args.shard else ""
+        targets = [f"{i.path}{suffix}.errors.jsonl" for i in inputs if not i.is_stdin]
+    for target in targets:
+        try:
+            out = os.stat(target)
+        except OSError:
+            continue  # does not exist yet: cannot be an input
+        for inp in inputs:
+            try:
+                st = os.fstat(sys.stdin.fileno()) if inp.is_stdin else os.stat(inp.path)
+            except (OSError, ValueError):
+                continue
+            if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+                return (
+                    f"the errors file {target} is the input {inp.name}: writing it would "
+                    "destroy the input; choose another --errors-out"
+                )
+    return None
 
 
 def _spool_problem(path: str) -> str | None:
@@ -253,13 +288,15 @@ def _summary(
     if imp.problems:
         out.write("first invalid rows:\n")
     for problem in imp.problems:
-        out.write(f"  {problem}\n")
+        out.write(f"  {clean(problem)}\n")
     if imp.drop_reasons:
         out.write("dropped because:\n")
     for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):
         out.write(f"  {n:>8,} x {reason}\n")
     for f in written:
         out.write(f"errors file: {f['path']} ({f['records']} records)\n")
+    if imp.damaged:
+        out.write(f"damaged input: {clean(imp.damaged)}\n")
     if imp.stopped:
         out.write(
             f"stopped: {imp.stopped}. Re-run the same command to finish: rows already "
@@ -269,6 +306,7 @@ def _summary(
         0: "every valid row delivered" if not imp.dry_run else "every row valid",
         1: "some rows invalid or refused by Enso: see the errors file",
         3: "some rows not delivered: re-run the same command",
+        4: "an input could not be read to its end: replace it, then re-run the command",
         130: "interrupted: re-run the same command",
     }.get(code, "")
     out.write(f"exit {code}: {verdict}\n")

@@ -22,9 +22,15 @@ from .._tracker import Tracker
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
 from ._mapping import Mapper, RowError, api_shape, validate
-from ._output import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNDELIVERED
+from ._output import (
+    EXIT_DAMAGED,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+)
 from ._progress import Display, Snapshot
-from ._rows import Input, Record, derive_event_id, shard_of
+from ._rows import Input, InputDamaged, Record, derive_event_id, shard_of
 
 __all__ = ["Importer", "Stop"]
 
@@ -67,6 +73,7 @@ class Importer:
         self.problems: list[str] = []  # the first invalid rows, as file:line: field: reason
         self.drop_reasons: dict[str, int] = {}  # why Enso's answers dropped events, counted
         self.stopped: str | None = None
+        self.damaged: str | None = None  # an input that could not be read to its end
         self.interrupted = False
         self.interrupt = False  # set by the signal handler; acted on between rows
         self.started = time.monotonic()
@@ -118,8 +125,12 @@ class Importer:
             for index, inp in enumerate(self.inputs):
                 self._current = index
                 source = self.args.source_id or inp.default_source
-                for record in inp.open():
-                    self._row(index, inp, source, record)
+                try:
+                    for record in inp.open():
+                        self._row(index, inp, source, record)
+                except InputDamaged as exc:
+                    self._damaged(index, exc)
+                    return
                 self._done_bytes += inp.size or 0
         except Stop as exc:
             self.stopped = str(exc)
@@ -201,6 +212,21 @@ class Importer:
         )
         if len(self.problems) < SHOWN_PROBLEMS:
             self.problems.append(f"{name}:{record.line}: {field}: {reason}")
+
+    def _damaged(self, index: int, exc: InputDamaged) -> None:
+        """The rest of this input cannot be read: recorded, and the run ends (what was
+        read is still delivered). A damaged file rarely comes alone: fix, then re-run."""
+        self.damaged = str(exc)
+        self.errors.write(
+            index,
+            {
+                "file": self.inputs[index].name,
+                "line": exc.line,
+                "kind": "unreadable",
+                "field": "row",
+                "reason": exc.reason,
+            },
+        )
 
     # ------------------------------------------------------------ delivery health
 
@@ -309,6 +335,7 @@ class Importer:
             "adopted": s.adopted if s else 0,
             "drop_reasons": dict(self.drop_reasons),
             "stopped": self.stopped,
+            "damaged": self.damaged,
             "elapsed": round(time.monotonic() - self.started, 3),
         }
 
@@ -318,6 +345,8 @@ class Importer:
         dropped = self.tracker.stats().dropped if self.tracker is not None else {}
         if self.stopped or any(k not in DATA_DROPS and n for k, n in dropped.items()):
             return EXIT_UNDELIVERED
+        if self.damaged:
+            return EXIT_DAMAGED
         if self.invalid or any(dropped.values()):
             return EXIT_INCOMPLETE
         return EXIT_OK

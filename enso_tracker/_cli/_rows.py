@@ -24,16 +24,26 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import os
 import sys
+import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final, cast
 
 import msgspec
 
-__all__ = ["Input", "Record", "derive_event_id", "shard_of"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "Input",
+    "InputDamaged",
+    "Record",
+    "derive_event_id",
+    "shard_of",
+]
+
+#: Longest line read (``--max-line-bytes``): a longer one is an error row, never held.
+DEFAULT_MAX_LINE_BYTES: Final = 1024 * 1024
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BOM: Final = b"\xef\xbb\xbf"
@@ -72,7 +82,8 @@ class Record:
 class Input:
     """One input: a path or ``-``; opened lazily, read once, as a stream."""
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: str, fmt: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
         self.path = path
         self.is_stdin = path == "-"
         self.name = "<stdin>" if self.is_stdin else path
@@ -134,32 +145,67 @@ class Input:
         return "jsonl" if head.startswith(b"{") else "csv"
 
     def _jsonl(self, stream: IO[bytes]) -> Iterator[Record]:
-        for line_no, line in enumerate(stream, 1):
+        decode = _decode
+        for line_no, line in _lines(stream, self.max_line_bytes, self.name):
+            if line is None:
+                yield Record(line_no, b"", None, self._too_long())
+                continue
             raw = line.strip()
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :].strip()
             if not raw:
                 continue
             try:
-                fields = _decode(raw)
+                fields = decode(raw)
             except msgspec.DecodeError as exc:
                 yield Record(line_no, raw, None, f"not valid JSON: {exc}")
                 continue
-            if not isinstance(fields, dict):
+            except RecursionError:  # msgspec's own depth limit, not a Python stack overflow
+                yield Record(line_no, raw, None, "not valid JSON: nested too deeply")
+                continue
+            if type(fields) is not dict:
                 yield Record(line_no, raw, None, "not a JSON object")
                 continue
             yield Record(line_no, raw, fields)
 
+    def _too_long(self) -> str:
+        return (
+            f"line longer than {self.max_line_bytes:,} bytes (--max-line-bytes); "
+            "not read into memory"
+        )
+
     def _csv(self, stream: IO[bytes]) -> Iterator[Record]:
-        # surrogateescape: undecodable bytes survive to track(), which names the field.
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
+        # Lines are decoded one by one, strictly: a line that is not UTF-8 (or too long)
+        # reaches the csv module as an empty line and makes its record an error row,
+        # named by line; the rest of the file is read as usual.
+        problems: dict[int, str] = {}
+        shown: list[str] = []  # what the errors file shows of the bad lines
+        too_long = self._too_long()
+
+        def text() -> Iterator[str]:
+            for line_no, line in _lines(stream, self.max_line_bytes, self.name):
+                if line is None:
+                    problems[line_no] = too_long
+                    yield "\n"
+                    continue
+                if line_no == 1 and line.startswith(_BOM):
+                    line = line[len(_BOM) :]
+                try:
+                    yield line.decode() + "\n"
+                except UnicodeDecodeError as exc:
+                    problems[line_no] = f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+                    shown.append(line.decode("utf-8", "replace"))
+                    yield "\n"
+
+        reader = csv.reader(text())
         try:
             header = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise OSError(f"{self.name}: cannot read the CSV header: {exc}") from None
+        if problems:
+            raise OSError(f"{self.name}: cannot read the CSV header: {problems[1]}")
         self.header = [h.strip() for h in header]
         width = len(self.header)
         while True:
@@ -169,15 +215,89 @@ class Input:
             except StopIteration:
                 return
             except csv.Error as exc:
+                problems.clear()
+                shown.clear()
                 yield Record(start, b"", None, f"not valid CSV: {exc}")
+                continue
+            if problems:
+                reasons = [f"line {n}: {problems.pop(n)}" for n in sorted(problems)]
+                raw = "\n".join(shown).encode()
+                shown.clear()
+                yield Record(start, raw, None, "; ".join(reasons))
                 continue
             if not fields or fields == [""]:
                 continue
-            raw = "\x1f".join(fields).encode("utf-8", "surrogateescape")
+            raw = "\x1f".join(fields).encode()
             if len(fields) != width:
                 yield Record(start, raw, None, f"has {len(fields)} fields, the header {width}")
                 continue
             yield Record(start, raw, dict(zip(self.header, fields, strict=True)))
+
+
+class InputDamaged(Exception):
+    """The input cannot be read past this point (a truncated gzip, an I/O error)."""
+
+    def __init__(self, name: str, line: int, reason: str) -> None:
+        super().__init__(f"{name}: unreadable from line {line} on: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+#: Bytes asked of the stream at a time: large enough that reading costs little per line.
+_CHUNK: Final = 1 << 18
+
+
+def _lines(stream: IO[bytes], limit: int, name: str) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, the line without its newline)``, or ``None`` for a line longer
+    than ``limit`` bytes, which is skipped without being held: memory stays within
+    ``limit`` plus one chunk whatever the input. ``InputDamaged`` when reading fails;
+    the lines before it have been given, a partial last line is not."""
+    read = getattr(stream, "read1", stream.read)
+    line_no = 0
+    tail = b""
+    skipping = False  # inside a line already found too long
+    while True:
+        try:
+            block = read(_CHUNK)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputDamaged(name, line_no + 1, _damage(exc)) from None
+        if not block:
+            if skipping:
+                yield line_no + 1, None
+            elif tail:
+                yield line_no + 1, tail
+            return
+        parts = block.split(b"\n")
+        last = parts.pop()
+        if parts:
+            first = parts[0]
+            if skipping:
+                parts[0] = b""  # a placeholder: reported as too long below
+            elif tail:
+                parts[0] = tail + first
+            for part in parts:
+                line_no += 1
+                if skipping:
+                    skipping = False
+                    yield line_no, None
+                elif len(part) > limit:
+                    yield line_no, None
+                else:
+                    yield line_no, part
+            tail = last
+        elif not skipping:
+            tail += last
+        if len(tail) > limit:
+            tail = b""
+            skipping = True
+
+
+def _damage(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the compressed stream ends early (a truncated .gz?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _peek(stream: IO[bytes], n: int) -> bytes:
