@@ -10,8 +10,11 @@ import json
 import socket
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from enso_tracker import Spool, Tracker
 from enso_tracker.testing import FakeEnso
@@ -144,16 +147,18 @@ def test_unparseable_rows_go_to_the_errors_file_and_the_run_goes_on(tmp_path: Pa
         assert "Traceback" not in proc.stderr
     assert values == sorted([1, 2, 3, 4, 5, 6, 1, 3, 1, 2])  # every good row, each once
     deep_errors = jsonl(tmp_path / "deep.jsonl.errors.jsonl")
-    assert [(r["line"], r["reason"]) for r in deep_errors] == [
+    assert [(r["deadLetter"]["line"], r["deadLetter"]["message"]) for r in deep_errors] == [
         (4, "not valid JSON: nested too deeply"),
         (5, "not valid JSON: nested too deeply"),
     ]
+    assert all(r["raw"].startswith(("[[[", '{"a":{')) for r in deep_errors)
     (latin_error,) = jsonl(tmp_path / "latin.csv.errors.jsonl")
-    assert latin_error["line"] == 3
-    assert "not valid UTF-8" in latin_error["reason"]
+    assert latin_error["deadLetter"]["line"] == 3
+    assert latin_error["deadLetter"]["message"] == "not valid UTF-8: line 3, byte 8"
+    assert latin_error["raw"] == "ent_caf\ufffd,api_calls,2,2026-04-01T12:00:00Z"
     (long_error,) = jsonl(tmp_path / "long.jsonl.gz.errors.jsonl")
-    assert long_error["line"] == 2
-    assert "--max-line-bytes" in long_error["reason"]
+    assert long_error["deadLetter"]["line"] == 2
+    assert "--max-line-bytes" in long_error["deadLetter"]["message"]
     assert books(procs["long.jsonl.gz"])["invalid"] == 1
 
 
@@ -181,7 +186,7 @@ def test_a_line_over_the_bound_is_skipped_in_flat_memory(tmp_path: Path) -> None
     assert "exit 1" in proc.stdout, proc.stderr
     assert peak_kib < 150 * 1024, peak_kib  # the line alone is 300 MB
     (error,) = jsonl(tmp_path / "huge.jsonl.gz.errors.jsonl")
-    assert error["line"] == 2
+    assert error["deadLetter"]["line"] == 2
 
 
 def test_a_truncated_gzip_ends_the_run_with_the_summary_and_exit_4(tmp_path: Path) -> None:
@@ -200,8 +205,11 @@ def test_a_truncated_gzip_ends_the_run_with_the_summary_and_exit_4(tmp_path: Pat
     assert b["delivered"] == b["rows_read"] == received  # what was read is delivered
     assert "cut.jsonl.gz: unreadable from line" in b["damaged"]
     (error,) = jsonl(tmp_path / "cut.jsonl.gz.errors.jsonl")
-    assert (error["kind"], error["line"]) == ("unreadable", b["rows_read"] + 1)
-    assert "truncated" in error["reason"]
+    assert (error["deadLetter"]["kind"], error["deadLetter"]["line"]) == (
+        "unreadable",
+        b["rows_read"] + 1,
+    )
+    assert "truncated" in error["deadLetter"]["message"]
     human = run_cli("import", path, "--dry-run", env=cli_env("http://127.0.0.1:9"))
     assert human.returncode == 4
     assert "damaged input: " in human.stdout
@@ -221,3 +229,166 @@ def test_an_errors_file_that_is_an_input_is_refused(tmp_path: Path) -> None:
         received = fake.received
     assert received == 0
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------- finding 6: real exports
+
+
+def stock_prices(path: Path, days: int = 560) -> list[tuple[str, str, str]]:
+    """A stock-price export as finance sites give it: `Jan 1 2000` dates, no zone."""
+    rows = []
+    start = datetime(2000, 1, 1)
+    for i in range(days):
+        day = start + timedelta(days=i)
+        text = f"{day:%b} {day.day} {day.year}"  # Jan 1 2000 (no zero padding)
+        rows.append(("MSFT", text, f"{39.8 + (i % 17) * 0.25:.2f}"))
+    with path.open("w") as f:
+        f.write("symbol,date,price\n")
+        f.writelines(f"{s},{d},{p}\n" for s, d, p in rows)
+    return rows
+
+
+def test_a_stock_price_csv_with_a_format_and_a_time_zone(tmp_path: Path) -> None:
+    path = tmp_path / "msft.csv"
+    rows = stock_prices(path)
+    mapping = ["--entity", "symbol", "--metric-name", "close", "--value", "price"]
+    mapping += ["--timestamp", "date"]
+    with FakeEnso() as fake:
+        refused = run_cli("import", path, *mapping, env=cli_env(fake.url))
+        assert fake.received == 0
+        proc = run_cli(
+            "import",
+            path,
+            *mapping,
+            "--timestamp-format",
+            "%b %d %Y",
+            "--timezone",
+            "America/New_York",
+            "--json",
+            env=cli_env(fake.url),
+        )
+        events = fake.events
+    # Without options: refused, counted once by reason, the message names the options.
+    assert refused.returncode == 1
+    assert "560 x timestamp: not an ISO 8601 / RFC 3339 date-time" in refused.stdout
+    assert "--timestamp-format" in refused.stdout
+    assert refused.stdout.count("x timestamp:") == 1  # one line, not 560
+    assert proc.returncode == 0, proc.stderr
+    assert books(proc)["delivered"] == 560 == len(events)
+    by_day = {e["timestamp"]: e["value"] for e in events.values()}
+    assert by_day["2000-01-01T05:00:00.000Z"] == float(rows[0][2])  # midnight in New York
+    assert by_day["2000-07-01T04:00:00.000Z"] == float(rows[182][2])  # summer time: -4 h
+    assert sum(by_day.values()) == pytest.approx(sum(float(r[2]) for r in rows))
+
+
+def test_epoch_times_and_numbers_as_text(tmp_path: Path) -> None:
+    seconds = tmp_path / "s.jsonl"
+    seconds.write_text(
+        json.dumps(
+            {"CustomerEntityId": "ent_a", "metric": "m", "value": "12.5", "timestamp": 946684800}
+        )
+        + "\n"
+        + json.dumps(
+            {"CustomerEntityId": "ent_a", "metric": "m", "value": "7", "timestamp": "946684800.25"}
+        )
+        + "\n"
+        + json.dumps(
+            {"CustomerEntityId": "ent_a", "metric": "m", "value": "1,000", "timestamp": 946684800}
+        )
+        + "\n"
+    )
+    millis = tmp_path / "ms.csv"
+    millis.write_text("CustomerEntityId,metric,value,timestamp\nent_b,m,3,946684800123\n")
+    with FakeEnso() as fake:
+        s = run_cli("import", seconds, "--timestamp-format", "epoch-s", env=cli_env(fake.url))
+        ms = run_cli("import", millis, "--timestamp-format", "epoch-ms", env=cli_env(fake.url))
+        plain = run_cli("import", millis, "--dry-run", env=cli_env(fake.url))
+        events = sorted(fake.events.values(), key=lambda e: e["timestamp"])
+    assert s.returncode == 1  # "1,000" is not a number
+    assert "value: not a number" in s.stdout
+    assert ms.returncode == 0, ms.stderr
+    got = [(e["CustomerEntityId"], e["value"], e["timestamp"]) for e in events]
+    assert got == [
+        ("ent_a", 12.5, "2000-01-01T00:00:00.000Z"),
+        ("ent_b", 3, "2000-01-01T00:00:00.123Z"),
+        ("ent_a", 7, "2000-01-01T00:00:00.250Z"),
+    ]
+    assert type(events[1]["value"]) is int  # "3" stays an integer
+    assert plain.returncode == 1
+    assert "--timestamp-format epoch-s" in plain.stdout  # a number: the option is named
+
+
+def test_naive_times_are_refused_unless_a_time_zone_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "local.csv"
+    path.write_text(
+        "CustomerEntityId,metric,value,timestamp\n"
+        "ent_a,m,1,2026-03-29 01:30:00\n"
+        "ent_a,m,2,2026-03-29 02:30:00\n"  # does not exist in Paris (clocks go forward)
+        "ent_a,m,3,2026-03-29T12:00:00+00:00\n"  # has its own offset: kept
+    )
+    with FakeEnso() as fake:
+        naive = run_cli("import", path, "--dry-run", env=cli_env(fake.url))
+        paris = run_cli("import", path, "--timezone", "Europe/Paris", env=cli_env(fake.url))
+        bad_zone = run_cli("import", path, "--timezone", "Mars/Olympus", env=cli_env(fake.url))
+        events = sorted(fake.events.values(), key=lambda e: e["value"])
+    assert naive.returncode == 1
+    assert "2 x timestamp: has no time zone: pass --timezone ZONE" in naive.stdout
+    assert paris.returncode == 1
+    assert "does not exist in Europe/Paris" in paris.stdout
+    assert [(e["value"], e["timestamp"]) for e in events] == [
+        (1, "2026-03-29T00:30:00.000Z"),
+        (3, "2026-03-29T12:00:00.000Z"),
+    ]
+    assert bad_zone.returncode == 2
+    assert "not a known time zone" in bad_zone.stderr
+
+
+def test_the_errors_file_is_reimported_as_it_is_and_bills_each_row_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "usage.csv"
+    path.write_text(
+        "customer,calls,ts\n"
+        "ent_known,1,2026-04-01 12:00:00\n"  # naive: invalid without --timezone
+        "ent_known,2,2026-04-01T12:00:00Z\n"
+        "ent_new,3,2026-04-01T12:00:00Z\n"  # unknown to Enso today: 2002
+        "ent_known,4,2026-04-01 13:00:00\n"  # naive
+    )
+    mapping = ["--entity", "customer", "--metric-name", "api_calls", "--value", "calls"]
+    mapping += ["--timestamp", "ts", "--timezone", "UTC"]
+    errors = tmp_path / "usage.csv.errors.jsonl"
+    with FakeEnso(known_entities={"ent_known"}) as fake:
+        first = run_cli("import", path, *mapping[:-2], env=cli_env(fake.url))
+        records = jsonl(errors)
+        fake.known_entities = {"ent_known", "ent_new"}  # the customer now exists
+        again = run_cli("import", errors, *mapping, "--json", env=cli_env(fake.url))
+        after_errors = dict(fake.events)
+        whole = run_cli("import", path, *mapping, "--json", env=cli_env(fake.url))
+        final = fake.events
+    assert first.returncode == 1
+    kinds = sorted((r["deadLetter"]["kind"], r["deadLetter"]["line"]) for r in records)
+    assert kinds == [("invalid", 2), ("invalid", 5), ("rejected", 4)]
+    for r in records:
+        assert set(r["deadLetter"]) == {
+            "kind",
+            "code",
+            "status",
+            "message",
+            "field",
+            "file",
+            "line",
+        }
+        assert r["eventId"].startswith("imp_")
+    rejected = next(r for r in records if r["deadLetter"]["kind"] == "rejected")
+    assert rejected["CustomerEntityId"] == "ent_new"  # the API's shape
+    assert rejected["deadLetter"]["code"] == 2002
+    # As it is, with the mapping of the first run (the rejected row is in the API's shape,
+    # the invalid ones in the input's own columns).
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert books(again)["delivered"] == 3
+    assert {e["value"] for e in after_errors.values()} == {1, 2, 3, 4}
+    assert {r["eventId"] for r in records} < set(after_errors)  # kept the ids they had
+    # The whole file again: every row has the id it had; nothing new is billed.
+    assert whole.returncode == 0, whole.stderr
+    assert final == after_errors
+    assert len(final) == 4

@@ -18,6 +18,7 @@ from ._mapping import Mapper
 from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
 from ._progress import Ticker, make_display
 from ._rows import DEFAULT_MAX_LINE_BYTES, Input
+from ._timestamps import zone
 
 NAME = "import"
 HELP = "import usage rows from JSONL or CSV files (gzipped or not, or - for stdin)"
@@ -28,6 +29,14 @@ def _shard(text: str) -> tuple[int, int]:
     if not match or not 0 <= int(match[1]) < int(match[2]):
         raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
     return int(match[1]), int(match[2])
+
+
+def _zone(text: str) -> str:
+    try:
+        zone(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive(text: str) -> int:
@@ -44,6 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
   zcat part-*.gz | enso-tracker import - --source-id usage-2026-04 --format jsonl
   enso-tracker import big.csv --shard 0/4   # and 1/4, 2/4, 3/4 on other machines
   enso-tracker import usage.csv --dry-run   # validate only; errors with file:line
+  enso-tracker import prices.csv --timestamp-format '%b %d %Y' --timezone America/New_York
+  enso-tracker import events.jsonl.errors.jsonl   # once fixed: same eventIds, billed once
 
 eventId (unless the row has one, or --id-column names it):
   "imp_" + sha256(f"{source}\\n{line}\\n".encode() + record).hexdigest()[:32]
@@ -66,6 +77,19 @@ eventId (unless the row has one, or --id-column names it):
     mapping.add_argument("--value", metavar="COL", help="value column (value)")
     mapping.add_argument(
         "--timestamp", metavar="COL", help="RFC 3339 time with an offset (timestamp)"
+    )
+    mapping.add_argument(
+        "--timestamp-format",
+        metavar="FORMAT",
+        help="how timestamps are written: a strptime format (e.g. '%%b %%d %%Y' for "
+        "'Jan 1 2000'), epoch-s or epoch-ms (default: RFC 3339 / ISO 8601)",
+    )
+    mapping.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        type=_zone,
+        help="time zone of timestamps written without one, e.g. Europe/Paris or UTC "
+        "(default: such timestamps are refused)",
     )
     mapping.add_argument(
         "--metadata",
@@ -265,7 +289,7 @@ def _summary(
 ) -> None:
     books = imp.books()
     books["errors_files"] = written
-    books["problems"] = imp.problems
+    books["invalid_reasons"] = imp.invalid_reasons()
     books["exit_code"] = code
     if args.json:
         print_json(books)
@@ -285,10 +309,12 @@ def _summary(
         rows.append(("valid", books["valid"]))
     for label, n in rows:
         out.write(f"{label:<32}{n:>10,}\n")
-    if imp.problems:
-        out.write("first invalid rows:\n")
-    for problem in imp.problems:
-        out.write(f"  {clean(problem)}\n")
+    if books["invalid_reasons"]:
+        out.write("invalid rows by reason:\n")
+    for r in books["invalid_reasons"]:
+        first = f" (first: {clean(r['first'])})" if r.get("first") else ""
+        label = f"{r['field']}: " if r["field"] else ""
+        out.write(f"  {r['count']:>8,} x {clean(label + r['reason'])}{first}\n")
     if imp.drop_reasons:
         out.write("dropped because:\n")
     for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._config import Config
-from .._errors import InvalidEventError
+from .._errors import InvalidEventError, short_repr
 from .._model import DropReason, Event, Stats
 from .._tracker import Tracker
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
-from ._mapping import Mapper, RowError, api_shape, validate
+from ._mapping import Mapper, RowError, api_shape, is_event, validate
 from ._output import (
     EXIT_DAMAGED,
     EXIT_INCOMPLETE,
@@ -31,12 +31,14 @@ from ._output import (
 )
 from ._progress import Display, Snapshot
 from ._rows import Input, InputDamaged, Record, derive_event_id, shard_of
+from ._timestamps import explain as explain_timestamp
 
 __all__ = ["Importer", "Stop"]
 
 #: Drops Enso decided for good (fix the data); any other drop means "could not deliver".
 DATA_DROPS = frozenset({"rejected", "too_large"})
-SHOWN_PROBLEMS = 20
+#: Distinct reasons counted in the summary (each row is in the errors file regardless).
+MAX_REASONS = 50
 
 
 class Stop(Exception):
@@ -62,6 +64,7 @@ class Importer:
         self.errors = errors
         self.display = display
         self.mapper = Mapper(args)
+        self.api_mapper = Mapper.api()
         self.shard: tuple[int, int] | None = args.shard
         self.dry_run: bool = args.dry_run
         self.stall_timeout: float = args.stall_timeout
@@ -70,7 +73,10 @@ class Importer:
         self.rows = 0
         self.other_shard = 0
         self.invalid = 0
-        self.problems: list[str] = []  # the first invalid rows, as file:line: field: reason
+        #: (field, reason) -> [invalid rows, where the first was]: the summary counts
+        #: reasons instead of repeating one line per row.
+        self.reasons: dict[tuple[str, str], list[Any]] = {}
+        self.other_reasons = 0  # rows whose reason came after MAX_REASONS distinct ones
         self.drop_reasons: dict[str, int] = {}  # why Enso's answers dropped events, counted
         self.stopped: str | None = None
         self.damaged: str | None = None  # an input that could not be read to its end
@@ -149,19 +155,22 @@ class Importer:
         derived = derive_event_id(source, record.line, record.raw)
         if record.fields is None:
             if self._mine(derived):
-                self._invalid(index, record, "row", record.problem or "unreadable")
+                self._invalid(index, record, "row", record.problem or "unreadable", None)
             return
+        mapper = self.mapper
+        if "deadLetter" in record.fields and is_event(record.fields):
+            mapper = self.api_mapper
         try:
-            explicit = self.mapper.explicit_id(record.fields)
+            explicit = mapper.explicit_id(record.fields)
         except RowError as exc:
             if self._mine(derived):
-                self._invalid(index, record, exc.field, exc.reason)
+                self._invalid(index, record, exc.field, exc.reason, None)
             return
         event_id = derived if explicit is None else explicit
         if not self._mine(event_id if isinstance(event_id, str) else derived):
             return
         try:
-            a = self.mapper.map(record.fields, event_id, inp.format == "csv")
+            a = mapper.map(record.fields, event_id)
             if self.dry_run:
                 validate(self.config, a)
                 return
@@ -180,10 +189,15 @@ class Importer:
                 self._housekeeping()
                 accepted = track(a.entity, a.metric, a.value, **kwargs)
         except RowError as exc:
-            self._invalid(index, record, exc.field, exc.reason)
+            self._invalid(
+                index, record, exc.field, exc.reason, derived if explicit is None else None
+            )
             return
         except InvalidEventError as exc:
-            self._invalid(index, record, exc.field, str(exc))
+            reason = _problem(exc)
+            if exc.field == "timestamp" and mapper.parse_timestamp is None:
+                reason = explain_timestamp(exc.value, reason)
+            self._invalid(index, record, exc.field, reason, derived if explicit is None else None)
             return
         where = self._where
         where[accepted] = (index, record.line)
@@ -196,22 +210,38 @@ class Importer:
         self.other_shard += 1
         return False
 
-    def _invalid(self, index: int, record: Record, field: str, reason: str) -> None:
+    def _invalid(
+        self, index: int, record: Record, field: str, reason: str, event_id: str | None
+    ) -> None:
+        """One errors-file record: the row as it was (plus the eventId it was given, so a
+        fixed row re-imported from the errors file keeps it and bills once), and why."""
         self.invalid += 1
         name = self.inputs[index].name
-        self.errors.write(
-            index,
-            {
-                "file": name,
-                "line": record.line,
-                "kind": "invalid",
-                "field": field,
-                "reason": reason,
-                "row": record.display(),
-            },
-        )
-        if len(self.problems) < SHOWN_PROBLEMS:
-            self.problems.append(f"{name}:{record.line}: {field}: {reason}")
+        row: dict[str, Any] = {}
+        if record.fields is not None:
+            row.update(record.fields)
+            if event_id is not None:
+                row["eventId"] = event_id
+        else:
+            row["raw"] = record.display()
+        row["deadLetter"] = {
+            "kind": "invalid",
+            "code": None,
+            "status": None,
+            "message": reason,
+            "field": field,
+            "file": name,
+            "line": record.line,
+        }
+        self.errors.write(index, row)
+        key = (field, reason.split(": ", 1)[0] if field == "row" else reason)
+        count = self.reasons.get(key)
+        if count is not None:
+            count[0] += 1
+        elif len(self.reasons) < MAX_REASONS:
+            self.reasons[key] = [1, f"{name}:{record.line}"]
+        else:
+            self.other_reasons += 1
 
     def _damaged(self, index: int, exc: InputDamaged) -> None:
         """The rest of this input cannot be read: recorded, and the run ends (what was
@@ -220,11 +250,15 @@ class Importer:
         self.errors.write(
             index,
             {
-                "file": self.inputs[index].name,
-                "line": exc.line,
-                "kind": "unreadable",
-                "field": "row",
-                "reason": exc.reason,
+                "deadLetter": {
+                    "kind": "unreadable",
+                    "code": None,
+                    "status": None,
+                    "message": exc.reason,
+                    "field": "row",
+                    "file": self.inputs[index].name,
+                    "line": exc.line,
+                }
             },
         )
 
@@ -255,27 +289,19 @@ class Importer:
             events, reason = self._drops.popleft()
             for e in events:
                 index, line = self._where.get(e.event_id, (self._current, 0))
-                self.errors.write(
-                    index,
-                    {
-                        "file": self.inputs[index].name,
-                        "line": line or None,
-                        "kind": reason.kind,
-                        "field": None,
-                        "reason": str(reason),
-                        "code": reason.code,
-                        "status": reason.status,
-                        "event": api_shape(
-                            e.entity,
-                            e.metric,
-                            e.value,
-                            e.timestamp,
-                            e.event_id,
-                            e.metadata,
-                            e.job_id,
-                        ),
-                    },
+                row = api_shape(
+                    e.entity, e.metric, e.value, e.timestamp, e.event_id, e.metadata, e.job_id
                 )
+                row["deadLetter"] = {
+                    "kind": reason.kind,
+                    "code": reason.code,
+                    "status": reason.status,
+                    "message": reason.message,
+                    "field": None,
+                    "file": self.inputs[index].name,
+                    "line": line or None,
+                }
+                self.errors.write(index, row)
             key = str(reason)
             self.drop_reasons[key] = self.drop_reasons.get(key, 0) + len(events)
 
@@ -339,6 +365,17 @@ class Importer:
             "elapsed": round(time.monotonic() - self.started, 3),
         }
 
+    def invalid_reasons(self) -> list[dict[str, Any]]:
+        """The invalid rows by reason, most frequent first."""
+        ranked = sorted(self.reasons.items(), key=lambda item: -item[1][0])
+        out = [
+            {"field": field, "reason": reason, "count": n, "first": first}
+            for (field, reason), (n, first) in ranked
+        ]
+        if self.other_reasons:
+            out.append({"field": None, "reason": "other", "count": self.other_reasons})
+        return out
+
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
@@ -350,3 +387,10 @@ class Importer:
         if self.invalid or any(dropped.values()):
             return EXIT_INCOMPLETE
         return EXIT_OK
+
+
+def _problem(exc: InvalidEventError) -> str:
+    """``track()``'s reason without the value it quotes, so that equal reasons count."""
+    text = str(exc)
+    prefix = f"{exc.field}={short_repr(exc.value)}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text

@@ -169,10 +169,7 @@ class Input:
             yield Record(line_no, raw, fields)
 
     def _too_long(self) -> str:
-        return (
-            f"line longer than {self.max_line_bytes:,} bytes (--max-line-bytes); "
-            "not read into memory"
-        )
+        return f"line too long: over {self.max_line_bytes:,} bytes (--max-line-bytes), skipped"
 
     def _csv(self, stream: IO[bytes]) -> Iterator[Record]:
         # Lines are decoded one by one, strictly: a line that is not UTF-8 (or too long)
@@ -193,7 +190,7 @@ class Input:
                 try:
                     yield line.decode() + "\n"
                 except UnicodeDecodeError as exc:
-                    problems[line_no] = f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+                    problems[line_no] = f"not valid UTF-8: line {line_no}, byte {exc.start + 1}"
                     shown.append(line.decode("utf-8", "replace"))
                     yield "\n"
 
@@ -220,7 +217,7 @@ class Input:
                 yield Record(start, b"", None, f"not valid CSV: {exc}")
                 continue
             if problems:
-                reasons = [f"line {n}: {problems.pop(n)}" for n in sorted(problems)]
+                reasons = [problems.pop(n) for n in sorted(problems)]
                 raw = "\n".join(shown).encode()
                 shown.clear()
                 yield Record(start, raw, None, "; ".join(reasons))
@@ -229,7 +226,9 @@ class Input:
                 continue
             raw = "\x1f".join(fields).encode()
             if len(fields) != width:
-                yield Record(start, raw, None, f"has {len(fields)} fields, the header {width}")
+                yield Record(
+                    start, raw, None, f"wrong number of fields: {len(fields)}, the header {width}"
+                )
                 continue
             yield Record(start, raw, dict(zip(self.header, fields, strict=True)))
 
