@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -392,3 +393,66 @@ def test_the_errors_file_is_reimported_as_it_is_and_bills_each_row_once(
     assert whole.returncode == 0, whole.stderr
     assert final == after_errors
     assert len(final) == 4
+
+
+# ------------------------------------------------------------- progress and pipes
+
+
+def test_forced_progress_into_a_pipe_is_plain_lines_without_escape_codes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(api_rows(2000))
+    with FakeEnso() as fake:
+        runs = [
+            run_cli("import", path, "--progress", mode, env=cli_env(fake.url))
+            for mode in ("plain", "rich")
+        ]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+        assert "delivered 2,000" in proc.stderr  # the last line
+        assert "\x1b" not in proc.stderr
+        assert "\r" not in proc.stderr
+        assert all(line.startswith("rows ") for line in proc.stderr.splitlines())
+
+
+def test_progress_rich_without_rich_is_a_usage_error_naming_the_install(
+    tmp_path: Path,
+) -> None:
+    shadow = tmp_path / "shadow" / "rich"  # a `rich` that cannot be imported
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named rich')\n")
+    path = tmp_path / "p.jsonl"
+    path.write_text(api_rows(3))
+    with FakeEnso() as fake:
+        env = cli_env(fake.url)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(shadow.parent), env.get("PYTHONPATH")) if p
+        )
+        proc = run_cli("import", path, "--progress", "rich", env=env)
+        plain = run_cli("import", path, "--progress", "plain", env=env)
+        received = fake.received
+    assert proc.returncode == 2
+    assert "pip install 'enso-tracker[cli]'" in proc.stderr
+    assert plain.returncode == 0, plain.stderr  # only rich needs rich
+    assert received == 3
+
+
+def test_a_closed_stdout_ends_quietly_with_the_imports_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(api_rows(3000) + "not json\n")
+    with FakeEnso() as fake:
+        for extra in ([], ["--json"]):
+            proc = subprocess.Popen(
+                [str(SCRIPT), "import", str(path), *extra],
+                env=cli_env(fake.url),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            proc.stdout.close()  # like `| head -0`: the reader is gone before the summary
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1, err  # still the import's: one invalid row
+            assert err == b"", err  # no traceback, no "Exception ignored"
+        received, distinct = fake.received, len(fake.events)
+    assert (received, distinct) == (6000, 3000)  # both runs delivered everything

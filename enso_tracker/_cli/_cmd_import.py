@@ -16,7 +16,7 @@ from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
 from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
-from ._progress import Ticker, make_display
+from ._progress import RichMissing, Ticker, make_display
 from ._rows import DEFAULT_MAX_LINE_BYTES, Input
 from ._timestamps import zone
 
@@ -250,7 +250,11 @@ def run(args: argparse.Namespace) -> int:
         [(i.path, i.is_stdin, args.source_id or i.default_source) for i in inputs],
         args.shard,
     )
-    display = make_display(args.progress)
+    try:
+        display = make_display(args.progress)
+    except RichMissing as exc:
+        stderr_line(f"enso-tracker import: {exc}")
+        return EXIT_USAGE
     importer = Importer(args, inputs, errors, display)
     try:
         if not args.dry_run:
@@ -280,8 +284,21 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     written = errors.close()
     code = importer.exit_code()
-    _summary(args, importer, written, code)
+    try:
+        _summary(args, importer, written, code)
+    except BrokenPipeError:
+        # `enso-tracker import ... | head -1`: the reader left. The exit code still says
+        # what happened to the rows; stdout goes nowhere so that exiting stays quiet.
+        _silence_stdout()
     return code
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _summary(
