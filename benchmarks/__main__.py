@@ -15,7 +15,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import async_gap, exit_time, hot_path, memory, overhead, peers, spool, throughput
+from . import (
+    async_gap,
+    cli_import,
+    exit_time,
+    hot_path,
+    memory,
+    overhead,
+    peers,
+    spool,
+    throughput,
+)
 from ._common import (
     FULL,
     QUICK,
@@ -68,6 +78,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("6. Peers", lambda: peers.run(sizes, sink)),
             ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
             ("8. Durable spool", lambda: spool.run(sizes, sink)),
+            ("9. CLI import", lambda: cli_import.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

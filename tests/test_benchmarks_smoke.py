@@ -24,6 +24,7 @@ HEADINGS = (
     "### 6. Peers",
     "### Async: event-loop gap during aflush()",
     "### 8. Durable spool",
+    "### 9. CLI import",
 )
 
 

@@ -10,9 +10,10 @@ or not, bills nothing twice: Enso deduplicates by eventId.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._config import Config
@@ -69,6 +70,7 @@ class Importer:
         self.dry_run: bool = args.dry_run
         self.stall_timeout: float = args.stall_timeout
         self.tracker: Tracker | None = None
+        self.track: Callable[..., str | None] = _no_tracker  # the tracker's, once started
         self.config = Config()
         self.rows = 0
         self.other_shard = 0
@@ -91,8 +93,8 @@ class Importer:
         self._drops: deque[tuple[Sequence[Event], DropReason]] = deque()
         #: eventId -> (input, line) of recently accepted events, so a drop reported later
         #: names its line. Bounded: a drop older than the window is reported by eventId.
-        self._where: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._window = 2 * args.max_queue
+        self._where: dict[str, tuple[int, int]] = {}
+        self._window = 4 * args.max_queue
         self._progress_mark = (0, time.monotonic())
 
     # ----------------------------------------------------------------- setup
@@ -111,6 +113,7 @@ class Importer:
             spool_dir=self.args.spool_dir,
         )
         self.config = self.tracker.config
+        self.track = self.tracker.track
 
     def request_interrupt(self) -> None:
         """From a signal handler: stop at the next row; a second signal stops at once."""
@@ -147,47 +150,65 @@ class Importer:
             self._finish()
 
     def _row(self, index: int, inp: Input, source: str, record: Record) -> None:
+        # The hot path (once per row): locals, no helper calls on the common path.
         if self.interrupt:
             raise Interrupted
         self.rows += 1
         if self.rows & 1023 == 0:
             self._housekeeping()
         derived = derive_event_id(source, record.line, record.raw)
-        if record.fields is None:
+        fields = record.fields
+        if fields is None:
             if self._mine(derived):
                 self._invalid(index, record, "row", record.problem or "unreadable", None)
             return
         mapper = self.mapper
-        if "deadLetter" in record.fields and is_event(record.fields):
+        if "deadLetter" in fields and is_event(fields):
             mapper = self.api_mapper
-        try:
-            explicit = mapper.explicit_id(record.fields)
-        except RowError as exc:
-            if self._mine(derived):
-                self._invalid(index, record, exc.field, exc.reason, None)
-            return
+        if mapper.id_column is None:
+            explicit = fields.get("eventId")
+            if explicit == "":
+                explicit = None
+        else:
+            try:
+                explicit = mapper.explicit_id(fields)
+            except RowError as exc:
+                if self._mine(derived):
+                    self._invalid(index, record, exc.field, exc.reason, None)
+                return
         event_id = derived if explicit is None else explicit
-        if not self._mine(event_id if isinstance(event_id, str) else derived):
+        if self.shard is not None and not self._mine(
+            event_id if isinstance(event_id, str) else derived
+        ):
             return
         try:
-            a = mapper.map(record.fields, event_id)
+            a = mapper.map(fields, event_id)
             if self.dry_run:
                 validate(self.config, a)
                 return
-            assert self.tracker is not None
-            track = self.tracker.track
-            kwargs: dict[str, Any] = {
-                "timestamp": a.timestamp,
-                "metadata": a.metadata,
-                "event_id": a.event_id,
-                "job_id": a.job_id,
-            }
-            accepted = track(a.entity, a.metric, a.value, **kwargs)
+            track = self.track
+            accepted = track(
+                a.entity,
+                a.metric,
+                a.value,
+                timestamp=a.timestamp,
+                metadata=a.metadata,
+                event_id=a.event_id,
+                job_id=a.job_id,
+            )
             while accepted is None:  # the queue stayed full for block_timeout
                 if self.interrupt:
                     raise Interrupted
                 self._housekeeping()
-                accepted = track(a.entity, a.metric, a.value, **kwargs)
+                accepted = track(
+                    a.entity,
+                    a.metric,
+                    a.value,
+                    timestamp=a.timestamp,
+                    metadata=a.metadata,
+                    event_id=a.event_id,
+                    job_id=a.job_id,
+                )
         except RowError as exc:
             self._invalid(
                 index, record, exc.field, exc.reason, derived if explicit is None else None
@@ -202,7 +223,9 @@ class Importer:
         where = self._where
         where[accepted] = (index, record.line)
         if len(where) > self._window:
-            where.popitem(last=False)
+            # Forget the older half at once (insertion order): cheaper than one per row.
+            for key in list(itertools.islice(where, len(where) // 2)):
+                del where[key]
 
     def _mine(self, key: str) -> bool:
         if self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]:
@@ -394,3 +417,7 @@ def _problem(exc: InvalidEventError) -> str:
     text = str(exc)
     prefix = f"{exc.field}={short_repr(exc.value)}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _no_tracker(*args: Any, **kwargs: Any) -> str | None:
+    raise RuntimeError("the tracker is not started (dry run)")

@@ -12,13 +12,13 @@ import argparse
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgspec
 
 from .._config import Config
 from .._validate import check_id, check_name, coerce_value, encode_metadata, timestamp_ns
-from ._timestamps import TimestampError, make_parser, zone
+from ._timestamps import RepeatCache, TimestampError, make_parser, zone
 
 __all__ = ["Mapper", "RowError", "TrackArgs", "is_event", "parse_number", "validate"]
 
@@ -64,6 +64,8 @@ def parse_number(text: str) -> int | float:
     """A number written as text (CSV, or JSONL from a warehouse): an int when it is one,
     else a float, exactly as the same digits would be as a JSON number. Only plain decimal
     notation: no thousands separators, no ``nan``/``inf``, no hex."""
+    if text.isdigit() and text.isascii():  # the common case: plain ASCII digits
+        return int(text)
     stripped = text.strip()
     if _INT.match(stripped):
         return int(stripped)
@@ -87,6 +89,7 @@ class Mapper:
         fmt: str | None = getattr(args, "timestamp_format", None)
         tz_name: str | None = getattr(args, "timezone", None)
         self.parse_timestamp = make_parser(fmt, zone(tz_name) if tz_name else None)
+        self._repeats = RepeatCache()
 
     @classmethod
     def api(cls) -> Mapper:
@@ -115,13 +118,17 @@ class Mapper:
         return None if value is None or value == "" else value
 
     def map(self, fields: dict[str, Any], event_id: str | None) -> TrackArgs:
-        entity = self._get(fields, self.entity, "entity", "--entity")
-        if self.metric_name is not None:
-            metric: Any = self.metric_name
-        else:
-            metric = self._get(fields, self.metric, "metric", "--metric or --metric-name")
-        value = self._get(fields, self.value, "value", "--value")
-        if isinstance(value, str):  # CSV, and numbers as text in JSONL exports
+        # The hot path of an import: plain lookups; a missing column is found by the
+        # KeyError and explained by _get.
+        try:
+            entity = fields[self.entity]
+            metric = self.metric_name
+            if metric is None:
+                metric = fields[self.metric]
+            value = fields[self.value]
+        except KeyError:
+            self._missing(fields)
+        if type(value) is str:  # CSV, and numbers as text in JSONL exports
             value = parse_number(value)
         timestamp = fields.get(self.timestamp)
         if timestamp is None or timestamp == "":
@@ -135,11 +142,21 @@ class Mapper:
                 timestamp = self.parse_timestamp(timestamp)
             except TimestampError as exc:
                 raise RowError("timestamp", str(exc), timestamp) from None
-        metadata = self._metadata(fields)
+        elif type(timestamp) is str and self._repeats.active:
+            timestamp = self._repeats(timestamp)  # InvalidEventError as track() raises it
+        metadata = self._metadata(fields) if self.metadata or "metadata" in fields else None
         job_id = self.job_id
         if job_id is None:
             job_id = fields.get("JobId") or fields.get("jobId") or None
         return TrackArgs(entity, metric, value, timestamp, metadata, event_id, job_id)
+
+    def _missing(self, fields: dict[str, Any]) -> NoReturn:
+        """The RowError for the first mapped column the row lacks."""
+        self._get(fields, self.entity, "entity", "--entity")
+        if self.metric_name is None:
+            self._get(fields, self.metric, "metric", "--metric or --metric-name")
+        self._get(fields, self.value, "value", "--value")
+        raise AssertionError("unreachable: only called when a column is missing")
 
     def _get(self, fields: dict[str, Any], column: str, field: str, flag: str) -> Any:
         if column not in fields:

@@ -146,27 +146,28 @@ class Input:
 
     def _jsonl(self, stream: IO[bytes]) -> Iterator[Record]:
         decode = _decode
-        for line_no, line in _lines(stream, self.max_line_bytes, self.name):
-            if line is None:
-                yield Record(line_no, b"", None, self._too_long())
-                continue
-            raw = line.strip()
-            if line_no == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :].strip()
-            if not raw:
-                continue
-            try:
-                fields = decode(raw)
-            except msgspec.DecodeError as exc:
-                yield Record(line_no, raw, None, f"not valid JSON: {exc}")
-                continue
-            except RecursionError:  # msgspec's own depth limit, not a Python stack overflow
-                yield Record(line_no, raw, None, "not valid JSON: nested too deeply")
-                continue
-            if type(fields) is not dict:
-                yield Record(line_no, raw, None, "not a JSON object")
-                continue
-            yield Record(line_no, raw, fields)
+        line_no = 0
+        for lines in _blocks(stream, self.max_line_bytes, self.name):
+            for line in lines:
+                line_no += 1
+                if line is None:
+                    yield Record(line_no, b"", None, self._too_long())
+                    continue
+                raw = line.strip()
+                if not raw:
+                    continue
+                try:
+                    fields = decode(raw)
+                except msgspec.DecodeError as exc:
+                    yield Record(line_no, raw, None, f"not valid JSON: {exc}")
+                    continue
+                except RecursionError:  # msgspec's own depth limit: not a stack overflow
+                    yield Record(line_no, raw, None, "not valid JSON: nested too deeply")
+                    continue
+                if type(fields) is not dict:
+                    yield Record(line_no, raw, None, "not a JSON object")
+                    continue
+                yield Record(line_no, raw, fields)
 
     def _too_long(self) -> str:
         return f"line too long: over {self.max_line_bytes:,} bytes (--max-line-bytes), skipped"
@@ -180,19 +181,20 @@ class Input:
         too_long = self._too_long()
 
         def text() -> Iterator[str]:
-            for line_no, line in _lines(stream, self.max_line_bytes, self.name):
-                if line is None:
-                    problems[line_no] = too_long
-                    yield "\n"
-                    continue
-                if line_no == 1 and line.startswith(_BOM):
-                    line = line[len(_BOM) :]
-                try:
-                    yield line.decode() + "\n"
-                except UnicodeDecodeError as exc:
-                    problems[line_no] = f"not valid UTF-8: line {line_no}, byte {exc.start + 1}"
-                    shown.append(line.decode("utf-8", "replace"))
-                    yield "\n"
+            line_no = 0
+            for lines in _blocks(stream, self.max_line_bytes, self.name):
+                for line in lines:
+                    line_no += 1
+                    if line is None:
+                        problems[line_no] = too_long
+                        yield "\n"
+                        continue
+                    try:
+                        yield line.decode() + "\n"
+                    except UnicodeDecodeError as exc:
+                        problems[line_no] = f"not valid UTF-8: line {line_no}, byte {exc.start + 1}"
+                        shown.append(line.decode("utf-8", "replace"))
+                        yield "\n"
 
         reader = csv.reader(text())
         try:
@@ -203,8 +205,8 @@ class Input:
             raise OSError(f"{self.name}: cannot read the CSV header: {exc}") from None
         if problems:
             raise OSError(f"{self.name}: cannot read the CSV header: {problems[1]}")
-        self.header = [h.strip() for h in header]
-        width = len(self.header)
+        self.header = header = [h.strip() for h in header]
+        width = len(header)
         while True:
             start = reader.line_num + 1
             try:
@@ -230,7 +232,7 @@ class Input:
                     start, raw, None, f"wrong number of fields: {len(fields)}, the header {width}"
                 )
                 continue
-            yield Record(start, raw, dict(zip(self.header, fields, strict=True)))
+            yield Record(start, raw, dict(zip(header, fields)))  # noqa: B905 (width checked)
 
 
 class InputDamaged(Exception):
@@ -246,43 +248,55 @@ class InputDamaged(Exception):
 _CHUNK: Final = 1 << 18
 
 
-def _lines(stream: IO[bytes], limit: int, name: str) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, the line without its newline)``, or ``None`` for a line longer
-    than ``limit`` bytes, which is skipped without being held: memory stays within
-    ``limit`` plus one chunk whatever the input. ``InputDamaged`` when reading fails;
-    the lines before it have been given, a partial last line is not."""
+def _blocks(stream: IO[bytes], limit: int, name: str) -> Iterator[list[bytes | None]]:
+    """The input's lines, without their newline, a list per chunk read (consecutive; the
+    consumer numbers them). ``None`` stands for a line longer than ``limit`` bytes, which
+    is skipped without being held: memory stays within ``limit`` plus one chunk whatever
+    the input. A leading UTF-8 BOM is dropped. ``InputDamaged`` when reading fails: the
+    lines before it have been given, a partial last line is not."""
     read = getattr(stream, "read1", stream.read)
-    line_no = 0
+    given = 0
     tail = b""
     skipping = False  # inside a line already found too long
+    first = True
+    head = b""
     while True:
         try:
             block = read(_CHUNK)
         except (EOFError, OSError, zlib.error) as exc:
-            raise InputDamaged(name, line_no + 1, _damage(exc)) from None
+            raise InputDamaged(name, given + 1, _damage(exc)) from None
+        if first:  # a BOM may come in pieces from a pipe
+            more = bool(block)
+            block = head + block
+            if more and len(block) < len(_BOM) and _BOM.startswith(block):
+                head = block
+                continue
+            first = False
+            if block.startswith(_BOM):
+                block = block[len(_BOM) :]
+                if not block:
+                    continue  # the BOM alone: not the end
         if not block:
             if skipping:
-                yield line_no + 1, None
+                yield [None]
             elif tail:
-                yield line_no + 1, tail
+                yield [tail]
             return
-        parts = block.split(b"\n")
-        last = parts.pop()
-        if parts:
-            first = parts[0]
+        lines = block.split(b"\n")
+        last = lines.pop()
+        if lines:
             if skipping:
-                parts[0] = b""  # a placeholder: reported as too long below
+                lines[0] = b""  # the end of a line already found too long: None below
             elif tail:
-                parts[0] = tail + first
-            for part in parts:
-                line_no += 1
-                if skipping:
-                    skipping = False
-                    yield line_no, None
-                elif len(part) > limit:
-                    yield line_no, None
-                else:
-                    yield line_no, part
+                lines[0] = tail + lines[0]
+            out = cast("list[bytes | None]", lines)
+            if max(map(len, lines)) > limit:
+                out = [None if len(line) > limit else line for line in lines]
+            if skipping:
+                out[0] = None
+                skipping = False
+            given += len(out)
+            yield out
             tail = last
         elif not skipping:
             tail += last

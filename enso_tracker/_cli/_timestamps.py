@@ -28,7 +28,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["TimestampError", "explain", "make_parser", "zone"]
+from .._validate import timestamp_ns
+
+__all__ = ["RepeatCache", "TimestampError", "explain", "make_parser", "zone"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_TEXT: Final = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\Z")
@@ -128,3 +130,43 @@ def explain(value: Any, problem: str) -> str:
     elif isinstance(value, int | float | str) and not isinstance(value, bool):
         return "is a number: for epoch times pass --timestamp-format epoch-s (or epoch-ms)"
     return problem
+
+
+class RepeatCache:
+    """RFC 3339 text -> the aware datetime ``track()`` makes of it, for exports whose rows
+    share timestamps (hourly or daily rollups): ``track()`` then skips parsing the text.
+
+    Built with the library's own ``timestamp_ns``, so a text is accepted or refused (with
+    the same ``InvalidEventError``) exactly as ``track()`` would, and the datetime holds
+    the same millisecond. Bounded (cleared when full). Judged every ``_REPEAT_PROBE``
+    lookups: when most of them missed, ``active`` turns False for good (the caller then
+    passes the text on), since a miss costs more than letting ``track()`` parse.
+    """
+
+    __slots__ = ("_lookups", "_map", "_misses", "active")
+
+    def __init__(self) -> None:
+        self._map: dict[str, datetime] = {}
+        self._lookups = 0
+        self._misses = 0
+        self.active = True
+
+    def __call__(self, text: str) -> datetime:
+        self._lookups += 1
+        found = self._map.get(text)
+        if found is not None:
+            return found
+        ms = timestamp_ns(text) // 1_000_000  # raises as track() would
+        value = _EPOCH + timedelta(milliseconds=ms)
+        if len(self._map) >= _REPEAT_KEPT:
+            self._map.clear()
+        self._map[text] = value
+        self._misses += 1
+        if self._lookups >= _REPEAT_PROBE:
+            self.active = self._misses * 2 <= self._lookups
+            self._lookups = self._misses = 0
+        return value
+
+
+_REPEAT_KEPT: Final = 65_536
+_REPEAT_PROBE: Final = 4096
