@@ -196,6 +196,9 @@ class Input:
                         shown.append(line.decode("utf-8", "replace"))
                         yield "\n"
 
+        # A quoted field may span lines: the csv module's field limit (process-wide; this
+        # is the CLI's process) bounds it like a line.
+        csv.field_size_limit(max(self.max_line_bytes, _CSV_FIELD_DEFAULT))
         reader = csv.reader(text())
         try:
             header = next(reader)
@@ -244,6 +247,7 @@ class InputDamaged(Exception):
         self.reason = reason
 
 
+_CSV_FIELD_DEFAULT: Final = 131_072  # the csv module's own default
 #: Bytes asked of the stream at a time: large enough that reading costs little per line.
 _CHUNK: Final = 1 << 18
 
