@@ -215,6 +215,24 @@ def test_a_truncated_gzip_ends_the_run_with_the_summary_and_exit_4(tmp_path: Pat
     assert human.returncode == 4
     assert "damaged input: " in human.stdout
     assert "exit 4: " in human.stdout
+    # Damaged from its first bytes: a file is refused before anything is sent (exit 2);
+    # stdin, which has no preflight, ends the run the same way as a damaged tail.
+    tiny = tmp_path / "tiny.jsonl.gz"
+    tiny.write_bytes(whole[:30])
+    refused = run_cli("import", tiny, env=cli_env("http://127.0.0.1:9"))
+    assert refused.returncode == 2
+    assert "tiny.jsonl.gz: cannot read: the compressed stream ends early" in refused.stderr
+    piped = subprocess.run(
+        [str(SCRIPT), "import", "-", "--source-id", "p", "--dry-run"],
+        env=cli_env("http://127.0.0.1:9"),
+        cwd=tmp_path,
+        input=whole[:30],
+        capture_output=True,
+        timeout=60,
+    )
+    assert piped.returncode == 4, piped.stderr
+    assert b"Traceback" not in piped.stderr
+    assert b"damaged input: <stdin>: unreadable from line 1 on" in piped.stdout
 
 
 def test_an_errors_file_that_is_an_input_is_refused(tmp_path: Path) -> None:

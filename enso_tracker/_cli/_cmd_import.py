@@ -17,7 +17,7 @@ from ._import import Importer
 from ._mapping import Mapper
 from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
 from ._progress import RichMissing, Ticker, make_display
-from ._rows import DEFAULT_MAX_LINE_BYTES, Input
+from ._rows import DEFAULT_MAX_LINE_BYTES, Input, InputDamaged
 from ._timestamps import zone
 
 NAME = "import"
@@ -184,6 +184,8 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
             continue
         try:
             header = inp.read_header()
+        except InputDamaged as exc:  # nothing of it can be read: nothing sent
+            return [], f"{inp.name}: cannot read: {exc.reason}"
         except (OSError, EOFError) as exc:
             return [], f"{inp.name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
         if header is not None:

@@ -111,9 +111,12 @@ class Input:
         self._raw = raw
         stream: IO[bytes] = raw
         try:
-            if _peek(raw, 2)[:2] == _GZIP_MAGIC:
-                stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-            self.format = self._detect(stream)
+            try:
+                if _peek(raw, 2)[:2] == _GZIP_MAGIC:
+                    stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+                self.format = self._detect(stream)
+            except (EOFError, OSError, zlib.error) as exc:  # a damaged gzip header
+                raise InputDamaged(self.name, 1, _damage(exc)) from None
             if self.format == "csv":
                 yield from self._csv(stream)
             else:
