@@ -24,6 +24,7 @@ from . import (
     overhead,
     peers,
     spool,
+    spool_adopt,
     throughput,
 )
 from ._common import (
@@ -78,7 +79,8 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("6. Peers", lambda: peers.run(sizes, sink)),
             ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
             ("8. Durable spool", lambda: spool.run(sizes, sink)),
-            ("9. CLI import", lambda: cli_import.run(sizes, sink)),
+            ("9. Spool adoption", lambda: spool_adopt.run(sizes, sink)),
+            ("10. CLI import", lambda: cli_import.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

@@ -1,4 +1,4 @@
-"""Scenario 9: ``enso-tracker import`` rows/s, CSV and JSONL (issue #17's targets).
+"""Scenario 10: ``enso-tracker import`` rows/s, CSV and JSONL (issue #17's targets).
 
 The console script runs as a user runs it (a child process, ``--json`` for its books)
 against the counting sink, on generated files: a CSV export with its own column names
@@ -91,7 +91,7 @@ def import_once(
 def run(sizes: Sizes, sink: ServerProcess) -> Section:
     rows = 2_000 if sizes.quick else 200_000
     repeats = 1 if sizes.quick else 3
-    section = Section("9. CLI import")
+    section = Section("10. CLI import")
     with tempfile.TemporaryDirectory(prefix="enso-bench-import-") as tmp:
         for kind in ("rollup", "events"):
             csv_path, jsonl_path = write_inputs(Path(tmp), rows, kind)

@@ -20,6 +20,8 @@ import msgspec
 
 from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
 from ._errors import ConfigurationError, describe_exception
+from ._reuse import discard, stale_reason, surplus
+from ._spool_identity import fingerprint
 
 __all__ = [
     "ApiKey",
@@ -85,6 +87,10 @@ class ApiKey:
     @property
     def logins(self) -> int:
         return 0
+
+    def spool_identity(self, base_url: str) -> str:
+        """The non-secret fingerprint of this key and ``base_url`` (``_spool_identity``)."""
+        return fingerprint(base_url, "api_key", self._header[len("Bearer ") :])
 
     def __repr__(self) -> str:
         return "ApiKey(<redacted>)"
@@ -163,6 +169,10 @@ class ClientCredentials:
     def logins(self) -> int:
         return self._logins
 
+    def spool_identity(self, base_url: str) -> str:
+        """The fingerprint of the client key id and ``base_url`` (never the secret)."""
+        return fingerprint(base_url, "client_key", self._key)
+
     def __repr__(self) -> str:
         return "ClientCredentials(client_key=<redacted>, client_secret=<redacted>)"
 
@@ -196,12 +206,17 @@ class ClientCredentials:
                     content: bytes | None = read_answer(response, LOGIN_ANSWER_BYTES)
                 except AnswerError:
                     content = None  # over LOGIN_ANSWER_BYTES or undecodable: refused below
+                stale = stale_reason(response)
+                if stale is not None or (content is not None and surplus(response)):
+                    discard(response)  # never reused (see _reuse)
         except Exception as exc:
             # Not only httpx.HTTPError: whatever fails here may quote the request (an h11
             # header error, a UnicodeEncodeError holding the JSON with clientSecret), so
             # only the exception's type and the OS's own words go on.
             raise AuthFailure(f"login failed: {describe_exception(exc)}", retryable=True) from None
         status = response.status_code
+        if stale is not None:
+            raise AuthFailure(f"login answer not trusted: {stale}", retryable=True)
         if status in (400, 401, 403):
             raise AuthFailure(
                 f"Enso refused the client credentials (HTTP {status})",

@@ -3,7 +3,9 @@
 ``dead-letters.db`` is shared by every process on the directory (SQLite's own locking
 and a busy timeout: writes are rare, one transaction per group of drops). Each row is
 one event's exact wire JSON (or, for a ``corrupt`` record, the bytes that failed their
-CRC), its :class:`~._model.DropReason` and when it was stored. Bounded by
+CRC), its :class:`~._model.DropReason`, when it was stored and the identity of the
+tracker that stored it (``origin``: ``_spool_identity``; a redrive sends it back to that
+identity only; None for letters stored before identities existed). Bounded by
 ``max_dead_letter_bytes``: past it, the oldest are evicted and counted. An event stored
 twice (its batch resent after a crash, refused again) keeps one row: its eventId is
 unique.
@@ -46,7 +48,8 @@ _SCHEMA: Final = (
         status INTEGER,
         message TEXT NOT NULL,
         stored_at REAL NOT NULL,
-        body BLOB NOT NULL
+        body BLOB NOT NULL,
+        origin TEXT
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_event ON dead_letters (event_id)",
     "CREATE INDEX IF NOT EXISTS dead_letters_kind ON dead_letters (kind)",
@@ -149,9 +152,15 @@ class DeadLetterStore:
     """``dead-letters.db`` of one spool directory; opened per use, or held by a tracker."""
 
     def __init__(
-        self, directory: str, *, max_bytes: int | None = None, create: bool = True
+        self,
+        directory: str,
+        *,
+        max_bytes: int | None = None,
+        create: bool = True,
+        origin: str | None = None,
     ) -> None:
         self.path = os.path.join(directory, FILE_NAME)
+        self.origin = origin  # the identity stored with what this store's owner adds
         self.max_bytes = max_bytes
         self._conn: sqlite3.Connection | None = None
         self._create = create
@@ -184,6 +193,9 @@ class DeadLetterStore:
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+            if "origin" not in columns:  # a store of a version without identities
+                conn.execute("ALTER TABLE dead_letters ADD COLUMN origin TEXT")
         except BaseException:
             conn.close()
             raise
@@ -213,7 +225,8 @@ class DeadLetterStore:
         """Store events with their reason; returns how many older ones were evicted."""
         now = time.time()
         rows = [
-            (_event_id(body), r.kind, r.code, r.status, r.message, now, body) for body, r in letters
+            (_event_id(body), r.kind, r.code, r.status, r.message, now, body, self.origin)
+            for body, r in letters
         ]
         if not rows:
             return 0
@@ -222,8 +235,8 @@ class DeadLetterStore:
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO dead_letters "
-                "(event_id, kind, code, status, message, stored_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "(event_id, kind, code, status, message, stored_at, body, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             evicted = self._evict_locked(
@@ -285,6 +298,13 @@ class DeadLetterStore:
         self, kind: str | None = None, code: int | str | None = None
     ) -> Iterator[tuple[int, DeadLetter]]:
         """(row id, letter), oldest first; read in pages, never the whole store at once."""
+        for rowid, letter, _ in self.iterate_origins(kind, code):
+            yield rowid, letter
+
+    def iterate_origins(
+        self, kind: str | None = None, code: int | str | None = None
+    ) -> Iterator[tuple[int, DeadLetter, str | None]]:
+        """(row id, letter, origin identity), oldest first, in pages."""
         if not self.exists():
             return
         where, params = _where(kind, code)
@@ -294,7 +314,8 @@ class DeadLetterStore:
                 self._db()
                 .execute(
                     # `where` is built from fixed fragments; values go in as parameters.
-                    "SELECT id, kind, code, status, message, stored_at, body FROM dead_letters"  # noqa: S608
+                    "SELECT id, kind, code, status, message, stored_at, body, origin "
+                    "FROM dead_letters"
                     + (where + " AND" if where else " WHERE")
                     + " id > ? ORDER BY id LIMIT 500",
                     [*params, last],
@@ -303,7 +324,7 @@ class DeadLetterStore:
             )
             if not page:
                 return
-            for rowid, k, c, status, message, stored_at, body in page:
+            for rowid, k, c, status, message, stored_at, body, origin in page:
                 last = rowid
                 body = bytes(body)
                 try:
@@ -311,7 +332,8 @@ class DeadLetterStore:
                 except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
                     event = None
                 reason = DropReason(kind=k, message=message, code=c, status=status)
-                yield rowid, DeadLetter(event=event, reason=reason, stored_at=stored_at, body=body)
+                letter = DeadLetter(event=event, reason=reason, stored_at=stored_at, body=body)
+                yield rowid, letter, origin
 
     def delete(self, rowids: list[int]) -> None:
         db = self._db()

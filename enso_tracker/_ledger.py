@@ -67,6 +67,7 @@ class Ledger:
         "finished",
         "flush_asked",
         "flush_waiters",
+        "foreign_files",
         "id_prefix",
         "inflight",
         "inflight_raw",
@@ -86,6 +87,7 @@ class Ledger:
         "schedule",
         "seq",
         "settled",
+        "skipped_files",
         "spool",
         "spool_bytes",
         "spool_clock",
@@ -143,6 +145,8 @@ class Ledger:
         self.spool_bytes = 0
         self.dead_letters = 0
         self.dead_evicted = 0
+        self.foreign_files = 0  # spool files of another identity in the directory
+        self.skipped_files = 0  # spool files that may not or cannot be opened now
         #: Settled events whose rows may now be deleted, and dead letters to store: the
         #: sender thread takes both after each locked section.
         self.finished: list[Pending] = []
@@ -315,6 +319,11 @@ class Ledger:
         finished, dead = self.finished, self.dead
         self.finished, self.dead = [], []
         return finished, dead
+
+    def settled_now(self, seq: int) -> bool:
+        """``settled_locked``, taking the lock."""
+        with self.lock:
+            return self.settled_locked(seq)
 
     def wait_settled(self, seq: int, deadline: float) -> bool:
         """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
@@ -521,4 +530,6 @@ class Ledger:
             left_in_spool=self.left_in_spool,
             dead_letters=self.dead_letters,
             dead_letters_evicted=self.dead_evicted,
+            foreign_spool_files=self.foreign_files,
+            skipped_spool_files=self.skipped_files,
         )

@@ -114,6 +114,13 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: first, past ``max_dead_letter_bytes``).
     dead_letters: int = 0
     dead_letters_evicted: int = 0
+    #: Spool files in the directory written for another destination or credential:
+    #: left untouched for a tracker of their identity (docs/spool-trust.md).
+    foreign_spool_files: int = 0
+    #: Spool files left as they are because they may not or cannot be opened now
+    #: (a symlink, another user's, permission denied, out of descriptors): retried at
+    #: every scan; ``last_error`` says why.
+    skipped_spool_files: int = 0
 
     @property
     def pending(self) -> int:
@@ -163,3 +170,9 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: Files renamed aside as unreadable, and files of another format version.
     corrupt_files: list[str]
     unsupported_files: list[str]
+    #: Undelivered events by the identity their file was written for (the first 12 hex
+    #: digits of its fingerprint of destination and credential, never a secret; see
+    #: docs/spool-trust.md). Only a tracker of that identity delivers them.
+    events_by_identity: dict[str, int] = {}
+    #: Names in the directory that are never opened (symlinks, not regular files).
+    refused_files: list[str] = []

@@ -18,7 +18,11 @@ the sender (README "Durable spool")::
   (then also stored as a dead letter). What is undelivered at shutdown stays on disk.
 * Spool files of processes that are gone are adopted at start and every
   ``ADOPT_INTERVAL``: their rows join the backlog, are sent first, and their file is
-  removed once drained.
+  removed once drained. Only files written for this tracker's identity (destination and
+  credential) are adopted; others are left as they are and counted (``foreign``), like
+  files that may not or cannot be opened now (``refused``: retried at every scan). At
+  most ``MAX_ADOPTED_FILES`` are held open at a time: when one is drained, the next
+  scan comes at once.
 
 Runs on the spooler and sender threads (one at a time: ``DiskSpool.lock``), with the
 ledger's lock released.
@@ -37,12 +41,15 @@ import msgspec
 from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
+from ._spool_identity import short
 from ._spool_store import (
     Durability,
     SpoolClosed,
     SpoolCorrupt,
     SpoolEmpty,
     SpoolFile,
+    SpoolForeign,
+    SpoolUnavailable,
     SpoolUnsupported,
     StoredBatch,
     create_own,
@@ -57,11 +64,15 @@ __all__ = ["ADOPT_INTERVAL", "DiskSpool", "Problem", "SpoolClosed", "pendings_of
 
 #: How often a running tracker looks for spool files left by processes that died.
 ADOPT_INTERVAL: Final = 60.0
+#: Adopted files held open at a time (each costs up to 4 descriptors), however many
+#: orphans there are: the rest wait for the next scan, which comes as one is drained.
+MAX_ADOPTED_FILES: Final = 8
 #: A drained file larger than this is rebuilt small (VACUUM; ~0.1 s per 200 MB).
 COMPACT_ABOVE: Final = 64 * 1024 * 1024
 
 #: Something to report about a file (logged, and counted by the caller).
-Problem = tuple[str, str]  # (kind, message): "corrupt" | "unsupported" | "empty" | "error"
+#: "corrupt" | "unsupported" | "empty" | "error" | "foreign" | "refused"
+Problem = tuple[str, str]
 
 
 class DiskSpool:
@@ -74,14 +85,23 @@ class DiskSpool:
         durability: Durability,
         max_bytes: int,
         max_dead_letter_bytes: int,
+        identity: str,
     ) -> None:
         self.directory = directory
+        #: Whom this tracker sends for (``_spool_identity``): its files carry it, and only
+        #: files that carry it are adopted.
+        self.identity = identity
         self.durability: Durability = durability
         self.max_bytes = max_bytes
         self.own: SpoolFile | None = None  # created at the first write
         self.adopted: list[SpoolFile] = []
-        self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes)
+        self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes, origin=identity)
         self.skip: set[str] = set()  # files refused once (another format): not again
+        #: Files of another identity (path: identity), left untouched; not reopened.
+        self.foreign: dict[str, str | None] = {}
+        #: Files that may not or cannot be opened now (path: why); tried at every scan.
+        self.refused: dict[str, str] = {}
+        self.more_orphans = False  # the last scan stopped at MAX_ADOPTED_FILES
         self.next_scan = 0.0  # monotonic time of the next look for orphans
         self.closed = False
         #: Both threads call in (the spooler writes, either commits): one at a time.
@@ -123,7 +143,10 @@ class DiskSpool:
         own = self.own
         if own is None:
             own = self.own = create_own(
-                self.directory, durability=self.durability, max_bytes=self.max_bytes
+                self.directory,
+                durability=self.durability,
+                max_bytes=self.max_bytes,
+                identity=self.identity,
             )
         try:
             return own.append(body, n, first_seq)
@@ -140,52 +163,117 @@ class DiskSpool:
     # ------------------------------------------------------------------ adopting
 
     def _adopt_unlocked(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
-        """Take over every spool file whose owner is gone.
+        """Take over spool files whose owner is gone and that were written for this
+        tracker's identity, at most ``MAX_ADOPTED_FILES`` held at a time.
 
         Returns the rows to deliver (in order), the bodies salvaged from damaged files
         (the caller writes them to its own file, so they are sent like any other), and
-        what to report."""
+        what to report: news only (a file already reported is not reported again)."""
         self.next_scan = now + ADOPT_INTERVAL
         if self.closed:
             return [], [], []
         rows: list[StoredBatch] = []
         salvaged: list[bytes] = []
         problems: list[Problem] = []
-        for db, fd in find_orphans(self.directory, self.skip):
+        # Gone since the last scan: no longer counted.
+        self.foreign = {p: i for p, i in self.foreign.items() if os.path.lexists(p)}
+        self.refused = {p: w for p, w in self.refused.items() if os.path.lexists(p)}
+        known_refused = dict(self.refused)
+        known_foreign = set(self.foreign)
+        # A file set aside as unreadable while being sent holds no slot any more.
+        self.adopted = [f for f in self.adopted if f.is_open]
+        mine = {f.path for f in self.adopted}
+        if self.own is not None:
+            mine.add(self.own.path)  # never opened beside our own connection
+        skip = self.skip | self.foreign.keys() | mine
+        self.more_orphans = False
+        orphans = find_orphans(self.directory, skip, self.refused)
+        try:
+            for db, fd in orphans:
+                if len(self.adopted) >= MAX_ADOPTED_FILES:
+                    os.close(fd)
+                    self.more_orphans = True
+                    break
+                found = self._open_one(db, fd, salvaged, problems)
+                if found:
+                    rows.extend(found)
+        finally:
+            orphans.close()
+        for db, why in self.refused.items():
+            if known_refused.get(db) != why:
+                problems.append(("refused", f"spool file left as it is: {why}"))
+        problems.extend(self._foreign_news(known_foreign))
+        return rows, salvaged, problems
+
+    def _foreign_news(self, known: set[str]) -> list[Problem]:
+        """One report per identity for the files of another identity found this scan."""
+        by_identity: dict[str | None, list[str]] = {}
+        for db, who in self.foreign.items():
+            if db not in known:
+                by_identity.setdefault(who, []).append(db)
+        return [
+            (
+                "foreign",
+                f"{len(paths)} spool file(s) written for another destination or credential "
+                f"(identity {short(who)}; this tracker's is {short(self.identity)}) left "
+                f"untouched for a tracker of theirs, e.g. {paths[0]}",
+            )
+            for who, paths in by_identity.items()
+        ]
+
+    def _open_one(
+        self, db: str, fd: int, salvaged: list[bytes], problems: list[Problem]
+    ) -> list[StoredBatch]:
+        """Adopt one orphan we hold the flock of; its rows (none if it was not adopted)."""
+        try:
+            file = open_orphan(db, fd, durability=self.durability, identity=self.identity)
+        except SpoolEmpty as exc:
+            remove_files(db)  # under our flock, released below
+            problems.append(("empty", str(exc)))
+        except SpoolForeign as exc:
+            self.foreign[db] = exc.identity  # reported per identity by the caller
+        except SpoolUnsupported as exc:
+            self.skip.add(db)
+            problems.append(("unsupported", str(exc)))
+        except SpoolUnavailable as exc:
+            # Permission denied, out of descriptors, busy: not damage. Left as it is,
+            # tried again at the next scan.
+            self.refused[db] = f"{exc}; tried again later"
+        except SpoolCorrupt as exc:  # real damage only (SQLite's codes, quick_check)
+            problems.append(self._set_aside(db, None, exc, salvaged))
+        except Exception as exc:  # anything else is no proof of damage: left, retried
+            self.refused[db] = f"{db}: cannot open ({type(exc).__name__}: {exc}); tried again later"
+        else:
             try:
-                file = open_orphan(db, fd, durability=self.durability)
                 found = file.index()
-            except SpoolEmpty as exc:
-                remove_files(db)
-                os.close(fd)
-                problems.append(("empty", str(exc)))
-                continue
-            except SpoolUnsupported as exc:
-                self.skip.add(db)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                problems.append(("unsupported", str(exc)))
-                continue
-            except Exception as exc:  # SpoolCorrupt, sqlite3/OS errors: unreadable
-                kept = list(salvage(db))
-                salvaged.extend(body for body, _, _ in kept)
-                target = quarantine(db)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                problems.append(
-                    (
-                        "corrupt",
-                        f"unreadable spool file renamed to {target} ({type(exc).__name__}: "
-                        f"{exc}); {len(kept)} intact batches recovered from it",
-                    )
-                )
-                continue
+            except SpoolUnavailable as exc:
+                file.close(remove_if_empty=False)
+                self.refused[db] = f"{exc}; tried again later"
+                return []
+            except SpoolCorrupt as exc:
+                problems.append(self._set_aside(db, file, exc, salvaged))
+                return []
             if not found:
                 file.close()
-                continue
+                return []
             self.adopted.append(file)
-            rows.extend(found)
-        return rows, salvaged, problems
+            return found
+        os.close(fd)
+        return []
+
+    @staticmethod
+    def _set_aside(
+        db: str, file: SpoolFile | None, exc: Exception, salvaged: list[bytes]
+    ) -> Problem:
+        """A damaged orphan: its intact rows recovered, the file renamed aside."""
+        kept = list(salvage(db))
+        salvaged.extend(body for body, _, _ in kept)
+        target = file.quarantine() if file is not None else quarantine(db)
+        return (
+            "corrupt",
+            f"unreadable spool file renamed to {target} ({exc}); "
+            f"{len(kept)} intact batches recovered from it",
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -236,6 +324,8 @@ class DiskSpool:
             file.close(remove_if_empty=True)
             with contextlib.suppress(ValueError):
                 self.adopted.remove(file)
+            if self.more_orphans:
+                self.next_scan = 0.0  # room for the next orphans: look now
         return problems
 
     def deletes_deferred(self) -> bool:

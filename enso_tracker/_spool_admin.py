@@ -3,7 +3,9 @@
 Reads spool files read-only and never takes a file over: a live owner keeps writing
 while ``status()`` counts. Redriving writes dead letters into a new, ownerless spool
 file (built under a temp name, renamed in complete), which the next tracker on the
-directory adopts and delivers like any orphan, with the same eventIds.
+directory adopts and delivers like any orphan, with the same eventIds: one file per
+identity the dead letters were stored for, so only a tracker with that destination and
+credential takes them (letters stored before identities existed are left in place).
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ import msgspec
 from ._dead_letters import DeadLetterStore, event_of, split_batch
 from ._errors import ConfigurationError
 from ._model import DeadLetter, Event, SpoolStatus
+from ._spool_identity import short
 from ._spool_store import (
     APPLICATION_ID,
     FORMAT_VERSION,
     SpoolCorrupt,
+    check_directory,
     connect,
     lock_path,
+    read_identity,
     spool_files,
     write_unowned,
 )
+from ._spool_trust import UntrustedFile, held_here, untrusted
 from ._wire import BODY_OVERHEAD, join_batch
 
 __all__ = ["Spool"]
@@ -40,20 +46,25 @@ _REDRIVE_BYTES: Final = 512 * 1024
 
 
 def _live(db: str) -> bool:
-    """Whether a running process owns ``db`` (holds the exclusive flock on its lock).
-    Probed with a shared lock, released at once: never mistaken for an owner."""
-    try:
-        fd = os.open(lock_path(db), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """Whether a running process owns ``db`` (holds the exclusive flock on the db, or on
+    the lock file of format 1). Probed with a shared lock, released at once: never
+    mistaken for an owner. A file this process holds is not probed (closing a second
+    descriptor of it would drop SQLite's own locks on it)."""
+    if held_here(db):
         return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    for path in (db, lock_path(db)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return False
 
 
@@ -84,14 +95,23 @@ class Spool:
         oldest: float | None = None
         corrupt: list[str] = []
         unsupported: list[str] = []
+        refused: list[str] = []
+        by_identity: dict[str, int] = {}
         for db in spool_files(self.path):
             files += 1
+            why = untrusted(db)
+            if why is not None and "owned by" not in why:  # a symlink: never followed
+                refused.append(db)
+                continue
             live += _live(db)
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(OSError):
                     size += os.stat(db + suffix).st_size
             try:
                 conn = connect(db, create=False, readonly=True)
+            except UntrustedFile:  # replaced by a symlink since the check above
+                refused.append(db)
+                continue
             except sqlite3.Error:
                 corrupt.append(db)
                 continue
@@ -102,12 +122,14 @@ class Spool:
                     unsupported.append(db)
                     continue
                 n, first = conn.execute("SELECT sum(n), min(created) FROM batches").fetchone()
+                who = short(read_identity(conn))
             except sqlite3.Error:
                 corrupt.append(db)
                 continue
             finally:
                 conn.close()
             events += n or 0
+            by_identity[who] = by_identity.get(who, 0) + (n or 0)
             if first is not None and (oldest is None or first < oldest):
                 oldest = first
         with contextlib.suppress(OSError):
@@ -140,6 +162,8 @@ class Spool:
             dead_letters_evicted=evicted,
             corrupt_files=corrupt,
             unsupported_files=unsupported,
+            events_by_identity=by_identity,
+            refused_files=refused,
         )
 
     def pending(self) -> Iterator[Event]:
@@ -148,7 +172,7 @@ class Spool:
         for db in spool_files(self.path):
             try:
                 conn = connect(db, create=False, readonly=True)
-            except sqlite3.Error:
+            except (sqlite3.Error, UntrustedFile):  # a symlink is never followed
                 continue
             try:
                 if conn.execute("PRAGMA user_version").fetchone()[0] != FORMAT_VERSION:
@@ -187,37 +211,33 @@ class Spool:
             store.close()
 
     def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
-        """Move matching dead letters into a spool file the next tracker on this
-        directory adopts and delivers (same eventIds). Corrupt records cannot be sent
-        and stay. Returns how many were moved."""
+        """Move matching dead letters into spool files the next tracker on this
+        directory with the identity they were stored for adopts and delivers (same
+        eventIds). Corrupt records cannot be sent and stay; so do letters stored before
+        identities existed (no tracker can tell whose they are). Returns how many were
+        moved."""
+        return self._redrive(kind, code, None)
+
+    def _redrive(self, kind: str | None, code: int | str | None, only: str | None) -> int:
+        """``redrive()``, restricted to the letters of identity ``only`` if given."""
+        check_directory(self.path, create=False)  # writes here: a trusted directory only
         store = self._store()
         try:
-            chosen: list[int] = []
-            bodies: list[bytes] = []
-            for rowid, letter in store.iterate(kind, code):
-                if letter.event is None:
+            chosen: dict[str, tuple[list[int], list[bytes]]] = {}
+            for rowid, letter, origin in store.iterate_origins(kind, code):
+                if letter.event is None or origin is None or only not in (None, origin):
                     continue
-                chosen.append(rowid)
+                rowids, bodies = chosen.setdefault(origin, ([], []))
+                rowids.append(rowid)
                 bodies.append(letter.body)
-            batches: list[tuple[bytes, int]] = []
-            current: list[bytes] = []
-            size = BODY_OVERHEAD
-            for body in bodies:
-                if current and (
-                    len(current) >= _REDRIVE_EVENTS or size + len(body) + 1 > _REDRIVE_BYTES
-                ):
-                    batches.append((join_batch(current), len(current)))
-                    current, size = [], BODY_OVERHEAD
-                current.append(body)
-                size += len(body) + 1
-            if current:
-                batches.append((join_batch(current), len(current)))
-            # Written (and renamed in) before the letters are deleted: a crash between
-            # the two leaves them twice, never nowhere (Enso dedups by eventId).
-            write_unowned(self.path, batches)
-            if chosen:
-                store.delete(chosen)
-            return len(chosen)
+            moved = 0
+            for origin, (rowids, bodies) in chosen.items():
+                # Written (and renamed in) before the letters are deleted: a crash between
+                # the two leaves them twice, never nowhere (Enso dedups by eventId).
+                write_unowned(self.path, _batches(bodies), origin)
+                store.delete(rowids)
+                moved += len(rowids)
+            return moved
         finally:
             store.close()
 
@@ -228,3 +248,19 @@ class Spool:
             return store.purge(kind, code)
         finally:
             store.close()
+
+
+def _batches(bodies: list[bytes]) -> list[tuple[bytes, int]]:
+    """Events cut into batches like the sender cuts them (events and bytes)."""
+    batches: list[tuple[bytes, int]] = []
+    current: list[bytes] = []
+    size = BODY_OVERHEAD
+    for body in bodies:
+        if current and (len(current) >= _REDRIVE_EVENTS or size + len(body) + 1 > _REDRIVE_BYTES):
+            batches.append((join_batch(current), len(current)))
+            current, size = [], BODY_OVERHEAD
+        current.append(body)
+        size += len(body) + 1
+    if current:
+        batches.append((join_batch(current), len(current)))
+    return batches

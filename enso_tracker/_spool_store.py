@@ -2,8 +2,8 @@
 
 A spool directory holds::
 
-    spool-<pid>-<random>.lock     flock(LOCK_EX) held by the owning process for its life
-    spool-<pid>-<random>.db       (+ -wal, -shm) batches not yet accounted for by Enso
+    spool-<pid>-<random>.db       (+ -wal, -shm) batches not yet accounted for by Enso;
+                                  flock(LOCK_EX) on the db itself, held by its owner for life
     dead-letters.db               events that will never be delivered (``_dead_letters``)
     <name>.corrupt-<unix time>    an unreadable file, renamed aside and reported
 
@@ -15,11 +15,17 @@ sentry-native's run files; see ``shared/notes/durable-spool.md``):
   to the WAL, no fsync with ``synchronous=NORMAL`` (durable against process death) and
   one with ``FULL`` (durable against power loss).
 * One file per process: no two writers ever share one, so nothing waits on SQLite's
-  locks. The owner takes ``flock`` on the ``.lock`` file *before* publishing it (a temp
-  name, then a rename), and never uses ``fcntl`` record locks, which any stray ``close()``
-  of the file in the process silently drops.
-* A file whose lock can be taken has no owner: another tracker adopts it (opened
-  without creating), sends its rows, and removes db, -wal, -shm, then the lock last.
+  locks. The owner creates the database (mode 0600, ``O_EXCL``) and takes ``flock`` on
+  it at once, on that very file: no auxiliary lock file that could be deleted or
+  replaced, so a live owner's file can never be taken. Never ``fcntl`` record locks,
+  which any stray ``close()`` of the file in the process silently drops.
+* A file whose flock can be taken has no owner: another tracker with the same identity
+  (``_spool_identity``: destination and credential, stored in the file's ``meta``
+  table) adopts it (opened without creating), sends its rows, and removes -wal, -shm and
+  the db while still holding the flock. A file of another identity is left untouched.
+* Only real damage quarantines a file (SQLite's corrupt/not-a-database codes, a failed
+  ``quick_check``): a file that cannot be opened now (permissions, out of descriptors,
+  busy) is left as it is and tried again at the next scan.
 * Bounded by ``PRAGMA max_page_count``: an insert past it fails with SQLITE_FULL while
   deletes keep working, so a full spool always drains.
 """
@@ -32,14 +38,27 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Final, Literal
-from urllib.parse import quote
 
 from ._errors import ConfigurationError
+from ._spool_identity import short
+from ._spool_trust import (
+    UntrustedFile,
+    check_trusted_dir,
+    create_private,
+    hold,
+    lock_db,
+    open_nofollow,
+    open_sqlite,
+    release,
+    same_file,
+    untrusted,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -49,7 +68,9 @@ __all__ = [
     "SpoolCorrupt",
     "SpoolEmpty",
     "SpoolFile",
+    "SpoolForeign",
     "SpoolFull",
+    "SpoolUnavailable",
     "SpoolUnsupported",
     "StoredBatch",
     "check_directory",
@@ -68,7 +89,9 @@ Durability = Literal["process", "power"]
 #: ``PRAGMA application_id``: "Enso" in ASCII, so a stray SQLite file is never taken for ours.
 APPLICATION_ID: Final = 0x456E736F
 #: ``PRAGMA user_version`` of the layout below; a file with another one is refused.
-FORMAT_VERSION: Final = 1
+#: 2: the ``meta`` table holds the identity the file was written for (format 1 had none:
+#: such a file is left to the version that wrote it, see docs/spool-trust.md).
+FORMAT_VERSION: Final = 2
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
 WAL_LIMIT: Final = 8 * 1024 * 1024
@@ -84,6 +107,7 @@ CREATE TABLE IF NOT EXISTS batches (
     body BLOB NOT NULL
 )
 """
+_META: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 #: Filesystems where flock and SQLite's locking are unreliable or local-only.
 _NETWORK_FS: Final = frozenset(
@@ -134,6 +158,30 @@ class SpoolUnsupported(Exception):
     """A spool file of another format version: refused, left as it is."""
 
 
+class SpoolForeign(Exception):
+    """A spool file written for another identity (destination or credential): never
+    adopted, left as it is for a tracker of that identity."""
+
+    def __init__(self, message: str, identity: str | None) -> None:
+        super().__init__(message)
+        self.identity = identity
+
+
+class SpoolUnavailable(Exception):
+    """A spool file that cannot be opened now (permission denied, out of descriptors,
+    busy, not ours to open): left as it is, tried again at the next scan."""
+
+
+def _unreadable(path: str, exc: BaseException) -> Exception:
+    """What an error opening or reading ``path`` means: real damage (``SpoolCorrupt``,
+    quarantined) or a passing/permission problem (``SpoolUnavailable``, left alone)."""
+    if isinstance(exc, sqlite3.Error) and is_corrupt(exc):
+        return SpoolCorrupt(f"{path}: {exc}")
+    if isinstance(exc, OSError):
+        return SpoolUnavailable(f"{path}: cannot open ({exc.strerror or exc})")
+    return SpoolUnavailable(f"{path}: cannot open ({exc})")
+
+
 def _is_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
@@ -145,9 +193,12 @@ def _is_full(exc: BaseException) -> bool:
 
 
 def is_corrupt(exc: BaseException) -> bool:
+    """SQLite's corrupt or not-a-database: the only errors that mean a damaged file."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
     code = getattr(exc, "sqlite_errorcode", None)
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return True
+    if isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True  # (the low byte: the primary code of an extended one)
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text or "corrupt" in text
 
@@ -176,20 +227,25 @@ def _mount_type(path: str) -> str | None:
 
 def check_directory(path: str, *, create: bool) -> str:
     """The spool directory, absolute; created 0700 if ``create``. ``ConfigurationError``
-    for one that cannot hold a spool: missing, not a directory, unwritable, or on a
-    network filesystem (whose locks cannot keep two processes off one file)."""
+    for one that cannot hold a spool: missing, not a directory, unwritable, on a network
+    filesystem (whose locks cannot keep two processes off one file), or not to be
+    trusted (owned by another user, writable by group or others: ``_spool_trust``)."""
     if not isinstance(path, str | os.PathLike) or not os.fspath(path):
         raise ConfigurationError(f"spool_dir={path!r}: must be a directory path")
     full = os.path.abspath(os.fspath(path))
-    if create:
+    if create and not os.path.lexists(full):
         try:
-            os.makedirs(full, mode=0o700, exist_ok=True)
+            os.makedirs(full, mode=0o700)
+            os.chmod(full, 0o700)  # whatever the umask: ours alone
+        except FileExistsError:
+            pass  # another process made it meanwhile: checked below like any other
         except OSError as exc:
             raise ConfigurationError(
                 f"spool_dir={full!r}: cannot create it ({exc.strerror})"
             ) from None
     if not os.path.isdir(full):
         raise ConfigurationError(f"spool_dir={full!r}: no such directory")
+    check_trusted_dir(full)
     kind = _mount_type(os.path.realpath(full))
     if kind in _NETWORK_FS:
         raise ConfigurationError(
@@ -236,13 +292,14 @@ def disk_size(db: str) -> int:
 
 
 def lock_path(db: str) -> str:
+    """The lock file format 1 kept beside a db (now only cleaned up: the flock is on the db)."""
     return db[: -len(".db")] + ".lock"
 
 
 def remove_files(db: str) -> None:
-    """Remove a drained spool file: db, -wal, -shm, the lock last (so that nobody adopts
-    a half-removed file: with its lock gone, the db went first)."""
-    for path in (db, db + "-wal", db + "-shm", db + "-journal", lock_path(db)):
+    """Remove a drained spool file: -wal, -shm, then the db (its flock is still held by
+    the caller, so nobody adopts a half-removed file)."""
+    for path in (db + "-wal", db + "-shm", db + "-journal", db, lock_path(db)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -251,36 +308,12 @@ def quarantine(db: str) -> str:
     """Rename an unreadable file (and its -wal/-shm) aside as ``*.corrupt-<time>``."""
     stamp = f"corrupt-{int(time.time())}"
     target = f"{db}.{stamp}"
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("-wal", "-shm", ""):
         with contextlib.suppress(FileNotFoundError):
             os.replace(db + suffix, target + suffix)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(lock_path(db))
     return target
-
-
-def _take_lock(path: str, *, create: bool) -> int | None:
-    """An fd holding ``flock`` on ``path``, or None if another owner holds it or the file
-    went away (an adopter removed it between our open and our lock)."""
-    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The file we locked must still be the one under that name.
-        mine, there = os.fstat(fd), os.stat(path)
-        if (mine.st_ino, mine.st_dev) != (there.st_ino, there.st_dev):
-            os.close(fd)
-            return None
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 # ------------------------------------------------------------------ connections
@@ -295,13 +328,17 @@ def connect(
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (each statement its own transaction unless
     ``BEGIN``), WAL, with the durability asked for. Never creates a file unless
-    ``create`` (an orphan must be opened, not made anew)."""
-    mode = "ro" if readonly else "rwc" if create else "rw"
-    uri = f"file:{quote(path)}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+    ``create`` (an orphan must be opened, not made anew); a created file is made 0600
+    (and with it SQLite's -wal/-shm). Never follows a symlink (``UntrustedFile``); a
+    writer (``create``) also refuses a file owned by another user, a reader (the CLI of
+    an on-call user) may open one if the permissions let it."""
+    if create and not readonly:
+        with contextlib.suppress(FileExistsError):
+            os.close(create_private(path))
+    conn = open_sqlite(path, "ro" if readonly else "rw", ours=create and not readonly)
     try:
-        if create:
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table
+        if not readonly and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new: before WAL and tables
         if not readonly:
             _configure(conn, durability)
     except BaseException:
@@ -327,6 +364,21 @@ def _check_format(conn: sqlite3.Connection, path: str) -> None:
             f"{path}: not an enso-tracker spool of format {FORMAT_VERSION} "
             f"(application_id={app:#x}, user_version={version}); left as it is"
         )
+
+
+def read_identity(conn: sqlite3.Connection) -> str | None:
+    """The identity a spool file was written for (None: none recorded)."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+    return found[0] if found and isinstance(found[0], str) else None
+
+
+def _stamp(conn: sqlite3.Connection, identity: str) -> None:
+    """Table, format stamps and identity of a new file (inside the caller's transaction)."""
+    conn.execute(_SCHEMA)
+    conn.execute(_META)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
 
 
 class StoredBatch:
@@ -368,12 +420,18 @@ class SpoolFile:
         self.rows = 0  # rows it holds
         self.events = 0  # events in them
         self._deferred: list[StoredBatch] = []  # settled rows, deleted with the next insert
+        if lock_fd is not None:
+            hold(lock_fd)
         if max_bytes is not None:
             pages = max(max_bytes // PAGE_SIZE, 0) + _SPARE_PAGES
             conn.execute(f"PRAGMA max_page_count={pages}")
 
     def __repr__(self) -> str:
         return f"<SpoolFile {self.path} rows={self.rows} events={self.events}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -456,7 +514,7 @@ class SpoolFile:
                     .fetchall()
                 )
             except sqlite3.DatabaseError as exc:
-                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+                raise _unreadable(self.path, exc) from None
             rows = [
                 StoredBatch(self, rowid, n, size, created, 0) for rowid, n, size, created in found
             ]
@@ -466,7 +524,7 @@ class SpoolFile:
 
     def read(self, row: StoredBatch) -> tuple[bytes, bool]:
         """The row's body and whether its CRC matches. ``SpoolCorrupt`` if the file
-        cannot be read at all."""
+        cannot be read at all, ``SpoolUnavailable`` if not now (busy, descriptors)."""
         with self._lock:
             try:
                 found = (
@@ -475,7 +533,7 @@ class SpoolFile:
                     .fetchone()
                 )
             except sqlite3.DatabaseError as exc:
-                raise SpoolCorrupt(f"{self.path}: {exc}") from None
+                raise _unreadable(self.path, exc) from None
         if found is None:  # deleted under us: nothing to send
             return b"", False
         crc, body = found
@@ -529,10 +587,14 @@ class SpoolFile:
             removed = remove_if_empty and empty
             if removed:
                 remove_files(self.path)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # after removing: nobody adopts it meanwhile
-                self._lock_fd = None
+            self._unlock()  # after removing: nobody adopts it meanwhile
             return removed
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            release(self._lock_fd)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def quarantine(self) -> str:
         """Rename this unreadable file aside, drop our hold on it."""
@@ -542,9 +604,7 @@ class SpoolFile:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             target = quarantine(self.path)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._unlock()
             return target
 
     def abandon(self) -> None:
@@ -565,58 +625,73 @@ class SpoolFile:
 _ABANDONED: list[sqlite3.Connection | None] = []
 
 
-def create_own(directory: str, *, durability: Durability, max_bytes: int) -> SpoolFile:
-    """This process's spool file: locked first, then published under its name."""
-    base = f"spool-{os.getpid()}-{secrets.token_hex(6)}"
-    db = os.path.join(directory, base + ".db")
-    tmp = os.path.join(directory, f".tmp-{base}.lock")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def create_own(
+    directory: str, *, durability: Durability, max_bytes: int, identity: str
+) -> SpoolFile:
+    """This process's spool file, written for ``identity``: created 0600 (``O_EXCL``,
+    never through a symlink) and flocked at once, before anything is in it."""
+    for _ in range(8):
+        db = os.path.join(directory, f"spool-{os.getpid()}-{secrets.token_hex(6)}.db")
+        fd = create_private(db)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # A scanner took the empty file for an orphan in the instant between
+            # create and flock (it removes it as empty): another name.
+            os.close(fd)
+            continue
+        if not same_file(db, os.fstat(fd)):
+            os.close(fd)
+            continue
+        break
+    else:
+        raise SpoolUnavailable(f"{directory}: cannot create a spool file (contended)")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(tmp, lock_path(db))
-        conn = connect(db, create=True, durability=durability)
+        conn = connect(db, create=False, durability=durability)
         try:
             # One transaction: a file caught mid-creation (a kill, a lost WAL) has no
             # table at all (removed as empty), never a table without its stamps.
             conn.execute("BEGIN")
-            conn.execute(_SCHEMA)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            _stamp(conn, identity)
             conn.execute("COMMIT")
         except BaseException:
             conn.close()
-            remove_files(db)
             raise
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        remove_files(db)
         os.close(fd)
         raise
-    os.chmod(db, 0o600)
     return SpoolFile(db, conn, fd, adopted=False, max_bytes=max_bytes)
 
 
-def open_orphan(db: str, lock_fd: int, *, durability: Durability) -> SpoolFile:
-    """Open an orphan we hold the lock of. ``SpoolCorrupt``/``SpoolUnsupported`` if it
-    cannot be used (the caller renames or skips it), ``SpoolEmpty`` if it never held a
-    table (its WAL, where a young file keeps everything, was lost)."""
-    uri = f"file:{quote(db)}?mode=rw"
+def open_orphan(db: str, lock_fd: int, *, durability: Durability, identity: str) -> SpoolFile:
+    """Open an orphan we hold the flock of. ``SpoolCorrupt`` if it is damaged (the
+    caller quarantines it), ``SpoolUnsupported``/``SpoolForeign`` if it is of another
+    format or identity and ``SpoolUnavailable`` if it cannot be opened now (all three
+    left as they are), ``SpoolEmpty`` if it never held a table (its WAL, where a young
+    file keeps everything, was lost). Nothing is written before the checks pass."""
     try:
-        # Checked before anything is written: a file of another format stays as it was.
-        conn = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5
-        )
-    except sqlite3.DatabaseError as exc:
-        raise SpoolCorrupt(f"{db}: {exc}") from None
+        conn = open_sqlite(db, "rw", ours=True)
+    except UntrustedFile as exc:
+        raise SpoolUnavailable(str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise _unreadable(db, exc) from None
     try:
         try:
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                 raise SpoolEmpty(f"{db}: holds no table (its WAL was lost?); nothing to send")
             _check_format(conn, db)
+            found = read_identity(conn)
+            if found != identity:
+                raise SpoolForeign(
+                    f"{db}: written for another destination or credential (identity "
+                    f"{short(found)}, this tracker's {short(identity)}); left as it is",
+                    found,
+                )
             _configure(conn, durability)
             check = conn.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise SpoolCorrupt(f"{db}: {exc}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise _unreadable(db, exc) from None
         if check is None or check[0] != "ok":
             raise SpoolCorrupt(f"{db}: quick_check: {check[0] if check else 'no answer'}")
     except BaseException:
@@ -629,11 +704,10 @@ def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
     """From a damaged file: every row still readable with a matching CRC (body, n,
     created), in order, until the damage stops the reading."""
     try:
-        conn = connect(db, create=False, readonly=True)
         # A file shorter than its header says is "malformed" to SQLite at once; this
         # lets it read the pages that are there (the connection is read-only).
-        conn.execute("PRAGMA writable_schema=ON")
-    except sqlite3.Error:
+        conn = open_sqlite(db, "ro", ours=True, first="PRAGMA writable_schema=ON")
+    except (sqlite3.Error, UntrustedFile):
         return
     try:
         cursor = conn.execute("SELECT crc, body, n, created FROM batches ORDER BY id")
@@ -653,20 +727,32 @@ def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
         conn.close()
 
 
-def find_orphans(directory: str, skip: set[str]) -> Iterator[tuple[str, int]]:
-    """Spool files whose owner is gone, each with the lock fd we now hold on it. Paths in
-    ``skip`` (known unusable) are passed over; stale locks and temp files are removed."""
+def find_orphans(
+    directory: str, skip: set[str], refused: dict[str, str]
+) -> Generator[tuple[str, int], None, None]:
+    """Spool files whose owner is gone, each with the flock fd we now hold on it. Paths
+    in ``skip`` (known unusable, or held by this process) are passed over; files we may
+    not open (symlinks, another owner, permission denied, out of descriptors) are put in
+    ``refused`` with why, and left as they are; leftovers of killed processes are
+    removed once every file was looked at."""
     for db in spool_files(directory):
         if db in skip:
             continue
-        fd = _take_lock(lock_path(db), create=True)
+        why = untrusted(db)  # before any open: another user's file is not even locked
+        if why is not None:
+            refused[db] = f"{db}: {why}"
+            continue
+        try:
+            fd = lock_db(db)
+        except UntrustedFile as exc:
+            refused[db] = str(exc)
+            continue
+        except OSError as exc:
+            refused[db] = f"{db}: cannot open ({exc.strerror or exc}); tried again later"
+            continue
         if fd is None:
             continue  # a live owner (or an adopter) holds it
-        if not os.path.exists(db):  # removed meanwhile: the lock we made is stale
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path(db))
-            os.close(fd)
-            continue
+        refused.pop(db, None)
         yield db, fd
     _remove_stale(directory)
 
@@ -676,8 +762,9 @@ _STALE_TEMP = 3600.0
 
 
 def _remove_stale(directory: str) -> None:
-    """What killed processes left half made or half removed: locks with no db, temp locks,
-    a -wal/-shm whose db is gone, an abandoned temp redrive file."""
+    """What killed processes left half made or half removed: a -wal/-shm whose db is
+    gone, lock files of format 1 with no db, temp locks, an abandoned temp redrive file.
+    (Unlinking never follows a symlink: it removes the name.)"""
     try:
         names = os.listdir(directory)
     except OSError:
@@ -685,61 +772,72 @@ def _remove_stale(directory: str) -> None:
     for name in names:
         path = os.path.join(directory, name)
         if name.startswith("spool-") and name.endswith((".db-wal", ".db-shm")):
-            db = path[: -len("-wal")]
-            if not os.path.exists(db):
-                fd = _take_lock(lock_path(db), create=False)
-                if fd is not None or not os.path.exists(lock_path(db)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                if fd is not None:
-                    os.close(fd)
-            continue
-        if name.startswith(".tmp-spool-redrive-") and name.endswith(".db"):
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(path).st_mtime > _STALE_TEMP:
+            # An owner removes -wal and -shm before its db: without the db, they are
+            # what a process killed while removing them left.
+            if not os.path.lexists(path[: -len("-wal")]):
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             continue
-        stale = (name.startswith("spool-") and name.endswith(".lock")) and not os.path.exists(
+        if name.startswith(".tmp-spool-redrive-") and name.endswith((".db", ".db-journal")):
+            with contextlib.suppress(OSError):
+                if time.time() - os.lstat(path).st_mtime > _STALE_TEMP:
+                    os.unlink(path)
+            continue
+        stale = (name.startswith("spool-") and name.endswith(".lock")) and not os.path.lexists(
             path[: -len(".lock")] + ".db"
         )
         if not (stale or (name.startswith(".tmp-spool-") and name.endswith(".lock"))):
             continue
-        fd = _take_lock(path, create=False)
-        if fd is None:
+        try:
+            fd = open_nofollow(path, os.O_RDONLY)
+        except (OSError, UntrustedFile):
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    os.unlink(path)  # a planted symlink: the name goes, never its target
             continue
-        with contextlib.suppress(FileNotFoundError):
-            if stale and os.path.exists(path[: -len(".lock")] + ".db"):
-                os.close(fd)
-                continue
-            os.unlink(path)
-        os.close(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not stale or not os.path.lexists(path[: -len(".lock")] + ".db"):
+                os.unlink(path)
+        except OSError:
+            pass  # held by a live process of format 1, or gone meanwhile
+        finally:
+            os.close(fd)
 
 
-def write_unowned(directory: str, bodies: list[tuple[bytes, int]]) -> str | None:
-    """A spool file with no owner holding ``bodies`` (redriven dead letters): built under
-    a temp name and renamed into place complete, so it is adopted whole or not at all."""
+def write_unowned(directory: str, bodies: list[tuple[bytes, int]], identity: str) -> str | None:
+    """A spool file with no owner holding ``bodies`` (redriven dead letters), written for
+    ``identity`` (the dead letters' own): built under a temp name (0600, never through a
+    symlink) and renamed into place complete, so it is adopted whole or not at all."""
     if not bodies:
         return None
     base = f"spool-redrive-{secrets.token_hex(6)}"
     tmp = os.path.join(directory, f".tmp-{base}.db")
-    conn = sqlite3.connect(f"file:{quote(tmp)}?mode=rwc", uri=True, isolation_level=None, timeout=5)
+    os.close(create_private(tmp))
+    try:
+        conn = open_sqlite(tmp, "rw", ours=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     try:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(_SCHEMA)
-        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
         now = time.time()
         conn.execute("BEGIN")
+        _stamp(conn, identity)
         conn.executemany(
             "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
             [(now, n, zlib.crc32(body), body) for body, n in bodies],
         )
         conn.execute("COMMIT")
-    finally:
+    except BaseException:
         conn.close()
-    os.chmod(tmp, 0o600)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    conn.close()
     target = os.path.join(directory, base + ".db")
     os.rename(tmp, target)
     return target

@@ -16,6 +16,7 @@ to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import random
 import threading
@@ -31,7 +32,7 @@ import msgspec
 
 from . import _lifecycle
 from ._aio import AsyncMixin
-from ._auth import make_credentials
+from ._auth import ApiKey, ClientCredentials, make_credentials
 from ._config import Config, options_from_env
 from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
@@ -48,6 +49,7 @@ from ._schedule import Schedule
 from ._sender import HttpSender, Sender
 from ._spool import DiskSpool
 from ._spool_admin import Spool
+from ._spool_identity import fingerprint
 from ._spool_store import check_directory
 from ._validate import (
     MAX_EXACT_INT,
@@ -110,12 +112,21 @@ class Tracker(AsyncMixin):
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
         self._config = cfg
+        credentials = None
         if sender is None:
-            sender = HttpSender(
-                cfg, make_credentials(api_key, client_key, client_secret, cfg.base_url), transport
-            )
+            credentials = make_credentials(api_key, client_key, client_secret, cfg.base_url)
+            sender = HttpSender(cfg, credentials, transport)
         elif api_key is not None or client_key is not None or client_secret is not None:
             raise ConfigurationError("pass credentials or a sender, not both")
+        #: Whom this tracker's spool files are written for: it adopts only those
+        #: (a custom sender: the destination alone). PBKDF2: computed with a spool only.
+        self._identity = ""
+        if cfg.spool_dir is not None:
+            self._identity = (
+                credentials.spool_identity(cfg.base_url)
+                if isinstance(credentials, ApiKey | ClientCredentials)
+                else fingerprint(cfg.base_url, "sender", "")
+            )
         self._sender = sender
         if cfg.spool_dir is not None:
             cfg = self._config = cfg.replace(spool_dir=check_directory(cfg.spool_dir, create=True))
@@ -153,6 +164,7 @@ class Tracker(AsyncMixin):
                 durability=cfg.durability,
                 max_bytes=cfg.max_spool_bytes,
                 max_dead_letter_bytes=cfg.max_dead_letter_bytes,
+                identity=self._identity,
             )
         self._worker = Worker(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
@@ -315,6 +327,10 @@ class Tracker(AsyncMixin):
         ``shutdown_timeout``; ``math.inf`` for no limit) passed first. Never raises for
         delivery reasons.
 
+        When the sender thread cannot start (resource limits, or CPython 3.12.0-3.12.2
+        after the main thread returned), it sends in the calling thread instead, within
+        ``timeout``.
+
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it asks for a prompt send and returns at once, True only
         if everything is already settled. Called from a signal handler that interrupted
@@ -341,6 +357,8 @@ class Tracker(AsyncMixin):
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
+                if worker.stalled():  # no thread could start: send from this thread
+                    worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
             with led.lock:
@@ -354,6 +372,8 @@ class Tracker(AsyncMixin):
         ``track()`` reached Enso: nothing dropped, for any reason, and nothing refused.
         Idempotent; after it, ``track()`` refuses events (reason ``closed``). ``timeout``
         defaults to ``shutdown_timeout``; ``math.inf`` waits as long as delivery takes.
+        When the sender thread cannot start, it sends in the calling thread instead,
+        within ``timeout``. It never raises.
 
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it stops intake and returns False at once, and the sender
@@ -363,10 +383,18 @@ class Tracker(AsyncMixin):
         and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
-        if interrupted_inside(self._parts()):
-            threading.Thread(
+        if interrupted_inside(self._parts()) and not self._called_back_inline(deadline):
+            helper = threading.Thread(
                 target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
-            ).start()
+            )
+            try:
+                helper.start()
+            except Exception:  # no thread can start: the exit hook shuts it down later
+                self._reporter.log.always(
+                    logging.ERROR,
+                    "enso-tracker: shutdown() in a signal handler could not start its "
+                    "helper thread; the tracker is shut down at exit instead",
+                )
             return False
         if self._worker.on_thread():
             led = self._ledger
@@ -377,6 +405,15 @@ class Tracker(AsyncMixin):
             return False
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
+
+    def _called_back_inline(self, deadline: float) -> bool:
+        """Whether this is user code (``on_drop``, a log handler) called by the rounds
+        this thread runs for ``flush()``/``shutdown()`` when no sender thread could
+        start: inside those calls, but holding no lock (what a signal handler that
+        interrupted them could not be sure of)."""
+        return self._worker.on_thread() and lock_free_within(
+            self._ledger.lock, min(deadline, time.monotonic() + REENTRANT_STATS_WAIT)
+        )
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`).
@@ -409,9 +446,11 @@ class Tracker(AsyncMixin):
 
     def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
         """Send matching dead letters again, with the same eventIds (say, once the
-        customer entity behind Enso's 2002 exists); returns how many. They count as
-        ``adopted`` in ``stats()``, and dead letters again if Enso still refuses them."""
-        moved = self._spool().redrive(kind, code)
+        customer entity behind Enso's 2002 exists); returns how many. Only the letters
+        stored for this tracker's destination and credential (docs/spool-trust.md). They
+        count as ``adopted`` in ``stats()``, and dead letters again if Enso still
+        refuses them."""
+        moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only
         disk = self._worker.disk
         if moved and disk is not None:
             disk.next_scan = 0.0  # adopt the redrive file at once

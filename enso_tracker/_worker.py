@@ -1,7 +1,10 @@
 """The worker: the sender thread, its loop, encoding, the sender call, and shutdown.
 
 One daemon thread per tracker, started lazily by ``track()`` and restarted if found
-dead. Each round it plans under the ledger's lock, encodes and cuts the batch, sends it
+dead. A thread that cannot start (resource limits; CPython 3.12.0-3.12.2 after the main
+thread returned, gh-113964) is tried again with backoff, and until one runs, ``flush()``
+and ``shutdown()`` run its rounds in their caller's thread (:meth:`Worker.deliver_inline`).
+Each round it plans under the ledger's lock, encodes and cuts the batch, sends it
 with the lock released, settles the outcome under the lock (``_settle``), then hands
 drops and log records to the reporter with the lock released again. It never sleeps
 inside a round: all waiting (``flush_interval``, backoff, ``Retry-After``) is on its
@@ -47,12 +50,17 @@ from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, StoredBatch
+from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, SpoolUnavailable, StoredBatch
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
 __all__ = ["CLOSED", "Worker"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
+
+#: Trackers whose thread could not start. A running thread keeps its tracker alive while
+#: events are outstanding (its frame is a GC root); without one, this module does, so a
+#: tracker dropped without shutdown() still reaches the exit hook's shutdown().
+_HELD: set[object] = set()
 
 
 class Worker:
@@ -80,6 +88,14 @@ class Worker:
         self.spool_wake = threading.Event()
         self.spool_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        #: After a thread failed to start: no new try before this (``time.monotonic()``).
+        self._start_retry_at = 0.0
+        self._start_failures = 0
+        #: The caller's thread running the rounds itself (no thread could start), and
+        #: its caller's deadline, which also cuts the requests it sends.
+        self._inline: threading.Thread | None = None
+        self._inline_deadline = math.inf
+        self._inline_lock = threading.Lock()
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
@@ -95,7 +111,7 @@ class Worker:
         """Whether the caller runs on one of this worker's threads (``on_drop``, a log
         handler): it must never wait for them."""
         current = threading.current_thread()
-        return current is self.thread or current is self.spool_thread
+        return current is self.thread or current is self.spool_thread or current is self._inline
 
     def abandon(self) -> None:
         """The tracker was collected: the threads end once nothing is outstanding."""
@@ -120,19 +136,33 @@ class Worker:
         self.wake.set()
 
     def _start(self) -> None:
+        if time.monotonic() < self._start_retry_at:
+            return  # the last start failed: track() does not retry it on every call
         with self._start_lock:
-            if self.ledger.closed:
-                return
-            self._start_one("thread", self.run, "sender")
-            if self.disk is not None:
-                self._start_one("spool_thread", self.spool_run, "spooler")
+            if self.ledger.closed or self._inline is not None:
+                return  # a caller's thread runs the rounds now: never two senders
+            started = self._start_one("thread", self.run, "sender")
+            if started and self.disk is not None:
+                started = self._start_one("spool_thread", self.spool_run, "spooler")
+            if started:
+                self._start_failures = 0
+                self._start_retry_at = 0.0
+                self._release()
+            else:
+                owner = self._owner()
+                if owner is not None:  # held as a thread would hold it (see _HELD)
+                    _HELD.add(owner)
+                self._start_failures += 1
+                backoff = self.config.backoff_base * 2.0 ** min(self._start_failures - 1, 30)
+                self._start_retry_at = time.monotonic() + min(backoff, self.config.backoff_max)
 
-    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> None:
+    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> bool:
+        """Whether the thread of this role runs (already, or started now)."""
         log = self.reporter.log
         thread = getattr(self, attr)
         if thread is not None and thread.is_alive():
-            return
-        if thread is not None:
+            return True
+        if thread is not None and thread.ident is not None:  # it ran once: it died
             log(logging.ERROR, "dead", "enso-tracker %s thread died; restarting", role)
         thread = threading.Thread(target=target, name=f"enso-tracker-{role}", daemon=True)
         # Published before start(): a KeyboardInterrupt inside start() (it waits for
@@ -142,9 +172,99 @@ class Worker:
         self.ledger.worker_gone = False
         try:
             thread.start()
-        except RuntimeError as exc:  # e.g. at interpreter shutdown
+        except Exception as exc:  # resource limits, interpreter shutdown, a patched start
             self.ledger.worker_gone = True
-            log(logging.ERROR, "start", "cannot start the %s thread: %s", role, exc)
+            log(
+                logging.ERROR,
+                "start",
+                "cannot start the enso-tracker %s thread (%s): events stay queued, the "
+                "start is retried, and flush()/shutdown() deliver them in their own thread",
+                role,
+                describe_exception(exc),
+            )
+            return False
+        return True
+
+    def stalled(self) -> bool:
+        """Whether a thread this worker needs is not running (it could not start)."""
+        roles = (self.thread, self.spool_thread) if self.disk is not None else (self.thread,)
+        return any(thread is None or not thread.is_alive() for thread in roles)
+
+    def deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
+        """Run the rounds of the threads that are not running, in the caller's thread,
+        until ``done()`` or ``deadline``: the fallback of ``flush()`` and ``shutdown()``
+        when no thread could start. Waits (backoff, ``Retry-After``) are slept here, cut
+        short by ``flush()``/``track()`` as the thread's would be."""
+        if self._inline is threading.current_thread():
+            return  # already running them: a shutdown() from on_drop, finished by step()
+        # One caller at a time runs the rounds; another (a shutdown() while a flush()
+        # sends) waits for it, then goes on with what is left, within its own deadline.
+        left = max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
+        if not self._inline_lock.acquire(timeout=left):
+            return
+        try:
+            self._deliver_inline(done, deadline)
+        finally:
+            self._inline_lock.release()
+
+    def _deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
+        with self._start_lock:
+            if self.ledger.closed or not self.stalled():
+                return
+            self._inline = threading.current_thread()
+            self._inline_deadline = deadline
+        ledger = self.ledger
+        try:
+            # A shutdown() asked from on_drop during these rounds is finished by them
+            # (step() does it), as the sender thread would.
+            while not done() or (ledger.finish_on_worker and not ledger.closed):
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                wait: float | None = None
+                ran = False
+                if self.disk is not None and not _alive(self.spool_thread):
+                    ran = True
+                    wait = self._round(self.spool_step, self.ledger.spool_recover_locked)
+                if not _alive(self.thread):
+                    ran = True
+                    sent = self._round(self.step, self.ledger.recover_locked)
+                    wait = sent if wait is None else wait if sent is None else min(wait, sent)
+                if not ran or wait == CLOSED:
+                    return  # a thread started meanwhile, or the tracker is closed
+                if wait is None or wait > 0:
+                    left = deadline - time.monotonic()
+                    if wait is not None:
+                        left = min(left, wait)
+                    self.wake.wait(max(0.0, min(left, threading.TIMEOUT_MAX)))
+        finally:
+            with self._start_lock:
+                self._inline = None
+                self._inline_deadline = math.inf
+
+    def _release(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            _HELD.discard(owner)
+
+    def _round(
+        self,
+        step: Callable[[], float | None],
+        recover: Callable[[], None],
+    ) -> float | None:
+        """One step of the caller-run fallback, with the thread loop's error handling."""
+        try:
+            wait = step()
+        except Exception as exc:
+            error = describe_exception(exc)
+            with self.ledger.lock:
+                self.ledger.worker_errors += 1
+                self.ledger.last_error = f"internal error: {error}"
+                recover()
+            self.reporter.log(logging.ERROR, "loop", "enso-tracker round error: %s", error)
+            wait = self.config.backoff_base
+        self.reporter.log.emit()
+        return wait
 
     def run(self) -> None:
         """The sender thread's body."""
@@ -343,7 +463,7 @@ class Worker:
                 ledger.inflight = batch
                 ledger.inflight_raw = []
                 self.drop_unsendable_locked(too_large, unencodable, reports)
-                deadline = ledger.deadline
+                deadline = min(ledger.deadline, self._inline_deadline)
         finally:
             self.hand_over(reports)
         if not batch:
@@ -501,6 +621,8 @@ class Worker:
             return False
         self.report_problems(problems)
         with ledger.lock:
+            ledger.foreign_files = len(disk.foreign)
+            ledger.skipped_files = len(disk.refused)
             if ledger.closed:
                 return False
             ledger.adopt_locked(rows)
@@ -537,6 +659,9 @@ class Worker:
         except SpoolCorrupt as exc:
             self.lose_file(row, str(exc))
             return True
+        except SpoolUnavailable as exc:  # busy, out of descriptors: not damage, later
+            self.report_problems([("error", f"cannot read a spool record now: {exc}")])
+            return False
         try:
             with ledger.lock:
                 if ledger.closed:
@@ -684,12 +809,18 @@ class Worker:
         else:
             self.wake.set()
 
+    def _nothing_left(self) -> bool:
+        with self.ledger.lock:
+            return not (self.ledger.outstanding or self.ledger.on_disk)
+
     def finish_shutdown(self, deadline: float) -> bool:
         """Wait for delivery until ``deadline``, then drop what is left, stop the thread
         and close the sender. True only when every event ``track()`` was given reached
         Enso: nothing dropped (for any reason) and nothing refused."""
         ledger = self.ledger
         reports: Reports = []
+        if self.stalled():
+            self.deliver_inline(lambda: ledger.closed or self._nothing_left(), deadline)
         with ledger.settled:
             while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
                 remaining = deadline - time.monotonic()
@@ -704,26 +835,37 @@ class Worker:
             delivered, dropped = ledger.delivered, dict(ledger.dropped)
             refused = dict(ledger.refused)
             left = ledger.left_in_spool
+            foreign = ledger.foreign_files
         self.wake.set()
         self.spool_wake.set()
         for thread in (self.thread, self.spool_thread):
-            if thread is not None and thread is not threading.current_thread():
+            # (A thread that never started cannot be joined: join() would raise.)
+            if _alive(thread) and thread is not threading.current_thread():
+                assert thread is not None
                 thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
+        self._release()
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())
         self.reporter.log.always(
-            logging.WARNING if lost or turned_away or left else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s",
+            logging.WARNING if lost or turned_away or left or foreign else logging.INFO,
+            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s%s",
             delivered,
             lost,
             f" {dropped}" if lost else "",
             turned_away,
             f" {refused}" if turned_away else "",
             f", {left} left in the spool for the next start" if left else "",
+            f"; {foreign} spool files of another destination or credential left untouched"
+            if foreign
+            else "",
         )
         self.hand_over(reports)
         return not lost and not turned_away and not left
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -24,7 +24,8 @@ HEADINGS = (
     "### 6. Peers",
     "### Async: event-loop gap during aflush()",
     "### 8. Durable spool",
-    "### 9. CLI import",
+    "### 9. Spool adoption",
+    "### 10. CLI import",
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from enso_tracker.testing import FakeEnso
+from enso_tracker.testing import FakeEnso, Fault
 
 API_KEY = "test-api-key"
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
@@ -356,11 +356,13 @@ def _closed_port() -> int:
     return port
 
 
-def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(tmp_path: Path) -> None:
+def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(fake: FakeEnso, tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
-    url = f"http://127.0.0.1:{_closed_port()}"
-    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(url))
+    # Reachable for the preflight probe, then every connection drops: Enso went away
+    # mid-run (unreachable from the start is test_cli_preflight.py's).
+    fake.script(Fault(), *[Fault(drop_connection=True)] * 200)
+    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(fake.url))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Re-run the same command" in proc.stdout
     records = [json.loads(x) for x in (tmp_path / "r.jsonl.errors.jsonl").read_text().splitlines()]
@@ -374,7 +376,9 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
 ) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(3000)))
-    fake.hang(None)  # Enso accepts the connection and never answers
+    # The preflight probe is answered; then Enso accepts connections and never answers
+    # (delays that outlast the test; stop() at the fixture's end cuts them short).
+    fake.script(Fault(), *[Fault(delay=600.0)] * 50)
     proc = subprocess.Popen(
         [str(SCRIPT), "import", str(path), "--json"],
         env=cli_env(fake.url),
@@ -383,7 +387,10 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
         text=True,
     )
     try:
-        assert fake.wait_for(lambda server: server.in_flight >= 1, timeout=30.0)
+        # The probe is recorded once answered: what is in flight after it is a batch.
+        assert fake.wait_for(
+            lambda server: server.in_flight >= 1 and len(server.batch_requests()) >= 1, 30.0
+        )
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30.0)
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from enso_tracker import Spool, Tracker
-from enso_tracker.testing import FakeEnso
+from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import accepted
 from .test_cli_import import API_KEY, SCRIPT, books, cli_env, run_cli
@@ -43,15 +42,14 @@ def api_rows(n: int, entity: str = "ent_known") -> str:
 # ------------------------------------------------------- finding 4: no borrowed spool
 
 
-def app_leftovers(spool_dir: Path) -> None:
-    """An application's spool: 5 events for an entity Enso does not know (each would be
-    rejected with 2002) and 20 good ones, left undelivered when Enso was unreachable."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def app_leftovers(spool_dir: Path, fake: FakeEnso) -> None:
+    """An application's spool, of the identity the import has too (same key, same Enso):
+    5 events for an entity Enso does not know (each would be rejected with 2002) and 20
+    good ones, left undelivered while Enso dropped every connection."""
+    fake.script(*[Fault(drop_connection=True)] * 10_000)
     app = Tracker(
         api_key=API_KEY,
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=fake.url,
         spool_dir=str(spool_dir),
         handle_sigterm=False,
         backoff_base=0.01,
@@ -63,22 +61,24 @@ def app_leftovers(spool_dir: Path) -> None:
         accepted(app.track("ent_known", "gb_stored", i + 1, timestamp=TS))
     app.shutdown(1.0)
     assert app.stats().left_in_spool == 25
+    fake.reset()  # Enso is back, and has received nothing
+    fake.known_entities = {"ent_known"}
 
 
 def test_import_never_adopts_the_spool_of_ENSO_SPOOL_DIR(tmp_path: Path) -> None:
     spool_dir = tmp_path / "app-spool"
-    app_leftovers(spool_dir)
     path = tmp_path / "usage.jsonl"
     path.write_text(api_rows(10))
     errors = tmp_path / "errors.jsonl"
     with FakeEnso(known_entities={"ent_known"}) as fake:
+        app_leftovers(spool_dir, fake)
         env = cli_env(fake.url, ENSO_SPOOL_DIR=str(spool_dir))
         proc = run_cli("import", path, "--json", "--errors-out", errors, env=env)
         received = fake.events
     assert proc.returncode == 0, proc.stderr
     b = books(proc)
     assert (b["rows_read"], b["accepted"], b["delivered"], b["adopted"]) == (10, 10, 10, 0)
-    assert b["dropped"] == {} or not any(b["dropped"].values())
+    assert not any(b["dropped"].values())
     assert len(received) == 10
     assert {e["metric"] for e in received.values()} == {"api_calls"}  # none of the app's
     assert errors.read_text() == ""  # the app's 2002s are not this run's errors
@@ -88,10 +88,10 @@ def test_import_never_adopts_the_spool_of_ENSO_SPOOL_DIR(tmp_path: Path) -> None
 
 def test_an_explicit_spool_dir_holding_leftovers_is_refused(tmp_path: Path) -> None:
     spool_dir = tmp_path / "app-spool"
-    app_leftovers(spool_dir)
     path = tmp_path / "usage.jsonl"
     path.write_text(api_rows(3))
     with FakeEnso(known_entities={"ent_known"}) as fake:
+        app_leftovers(spool_dir, fake)
         proc = run_cli("import", path, "--spool-dir", spool_dir, env=cli_env(fake.url))
         refused_received = fake.received
         own = tmp_path / "own-spool"

@@ -271,7 +271,13 @@ def test_a_corrupt_record_is_listed_and_exported_as_its_bytes(
         hits += data.count(needle)
         path.write_bytes(data.replace(needle, flipped))
     assert hits >= 1
-    adopter = make_tracker(spool_dir=str(spool_dir))
+    # The same key and base_url (a tracker adopts only files of its own identity), its
+    # requests carried to the fake by the fake's transport.
+    adopter = make_tracker(
+        spool_dir=str(spool_dir),
+        base_url=stranded.config.base_url,
+        transport=fake.transport(),
+    )
     # Adoption runs on the tracker's own thread; flush() covers only accepted events.
     assert wait_until(lambda: adopter.stats().dropped.get("corrupt") == 1, 15.0)
     adopter.shutdown(5.0)

@@ -7,7 +7,9 @@ tests will rely on, independently of the tracker.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -825,3 +827,52 @@ def test_tracker_over_transport_retries_after_a_read_timeout(
     assert fake.event_ids() == ["evt_slow"]
     assert fake.batch_requests()[0].status == 0
     assert tracker.stats().retried >= 1
+
+
+# ------------------------------------------- where it listens (issue #18, finding 8)
+
+
+def test_a_busy_port_is_reported_as_such() -> None:
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    fake = FakeEnso(port=port)
+    try:
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}") as raised:
+            fake.start()
+        assert raised.value.errno == errno.EADDRINUSE
+        assert "port=0" in str(raised.value)
+        assert not fake.running
+    finally:
+        holder.close()
+    fake.start()  # the port is free now: the same fake starts
+    try:
+        assert fake.url == f"http://127.0.0.1:{port}"
+    finally:
+        fake.stop()
+
+
+def test_an_address_this_machine_lacks_is_reported_as_such() -> None:
+    with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:0.*no such address"):
+        FakeEnso(host="192.0.2.1").start()  # TEST-NET-1: never a local address
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_it_serves_on_ipv6(drops: DropLog) -> None:
+    with FakeEnso(host="::1") as fake:
+        assert fake.url.startswith("http://[::1]:")
+        tracker = Tracker(api_key=fake.api_key, base_url=fake.url, on_drop=drops)
+        ids = [tracker.track("ent", "api_calls", i) for i in range(20)]
+        assert tracker.shutdown(10.0)
+        assert set(fake.events) == set(ids)
+    assert drops.calls == []

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,9 +32,12 @@ from enso_tracker.testing import FakeEnso
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Nothing listens on port 1 of loopback: the connection is refused at once. (A hung
-#: FakeEnso would store a batch whose client is gone once released: a delivery.)
-UNREACHABLE = "http://127.0.0.1:1"
+#: A loopback port bound for the session but never listening: every connection is
+#: refused at once (a fixed port such as 1 may be served by anything on a shared host).
+#: (A hung FakeEnso would store a batch whose client is gone once released: a delivery.)
+_REFUSING = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_REFUSING.bind(("127.0.0.1", 0))
+UNREACHABLE = f"http://127.0.0.1:{_REFUSING.getsockname()[1]}"
 
 
 def spool_files(directory: Path) -> list[str]:
@@ -64,9 +68,19 @@ def only_db(spool: Path) -> Path:
 
 
 def heir(spool: Path, fake: FakeEnso, **options: Any) -> Tracker:
+    """The next tracker on the directory: the same key and ``base_url`` as the writers (a
+    tracker adopts only files of its own identity), its requests carried to ``fake`` by
+    the fake's own transport (the writers' URL is unreachable on purpose)."""
     options.setdefault("backoff_base", 0.01)
     options.setdefault("backoff_max", 0.2)
-    return Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False, **options)
+    return Tracker(
+        API_KEY,
+        base_url=UNREACHABLE,
+        transport=fake.transport(),
+        spool_dir=spool,
+        handle_sigterm=False,
+        **options,
+    )
 
 
 # ---------------------------------------------------------------- corruption
@@ -561,8 +575,9 @@ def test_spooled_counts_only_events_that_are_on_disk(
 
 def foreign_spool(path: Path, version: int) -> None:
     """A spool file of another format: an older one (``user_version`` 0, another
-    layout) or a newer one (our stamp and table, ``user_version`` 99) holding an event
-    that must not be sent by a tracker that does not know that format."""
+    layout; or 1, our layout before files recorded whom they were written for) or a
+    newer one (our stamp and table, ``user_version`` 99) holding an event that must not
+    be sent by a tracker that does not know that format (or whose it is)."""
     with sqlite3.connect(path) as conn:
         if version == 0:
             conn.execute("CREATE TABLE queue (item BLOB)")
@@ -594,7 +609,7 @@ def foreign_spool(path: Path, version: int) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("version", [0, 99])
+@pytest.mark.parametrize("version", [0, 1, 99])
 def test_a_file_of_another_format_is_left_alone_and_reported(
     fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:

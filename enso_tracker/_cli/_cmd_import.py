@@ -270,6 +270,10 @@ def run(args: argparse.Namespace) -> int:
         if importer.tracker is not None:
             importer.tracker.shutdown(0.0)
         return EXIT_USAGE
+    if importer.tracker is not None:  # fail fast: Enso unreachable or refusing (exit 3)
+        from ._preflight import check_enso  # beside its one use
+
+        importer.stopped = check_enso(args, importer.tracker.config)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         importer.request_interrupt()
@@ -278,7 +282,10 @@ def run(args: argparse.Namespace) -> int:
     ticker = Ticker(display, importer.snapshot)
     route_logs(display.log)  # a log line must not tear the live progress line apart
     try:
-        importer.run()
+        if importer.stopped is None:
+            importer.run()
+        elif importer.tracker is not None:  # the preflight said no: not one row is read
+            importer.tracker.shutdown(0.0)
     finally:
         ticker.close()
         route_logs(None)

@@ -21,6 +21,7 @@ import msgspec
 
 from .. import DeadLetter, Event, Spool
 from .._errors import ConfigurationError
+from .._spool_identity import short
 from ._mapping import api_shape
 from ._output import (
     EXIT_INCOMPLETE,
@@ -126,6 +127,10 @@ def _status(args: argparse.Namespace, spool: Spool, path: str) -> int:
         f"disk used:       {_size(status.bytes)}",
         f"dead letters:    {status.dead_letters}",
     ]
+    if status.events_by_identity:
+        # Whom the undelivered events were written for (a fingerprint, never a key):
+        # only a tracker with that base URL and key sends them.
+        lines.insert(3, "  by identity:   " + _counts(status.events_by_identity))
     if status.dead_letters_evicted:
         lines[-1] += (
             f" ({status.dead_letters_evicted} older ones evicted: the store reached "
@@ -137,6 +142,7 @@ def _status(args: argparse.Namespace, spool: Spool, path: str) -> int:
     for label, files in (
         ("corrupt files", status.corrupt_files),
         ("unsupported files (older format)", status.unsupported_files),
+        ("files never opened (symlinks, not regular files)", status.refused_files),
     ):
         mark = bad if files else ok
         lines.append(f"{mark} {label}: {len(files)}")
@@ -377,8 +383,10 @@ def _export_row(letter: DeadLetter) -> dict[str, Any]:
 # --------------------------------------------------------------------- doctor
 
 
-def spool_check(path: str) -> tuple[bool, str, str | None]:
-    """``doctor``'s spool line for ``path``: (ok, what was found, the fix when not ok)."""
+def spool_check(path: str, identity: str | None = None) -> tuple[bool, str, str | None]:
+    """``doctor``'s spool line for ``path``: (ok, what was found, the fix when not ok).
+    ``identity``: the spool identity of the configured destination and credentials
+    (files of another are reported: a tracker so configured never sends them)."""
     shown = _clean(path)
     if not os.path.isdir(path):
         return (
@@ -425,6 +433,25 @@ def spool_check(path: str) -> tuple[bool, str, str | None]:
             "start the enso-tracker version that wrote the older files on this directory "
             "until they are delivered, then upgrade"
         )
+    if identity is not None:
+        foreign = {who: n for who, n in status.events_by_identity.items() if who != short(identity)}
+        if foreign:
+            problems.append(
+                f"{_n(sum(foreign.values()), 'undelivered event')} written for another "
+                f"destination or credential (identities {', '.join(sorted(foreign))}; "
+                f"this configuration's is {short(identity)})"
+            )
+            fixes.append(
+                "a tracker adopts only spool files written for its own base URL and key: "
+                "start one with the base URL and key those files were written for until "
+                "they are delivered (never delete them: they hold undelivered events)"
+            )
+    if status.refused_files:
+        problems.append(
+            f"{len(status.refused_files)} never opened (symlinks or not regular files): "
+            f"{', '.join(status.refused_files)}"
+        )
+        fixes.append("nothing but the tracker's own files belongs in a spool directory")
     if problems:
         return False, f"{detail}; files not read: {'; '.join(problems)}", "; ".join(fixes)
     return True, detail, None
