@@ -245,6 +245,13 @@ def test_an_errors_file_that_is_an_input_is_refused(tmp_path: Path) -> None:
             proc = run_cli("import", path, "--errors-out", target, env=cli_env(fake.url))
             assert proc.returncode == 2
             assert "would destroy the input" in proc.stderr
+        # The default errors file (<input>.errors.jsonl) given as a second input.
+        shadow = tmp_path / "usage.jsonl.errors.jsonl"
+        shadow.write_text(api_rows(1))
+        both = run_cli("import", path, shadow, env=cli_env(fake.url))
+        assert both.returncode == 2
+        assert "would destroy the input" in both.stderr
+        assert shadow.read_text() == api_rows(1)
         received = fake.received
     assert received == 0
     assert path.read_bytes() == before

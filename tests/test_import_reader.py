@@ -1,5 +1,6 @@
-"""The import's line reader and the sender's timestamp text, against plain references
-(property tests): bounded lines whatever the chunking, exact RFC 3339 text."""
+"""The import's line reader, its timestamp cache and the sender's timestamp text, against
+plain references (property tests): bounded lines whatever the chunking, the same
+acceptance and millisecond as ``track()``, exact RFC 3339 text."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enso_tracker._cli import _rows
+from enso_tracker._cli._timestamps import RepeatCache
+from enso_tracker._errors import InvalidEventError
+from enso_tracker._validate import timestamp_ns
 from enso_tracker._wire import EventEncoder
 
 
@@ -80,3 +84,34 @@ def test_the_wire_timestamp_is_the_utc_text_of_its_millisecond(ms: list[int]) ->
         when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
         want = f"{when:%Y-%m-%dT%H:%M:%S}.{value % 1000:03d}Z"
         assert encoder.timestamp(value * 1_000_000 + 999_999) == want
+
+
+TEXTS = st.one_of(
+    st.builds(
+        lambda ms, sep, frac, zone: (
+            f"{datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms):%Y-%m-%d}"
+            f"{sep}{datetime(1970, 1, 1) + timedelta(milliseconds=ms):%H:%M:%S}{frac}{zone}"
+        ),
+        st.integers(0, 253402300799999),
+        st.sampled_from(["T", "t", " "]),
+        st.sampled_from(["", ".5", ".123", ".123456789", "."]),
+        st.sampled_from(["Z", "z", "+02:00", "-11:30", "", "+2:00"]),
+    ),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(texts=st.lists(TEXTS, min_size=1, max_size=10))
+def test_the_repeat_cache_accepts_and_refuses_exactly_as_track_does(texts: list[str]) -> None:
+    cache = RepeatCache()
+    for text in texts + texts:  # misses, then hits
+        try:
+            want: int | str = timestamp_ns(text) // 1_000_000
+        except InvalidEventError as exc:
+            want = str(exc)
+        try:
+            got: int | str = timestamp_ns(cache(text)) // 1_000_000
+        except InvalidEventError as exc:
+            got = str(exc)
+        assert got == want
