@@ -76,7 +76,10 @@ eventId (unless the row has one, or --id-column names it):
     metric.add_argument("--metric-name", metavar="NAME", help="one metric for every row")
     mapping.add_argument("--value", metavar="COL", help="value column (value)")
     mapping.add_argument(
-        "--timestamp", metavar="COL", help="RFC 3339 time with an offset (timestamp)"
+        "--timestamp",
+        metavar="COL",
+        help="time column (timestamp): RFC 3339 with an offset, unless "
+        "--timestamp-format or --timezone say otherwise",
     )
     mapping.add_argument(
         "--timestamp-format",
@@ -124,7 +127,8 @@ eventId (unless the row has one, or --id-column names it):
         "--progress",
         choices=("auto", "rich", "plain", "none"),
         default="auto",
-        help="progress on stderr (auto: rich or plain on a terminal, none otherwise)",
+        help="progress on stderr (auto: rich or plain on a terminal, none otherwise; "
+        "plain or rich forced off a terminal: plain lines, no escape codes)",
     )
     run.add_argument(
         "--max-line-bytes",
