@@ -266,10 +266,13 @@ def _walk(value: Any, depth: int) -> None:
     """Refuse what msgspec would silently turn into ``null`` or coerce (NaN, int keys)."""
     if depth > _MAX_DEPTH:
         raise InvalidEventError("metadata", value, f"nested deeper than {_MAX_DEPTH} levels")
-    if type(value) is float:
+    kind = type(value)
+    if kind is str or kind is int:  # the common leaves: nothing to refuse (ABC checks cost)
+        return
+    if kind is float:
         if not math.isfinite(value):
             raise InvalidEventError("metadata", value, "holds a NaN or infinite float")
-    elif isinstance(value, Mapping):
+    elif kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEventTypeError(

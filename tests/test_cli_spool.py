@@ -204,9 +204,18 @@ def test_dead_letters_lists_each_one_with_its_reason(dead: Path) -> None:
     records = jsonl(as_json.stdout)
     assert sorted(r["eventId"] for r in records) == REJECTED
     for r in records:
-        assert (r["entity"], r["metric"], r["kind"]) == ("ent_nobody", "api_calls", "rejected")
-        assert (r["code"], r["status"], r["timestamp"]) == (2002, 404, "2026-04-01T12:00:00.000Z")
-        assert r["storedAt"].endswith("Z")
+        letter = r["deadLetter"]
+        assert (r["CustomerEntityId"], r["metric"], letter["kind"]) == (
+            "ent_nobody",
+            "api_calls",
+            "rejected",
+        )
+        assert (letter["code"], letter["status"], r["timestamp"]) == (
+            2002,
+            404,
+            "2026-04-01T12:00:00.000Z",
+        )
+        assert letter["storedAt"].endswith("Z")
     only = jsonl(run_cli("spool", "dead-letters", "--json", "--kind", "retries_exhausted",
                          spool_dir=dead).stdout)  # fmt: skip
     assert [(r["eventId"], r["value"]) for r in only] == [(POISONED, 2.5)]

@@ -251,24 +251,9 @@ def _dead_letters(args: argparse.Namespace, spool: Spool, path: str) -> int:
 
 
 def _listing(letter: DeadLetter) -> dict[str, Any]:
-    """One dead letter as a flat JSON object (``dead-letters --json``)."""
-    e = letter.event
-    r = letter.reason
-    return {
-        "eventId": e.event_id if e else None,
-        "entity": e.entity if e else None,
-        "metric": e.metric if e else None,
-        "value": e.value if e else None,
-        "timestamp": e.timestamp if e else None,
-        "metadata": e.metadata if e else None,
-        "jobId": e.job_id if e else None,
-        "kind": r.kind,
-        "code": r.code,
-        "status": r.status,
-        "message": r.message,
-        "storedAt": _iso(letter.stored_at),
-        "bytes": len(letter.body),
-    }
+    """One dead letter as ``export`` writes it (one vocabulary with ``import``'s errors
+    file: the event in the API's shape and a ``deadLetter`` member), and its size."""
+    return {**_export_row(letter), "bytes": len(letter.body)}
 
 
 def _line(letter: DeadLetter) -> str:
