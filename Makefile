@@ -1,30 +1,63 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3.11
+# Two commands on a fresh machine: `make demo` and `make test` (and `make check` while iterating).
+#   make demo   installs the package alone (httpx, msgspec; no compiler) and runs the demos
+#   make check  lint, types and the fast tests (everything not marked `slow`)
+#   make test   lint, types and the whole suite, real servers (uWSGI, gunicorn, Celery) included
+# Any Python >= 3.11 works: `make demo PYTHON=python3.13`.
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+# One stamp per toolchain, so that `make demo` then `make test` installs only what is missing.
+DEMO_STAMP := $(VENV)/.installed-demo
+CHECK_STAMP := $(VENV)/.installed-check
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-all lint types unit bench clean
+.PHONY: demo check test test-all lint types unit quick bench clean
 
-$(STAMP): pyproject.toml
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "enso-tracker needs Python >= 3.11, but PYTHON=$(PYTHON) is:" \
+	    "$$($(PYTHON) --version 2>&1 || echo 'not found')." >&2; \
+	  echo "Name another one, e.g. make $(MAKECMDGOALS) PYTHON=python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the package and its two runtime dependencies, nothing else.
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+# Dependency groups (PEP 735, pyproject.toml) need pip >= 25.1.
+$(CHECK_STAMP): pyproject.toml | $(PY)
+	$(PIP) install --upgrade 'pip>=25.1'
+	$(PIP) install -e . --group test --group lint
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PIP) install --upgrade 'pip>=25.1'
+	$(PIP) install -e . --group dev
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(PY) -m enso_tracker demo
 	$(PY) -m enso_tracker demo --crash
 
-lint: $(STAMP)
+lint: $(CHECK_STAMP)
 	$(VENV)/bin/ruff check enso_tracker tests benchmarks
 	$(VENV)/bin/ruff format --check enso_tracker tests benchmarks
 
-types: $(STAMP)
+types: $(CHECK_STAMP)
 	$(VENV)/bin/mypy enso_tracker tests benchmarks
 
-unit: $(STAMP)
+quick: $(CHECK_STAMP)
+	$(PY) -m pytest -q -m 'not slow'
+
+unit: $(TEST_STAMP)
+	@# the RQ tests' Redis (Debian's; as root, as CI runs: otherwise those tests skip, saying so)
+	command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	$(PY) -m pytest -q
+
+check: lint types quick
 
 test: lint types unit
 
@@ -36,9 +69,9 @@ test-all: test
 	$(MAKE) test PYTHON=$(PY312) VENV=.venv-3.12
 	$(MAKE) test PYTHON=$(PY313) VENV=.venv-3.13
 
-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+bench: $(TEST_STAMP)
+	$(PIP) install --group bench
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-3.12 .venv-3.13 build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.12 .venv-3.13 build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import (
     async_gap,
+    cli_import,
     exit_time,
     hot_path,
     memory,
@@ -80,7 +81,8 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
             ("8. Durable spool", lambda: spool.run(sizes, sink)),
             ("9. Spool adoption", lambda: spool_adopt.run(sizes, sink)),
-            ("10. Receipts", lambda: receipts.run(sizes, sink)),
+            ("10. CLI import", lambda: cli_import.run(sizes, sink)),
+            ("11. Receipts", lambda: receipts.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

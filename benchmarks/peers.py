@@ -152,7 +152,7 @@ def run(sizes: Sizes, sink: ServerProcess) -> Section:
     if missing:
         section.details.append(f"Not installed (skipped): {', '.join(missing)}.")
     if not present:
-        section.skipped = "not installed (pip install -e '.[bench]')"
+        section.skipped = "not installed (make bench, or pip install --group bench)"
         return section
     chunks = max(1, sizes.peer_calls // CHUNK)
     hot: dict[str, list[float]] = {"enso": [], **{p.name: [] for p in present}}

@@ -1,4 +1,4 @@
-"""Scenario 10: the cost of receipts (issue #20).
+"""Scenario 11: the cost of receipts (issue #20).
 
 * The fold on the sender thread, per settled event: decode its wire body, add it to
   its spool row's totals, and (``receipts="events"``) build its per-event row, with the
@@ -100,7 +100,7 @@ PACED: tuple[tuple[str, bool | str, int, str], ...] = (
 
 
 def run(sizes: Sizes, sink: ServerProcess) -> Section:
-    section = Section("10. Receipts")
+    section = Section("11. Receipts")
     n_fold = 5_000 if sizes.quick else 100_000
     n_paced = 2_000 if sizes.quick else 100_000
     repeats = 1 if sizes.quick else 3

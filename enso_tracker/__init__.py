@@ -18,6 +18,7 @@ Or through the module-level default tracker::
 
 from ._config import DEFAULT_BASE_URL, Config, OnDrop
 from ._default import flush, get_tracker, init, shutdown, stats, track
+from ._direct import SendResult, send, send_events
 from ._errors import (
     ConfigurationError,
     EnsoError,
@@ -55,6 +56,7 @@ __all__ = [
     "Receipts",
     "Rejected",
     "Retry",
+    "SendResult",
     "Sender",
     "Spool",
     "SpoolStatus",
@@ -66,6 +68,8 @@ __all__ = [
     "flush",
     "get_tracker",
     "init",
+    "send",
+    "send_events",
     "shutdown",
     "stats",
     "track",

@@ -48,7 +48,7 @@ async def _off_loop(wait: Callable[[float | None], bool], timeout: float | None)
 
     Cancelling the awaiting task leaves the wait running to its own deadline (``flush``
     and ``shutdown`` are bounded and safe to abandon); its result is then discarded, even
-    if the loop is closed by then.
+    if the loop is closed by then. When no thread can start, the wait runs on the loop.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bool] = loop.create_future()
@@ -71,7 +71,13 @@ async def _off_loop(wait: Callable[[float | None], bool], timeout: float | None)
         with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="enso-tracker-await", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="enso-tracker-await", daemon=True).start()
+    except Exception:
+        # No thread can start (resource limits; CPython 3.12.0-3.12.2 at exit): wait
+        # here, blocking the loop up to ``timeout``, rather than leave the events behind.
+        log.warning("enso-tracker could not start a thread to wait on; waiting on the loop")
+        return wait(timeout)
     return await future
 
 
@@ -116,7 +122,10 @@ class AsyncMixin:
 
         A decorator for plain and ``async def`` handlers, and a context manager (``with``
         and ``async with``); the async forms flush without blocking the event loop.
-        ``timeout`` defaults to ``shutdown_timeout``.
+        Objects with an ``async def __call__``, and ``async def`` handlers behind a
+        decorator that hides them, are async too: whatever a handler's call returns that
+        is awaitable is awaited first, and the flush follows it. ``timeout`` defaults to
+        ``shutdown_timeout``.
         """
         return FlushAfter(self, timeout)
 
@@ -176,13 +185,15 @@ class FlushAfter:
     def __call__(self, handler: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, handler: Callable[P, Any]) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(handler):
+        if _is_async(handler):
 
             @functools.wraps(handler)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 try:
-                    result: Awaitable[Any] = handler(*args, **kwargs)
-                    return await result
+                    result: Any = handler(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
                 finally:
                     await self._aflush()
 
@@ -190,9 +201,36 @@ class FlushAfter:
 
         @functools.wraps(handler)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            flush = True
             try:
-                return handler(*args, **kwargs)
+                result = handler(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    # An async handler behind a plain decorator (or any callable that
+                    # hands back an awaitable): it has not run yet. Flush once it has,
+                    # without blocking the loop.
+                    flush = False
+                    return self._then_flush(result)
+                return result
             finally:
-                self._flush()
+                if flush:
+                    self._flush()
 
         return wrapper
+
+    async def _then_flush(self, awaitable: Awaitable[R]) -> R:
+        try:
+            return await awaitable
+        finally:
+            await self._aflush()
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` surely starts a coroutine: an ``async def`` (or a
+    partial of one), or an object whose ``__call__`` is ``async def``. (A plain decorator
+    hides an ``async def`` from this check; the wrapper then looks at what the call
+    returns.)"""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    if inspect.isfunction(handler) or inspect.ismethod(handler):
+        return False
+    return inspect.iscoroutinefunction(inspect.getattr_static(type(handler), "__call__", None))

@@ -1,6 +1,6 @@
 """Credentials: a static API token, or client credentials exchanged for a short-lived JWT.
 
-See ``shared/enso-api.md`` §2. Login runs on the sender thread only (never inside
+See ``docs/wire-contract.md`` (Authentication). Login runs on the sender thread only (never inside
 ``track()``), so it is single-flight by construction. Nothing in this module ever
 puts a secret or a token into a log record, a ``repr`` or an exception message.
 """
@@ -20,6 +20,7 @@ import msgspec
 
 from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
 from ._errors import ConfigurationError, describe_exception
+from ._reuse import discard, stale_reason, surplus
 from ._spool_identity import fingerprint
 
 __all__ = [
@@ -151,7 +152,7 @@ class ClientCredentials:
     """``clientKey``/``clientSecret`` exchanged at ``POST /auth/system-login`` for a JWT.
 
     The token is cached and renewed ahead of its ``exp`` claim. ``/auth/refresh`` is not
-    used: system-login returns no refresh token (``enso-api.md`` §9 A3).
+    used: system-login returns no refresh token (``docs/wire-contract.md``).
     """
 
     __slots__ = ("_header", "_key", "_login_url", "_logins", "_renew_at", "_secret")
@@ -193,7 +194,8 @@ class ClientCredentials:
         sent_at = time.monotonic()
 
         try:
-            # No Authorization header: this call is what issues the token (§9 A5).
+            # No Authorization header: this call is what issues the token (the login page's
+            # prose; its generated header table says otherwise).
             # Streamed: an endless answer or a gzip bomb is abandoned at the bound.
             with client.stream(
                 "POST",
@@ -205,12 +207,17 @@ class ClientCredentials:
                     content: bytes | None = read_answer(response, LOGIN_ANSWER_BYTES)
                 except AnswerError:
                     content = None  # over LOGIN_ANSWER_BYTES or undecodable: refused below
+                stale = stale_reason(response)
+                if stale is not None or (content is not None and surplus(response)):
+                    discard(response)  # never reused (see _reuse)
         except Exception as exc:
             # Not only httpx.HTTPError: whatever fails here may quote the request (an h11
             # header error, a UnicodeEncodeError holding the JSON with clientSecret), so
             # only the exception's type and the OS's own words go on.
             raise AuthFailure(f"login failed: {describe_exception(exc)}", retryable=True) from None
         status = response.status_code
+        if stale is not None:
+            raise AuthFailure(f"login answer not trusted: {stale}", retryable=True)
         if status in (400, 401, 403):
             raise AuthFailure(
                 f"Enso refused the client credentials (HTTP {status})",
@@ -316,5 +323,6 @@ def make_credentials(
         raise ConfigurationError("client_key and client_secret go together; one is missing")
     raise ConfigurationError(
         "no credentials: pass api_key=..., or client_key=... and client_secret=... "
-        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env())"
+        "(or set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET, for from_env()); "
+        "for development and tests without Enso, disabled=True or ENSO_DISABLED=1"
     )

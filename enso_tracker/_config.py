@@ -18,7 +18,7 @@ from ._errors import ConfigurationError
 if TYPE_CHECKING:
     from ._model import DropReason, Event
 
-__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop", "options_from_env"]
+__all__ = ["DEFAULT_BASE_URL", "Config", "OnDrop", "env_flag", "options_from_env"]
 
 DEFAULT_BASE_URL = "https://api.getenso.ai"
 
@@ -34,6 +34,9 @@ Durability = Literal["process", "power"]
 DAY = 86_400.0
 #: Upper bound of ``max_event_age``: how long an event may keep being retried.
 WEEK = 7 * DAY
+#: What SQLite needs beyond a row's bytes to store it (schema, b-tree and freelist pages
+#: of 64 KiB): ``max_spool_bytes`` must hold one ``max_batch_bytes`` row and this.
+SPOOL_ROW_OVERHEAD = 4 * 65536
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,9 +109,23 @@ class Config:
     durability: Durability = "process"
     #: Largest this process's spool file grows; past it the newest batch is dropped as
     #: ``spool_full`` (``queue_full_policy="drop"``) or kept in memory (``"block"``).
+    #: Must hold one row: ``max_batch_bytes`` plus ``SPOOL_ROW_OVERHEAD`` (256 KiB).
     max_spool_bytes: int = 1024 * 1024 * 1024
+    #: Largest all the spool files in ``spool_dir`` grow together (every process's, and
+    #: files left by processes that are gone); at least ``max_spool_bytes``. Past it the
+    #: newest batch is refused as with ``max_spool_bytes``. Also ``ENSO_MAX_SPOOL_DIR_BYTES``.
+    max_spool_dir_bytes: int = 4 * 1024 * 1024 * 1024
+    #: The spool grows no file while its filesystem has less than this free (for the
+    #: application's own needs); past it the newest batch is refused as with
+    #: ``max_spool_bytes``. 0: no guard. Also ``ENSO_SPOOL_MIN_FREE_BYTES``.
+    spool_min_free_bytes: int = 256 * 1024 * 1024
     #: Largest the directory's dead-letter store grows; past it the oldest are evicted.
     max_dead_letter_bytes: int = 64 * 1024 * 1024
+    #: Development and test mode: ``track()`` validates and returns ids as always, but
+    #: nothing is sent, no credentials are needed, no thread starts and no spool is
+    #: opened; ``stats().disabled`` counts the events let go. ``ENSO_DISABLED=1`` in the
+    #: environment sets it for every tracker not given ``disabled=False`` explicitly.
+    disabled: bool = False
     #: Receipts (docs/receipts.md): ``True`` keeps totals per (entity, metric, UTC hour,
     #: outcome); ``"events"`` also one row per event (eventId → outcome, code, when);
     #: ``False`` none. ``None`` (the default): totals with a spool or a ``receipts_dir``.
@@ -159,7 +176,25 @@ class Config:
                 f"durability={self.durability!r}: must be 'process' or 'power'"
             )
         _check_int("max_spool_bytes", self.max_spool_bytes, 1024 * 1024, 1 << 50)
+        if self.max_spool_bytes < self.max_batch_bytes + SPOOL_ROW_OVERHEAD:
+            raise ConfigurationError(
+                f"max_spool_bytes={self.max_spool_bytes} cannot hold one batch of "
+                f"max_batch_bytes={self.max_batch_bytes}: it must be at least "
+                f"{self.max_batch_bytes + SPOOL_ROW_OVERHEAD} (a batch plus "
+                f"{SPOOL_ROW_OVERHEAD} bytes of SQLite pages); raise max_spool_bytes or "
+                "lower max_batch_bytes"
+            )
+        _check_int("max_spool_dir_bytes", self.max_spool_dir_bytes, 1024 * 1024, 1 << 50)
+        if self.max_spool_dir_bytes < self.max_spool_bytes:
+            raise ConfigurationError(
+                f"max_spool_dir_bytes={self.max_spool_dir_bytes} is less than "
+                f"max_spool_bytes={self.max_spool_bytes}: the directory must hold at least "
+                "one process's spool file; raise max_spool_dir_bytes or lower max_spool_bytes"
+            )
+        _check_int("spool_min_free_bytes", self.spool_min_free_bytes, 0, 1 << 50)
         _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
+        if type(self.disabled) is not bool:
+            raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
         self._check_receipts()
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
@@ -295,8 +330,9 @@ def _check_url(url: object, allow_insecure_http: bool) -> None:
 
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``Tracker`` keywords from ``ENSO_API_KEY``, ``ENSO_CLIENT_KEY`` +
-    ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL`` and ``ENSO_SPOOL_DIR`` (unset or empty
-    ones are left out)."""
+    ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL``, ``ENSO_SPOOL_DIR``,
+    ``ENSO_MAX_SPOOL_DIR_BYTES`` and ``ENSO_SPOOL_MIN_FREE_BYTES`` (unset or empty ones
+    are left out; a byte count that is not an integer is a ``ConfigurationError``)."""
     kwargs: dict[str, Any] = {}
     for var, name in (
         ("ENSO_API_KEY", "api_key"),
@@ -308,4 +344,33 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     ):
         if environ.get(var):
             kwargs[name] = environ[var]
+    for var, name in (
+        ("ENSO_MAX_SPOOL_DIR_BYTES", "max_spool_dir_bytes"),
+        ("ENSO_SPOOL_MIN_FREE_BYTES", "spool_min_free_bytes"),
+    ):
+        text = environ.get(var, "").strip()
+        if text:
+            try:
+                kwargs[name] = int(text)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{var}={text!r}: must be a whole number of bytes"
+                ) from None
     return kwargs
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no switch from the environment (``ENSO_DISABLED``, ``ENSO_DEBUG``): unset or
+    empty is no; anything but 1/0, true/false, yes/no, on/off is a ConfigurationError
+    (a typo must not silently leave billing on, or off)."""
+    raw = environ.get(name, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r}: must be 1/0, true/false, yes/no or on/off")

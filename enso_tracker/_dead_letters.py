@@ -332,7 +332,9 @@ class DeadLetterStore:
                 except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
                     event = None
                 reason = DropReason(kind=k, message=message, code=c, status=status)
-                letter = DeadLetter(event=event, reason=reason, stored_at=stored_at, body=body)
+                letter = DeadLetter(
+                    event=event, reason=reason, stored_at=stored_at, body=body, id=rowid
+                )
                 yield rowid, letter, origin
 
     def delete(self, rowids: list[int]) -> None:
@@ -347,10 +349,23 @@ class DeadLetterStore:
             raise
         self._bytes = None
 
-    def purge(self, kind: str | None = None, code: int | str | None = None) -> int:
+    def purge(
+        self,
+        kind: str | None = None,
+        code: int | str | None = None,
+        *,
+        through: int | None = None,
+        stored_before: float | None = None,
+    ) -> int:
+        """Delete the matching letters in one statement (one transaction); ``through``:
+        only those numbered up to it; ``stored_before``: only those stored by then."""
         if not self.exists():
             return 0
         where, params = _where(kind, code)
+        for clause, value in (("id <= ?", through), ("stored_at <= ?", stored_before)):
+            if value is not None:
+                where += (" AND " if where else " WHERE ") + clause
+                params.append(value)
         cursor = self._db().execute("DELETE FROM dead_letters" + where, params)  # noqa: S608
         self._bytes = None
         return max(cursor.rowcount, 0)

@@ -7,6 +7,10 @@ that every connect, TLS handshake, read and write is cut to the time left before
 :attr:`Deadline.at`, and fails with httpcore's own timeout errors past it (httpx maps
 them to ``httpx.ReadTimeout`` & co). Only name resolution escapes it (``getaddrinfo``
 cannot be interrupted). Cost: one clock read per socket operation.
+
+Being the one wrapper around every connection we open, :class:`DeadlineStream` also
+keeps what :mod:`._reuse` needs to tell a stale answer from a fresh one: whether bytes
+were waiting before a request was fully written, and whether its answer needed any read.
 """
 
 from __future__ import annotations
@@ -44,25 +48,59 @@ _WRITE_SLICE = 64 * 1024
 
 
 class DeadlineStream(httpcore.NetworkStream):
-    __slots__ = ("_deadline", "_inner")
+    """One connection's socket operations, each cut to the deadline.
+
+    It also watches request/answer cycles (writes, then reads) for :mod:`._reuse`:
+    :attr:`early` is set when, on a reused connection, bytes were already waiting
+    before a non-empty write of the current request (no answer can precede its
+    request's last byte), and :attr:`reads` counts reads since the request began (an
+    answer that needed none was wholly buffered before the request was sent).
+    """
+
+    __slots__ = ("_closed", "_cycles", "_deadline", "_inner", "_reading", "early", "reads")
 
     def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
+        self._closed = False
+        self._cycles = 0
+        self._reading = True  # the first write begins a request cycle
+        self.early = False
+        self.reads = 0
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._reading = True
+        self.reads += 1
         return self._inner.read(max_bytes, self._deadline.left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            # h11 ends a Content-Length body with an empty write, after the server may
+            # rightly have answered: nothing to send, and no evidence of anything.
+            return
+        if self._reading:  # a write after reads: the next request begins
+            self._reading = False
+            self._cycles += 1
+            self.early = False
+            self.reads = 0
         left = self._deadline.left
         if len(buffer) <= _WRITE_SLICE:
+            self._check_early()
             self._inner.write(buffer, left(timeout, httpcore.WriteTimeout))
             return
         for start in range(0, len(buffer), _WRITE_SLICE):
             piece = buffer[start : start + _WRITE_SLICE]
+            self._check_early()
             self._inner.write(piece, left(timeout, httpcore.WriteTimeout))
 
+    def _check_early(self) -> None:
+        # Not on a connection's first request: nothing can be stale there, and TLS 1.3
+        # session tickets make a fresh socket readable with no answer in it.
+        if self._cycles > 1 and not self.early and self.get_extra_info("is_readable"):
+            self.early = True
+
     def close(self) -> None:
+        self._closed = True
         self._inner.close()
 
     def start_tls(
@@ -78,6 +116,15 @@ class DeadlineStream(httpcore.NetworkStream):
         return DeadlineStream(inner, self._deadline)
 
     def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            # httpcore asks this of an idle connection before reusing it ("readable"
+            # means the server closed it). TLS may hold decrypted bytes the socket no
+            # longer shows, and a stream we closed must never be picked again.
+            if self._closed or self._inner.get_extra_info("is_readable"):
+                return True
+            tls = self._inner.get_extra_info("ssl_object")
+            pending = getattr(tls, "pending", None)
+            return bool(pending()) if callable(pending) else False
         return self._inner.get_extra_info(info)
 
 

@@ -6,6 +6,9 @@ fake Enso knows most customers but not all (so some events are rejected with cod
 a dropped connection, per-record 5xx), so the summary shows retries at work. At the
 end every accepted eventId must be either on the server exactly once, or reported to
 ``on_drop`` with a reason — never both, never neither.
+
+On a terminal the progress is one line rewritten in place; anywhere else (a file, a
+pipe, CI logs) it is plain lines, one a second, with no escape codes.
 """
 
 from __future__ import annotations
@@ -28,21 +31,43 @@ METRICS = ("api_calls", "tokens", "gb_stored")
 
 
 def run_demo(
-    *, seconds: float = 4.0, threads: int = 6, live: bool = True, out: TextIO = sys.stdout
+    *, seconds: float = 4.0, threads: int = 6, live: bool = True, out: TextIO | None = None
 ) -> int:
     """Run the demo; return 0 when the books balance, 1 otherwise."""
-    # The tracker's warnings (retries, drops) get their own lines above the live one.
+    out = sys.stdout if out is None else out  # read now: sys.stdout may have been replaced
+    terminal = _is_terminal(out)
+    print(
+        f"Simulating a web app: {threads} threads track usage events for {seconds:g} s into "
+        "an embedded fake Enso (no network, no account).",
+        file=out,
+    )
+    print(
+        "On purpose, about 1% name a customer Enso does not know (refused, code 2002) and "
+        "Enso fails a few requests (503, 429, a reset): the books must balance anyway.",
+        file=out,
+        flush=True,
+    )
+    # The tracker's warnings (retries, drops) get their own lines; on a terminal, above
+    # the live one (return to the line's start and clear it first).
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("\r\033[K  log: %(levelname)s %(message)s"))
+    prefix = "\r\033[K" if terminal else ""
+    handler.setFormatter(logging.Formatter(prefix + "  log: %(levelname)s %(message)s"))
     logger = logging.getLogger("enso_tracker")
     logger.addHandler(handler)
     try:
-        return _run(seconds, threads, live, out)
+        return _run(seconds, threads, live, terminal, out)
     finally:
         logger.removeHandler(handler)
 
 
-def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _run(seconds: float, threads: int, live: bool, terminal: bool, out: TextIO) -> int:
     dropped: dict[str, DropReason] = {}
     drop_lock = threading.Lock()
     accepted: list[list[str]] = [[] for _ in range(threads)]
@@ -57,6 +82,7 @@ def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
         tracker = Tracker(
             api_key="test-api-key",
             base_url=server.url,
+            disabled=False,  # the demo runs even where ENSO_DISABLED=1 is set
             on_drop=on_drop,
             flush_interval=0.25,
             backoff_base=0.05,
@@ -88,18 +114,22 @@ def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
             (0.6, Fault(status=200, record_status={0: 503, 3: 500})),
         ]
         next_chaos = 0
+        next_line = 0.0  # off a terminal: a plain line a second
+        back = "\r" if terminal else ""  # on a terminal: back to the live line's start
         while (elapsed := time.monotonic() - started) < seconds:
             if next_chaos < len(chaos) and elapsed >= chaos[next_chaos][0] * seconds:
                 server.script(chaos[next_chaos][1])
                 next_chaos += 1
-            if live:
+            if live and (terminal or elapsed >= next_line):
+                next_line += 1.0
                 s = tracker.stats()
                 rate = s.accepted / elapsed if elapsed else 0.0
                 print(
-                    f"\r{elapsed:4.1f}s tracked={s.accepted:7d} delivered={s.delivered:7d} "
-                    f"retried={s.retried:5d} dropped={sum(s.dropped.values()):4d} "
-                    f"queue={s.queued:5d} in_flight={s.in_flight:4d} {rate:8.0f} ev/s",
-                    end="",
+                    f"{back}{elapsed:4.1f}s tracked={s.accepted:7d} "
+                    f"delivered={s.delivered:7d} retried={s.retried:5d} "
+                    f"dropped={sum(s.dropped.values()):4d} queue={s.queued:5d} "
+                    f"in_flight={s.in_flight:4d} {rate:8.0f} ev/s",
+                    end="" if terminal else "\n",
                     file=out,
                     flush=True,
                 )
@@ -112,8 +142,8 @@ def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
         on_server = server.events
         duplicates = server.duplicates
 
-    if live:
-        print(file=out)
+    if live and terminal:
+        print(file=out)  # end the live line
     ids = [i for group in accepted for i in group]
     unique = set(ids)
     delivered_ids = unique & on_server.keys()
@@ -133,6 +163,13 @@ def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
         problems.append(f"stats do not balance: {stats}")
     if sum(stats.dropped.values()) != len(dropped_ids):
         problems.append("on_drop saw a different number of events than stats().dropped")
+    # shutdown() is True only when every event reached Enso: the rejections on purpose
+    # make it False on a healthy run. What must not happen is a shutdown that ran out of
+    # time (events dropped at its deadline) or a result that contradicts the books.
+    if "shutdown" in stats.dropped or stats.pending:
+        problems.append("shutdown() did not settle every event within its deadline")
+    if ok != (not stats.dropped and not stats.refused):
+        problems.append(f"shutdown() returned {ok} although stats say {stats}")
 
     reasons: dict[str, int] = {}
     for reason in dropped.values():
@@ -148,7 +185,8 @@ def _run(seconds: float, threads: int, live: bool, out: TextIO) -> int:
     print(f"re-sends (retries)         {stats.retried:8d}", file=out)
     print(f"duplicates Enso absorbed   {sum(duplicates.values()):8d}", file=out)
     print(f"requests / failed          {stats.requests:8d} / {stats.failed_requests}", file=out)
-    print(f"clean shutdown             {ok!s:>8}", file=out)
+    why = "every event reached Enso" if ok else "the rejected events never reached Enso"
+    print(f"shutdown() returned        {ok!s:>8} ({why})", file=out)
     if problems:
         print("BOOKS DO NOT BALANCE:", file=out)
         for p in problems:

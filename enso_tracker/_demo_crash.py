@@ -26,6 +26,7 @@ from ._tracker import Tracker
 from .testing import FakeEnso, Fault
 
 PREFIX = "crash-demo-"
+STARTUP_TIMEOUT = 60.0  # seconds the app may take to commit its first event
 
 
 def app(url: str, directory: str) -> None:
@@ -35,6 +36,7 @@ def app(url: str, directory: str) -> None:
         base_url=url,
         spool_dir=directory,
         handle_sigterm=False,
+        disabled=False,  # the demo runs even where ENSO_DISABLED=1 is set
         flush_interval=0.2,
         backoff_base=0.05,
         backoff_max=0.5,
@@ -54,8 +56,20 @@ def app(url: str, directory: str) -> None:
             time.sleep(0.001)  # a web app's pace, not a tight loop
 
 
-def run_crash_demo(*, seconds: float = 2.0, out: TextIO = sys.stdout) -> int:
+def run_crash_demo(*, seconds: float = 2.0, out: TextIO | None = None) -> int:
     """Run the crash demo; 0 when every committed event was delivered exactly once."""
+    out = sys.stdout if out is None else out  # read now: sys.stdout may have been replaced
+    print(
+        f"Simulating a crash: an app tracking with a durable spool is killed with SIGKILL "
+        f"{seconds:g} s after its first commit; a new process delivers what it had committed.",
+        file=out,
+    )
+    print(
+        "On purpose, the embedded fake Enso answers some requests with 503, and the kill "
+        "loses answers: some events go twice, and Enso's dedup by eventId absorbs them.",
+        file=out,
+        flush=True,
+    )
     directory = tempfile.mkdtemp(prefix="enso-crash-demo-")
     try:
         return _run(directory, seconds, out)
@@ -73,6 +87,7 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
             text=True,
         )
         durable = 0
+        committing = threading.Event()  # the app has committed its first events
         assert child.stdout is not None
 
         def read() -> None:
@@ -81,11 +96,16 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
             for line in child.stdout:
                 if line.strip().isdigit():
                     durable = int(line)
+                    if durable:
+                        committing.set()
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        # The clock starts when the app commits, not when it is launched: on a loaded
+        # machine its start-up alone can take longer than the whole run.
+        committing.wait(STARTUP_TIMEOUT)
         started = time.monotonic()
-        while time.monotonic() - started < seconds:
+        while committing.is_set() and time.monotonic() - started < seconds:
             if rng.random() < 0.05:  # now and then, not a storm
                 server.script(Fault(status=503))
             time.sleep(0.05)
@@ -93,13 +113,17 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
         child.wait()
         reader.join(5.0)
         before = len(server.event_ids())
-        print(f"app killed with SIGKILL after {seconds:.1f} s", file=out)
+        print(f"app killed with SIGKILL {seconds:.1f} s after its first commit", file=out)
         print(f"  last durable_seq it printed  {durable:8d}", file=out)
         print(f"  events Enso had by then      {before:8d}", file=out)
         left = [n for n in os.listdir(directory) if n.endswith(".db")]
         print(f"  spool files left behind      {len(left):8d}", file=out)
         heir = Tracker(
-            api_key="test-api-key", base_url=server.url, spool_dir=directory, handle_sigterm=False
+            api_key="test-api-key",
+            base_url=server.url,
+            spool_dir=directory,
+            handle_sigterm=False,
+            disabled=False,
         )
         ok = heir.shutdown(30.0)  # waits until everything adopted is delivered
         stats = heir.stats()

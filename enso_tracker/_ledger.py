@@ -61,6 +61,7 @@ class Ledger:
         "dead_letters",
         "deadline",
         "delivered",
+        "disabled",
         "dropped",
         "failed_requests",
         "finish_on_worker",
@@ -96,6 +97,7 @@ class Ledger:
         "spooling",
         "staged",
         "stopping",
+        "unread_adopted",
         "volatile",
         "worker_errors",
         "worker_gone",
@@ -123,6 +125,7 @@ class Ledger:
         self.finish_on_worker = False  # shutdown() came from the sender thread itself
         self.worker_gone = True  # no sender thread running (never started, or it died)
         self.delivered = 0
+        self.disabled = 0  # validated by a disabled tracker and let go, never sent
         self.dropped: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self.retried = 0
@@ -139,6 +142,9 @@ class Ledger:
         self.backlog_own: deque[Any] = deque()  # StoredBatch rows on disk only, in order
         self.backlog_adopted: deque[Any] = deque()  # rows of adopted files: sent first
         self.on_disk = 0  # events of the backlog (not counted in outstanding)
+        #: Events of adopted files not yet read into ``backlog_adopted`` (in on_disk):
+        #: rows are read in chunks as they are sent, never an object per row at once.
+        self.unread_adopted = 0
         self.adopted = 0
         self.left_in_spool = 0
         self.spool_clock: float | None = None  # when the oldest queued event was seen
@@ -183,6 +189,18 @@ class Ledger:
             f"queue full ({self.outstanding} events, ~{self.outstanding_bytes} bytes; "
             f"max_queue_size={cfg.max_queue_size}, max_queue_bytes={cfg.max_queue_bytes})",
         )
+
+    def let_go_locked(self) -> None:
+        """A disabled tracker (``_disabled``): what ``track()`` queued was validated; it
+        is counted as ``disabled`` and let go, never sent."""
+        queue = self.queue
+        if queue:
+            self.disabled += len(queue)
+            self.outstanding -= len(queue)
+            self.outstanding_bytes -= sum([held(q) for q in queue])
+            queue.clear()
+            self.settled.notify_all()
+            self.room.notify_all()
 
     def _is_full_locked(self, size: int) -> bool:
         cfg = self.config
@@ -278,7 +296,12 @@ class Ledger:
         """A batch is on disk: its events wait in memory (``staged``), or, when memory
         is tight or older rows wait on disk, only on disk (the backlog)."""
         self.spooling = []
-        if self.backlog_own or self.backlog_adopted or not self.window_locked():
+        if (
+            self.backlog_own
+            or self.backlog_adopted
+            or self.unread_adopted
+            or not self.window_locked()
+        ):
             self.release_locked(pendings, row)
         else:
             self.staged.extend(pendings)
@@ -301,11 +324,32 @@ class Ledger:
         else:
             self.schedule.enqueue(pendings)
 
-    def adopt_locked(self, rows: list[Any]) -> None:
+    def adopt_locked(self, rows: list[Any], unread: int = 0) -> None:
+        """Rows of adopted files join the backlog, and ``unread`` events of theirs that
+        are still to be read (``refill_locked``)."""
         self.backlog_adopted.extend(rows)
-        n = sum(r.n for r in rows)
+        n = sum(r.n for r in rows) + unread
         self.on_disk += n
         self.adopted += n
+        self.unread_adopted += unread
+
+    def refill_locked(self, rows: list[Any]) -> None:
+        """The next rows of adopted files, read from disk (already counted)."""
+        self.backlog_adopted.extend(rows)
+        self.unread_adopted -= sum(r.n for r in rows)
+
+    def lose_unread_locked(self, events: int, why: str, reports: Reports) -> None:
+        """Rows of an adopted file that became unreadable before they were read: their
+        events are lost to Enso (counted as ``corrupt``)."""
+        if events <= 0:
+            return
+        self.unread_adopted -= events
+        self.on_disk -= events
+        reason = DropReason(kind="corrupt", message=why)
+        self.dropped["corrupt"] = self.dropped.get("corrupt", 0) + events
+        self.last_error = str(reason)
+        reports.append(([], reason))
+        self.reporting += 1
 
     def corrupt_locked(self, row: Any, own: bool, raw: bytes, why: str, reports: Reports) -> None:
         """A backlog row failed its CRC (or no longer parses): its events are lost to
@@ -323,6 +367,11 @@ class Ledger:
         finished, dead = self.finished, self.dead
         self.finished, self.dead = [], []
         return finished, dead
+
+    def settled_now(self, seq: int) -> bool:
+        """``settled_locked``, taking the lock."""
+        with self.lock:
+            return self.settled_locked(seq)
 
     def wait_settled(self, seq: int, deadline: float) -> bool:
         """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
@@ -472,6 +521,7 @@ class Ledger:
             self.on_disk = 0
             self.backlog_own.clear()
             self.backlog_adopted.clear()
+            self.unread_adopted = 0
         if left:
             self.drop_locked(
                 left,
@@ -507,6 +557,7 @@ class Ledger:
         return Stats(
             accepted=self.seq,
             delivered=self.delivered,
+            disabled=self.disabled,
             dropped=dict(self.dropped),
             refused=dict(self.refused),
             retried=self.retried,

@@ -17,9 +17,12 @@
   it). So, at the first tracker made in the main thread, if SIGTERM still has its default
   action (kill), a handler is installed that shuts every live tracker down, then
   restores the default action and raises SIGTERM again: the exit status stays "killed by
-  SIGTERM". A handler the application installed is never replaced (the disposition is
-  no longer the default), and one installed later replaces ours, which is the
-  application's call. Opt out with ``handle_sigterm=False`` or ``ENSO_HANDLE_SIGTERM=0``.
+  SIGTERM". Where that default action does not end the process (Python as PID 1 in a
+  container without an init, which the kernel shields from it), the process exits with
+  status 128 + SIGTERM (143) instead, as ``docker stop`` expects. A handler the
+  application installed is never replaced (the disposition is no longer the default),
+  and one installed later replaces ours, which is the application's call. Opt out with
+  ``handle_sigterm=False`` or ``ENSO_HANDLE_SIGTERM=0``.
 
   A signal handler runs in the main thread between two bytecodes of whatever it
   interrupted. If that was tracker code, the interrupted frame may hold a tracker lock
@@ -31,17 +34,29 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._log import log
 
-__all__ = ["after_fork_in_child", "flush_all", "forget", "live", "register", "shutdown_all"]
+__all__ = [
+    "after_fork_in_child",
+    "flush_all",
+    "forget",
+    "live",
+    "register",
+    "reinstall_sigterm_handler",
+    "renew_after_patching",
+    "shutdown_all",
+]
 
 
 class Managed(Protocol):
@@ -57,6 +72,8 @@ class Managed(Protocol):
     def _finish_shutdown(self, deadline: float) -> bool: ...
 
     def _after_fork_in_child(self) -> None: ...
+
+    def _renew_after_patching(self) -> None: ...
 
     def _fork_locks(self) -> list[threading.Lock | threading.RLock]: ...
 
@@ -111,6 +128,14 @@ def after_fork_in_child() -> None:
     harmless."""
     for t in live():
         t._after_fork_in_child()
+
+
+def renew_after_patching() -> None:
+    """For integrations: in a forked child that monkey-patched ``threading`` after the
+    fork (gunicorn's gevent worker), rebuild the fresh state of every tracker not yet
+    used in this process with the patched primitives."""
+    for t in live():
+        t._renew_after_patching()
 
 
 #: Locks taken around a fork (see ``_before_fork``), to release on both sides.
@@ -193,14 +218,25 @@ _installed_pid = 0
 _stopping = False
 
 
+def reinstall_sigterm_handler() -> bool:
+    """For integrations: in a process forked from one whose trackers installed the SIGTERM
+    handler, put it back after the framework reset SIGTERM to its default action (as
+    gunicorn's UvicornWorker does in every worker). Never replaces a handler someone set;
+    True if ours is in place."""
+    if not _installed_pid or not _live:  # never installed here nor before the fork
+        return False
+    return _install_sigterm_handler()
+
+
 def _install_sigterm_handler() -> bool:
     """Install the graceful SIGTERM handler if it is wanted and possible; True if it is in
     place (now or already)."""
     global _installed_pid
     if _installed_pid == os.getpid():
         return True
-    if threading.current_thread() is not threading.main_thread():
-        return False  # only the main thread may set handlers; a later tracker may
+    # Only the main thread may set handlers (a later tracker may): ``signal.signal``
+    # raises ValueError elsewhere, caught below. ``threading`` is not asked: under
+    # eventlet's monkey-patching the main thread's greenlet is not ``main_thread()``.
     if os.environ.get("ENSO_HANDLE_SIGTERM", "1").strip().lower() in ("0", "false", "no"):
         return False
     with _state_lock:
@@ -224,9 +260,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         _die()
         return
     _stopping = True
-    if _inside_tracker(frame):
-        threading.Thread(target=_stop_then_die, name="enso-tracker-sigterm").start()
+    spawn = _green_spawn()
+    if spawn is not None:  # in gevent's or eventlet's loop, which may not block
+        spawn(_stop_then_die)
         return
+    if _inside_tracker(frame):
+        try:
+            threading.Thread(target=_stop_then_die, name="enso-tracker-sigterm").start()
+            return
+        except RuntimeError:  # no thread can start (limits, interpreter exit): stop here;
+            pass  # the re-entry guard keeps it from waiting on a lock this frame holds
     _stop_then_die()
 
 
@@ -242,7 +285,14 @@ def _stop_then_die() -> None:
 
 def _die() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)  # like raise(3): never returns if it kills
+    # Still alive: the default action did not end the process. PID 1 (a container
+    # started without an init) ignores it. End the process as the signal would have,
+    # in the shell's and Docker's terms: exit status 128 + SIGTERM (143).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: exit all the same
+            stream.flush()
+    os._exit(128 + signal.SIGTERM)
 
 
 def _inside_tracker(frame: FrameType | None) -> bool:
@@ -252,3 +302,64 @@ def _inside_tracker(frame: FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _green_spawn() -> Callable[[Callable[[], None]], object] | None:
+    """If the handler runs in the hub of gevent or eventlet (the greenlet that runs their
+    event loop: where a signal lands while every other greenlet waits), their ``spawn``;
+    else None. Waiting for the sender there is refused (gevent's
+    ``BlockingSwitchOutError``) or hangs the loop, so the stop runs in a greenlet of its
+    own, which the hub starts as soon as the handler returns."""
+    greenlet: Any = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None
+    current = greenlet.getcurrent()
+    gevent_hub: Any = sys.modules.get("gevent.hub")
+    if gevent_hub is not None and isinstance(current, gevent_hub.Hub):
+        spawn: Callable[[Callable[[], None]], object] = sys.modules["gevent"].spawn
+        return spawn
+    eventlet_hubs: Any = sys.modules.get("eventlet.hubs")
+    hub = getattr(getattr(eventlet_hubs, "_threadlocal", None), "hub", None)
+    if hub is not None and current is getattr(hub, "greenlet", None):
+        eventlet_spawn: Callable[[Callable[[], None]], object] = sys.modules["eventlet"].spawn
+
+        def spawn_and_wake(stop: Callable[[], None]) -> object:
+            greenlet = eventlet_spawn(stop)
+            _wake_eventlet_hub(hub)
+            return greenlet
+
+        return spawn_and_wake
+    return None
+
+
+def _wake_eventlet_hub(hub: Any) -> None:
+    """Make eventlet's hub leave the poll the signal interrupted. Python resumes an
+    interrupted ``poll`` after the handler (PEP 475) with the time the hub chose (up to
+    a minute with nothing scheduled), and eventlet has no wake-up call of its own: a
+    pipe with a byte in it, watched by the hub, ends that wait, and the hub then starts
+    the greenlet just spawned. Best effort: without it the stop starts at the hub's next
+    wake-up."""
+    # ``posix``, not ``os``: eventlet patches ``os.write`` with one that waits on the hub,
+    # which the hub itself may not do; ``os`` re-exports these from ``posix``.
+    real_os: Any = sys.modules.get("posix")
+    try:
+        r, w = real_os.pipe()
+    except Exception:  # not POSIX: the stop just starts at the hub's next wake-up
+        return
+
+    def woken(_fileno: int) -> None:
+        hub.remove(listener)
+        real_os.close(r)
+        real_os.close(w)
+
+    try:
+        hub.mark_as_reopened(r)  # a listener left on a recycled descriptor number
+        listener = hub.add(hub.READ, r, woken, _ignore, _ignore)
+        real_os.write(w, b"\0")
+    except Exception:  # an eventlet whose hub API differs: the stop just starts later
+        real_os.close(r)
+        real_os.close(w)
+
+
+def _ignore(*_: object) -> None:
+    pass

@@ -60,7 +60,8 @@ class DropReason(msgspec.Struct, frozen=True, kw_only=True):
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """A consistent snapshot of a tracker's counters, taken under its lock.
 
-    The books always balance: ``accepted == delivered + sum(dropped.values()) + pending``.
+    The books always balance: ``accepted == delivered + sum(dropped.values()) + pending``
+    (plus ``disabled`` for a disabled tracker; see :attr:`balanced` for the spool's terms).
     Events that ``track()`` refused (it returned ``None``) were never accepted and are
     counted in ``refused`` instead.
     """
@@ -121,6 +122,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: (a symlink, another user's, permission denied, out of descriptors): retried at
     #: every scan; ``last_error`` says why.
     skipped_spool_files: int = 0
+    #: Events a disabled tracker (``disabled=True``, ``ENSO_DISABLED=1``) validated and
+    #: let go without sending: settled, never delivered, never dropped.
+    disabled: int = 0
     #: Receipts (docs/receipts.md) that could not be written (logged at ERROR): some
     #: totals or per-event rows are missing. Pending totals a move could not take yet
     #: stay in their spool file and are not counted here.
@@ -134,9 +138,13 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def balanced(self) -> bool:
         """Whether every accepted (or adopted) event is delivered, dropped with a reason,
-        pending, or left in the spool for the next start."""
+        pending, left in the spool for the next start, or let go by a disabled tracker."""
         return self.accepted + self.adopted == (
-            self.delivered + sum(self.dropped.values()) + self.pending + self.left_in_spool
+            self.delivered
+            + sum(self.dropped.values())
+            + self.pending
+            + self.left_in_spool
+            + self.disabled
         )
 
 
@@ -152,6 +160,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     #: ``time.time()`` when it was stored.
     stored_at: float
     body: bytes
+    #: Its number in the store: a letter stored later has a higher one (a watermark
+    #: for ``Spool.purge_dead_letters(through=...)``); 0 if it was never stored.
+    id: int = 0
 
 
 class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,8 +182,10 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: By Enso's code as text (``"2002"``); ``""`` for none.
     dead_letters_by_code: dict[str, int]
     dead_letters_evicted: int
-    #: Files renamed aside as unreadable, and files of another format version.
+    #: Damaged files: renamed aside (``*.corrupt-*``), or found damaged and not yet set
+    #: aside (the next tracker on the directory does that, recovering what it can).
     corrupt_files: list[str]
+    #: Files of another format version.
     unsupported_files: list[str]
     #: Undelivered events by the identity their file was written for (the first 12 hex
     #: digits of its fingerprint of destination and credential, never a secret; see
@@ -180,3 +193,6 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     events_by_identity: dict[str, int] = {}
     #: Names in the directory that are never opened (symlinks, not regular files).
     refused_files: list[str] = []
+    #: Files that could not be opened, and why (``"permission denied"``, busy…): not
+    #: damaged, and they may hold undelivered events: never delete them.
+    unreadable_files: dict[str, str] = {}

@@ -261,9 +261,13 @@ class Schedule:
 
     def park(self, p: Pending) -> None:
         """Note an unsettled event out of acceptance order (waiting to be retried, or put
-        back); ``low_water`` reads the lowest such sequence from a heap in O(log n)."""
+        back); ``low_water`` reads the lowest such sequence from a heap in O(log n).
+
+        Events adopted from a spool (sequences past ``NO_SEQ``) are never this tracker's
+        to flush: not noted. The heap is pruned only as ``low_water`` is read, so noting
+        a million of them would keep them all (their bodies too) until a flush."""
         p.done = False
-        if not p.parked:
+        if not p.parked and p.seq <= NO_SEQ:
             p.parked = True
             heapq.heappush(self._parked, (p.seq, p))
 

@@ -2,7 +2,7 @@
 
 The batching worker (``_tracker.py``) knows nothing of HTTP; this module knows nothing
 of queues. The boundary is :class:`Sender`, so tests and other transports can stand in.
-Classification follows ``shared/enso-api.md`` §10:
+Classification follows ``docs/wire-contract.md`` (Classification):
 
 ===========================  ===============================================
 answer                       outcome
@@ -29,6 +29,10 @@ Two bounds hold whatever the server does:
   passes :func:`~._answer.answer_limit`, compressed or decoded; see
   :func:`~._answer.read_answer`.
 
+An answer is read only as the answer to the request just sent (:mod:`._reuse`): a
+connection with bytes after an answer, or one abandoned mid-answer, is closed and never
+reused, and an answer that was there before its request went out is a :class:`Retry`.
+
 No exception text from the HTTP stack is ever quoted (it can hold our headers): only
 :func:`~._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
 """
@@ -50,6 +54,8 @@ from ._auth import AuthFailure, Credentials
 from ._config import Config
 from ._deadline import Deadline, arm
 from ._errors import describe_exception
+from ._proxy import check_environment_proxies
+from ._reuse import discard, stale_reason, surplus
 from ._version import __version__
 from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
 
@@ -171,6 +177,8 @@ class HttpSender:
         credentials: Credentials,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if config.trust_env:
+            check_environment_proxies()  # a proxy that cannot work fails here, not later
         self._config = config
         self._credentials = credentials
         self._transport = transport
@@ -178,6 +186,8 @@ class HttpSender:
         self._client: httpx.Client | None = None
         self._direct: httpx.BaseTransport | None = None
         self._deadline = Deadline()
+        #: Connections closed because bytes followed an answer (see :mod:`._reuse`).
+        self.discarded = 0
 
     @property
     def logins(self) -> int:
@@ -248,13 +258,18 @@ class HttpSender:
             try:
                 response = self._post(client, body, authorization, timeout)
                 try:
-                    content = self._read(response, limit)
+                    content, whole = self._read(response, limit)
+                    stale = stale_reason(response)
+                    if stale is not None or (whole and surplus(response)):
+                        self._discard(response)
                 finally:
                     response.close()  # with the body unread, this closes the connection
             except (httpx.HTTPError, UnicodeError) as exc:
                 # Never str(exc): httpx/h11 texts can quote our headers (the token).
                 return Retry(describe_exception(exc))
             status = response.status_code
+            if stale is not None:  # another request's answer: it vouches for nothing
+                return Retry(f"HTTP {status} not trusted: {stale}; resent on a new connection")
             if isinstance(content, AnswerError):  # a 2xx we will not read: not a success
                 return Retry(f"HTTP {status}: {content}")
             if status == 401 and not relogged and self._credentials.invalidate(authorization):
@@ -262,18 +277,31 @@ class HttpSender:
                 continue
             return self._classify(response, content)
 
+    def _discard(self, response: httpx.Response) -> None:
+        discard(response)
+        self.discarded += 1
+        if self.discarded == 1:
+            log.warning(
+                "enso-tracker closed a connection to %s that had bytes after an answer "
+                "(a server or proxy sending an answer twice?); such connections are never "
+                "reused (not logged again)",
+                self._url.host,
+            )
+
     @staticmethod
-    def _read(response: httpx.Response, limit: int) -> bytes | AnswerError:
-        """A 2xx answer up to ``limit`` (else the error); an error answer's first bytes."""
+    def _read(response: httpx.Response, limit: int) -> tuple[bytes | AnswerError, bool]:
+        """A 2xx answer up to ``limit`` (else the error); an error answer's first bytes;
+        and whether the answer was read to its end (else its connection is closed)."""
         if 200 <= response.status_code < 300:
             try:
-                return read_answer(response, limit)
+                return read_answer(response, limit), True
             except AnswerError as exc:
-                return exc
+                return exc, False
         try:
-            return read_answer(response, ERROR_ANSWER_BYTES, truncate=True)
+            content = read_answer(response, ERROR_ANSWER_BYTES, truncate=True)
         except AnswerError:
-            return b""  # undecodable: the status alone decides
+            return b"", False  # undecodable: the status alone decides
+        return content, len(content) < ERROR_ANSWER_BYTES
 
     def _post(
         self, client: httpx.Client, body: bytes, authorization: str, timeout: float

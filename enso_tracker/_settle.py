@@ -99,7 +99,7 @@ def _answered_locked(
     log: DeferredLog,
 ) -> None:
     n = len(batch)
-    # enso-api.md §11: an event is delivered only when the answer accounts for it.
+    # docs/wire-contract.md, Accounting: delivered only when the answer accounts for it.
     verdict = reconcile(outcome.answer, n)
     ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
     if not verdict.reconciled:

@@ -34,6 +34,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
@@ -43,14 +44,17 @@ from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
 from ._receipts import SpoolReceipts
+from ._spool_budget import Budget, file_size_limit, is_io_error
 from ._spool_identity import short
 from ._spool_store import (
+    PAGE_SIZE,
     Durability,
     SpoolClosed,
     SpoolCorrupt,
     SpoolEmpty,
     SpoolFile,
     SpoolForeign,
+    SpoolFull,
     SpoolUnavailable,
     SpoolUnsupported,
     StoredBatch,
@@ -77,6 +81,19 @@ COMPACT_ABOVE: Final = 64 * 1024 * 1024
 Problem = tuple[str, str]
 
 
+class _Unread:
+    """Where reading an adopted file's rows got to: the last rowid handed out, and the
+    events of the rows after it."""
+
+    __slots__ = ("after", "events", "file", "warned")
+
+    def __init__(self, file: SpoolFile, events: int) -> None:
+        self.file = file
+        self.after = 0
+        self.events = events
+        self.warned = False  # "cannot read now" reported once
+
+
 class DiskSpool:
     """This process's spool file, the files it adopted, and the dead-letter store."""
 
@@ -88,6 +105,8 @@ class DiskSpool:
         max_bytes: int,
         max_dead_letter_bytes: int,
         identity: str,
+        max_dir_bytes: int | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.directory = directory
         #: Whom this tracker sends for (``_spool_identity``): its files carry it, and only
@@ -95,8 +114,16 @@ class DiskSpool:
         self.identity = identity
         self.durability: Durability = durability
         self.max_bytes = max_bytes
+        self.budget = Budget(
+            directory,
+            max_file_bytes=max_bytes,
+            max_dir_bytes=max_bytes if max_dir_bytes is None else max_dir_bytes,
+            min_free_bytes=min_free_bytes,
+        )
         self.own: SpoolFile | None = None  # created at the first write
         self.adopted: list[SpoolFile] = []
+        #: Adopted files whose rows are not all read yet, oldest first.
+        self.unread: deque[_Unread] = deque()
         self.dead = DeadLetterStore(directory, max_bytes=max_dead_letter_bytes, origin=identity)
         self.skip: set[str] = set()  # files refused once (another format): not again
         #: Files of another identity (path: identity), left untouched; not reopened.
@@ -119,9 +146,15 @@ class DiskSpool:
         with self.lock:
             return self._write_unlocked(body, n, first_seq)
 
-    def adopt(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+    def adopt(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         with self.lock:
             return self._adopt_unlocked(now)
+
+    def read_adopted(
+        self, limit: int
+    ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int, list[Problem]]:
+        with self.lock:
+            return self._read_adopted_unlocked(limit)
 
     def load(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
         with self.lock:
@@ -146,7 +179,11 @@ class DiskSpool:
         if self.closed:
             raise SpoolClosed("the spool is closed (shutdown)")
         own = self.own
+        now = time.monotonic()
         if own is None:
+            # Not even created when a bound leaves no room for this row.
+            if not self.budget.room_for(len(body)):
+                raise SpoolFull(self.budget.reason)
             own = self.own = create_own(
                 self.directory,
                 durability=self.durability,
@@ -154,31 +191,65 @@ class DiskSpool:
                 identity=self.identity,
             )
             own.receipts = self.receipts
+            self.budget.apply(own, now, force=True)
+        else:
+            self.budget.apply(own, now)
         try:
-            return own.append(body, n, first_seq)
+            try:
+                return own.append(body, n, first_seq)
+            except SpoolFull:
+                # Measured again at once: another process's file may have drained.
+                if not self.budget.apply(own, now, force=True):
+                    raise
+                return own.append(body, n, first_seq)
+        except SpoolFull as exc:
+            if not self._at_bound(own, len(body)):
+                raise SpoolFull(f"the filesystem is full ({exc})") from None
+            raise SpoolFull(self.budget.reason) from None
         except SpoolCorrupt:
             # Our own file went bad under us (someone truncated it): set it aside and
             # start a new one; the rows it held are reported by whoever reads them.
             self.own = None
             own.quarantine()
             raise
+        except Exception as exc:
+            # EFBIG (RLIMIT_FSIZE) comes back from SQLite as a plain I/O error: the
+            # spool is full, and its WAL is emptied so that deletes (and later,
+            # smaller writes) go on.
+            if is_io_error(exc) and self.budget.size_limited(own, len(body)):
+                own.checkpoint()
+                limit = file_size_limit()
+                raise SpoolFull(
+                    f"the process's file size limit (RLIMIT_FSIZE) {limit} reached"
+                ) from None
+            raise
+
+    def _at_bound(self, own: SpoolFile, nbytes: int) -> bool:
+        """Whether a refused insert of ``nbytes`` ran into our page limit (else: the
+        filesystem itself is full)."""
+        try:
+            pages = own.page_count()
+        except Exception:
+            return True
+        return (pages + nbytes // PAGE_SIZE + 2) > self.budget.pages
 
     def own_size(self) -> int:
         return self.own.size() if self.own is not None else 0
 
     # ------------------------------------------------------------------ adopting
 
-    def _adopt_unlocked(self, now: float) -> tuple[list[StoredBatch], list[bytes], list[Problem]]:
+    def _adopt_unlocked(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         """Take over spool files whose owner is gone and that were written for this
         tracker's identity, at most ``MAX_ADOPTED_FILES`` held at a time.
 
-        Returns the rows to deliver (in order), the bodies salvaged from damaged files
-        (the caller writes them to its own file, so they are sent like any other), and
-        what to report: news only (a file already reported is not reported again)."""
+        Returns how many events they hold (their rows are read later, in chunks, in
+        order: ``read_adopted``), the bodies salvaged from damaged files (the caller
+        writes them to its own file, so they are sent like any other), and what to
+        report: news only (a file already reported is not reported again)."""
         self.next_scan = now + ADOPT_INTERVAL
         if self.closed:
-            return [], [], []
-        rows: list[StoredBatch] = []
+            return 0, [], []
+        events = 0
         salvaged: list[bytes] = []
         problems: list[Problem] = []
         # Gone since the last scan: no longer counted.
@@ -200,16 +271,14 @@ class DiskSpool:
                     os.close(fd)
                     self.more_orphans = True
                     break
-                found = self._open_one(db, fd, salvaged, problems)
-                if found:
-                    rows.extend(found)
+                events += self._open_one(db, fd, salvaged, problems)
         finally:
             orphans.close()
         for db, why in self.refused.items():
             if known_refused.get(db) != why:
                 problems.append(("refused", f"spool file left as it is: {why}"))
         problems.extend(self._foreign_news(known_foreign))
-        return rows, salvaged, problems
+        return events, salvaged, problems
 
     def _foreign_news(self, known: set[str]) -> list[Problem]:
         """One report per identity for the files of another identity found this scan."""
@@ -227,10 +296,9 @@ class DiskSpool:
             for who, paths in by_identity.items()
         ]
 
-    def _open_one(
-        self, db: str, fd: int, salvaged: list[bytes], problems: list[Problem]
-    ) -> list[StoredBatch]:
-        """Adopt one orphan we hold the flock of; its rows (none if it was not adopted)."""
+    def _open_one(self, db: str, fd: int, salvaged: list[bytes], problems: list[Problem]) -> int:
+        """Adopt one orphan we hold the flock of; how many events it holds (0 if it was
+        not adopted). Its rows are read later, a chunk at a time (``read_adopted``)."""
         try:
             file = open_orphan(db, fd, durability=self.durability, identity=self.identity)
         except SpoolEmpty as exc:
@@ -252,21 +320,22 @@ class DiskSpool:
         else:
             file.receipts = self.receipts  # its pending receipts move to our store
             try:
-                found = file.index()
+                found, in_file = file.tally()
             except SpoolUnavailable as exc:
                 file.close(remove_if_empty=False)
                 self.refused[db] = f"{exc}; tried again later"
-                return []
+                return 0
             except SpoolCorrupt as exc:
                 problems.append(self._set_aside(db, file, exc, salvaged))
-                return []
+                return 0
             if not found:
                 file.close()
-                return []
+                return 0
             self.adopted.append(file)
-            return found
+            self.unread.append(_Unread(file, in_file))
+            return in_file
         os.close(fd)
-        return []
+        return 0
 
     @staticmethod
     def _set_aside(
@@ -281,6 +350,49 @@ class DiskSpool:
             f"unreadable spool file renamed to {target} ({exc}); "
             f"{len(kept)} intact batches recovered from it",
         )
+
+    def _read_adopted_unlocked(
+        self, limit: int
+    ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int, list[Problem]]:
+        """The next (up to ``limit``) rows of the adopted files, in order; the files
+        found damaged (the caller sets them aside: ``forget_unread``); how many events
+        counted at adoption are gone from files read to their end (rows deleted by
+        someone else: the caller accounts for them); and what to report (a file that
+        cannot be read now, busy: tried again at the next round)."""
+        rows: list[StoredBatch] = []
+        broken: list[tuple[SpoolFile, str]] = []
+        vanished = 0
+        problems: list[Problem] = []
+        while self.unread and len(rows) < limit and not self.closed:
+            unread = self.unread[0]
+            asked = limit - len(rows)
+            try:
+                found = unread.file.rows_after(unread.after, asked)
+            except (SpoolCorrupt, SpoolClosed) as exc:
+                broken.append((unread.file, str(exc)))
+                break  # the caller forgets it, then reads on
+            except SpoolUnavailable as exc:  # busy: not damage, tried again later
+                if not unread.warned:
+                    unread.warned = True
+                    problems.append(("error", f"cannot read spool records now: {exc}"))
+                break
+            if found:
+                unread.after = found[-1].rowid
+                unread.events -= sum([r.n for r in found])
+                rows.extend(found)
+            if len(found) < asked:  # read to its end
+                self.unread.popleft()
+                vanished += max(unread.events, 0)
+        return rows, broken, vanished, problems
+
+    def forget_unread(self, file: SpoolFile) -> int:
+        """``file`` is set aside: the events of its rows not read yet."""
+        with self.lock:
+            for unread in self.unread:
+                if unread.file is file:
+                    self.unread.remove(unread)
+                    return max(unread.events, 0)
+            return 0
 
     # ------------------------------------------------------------------ loading
 
@@ -389,6 +501,7 @@ class DiskSpool:
             with contextlib.suppress(Exception):
                 file.close(remove_if_empty=True)
         self.adopted = []
+        self.unread.clear()
         self.own = None
         self.dead.close()
         if self.receipts is not None:
@@ -400,6 +513,7 @@ class DiskSpool:
         for file in [*self.adopted, *([self.own] if self.own is not None else [])]:
             file.abandon()
         self.adopted = []
+        self.unread.clear()
         self.own = None
         self.dead.abandon()
         if self.receipts is not None:

@@ -11,6 +11,7 @@ credential takes them (letters stored before identities existed are left in plac
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -30,6 +31,7 @@ from ._spool_store import (
     SpoolCorrupt,
     check_directory,
     connect,
+    is_corrupt,
     lock_path,
     read_identity,
     spool_files,
@@ -38,7 +40,7 @@ from ._spool_store import (
 from ._spool_trust import UntrustedFile, held_here, untrusted
 from ._wire import BODY_OVERHEAD, join_batch
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "cannot_open"]
 
 #: A redriven batch is cut like the sender cuts one (events and bytes).
 _REDRIVE_EVENTS: Final = 500
@@ -66,6 +68,31 @@ def _live(db: str) -> bool:
         finally:
             os.close(fd)
     return False
+
+
+def cannot_open(path: str, exc: BaseException) -> str:
+    """Why ``path`` could not be read, when it is not damaged: in words an operator
+    acts on (permission denied: run as the owner; busy: try again)."""
+    errno_ = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if errno_ == errno.EACCES or errno_ == errno.EPERM or not os.access(path, os.R_OK):
+        return "cannot open: permission denied"
+    if "readonly" in text or "read-only" in text or "attempt to write" in text:
+        return "cannot open: permission denied (read-only)"
+    if "locked" in text or "busy" in text:
+        return "cannot open: busy (locked by another process); try again"
+    return f"cannot open: {exc}"
+
+
+def _classify(
+    path: str, exc: BaseException, corrupt: list[str], unreadable: dict[str, str]
+) -> None:
+    """A file that failed to open or read: damaged (SQLite says so), or only unreadable
+    to us (permissions, a lock): never reported as corrupt then."""
+    if is_corrupt(exc):
+        corrupt.append(path)
+    else:
+        unreadable[path] = cannot_open(path, exc)
 
 
 class Spool:
@@ -97,6 +124,7 @@ class Spool:
         unsupported: list[str] = []
         refused: list[str] = []
         by_identity: dict[str, int] = {}
+        unreadable: dict[str, str] = {}
         for db in spool_files(self.path):
             files += 1
             why = untrusted(db)
@@ -112,8 +140,8 @@ class Spool:
             except UntrustedFile:  # replaced by a symlink since the check above
                 refused.append(db)
                 continue
-            except sqlite3.Error:
-                corrupt.append(db)
+            except (sqlite3.Error, OSError) as exc:
+                _classify(db, exc, corrupt, unreadable)
                 continue
             try:
                 app = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -123,8 +151,8 @@ class Spool:
                     continue
                 n, first = conn.execute("SELECT sum(n), min(created) FROM batches").fetchone()
                 who = short(read_identity(conn))
-            except sqlite3.Error:
-                corrupt.append(db)
+            except sqlite3.Error as exc:
+                _classify(db, exc, corrupt, unreadable)
                 continue
             finally:
                 conn.close()
@@ -147,6 +175,8 @@ class Spool:
             size += store.size()
         except SpoolCorrupt:
             corrupt.append(store.path)  # the next tracker on the directory sets it aside
+        except (sqlite3.Error, OSError) as exc:
+            _classify(store.path, exc, corrupt, unreadable)
         finally:
             store.close()
         return SpoolStatus(
@@ -164,6 +194,7 @@ class Spool:
             unsupported_files=unsupported,
             events_by_identity=by_identity,
             refused_files=refused,
+            unreadable_files=unreadable,
         )
 
     def pending(self) -> Iterator[Event]:
@@ -241,11 +272,23 @@ class Spool:
         finally:
             store.close()
 
-    def purge_dead_letters(self, kind: str | None = None, code: int | str | None = None) -> int:
-        """Delete matching dead letters for good; returns how many."""
+    def purge_dead_letters(
+        self,
+        kind: str | None = None,
+        code: int | str | None = None,
+        *,
+        through: int | None = None,
+        stored_before: float | None = None,
+    ) -> int:
+        """Delete matching dead letters for good, in one transaction; returns how many.
+
+        On a directory trackers keep writing to, purge only what was looked at:
+        ``through`` (a ``DeadLetter.id``, e.g. the highest one exported) leaves every
+        letter stored after it; ``stored_before`` (a ``time.time()``) also leaves those
+        stored again (same eventId) or numbered anew since then."""
         store = self._store()
         try:
-            return store.purge(kind, code)
+            return store.purge(kind, code, through=through, stored_before=stored_before)
         finally:
             store.close()
 

@@ -8,7 +8,7 @@ A spool directory holds::
     <name>.corrupt-<unix time>    an unreadable file, renamed aside and reported
 
 Design (after Vector's disk buffer, the OpenTelemetry Collector's persistent queue and
-sentry-native's run files; see ``shared/notes/durable-spool.md``):
+sentry-native's run files; see ``docs/spool.md``):
 
 * One row per HTTP batch: its exact encoded body, a CRC32 of it, its event count and the
   time it was written. SQLite in WAL mode with 64 KiB pages: a commit costs one append
@@ -95,8 +95,6 @@ FORMAT_VERSION: Final = 2
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
 WAL_LIMIT: Final = 8 * 1024 * 1024
-#: Pages SQLite needs beyond the rows (schema, freelist, b-tree interior pages).
-_SPARE_PAGES: Final = 16
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -428,8 +426,9 @@ class SpoolFile:
         if lock_fd is not None:
             hold(lock_fd)
         if max_bytes is not None:
-            pages = max(max_bytes // PAGE_SIZE, 0) + _SPARE_PAGES
-            conn.execute(f"PRAGMA max_page_count={pages}")
+            # No pages beyond the bound: Config makes sure it holds a whole row
+            # (SPOOL_ROW_OVERHEAD), and _spool_budget lowers it for the other bounds.
+            conn.execute(f"PRAGMA max_page_count={max(max_bytes // PAGE_SIZE, 1)}")
 
     def __repr__(self) -> str:
         return f"<SpoolFile {self.path} rows={self.rows} events={self.events}>"
@@ -512,23 +511,38 @@ class SpoolFile:
             self._deferred = []
             return True
 
-    def index(self) -> list[StoredBatch]:
-        """Every row, in order, without reading the bodies."""
+    def tally(self) -> tuple[int, int]:
+        """How many rows and events the file holds (one aggregate query: no object per
+        row, whatever their number)."""
+        with self._lock:
+            try:
+                rows, events = (
+                    self._db()
+                    .execute("SELECT count(*), coalesce(sum(n), 0) FROM batches")
+                    .fetchone()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise _unreadable(self.path, exc) from None
+            self.rows, self.events = int(rows), int(events)
+        return self.rows, self.events
+
+    def rows_after(self, rowid: int, limit: int) -> list[StoredBatch]:
+        """Up to ``limit`` rows after ``rowid``, in order, without their bodies (keyset
+        pagination: each call costs what it returns, not what precedes it)."""
         with self._lock:
             try:
                 found = (
                     self._db()
-                    .execute("SELECT id, n, length(body), created FROM batches ORDER BY id")
+                    .execute(
+                        "SELECT id, n, length(body), created FROM batches "
+                        "WHERE id > ? ORDER BY id LIMIT ?",
+                        (rowid, limit),
+                    )
                     .fetchall()
                 )
             except sqlite3.DatabaseError as exc:
                 raise _unreadable(self.path, exc) from None
-            rows = [
-                StoredBatch(self, rowid, n, size, created, 0) for rowid, n, size, created in found
-            ]
-            self.rows = len(rows)
-            self.events = sum(r.n for r in rows)
-        return rows
+        return [StoredBatch(self, rowid, n, size, created, 0) for rowid, n, size, created in found]
 
     def read(self, row: StoredBatch) -> tuple[bytes, bool]:
         """The row's body and whether its CRC matches. ``SpoolCorrupt`` if the file
@@ -576,6 +590,23 @@ class SpoolFile:
         with self._lock:
             if self._conn is not None and self.receipts is not None:
                 self.receipts.move(self, self._conn)
+
+    def page_count(self) -> int:
+        """Pages the database holds (those still in the WAL included)."""
+        with self._lock:
+            return int(self._db().execute("PRAGMA page_count").fetchone()[0])
+
+    def limit_pages(self, pages: int) -> None:
+        """No insert may grow the database past ``pages`` (SQLITE_FULL). SQLite keeps
+        the limit at the current size if ``pages`` is below it: deletes still work."""
+        with self._lock:
+            self._db().execute(f"PRAGMA max_page_count={max(int(pages), 1)}")
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and cut it to nothing (a WAL that may not grow,
+        at the file size limit, is emptied so that writes and deletes go on)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def compact(self) -> None:
         """A drained file that grew large is rebuilt small (VACUUM) and its WAL reset."""

@@ -16,6 +16,7 @@ to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import random
 import threading
@@ -32,7 +33,9 @@ import msgspec
 from . import _lifecycle
 from ._aio import AsyncMixin
 from ._auth import ApiKey, ClientCredentials, make_credentials
-from ._config import Config, options_from_env
+from ._config import Config, env_flag, options_from_env
+from ._debug import debug_from_env
+from ._disabled import DisabledSender, DisabledWorker
 from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
@@ -93,7 +96,8 @@ class Tracker(AsyncMixin):
     For tests: ``transport=`` is handed to httpx (e.g. ``httpx.MockTransport``), and
     ``sender=`` replaces the HTTP layer altogether (anything with the ``Sender``
     protocol's ``send``/``close``/``after_fork``/``logins``), in which case no
-    credentials are passed.
+    credentials are passed. ``disabled=True`` (or ``ENSO_DISABLED=1``) validates and
+    counts events and sends nothing, without credentials (see :class:`Config`).
     """
 
     def __init__(
@@ -107,10 +111,24 @@ class Tracker(AsyncMixin):
         sender: Sender | None = None,
         **options: Any,
     ) -> None:
+        debug_from_env()
+        by_env = "disabled" not in options and env_flag(os.environ, "ENSO_DISABLED")
+        if by_env:
+            options["disabled"] = True
         try:
             cfg = (config or Config()).replace(**options) if options else (config or Config())
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
+        if cfg.disabled:
+            # Credentials, when given, are checked as in production, then never used; no
+            # spool directory is created or read.
+            if api_key is not None or client_key is not None or client_secret is not None:
+                if sender is not None:
+                    raise ConfigurationError("pass credentials or a sender, not both")
+                make_credentials(api_key, client_key, client_secret, cfg.base_url)
+                api_key = client_key = client_secret = None
+            sender = DisabledSender()
+            cfg = cfg.replace(spool_dir=None, receipts_dir=None, receipts=False)
         self._config = cfg
         credentials = None
         if sender is None:
@@ -141,6 +159,14 @@ class Tracker(AsyncMixin):
         self._max_queue_bytes = cfg.max_queue_bytes
         self._batch_size = cfg.max_batch_size
         self._build_parts()
+        if cfg.disabled:
+            self._reporter.log.always(
+                # From the environment it is a process-wide switch, easy to leave on.
+                logging.WARNING if by_env else logging.INFO,
+                "enso-tracker is disabled%s: events are validated and counted, never sent",
+                " by ENSO_DISABLED" if by_env else "",
+            )
+            self._reporter.log.emit()
         _lifecycle.register(self, handle_sigterm=cfg.handle_sigterm)
         if cfg.integrations:
             auto_enable()
@@ -168,8 +194,10 @@ class Tracker(AsyncMixin):
                 max_bytes=cfg.max_spool_bytes,
                 max_dead_letter_bytes=cfg.max_dead_letter_bytes,
                 identity=self._identity,
+                max_dir_bytes=cfg.max_spool_dir_bytes,
+                min_free_bytes=cfg.spool_min_free_bytes,
             )
-        self._worker = Worker(
+        self._worker = (DisabledWorker if cfg.disabled else Worker)(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
         )
         receipts = make_receipts(cfg, self._identity)  # docs/receipts.md
@@ -187,7 +215,8 @@ class Tracker(AsyncMixin):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Tracker:
         """A tracker configured from ``ENSO_API_KEY`` or ``ENSO_CLIENT_KEY`` +
-        ``ENSO_CLIENT_SECRET``, and ``ENSO_BASE_URL``; keywords override the environment."""
+        ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL`` and ``ENSO_SPOOL_DIR``; keywords override
+        the environment. With ``ENSO_DISABLED=1`` no credentials are needed."""
         kwargs: dict[str, Any] = options_from_env(os.environ if environ is None else environ)
         kwargs.update(options)
         return cls(**kwargs)
@@ -203,6 +232,8 @@ class Tracker(AsyncMixin):
     def __repr__(self) -> str:
         led = self._ledger
         state = "closed" if led.closed else "stopping" if led.stopping else "open"
+        if self._config.disabled:
+            state += " disabled"
         pending = led.outstanding + led.on_disk
         return f"<Tracker {state} base_url={self._config.base_url!r} pending={pending}>"
 
@@ -336,6 +367,10 @@ class Tracker(AsyncMixin):
         ``shutdown_timeout``; ``math.inf`` for no limit) passed first. Never raises for
         delivery reasons.
 
+        When the sender thread cannot start (resource limits, or CPython 3.12.0-3.12.2
+        after the main thread returned), it sends in the calling thread instead, within
+        ``timeout``.
+
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it asks for a prompt send and returns at once, True only
         if everything is already settled. Called from a signal handler that interrupted
@@ -362,6 +397,8 @@ class Tracker(AsyncMixin):
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
+                if worker.stalled():  # no thread could start: send from this thread
+                    worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
             with led.lock:
@@ -375,6 +412,8 @@ class Tracker(AsyncMixin):
         ``track()`` reached Enso: nothing dropped, for any reason, and nothing refused.
         Idempotent; after it, ``track()`` refuses events (reason ``closed``). ``timeout``
         defaults to ``shutdown_timeout``; ``math.inf`` waits as long as delivery takes.
+        When the sender thread cannot start, it sends in the calling thread instead,
+        within ``timeout``. It never raises.
 
         Called on the sender thread (from ``on_drop`` or a logging handler), it cannot
         wait for that thread: it stops intake and returns False at once, and the sender
@@ -384,10 +423,18 @@ class Tracker(AsyncMixin):
         and it returns False at once.
         """
         deadline = self._deadline_in(timeout)
-        if interrupted_inside(self._parts()):
-            threading.Thread(
+        if interrupted_inside(self._parts()) and not self._called_back_inline(deadline):
+            helper = threading.Thread(
                 target=self.shutdown, args=(timeout,), name="enso-tracker-shutdown"
-            ).start()
+            )
+            try:
+                helper.start()
+            except Exception:  # no thread can start: the exit hook shuts it down later
+                self._reporter.log.always(
+                    logging.ERROR,
+                    "enso-tracker: shutdown() in a signal handler could not start its "
+                    "helper thread; the tracker is shut down at exit instead",
+                )
             return False
         if self._worker.on_thread():
             led = self._ledger
@@ -398,6 +445,15 @@ class Tracker(AsyncMixin):
             return False
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
+
+    def _called_back_inline(self, deadline: float) -> bool:
+        """Whether this is user code (``on_drop``, a log handler) called by the rounds
+        this thread runs for ``flush()``/``shutdown()`` when no sender thread could
+        start: inside those calls, but holding no lock (what a signal handler that
+        interrupted them could not be sure of)."""
+        return self._worker.on_thread() and lock_free_within(
+            self._ledger.lock, min(deadline, time.monotonic() + REENTRANT_STATS_WAIT)
+        )
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters (see :class:`~enso_tracker.Stats`).
@@ -495,6 +551,21 @@ class Tracker(AsyncMixin):
         if closed:  # a tracker shut down (or stopping) stays so
             self._ledger.stopping = self._ledger.closed = True
         self._sender.after_fork()
+
+    def _renew_after_patching(self) -> None:
+        # A forked child that monkey-patches ``threading`` after the fork (gunicorn's
+        # gevent worker) got real locks from the fork hook, and its sender would be a
+        # greenlet: a greenlet waiting on a real lock blocks every greenlet, and the exit
+        # hook then waits forever. Built anew with the patched ones, while the tracker is
+        # untouched in this process (its sender starts at the first track()).
+        if (
+            self._pid != os.getpid()
+            or self._worker.thread is not None
+            or type(self._ledger.lock) is type(threading.Lock())
+        ):
+            return
+        self._pid = 0
+        self._after_fork_in_child()
 
 
 # Calls of these may hold the ledger's lock (or the wake event's) when a signal handler

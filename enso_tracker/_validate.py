@@ -12,20 +12,27 @@ import math
 import numbers
 import re
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
 from ._errors import InvalidEventError, InvalidEventTypeError
 from ._items import STR_OVERHEAD
 
+if TYPE_CHECKING:
+    from ._config import Config
+
 __all__ = [
     "DECIMAL_DIGITS",
+    "EVENT_KEYS",
     "MAX_EXACT_INT",
+    "CheckedEvent",
     "bad_value",
+    "check_event",
     "check_id",
     "check_name",
     "coerce_value",
@@ -163,7 +170,7 @@ def coerce_value(value: object) -> int | float | Decimal:
 
 
 def _check_decimal(value: Decimal) -> Decimal:
-    """``value`` if Enso, which parses JSON numbers into doubles (``enso-api.md`` §12),
+    """``value`` if Enso, which parses JSON numbers into doubles (wire contract, Values),
     gets back exactly the number sent, else ``InvalidEventError`` naming ``value``.
 
     The rule: zero; or at most :data:`DECIMAL_DIGITS` (15) significant digits, counted
@@ -259,10 +266,13 @@ def _walk(value: Any, depth: int) -> None:
     """Refuse what msgspec would silently turn into ``null`` or coerce (NaN, int keys)."""
     if depth > _MAX_DEPTH:
         raise InvalidEventError("metadata", value, f"nested deeper than {_MAX_DEPTH} levels")
-    if type(value) is float:
+    kind = type(value)
+    if kind is str or kind is int:  # the common leaves: nothing to refuse (ABC checks cost)
+        return
+    if kind is float:
         if not math.isfinite(value):
             raise InvalidEventError("metadata", value, "holds a NaN or infinite float")
-    elif isinstance(value, Mapping):
+    elif kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEventTypeError(
@@ -292,3 +302,53 @@ def encode_metadata(metadata: object, encoder: msgspec.json.Encoder, max_bytes: 
             "metadata", metadata, f"is {len(raw)} bytes as JSON, more than {max_bytes}"
         )
     return raw
+
+
+#: The keys of an event given as a mapping (``send_events``): ``track()``'s argument names.
+EVENT_KEYS = frozenset({"entity", "metric", "value", "timestamp", "metadata", "event_id", "job_id"})
+_REQUIRED = ("entity", "metric", "value")
+#: An event checked as ``track()`` checks it: event_id (None: to be made), entity,
+#: metric, value, timestamp (epoch ns), metadata JSON, job_id.
+CheckedEvent = tuple[str | None, str, str, int | float | Decimal, int, bytes | None, str | None]
+
+
+def check_event(event: object, config: Config, encoder: msgspec.json.Encoder) -> CheckedEvent:
+    """An event given as a mapping of ``track()``'s arguments, checked by the same helpers
+    and in the same order as ``Tracker.track`` (names, value, timestamp, metadata, ids),
+    so the same input raises the same error."""
+    if not isinstance(event, Mapping):
+        raise InvalidEventTypeError(
+            "event", event, f"must be a mapping of track()'s arguments, not {type(event).__name__}"
+        )
+    unknown = sorted(str(k) for k in event if k not in EVENT_KEYS)
+    if unknown:
+        raise InvalidEventTypeError(
+            "event", unknown[0], f"unknown key; the keys are {', '.join(sorted(EVENT_KEYS))}"
+        )
+    for key in _REQUIRED:
+        if key not in event:
+            raise InvalidEventTypeError(key, None, "is required")
+    entity = check_name("entity", event["entity"], config.max_name_length)
+    metric = check_name("metric", event["metric"], config.max_name_length)
+    value = event["value"]
+    if type(value) is int:  # track()'s inline fast checks, then the same helpers
+        if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            bad_value(value)
+    elif type(value) is float:
+        if not math.isfinite(value):
+            bad_value(value)
+    else:
+        value = coerce_value(value)
+    timestamp = event.get("timestamp")
+    ts = time.time_ns() if timestamp is None else timestamp_ns(timestamp)
+    metadata = event.get("metadata")
+    meta = None
+    if metadata is not None:
+        meta = bytes(encode_metadata(metadata, encoder, config.max_metadata_bytes))
+    event_id = event.get("event_id")
+    if event_id is not None:
+        event_id = check_id("event_id", event_id, config.max_id_length)
+    job_id = event.get("job_id")
+    if job_id is not None:
+        job_id = check_id("job_id", job_id, config.max_id_length)
+    return event_id, entity, metric, value, ts, meta, job_id

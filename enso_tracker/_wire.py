@@ -1,9 +1,9 @@
 """The wire format of ``POST /events/batch``: request encoding and response parsing.
 
-See ``shared/enso-api.md`` §3. Two response shapes are documented (wrapped in
+See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are documented (wrapped in
 ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
 a top-level ``"status": "success"`` says nothing about the records. Which events an
-answer vouches for is decided by :func:`reconcile` (§11). Answers are read, bounded,
+answer vouches for is decided by :func:`reconcile` (Accounting). Answers are read, bounded,
 by ``_answer.read_answer``.
 """
 
@@ -55,6 +55,9 @@ def join_batch(encoded: list[bytes]) -> bytes:
     return _PREFIX + b",".join(encoded) + _SUFFIX
 
 
+_DAYS_KEPT = 4096
+
+
 class EventEncoder:
     """Encodes events one by one, so batches can be cut at an exact byte size.
 
@@ -62,7 +65,7 @@ class EventEncoder:
     current millisecond (and second) is cached, since the events of a burst share it.
     """
 
-    __slots__ = ("_encoder", "_ms", "_ms_text", "_second", "_second_text")
+    __slots__ = ("_days", "_encoder", "_ms", "_ms_text", "_second", "_second_text")
 
     def __init__(self) -> None:
         # Decimal goes out as an exact JSON number, never a string or a rounded float.
@@ -71,6 +74,10 @@ class EventEncoder:
         self._second_text = ""
         self._ms = -1
         self._ms_text = ""
+        #: Day number -> "YYYY-MM-DDT": events of other seconds (an import's, a backlog's)
+        #: mostly share a few days; the time of day is plain arithmetic (UTC has no leap
+        #: seconds in POSIX time). Bounded: cleared when full.
+        self._days: dict[int, str] = {}
 
     def timestamp(self, ns: int) -> str:
         ms = ns // 1_000_000
@@ -78,11 +85,17 @@ class EventEncoder:
             return self._ms_text
         seconds, millis = divmod(ms, 1000)
         if seconds != self._second:
-            t = time.gmtime(seconds)
-            self._second_text = (
-                f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
-            )
+            day, rest = divmod(seconds, 86_400)
+            date = self._days.get(day)
+            if date is None:
+                t = time.gmtime(day * 86_400)
+                date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+                if len(self._days) >= _DAYS_KEPT:
+                    self._days.clear()
+                self._days[day] = date
+            hours, rest = divmod(rest, 3600)
+            minutes, secs = divmod(rest, 60)
+            self._second_text = f"{date}{hours:02d}:{minutes:02d}:{secs:02d}."
             self._second = seconds
         self._ms = ms
         self._ms_text = f"{self._second_text}{millis:03d}Z"
@@ -194,7 +207,7 @@ def parse_batch_answer(content: bytes) -> BatchAnswer | None:
 
 
 class Verdict(msgspec.Struct, frozen=True):
-    """What a 2xx answer proves about a batch of ``n`` events (``enso-api.md`` §11).
+    """What a 2xx answer proves about a batch of ``n`` events (wire contract, Accounting).
 
     * ``vouched`` and no ``problem``: every event not in ``failures`` is delivered.
     * not ``vouched``: the events not in ``failures`` are *not* known to be delivered;

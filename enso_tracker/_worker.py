@@ -1,7 +1,10 @@
 """The worker: the sender thread, its loop, encoding, the sender call, and shutdown.
 
 One daemon thread per tracker, started lazily by ``track()`` and restarted if found
-dead. Each round it plans under the ledger's lock, encodes and cuts the batch, sends it
+dead. A thread that cannot start (resource limits; CPython 3.12.0-3.12.2 after the main
+thread returned, gh-113964) is tried again with backoff, and until one runs, ``flush()``
+and ``shutdown()`` run its rounds in their caller's thread (:meth:`Worker.deliver_inline`).
+Each round it plans under the ledger's lock, encodes and cuts the batch, sends it
 with the lock released, settles the outcome under the lock (``_settle``), then hands
 drops and log records to the reporter with the lock released again. It never sleeps
 inside a round: all waiting (``flush_interval``, backoff, ``Retry-After``) is on its
@@ -26,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ._config import Config
+from ._debug import log_request
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
@@ -47,12 +51,46 @@ from ._schedule import NO_SEQ
 from ._sender import Retry, Sender
 from ._settle import settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, SpoolUnavailable, StoredBatch
+from ._spool_store import (
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFile,
+    SpoolFull,
+    SpoolUnavailable,
+    StoredBatch,
+)
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
 
-__all__ = ["CLOSED", "Worker"]
+__all__ = ["CLOSED", "Worker", "cut_rows"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
+#: Rows of adopted files read from disk at a time (their place and size, not bodies).
+ADOPT_CHUNK: Final = 1024
+
+
+def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
+    """``pendings`` (each alone within ``limit``) in order, cut into groups whose joined
+    body (``join_batch``) is at most ``limit`` bytes."""
+    rows: list[list[Pending]] = []
+    current: list[Pending] = []
+    size = BODY_OVERHEAD
+    for p in pendings:
+        need = len(p.body) + (1 if current else 0)
+        if current and size + need > limit:
+            rows.append(current)
+            current, size = [], BODY_OVERHEAD
+            need = len(p.body)
+        current.append(p)
+        size += need
+    if current:
+        rows.append(current)
+    return rows
+
+
+#: Trackers whose thread could not start. A running thread keeps its tracker alive while
+#: events are outstanding (its frame is a GC root); without one, this module does, so a
+#: tracker dropped without shutdown() still reaches the exit hook's shutdown().
+_HELD: set[object] = set()
 
 
 class Worker:
@@ -80,6 +118,14 @@ class Worker:
         self.spool_wake = threading.Event()
         self.spool_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        #: After a thread failed to start: no new try before this (``time.monotonic()``).
+        self._start_retry_at = 0.0
+        self._start_failures = 0
+        #: The caller's thread running the rounds itself (no thread could start), and
+        #: its caller's deadline, which also cuts the requests it sends.
+        self._inline: threading.Thread | None = None
+        self._inline_deadline = math.inf
+        self._inline_lock = threading.Lock()
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
@@ -97,7 +143,7 @@ class Worker:
         """Whether the caller runs on one of this worker's threads (``on_drop``, a log
         handler): it must never wait for them."""
         current = threading.current_thread()
-        return current is self.thread or current is self.spool_thread
+        return current is self.thread or current is self.spool_thread or current is self._inline
 
     def abandon(self) -> None:
         """The tracker was collected: the threads end once nothing is outstanding."""
@@ -122,19 +168,33 @@ class Worker:
         self.wake.set()
 
     def _start(self) -> None:
+        if time.monotonic() < self._start_retry_at:
+            return  # the last start failed: track() does not retry it on every call
         with self._start_lock:
-            if self.ledger.closed:
-                return
-            self._start_one("thread", self.run, "sender")
-            if self.disk is not None:
-                self._start_one("spool_thread", self.spool_run, "spooler")
+            if self.ledger.closed or self._inline is not None:
+                return  # a caller's thread runs the rounds now: never two senders
+            started = self._start_one("thread", self.run, "sender")
+            if started and self.disk is not None:
+                started = self._start_one("spool_thread", self.spool_run, "spooler")
+            if started:
+                self._start_failures = 0
+                self._start_retry_at = 0.0
+                self._release()
+            else:
+                owner = self._owner()
+                if owner is not None:  # held as a thread would hold it (see _HELD)
+                    _HELD.add(owner)
+                self._start_failures += 1
+                backoff = self.config.backoff_base * 2.0 ** min(self._start_failures - 1, 30)
+                self._start_retry_at = time.monotonic() + min(backoff, self.config.backoff_max)
 
-    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> None:
+    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> bool:
+        """Whether the thread of this role runs (already, or started now)."""
         log = self.reporter.log
         thread = getattr(self, attr)
         if thread is not None and thread.is_alive():
-            return
-        if thread is not None:
+            return True
+        if thread is not None and thread.ident is not None:  # it ran once: it died
             log(logging.ERROR, "dead", "enso-tracker %s thread died; restarting", role)
         thread = threading.Thread(target=target, name=f"enso-tracker-{role}", daemon=True)
         # Published before start(): a KeyboardInterrupt inside start() (it waits for
@@ -144,9 +204,99 @@ class Worker:
         self.ledger.worker_gone = False
         try:
             thread.start()
-        except RuntimeError as exc:  # e.g. at interpreter shutdown
+        except Exception as exc:  # resource limits, interpreter shutdown, a patched start
             self.ledger.worker_gone = True
-            log(logging.ERROR, "start", "cannot start the %s thread: %s", role, exc)
+            log(
+                logging.ERROR,
+                "start",
+                "cannot start the enso-tracker %s thread (%s): events stay queued, the "
+                "start is retried, and flush()/shutdown() deliver them in their own thread",
+                role,
+                describe_exception(exc),
+            )
+            return False
+        return True
+
+    def stalled(self) -> bool:
+        """Whether a thread this worker needs is not running (it could not start)."""
+        roles = (self.thread, self.spool_thread) if self.disk is not None else (self.thread,)
+        return any(thread is None or not thread.is_alive() for thread in roles)
+
+    def deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
+        """Run the rounds of the threads that are not running, in the caller's thread,
+        until ``done()`` or ``deadline``: the fallback of ``flush()`` and ``shutdown()``
+        when no thread could start. Waits (backoff, ``Retry-After``) are slept here, cut
+        short by ``flush()``/``track()`` as the thread's would be."""
+        if self._inline is threading.current_thread():
+            return  # already running them: a shutdown() from on_drop, finished by step()
+        # One caller at a time runs the rounds; another (a shutdown() while a flush()
+        # sends) waits for it, then goes on with what is left, within its own deadline.
+        left = max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
+        if not self._inline_lock.acquire(timeout=left):
+            return
+        try:
+            self._deliver_inline(done, deadline)
+        finally:
+            self._inline_lock.release()
+
+    def _deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
+        with self._start_lock:
+            if self.ledger.closed or not self.stalled():
+                return
+            self._inline = threading.current_thread()
+            self._inline_deadline = deadline
+        ledger = self.ledger
+        try:
+            # A shutdown() asked from on_drop during these rounds is finished by them
+            # (step() does it), as the sender thread would.
+            while not done() or (ledger.finish_on_worker and not ledger.closed):
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                wait: float | None = None
+                ran = False
+                if self.disk is not None and not _alive(self.spool_thread):
+                    ran = True
+                    wait = self._round(self.spool_step, self.ledger.spool_recover_locked)
+                if not _alive(self.thread):
+                    ran = True
+                    sent = self._round(self.step, self.ledger.recover_locked)
+                    wait = sent if wait is None else wait if sent is None else min(wait, sent)
+                if not ran or wait == CLOSED:
+                    return  # a thread started meanwhile, or the tracker is closed
+                if wait is None or wait > 0:
+                    left = deadline - time.monotonic()
+                    if wait is not None:
+                        left = min(left, wait)
+                    self.wake.wait(max(0.0, min(left, threading.TIMEOUT_MAX)))
+        finally:
+            with self._start_lock:
+                self._inline = None
+                self._inline_deadline = math.inf
+
+    def _release(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            _HELD.discard(owner)
+
+    def _round(
+        self,
+        step: Callable[[], float | None],
+        recover: Callable[[], None],
+    ) -> float | None:
+        """One step of the caller-run fallback, with the thread loop's error handling."""
+        try:
+            wait = step()
+        except Exception as exc:
+            error = describe_exception(exc)
+            with self.ledger.lock:
+                self.ledger.worker_errors += 1
+                self.ledger.last_error = f"internal error: {error}"
+                recover()
+            self.reporter.log(logging.ERROR, "loop", "enso-tracker round error: %s", error)
+            wait = self.config.backoff_base
+        self.reporter.log.emit()
+        return wait
 
     def run(self) -> None:
         """The sender thread's body."""
@@ -347,7 +497,7 @@ class Worker:
                 ledger.inflight = batch
                 ledger.inflight_raw = []
                 self.drop_unsendable_locked(too_large, unencodable, reports)
-                deadline = ledger.deadline
+                deadline = min(ledger.deadline, self._inline_deadline)
         finally:
             self.hand_over(reports)
         if not batch:
@@ -360,6 +510,7 @@ class Worker:
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
         body = join_batch([p.body for p in batch])
+        started = time.monotonic()
         try:
             outcome = self.sender.send(body, timeout)
         except Exception as exc:  # a bug in a sender must not lose the batch
@@ -368,6 +519,7 @@ class Worker:
             with ledger.lock:
                 ledger.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
+        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
         reports = []
         try:
             with ledger.lock:
@@ -420,72 +572,86 @@ class Worker:
         return wait
 
     def spool_write(self, raw: list[QueuedEvent]) -> None:
-        """Encode a batch taken from the queue and commit it to disk as one row; only
-        then do its events join ``staged`` (or the backlog) to be sent."""
+        """Encode a batch taken from the queue and commit it to disk, one row per
+        ``max_batch_bytes`` (a row is never larger than what a request may carry, nor
+        than what the spool can hold); only then do its events join ``staged`` (or the
+        backlog) to be sent.
+
+        When the spool is full (a bound, the file size limit, the disk): if some rows of
+        this batch were written, the rest waits at the head of the queue until rows are
+        deleted (or ``backoff_base``); if none was, ``queue_full_policy`` decides: the
+        rest is dropped as ``spool_full`` or held in memory (``track()`` then blocks)."""
         ledger, disk = self.ledger, self.disk
         assert disk is not None
-        encoded, unencodable, grown = self.encode_all(raw)
+        encoded, unencodable, _ = self.encode_all(raw)
         hard_limit = self.config.max_batch_bytes
         keep = [p for p in encoded if BODY_OVERHEAD + len(p.body) <= hard_limit]
         too_large = [p for p in encoded if BODY_OVERHEAD + len(p.body) > hard_limit]
-        row: StoredBatch | None = None
+        written: list[tuple[list[Pending], StoredBatch]] = []
+        rest: list[Pending] = []  # not written: the chunk that failed and those after it
         full: str | None = None
         failed: str | None = None
-        if keep:
+        chunks = cut_rows(keep, hard_limit)
+        for i, chunk in enumerate(chunks):
             try:
-                row = disk.write(join_batch([p.body for p in keep]), len(keep), keep[0].seq)
+                row = disk.write(join_batch([p.body for p in chunk]), len(chunk), chunk[0].seq)
             except SpoolFull as exc:
                 full = str(exc)
             except SpoolClosed:
                 return  # shutdown closed the spool: it accounted for these events
             except Exception as exc:  # an I/O error, a file gone bad: send from memory
                 failed = describe_exception(exc)
-        size = disk.own_size() if row is not None else 0
+            else:
+                written.append((chunk, row))
+                continue
+            rest = [p for later in chunks[i:] for p in later]
+            break
+        size = disk.own_size() if written else 0
+        hold = full is not None and (bool(written) or self.config.queue_full_policy == "block")
         reports: Reports = []
         log = self.reporter.log
         try:
             with ledger.lock:
                 if ledger.closed:
                     return  # shutdown() already accounted for these at its deadline
-                if full is not None and self.config.queue_full_policy == "block":
-                    # Kept in memory: track() blocks (then refuses) once memory is full.
-                    ledger.spooling = []
-                    ledger.queue.extendleft(reversed(raw))
+                ledger.spooling = []
+                if hold:
+                    # Back at the head of the line, as they were (not encoded): written
+                    # once the spool has room, in order.
+                    back = {p.seq for p in rest}
+                    ledger.queue.extendleft(reversed([q for q in raw if q[SEQ] in back]))
                     ledger.spool_gate = time.monotonic() + self.config.backoff_base
-                    log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
-                    return
-                ledger.outstanding_bytes += grown
+                    if not written:
+                        log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
+                    rest = []
+                kept = [p for chunk, _ in written for p in chunk] + rest + too_large
+                # Encoded: they now hold their bodies (the held back ones are raw again).
+                ledger.outstanding_bytes += sum([p.size - held(p.item) for p in kept])
                 self.drop_unsendable_locked(too_large, unencodable, reports)
-                if full is not None:
-                    ledger.spooling = []
+                if full is not None and rest:
                     ledger.drop_locked(
-                        keep,
-                        DropReason(
-                            kind="spool_full",
-                            message=f"the spool is full (max_spool_bytes="
-                            f"{self.config.max_spool_bytes}): {full}",
-                        ),
+                        rest,
+                        DropReason(kind="spool_full", message=f"the spool is full: {full}"),
                         reports,
                     )
-                elif row is None:
+                elif rest:
                     # Sent from memory; ready like retries (staged keeps to disk order).
-                    ledger.spooling = []
-                    ledger.schedule.enqueue(keep)
-                    for p in keep:
+                    ledger.schedule.enqueue(rest)
+                    for p in rest:
                         heapq.heappush(ledger.volatile, (p.seq, p))
-                    if failed is not None:
-                        ledger.worker_errors += 1
-                        ledger.last_error = f"cannot write to the spool: {failed}"
-                        log(
-                            logging.ERROR,
-                            "spool_write",
-                            "cannot write to the spool (%s); sending from memory, not durable",
-                            failed,
-                        )
-                else:
-                    for p in keep:
+                    ledger.worker_errors += 1
+                    ledger.last_error = f"cannot write to the spool: {failed}"
+                    log(
+                        logging.ERROR,
+                        "spool_write",
+                        "cannot write to the spool (%s); sending from memory, not durable",
+                        failed,
+                    )
+                for chunk, row in written:
+                    for p in chunk:
                         p.row = row
-                    ledger.stage_locked(keep, row)
+                    ledger.stage_locked(chunk, row)
+                if written:
                     ledger.spool_bytes = size
                 ledger.room.notify_all()  # memory freed (rows on disk only, drops)
                 ledger.settled.notify_all()
@@ -499,7 +665,7 @@ class Worker:
         ledger, disk = self.ledger, self.disk
         assert disk is not None
         try:
-            rows, salvaged, problems = disk.adopt(now)
+            events, salvaged, problems = disk.adopt(now)
         except OSError as exc:  # the directory went away, or unreadable: try again later
             self.report_problems([("error", f"cannot look for spool files: {exc}")])
             return False
@@ -509,12 +675,39 @@ class Worker:
             ledger.skipped_files = len(disk.refused)
             if ledger.closed:
                 return False
-            ledger.adopt_locked(rows)
+            ledger.adopt_locked([], events)  # rows read later, a chunk at a time
         for body in salvaged:
             self.adopt_salvaged(body)
-        if rows or salvaged:
+        if events or salvaged:
             self.spool_wake.set()
-        return bool(rows or salvaged)
+        return bool(events or salvaged)
+
+    def read_adopted(self) -> bool:
+        """The next chunk of adopted rows, once those read before are all loaded: what
+        memory holds for a backlog stays the same whatever its number of rows."""
+        ledger, disk = self.ledger, self.disk
+        assert disk is not None
+        rows, broken, vanished, problems = disk.read_adopted(ADOPT_CHUNK)
+        self.report_problems(problems)
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    return False
+                ledger.refill_locked(rows)
+                if vanished:
+                    ledger.lose_unread_locked(
+                        vanished,
+                        "rows of an adopted spool file vanished before they were read",
+                        reports,
+                    )
+        finally:
+            self.hand_over(reports)
+        for file, why in broken:
+            if disk.closed:
+                return False
+            self.lose_file(file, why)
+        return bool(rows or broken or vanished)
 
     def disk_chores(self, now: float) -> bool:
         """Adopt orphan spool files when due, load a backlog row when memory has room.
@@ -523,6 +716,10 @@ class Worker:
         assert disk is not None
         if now >= disk.next_scan and not ledger.stopping:
             return self.adopt(now)
+        with ledger.lock:
+            refill = not ledger.backlog_adopted and ledger.unread_adopted > 0
+        if refill and self.read_adopted():
+            return True
         with ledger.lock:
             if ledger.backlog_adopted:
                 row, own = ledger.backlog_adopted[0], False
@@ -538,10 +735,10 @@ class Worker:
         except SpoolClosed:
             if disk.closed:
                 return False  # shutdown closed the files: what is left stays on disk
-            self.lose_file(row, "the file was set aside as unreadable")
+            self.lose_file(row.file, "the file was set aside as unreadable")
             return True
         except SpoolCorrupt as exc:
-            self.lose_file(row, str(exc))
+            self.lose_file(row.file, str(exc))
             return True
         except SpoolUnavailable as exc:  # busy, out of descriptors: not damage, later
             self.report_problems([("error", f"cannot read a spool record now: {exc}")])
@@ -585,14 +782,18 @@ class Worker:
         with self.ledger.lock:
             self.ledger.adopt_locked([row])
 
-    def lose_file(self, row: StoredBatch, why: str) -> None:
-        """A file became unreadable: set it aside; every backlog row of it is lost."""
+    def lose_file(self, file: SpoolFile, why: str) -> None:
+        """A file became unreadable: set it aside; every backlog row of it is lost (read
+        or not yet)."""
         ledger = self.ledger
-        file = row.file
+        disk = self.disk
+        assert disk is not None
         target = file.quarantine()
+        unread = disk.forget_unread(file)
         reports: Reports = []
         try:
             with ledger.lock:
+                ledger.lose_unread_locked(unread, f"spool file unreadable ({why})", reports)
                 for backlog, own in ((ledger.backlog_adopted, False), (ledger.backlog_own, True)):
                     while backlog and backlog[0].file is file:
                         ledger.corrupt_locked(
@@ -642,7 +843,20 @@ class Worker:
                 ledger.dead_evicted += evicted
                 ledger.spool_bytes = size
                 ledger.settled.notify_all()
-        if ledger.backlog_own or ledger.backlog_adopted or not ledger.queue:
+        room = False
+        if finished:
+            with ledger.lock:
+                # Rows deleted (or about to be, with the next write): a batch held back
+                # for a full spool is tried again now, not at the end of its backoff.
+                room = ledger.spool_gate > 0.0
+                ledger.spool_gate = 0.0
+        if (
+            room
+            or ledger.backlog_own
+            or ledger.backlog_adopted
+            or ledger.unread_adopted
+            or not ledger.queue
+        ):
             # Room freed: the spooler may load a backlog row; or it may be idle, and
             # must time the deletes it now holds (spool_step).
             self.spool_wake.set()
@@ -695,12 +909,18 @@ class Worker:
         else:
             self.wake.set()
 
+    def _nothing_left(self) -> bool:
+        with self.ledger.lock:
+            return not (self.ledger.outstanding or self.ledger.on_disk)
+
     def finish_shutdown(self, deadline: float) -> bool:
         """Wait for delivery until ``deadline``, then drop what is left, stop the thread
         and close the sender. True only when every event ``track()`` was given reached
         Enso: nothing dropped (for any reason) and nothing refused."""
         ledger = self.ledger
         reports: Reports = []
+        if self.stalled():
+            self.deliver_inline(lambda: ledger.closed or self._nothing_left(), deadline)
         with ledger.settled:
             while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
                 remaining = deadline - time.monotonic()
@@ -719,8 +939,11 @@ class Worker:
         self.wake.set()
         self.spool_wake.set()
         for thread in (self.thread, self.spool_thread):
-            if thread is not None and thread is not threading.current_thread():
+            # (A thread that never started cannot be joined: join() would raise.)
+            if _alive(thread) and thread is not threading.current_thread():
+                assert thread is not None
                 thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
+        self._release()
         # Closing the client also aborts a request still hanging past the deadline.
         self._close_sender()
         lost, turned_away = sum(dropped.values()), sum(refused.values())
@@ -739,6 +962,10 @@ class Worker:
         )
         self.hand_over(reports)
         return not lost and not turned_away and not left
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

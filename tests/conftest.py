@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import threading
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from enso_tracker import DropReason, Event, Tracker
-from enso_tracker.testing import FakeEnso
+from enso_tracker import Tracker
+from enso_tracker.testing import DropRecorder, FakeEnso
 
 pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
 
 API_KEY = "test-api-key"
+
+# A developer's ENSO_DISABLED=1 or ENSO_DEBUG=1 (docs/configuration.md) would switch every
+# tracker of this suite off, or flood its output; the tests of those switches set them.
+for _switch in ("ENSO_DISABLED", "ENSO_DEBUG"):
+    os.environ.pop(_switch, None)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -27,24 +32,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-class DropLog:
-    """An ``on_drop`` hook that records what it was given."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: list[tuple[list[Event], DropReason]] = []
-
-    def __call__(self, events: Sequence[Event], reason: DropReason) -> None:
-        with self._lock:
-            self.calls.append((list(events), reason))
-
-    def events(self, kind: str | None = None) -> list[Event]:
-        with self._lock:
-            return [e for es, r in self.calls for e in es if kind is None or r.kind == kind]
-
-    def reasons(self) -> dict[str, DropReason]:
-        with self._lock:
-            return {e.event_id: r for es, r in self.calls for e in es}
+#: The suite's name for the public recorder (``enso_tracker.testing.DropRecorder``).
+DropLog = DropRecorder
 
 
 @pytest.fixture

@@ -66,13 +66,13 @@ def test_aflush_keeps_the_event_loop_running_while_enso_hangs(
     async def main() -> bool:
         beat = asyncio.create_task(heartbeat())
         try:
-            return await tracker.aflush(2.0)
+            return await tracker.aflush(10.0)
         finally:
             beat.cancel()
 
-    assert run(main) is True  # the hang was released by the heartbeat, within 2 s
+    assert run(main) is True  # only the heartbeat releases the hang: the loop kept running
     assert len(gaps) >= 50
-    assert max(gaps) < 0.5  # the loop never stalled for anything like the flush timeout
+    assert max(gaps) < 1.0  # the loop never stalled for anything like the flush timeout
     assert fake.event_ids() == ["evt_hung"]
 
 

@@ -34,6 +34,7 @@ def credential_tracker(fake: FakeEnso, drops: DropLog, **options: Any) -> Tracke
     )
 
 
+@pytest.mark.slow
 def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drops: DropLog) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=2.0) as fake:
         tracker = credential_tracker(fake, drops)
@@ -84,6 +85,7 @@ def test_revoked_token_means_one_relogin_and_a_replay(drops: DropLog) -> None:
     assert stats.failed_requests == 0
 
 
+@pytest.mark.slow
 def test_wrong_credentials_keep_events_and_do_not_storm(drops: DropLog) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         tracker = credential_tracker(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 HEADINGS = (
@@ -25,7 +27,8 @@ HEADINGS = (
     "### Async: event-loop gap during aflush()",
     "### 8. Durable spool",
     "### 9. Spool adoption",
-    "### 10. Receipts",
+    "### 10. CLI import",
+    "### 11. Receipts",
 )
 
 

@@ -27,6 +27,8 @@ from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 
 def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropLog) -> None:
     stats = tracker.stats()
@@ -84,13 +86,21 @@ def test_429_retry_after_seconds_pauses_sending(
 def test_429_retry_after_http_date(
     make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
 ) -> None:
-    when = email.utils.formatdate(time.time() + 2.0, usegmt=True)  # whole seconds: 1-2 s
+    # An HTTP-date has whole seconds: the moment it names is 1-2 s from now, and the
+    # first request may reach the fake late on a loaded machine. So the retry is judged
+    # against that moment (on the monotonic clock the fake stamps requests with), not
+    # against the gap after the first request.
+    wall, mono = time.time(), time.monotonic()
+    when = email.utils.formatdate(wall + 2.0, usegmt=True)
+    due = mono + (email.utils.parsedate_to_datetime(when).timestamp() - wall)
     fake.script(Fault(status=429, retry_after=when))
     tracker = make_tracker()
     ids = track_many(tracker, 10)
-    assert tracker.flush(10.0)
+    assert tracker.flush(30.0)
     check_books(tracker, fake, ids, drops)
-    assert gaps(fake)[0] >= 0.9
+    times = [r.time - mono for r in fake.batch_requests()]
+    assert len(times) >= 2
+    assert min(times[1:]) >= due - mono - 0.05, (times, due - mono)
 
 
 def test_connections_reset_mid_request(
@@ -299,7 +309,7 @@ def test_shutdown_returns_by_its_deadline_when_the_server_is_down(drops: DropLog
     ids = track_many(tracker, 30)
     started = time.monotonic()
     assert tracker.shutdown(1.0) is False
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0  # 1 s deadline, slack for a loaded machine
     assert {e.event_id for e in drops.events("shutdown")} == set(ids)
     assert tracker.stats().balanced
 

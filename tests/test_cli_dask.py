@@ -17,6 +17,8 @@ import pytest
 from enso_tracker.testing import FakeEnso
 from tests.recipe_dask_import import deliver_partition
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROWS = 1500
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from enso_tracker.testing import FakeEnso
+from enso_tracker.testing import FakeEnso, Fault
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 API_KEY = "test-api-key"
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
@@ -42,7 +44,7 @@ def run_cli(
     stdin: bytes | None = None,
     timeout: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run(
         [str(SCRIPT), *map(str, args)],
         env=env,
@@ -207,16 +209,18 @@ def test_bad_rows_are_reported_with_their_line_and_the_good_ones_delivered(
     errors_file = tmp_path / "mixed.csv.errors.jsonl"
     assert str(errors_file) in proc.stdout  # named in the summary
     records = [json.loads(line) for line in errors_file.read_text().splitlines()]
-    by_line = {r["line"]: r for r in records}
+    by_line = {r["deadLetter"]["line"]: r for r in records}
     assert sorted(by_line) == [3, 4, 5, 6, 8]
-    assert [by_line[n]["field"] for n in (3, 4, 5, 6)] == ["value", "timestamp", "entity", "row"]
-    assert all(r["file"] == str(path) for r in records)
+    fields = [by_line[n]["deadLetter"]["field"] for n in (3, 4, 5, 6)]
+    assert fields == ["value", "timestamp", "entity", "row"]
+    assert all(r["deadLetter"]["file"] == str(path) for r in records)
     rejected = by_line[8]
-    assert rejected["kind"] == "rejected"
-    assert rejected["code"] == 2002
-    assert rejected["event"]["CustomerEntityId"] == "ent_unknown"
-    assert rejected["event"]["eventId"].startswith("imp_")  # re-importable, same id
-    assert "mixed.csv:3: value:" in proc.stdout
+    assert rejected["deadLetter"]["kind"] == "rejected"
+    assert rejected["deadLetter"]["code"] == 2002
+    assert rejected["CustomerEntityId"] == "ent_unknown"
+    assert rejected["eventId"].startswith("imp_")  # re-importable, same id
+    assert "value: not a number (first: " in proc.stdout
+    assert "mixed.csv:3)" in proc.stdout
 
 
 def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
@@ -245,7 +249,7 @@ def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
     assert dry.returncode == 1, dry.stderr
     assert fake.requests == []
     dry_errors = [json.loads(x) for x in (tmp_path / "dry.jsonl").read_text().splitlines()]
-    found = sorted((e["line"], e["field"]) for e in dry_errors)
+    found = sorted((e["deadLetter"]["line"], e["deadLetter"]["field"]) for e in dry_errors)
     assert found == [
         (2, "value"),
         (3, "row"),
@@ -254,13 +258,14 @@ def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
         (6, "timestamp"),
         (7, "metric"),
     ]
-    assert "rows.jsonl:5: event_id:" in dry.stdout
+    assert "event_id: " in dry.stdout
+    assert "rows.jsonl:5)" in dry.stdout
 
     real = run_cli("import", path, "--errors-out", tmp_path / "real.jsonl", env=cli_env(fake.url))
     assert real.returncode == 1, real.stderr
     real_errors = [json.loads(x) for x in (tmp_path / "real.jsonl").read_text().splitlines()]
-    assert sorted((e["line"], e["field"], e["reason"]) for e in real_errors) == sorted(
-        (e["line"], e["field"], e["reason"]) for e in dry_errors
+    assert sorted(json.dumps(e, sort_keys=True) for e in real_errors) == sorted(
+        json.dumps(e, sort_keys=True) for e in dry_errors
     )
     assert len(fake.event_ids()) == 2  # the two good rows (same content, two lines)
 
@@ -297,7 +302,9 @@ def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> Non
     for i in range(3):
         errors = tmp_path / f"big.jsonl.shard-{i}-of-3.errors.jsonl"
         if errors.exists():
-            reported += [json.loads(x)["line"] for x in errors.read_text().splitlines()]
+            reported += [
+                json.loads(x)["deadLetter"]["line"] for x in errors.read_text().splitlines()
+            ]
     assert sorted(reported) == [101, 2001]
 
 
@@ -351,17 +358,19 @@ def _closed_port() -> int:
     return port
 
 
-def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(tmp_path: Path) -> None:
+def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(fake: FakeEnso, tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
-    url = f"http://127.0.0.1:{_closed_port()}"
-    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(url))
+    # Reachable for the preflight probe, then every connection drops: Enso went away
+    # mid-run (unreachable from the start is test_cli_preflight.py's).
+    fake.script(Fault(), *[Fault(drop_connection=True)] * 200)
+    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(fake.url))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Re-run the same command" in proc.stdout
     records = [json.loads(x) for x in (tmp_path / "r.jsonl.errors.jsonl").read_text().splitlines()]
     assert len(records) == 20  # nothing vanishes: each undelivered row, with its line
-    assert {r["kind"] for r in records} == {"shutdown"}
-    assert sorted(r["line"] for r in records) == list(range(1, 21))
+    assert {r["deadLetter"]["kind"] for r in records} == {"shutdown"}
+    assert sorted(r["deadLetter"]["line"] for r in records) == list(range(1, 21))
 
 
 def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
@@ -369,7 +378,9 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
 ) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(3000)))
-    fake.hang(None)  # Enso accepts the connection and never answers
+    # The preflight probe is answered; then Enso accepts connections and never answers
+    # (delays that outlast the test; stop() at the fixture's end cuts them short).
+    fake.script(Fault(), *[Fault(delay=600.0)] * 50)
     proc = subprocess.Popen(
         [str(SCRIPT), "import", str(path), "--json"],
         env=cli_env(fake.url),
@@ -378,7 +389,10 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
         text=True,
     )
     try:
-        assert fake.wait_for(lambda server: server.in_flight >= 1, timeout=30.0)
+        # The probe is recorded once answered: what is in flight after it is a batch.
+        assert fake.wait_for(
+            lambda server: server.in_flight >= 1 and len(server.batch_requests()) >= 1, 30.0
+        )
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30.0)
     finally:
@@ -390,7 +404,7 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
     assert books_of(out)["stopped"] == "interrupted"
     errors = (tmp_path / "t.jsonl.errors.jsonl").read_text().splitlines()
     assert len(errors) == books_of(out)["accepted"] > 0
-    assert {json.loads(x)["kind"] for x in errors} == {"shutdown"}
+    assert {json.loads(x)["deadLetter"]["kind"] for x in errors} == {"shutdown"}
 
 
 def books_of(stdout: str) -> dict[str, Any]:

@@ -18,14 +18,17 @@ from typing import Any
 
 import pytest
 
-from enso_tracker.testing import FakeEnso
+from enso_tracker import Spool, Tracker
+from enso_tracker.testing import FakeEnso, Fault
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 LONG_KEY = "sk_live_0123456789abcdefWXYZ"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -220,3 +223,134 @@ def test_doctor_without_credentials_still_checks_the_network(fake: FakeEnso) -> 
     assert "ENSO_API_KEY" in found["configuration"]["fix"]
     assert found["TCP"]["ok"] is True
     assert found["credentials"]["ok"] is None
+
+
+def stranded_spool(spool_dir: Path) -> list[str]:
+    """Two events left in a spool by a tracker nobody answered (a closed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        tracker = Tracker(
+            api_key=LONG_KEY, base_url=url, spool_dir=str(spool_dir), handle_sigterm=False
+        )
+        ids = [tracker.track("ent_known", "api_calls", i) for i in (1, 2)]
+        tracker.shutdown(0.5)
+    assert tracker.stats().left_in_spool == 2
+    return [i for i in ids if i is not None]
+
+
+def test_send_judges_its_own_event_and_leaves_an_apps_spool_alone(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    """#17 finding 4: leftovers in ENSO_SPOOL_DIR were adopted, delivered, and the run said
+    "delivered" for an event Enso had rejected."""
+    spool_dir = tmp_path / "app-spool"
+    leftovers = stranded_spool(spool_dir)
+    env = cli_env(fake.url, ENSO_API_KEY=LONG_KEY, ENSO_SPOOL_DIR=str(spool_dir))
+    proc = run_cli("send", "ent_nobody", "api_calls", "1", "--event-id", "evt_mine", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "delivered" not in proc.stdout
+    assert "rejected by Enso: Customer entity not found" in proc.stdout
+    assert "code=2002" in proc.stdout
+    assert "evt_mine" in proc.stdout
+    assert batch_ids(fake) == [["evt_mine"]]  # nothing of the app's was sent
+    assert not set(leftovers) & set(fake.event_ids())
+    assert Spool(str(spool_dir)).status().events == 2  # the leftovers, untouched
+    delivered = run_cli("send", "ent_known", "api_calls", "1", "--json", env=env)
+    assert delivered.returncode == 0
+    assert json.loads(delivered.stdout)["status"] == "delivered"
+    assert Spool(str(spool_dir)).status().events == 2
+
+
+def batch_ids(fake: FakeEnso) -> list[list[str]]:
+    return [[e["eventId"] for e in r.json()["events"]] for r in fake.batch_requests()]
+
+
+def test_send_retries_with_the_same_event_id_and_reports_delivered(fake: FakeEnso) -> None:
+    fake.script(Fault(status=503, retry_after="0"), Fault(store_then_drop=True))
+    proc = run_cli(
+        "send", "ent_known", "api_calls", "1", "--event-id", "evt_again", "--json",
+        env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert batch_ids(fake) == [["evt_again"]] * 3
+    assert fake.event_ids() == ["evt_again"]
+
+
+def test_send_that_runs_out_of_time_exits_3_and_says_how_to_resend(fake: FakeEnso) -> None:
+    fake.hang(None)
+    try:
+        proc = run_cli(
+            "send", "ent_known", "api_calls", "1", "--timeout", "1", "--event-id", "evt_t",
+            env=cli_env(fake.url, ENSO_API_KEY=LONG_KEY),
+        )  # fmt: skip
+    finally:
+        fake.release()
+    assert proc.returncode == 3
+    assert "not delivered: ReadTimeout" in proc.stdout
+    assert "--event-id evt_t" in proc.stdout
+
+
+def test_send_with_an_unusable_key_is_a_usage_error_without_a_traceback(fake: FakeEnso) -> None:
+    proc = run_cli("send", "ent_known", "m", "1", env=cli_env(fake.url, ENSO_API_KEY="sk_ключ"))
+    assert proc.returncode == 2
+    assert "ENSO_API_KEY holds a non-ASCII character at index 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "ключ" not in proc.stdout + proc.stderr
+    assert fake.requests == []
+
+
+def test_doctor_takes_a_key_ending_in_a_newline_as_the_tracker_does(fake: FakeEnso) -> None:
+    """#17 finding 7: doctor had its own login/POST code and refused what the tracker took."""
+    env = cli_env(fake.url, ENSO_API_KEY=LONG_KEY + "\n")  # as read from a secret file
+    doctor = run_cli("doctor", "--json", env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    found = checks(doctor)
+    assert found["credentials"]["ok"] is True
+    assert "\n" not in found["configuration"]["detail"]
+    assert "…WXYZ (28 chars)" in found["configuration"]["detail"]
+    send = run_cli("send", "ent_known", "api_calls", "1", env=env)
+    assert send.returncode == 0, send.stdout + send.stderr
+    auth = {r.headers["authorization"] for r in fake.batch_requests()}
+    assert auth == {f"Bearer {LONG_KEY}"}  # doctor and tracker sent the same header
+
+
+def test_doctor_with_a_non_ascii_key_says_so_without_a_traceback(fake: FakeEnso) -> None:
+    key = "sk_live_0123456789abcdé"
+    proc = run_cli("doctor", env=cli_env(fake.url, ENSO_API_KEY=key))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "✘ configuration:" in proc.stdout
+    assert "ENSO_API_KEY holds a non-ASCII character at index 22" in proc.stdout
+    assert "- credentials: not checked: no usable credentials" in proc.stdout
+    assert key not in proc.stdout + proc.stderr
+    assert fake.requests == []
+
+
+def test_doctor_uses_the_trackers_login_for_client_credentials_with_newlines() -> None:
+    with FakeEnso(client_credentials={"ck_test_doctor_key_01": "cs_secret_value_0042"}) as server:
+        proc = run_cli(
+            "doctor", "--json",
+            env=cli_env(server.url, ENSO_CLIENT_KEY="ck_test_doctor_key_01\n",
+                        ENSO_CLIENT_SECRET="cs_secret_value_0042\r\n"),
+        )  # fmt: skip
+        logins = server.login_requests()
+    assert proc.returncode == 0, proc.stdout
+    found = checks(proc)
+    assert found["login"]["ok"] is True
+    assert "token valid for 3600 s" in found["login"]["detail"]
+    assert [r.json()["clientSecret"] for r in logins] == ["cs_secret_value_0042"]
+
+
+def test_doctor_when_enso_hangs_fails_within_its_timeout(fake: FakeEnso) -> None:
+    fake.hang(None)
+    try:
+        proc = run_cli("doctor", "--json", "--timeout", "1", env=cli_env(fake.url,
+                       ENSO_API_KEY=LONG_KEY))  # fmt: skip
+    finally:
+        fake.release()
+    assert proc.returncode == 1
+    found = checks(proc)
+    assert found["TCP"]["ok"] is True
+    assert found["credentials"]["ok"] is False
+    assert found["credentials"]["detail"] == "request failed: ReadTimeout"

@@ -22,6 +22,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 TS = "2026-04-01T12:00:00Z"
 REJECTED = ["evt_nobody_0", "evt_nobody_1", "evt_nobody_2"]
@@ -31,7 +33,7 @@ POISONED = "evt_poison_1"
 def run_cli(
     *args: str, env: dict[str, str] | None = None, spool_dir: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "the console script is installed by `pip install -e .[dev]`"
+    assert SCRIPT.exists(), "the console script comes with `pip install -e .` (make check)"
     environ = cli_env() if env is None else env
     if spool_dir is not None:
         environ["ENSO_SPOOL_DIR"] = str(spool_dir)
@@ -202,9 +204,18 @@ def test_dead_letters_lists_each_one_with_its_reason(dead: Path) -> None:
     records = jsonl(as_json.stdout)
     assert sorted(r["eventId"] for r in records) == REJECTED
     for r in records:
-        assert (r["entity"], r["metric"], r["kind"]) == ("ent_nobody", "api_calls", "rejected")
-        assert (r["code"], r["status"], r["timestamp"]) == (2002, 404, "2026-04-01T12:00:00.000Z")
-        assert r["storedAt"].endswith("Z")
+        letter = r["deadLetter"]
+        assert (r["CustomerEntityId"], r["metric"], letter["kind"]) == (
+            "ent_nobody",
+            "api_calls",
+            "rejected",
+        )
+        assert (letter["code"], letter["status"], r["timestamp"]) == (
+            2002,
+            404,
+            "2026-04-01T12:00:00.000Z",
+        )
+        assert letter["storedAt"].endswith("Z")
     only = jsonl(run_cli("spool", "dead-letters", "--json", "--kind", "retries_exhausted",
                          spool_dir=dead).stdout)  # fmt: skip
     assert [(r["eventId"], r["value"]) for r in only] == [(POISONED, 2.5)]

@@ -221,8 +221,10 @@ def test_flush_and_shutdown_honour_their_timeout_when_the_server_hangs(
     started = time.monotonic()
     assert tracker.shutdown(0.5) is False
     shutdown_took = time.monotonic() - started
-    assert 0.5 <= flush_took < 1.5
-    assert shutdown_took < 1.5
+    # The request would hang for 30 s: returning within a few seconds is the deadline
+    # at work (the slack is for a loaded machine).
+    assert 0.5 <= flush_took < 3.0
+    assert shutdown_took < 3.0
     assert {e.event_id for e in drops.events("shutdown")} == set(ids)
     stats = tracker.stats()
     assert stats.dropped == {"shutdown": 10}
@@ -231,6 +233,7 @@ def test_flush_and_shutdown_honour_their_timeout_when_the_server_hangs(
     assert tracker.stats().refused == {"closed": 1}
 
 
+@pytest.mark.slow
 def test_process_exit_is_bounded_when_the_server_hangs(fake: FakeEnso) -> None:
     fake.hang(None)
     started = time.monotonic()

@@ -7,7 +7,9 @@ tests will rely on, independently of the tracker.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -328,13 +330,14 @@ def test_login_with_wrong_or_missing_credentials_is_401(
 
 def test_expired_token_is_401() -> None:
     with (
-        FakeEnso(client_credentials=CREDENTIALS, token_lifetime=0.5) as fake,
+        # Long enough for the first request to arrive in time on a loaded machine.
+        FakeEnso(client_credentials=CREDENTIALS, token_lifetime=1.5) as fake,
         httpx.Client(base_url=fake.url) as client,
     ):
         token = login(client).json()["data"]["accessToken"]
         bearer = {"Authorization": f"Bearer {token}"}
         assert client.post("/events/batch", json=batch(event("a")), headers=bearer).is_success
-        deadline = time.monotonic() + 0.6
+        deadline = time.monotonic() + 1.6
         while time.monotonic() < deadline:  # waiting for a clock deadline, not for threads
             time.sleep(deadline - time.monotonic())
         expired = client.post("/events/batch", json=batch(event("b")), headers=bearer)
@@ -448,7 +451,7 @@ def test_fault_validation() -> None:
 def test_hang_until_release(fake: FakeEnso, client: httpx.Client) -> None:
     fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
     assert fake.events == {}  # still hanging
     fake.release()
     thread.join(timeout=5.0)
@@ -457,7 +460,7 @@ def test_hang_until_release(fake: FakeEnso, client: httpx.Client) -> None:
     assert fake.event_ids() == ["evt_1"]
     started = time.monotonic()
     post_batch(client, event("after"))  # release() also ends the hang for new requests
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # prompt, with room for a loaded machine
 
 
 def test_hang_for_seconds(fake: FakeEnso, client: httpx.Client) -> None:
@@ -473,10 +476,10 @@ def test_stop_is_prompt_while_a_request_hangs() -> None:
     try:
         fake.hang(None)
         thread, outcome = run_in_thread(lambda: post_batch(client, event()))
-        assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+        assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
         started = time.monotonic()
         fake.stop()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # prompt, with room for a loaded machine
         thread.join(timeout=5.0)
         assert isinstance(outcome[0], httpx.TransportError)
         assert not fake.running
@@ -747,7 +750,7 @@ def test_transport_hang_past_read_timeout_is_read_timeout(
 def test_transport_hang_until_release(fake: FakeEnso, mock_client: httpx.Client) -> None:
     fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(mock_client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=2.0)
+    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
     fake.release()
     thread.join(timeout=5.0)
     assert isinstance(outcome[0], httpx.Response)
@@ -800,6 +803,7 @@ def test_tracker_over_transport_gets_2002_for_unknown_entities(
     assert fake.events == {}
 
 
+@pytest.mark.slow
 def test_tracker_over_transport_gets_401_for_a_bad_key(
     fake: FakeEnso, make_tracker: TrackerFactory
 ) -> None:
@@ -825,3 +829,52 @@ def test_tracker_over_transport_retries_after_a_read_timeout(
     assert fake.event_ids() == ["evt_slow"]
     assert fake.batch_requests()[0].status == 0
     assert tracker.stats().retried >= 1
+
+
+# ------------------------------------------- where it listens (issue #18, finding 8)
+
+
+def test_a_busy_port_is_reported_as_such() -> None:
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    fake = FakeEnso(port=port)
+    try:
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}") as raised:
+            fake.start()
+        assert raised.value.errno == errno.EADDRINUSE
+        assert "port=0" in str(raised.value)
+        assert not fake.running
+    finally:
+        holder.close()
+    fake.start()  # the port is free now: the same fake starts
+    try:
+        assert fake.url == f"http://127.0.0.1:{port}"
+    finally:
+        fake.stop()
+
+
+def test_an_address_this_machine_lacks_is_reported_as_such() -> None:
+    with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:0.*no such address"):
+        FakeEnso(host="192.0.2.1").start()  # TEST-NET-1: never a local address
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_it_serves_on_ipv6(drops: DropLog) -> None:
+    with FakeEnso(host="::1") as fake:
+        assert fake.url.startswith("http://[::1]:")
+        tracker = Tracker(api_key=fake.api_key, base_url=fake.url, on_drop=drops)
+        ids = [tracker.track("ent", "api_calls", i) for i in range(20)]
+        assert tracker.shutdown(10.0)
+        assert set(fake.events) == set(ids)
+    assert drops.calls == []

@@ -7,10 +7,14 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from enso_tracker.testing import FakeEnso
 
 from .apps.harness import free_port, listening, run, track_over_http
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 REQUESTS = 12
 

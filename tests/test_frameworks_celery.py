@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from enso_tracker.testing import FakeEnso
 
 from .apps.harness import ROOT, read_jsonl, run, wait_for_lines
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 TASKS = 8
 

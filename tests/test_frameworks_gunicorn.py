@@ -17,6 +17,8 @@ from enso_tracker.testing import FakeEnso
 from .apps.harness import free_port, listening, read_jsonl, run, track_over_http
 from .conftest import wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 REQUESTS = 16
 
 
@@ -97,3 +99,54 @@ def test_shutdown_timeout_must_be_shorter_than_the_graceful_timeout(
         assert not drops
         assert "enso-tracker shut down" not in log
     assert not fake.duplicates
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["per-worker", "preload"])
+def test_gevent_workers_deliver_every_event_on_sigterm(
+    fake: FakeEnso, tmp_path: Path, preload: bool
+) -> None:
+    """gevent workers (not recycled here: their --max-requests stop is not prompt enough
+    to count on). With --preload the worker patches threading after the fork: the
+    gunicorn integration rebuilds the tracker's state there with gevent's locks."""
+    port = free_port()
+    argv = _argv(port, "gevent", *(["--preload"] if preload else []))
+    env = {"ENSO_BASE_URL": fake.url, "ENSO_TEST_DIR": str(tmp_path)}
+    with run(argv, env, tmp_path / "gunicorn.log") as server:
+        assert wait_until(lambda: listening(port), 20.0), server.output()
+        ids, pids = track_over_http(port, REQUESTS, workers=2)
+        assert server.stop(signal.SIGTERM, 30.0) == 0, server.output()
+    imports = read_jsonl(tmp_path / "ids.jsonl")
+    assert len(pids) == 2
+    assert len(imports) == (1 if preload else 2)
+    expected = set(ids) | {r["id"] for r in imports}
+    assert None not in expected
+    assert len(expected) == len(ids) + len(imports)
+    assert fake.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
+    assert set(fake.events) == expected
+    assert not fake.duplicates
+    assert not read_jsonl(tmp_path / "drops.jsonl")
+
+
+def test_preloaded_gevent_workers_hang_at_exit_without_the_integration(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    """The control for gevent with --preload: the worker patches threading after the
+    fork, its sender is a greenlet waiting on the real locks the fork hook made, so its
+    exit hook waits forever, until gunicorn's SIGKILL (silent, at --graceful-timeout)
+    takes the worker and its events."""
+    port = free_port()
+    argv = _argv(port, "gevent", "--preload", "--graceful-timeout", "3")
+    env = {
+        "ENSO_BASE_URL": fake.url,
+        "ENSO_TEST_DIR": str(tmp_path),
+        "ENSO_TEST_INTEGRATIONS": "0",
+    }
+    with run(argv, env, tmp_path / "gunicorn.log") as server:
+        assert wait_until(lambda: listening(port), 20.0), server.output()
+        track_over_http(port, REQUESTS, workers=2)
+        assert server.stop(signal.SIGTERM, 30.0) == 0, server.output()
+        log = server.output()
+    assert log.count("Worker exiting") == 2  # they began to exit, and never finished
+    (master,) = read_jsonl(tmp_path / "ids.jsonl")
+    assert fake.wait_for(lambda f: master["id"] in f.events, 10.0)
+    assert set(fake.events) == {master["id"]}  # every worker's event lost

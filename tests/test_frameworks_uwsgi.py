@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from enso_tracker.testing import FakeEnso
 
 from .apps.harness import BIN, ROOT, free_port, listening, read_jsonl, run
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 
 def _get(port: int, path: str) -> dict[str, Any]:

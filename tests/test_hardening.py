@@ -283,6 +283,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_defect7_pool_terminate_delivers_the_workers_events(
     fake: FakeEnso, tmp_path: Path, method: str
@@ -531,6 +532,7 @@ def _sender_threads() -> int:
     return sum(t.name == "enso-tracker-sender" for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_defect16_a_dropped_tracker_delivers_then_is_collected(fake: FakeEnso) -> None:
     gc.collect()
     threads_before = _sender_threads()

@@ -236,6 +236,7 @@ def test_defect8_huge_2xx_answer_is_retried_and_not_read_to_the_end(
     assert server.written < total // 2
 
 
+@pytest.mark.slow
 def test_defect8_gzip_bomb_is_retried_with_bounded_memory(
     raw_server: Callable[..., RawServer], bomb: bytes
 ) -> None:
@@ -370,6 +371,7 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["direct", "proxy"])
 @pytest.mark.parametrize("headers", [True, False], ids=["trickled-headers", "trickled-body"])
 def test_defect9_a_trickling_server_cannot_hold_a_request_past_the_timeout(
@@ -392,11 +394,12 @@ def test_defect9_a_trickling_server_cannot_hold_a_request_past_the_timeout(
     elapsed = time.monotonic() - started
     assert isinstance(outcome, Retry)
     assert outcome.message == "ReadTimeout"
-    assert elapsed < 3.0, f"held for {elapsed:.1f} s with timeout=1.0"
+    assert elapsed < 5.0, f"held for {elapsed:.1f} s with timeout=1.0"
     assert server.requests  # it really went to the trickling server
     assert not server.completed
 
 
+@pytest.mark.slow
 def test_defect9_a_trickled_login_is_bounded_too(
     raw_server: Callable[..., RawServer], no_proxy_env: pytest.MonkeyPatch
 ) -> None:
@@ -408,7 +411,7 @@ def test_defect9_a_trickled_login_is_bounded_too(
     elapsed = time.monotonic() - started
     assert isinstance(outcome, Retry)
     assert outcome.message == "login failed: ReadTimeout"
-    assert elapsed < 3.0, f"held for {elapsed:.1f} s with timeout=1.0"
+    assert elapsed < 5.0, f"held for {elapsed:.1f} s with timeout=1.0"
 
 
 @pytest.mark.parametrize("proxied", [False, True])
@@ -443,6 +446,7 @@ def test_defect9_normal_delivery_still_works(make_tracker: TrackerFactory, fake:
     assert sender._deadline.at == float("inf")  # no deadline left behind between sends
 
 
+@pytest.mark.slow
 def test_a_later_request_does_not_inherit_an_old_deadline(fake: FakeEnso) -> None:
     # Pooled connections outlive a send(): a later send must not inherit an old deadline.
     sender = sender_for(fake.url, timeout=1.0)

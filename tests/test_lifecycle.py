@@ -294,7 +294,10 @@ def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: Fake
         tracker = Tracker(api_key="test-api-key", base_url=sys.argv[1], flush_interval=60.0,
                           on_drop=lambda events, reason: drops.extend(events))
         ids = [tracker.track("ent", "m", i) for i in range(10)]
-        pid = ctypes.CDLL(None).fork()  # no Python at-fork hooks run
+        # No Python at-fork hooks run. PyDLL, not CDLL: CDLL releases the GIL around the
+        # call, so another thread may hold it at the fork and the child, in which that
+        # thread does not exist, would wait for it for ever.
+        pid = ctypes.PyDLL(None).fork()
         if pid == 0:
             ok = tracker.shutdown(5.0)
             stats = tracker.stats()

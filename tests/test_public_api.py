@@ -38,6 +38,10 @@ EXPECTED = {
     "Stats",
     "Tracker",
     "__version__",
+    # Sending a few events now, without a tracker (scripts, the CLI's send).
+    "SendResult",
+    "send",
+    "send_events",
     "flush",
     "get_tracker",
     "init",
@@ -61,7 +65,9 @@ def test_public_names_are_listed() -> None:
 
 
 def test_testing_module_exports() -> None:
-    assert {"FakeEnso", "Fault", "RecordedRequest"} <= set(enso_tracker.testing.__all__)
+    assert {"DropRecorder", "FakeEnso", "Fault", "RecordedRequest"} <= set(
+        enso_tracker.testing.__all__
+    )
 
 
 def test_exceptions_are_value_or_type_errors() -> None:

@@ -124,6 +124,7 @@ def test_second(fake_enso, tracker):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_users_test_file_passes_and_state_does_not_leak(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_billing=USER_TEST_FILE)
@@ -131,6 +132,7 @@ def test_users_test_file_passes_and_state_does_not_leak(pytester: pytest.Pyteste
     result.assert_outcomes(passed=2)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_without_the_plugin_line_the_fixtures_do_not_exist(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(

@@ -8,6 +8,7 @@ everything the handler tracked must already be in the FakeEnso of this process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import selectors
@@ -203,3 +204,82 @@ def test_a_flush_that_times_out_is_logged(
         assert [r.message for r in caplog.records if "flush_after" in r.message]
     assert tracker.stats().accepted == 1
     assert tracker.stats().delivered == 0  # still pending: the hang outlasted the timeout
+
+
+def plainly_decorated(handler: Callable[[], Any]) -> Callable[[], Any]:
+    """A decorator that hides ``async def`` from ``inspect.iscoroutinefunction``."""
+
+    @functools.wraps(handler)
+    def wrapper() -> Any:
+        return handler()
+
+    return wrapper
+
+
+class AsyncCallable:
+    """A handler object with an ``async def __call__`` (class-based handlers)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+
+    async def __call__(self) -> str:
+        await asyncio.sleep(0)  # the body runs only once the call is awaited
+        self._tracker.track("ent_1", "api_calls", 1, event_id="evt_a")
+        return "done"
+
+
+@pytest.mark.parametrize("shape", ["async_callable_object", "async_def_behind_a_decorator"])
+def test_hidden_async_handlers_flush_after_they_ran_without_blocking_the_loop(
+    fake: FakeEnso, make_async: Callable[..., Tracker], shape: str
+) -> None:
+    tracker = make_async()
+    if shape == "async_callable_object":
+        inner: Callable[[], Any] = AsyncCallable(tracker)
+    else:
+
+        @plainly_decorated
+        async def inner() -> str:
+            await asyncio.sleep(0)
+            tracker.track("ent_1", "api_calls", 1, event_id="evt_a")
+            return "done"
+
+    handler: Callable[[], Any] = tracker.flush_after(timeout=5.0)(inner)
+
+    async def main() -> tuple[str, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while fake.in_flight == 0:  # the flush's request reached Enso and hangs
+                await asyncio.sleep(0.005)
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+                ticks += 1
+            fake.release()  # only a loop that kept running gets here
+
+        beat = asyncio.create_task(ticker())
+        result = await handler()
+        await beat
+        return result, ticks
+
+    fake.hang(None)
+    assert asyncio.run(asyncio.wait_for(main(), timeout=10.0)) == ("done", 20)
+    assert fake.event_ids() == ["evt_a"]  # flushed after the body ran, not before
+
+
+def test_a_sync_facade_over_async_code_stays_a_sync_handler(
+    fake: FakeEnso, make_async: Callable[..., Tracker]
+) -> None:
+    tracker = make_async()
+
+    async def work() -> str:
+        tracker.track("ent_1", "api_calls", 1, event_id="evt_a")
+        return "done"
+
+    @tracker.flush_after(timeout=5.0)
+    @functools.wraps(work)
+    def handler() -> str:
+        return asyncio.run(work())
+
+    assert handler() == "done"  # called plainly, it returns the value, not a coroutine
+    assert fake.event_ids() == ["evt_a"]

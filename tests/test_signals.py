@@ -16,7 +16,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from enso_tracker.testing import FakeEnso
+
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -89,6 +89,7 @@ def test_shutdown_with_enso_down_leaves_events_on_disk_for_the_next_start(
     assert spool_names(spool) == []
 
 
+@pytest.mark.slow
 def test_kill_9_after_durable_seq_loses_nothing(fake: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     fake.hang(None)  # nothing gets delivered before the kill
@@ -124,6 +125,7 @@ def test_kill_9_after_durable_seq_loses_nothing(fake: FakeEnso, tmp_path: Path) 
     assert spool_names(spool) == []
 
 
+@pytest.mark.slow
 def test_outage_longer_than_memory_goes_to_disk_and_memory_stays_bounded(
     make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
 ) -> None:

@@ -31,6 +31,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 #: A loopback port bound for the session but never listening: every connection is
 #: refused at once (a fixed port such as 1 may be served by anything on a shared host).
@@ -426,6 +428,7 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         spool,
         fake,
         max_spool_bytes=1024 * 1024,  # the least allowed
+        max_batch_bytes=256 * 1024,  # a spool must hold a row of it and 256 KiB
         queue_full_policy="drop",
         timeout=0.3,
         on_drop=drops,
@@ -435,6 +438,11 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         meta = {"pad": "y" * 1000}
         ids = [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(3000)]
         assert wait_until(lambda: tracker.stats().durable_seq == 3000, 20.0)
+        # Drops are counted under the lock and handed to on_drop just after: wait for the
+        # hook to have seen every one the books count.
+        assert wait_until(
+            lambda: len(drops.events()) == sum(tracker.stats().dropped.values()), 20.0
+        )
         refused = {e.event_id for e in drops.events("spool_full")}
         assert refused, tracker.stats()
         assert tracker.stats().dropped == {"spool_full": len(refused)}
@@ -493,10 +501,10 @@ import json, resource, signal, sys, time
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))
 from enso_tracker import Tracker
-dropped = []
+dropped, kinds = [], set()
 t = Tracker({key!r}, base_url={url!r}, spool_dir={spool!r}, handle_sigterm=False,
             timeout=0.3, max_batch_size=100,
-            on_drop=lambda es, r: dropped.extend(e.event_id for e in es))
+            on_drop=lambda es, r: (dropped.extend(e.event_id for e in es), kinds.add(r.kind)))
 meta = {{"pad": "z" * 1000}}
 
 def written():
@@ -507,6 +515,7 @@ def written():
     s = t.stats()
     alive = t._worker.thread.is_alive() and t._worker.spool_thread.is_alive()
     return {{"durable": s.durable_seq, "spooled": s.spooled, "dropped": list(dropped),
+             "kinds": sorted(kinds),
              "errors": s.worker_errors, "last_error": s.last_error, "alive": alive}}
 
 ids = [t.track("ent", "m", i, metadata=meta) for i in range(3000)]
@@ -545,11 +554,13 @@ def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survive
     spool, report, _ = refused_writes
     full, after = report["full"], report["after"]
     assert full["alive"], full  # no crash: both threads still at work
-    # Refused, and said so: as spool_full drops, or (SQLite reports EFBIG as an I/O
-    # error) by sending from memory with an error on record.
-    said = full["dropped"] or "cannot write to the spool" in (full["last_error"] or "")
-    assert said, full
-    assert 0 < full["durable"] < len(report["ids"])  # some written before the limit
+    # EFBIG (SQLite says "disk I/O error") is a full spool: the newest batches are
+    # dropped as spool_full (queue_full_policy="drop"), counted, never sent from memory.
+    assert full["kinds"] == ["spool_full"], full
+    assert 0 < len(full["dropped"]) < len(report["ids"])  # some written before the limit
+    assert "cannot write to the spool" not in (full["last_error"] or ""), full
+    assert full["errors"] == 0, full
+    assert full["durable"] == len(report["ids"])  # each one on disk or dropped
     assert after["alive"], after
     with heir(spool, fake) as tracker:
         assert wait_until(lambda: tracker.stats().pending == 0, 20.0)

@@ -30,6 +30,8 @@ from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 100
 #: Fixed, printed; ENSO_KILL_SEED=<n> replays another schedule (kills and faults).

@@ -20,6 +20,8 @@ from enso_tracker.testing import FakeEnso
 
 from .apps.spool_million import MEMORY, N
 
+pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 #: RSS the process may gain beyond the memory bound: SQLite's page cache, msgspec's and
 #: httpx's buffers, allocator slack.

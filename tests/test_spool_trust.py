@@ -427,7 +427,7 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         used = len(os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
-        rows, salvaged, problems = disk.adopt(time.monotonic())
+        events, salvaged, problems = disk.adopt(time.monotonic())  # events it holds
         refused = dict(disk.refused)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         names = sorted(os.listdir({str(spool)!r}))
@@ -438,7 +438,7 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
             time.sleep(0.01)
         stats = t.stats()
         t.shutdown(10.0)
-        print(json.dumps({{"rows": len(rows), "refused": list(refused.values()),
+        print(json.dumps({{"rows": events, "refused": list(refused.values()),
                            "names": names, "delivered": stats.delivered}}))
         """
     )
@@ -528,15 +528,18 @@ def test_the_cli_sends_none_of_another_identity_and_doctor_says_whose_they_are(
     spool = tmp_path / "spool"
     mine = plant_orphans(spool, 2, identity(fake.url), prefix="mine")
     plant_orphans(spool, 3, identity(fake.url, "key-b"), prefix="theirs")
+    names = spool_names(spool)
     env = {"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": fake.url, "ENSO_SPOOL_DIR": str(spool)}
-    # A CLI run on the directory (ENSO_SPOOL_DIR) adopts what is its own, nothing else.
+    # `send` never borrows the application's spool (ENSO_SPOOL_DIR): it sends its own event only.
     sent = run_cli("send", "ent", "m", "1", "--event-id", "cli-1", **env)
     assert sent.returncode == 0, sent.stderr
-    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])
+    assert sorted(fake.event_ids()) == ["cli-1"]
+    assert spool_names(spool) == names
     status = json.loads(run_cli("spool", "status", "--dir", str(spool), "--json").stdout)
-    assert status["events_by_identity"] == {short(identity(fake.url, "key-b")): 3}
+    theirs = short(identity(fake.url, "key-b"))
+    assert status["events_by_identity"] == {short(identity(fake.url)): 2, theirs: 3}
     human = run_cli("spool", "status", "--dir", str(spool)).stdout
-    assert f"by identity:   {short(identity(fake.url, 'key-b'))}: 3" in human
+    assert f"{theirs}: 3" in human
     doctor = run_cli("doctor", "--json", **env)
     assert doctor.returncode == 1
     check = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["spool"]
@@ -545,4 +548,8 @@ def test_the_cli_sends_none_of_another_identity_and_doctor_says_whose_they_are(
     assert "never delete them" in check["fix"]
     assert API_KEY not in doctor.stdout
     assert "key-b" not in doctor.stdout
-    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])  # still none of theirs
+    # A tracker of this identity on the directory adopts its own files, none of theirs.
+    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
+        assert fake.wait_for_events(3, 10.0)
+    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])
+    assert len(spool_names(spool)) == 3

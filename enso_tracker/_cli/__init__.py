@@ -1,8 +1,11 @@
 """The ``enso-tracker`` command line (also ``python -m enso_tracker``).
 
 Each command is a module with ``NAME``, ``HELP``, ``configure(parser)`` and
-``run(args) -> int`` (the exit code), listed in :data:`COMMANDS`. Everything delivers
-through the public :class:`~enso_tracker.Tracker`; there is no second delivery path.
+``run(args) -> int`` (the exit code), listed in :data:`COMMANDS`. One implementation of
+the protocol: ``import`` delivers through the public :class:`~enso_tracker.Tracker`,
+``send`` through :func:`~enso_tracker.send_events`, and ``doctor`` and the import's
+preflight probe Enso with the same credentials handling and sender (``_probe``).
+``fake-server`` runs :class:`~enso_tracker.testing.FakeEnso` in the foreground.
 
 ``spool`` (status, dead-letters, redrive, purge, export) works on a durable spool
 directory through the public :class:`~enso_tracker.Spool` and sends nothing itself: a
@@ -19,6 +22,7 @@ from types import ModuleType
 from . import (
     _cmd_demo,
     _cmd_doctor,
+    _cmd_fake_server,
     _cmd_import,
     _cmd_receipts,
     _cmd_reconcile,
@@ -30,7 +34,14 @@ from ._output import EXIT_INTERRUPTED, setup_logging
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS: tuple[ModuleType, ...] = (_cmd_import, _cmd_send, _cmd_doctor, _cmd_spool, _cmd_demo)
+COMMANDS: tuple[ModuleType, ...] = (
+    _cmd_import,
+    _cmd_send,
+    _cmd_doctor,
+    _cmd_spool,
+    _cmd_demo,
+    _cmd_fake_server,
+)
 COMMANDS += (_cmd_receipts, _cmd_reconcile)  # docs/receipts.md
 
 

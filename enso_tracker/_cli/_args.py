@@ -13,13 +13,21 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .._config import DEFAULT_BASE_URL
+from .._config import DEFAULT_BASE_URL, env_flag
 from .._errors import ConfigurationError
 from .._tracker import Tracker
 from .._version import __version__
 from ._output import EXIT_CODES_HELP
 
-__all__ = ["Connection", "build_parser", "connection", "make_tracker"]
+__all__ = [
+    "Connection",
+    "build_parser",
+    "connection",
+    "connection_options",
+    "connection_options_of",
+    "in_env_terms",
+    "make_tracker",
+]
 
 ENV_VARS = ("ENSO_API_KEY", "ENSO_CLIENT_KEY", "ENSO_CLIENT_SECRET", "ENSO_BASE_URL")
 
@@ -130,4 +138,57 @@ def make_tracker(args: argparse.Namespace, **options: Any) -> Tracker:
         raise ConfigurationError(
             "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
         )
+    refuse_if_disabled()
     return Tracker.from_env(base_url=conn.base_url, **options)
+
+
+def refuse_if_disabled() -> None:
+    """A command that sends must never report a success for events a disabled tracker let
+    go, nor send from a shell where billing was switched off on purpose: it refuses."""
+    if env_flag(os.environ, "ENSO_DISABLED"):
+        raise ConfigurationError(
+            "ENSO_DISABLED is set, so nothing would be sent; unset it (or set it to 0) to send"
+        )
+
+
+def connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``base_url`` and the credentials from the environment, as keywords for
+    ``send_events()`` or ``make_credentials()``: nothing else (never ``ENSO_SPOOL_DIR``).
+    ``ConfigurationError`` (naming the variables, never a value) when they are missing
+    or contradictory."""
+    return connection_options_of(connection(args))
+
+
+def connection_options_of(conn: Connection) -> dict[str, Any]:
+    """:func:`connection_options` of a :class:`Connection` already read."""
+    if conn.mode == "none":
+        raise ConfigurationError(
+            "no credentials: set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET"
+        )
+    if conn.mode == "conflict":
+        raise ConfigurationError(
+            "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
+        )
+    refuse_if_disabled()
+    keyword = {variable: keyword for keyword, variable in _ENV_NAMES}
+    options: dict[str, Any] = {keyword[var]: value for var, value in conn.secrets.items()}
+    options["base_url"] = conn.base_url
+    return options
+
+
+_ENV_NAMES = (
+    ("api_key", "ENSO_API_KEY"),
+    ("client_key", "ENSO_CLIENT_KEY"),
+    ("client_secret", "ENSO_CLIENT_SECRET"),
+    ("base_url", "ENSO_BASE_URL / --base-url"),
+)
+
+
+def in_env_terms(exc: ConfigurationError) -> str:
+    """A configuration error about a keyword, said in terms of the CLI's environment
+    variables (``api_key holds…`` -> ``ENSO_API_KEY holds…``)."""
+    text = str(exc)
+    for keyword, variable in _ENV_NAMES:
+        if text.startswith((f"{keyword} ", f"{keyword}=")):
+            return variable + text[len(keyword) :]
+    return text

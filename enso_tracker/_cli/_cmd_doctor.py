@@ -1,30 +1,31 @@
 """``enso-tracker doctor``: is this machine set up to deliver to Enso? Each check says
-what it found and, when it fails, what to do. No usage is ever sent, no secret printed."""
+what it found and, when it fails, what to do. No usage is ever sent, no secret printed.
+
+Credentials are read and checked by the tracker's own rules (``_auth.make_credentials``)
+and probed with the tracker's own login and sender (``_probe.probe``): what doctor
+accepts, the tracker accepts. DNS, TCP and TLS are diagnosed with plain sockets first, so
+a failure says which step broke."""
 
 from __future__ import annotations
 
 import argparse
 import email.utils
 import os
-import re
 import socket
 import ssl
 import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import msgspec
 
-from .._auth import ApiKey, ClientCredentials, jwt_lifetime, make_credentials
+from .._auth import _STRIPPED, ApiKey, ClientCredentials, Credentials, make_credentials
 from .._config import Config
 from .._errors import ConfigurationError, describe_exception
-from .._sender import USER_AGENT
-from .._wire import parse_error_message
-from ._args import Connection, connection
+from .._probe import ProbeResult, probe
+from ._args import Connection, connection, connection_options_of, in_env_terms
 from ._cmd_spool import spool_check
 from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
 
@@ -39,8 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
       enso-tracker doctor
       ENSO_BASE_URL=https://api.staging.example enso-tracker doctor --json
 
-    The credential probe sends an empty batch {"events": []}: Enso answers code 2003 once
-    the credentials are accepted (401 when not). No usage is sent."""
+    The credential probe sends an empty batch {"events": []} with the tracker's own login
+    and sender: Enso answers code 2003 once the credentials are accepted (401 when not).
+    No usage is sent."""
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per network step"
     )
@@ -61,6 +63,8 @@ class Doctor:
         self.checks: list[Check] = []
         self.date_header: str | None = None
         self.round_trip: tuple[float, float] = (0.0, 0.0)
+        self.credentials: Credentials | None = None
+        self.answered = False  # whether the probe got an HTTP answer (with its Date)
 
     def add(self, name: str, ok: bool | None, detail: str, fix: str | None = None) -> bool:
         self.checks.append(Check(name, ok, detail, fix if ok is False else None))
@@ -123,7 +127,11 @@ class Doctor:
             url_ok = self.add("base URL", False, str(exc), "fix --base-url or ENSO_BASE_URL")
         else:
             url_ok = self.add("base URL", None, f"{conn.base_url} (from {conn.base_url_from})")
-        found = ", ".join(f"{k}={fingerprint(v)}" for k, v in conn.secrets.items()) or "none"
+        # Shown as the tracker reads them: surrounding whitespace (a file's newline) ignored.
+        found = (
+            ", ".join(f"{k}={fingerprint(v.strip(_STRIPPED))}" for k, v in conn.secrets.items())
+            or "none"
+        )
         mode = conn.mode
         if mode == "client_credentials" and len(conn.secrets) != 2:
             mode = "incomplete"
@@ -133,8 +141,22 @@ class Doctor:
             "incomplete": "set both ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET",
         }.get(mode)
         label = {"api_key": "API key", "client_credentials": "client credentials"}.get(mode, mode)
+        problem = None
+        if fix is None:
+            try:
+                options = connection_options_of(conn)
+                self.credentials = make_credentials(
+                    options.get("api_key"),
+                    options.get("client_key"),
+                    options.get("client_secret"),
+                    conn.base_url,
+                )
+            except ConfigurationError as exc:  # the tracker's own rules, e.g. non-ASCII
+                problem = in_env_terms(exc)
+                fix = "copy the credentials again from the Enso dashboard: ASCII, no spaces"
+        detail = f"{label} from the environment: {found}"
         creds_ok = self.add(
-            "configuration", fix is None, f"{label} from the environment: {found}", fix
+            "configuration", fix is None, f"{detail}; {problem}" if problem else detail, fix
         )
         return url_ok, creds_ok
 
@@ -191,127 +213,82 @@ class Doctor:
         )
 
     def _credentials(self) -> None:
+        """The tracker's own login and sender, on an empty batch (``_probe``)."""
         conn = self.conn
-        base = conn.base_url.rstrip("/")
-        headers = {"User-Agent": USER_AGENT}
+        assert self.credentials is not None  # checked by _configuration
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
-                if conn.mode == "client_credentials":
-                    token = self._login(client, base)
-                    if token is None:
-                        return
-                    authorization = f"Bearer {token}"
-                else:
-                    authorization = f"Bearer {conn.secrets['ENSO_API_KEY']}"
-                sent = time.time()
-                response = client.post(
-                    base + "/events/batch",
-                    content=b'{"events":[]}',
-                    headers={
-                        **headers,
-                        "Authorization": authorization,
-                        "Content-Type": "application/json",
-                    },
-                )
-                self.round_trip = (sent, time.time())
-        except httpx.HTTPError as exc:
-            self.add(
-                "credentials",
-                False,
-                f"request failed: {describe_exception(exc)}",
-                "check the network path to Enso (proxy, firewall)",
-            )
+            config = Config(base_url=conn.base_url, timeout=self.timeout)
+        except ConfigurationError as exc:
+            self.add("credentials", None, f"not checked: {exc}")
             return
-        self.date_header = response.headers.get("Date")
-        self._probe_verdict(response)
+        result = probe(config, self.credentials, self.timeout)
+        self.round_trip = (result.sent_at, result.received_at)
+        self.date_header = result.date
+        self.answered = result.status is not None
+        if conn.mode == "client_credentials" and not self._login(result):
+            self.add("credentials", None, "not checked: the login failed")
+            return
+        self._probe_verdict(result)
 
-    def _login(self, client: httpx.Client, base: str) -> str | None:
-        secrets = self.conn.secrets
-        sent = time.time()
-        response = client.post(
-            base + "/auth/system-login",
-            json={
-                "clientKey": secrets["ENSO_CLIENT_KEY"],
-                "clientSecret": secrets["ENSO_CLIENT_SECRET"],
-            },
-        )
-        self.round_trip = (sent, time.time())
-        self.date_header = response.headers.get("Date")
-        if response.status_code in (400, 401, 403):
-            self.add(
-                "login",
-                False,
-                f"Enso refused the client credentials (HTTP {response.status_code})",
-                "check ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET in the Enso dashboard",
+    def _login(self, result: ProbeResult) -> bool:
+        if result.logins:
+            life = result.token_lifetime
+            detail = f"token valid for {life:.0f} s" if life is not None else "no exp claim"
+            return self.add(
+                "login", True, f"system-login accepted the client credentials ({detail})"
             )
-            return None
-        token: Any = None
-        try:
-            body = msgspec.json.decode(response.content)
-            data = body.get("data") if isinstance(body, dict) else None
-            token = (data or {}).get("accessToken") if isinstance(data, dict | None) else None
-        except msgspec.DecodeError:
-            pass
-        if response.status_code not in (200, 201) or not isinstance(token, str):
-            self.add(
-                "login",
-                False,
-                f"unexpected answer: HTTP {response.status_code}: "
-                f"{parse_error_message(response.content, 120)}",
-                "check the base URL: it should be Enso's API",
-            )
-            return None
-        lifetime = jwt_lifetime(token, time.time())
-        life = f"token valid for {lifetime:.0f} s" if lifetime is not None else "no exp claim"
-        self.add("login", True, f"system-login accepted the client credentials ({life})")
-        return token
+        if not result.login_failed:
+            return self.add("login", None, "not attempted: " + result.message)
+        fix = {
+            "login_refused": "check ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET in the Enso dashboard",
+            "unreachable": "check the network path to Enso (proxy, firewall)",
+        }.get(result.kind, "check the base URL: it should be Enso's API; try again later if 5xx")
+        return self.add("login", False, result.message, fix)
 
-    def _probe_verdict(self, response: httpx.Response) -> None:
-        status = response.status_code
-        message = parse_error_message(response.content, 160)
-        probe = "an empty batch (no usage sent)"
-        if status == 401:
+    def _probe_verdict(self, result: ProbeResult) -> None:
+        probe_text = "an empty batch (no usage sent)"
+        kind, status, message = result.kind, result.status, result.message
+        if kind == "accepted":
+            answer = "code 2003" if status == 400 else f"HTTP {status}"
+            self.add("credentials", True, f"accepted: Enso answered {probe_text} with {answer}")
+        elif kind == "unauthorized":
             what = "API key" if self.conn.mode == "api_key" else "token"
             self.add(
                 "credentials",
                 False,
-                f"Enso refused the {what} (HTTP 401) for {probe}",
+                f"Enso refused the {what} (HTTP {status or 401}) for {probe_text}",
                 "check ENSO_API_KEY (Enso dashboard -> API token)"
                 if self.conn.mode == "api_key"
                 else "check the client credentials",
             )
-        elif status == 403:
+        elif kind == "forbidden":
             self.add(
                 "credentials",
                 False,
-                f"authenticated, but not allowed (HTTP 403): {message}",
+                f"authenticated, but not allowed: {message}",
                 "give this SystemUser EventService:createEvent and MeterService:createUsageByMeter",
             )
-        elif 200 <= status < 300 or (status == 400 and re.search(rb"\b2003\b", response.content)):
-            self.add(
-                "credentials",
-                True,
-                f"accepted: Enso answered {probe} with "
-                f"{'code 2003' if status == 400 else f'HTTP {status}'}",
-            )
-        elif 300 <= status < 400:
+        elif kind == "redirected":
+            self.add("credentials", False, f"redirected: {message}", "fix the base URL")
+        elif kind == "unreachable":
             self.add(
                 "credentials",
                 False,
-                f"redirected (HTTP {status}) to {response.headers.get('Location', '?')}",
-                "fix the base URL",
+                f"request failed: {message}",
+                "check the network path to Enso (proxy, firewall)",
             )
         else:
             self.add(
                 "credentials",
                 False,
-                f"unexpected answer to {probe}: HTTP {status}: {message}",
+                f"unexpected answer to {probe_text}: {message}",
                 "is the base URL Enso's API? try again later if 5xx",
             )
 
     def _clock(self) -> None:
         if not self.date_header:
-            self.add("clock", None, "Enso's answer had no Date header: skew unknown")
+            what = "Enso's answer had no Date header" if self.answered else "no answer from Enso"
+            self.add("clock", None, f"{what}: skew unknown")
             return
         try:
             server = email.utils.parsedate_to_datetime(self.date_header).timestamp()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -10,12 +11,14 @@ from types import FrameType
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._spool_admin import Spool
 from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._mapping import Mapper
-from ._output import EXIT_USAGE, print_json, route_logs, stderr_line
-from ._progress import Ticker, make_display
-from ._rows import Input
+from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
+from ._progress import RichMissing, Ticker, make_display
+from ._rows import DEFAULT_MAX_LINE_BYTES, Input, InputDamaged
+from ._timestamps import zone
 
 NAME = "import"
 HELP = "import usage rows from JSONL or CSV files (gzipped or not, or - for stdin)"
@@ -26,6 +29,14 @@ def _shard(text: str) -> tuple[int, int]:
     if not match or not 0 <= int(match[1]) < int(match[2]):
         raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
     return int(match[1]), int(match[2])
+
+
+def _zone(text: str) -> str:
+    try:
+        zone(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive(text: str) -> int:
@@ -42,6 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
   zcat part-*.gz | enso-tracker import - --source-id usage-2026-04 --format jsonl
   enso-tracker import big.csv --shard 0/4   # and 1/4, 2/4, 3/4 on other machines
   enso-tracker import usage.csv --dry-run   # validate only; errors with file:line
+  enso-tracker import prices.csv --timestamp-format '%b %d %Y' --timezone America/New_York
+  enso-tracker import events.jsonl.errors.jsonl   # once fixed: same eventIds, billed once
 
 eventId (unless the row has one, or --id-column names it):
   "imp_" + sha256(f"{source}\\n{line}\\n".encode() + record).hexdigest()[:32]
@@ -63,7 +76,23 @@ eventId (unless the row has one, or --id-column names it):
     metric.add_argument("--metric-name", metavar="NAME", help="one metric for every row")
     mapping.add_argument("--value", metavar="COL", help="value column (value)")
     mapping.add_argument(
-        "--timestamp", metavar="COL", help="RFC 3339 time with an offset (timestamp)"
+        "--timestamp",
+        metavar="COL",
+        help="time column (timestamp): RFC 3339 with an offset, unless "
+        "--timestamp-format or --timezone say otherwise",
+    )
+    mapping.add_argument(
+        "--timestamp-format",
+        metavar="FORMAT",
+        help="how timestamps are written: a strptime format (e.g. '%%b %%d %%Y' for "
+        "'Jan 1 2000'), epoch-s or epoch-ms (default: RFC 3339 / ISO 8601)",
+    )
+    mapping.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        type=_zone,
+        help="time zone of timestamps written without one, e.g. Europe/Paris or UTC "
+        "(default: such timestamps are refused)",
     )
     mapping.add_argument(
         "--metadata",
@@ -89,10 +118,25 @@ eventId (unless the row has one, or --id-column names it):
     )
     run.add_argument("--shard", type=_shard, metavar="I/N", help="import only shard I of N")
     run.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="a durable spool for this run, in a directory of its own (never taken from "
+        "$ENSO_SPOOL_DIR: that one is an application's; its leftovers are not this run's)",
+    )
+    run.add_argument(
         "--progress",
         choices=("auto", "rich", "plain", "none"),
         default="auto",
-        help="progress on stderr (auto: rich or plain on a terminal, none otherwise)",
+        help="progress on stderr (auto: rich or plain on a terminal, none otherwise; "
+        "plain or rich forced off a terminal: plain lines, no escape codes)",
+    )
+    run.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help="a longer line is an error row, skipped without being held in memory "
+        f"(default: {DEFAULT_MAX_LINE_BYTES:,})",
     )
     run.add_argument("--batch-size", type=_positive, default=1000, help="events per request")
     run.add_argument(
@@ -125,18 +169,27 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     inputs: list[Input] = []
     for path in paths:
         try:
-            inputs.append(Input(path, args.format))
+            inputs.append(Input(path, args.format, args.max_line_bytes))
         except OSError as exc:
             return [], f"{path}: {exc.strerror or exc}"
+    problem = _errors_out_problem(args, inputs)
+    if problem:
+        return [], problem
     sources = [i.default_source for i in inputs if not i.is_stdin]
     if args.source_id is None and len(set(sources)) != len(sources):
         return [], "two inputs have the same file name, so their eventIds would collide"
+    if args.spool_dir is not None:
+        problem = _spool_problem(args.spool_dir)
+        if problem:
+            return [], problem
     required = Mapper(args).required_columns()
     for inp in inputs:
         if inp.is_stdin:
             continue
         try:
             header = inp.read_header()
+        except InputDamaged as exc:  # nothing of it can be read: nothing sent
+            return [], f"{inp.name}: cannot read: {exc.reason}"
         except (OSError, EOFError) as exc:
             return [], f"{inp.name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
         if header is not None:
@@ -149,6 +202,50 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     return inputs, None
 
 
+def _errors_out_problem(args: argparse.Namespace, inputs: list[Input]) -> str | None:
+    """An errors file that is one of the inputs would be emptied before it is read."""
+    targets = [args.errors_out] if args.errors_out is not None else []
+    if args.errors_out is None:
+        suffix = f".shard-{args.shard[0]}-of-{args.shard[1]}" if args.shard else ""
+        targets = [f"{i.path}{suffix}.errors.jsonl" for i in inputs if not i.is_stdin]
+    for target in targets:
+        try:
+            out = os.stat(target)
+        except OSError:
+            continue  # does not exist yet: cannot be an input
+        for inp in inputs:
+            try:
+                st = os.fstat(sys.stdin.fileno()) if inp.is_stdin else os.stat(inp.path)
+            except (OSError, ValueError):
+                continue
+            if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+                return (
+                    f"the errors file {target} is the input {inp.name}: writing it would "
+                    "destroy the input; choose another --errors-out"
+                )
+    return None
+
+
+def _spool_problem(path: str) -> str | None:
+    """Why ``--spool-dir`` cannot be this run's, or None. A tracker adopts the leftovers
+    of dead processes in its directory: an import's counts, exit code and errors file
+    would then speak of events that are not its rows. So the directory must hold none."""
+    if not os.path.exists(path):
+        return None  # the tracker creates it, 0700
+    try:
+        status = Spool(path).status()
+    except (ConfigurationError, OSError) as exc:
+        return f"--spool-dir {path}: {exc}"
+    if status.events:
+        return (
+            f"--spool-dir {path}: holds {status.events:,} undelivered events of other runs or "
+            "processes, which this run would adopt and count as its own; let their "
+            "application deliver them (or `enso-tracker spool export --pending --dir DIR`), "
+            "or give an empty directory"
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     inputs, problem = _check(args)
     if problem:
@@ -159,7 +256,11 @@ def run(args: argparse.Namespace) -> int:
         [(i.path, i.is_stdin, args.source_id or i.default_source) for i in inputs],
         args.shard,
     )
-    display = make_display(args.progress)
+    try:
+        display = make_display(args.progress)
+    except RichMissing as exc:
+        stderr_line(f"enso-tracker import: {exc}")
+        return EXIT_USAGE
     importer = Importer(args, inputs, errors, display)
     try:
         if not args.dry_run:
@@ -173,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
         if importer.tracker is not None:
             importer.tracker.shutdown(0.0)
         return EXIT_USAGE
+    if importer.tracker is not None:  # fail fast: Enso unreachable or refusing (exit 3)
+        from ._preflight import check_enso  # beside its one use
+
+        importer.stopped = check_enso(args, importer.tracker.config)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         importer.request_interrupt()
@@ -181,7 +286,10 @@ def run(args: argparse.Namespace) -> int:
     ticker = Ticker(display, importer.snapshot)
     route_logs(display.log)  # a log line must not tear the live progress line apart
     try:
-        importer.run()
+        if importer.stopped is None:
+            importer.run()
+        elif importer.tracker is not None:  # the preflight said no: not one row is read
+            importer.tracker.shutdown(0.0)
     finally:
         ticker.close()
         route_logs(None)
@@ -189,8 +297,21 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     written = errors.close()
     code = importer.exit_code()
-    _summary(args, importer, written, code)
+    try:
+        _summary(args, importer, written, code)
+    except BrokenPipeError:
+        # `enso-tracker import ... | head -1`: the reader left. The exit code still says
+        # what happened to the rows; stdout goes nowhere so that exiting stays quiet.
+        _silence_stdout()
     return code
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _summary(
@@ -198,7 +319,7 @@ def _summary(
 ) -> None:
     books = imp.books()
     books["errors_files"] = written
-    books["problems"] = imp.problems
+    books["invalid_reasons"] = imp.invalid_reasons()
     books["exit_code"] = code
     if args.json:
         print_json(books)
@@ -218,16 +339,20 @@ def _summary(
         rows.append(("valid", books["valid"]))
     for label, n in rows:
         out.write(f"{label:<32}{n:>10,}\n")
-    if imp.problems:
-        out.write("first invalid rows:\n")
-    for problem in imp.problems:
-        out.write(f"  {problem}\n")
+    if books["invalid_reasons"]:
+        out.write("invalid rows by reason:\n")
+    for r in books["invalid_reasons"]:
+        first = f" (first: {clean(r['first'])})" if r.get("first") else ""
+        label = f"{r['field']}: " if r["field"] else ""
+        out.write(f"  {r['count']:>8,} x {clean(label + r['reason'])}{first}\n")
     if imp.drop_reasons:
         out.write("dropped because:\n")
     for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):
         out.write(f"  {n:>8,} x {reason}\n")
     for f in written:
         out.write(f"errors file: {f['path']} ({f['records']} records)\n")
+    if imp.damaged:
+        out.write(f"damaged input: {clean(imp.damaged)}\n")
     if imp.stopped:
         out.write(
             f"stopped: {imp.stopped}. Re-run the same command to finish: rows already "
@@ -237,6 +362,7 @@ def _summary(
         0: "every valid row delivered" if not imp.dry_run else "every row valid",
         1: "some rows invalid or refused by Enso: see the errors file",
         3: "some rows not delivered: re-run the same command",
+        4: "an input could not be read to its end: replace it, then re-run the command",
         130: "interrupted: re-run the same command",
     }.get(code, "")
     out.write(f"exit {code}: {verdict}\n")

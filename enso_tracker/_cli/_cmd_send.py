@@ -1,23 +1,23 @@
-"""``enso-tracker send``: one event, through a tracker, and Enso's answer for it."""
+"""``enso-tracker send``: one event, sent now by ``send_events()``, judged by its eventId.
+
+No tracker and never a spool (``ENSO_SPOOL_DIR`` is not read): what is printed and the
+exit code speak of this run's event only, from Enso's per-record answer to it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from .._direct import send_events
 from .._errors import ConfigurationError, InvalidEventError
-from .._model import DropReason, Event
-from ._args import make_tracker
+from ._args import connection_options, in_env_terms
 from ._mapping import RowError, parse_number
 from ._output import (
     EXIT_INCOMPLETE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNDELIVERED,
     EXIT_USAGE,
@@ -36,8 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
   enso-tracker send ent_6CsgzAdRgTlzT_9O gb_stored 12.5 --timestamp 2026-04-01T12:00:00Z \\
       --metadata '{"region": "eu"}' --event-id evt_backfill_42
 
-After exit code 3 the event may or may not have reached Enso: send it again with the
---event-id printed, and Enso counts it once."""
+Exit 0 only when Enso's answer accounts for this event as stored; 1 when Enso refused
+it (its code is printed); 3 when it could not be delivered within --timeout: it may or
+may not have reached Enso, so send it again with the --event-id printed, and Enso
+counts it once. ENSO_SPOOL_DIR is never used."""
     parser.add_argument("entity", metavar="ENTITY", help="customer entity (CustomerEntityId)")
     parser.add_argument("metric", metavar="METRIC")
     parser.add_argument("value", metavar="VALUE", help="a number")
@@ -50,7 +52,7 @@ After exit code 3 the event may or may not have reached Enso: send it again with
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="longest to wait for Enso's answer (default 30)",
+        help="longest to try, retries included (default 30)",
     )
 
 
@@ -59,88 +61,59 @@ def run(args: argparse.Namespace) -> int:
         value = parse_number(args.value)
     except RowError as exc:
         return _usage(f"VALUE: {exc.reason}")
-    metadata: Any = None
+    event: dict[str, Any] = {"entity": args.entity, "metric": args.metric, "value": value}
     if args.metadata is not None:
         try:
-            metadata = msgspec.json.decode(args.metadata)
+            event["metadata"] = msgspec.json.decode(args.metadata)
         except msgspec.DecodeError:
             return _usage("--metadata is not valid JSON")
-        if not isinstance(metadata, dict):
+        if not isinstance(event["metadata"], dict):
             return _usage("--metadata must be a JSON object")
-    drops: list[tuple[Event, DropReason]] = []
-    lock = threading.Lock()
-
-    def on_drop(events: Sequence[Event], reason: DropReason) -> None:
-        with lock:
-            drops.extend((e, reason) for e in events)
-
+    for key in ("timestamp", "event_id", "job_id"):
+        if getattr(args, key) is not None:
+            event[key] = getattr(args, key)
+    if not args.timeout > 0:
+        return _usage("--timeout must be a positive number of seconds")
     try:
-        tracker = make_tracker(
-            args,
-            on_drop=on_drop,
-            max_batch_size=1,
-            flush_interval=0.01,
-            backoff_base=0.2,
-            backoff_max=2.0,
-        )
+        (result,) = send_events([event], timeout=args.timeout, **connection_options(args))
     except ConfigurationError as exc:
-        return _usage(f"configuration error: {exc}")
-    try:
-        try:
-            event_id = tracker.track(
-                args.entity,
-                args.metric,
-                value,
-                timestamp=args.timestamp,
-                metadata=metadata,
-                event_id=args.event_id,
-                job_id=args.job_id,
-            )
-        except InvalidEventError as exc:
-            return _usage(f"invalid event: {exc}")
-        assert event_id is not None  # an empty tracker never refuses
-        deadline = time.monotonic() + max(args.timeout, 0.0)
-        while not tracker.flush(min(0.2, max(deadline - time.monotonic(), 0.0))):
-            if tracker.stats().auth_state == "unauthorized" or time.monotonic() >= deadline:
-                break
-        last_error = tracker.stats().last_error
-    except KeyboardInterrupt:
-        tracker.shutdown(1.0)
-        return EXIT_INTERRUPTED
-    finally:
-        tracker.shutdown(1.0)
-    stats = tracker.stats()
-    with lock:
-        reason = drops[0][1] if drops else None
-    result: dict[str, Any] = {"eventId": event_id}
-    if stats.delivered:
-        result["status"] = "delivered"
+        return _usage(f"configuration error: {in_env_terms(exc)}")
+    except InvalidEventError as exc:
+        return _usage(f"invalid event: {exc}")
+    out: dict[str, Any] = {"eventId": result.event_id, "status": result.state}
+    if result.state == "delivered":
         code = EXIT_OK
-    elif reason is not None and reason.kind in ("rejected", "too_large"):
-        result.update(status="rejected", kind=reason.kind, code=reason.code)
-        result.update(httpStatus=reason.status, message=reason.message)
+    elif result.state == "rejected":
+        kind = "too_large" if result.status == 413 else "rejected"
+        out.update(kind=kind, code=result.code, httpStatus=result.status, message=result.message)
         code = EXIT_INCOMPLETE
-    else:
-        why = last_error or (str(reason) if reason else "no answer")
-        if stats.auth_state == "unauthorized":
-            why = f"Enso refuses the credentials ({why}); run `enso-tracker doctor`"
-        result.update(status="undelivered", message=why)
+    else:  # unauthorized, undelivered
+        out.update(httpStatus=result.status, message=result.message)
         code = EXIT_UNDELIVERED
-    result["exit_code"] = code
+    out["exit_code"] = code
     if args.json:
-        print_json(result)
+        print_json(out)
+        return code
+    ok, bad = marks(sys.stdout)
+    if code == EXIT_OK:
+        print(f"{ok} delivered {result.event_id}")
+    elif code == EXIT_INCOMPLETE:
+        extra = [f"status={result.status}"] if result.status is not None else []
+        extra += [f"code={result.code!r}"] if result.code is not None else []
+        detail = f" ({', '.join(extra)})" if extra else ""
+        print(f"{bad} rejected by Enso: {result.message}{detail} (eventId {result.event_id})")
+    elif result.state == "unauthorized":
+        print(
+            f"{bad} not delivered: {result.message}; run `enso-tracker doctor`\n"
+            f"  nothing was stored: fix the credentials and re-send with --event-id "
+            f"{result.event_id}"
+        )
     else:
-        ok, bad = marks(sys.stdout)
-        if code == EXIT_OK:
-            print(f"{ok} delivered {event_id}")
-        elif code == EXIT_INCOMPLETE:
-            print(f"{bad} rejected by Enso: {reason} (eventId {event_id})")
-        else:
-            print(
-                f"{bad} not delivered: {result['message']}\n"
-                f"  it may have reached Enso: re-send with --event-id {event_id} to be sure "
-                "it counts once"
-            )
+        print(
+            f"{bad} not delivered: {result.message}\n"
+            f"  it may have reached Enso: re-send with --event-id {result.event_id} to be sure "
+            "it counts once"
+        )
     return code
 
 

@@ -12,7 +12,9 @@ import argparse
 import base64
 import contextlib
 import os
+import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -20,8 +22,11 @@ from typing import IO, Any, Final
 import msgspec
 
 from .. import DeadLetter, Event, Spool
+from .._dead_letters import FILE_NAME as DEAD_LETTERS
 from .._errors import ConfigurationError
+from .._spool_admin import cannot_open
 from .._spool_identity import short
+from .._spool_store import SpoolCorrupt, is_corrupt
 from ._mapping import api_shape
 from ._output import (
     EXIT_INCOMPLETE,
@@ -44,12 +49,18 @@ HELP = "inspect a spool directory: status, dead letters, redrive, purge, export"
 #: The drop kinds a spool stores as dead letters.
 KINDS: Final = ("rejected", "too_large", "retries_exhausted", "corrupt")
 
+#: A file the action needs cannot be read: the dead-letter store is damaged, or this user
+#: cannot open it (permissions, a lock). Nothing was changed.
+EXIT_UNREADABLE: Final = 3
+
 SPOOL_EXIT_CODES: Final = """\
 exit codes:
-  0    done (status: no dead letters, corrupt or unsupported files)
-  1    status: the directory holds dead letters, corrupt or unsupported files
+  0    done (status: no dead letters, corrupt, unreadable or unsupported files)
+  1    status: the directory holds dead letters, corrupt, unreadable or unsupported files
   2    usage error: no --dir and no $ENSO_SPOOL_DIR, no such directory, bad flag, or
        purge without --yes when stdin is not a terminal; nothing was changed
+  3    the dead-letter store cannot be read: damaged, or this user cannot open it
+       (permission denied, locked); nothing was changed
   130  interrupted"""
 
 
@@ -59,12 +70,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
       ENSO_SPOOL_DIR=/var/spool/enso enso-tracker spool dead-letters --code 2002
       enso-tracker spool export -o dead-letters.jsonl        # then fix the cause, and:
       enso-tracker spool redrive --kind rejected --code 2002  # the next tracker delivers them
-      enso-tracker spool purge --kind too_large --yes
+      enso-tracker spool export --purge -o kept.jsonl         # keep a copy, delete just those
 
     Every action takes --dir DIR (default: $ENSO_SPOOL_DIR) and --json, after the action.
-    Exit codes of the spool actions: 0 done; 1 `status` found dead letters, corrupt or
-    unsupported files; 2 usage error (no directory, bad flag, purge without --yes when stdin
-    is not a terminal), nothing changed; 130 interrupted. They send nothing to Enso."""
+    Exit codes of the spool actions: 0 done; 1 `status` found dead letters, corrupt,
+    unreadable or unsupported files; 2 usage error (no directory, bad flag, purge without
+    --yes when stdin is not a terminal), nothing changed; 3 the dead-letter store cannot be
+    read (damaged, permission denied), nothing changed; 130 interrupted. They send nothing
+    to Enso."""
     sub = parser.add_subparsers(dest="spool_action", required=True, metavar="ACTION")
     for name, help_, examples, extra, action in _ACTIONS:
         child = sub.add_parser(
@@ -102,6 +115,27 @@ def run(args: argparse.Namespace) -> int:
         return _usage(args, str(exc))
     except OSError as exc:
         return _usage(args, _os_error(exc))
+    except (SpoolCorrupt, sqlite3.Error) as exc:
+        return _unreadable(args, spool, exc)
+
+
+def _unreadable(args: argparse.Namespace, spool: Spool, exc: Exception) -> int:
+    """The dead-letter store could not be read: one line saying why and what to do."""
+    store = os.path.join(spool.path, DEAD_LETTERS)
+    if isinstance(exc, SpoolCorrupt) or is_corrupt(exc):
+        why = (
+            f"it is damaged ({_clean(str(exc).removeprefix(store + ': '))}); the next tracker "
+            "started on this directory renames it aside (*.corrupt-*) and starts a new one"
+        )
+    else:
+        why = f"{cannot_open(store, exc)}; run as the user that owns the directory"
+    stderr_line(
+        f"enso-tracker spool {args.spool_action}: cannot read the dead-letter store "
+        f"{_clean(store)}: {why}; nothing was changed"
+    )
+    if args.json:
+        print_json({"error": "unreadable", "path": store, "exit_code": EXIT_UNREADABLE})
+    return EXIT_UNREADABLE
 
 
 # ----------------------------------------------------------------------- status
@@ -113,7 +147,12 @@ def _status_args(parser: argparse.ArgumentParser) -> None:
 
 def _status(args: argparse.Namespace, spool: Spool, path: str) -> int:
     status = spool.status()
-    attention = bool(status.dead_letters or status.corrupt_files or status.unsupported_files)
+    attention = bool(
+        status.dead_letters
+        or status.corrupt_files
+        or status.unsupported_files
+        or status.unreadable_files
+    )
     code = EXIT_INCOMPLETE if attention else EXIT_OK
     if args.json:
         print_json({**msgspec.structs.asdict(status), "exit_code": code})
@@ -147,12 +186,21 @@ def _status(args: argparse.Namespace, spool: Spool, path: str) -> int:
         mark = bad if files else ok
         lines.append(f"{mark} {label}: {len(files)}")
         lines.extend(f"    {_clean(name)}" for name in files)
+    if status.unreadable_files:
+        lines.append(
+            f"{bad} unreadable files: {len(status.unreadable_files)} (not damaged as far as "
+            "this user can tell; they may hold undelivered events: never delete them)"
+        )
+        lines.extend(
+            f"    {_clean(name)}: {_clean(why)}" for name, why in status.unreadable_files.items()
+        )
     if status.dead_letters:
         where = f" --dir {_clean(path)}" if args.dir else ""
         lines.append(
             f"dead letters will never be delivered as they are: list them with "
             f"`enso-tracker spool dead-letters{where}`, fix the cause, then `enso-tracker "
-            f"spool redrive{where}` (or `export`, then `purge`)"
+            f"spool redrive{where}` (or keep a copy and delete them: `enso-tracker spool "
+            f"export --purge -o FILE{where}`)"
         )
     print("\n".join(lines))
     return code
@@ -203,24 +251,9 @@ def _dead_letters(args: argparse.Namespace, spool: Spool, path: str) -> int:
 
 
 def _listing(letter: DeadLetter) -> dict[str, Any]:
-    """One dead letter as a flat JSON object (``dead-letters --json``)."""
-    e = letter.event
-    r = letter.reason
-    return {
-        "eventId": e.event_id if e else None,
-        "entity": e.entity if e else None,
-        "metric": e.metric if e else None,
-        "value": e.value if e else None,
-        "timestamp": e.timestamp if e else None,
-        "metadata": e.metadata if e else None,
-        "jobId": e.job_id if e else None,
-        "kind": r.kind,
-        "code": r.code,
-        "status": r.status,
-        "message": r.message,
-        "storedAt": _iso(letter.stored_at),
-        "bytes": len(letter.body),
-    }
+    """One dead letter as ``export`` writes it (one vocabulary with ``import``'s errors
+    file: the event in the API's shape and a ``deadLetter`` member), and its size."""
+    return {**_export_row(letter), "bytes": len(letter.body)}
 
 
 def _line(letter: DeadLetter) -> str:
@@ -260,6 +293,13 @@ def _redrive(args: argparse.Namespace, spool: Spool, path: str) -> int:
 def _purge_args(parser: argparse.ArgumentParser) -> None:
     _filters(parser)
     parser.add_argument(
+        "--through",
+        type=_positive,
+        metavar="ID",
+        help="only dead letters up to this one (the ID `export` printed): never those "
+        "stored after the export",
+    )
+    parser.add_argument(
         "--yes", action="store_true", help="do not ask (required when stdin is not a terminal)"
     )
 
@@ -272,7 +312,11 @@ def _purge(args: argparse.Namespace, spool: Spool, path: str) -> int:
                 "purge deletes dead letters for good: pass --yes to confirm "
                 "(stdin is not a terminal, so there is no one to ask)",
             )
-        count = sum(1 for _ in spool.dead_letters(kind=args.kind, code=args.code))
+        count = sum(
+            1
+            for d in spool.dead_letters(kind=args.kind, code=args.code)
+            if args.through is None or d.id <= args.through
+        )
         if count == 0:
             return _purged(args, 0)
         sys.stderr.write(
@@ -283,7 +327,9 @@ def _purge(args: argparse.Namespace, spool: Spool, path: str) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             stderr_line("nothing purged")
             return EXIT_OK
-    return _purged(args, spool.purge_dead_letters(kind=args.kind, code=args.code))
+    return _purged(
+        args, spool.purge_dead_letters(kind=args.kind, code=args.code, through=args.through)
+    )
 
 
 def _purged(args: argparse.Namespace, n: int) -> int:
@@ -319,51 +365,103 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write to FILE (replaced only once complete) instead of stdout",
     )
+    parser.add_argument(
+        "--purge",
+        action="store_true",
+        help="then delete exactly the dead letters exported (one transaction, once the "
+        "output is complete): never one stored meanwhile",
+    )
+
+
+class _Seen:
+    """What an export wrote: its highest ``DeadLetter.id`` (the watermark ``purge
+    --through`` takes)."""
+
+    def __init__(self) -> None:
+        self.through = 0
+
+    def rows(self, letters: Iterable[DeadLetter]) -> Iterable[str]:
+        for letter in letters:
+            self.through = max(self.through, letter.id)
+            yield json_line(_export_row(letter))
 
 
 def _export(args: argparse.Namespace, spool: Spool, path: str) -> int:
     if args.pending and (args.kind or args.code is not None):
         return _usage(args, "--kind and --code filter dead letters, not --pending")
+    if args.pending and args.purge:
+        return _usage(args, "--purge deletes exported dead letters, not --pending events")
     lines: Iterable[str]
+    seen = _Seen()
+    # Letters stored (or stored again) from now on are never purged by this export.
+    started = time.time()
     if args.pending:
         lines = (json_line(_event_row(e)) for e in spool.pending())
         what = "undelivered event"
     else:
-        lines = (
-            json_line(_export_row(d)) for d in spool.dead_letters(kind=args.kind, code=args.code)
-        )
+        lines = seen.rows(spool.dead_letters(kind=args.kind, code=args.code))
         what = "dead letter"
-    if args.output in (None, "-"):
+    to_stdout = args.output in (None, "-")
+    if to_stdout:
         n = _write(lines, sys.stdout)
         sys.stdout.flush()
-        if not args.json:
-            stderr_line(f"exported {_n(n, what)}")
-        return EXIT_OK
-    target: str = args.output
-    temp = f"{target}.tmp-{os.getpid()}"
-    try:
-        out = open(temp, "w", encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        return _usage(args, f"cannot write {target}: {_os_error(exc)}")
-    try:
-        with out:
-            n = _write(lines, out)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-    if args.json:
-        print_json(
-            {
-                "exported": n,
-                "path": os.path.abspath(target),
-                "pending": args.pending,
-                "exit_code": 0,
-            }
-        )
     else:
-        print(f"exported {_n(n, what)} to {_clean(target)}")
+        target: str = args.output
+        temp = f"{target}.tmp-{os.getpid()}"
+        try:
+            out = open(temp, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            return _usage(args, f"cannot write {target}: {_os_error(exc)}")
+        try:
+            with out:
+                n = _write(lines, out)
+                out.flush()
+                os.fsync(out.fileno())  # on disk before anything is deleted
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+            raise
+    purged: int | None = None
+    if args.purge:
+        # Only what was written above: numbered up to the last one exported, and stored
+        # before the export began (a letter stored again since then is new information).
+        purged = (
+            spool.purge_dead_letters(
+                kind=args.kind, code=args.code, through=seen.through, stored_before=started
+            )
+            if n
+            else 0
+        )
+    through = seen.through if not args.pending and n else None
+    if args.json:
+        report: dict[str, Any] = {"exported": n, "pending": args.pending, "through": through}
+        if not to_stdout:
+            report["path"] = os.path.abspath(args.output)
+        if purged is not None:
+            report["purged"] = purged
+        report["exit_code"] = EXIT_OK
+        if not to_stdout:  # (on stdout, the lines alone: a JSONL stream)
+            print_json(report)
+        return EXIT_OK
+    where = "" if to_stdout else f" to {_clean(args.output)}"
+    message = f"exported {_n(n, what)}{where}"
+    if purged is not None:
+        message += f", then purged {_n(purged, 'dead letter')} (exactly those exported)"
+    elif through is not None:
+        filters = "".join(
+            f" --{k} {_clean(str(v))}"
+            for k, v in (("kind", args.kind), ("code", args.code))
+            if v is not None
+        )
+        message += (
+            f" (through #{through}); to delete exactly these and none stored since: "
+            f"enso-tracker spool purge{filters} --through {through} --yes"
+        )
+    if to_stdout:
+        stderr_line(message)
+    else:
+        print(message)
     return EXIT_OK
 
 
@@ -435,10 +533,18 @@ def spool_check(path: str, identity: str | None = None) -> tuple[bool, str, str 
     fixes = []
     if status.corrupt_files:
         problems.append(f"{len(status.corrupt_files)} corrupt: {', '.join(status.corrupt_files)}")
-        fixes.append(
-            "corrupt files were set aside and are never read again: keep a copy for "
-            "investigation, then delete them"
-        )
+        aside = [f for f in status.corrupt_files if ".corrupt-" in os.path.basename(f)]
+        if len(aside) < len(status.corrupt_files):
+            fixes.append(
+                "a damaged file not yet set aside may still hold undelivered events: start a "
+                "tracker on this directory, which recovers its intact batches and renames it "
+                "*.corrupt-*; do not delete it"
+            )
+        if aside:
+            fixes.append(
+                "files renamed *.corrupt-* were set aside after their intact batches were "
+                "recovered and are never read again: keep them for investigation"
+            )
     if status.unsupported_files:
         problems.append(
             f"{len(status.unsupported_files)} in an older format: "
@@ -467,6 +573,15 @@ def spool_check(path: str, identity: str | None = None) -> tuple[bool, str, str 
             f"{', '.join(status.refused_files)}"
         )
         fixes.append("nothing but the tracker's own files belongs in a spool directory")
+    if status.unreadable_files:
+        problems.append(
+            f"{len(status.unreadable_files)} unreadable: "
+            + ", ".join(f"{f} ({why})" for f, why in status.unreadable_files.items())
+        )
+        fixes.append(
+            "run doctor as the user the tracker runs as (they may hold undelivered events: "
+            "never delete them)"
+        )
     if problems:
         return False, f"{detail}; files not read: {'; '.join(problems)}", "; ".join(fixes)
     return True, detail, None
@@ -589,8 +704,11 @@ _ACTIONS: Final[
         "purge",
         "delete dead letters for good",
         "examples:\n  enso-tracker spool purge --kind too_large --yes\n"
-        "  enso-tracker spool export -o kept.jsonl && enso-tracker spool purge --yes\n\n"
-        "Without --yes it asks on a terminal, and refuses (exit 2) when stdin is not one.",
+        "  enso-tracker spool export --purge -o kept.jsonl   # a copy, then exactly those\n"
+        "  enso-tracker spool purge --through 418 --yes       # the ID `export` printed\n\n"
+        "Trackers may store dead letters at any time: `purge` without --through deletes\n"
+        "those stored after you looked too. Without --yes it asks on a terminal, and\n"
+        "refuses (exit 2) when stdin is not one.",
         _purge_args,
         _purge,
     ),

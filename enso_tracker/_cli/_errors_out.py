@@ -4,8 +4,14 @@ Default: next to each input, ``<input>.errors.jsonl`` (``<source-id>.errors.json
 current directory for stdin), with ``.shard-I-of-N`` before ``.errors.jsonl`` when
 sharding, so parallel shards never write the same file. A default file is removed at
 the end when it stayed empty, so a stale one from an earlier run never misleads.
-Records of events Enso refused carry the event in the API's shape, eventId included, so
-the file can be re-imported (``jq -c .event``) without billing anything twice.
+Each record is the row as it was read (for an event Enso refused: the event in the API's
+shape), with the eventId it was given, plus a ``deadLetter`` member saying why: ``kind``
+(``invalid``, ``unreadable``, or Enso's drop kind such as ``rejected``), ``code``,
+``status``, ``message``, and where: ``field``, ``file``, ``line``. That is the vocabulary
+of ``spool export`` and ``spool dead-letters --json``; the importer ignores
+``deadLetter``, so once fixed the file is re-imported as it is, and each row keeps its
+eventId: nothing is billed twice. A row that could not be parsed has ``raw`` (its text)
+instead of fields.
 """
 
 from __future__ import annotations

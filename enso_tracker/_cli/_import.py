@@ -10,27 +10,36 @@ or not, bills nothing twice: Enso deduplicates by eventId.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._config import Config
-from .._errors import InvalidEventError
+from .._errors import InvalidEventError, short_repr
 from .._model import DropReason, Event, Stats
 from .._tracker import Tracker
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
-from ._mapping import Mapper, RowError, api_shape, validate
-from ._output import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNDELIVERED
+from ._mapping import Mapper, RowError, api_shape, is_event, validate
+from ._output import (
+    EXIT_DAMAGED,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+)
 from ._progress import Display, Snapshot
-from ._rows import Input, Record, derive_event_id, shard_of
+from ._rows import Input, InputDamaged, Record, derive_event_id, shard_of
+from ._timestamps import explain as explain_timestamp
 
 __all__ = ["Importer", "Stop"]
 
 #: Drops Enso decided for good (fix the data); any other drop means "could not deliver".
 DATA_DROPS = frozenset({"rejected", "too_large"})
-SHOWN_PROBLEMS = 20
+#: Distinct reasons counted in the summary (each row is in the errors file regardless).
+MAX_REASONS = 50
 
 
 class Stop(Exception):
@@ -56,17 +65,23 @@ class Importer:
         self.errors = errors
         self.display = display
         self.mapper = Mapper(args)
+        self.api_mapper = Mapper.api()
         self.shard: tuple[int, int] | None = args.shard
         self.dry_run: bool = args.dry_run
         self.stall_timeout: float = args.stall_timeout
         self.tracker: Tracker | None = None
+        self.track: Callable[..., str | None] = _no_tracker  # the tracker's, once started
         self.config = Config()
         self.rows = 0
         self.other_shard = 0
         self.invalid = 0
-        self.problems: list[str] = []  # the first invalid rows, as file:line: field: reason
+        #: (field, reason) -> [invalid rows, where the first was]: the summary counts
+        #: reasons instead of repeating one line per row.
+        self.reasons: dict[tuple[str, str], list[Any]] = {}
+        self.other_reasons = 0  # rows whose reason came after MAX_REASONS distinct ones
         self.drop_reasons: dict[str, int] = {}  # why Enso's answers dropped events, counted
         self.stopped: str | None = None
+        self.damaged: str | None = None  # an input that could not be read to its end
         self.interrupted = False
         self.interrupt = False  # set by the signal handler; acted on between rows
         self.started = time.monotonic()
@@ -78,8 +93,8 @@ class Importer:
         self._drops: deque[tuple[Sequence[Event], DropReason]] = deque()
         #: eventId -> (input, line) of recently accepted events, so a drop reported later
         #: names its line. Bounded: a drop older than the window is reported by eventId.
-        self._where: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._window = 2 * args.max_queue
+        self._where: dict[str, tuple[int, int]] = {}
+        self._window = 4 * args.max_queue
         self._progress_mark = (0, time.monotonic())
 
     # ----------------------------------------------------------------- setup
@@ -93,8 +108,12 @@ class Importer:
             max_batch_size=self.args.batch_size,
             max_queue_size=self.args.max_queue,
             flush_interval=0.25,
+            # Only a spool given for this run (checked empty): never $ENSO_SPOOL_DIR, an
+            # application's, whose leftovers this tracker would adopt and count as ours.
+            spool_dir=self.args.spool_dir,
         )
         self.config = self.tracker.config
+        self.track = self.tracker.track
 
     def request_interrupt(self) -> None:
         """From a signal handler: stop at the next row; a second signal stops at once."""
@@ -115,8 +134,12 @@ class Importer:
             for index, inp in enumerate(self.inputs):
                 self._current = index
                 source = self.args.source_id or inp.default_source
-                for record in inp.open():
-                    self._row(index, inp, source, record)
+                try:
+                    for record in inp.open():
+                        self._row(index, inp, source, record)
+                except InputDamaged as exc:
+                    self._damaged(index, exc)
+                    return
                 self._done_bytes += inp.size or 0
         except Stop as exc:
             self.stopped = str(exc)
@@ -127,54 +150,82 @@ class Importer:
             self._finish()
 
     def _row(self, index: int, inp: Input, source: str, record: Record) -> None:
+        # The hot path (once per row): locals, no helper calls on the common path.
         if self.interrupt:
             raise Interrupted
         self.rows += 1
         if self.rows & 1023 == 0:
             self._housekeeping()
         derived = derive_event_id(source, record.line, record.raw)
-        if record.fields is None:
+        fields = record.fields
+        if fields is None:
             if self._mine(derived):
-                self._invalid(index, record, "row", record.problem or "unreadable")
+                self._invalid(index, record, "row", record.problem or "unreadable", None)
             return
-        try:
-            explicit = self.mapper.explicit_id(record.fields)
-        except RowError as exc:
-            if self._mine(derived):
-                self._invalid(index, record, exc.field, exc.reason)
-            return
+        mapper = self.mapper
+        if "deadLetter" in fields and is_event(fields):
+            mapper = self.api_mapper
+        if mapper.id_column is None:
+            explicit = fields.get("eventId")
+            if explicit == "":
+                explicit = None
+        else:
+            try:
+                explicit = mapper.explicit_id(fields)
+            except RowError as exc:
+                if self._mine(derived):
+                    self._invalid(index, record, exc.field, exc.reason, None)
+                return
         event_id = derived if explicit is None else explicit
-        if not self._mine(event_id if isinstance(event_id, str) else derived):
+        if self.shard is not None and not self._mine(
+            event_id if isinstance(event_id, str) else derived
+        ):
             return
         try:
-            a = self.mapper.map(record.fields, event_id, inp.format == "csv")
+            a = mapper.map(fields, event_id)
             if self.dry_run:
                 validate(self.config, a)
                 return
-            assert self.tracker is not None
-            track = self.tracker.track
-            kwargs: dict[str, Any] = {
-                "timestamp": a.timestamp,
-                "metadata": a.metadata,
-                "event_id": a.event_id,
-                "job_id": a.job_id,
-            }
-            accepted = track(a.entity, a.metric, a.value, **kwargs)
+            track = self.track
+            accepted = track(
+                a.entity,
+                a.metric,
+                a.value,
+                timestamp=a.timestamp,
+                metadata=a.metadata,
+                event_id=a.event_id,
+                job_id=a.job_id,
+            )
             while accepted is None:  # the queue stayed full for block_timeout
                 if self.interrupt:
                     raise Interrupted
                 self._housekeeping()
-                accepted = track(a.entity, a.metric, a.value, **kwargs)
+                accepted = track(
+                    a.entity,
+                    a.metric,
+                    a.value,
+                    timestamp=a.timestamp,
+                    metadata=a.metadata,
+                    event_id=a.event_id,
+                    job_id=a.job_id,
+                )
         except RowError as exc:
-            self._invalid(index, record, exc.field, exc.reason)
+            self._invalid(
+                index, record, exc.field, exc.reason, derived if explicit is None else None
+            )
             return
         except InvalidEventError as exc:
-            self._invalid(index, record, exc.field, str(exc))
+            reason = _problem(exc)
+            if exc.field == "timestamp" and mapper.parse_timestamp is None:
+                reason = explain_timestamp(exc.value, reason)
+            self._invalid(index, record, exc.field, reason, derived if explicit is None else None)
             return
         where = self._where
         where[accepted] = (index, record.line)
         if len(where) > self._window:
-            where.popitem(last=False)
+            # Forget the older half at once (insertion order): cheaper than one per row.
+            for key in list(itertools.islice(where, len(where) // 2)):
+                del where[key]
 
     def _mine(self, key: str) -> bool:
         if self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]:
@@ -182,22 +233,57 @@ class Importer:
         self.other_shard += 1
         return False
 
-    def _invalid(self, index: int, record: Record, field: str, reason: str) -> None:
+    def _invalid(
+        self, index: int, record: Record, field: str, reason: str, event_id: str | None
+    ) -> None:
+        """One errors-file record: the row as it was (plus the eventId it was given, so a
+        fixed row re-imported from the errors file keeps it and bills once), and why."""
         self.invalid += 1
         name = self.inputs[index].name
+        row: dict[str, Any] = {}
+        if record.fields is not None:
+            row.update(record.fields)
+            if event_id is not None:
+                row["eventId"] = event_id
+        else:
+            row["raw"] = record.display()
+        row["deadLetter"] = {
+            "kind": "invalid",
+            "code": None,
+            "status": None,
+            "message": reason,
+            "field": field,
+            "file": name,
+            "line": record.line,
+        }
+        self.errors.write(index, row)
+        key = (field, reason.split(": ", 1)[0] if field == "row" else reason)
+        count = self.reasons.get(key)
+        if count is not None:
+            count[0] += 1
+        elif len(self.reasons) < MAX_REASONS:
+            self.reasons[key] = [1, f"{name}:{record.line}"]
+        else:
+            self.other_reasons += 1
+
+    def _damaged(self, index: int, exc: InputDamaged) -> None:
+        """The rest of this input cannot be read: recorded, and the run ends (what was
+        read is still delivered). A damaged file rarely comes alone: fix, then re-run."""
+        self.damaged = str(exc)
         self.errors.write(
             index,
             {
-                "file": name,
-                "line": record.line,
-                "kind": "invalid",
-                "field": field,
-                "reason": reason,
-                "row": record.display(),
+                "deadLetter": {
+                    "kind": "unreadable",
+                    "code": None,
+                    "status": None,
+                    "message": exc.reason,
+                    "field": "row",
+                    "file": self.inputs[index].name,
+                    "line": exc.line,
+                }
             },
         )
-        if len(self.problems) < SHOWN_PROBLEMS:
-            self.problems.append(f"{name}:{record.line}: {field}: {reason}")
 
     # ------------------------------------------------------------ delivery health
 
@@ -226,27 +312,19 @@ class Importer:
             events, reason = self._drops.popleft()
             for e in events:
                 index, line = self._where.get(e.event_id, (self._current, 0))
-                self.errors.write(
-                    index,
-                    {
-                        "file": self.inputs[index].name,
-                        "line": line or None,
-                        "kind": reason.kind,
-                        "field": None,
-                        "reason": str(reason),
-                        "code": reason.code,
-                        "status": reason.status,
-                        "event": api_shape(
-                            e.entity,
-                            e.metric,
-                            e.value,
-                            e.timestamp,
-                            e.event_id,
-                            e.metadata,
-                            e.job_id,
-                        ),
-                    },
+                row = api_shape(
+                    e.entity, e.metric, e.value, e.timestamp, e.event_id, e.metadata, e.job_id
                 )
+                row["deadLetter"] = {
+                    "kind": reason.kind,
+                    "code": reason.code,
+                    "status": reason.status,
+                    "message": reason.message,
+                    "field": None,
+                    "file": self.inputs[index].name,
+                    "line": line or None,
+                }
+                self.errors.write(index, row)
             key = str(reason)
             self.drop_reasons[key] = self.drop_reasons.get(key, 0) + len(events)
 
@@ -302,10 +380,24 @@ class Importer:
             "accepted": s.accepted if s else 0,
             "delivered": s.delivered if s else 0,
             "dropped": dict(s.dropped) if s else {},
+            # Not this run's rows (0 unless another process died in --spool-dir meanwhile).
+            "adopted": s.adopted if s else 0,
             "drop_reasons": dict(self.drop_reasons),
             "stopped": self.stopped,
+            "damaged": self.damaged,
             "elapsed": round(time.monotonic() - self.started, 3),
         }
+
+    def invalid_reasons(self) -> list[dict[str, Any]]:
+        """The invalid rows by reason, most frequent first."""
+        ranked = sorted(self.reasons.items(), key=lambda item: -item[1][0])
+        out = [
+            {"field": field, "reason": reason, "count": n, "first": first}
+            for (field, reason), (n, first) in ranked
+        ]
+        if self.other_reasons:
+            out.append({"field": None, "reason": "other", "count": self.other_reasons})
+        return out
 
     def exit_code(self) -> int:
         if self.interrupted:
@@ -313,6 +405,19 @@ class Importer:
         dropped = self.tracker.stats().dropped if self.tracker is not None else {}
         if self.stopped or any(k not in DATA_DROPS and n for k, n in dropped.items()):
             return EXIT_UNDELIVERED
+        if self.damaged:
+            return EXIT_DAMAGED
         if self.invalid or any(dropped.values()):
             return EXIT_INCOMPLETE
         return EXIT_OK
+
+
+def _problem(exc: InvalidEventError) -> str:
+    """``track()``'s reason without the value it quotes, so that equal reasons count."""
+    text = str(exc)
+    prefix = f"{exc.field}={short_repr(exc.value)}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _no_tracker(*args: Any, **kwargs: Any) -> str | None:
+    raise RuntimeError("the tracker is not started (dry run)")

@@ -12,26 +12,41 @@ import argparse
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgspec
 
 from .._config import Config
 from .._validate import check_id, check_name, coerce_value, encode_metadata, timestamp_ns
+from ._timestamps import RepeatCache, TimestampError, make_parser, zone
 
-__all__ = ["Mapper", "RowError", "TrackArgs", "parse_number", "validate"]
+__all__ = ["Mapper", "RowError", "TrackArgs", "is_event", "parse_number", "validate"]
+
+#: ``deadLetter.kind`` of errors-file rows that are not events (the row as it was read).
+_ROW_KINDS: Final = frozenset({"invalid", "unreadable"})
+
+
+def is_event(fields: dict[str, Any]) -> bool:
+    """Whether a row is an event in the API's shape with a ``deadLetter`` member (from an
+    errors file or ``spool export``): read with the API's names whatever the mapping flags,
+    since it was mapped (and its timestamp normalised) when first imported."""
+    letter = fields.get("deadLetter")
+    return type(letter) is dict and letter.get("kind") not in _ROW_KINDS
+
 
 _NUMBER: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _INT: Final = re.compile(r"[+-]?\d+\Z")
 
 
 class RowError(Exception):
-    """A row that cannot become an event: ``field`` (a ``track()`` argument) and why."""
+    """A row that cannot become an event: ``field`` (a ``track()`` argument), why (without
+    the value, so that reasons can be counted), and the value when there is one."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, value: Any = None) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.value = value
 
 
 @dataclass(slots=True)
@@ -46,13 +61,17 @@ class TrackArgs:
 
 
 def parse_number(text: str) -> int | float:
-    """A CSV/command-line number: an int when it is one, else a float."""
-    text = text.strip()
-    if _INT.match(text):
+    """A number written as text (CSV, or JSONL from a warehouse): an int when it is one,
+    else a float, exactly as the same digits would be as a JSON number. Only plain decimal
+    notation: no thousands separators, no ``nan``/``inf``, no hex."""
+    if text.isdigit() and text.isascii():  # the common case: plain ASCII digits
         return int(text)
-    if _NUMBER.match(text):
-        return float(text)
-    raise RowError("value", f"{text!r} is not a number")
+    stripped = text.strip()
+    if _INT.match(stripped):
+        return int(stripped)
+    if _NUMBER.match(stripped):
+        return float(stripped)
+    raise RowError("value", "not a number", text)
 
 
 class Mapper:
@@ -67,6 +86,17 @@ class Mapper:
         self.metadata: list[str] = list(args.metadata or [])
         self.id_column: str | None = args.id_column
         self.job_id: str | None = args.job_id
+        fmt: str | None = getattr(args, "timestamp_format", None)
+        tz_name: str | None = getattr(args, "timezone", None)
+        self.parse_timestamp = make_parser(fmt, zone(tz_name) if tz_name else None)
+        self._repeats = RepeatCache()
+
+    @classmethod
+    def api(cls) -> Mapper:
+        """The API's own names, no options: for events already in the API's shape."""
+        names = ("entity", "metric", "metric_name", "value", "timestamp", "metadata")
+        empty = dict.fromkeys((*names, "id_column", "job_id"))
+        return cls(argparse.Namespace(**empty))
 
     def required_columns(self) -> list[str]:
         """Columns a CSV header must have (checked before anything is sent)."""
@@ -87,14 +117,18 @@ class Mapper:
         value = fields.get("eventId")
         return None if value is None or value == "" else value
 
-    def map(self, fields: dict[str, Any], event_id: str | None, csv: bool) -> TrackArgs:
-        entity = self._get(fields, self.entity, "entity", "--entity")
-        if self.metric_name is not None:
-            metric: Any = self.metric_name
-        else:
-            metric = self._get(fields, self.metric, "metric", "--metric or --metric-name")
-        value = self._get(fields, self.value, "value", "--value")
-        if csv and isinstance(value, str):
+    def map(self, fields: dict[str, Any], event_id: str | None) -> TrackArgs:
+        # The hot path of an import: plain lookups; a missing column is found by the
+        # KeyError and explained by _get.
+        try:
+            entity = fields[self.entity]
+            metric = self.metric_name
+            if metric is None:
+                metric = fields[self.metric]
+            value = fields[self.value]
+        except KeyError:
+            self._missing(fields)
+        if type(value) is str:  # CSV, and numbers as text in JSONL exports
             value = parse_number(value)
         timestamp = fields.get(self.timestamp)
         if timestamp is None or timestamp == "":
@@ -103,27 +137,42 @@ class Mapper:
                 f"missing (column {self.timestamp!r}): an import needs each row's time, "
                 "RFC 3339 with an offset, e.g. 2026-04-01T12:00:00Z",
             )
-        metadata = self._metadata(fields, csv)
+        if self.parse_timestamp is not None:
+            try:
+                timestamp = self.parse_timestamp(timestamp)
+            except TimestampError as exc:
+                raise RowError("timestamp", str(exc), timestamp) from None
+        elif type(timestamp) is str and self._repeats.active:
+            timestamp = self._repeats(timestamp)  # InvalidEventError as track() raises it
+        metadata = self._metadata(fields) if self.metadata or "metadata" in fields else None
         job_id = self.job_id
         if job_id is None:
             job_id = fields.get("JobId") or fields.get("jobId") or None
         return TrackArgs(entity, metric, value, timestamp, metadata, event_id, job_id)
+
+    def _missing(self, fields: dict[str, Any]) -> NoReturn:
+        """The RowError for the first mapped column the row lacks."""
+        self._get(fields, self.entity, "entity", "--entity")
+        if self.metric_name is None:
+            self._get(fields, self.metric, "metric", "--metric or --metric-name")
+        self._get(fields, self.value, "value", "--value")
+        raise AssertionError("unreachable: only called when a column is missing")
 
     def _get(self, fields: dict[str, Any], column: str, field: str, flag: str) -> Any:
         if column not in fields:
             raise RowError(field, f"missing: no {column!r} in the row (map one with {flag})")
         return fields[column]
 
-    def _metadata(self, fields: dict[str, Any], csv: bool) -> Any:
+    def _metadata(self, fields: dict[str, Any]) -> Any:
         base = fields.get("metadata")
-        if csv and isinstance(base, str):
+        if isinstance(base, str):  # a CSV column (or a CSV row re-imported from JSONL)
             if not base.strip():
                 base = None
             else:
                 try:
                     base = msgspec.json.decode(base)
                 except msgspec.DecodeError:
-                    raise RowError("metadata", "the 'metadata' column is not JSON") from None
+                    raise RowError("metadata", "the 'metadata' column is not JSON", base) from None
         if not self.metadata:
             return base
         merged: dict[str, Any] = {}

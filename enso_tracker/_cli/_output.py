@@ -10,6 +10,7 @@ from typing import Any, Final, TextIO
 import msgspec
 
 __all__ = [
+    "EXIT_DAMAGED",
     "EXIT_INCOMPLETE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -31,6 +32,9 @@ EXIT_USAGE: Final = 2
 #: Could not deliver (Enso unreachable, credentials refused, deadline passed). Re-running the
 #: same command is safe: ids are deterministic and Enso deduplicates them.
 EXIT_UNDELIVERED: Final = 3
+#: ``import``: an input could not be read to its end (a truncated .gz, an I/O error): what
+#: came before it was imported, the rest of the run was not; the errors file names where.
+EXIT_DAMAGED: Final = 4
 #: Interrupted (Ctrl-C / SIGTERM); as safe to re-run as code 3.
 EXIT_INTERRUPTED: Final = 130
 
@@ -41,6 +45,8 @@ exit codes:
        doctor: a check failed
   2    usage or configuration error (bad flag, no credentials, unreadable file)
   3    could not deliver (Enso unreachable, credentials refused, timeout): safe to re-run
+  4    import: an input could not be read to its end (e.g. a truncated .gz); the rows
+       before were imported, the rest of the run was not (see the errors file)
   130  interrupted: safe to re-run"""
 
 _json = msgspec.json.Encoder(decimal_format="number")
@@ -53,7 +59,25 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
 
 
 def json_line(obj: Any) -> str:
-    return _json.encode(obj).decode()
+    try:
+        return _json.encode(obj).decode()
+    except UnicodeEncodeError:  # a lone surrogate from input text: shown as U+FFFD
+        return _json.encode(_no_surrogates(obj)).decode()
+
+
+def clean(text: str) -> str:
+    """Text that any UTF-8 stream can carry (a lone surrogate becomes U+FFFD)."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _no_surrogates(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return clean(obj)
+    if isinstance(obj, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_no_surrogates(v) for v in obj]
+    return obj
 
 
 def marks(stream: TextIO) -> tuple[str, str]:

@@ -1,19 +1,34 @@
 """The live progress of an import on stderr: rich when installed, else one plain line.
 
 Nothing is shown when stderr is not a terminal (unless forced with ``--progress``), so
-logs and pipes stay clean. A background ticker redraws a few times a second; the
-importing thread only bumps counters.
+logs and pipes stay clean; forced into a file or pipe, progress is plain lines (one every
+``LINE_INTERVAL`` seconds, and the last), never terminal escape codes. A background
+ticker redraws a few times a second; the importing thread only bumps counters. A stderr
+that fails (a closed pipe) ends the display, never the import.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-__all__ = ["Display", "Snapshot", "Ticker", "make_display"]
+__all__ = ["LINE_INTERVAL", "Display", "RichMissing", "Snapshot", "Ticker", "make_display"]
+
+#: Seconds between progress lines when stderr is not a terminal.
+LINE_INTERVAL = 5.0
+#: What to run for ``--progress rich``.
+RICH_INSTALL = "pip install 'enso-tracker[cli]'"
+
+
+class RichMissing(Exception):
+    """``--progress rich`` without ``rich`` installed (a usage error)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"--progress rich needs the rich package: {RICH_INSTALL}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +97,46 @@ class NoDisplay:
         pass
 
 
+class LineDisplay:
+    """For a stderr that is not a terminal: whole lines, no escape codes, every
+    ``LINE_INTERVAL`` seconds (and the last one at the end)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._broken = False
+        self._last: Snapshot | None = None
+        self._written: Snapshot | None = None
+
+    def update(self, snap: Snapshot) -> None:
+        with self._lock:
+            self._last = snap
+            now = time.monotonic()
+            if now >= self._next:
+                self._next = now + LINE_INTERVAL
+                self._written = snap
+                self._write(snap.text() + "\n")
+
+    def log(self, line: str) -> None:
+        with self._lock:
+            self._write(line + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._last is not None and self._last is not self._written:
+                self._write(self._last.text() + "\n")
+
+    def _write(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the import goes on without it
+            self._broken = True
+
+
 class PlainDisplay:
     """One line, redrawn in place with ``\\r``; log lines are printed above it."""
 
@@ -90,22 +145,30 @@ class PlainDisplay:
         self._lock = threading.Lock()
         self._last = ""
 
+        self._broken = False
+
     def update(self, snap: Snapshot) -> None:
         with self._lock:
             self._last = snap.text()
-            self._stream.write("\r\033[K" + self._last)
-            self._stream.flush()
+            self._write("\r\033[K" + self._last)
 
     def log(self, line: str) -> None:
         with self._lock:
-            self._stream.write("\r\033[K" + line + "\n" + self._last)
-            self._stream.flush()
+            self._write("\r\033[K" + line + "\n" + self._last)
 
     def close(self) -> None:
         with self._lock:
             if self._last:
-                self._stream.write("\n")
-                self._stream.flush()
+                self._write("\n")
+
+    def _write(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed terminal: the import goes on without it
+            self._broken = True
 
 
 class RichDisplay:
@@ -133,20 +196,38 @@ class RichDisplay:
 
 
 def make_display(mode: str, stream: TextIO | None = None) -> Display:
-    """``auto``: rich on a terminal if installed, else plain on a terminal, else nothing."""
+    """``auto``: rich on a terminal if installed, else plain on a terminal, else nothing.
+    ``plain`` or ``rich`` forced where stderr is not a terminal: plain lines. ``rich``
+    without rich installed: ``RichMissing`` (checked first, wherever stderr goes)."""
     out = sys.stderr if stream is None else stream
-    if mode == "none" or (mode == "auto" and not out.isatty()):
+    if mode == "rich":
+        try:
+            import rich.console
+            import rich.progress
+        except ImportError:
+            raise RichMissing from None
+    tty = _isatty(out)
+    if mode == "none" or (mode == "auto" and not tty):
         return NoDisplay(out)
+    if not tty:
+        return LineDisplay(out)
     if mode in ("auto", "rich"):
         try:
             import rich.console
             import rich.progress
         except ImportError:
             if mode == "rich":
-                raise
+                raise RichMissing from None
         else:
             return RichDisplay(out, rich.progress, rich.console)
     return PlainDisplay(out)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 class Ticker:

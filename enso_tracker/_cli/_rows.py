@@ -24,16 +24,26 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import os
 import sys
+import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final, cast
 
 import msgspec
 
-__all__ = ["Input", "Record", "derive_event_id", "shard_of"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "Input",
+    "InputDamaged",
+    "Record",
+    "derive_event_id",
+    "shard_of",
+]
+
+#: Longest line read (``--max-line-bytes``): a longer one is an error row, never held.
+DEFAULT_MAX_LINE_BYTES: Final = 1024 * 1024
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BOM: Final = b"\xef\xbb\xbf"
@@ -72,7 +82,8 @@ class Record:
 class Input:
     """One input: a path or ``-``; opened lazily, read once, as a stream."""
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: str, fmt: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
         self.path = path
         self.is_stdin = path == "-"
         self.name = "<stdin>" if self.is_stdin else path
@@ -100,9 +111,12 @@ class Input:
         self._raw = raw
         stream: IO[bytes] = raw
         try:
-            if _peek(raw, 2)[:2] == _GZIP_MAGIC:
-                stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-            self.format = self._detect(stream)
+            try:
+                if _peek(raw, 2)[:2] == _GZIP_MAGIC:
+                    stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+                self.format = self._detect(stream)
+            except (EOFError, OSError, zlib.error) as exc:  # a damaged gzip header
+                raise InputDamaged(self.name, 1, _damage(exc)) from None
             if self.format == "csv":
                 yield from self._csv(stream)
             else:
@@ -134,34 +148,71 @@ class Input:
         return "jsonl" if head.startswith(b"{") else "csv"
 
     def _jsonl(self, stream: IO[bytes]) -> Iterator[Record]:
-        for line_no, line in enumerate(stream, 1):
-            raw = line.strip()
-            if line_no == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :].strip()
-            if not raw:
-                continue
-            try:
-                fields = _decode(raw)
-            except msgspec.DecodeError as exc:
-                yield Record(line_no, raw, None, f"not valid JSON: {exc}")
-                continue
-            if not isinstance(fields, dict):
-                yield Record(line_no, raw, None, "not a JSON object")
-                continue
-            yield Record(line_no, raw, fields)
+        decode = _decode
+        line_no = 0
+        for lines in _blocks(stream, self.max_line_bytes, self.name):
+            for line in lines:
+                line_no += 1
+                if line is None:
+                    yield Record(line_no, b"", None, self._too_long())
+                    continue
+                raw = line.strip()
+                if not raw:
+                    continue
+                try:
+                    fields = decode(raw)
+                except msgspec.DecodeError as exc:
+                    yield Record(line_no, raw, None, f"not valid JSON: {exc}")
+                    continue
+                except RecursionError:  # msgspec's own depth limit: not a stack overflow
+                    yield Record(line_no, raw, None, "not valid JSON: nested too deeply")
+                    continue
+                if type(fields) is not dict:
+                    yield Record(line_no, raw, None, "not a JSON object")
+                    continue
+                yield Record(line_no, raw, fields)
+
+    def _too_long(self) -> str:
+        return f"line too long: over {self.max_line_bytes:,} bytes (--max-line-bytes), skipped"
 
     def _csv(self, stream: IO[bytes]) -> Iterator[Record]:
-        # surrogateescape: undecodable bytes survive to track(), which names the field.
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
+        # Lines are decoded one by one, strictly: a line that is not UTF-8 (or too long)
+        # reaches the csv module as an empty line and makes its record an error row,
+        # named by line; the rest of the file is read as usual.
+        problems: dict[int, str] = {}
+        shown: list[str] = []  # what the errors file shows of the bad lines
+        too_long = self._too_long()
+
+        def text() -> Iterator[str]:
+            line_no = 0
+            for lines in _blocks(stream, self.max_line_bytes, self.name):
+                for line in lines:
+                    line_no += 1
+                    if line is None:
+                        problems[line_no] = too_long
+                        yield "\n"
+                        continue
+                    try:
+                        yield line.decode() + "\n"
+                    except UnicodeDecodeError as exc:
+                        problems[line_no] = f"not valid UTF-8: line {line_no}, byte {exc.start + 1}"
+                        shown.append(line.decode("utf-8", "replace"))
+                        yield "\n"
+
+        # A quoted field may span lines: the csv module's field limit (process-wide; this
+        # is the CLI's process) bounds it like a line.
+        csv.field_size_limit(max(self.max_line_bytes, _CSV_FIELD_DEFAULT))
+        reader = csv.reader(text())
         try:
             header = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise OSError(f"{self.name}: cannot read the CSV header: {exc}") from None
-        self.header = [h.strip() for h in header]
-        width = len(self.header)
+        if problems:
+            raise OSError(f"{self.name}: cannot read the CSV header: {problems[1]}")
+        self.header = header = [h.strip() for h in header]
+        width = len(header)
         while True:
             start = reader.line_num + 1
             try:
@@ -169,15 +220,104 @@ class Input:
             except StopIteration:
                 return
             except csv.Error as exc:
+                problems.clear()
+                shown.clear()
                 yield Record(start, b"", None, f"not valid CSV: {exc}")
+                continue
+            if problems:
+                reasons = [problems.pop(n) for n in sorted(problems)]
+                raw = "\n".join(shown).encode()
+                shown.clear()
+                yield Record(start, raw, None, "; ".join(reasons))
                 continue
             if not fields or fields == [""]:
                 continue
-            raw = "\x1f".join(fields).encode("utf-8", "surrogateescape")
+            raw = "\x1f".join(fields).encode()
             if len(fields) != width:
-                yield Record(start, raw, None, f"has {len(fields)} fields, the header {width}")
+                yield Record(
+                    start, raw, None, f"wrong number of fields: {len(fields)}, the header {width}"
+                )
                 continue
-            yield Record(start, raw, dict(zip(self.header, fields, strict=True)))
+            yield Record(start, raw, dict(zip(header, fields)))  # noqa: B905 (width checked)
+
+
+class InputDamaged(Exception):
+    """The input cannot be read past this point (a truncated gzip, an I/O error)."""
+
+    def __init__(self, name: str, line: int, reason: str) -> None:
+        super().__init__(f"{name}: unreadable from line {line} on: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+_CSV_FIELD_DEFAULT: Final = 131_072  # the csv module's own default
+#: Bytes asked of the stream at a time: large enough that reading costs little per line.
+_CHUNK: Final = 1 << 18
+
+
+def _blocks(stream: IO[bytes], limit: int, name: str) -> Iterator[list[bytes | None]]:
+    """The input's lines, without their newline, a list per chunk read (consecutive; the
+    consumer numbers them). ``None`` stands for a line longer than ``limit`` bytes, which
+    is skipped without being held: memory stays within ``limit`` plus one chunk whatever
+    the input. A leading UTF-8 BOM is dropped. ``InputDamaged`` when reading fails: the
+    lines before it have been given, a partial last line is not."""
+    read = getattr(stream, "read1", stream.read)
+    given = 0
+    tail = b""
+    skipping = False  # inside a line already found too long
+    first = True
+    head = b""
+    while True:
+        try:
+            block = read(_CHUNK)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputDamaged(name, given + 1, _damage(exc)) from None
+        if first:  # a BOM may come in pieces from a pipe
+            more = bool(block)
+            block = head + block
+            if more and len(block) < len(_BOM) and _BOM.startswith(block):
+                head = block
+                continue
+            first = False
+            if block.startswith(_BOM):
+                block = block[len(_BOM) :]
+                if not block:
+                    continue  # the BOM alone: not the end
+        if not block:
+            if skipping:
+                yield [None]
+            elif tail:
+                yield [tail]
+            return
+        lines = block.split(b"\n")
+        last = lines.pop()
+        if lines:
+            if skipping:
+                lines[0] = b""  # the end of a line already found too long: None below
+            elif tail:
+                lines[0] = tail + lines[0]
+            out = cast("list[bytes | None]", lines)
+            if max(map(len, lines)) > limit:
+                out = [None if len(line) > limit else line for line in lines]
+            if skipping:
+                out[0] = None
+                skipping = False
+            given += len(out)
+            yield out
+            tail = last
+        elif not skipping:
+            tail += last
+        if len(tail) > limit:
+            tail = b""
+            skipping = True
+
+
+def _damage(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the compressed stream ends early (a truncated .gz?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _peek(stream: IO[bytes], n: int) -> bytes:

@@ -11,6 +11,12 @@ that the application has not imported or cannot import.
   ``uwsgi.post_fork_hook`` gives each worker, forked from C, fresh tracker state.
 * :mod:`.uvicorn` (a tracker made while a uvicorn server holds SIGTERM): the trackers
   are shut down after that server's graceful stop, before it re-raises SIGTERM.
+* :mod:`.gunicorn` (``gunicorn`` imported): a worker forked from a ``--preload`` master
+  gets the tracker's SIGTERM handler back when its worker class reset SIGTERM to the
+  default action (both UvicornWorker packages), and, under the gevent worker, tracker
+  state built with gevent's locks.
+* :mod:`.rq` (``rq`` imported): a work horse shuts its trackers down at the end of its
+  job, since it ends with ``os._exit()``.
 
 Django, Flask, FastAPI and Starlette need nothing: the server they run under is what
 starts, forks and stops the process.
@@ -25,7 +31,13 @@ __all__ = ["auto_enable"]
 
 #: integration module -> the module whose presence in ``sys.modules`` means its
 #: framework is in the process (the embedded ``uwsgi`` module exists only under uWSGI)
-_INTEGRATIONS = {"celery": "celery", "uwsgi": "uwsgi", "uvicorn": "uvicorn.server"}
+_INTEGRATIONS = {
+    "celery": "celery",
+    "uwsgi": "uwsgi",
+    "uvicorn": "uvicorn.server",
+    "gunicorn": "gunicorn.workers.base",
+    "rq": "rq.worker",
+}
 _enabled: set[str] = set()
 
 

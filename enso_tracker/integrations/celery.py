@@ -34,7 +34,7 @@ def enable() -> bool:
     if "celery" not in sys.modules:  # never import Celery for an application
         return False
     try:
-        from celery import signals  # type: ignore[import-untyped]
+        from celery import signals
     except Exception:  # a broken or partial Celery: the tracker still works without it
         return False
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid=_UID)

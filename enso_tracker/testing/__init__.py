@@ -1,8 +1,8 @@
 """An in-process fake of the Enso usage-billing API, for tests.
 
 :class:`FakeEnso` speaks the wire contract of ``/events/batch``, ``/events`` and
-``/auth/system-login`` as documented (see ``enso-api.md``), including the parts that surprise
-clients: top-level ``"status": "success"`` with every record failed, the polymorphic
+``/auth/system-login`` as documented (see ``docs/wire-contract.md``), including the parts
+that surprise clients: top-level ``"status": "success"`` with every record failed, the polymorphic
 ``code`` (``2002`` vs ``"27"``), unsorted ``failedRecords`` and content-derived event ids.
 Two ways in, one state:
 
@@ -29,13 +29,17 @@ so assertions never race with the server threads. ``wait_for`` blocks on a condi
 is notified after every request, so tests wait for facts instead of sleeping.
 
 For pytest, ``pytest_plugins = ["enso_tracker.testing.pytest_plugin"]`` in a
-``conftest.py`` gives a session-wide ``fake_enso`` (reset before each test) and a
-``tracker`` factory fixture; it is opt-in, never loaded by merely installing the package.
+``conftest.py`` gives a session-wide ``fake_enso`` (reset before each test), a
+``tracker`` factory fixture and ``fake_enso_env`` (the environment pointed at the fake,
+for ``init()``/``from_env()``); it is opt-in, never loaded by merely installing the
+package. :class:`DropRecorder` is an ``on_drop`` hook that records what was dropped.
 
 Layout: ``_enso.py`` is the API's behaviour and state, ``_faults.py`` the scripted faults,
-``_server.py`` the socket plumbing, ``_transport.py`` the socketless one.
+``_server.py`` the socket plumbing, ``_transport.py`` the socketless one, ``_drops.py``
+the drop recorder.
 """
 
+from ._drops import DropRecorder
 from ._enso import (
     CLICKHOUSE_TIMESTAMP_ERROR,
     FakeEnso,
@@ -47,6 +51,7 @@ from ._faults import Fault
 
 __all__ = [
     "CLICKHOUSE_TIMESTAMP_ERROR",
+    "DropRecorder",
     "FakeEnso",
     "Fault",
     "RecordedRequest",

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from http import HTTPStatus
 from types import TracebackType
@@ -313,6 +313,10 @@ class FakeEnso:
     def start(self) -> FakeEnso:
         """Bind and serve in a daemon thread; returns self so ``FakeEnso().start()`` chains.
 
+        ``host`` may be an IPv4 or IPv6 literal (``"::1"``) or a name. A bind that fails
+        (a busy port, an address this machine does not have) raises ``OSError`` saying
+        where and why.
+
         After ``stop()``, starting again re-binds the same port and keeps recorded data,
         which is how tests simulate a server restart under a live client.
         """
@@ -378,7 +382,8 @@ class FakeEnso:
         """Base URL for clients, e.g. ``http://127.0.0.1:54321``."""
         if self.port == 0:
             raise RuntimeError("FakeEnso has not been started; no port is bound yet")
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 in brackets
+        return f"http://{host}:{self.port}"
 
     @property
     def api_key(self) -> str:
@@ -543,12 +548,15 @@ class FakeEnso:
         with self._lock:
             self._plan.script(faults)
 
-    def chaos(self, p503: float = 0.0, p_store_then_drop: float = 0.0, seed: int = 0) -> None:
-        """Random faults for every batch request no scripted fault covers: a 503 with
-        probability ``p503``, a stored batch whose answer is lost (``store_then_drop``)
-        with ``p_store_then_drop``; reproducible from ``seed``. ``chaos()`` turns it off."""
+    def chaos(
+        self, p503: float = 0.0, p_store_then_drop: float = 0.0, seed: int = 0, status: int = 503
+    ) -> None:
+        """Random faults for every batch request no scripted fault covers: a 503 (or
+        ``status``) with probability ``p503``, a stored batch whose answer is lost
+        (``store_then_drop``) with ``p_store_then_drop``; reproducible from ``seed``.
+        ``chaos()`` turns it off."""
         with self._lock:
-            self._plan.chaos(p503, p_store_then_drop, seed)
+            self._plan.chaos(p503, p_store_then_drop, seed, status)
 
     def hang(self, seconds: float | None) -> None:
         """Make every batch request wait ``seconds`` (None: until ``release()``/``stop()``)."""
@@ -730,9 +738,10 @@ class FakeEnso:
             "total": len(events),
         }
         result = {"summary": summary, "failedRecords": failed}
-        if shape == "bare":
-            return Reply(200, _ENCODER.encode(result))
-        return _success(result)
+        reply = Reply(200, _ENCODER.encode(result)) if shape == "bare" else _success(result)
+        if fault is not None and fault.answer_twice:
+            return replace(reply, twice=True)
+        return reply
 
     def _handle_single(self, request: Incoming) -> Reply:
         if not self._authorized(request.headers):

@@ -33,6 +33,10 @@ class Fault:
     * ``store_then_drop``: process normally (records stored as a 200 would store them),
       then reset the connection without an answer: Enso took the batch but the client
       never heard (through ``transport()``: ``httpx.ReadError`` after storing).
+    * ``answer_twice``: process normally, then write the answer twice in one go on the
+      kept-alive connection, as a broken server or proxy would. A client that reads the
+      copy as the answer to its next request books that request's events by another
+      batch's answer. Through ``transport()`` (no connection) the answer is sent once.
 
     Through :meth:`FakeEnso.transport() <enso_tracker.testing.FakeEnso.transport>` (no
     socket), ``drop_connection`` raises ``httpx.ReadError`` in the client, and a ``delay``
@@ -47,6 +51,7 @@ class Fault:
     drop_connection: bool = False
     record_status: Mapping[int, int] | None = None
     store_then_drop: bool = False
+    answer_twice: bool = False
 
     def __post_init__(self) -> None:
         """Reject impossible faults at script time, not deep inside a server thread."""
@@ -71,6 +76,7 @@ class FaultPlan:
         #: ``FakeEnso.chaos``: random faults for requests the script does not cover.
         self.chaos_503 = 0.0
         self.chaos_store_then_drop = 0.0
+        self.chaos_status = 503
         self.chaos_rng = random.Random(0)
 
     def clear(self) -> None:
@@ -91,14 +97,17 @@ class FaultPlan:
         if self.chaos_503 or self.chaos_store_then_drop:
             draw = self.chaos_rng.random()
             if draw < self.chaos_503:
-                return Fault(status=503)
+                return Fault(status=self.chaos_status)
             if draw < self.chaos_503 + self.chaos_store_then_drop:
                 return Fault(store_then_drop=True)
         return None
 
-    def chaos(self, p503: float, p_store_then_drop: float, seed: int) -> None:
+    def chaos(self, p503: float, p_store_then_drop: float, seed: int, status: int = 503) -> None:
         if not (p503 >= 0 and p_store_then_drop >= 0 and p503 + p_store_then_drop <= 1):
             raise ValueError("chaos probabilities must be >= 0 and sum to at most 1")
+        if not 400 <= status <= 599:
+            raise ValueError(f"chaos status must be a 4xx or 5xx status, got {status}")
+        self.chaos_status = status
         self.chaos_503 = p503
         self.chaos_store_then_drop = p_store_then_drop
         self.chaos_rng = random.Random(seed)

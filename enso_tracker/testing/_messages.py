@@ -32,6 +32,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False  # no response at all: the connection is reset
     timed_out: bool = False  # the client's read timeout ran out first (transport only)
+    twice: bool = False  # written twice on the connection (socket only; Fault.answer_twice)
 
 
 DROP: Final = Reply(status=0, drop=True)

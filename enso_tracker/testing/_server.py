@@ -9,6 +9,7 @@ a prompt ``stop()`` that also cuts hanging requests short, and restarts on the s
 from __future__ import annotations
 
 import contextlib
+import errno
 import selectors
 import socket
 import socketserver
@@ -33,9 +34,12 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], runner: ServerRunner) -> None:
         self.runner = runner
+        # An IPv6 literal ("::1") needs an IPv6 socket; names and IPv4 stay on IPv4.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        # Made first: a failed bind calls server_close(), which closes them.
+        self._wake_reader, self._wake_writer = socket.socketpair()
         super().__init__(address, _Handler)
         self.socket.setblocking(False)  # a client that vanishes before accept() cannot block us
-        self._wake_reader, self._wake_writer = socket.socketpair()
 
     def serve_until_woken(self) -> None:
         """Accept connections until ``wake()``.
@@ -162,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self._drop()
             return
+        if reply.twice:
+            self._answer_twice(reply)
+            return
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -172,6 +179,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    def _answer_twice(self, reply: Reply) -> None:
+        """The whole answer, head and body, twice in one write (``Fault.answer_twice``):
+        the copy lands in the client's buffer right behind the answer."""
+        phrase = self.responses.get(reply.status, ("",))[0]
+        lines = [f"{self.protocol_version} {reply.status} {phrase}"]
+        lines += [f"{name}: {value}" for name, value in reply.headers]
+        lines += ["Content-Type: application/json", f"Content-Length: {len(reply.body)}"]
+        answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command != "HEAD":
+            answer += reply.body
+        self.wfile.write(answer * 2)
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -248,7 +267,10 @@ class ServerRunner:
         with self._cond:
             if self._server is not None:
                 return
-            server = _Server((self.host, self.port), self)
+            try:
+                server = _Server((self.host, self.port), self)
+            except OSError as exc:
+                raise _cannot_listen(self.host, self.port, exc) from exc
             self.port = int(server.server_address[1])
             self.stopping = False
             self._server = server
@@ -291,3 +313,19 @@ class ServerRunner:
     def unregister_connection(self, sock: socket.socket) -> None:
         with self._cond:
             self._connections.pop(sock, None)
+
+
+def _cannot_listen(host: str, port: int, error: OSError) -> OSError:
+    """Why the server could not bind, with where it tried (an ``OSError``, same errno)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = error.strerror or type(error).__name__
+    hint = ""
+    if error.errno == errno.EADDRINUSE:
+        hint = " (something else holds the port: pass port=0 for a free one)"
+    elif error.errno == errno.EACCES:
+        hint = " (a port below 1024 needs privileges: pass port=0 for a free one)"
+    elif error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(
+        error, socket.gaierror
+    ):
+        hint = " (no such address on this machine" + (": is IPv6 enabled?)" if ":" in host else ")")
+    return OSError(error.errno, f"FakeEnso cannot listen on {where}: {reason}{hint}")

@@ -15,6 +15,11 @@ the test run of every application that merely installs ``enso-tracker``.
   ``fake_enso`` with its api key and fast backoff; each is shut down after the test.
 * ``fake_enso_session``: the same server without the per-test reset, for session-scoped
   fixtures of your own.
+* ``fake_enso_env``: ``fake_enso``, with the environment pointing at it
+  (``ENSO_API_KEY``, ``ENSO_BASE_URL``; ``ENSO_CLIENT_KEY``, ``ENSO_CLIENT_SECRET``,
+  ``ENSO_DISABLED`` and ``ENSO_SPOOL_DIR`` unset), for applications that call
+  ``enso_tracker.init()`` or ``Tracker.from_env()``. The default tracker ``init()`` made
+  is shut down after the test; a tracker the application keeps itself is its to close.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from typing import Any
 
 import pytest
 
+import enso_tracker
 from enso_tracker import Tracker
 
 from ._enso import FakeEnso
 
-__all__ = ["TrackerFactory", "fake_enso", "fake_enso_session", "tracker"]
+__all__ = ["TrackerFactory", "fake_enso", "fake_enso_env", "fake_enso_session", "tracker"]
 
 TrackerFactory = Callable[..., Tracker]
 
@@ -83,3 +89,21 @@ def tracker(fake_enso: FakeEnso) -> Iterator[TrackerFactory]:
     fake_enso.release()
     for instance in made:
         instance.shutdown()
+
+
+#: What ``fake_enso_env`` unsets: each would send the application elsewhere, or nowhere.
+_ENV_UNSET = ("ENSO_CLIENT_KEY", "ENSO_CLIENT_SECRET", "ENSO_DISABLED", "ENSO_SPOOL_DIR")
+
+
+@pytest.fixture
+def fake_enso_env(fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEnso]:
+    """``fake_enso``, with ``ENSO_API_KEY`` and ``ENSO_BASE_URL`` pointing at it, for code
+    that calls ``enso_tracker.init()`` or ``Tracker.from_env()``; the default tracker is
+    shut down after the test."""
+    for name in _ENV_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENSO_API_KEY", fake_enso.api_key)
+    monkeypatch.setenv("ENSO_BASE_URL", fake_enso.url)
+    yield fake_enso
+    fake_enso.release()
+    enso_tracker.shutdown(TRACKER_DEFAULTS["shutdown_timeout"])

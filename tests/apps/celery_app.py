@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from enso_tracker import Tracker
 

@@ -67,7 +67,7 @@ def app(
     answer: dict[str, Any] = {"pid": os.getpid(), "worker": _worker_id()}
     path = environ.get("PATH_INFO")
     if path == "/flush":  # a worker's flush() waits for its own events only
-        answer["flushed"] = tracker.flush(2.0)
+        answer["flushed"] = tracker.flush(5.0)
         answer["accepted"] = tracker.stats().accepted
     elif path != "/quiet" and _TRACKING_WORKER in (0, answer["worker"]):
         answer["id"] = tracker.track("ent", "req", 1)
