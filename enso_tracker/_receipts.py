@@ -103,11 +103,15 @@ _STORE_SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
-#: In a spool file: totals written with the deletes of the rows they account for, one
-#: row per transaction (a msgpack list of [entity, metric, hour, outcome, count, sum]):
-#: one INSERT, however many (entity, metric, hour) the deleted rows touched.
-_PENDING: Final = """CREATE TABLE IF NOT EXISTS receipts_pending (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"""
+#: In a spool file, totals written with the deletes of the rows they account for: one
+#: entry of its ``meta`` table per transaction, ``receipts_pending:<seq, 16 digits>`` →
+#: a msgpack list of [entity, metric, hour, outcome, count, sum], however many (entity,
+#: metric, hour) the deleted rows touched. ``meta``, not a table of their own: a table
+#: costs a 64 KiB page of the spool's ``max_spool_bytes`` before it holds anything.
+#: ``receipts_seq`` (never decreasing) numbers them; ``receipts_key`` names the file to
+#: the store's watermarks.
+_PENDING: Final = "receipts_pending:"
+_PENDING_END: Final = "receipts_pending;"  # the next character after ":"
 _encode_pending = msgspec.msgpack.Encoder().encode
 _decode_pending = msgspec.msgpack.Decoder(list[tuple[str, str, str, str, int, str]]).decode
 
@@ -512,12 +516,18 @@ class SpoolReceipts:
             return
         body = _encode_pending([(*key, c, text_of(s)) for key, (c, s) in merged.items()])
         try:
-            db.execute(_PENDING)
+            found = db.execute("SELECT value FROM meta WHERE key = 'receipts_seq'").fetchone()
+            seq = int(found[0]) + 1 if found else 1
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('receipts_key', ?)",
                 (secrets.token_hex(16),),
             )
-            db.execute("INSERT INTO receipts_pending (body) VALUES (?)", (body,))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('receipts_seq', ?)", (str(seq),)
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (f"{_PENDING}{seq:016d}", body)
+            )
         except sqlite3.Error as exc:
             self.store.errors += 1
             _log.error("enso-tracker receipts: cannot write receipts in %s: %s", file.path, exc)
@@ -526,22 +536,28 @@ class SpoolReceipts:
         """Move ``file``'s pending totals to the store. True if some are left (the store
         could not take them now: the file must not be removed)."""
         try:
-            found_rows = db.execute("SELECT seq, body FROM receipts_pending ORDER BY seq")
-            blobs = found_rows.fetchall()
+            blobs = db.execute(
+                "SELECT key, value FROM meta WHERE key > ? AND key < ? ORDER BY key",
+                (_PENDING, _PENDING_END),
+            ).fetchall()
         except sqlite3.OperationalError:
-            return False  # no such table: no receipts were ever written in this file
+            return False  # no meta table: nothing of ours in this file
         if not blobs:
             return False
         try:
-            rows = [(seq, *t) for seq, body in blobs for t in _decode_pending(body)]
-        except msgspec.DecodeError as exc:  # not written by us: left as it is
+            rows = [
+                (int(key[len(_PENDING) :]), *t)
+                for key, body in blobs
+                for t in _decode_pending(body)
+            ]
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:  # not ours: left as it is
             _log.error("enso-tracker receipts: unreadable receipts in %s: %s", file.path, exc)
             return True
         found = db.execute("SELECT value FROM meta WHERE key = 'receipts_key'").fetchone()
         source = found[0] if found else file.path
         try:
             self.store.apply(rows, source=source)
-            db.execute("DELETE FROM receipts_pending WHERE seq <= ?", (rows[-1][0],))
+            db.execute("DELETE FROM meta WHERE key > ? AND key <= ?", (_PENDING, blobs[-1][0]))
         except Exception as exc:  # kept in the file, moved later: not lost, not counted
             _log.error(
                 "enso-tracker receipts: cannot move receipts from %s (kept there, moved later): %s",
