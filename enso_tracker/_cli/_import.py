@@ -15,13 +15,14 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
+from .._backfill import Occurrences, TooManyDistinct, content, content_key, event_id, shard_of_key
 from .._config import Config
 from .._errors import InvalidEventError
 from .._model import DropReason, Event, Stats
 from .._tracker import Tracker
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
-from ._mapping import Mapper, RowError, api_shape, validate
+from ._mapping import Mapper, RowError, TrackArgs, api_shape, validate
 from ._output import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNDELIVERED
 from ._progress import Display, Snapshot
 from ._rows import Input, Record, derive_event_id, shard_of
@@ -59,6 +60,9 @@ class Importer:
         self.shard: tuple[int, int] | None = args.shard
         self.dry_run: bool = args.dry_run
         self.stall_timeout: float = args.stall_timeout
+        self.line_ids: bool = args.id_rule == "line"
+        self.namespace: str = args.id_namespace or ""
+        self.occurrences = Occurrences(args.max_distinct)
         self.tracker: Tracker | None = None
         self.config = Config()
         self.rows = 0
@@ -120,6 +124,8 @@ class Importer:
                 self._done_bytes += inp.size or 0
         except Stop as exc:
             self.stopped = str(exc)
+        except TooManyDistinct as exc:
+            self.stopped = str(exc)
         except (Interrupted, KeyboardInterrupt):
             self.interrupted = True
             self.stopped = "interrupted"
@@ -132,6 +138,79 @@ class Importer:
         self.rows += 1
         if self.rows & 1023 == 0:
             self._housekeeping()
+        if self.line_ids:
+            self._line_row(index, inp, source, record)
+            return
+        fields = record.fields
+        if fields is None:
+            if self._mine(record.raw):
+                self._invalid(index, record, "row", record.problem or "unreadable")
+            return
+        # Shard ownership: a row with its own id by that id, a valid row by its content
+        # (so all identical rows meet in one shard, which counts them), a bad row by its
+        # bytes. Each is a function of the row alone: shards are disjoint and complete.
+        try:
+            explicit = self.mapper.explicit_id(fields)
+            a = self.mapper.map(fields, explicit, inp.format == "csv")
+        except RowError as exc:
+            if self._mine(record.raw):
+                self._invalid(index, record, exc.field, exc.reason)
+            return
+        key = None
+        if explicit is None:
+            try:
+                data = content(a.entity, a.metric, a.value, a.timestamp)
+            except InvalidEventError as exc:
+                if self._mine(record.raw):
+                    self._invalid(index, record, exc.field, str(exc))
+                return
+            key = content_key(data)
+            if self.shard is not None and not self._mine_key(key):
+                return
+        elif not self._mine(explicit if isinstance(explicit, str) else record.raw):
+            return
+        if self.dry_run:
+            try:
+                validate(self.config, a)
+            except InvalidEventError as exc:
+                self._invalid(index, record, exc.field, str(exc))
+            return
+        if key is not None:
+            a.event_id = event_id(data, self.occurrences.take(key), self.namespace)
+        try:
+            accepted = self._track(a)
+        except InvalidEventError as exc:
+            if key is not None:
+                self.occurrences.give_back(key)  # only accepted rows are counted
+            self._invalid(index, record, exc.field, str(exc))
+            return
+        where = self._where
+        where[accepted] = (index, record.line)
+        if len(where) > self._window:
+            where.popitem(last=False)
+
+    def _track(self, a: TrackArgs) -> str:
+        """``track()`` with back-pressure: waits (doing housekeeping) while the queue is
+        full; raises ``InvalidEventError`` for a bad row."""
+        assert self.tracker is not None
+        track = self.tracker.track
+        kwargs: dict[str, Any] = {
+            "timestamp": a.timestamp,
+            "metadata": a.metadata,
+            "event_id": a.event_id,
+            "job_id": a.job_id,
+        }
+        accepted = track(a.entity, a.metric, a.value, **kwargs)
+        while accepted is None:  # the queue stayed full for block_timeout
+            if self.interrupt:
+                raise Interrupted
+            self._housekeeping()
+            accepted = track(a.entity, a.metric, a.value, **kwargs)
+        return accepted
+
+    def _line_row(self, index: int, inp: Input, source: str, record: Record) -> None:
+        """``--id-rule line``: the ids of enso-tracker 0.x (by file name and line), to
+        finish or re-run an import that was started with them."""
         derived = derive_event_id(source, record.line, record.raw)
         if record.fields is None:
             if self._mine(derived):
@@ -151,20 +230,7 @@ class Importer:
             if self.dry_run:
                 validate(self.config, a)
                 return
-            assert self.tracker is not None
-            track = self.tracker.track
-            kwargs: dict[str, Any] = {
-                "timestamp": a.timestamp,
-                "metadata": a.metadata,
-                "event_id": a.event_id,
-                "job_id": a.job_id,
-            }
-            accepted = track(a.entity, a.metric, a.value, **kwargs)
-            while accepted is None:  # the queue stayed full for block_timeout
-                if self.interrupt:
-                    raise Interrupted
-                self._housekeeping()
-                accepted = track(a.entity, a.metric, a.value, **kwargs)
+            accepted = self._track(a)
         except RowError as exc:
             self._invalid(index, record, exc.field, exc.reason)
             return
@@ -176,8 +242,22 @@ class Importer:
         if len(where) > self._window:
             where.popitem(last=False)
 
-    def _mine(self, key: str) -> bool:
-        if self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]:
+    def _mine(self, key: str | bytes) -> bool:
+        """Whether this shard owns a row keyed by an eventId (str) or its bytes."""
+        if self.shard is None:
+            return True
+        if isinstance(key, bytes):
+            mine = shard_of_key(content_key(key), self.shard[1]) == self.shard[0]
+        else:
+            mine = shard_of(key, self.shard[1]) == self.shard[0]
+        if mine:
+            return True
+        self.other_shard += 1
+        return False
+
+    def _mine_key(self, key: bytes) -> bool:
+        assert self.shard is not None
+        if shard_of_key(key, self.shard[1]) == self.shard[0]:
             return True
         self.other_shard += 1
         return False
