@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def doc_event_id(
     return "imp_" + hashlib.sha256(f"{namespace}\n{k}\n".encode() + content).hexdigest()[:32]
 
 
-def doc_ids(rows: list[tuple[str, str, float, str]], namespace: str = "") -> set[str]:
+def doc_ids(rows: Sequence[tuple[str, str, float, str]], namespace: str = "") -> set[str]:
     """The ids of these rows (entity, metric, value, timestamp): the k-th of identical
     rows gets occurrence number k."""
     seen: Counter[tuple[str, str, float, str]] = Counter()
