@@ -99,7 +99,7 @@ input is split, ordered or sharded, and on any machine:
         type=_positive,
         default=20_000_000,
         metavar="N",
-        help="distinct events one process counts at most, ~150 bytes each (default "
+        help="distinct events one process counts at most, ~100 bytes each (default "
         "20,000,000); past it the import stops: split it with --shard",
     )
     run = parser.add_argument_group("run")
