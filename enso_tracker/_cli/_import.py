@@ -3,7 +3,7 @@
 Delivery goes through the public ``Tracker`` (``track``/``flush``/``shutdown``/``stats``/
 ``on_drop``) with ``queue_full_policy="block"``: when Enso is slower than the reader, the
 reader waits (memory stays bounded) instead of refusing rows. Every row gets a
-deterministic eventId (see ``_rows``), so a re-run of the same command, after a crash
+deterministic eventId (see ``_backfill``), so a re-run of the same command, after a crash
 or not, bills nothing twice: Enso deduplicates by eventId.
 """
 
