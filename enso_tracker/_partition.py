@@ -17,6 +17,8 @@ A backfill on an engine runs in three steps:
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,8 +79,20 @@ class PartitionNotDelivered(RuntimeError):
     (its events keep their eventIds, so nothing is billed twice)."""
 
 
-def _native(value: Any) -> Any:
-    """numpy/pandas scalars as plain Python (for metadata, which is JSON-encoded)."""
+def _missing(value: Any) -> bool:
+    """A dataframe's empty cell: None, "", NaN, or pandas' NA/NaT."""
+    if value is None or (isinstance(value, str) and not value):
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _native(value: Any, *, empty_is_null: bool = True) -> Any:
+    """numpy/pandas scalars as plain Python; an empty cell (NaN, NA, NaT) as None
+    unless ``empty_is_null`` is false (a NaN value must stay one, to be refused)."""
+    if empty_is_null and value is not None and not isinstance(value, str) and _missing(value):
+        return None
     if value is None or isinstance(value, str | bool | int | float | Decimal):
         return value
     if isinstance(value, Mapping):
@@ -126,24 +140,35 @@ def prepare(row: Mapping[str, Any], columns: Columns) -> tuple[str, dict[str, An
     except KeyError as exc:
         return _invalid(row, "row", f"missing field {exc.args[0]!r}")
     metadata = row.get("metadata")
+    if _missing(metadata):
+        metadata = None
+    elif isinstance(metadata, str):  # a CSV column holds JSON text, as for the CLI
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return _invalid(row, "metadata", "the 'metadata' field is not JSON")
     if columns.metadata:
-        merged = dict(metadata) if isinstance(metadata, Mapping) else {}
+        if metadata is not None and not isinstance(metadata, Mapping):
+            return _invalid(row, "metadata", "the 'metadata' field is not a JSON object")
+        merged = dict(metadata) if metadata is not None else {}
         for name in columns.metadata:
             if name not in row:
                 return _invalid(row, "metadata", f"missing field {name!r}")
             merged[name] = row[name]
         metadata = merged
-    job_id = columns.job_id if columns.job_id is not None else row.get("JobId") or row.get("jobId")
+    job_id = columns.job_id
+    if job_id is None:
+        job_id = next((v for v in (row.get("JobId"), row.get("jobId")) if not _missing(v)), None)
     event: dict[str, Any] = {
         "CustomerEntityId": _native(entity),
         "metric": _native(metric),
-        "value": _native(value),
+        "value": _native(value, empty_is_null=False),
         "timestamp": timestamp,
-        "metadata": _native(metadata) if metadata is not None else None,
-        "JobId": _native(job_id) if job_id is not None else None,
+        "metadata": _native(metadata),
+        "JobId": None if _missing(job_id) else _native(job_id),
     }
     own = row.get(columns.id_column or "eventId")
-    if own is not None and own != "":
+    if not _missing(own):
         event["eventId"] = _native(own)
         return OWN_ID, event
     if columns.id_column is not None:
@@ -209,6 +234,7 @@ def deliver(
     else:
         return {"rows": rows, "accepted": 0, "delivered": 0, "rejected": [], "invalid": invalid}
     tracker = Tracker.from_env(**options)
+    delivered_all = False
     try:
         for item in iterator:
             rows += 1
@@ -234,7 +260,9 @@ def deliver(
                 )
         delivered_all = tracker.flush(timeout)
     finally:
-        tracker.shutdown(5.0)
+        # Settled: shutdown is instant. Not: the partition fails and is retried whole, so
+        # a long last try would only delay the retry.
+        tracker.shutdown(5.0 if delivered_all else 0.5)
     stats = tracker.stats()
     undelivered = {k: n for k, n in stats.dropped.items() if n and k not in _FINAL_DROPS}
     if not delivered_all or undelivered:
