@@ -128,6 +128,12 @@ def _invalid(row: Mapping[str, Any], field_name: str, reason: str) -> tuple[str,
     return INVALID, {"field": field_name, "reason": reason, "row": _native(dict(row))}
 
 
+def _why(message: str | None) -> str:
+    """A delivery problem, short enough for an engine's task report."""
+    text = message or "no answer"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def prepare(row: Mapping[str, Any], columns: Columns) -> tuple[str, dict[str, Any]]:
     """``(key, event)``: the hex content key and the event in the API's shape (without
     an eventId yet); ``(OWN_ID, event)`` for a row with its own eventId;
@@ -203,10 +209,13 @@ def deliver(
     a spool: a partition that cannot deliver raises :class:`PartitionNotDelivered` and
     the engine retries it instead."""
     drops: list[dict[str, Any]] = []
+    failures: list[str] = []
     lock = threading.Lock()
 
     def on_drop(events: Sequence[Event], reason: DropReason) -> None:
-        if reason.kind in _FINAL_DROPS:
+        if reason.kind not in _FINAL_DROPS:
+            failures.append(reason.message)  # (list.append is atomic) the first says why
+        else:
             with lock:
                 drops.extend(
                     {"eventId": e.event_id, "reason": str(reason), "code": reason.code}
@@ -256,7 +265,7 @@ def deliver(
                 continue
             if accepted is None:  # the queue stayed full for `timeout`: Enso is stuck
                 raise PartitionNotDelivered(
-                    f"the queue stayed full for {timeout:g} s: {tracker.stats().last_error}"
+                    f"the queue stayed full for {timeout:g} s: {_why(tracker.stats().last_error)}"
                 )
         delivered_all = tracker.flush(timeout)
     finally:
@@ -268,8 +277,9 @@ def deliver(
     if not delivered_all or undelivered:
         raise PartitionNotDelivered(
             f"{stats.accepted - stats.delivered - len(drops)} of {stats.accepted} events "
-            f"not delivered ({undelivered or 'flush timed out'}; last error: "
-            f"{stats.last_error}); retrying the partition bills nothing twice"
+            f"not delivered ({undelivered or 'flush timed out'}: "
+            f"{_why(failures[0] if failures else stats.last_error)}); retrying the "
+            "partition bills nothing twice"
         )
     return {
         "rows": rows,
