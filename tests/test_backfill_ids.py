@@ -11,8 +11,10 @@ import io
 import json
 import os
 import random
+import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,13 @@ def csv_text(rows: list[Row]) -> str:
     )
 
 
+def jsonl_text(rows: list[Row]) -> str:
+    return "".join(
+        json.dumps({"customer": e, "calls": c, "gb": g, "ts": t, "region": r}) + "\n"
+        for e, c, g, t, r in rows
+    )
+
+
 def expected(rows: list[Row], metric: str = "api_calls", namespace: str = "") -> set[str]:
     return doc_ids([(e, metric, c, t) for e, c, _, t, _ in rows], namespace)
 
@@ -71,13 +80,26 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENSO_API_KEY", "test-api-key")
 
 
-def import_in_process(url: str, *args: str) -> dict[str, Any]:
+def import_in_process(url: str, *args: str, stdin: bytes | None = None) -> dict[str, Any]:
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        if stdin is not None:
+            stream = io.TextIOWrapper(io.BufferedReader(io.BytesIO(stdin)))
+            stack.enter_context(patch_stdin(stream))
         code = main(["import", *args, "--base-url", url, *MAPPING])
     books: dict[str, Any] = json.loads(out.getvalue())
     assert code == 0, books
     return books
+
+
+@contextlib.contextmanager
+def patch_stdin(stream: io.TextIOWrapper) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 # ------------------------------------------------------------------ properties
@@ -92,21 +114,28 @@ def import_in_process(url: str, *args: str) -> dict[str, Any]:
 def test_the_cli_ids_do_not_depend_on_files_order_or_shards(
     env: None, rows: list[Row], data: st.DataObject
 ) -> None:
-    """Random rows cut into random files, concatenated in a random order, imported by a
-    random number of shards: always exactly the documented ids, one per row."""
+    """Random rows cut into random files (CSV, JSONL, or JSONL parts concatenated on
+    stdin), in a random order, imported by a random number of shards: always exactly
+    the documented ids, one per row."""
     cuts = sorted(data.draw(st.lists(st.integers(0, len(rows)), max_size=4)))
     parts = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
     order = data.draw(st.permutations(range(len(parts))))
     shards = data.draw(st.integers(1, 3))
+    how = data.draw(st.sampled_from(["csv", "jsonl", "stdin"]))
     with tempfile.TemporaryDirectory() as tmp, FakeEnso() as fake:
         paths = []
         for n in order:
-            path = Path(tmp) / f"part-{n}.csv"
-            path.write_text(csv_text(parts[n]))
+            path = Path(tmp) / f"part-{n}.{'csv' if how == 'csv' else 'jsonl'}"
+            path.write_text(csv_text(parts[n]) if how == "csv" else jsonl_text(parts[n]))
             paths.append(str(path))
         for i in range(shards):
-            shard = ["--shard", f"{i}/{shards}"] if shards > 1 else []
-            import_in_process(fake.url, *paths, *shard, "--errors-out", f"{tmp}/e.jsonl")
+            args = ["--errors-out", f"{tmp}/e.jsonl"]
+            args += ["--shard", f"{i}/{shards}"] if shards > 1 else []
+            if how == "stdin":
+                joined = b"".join(Path(p).read_bytes() for p in paths)
+                import_in_process(fake.url, "-", "--format", "jsonl", *args, stdin=joined)
+            else:
+                import_in_process(fake.url, *paths, *args)
         assert fake.duplicates == {}  # shards are disjoint
         assert set(fake.event_ids()) == expected(rows)  # complete, and the documented ids
         assert len(fake.event_ids()) == len(rows)  # identical rows stay distinct
