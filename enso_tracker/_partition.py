@@ -250,6 +250,12 @@ def deliver(
             if "reason" in item:
                 invalid.append(item)
                 continue
+            if "eventId" not in item:
+                # A raw row: without its backfill id a retry would bill it twice.
+                raise TypeError(
+                    "deliver takes events from with_event_ids() (each with an eventId), "
+                    f"not raw rows: got one with fields {sorted(item)}"
+                )
             try:
                 accepted = tracker.track(
                     item["CustomerEntityId"],

@@ -118,3 +118,5 @@ def test_an_empty_partition_needs_no_tracker_and_an_unreachable_enso_raises(
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(PartitionNotDelivered, match="1 of 1 events not delivered"):
         deliver(events, timeout=1.0, base_url=url)
+    with pytest.raises(TypeError, match="with_event_ids"):
+        deliver([ROW], timeout=1.0, base_url=url)  # a raw row has no backfill id yet
