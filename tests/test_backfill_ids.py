@@ -340,9 +340,11 @@ def test_past_max_distinct_the_import_stops_and_shards_finish_it(tmp_path: Path)
         books = json.loads(stopped.stdout)
         assert "--shard" in books["stopped"]
         assert books["delivered"] == 25  # what was counted was delivered
+        told = run_cli("import", path, "--max-distinct", "25", env=env)
+        assert "Re-run it split with --shard I/N" in told.stdout
         for i in range(4):
             shard = run_cli("import", path, "--max-distinct", "25", "--shard", f"{i}/4", env=env)
             assert shard.returncode == 0, shard.stdout
         assert len(fake.event_ids()) == 40
-        assert sum(fake.duplicates.values()) == 25
+        assert sum(fake.duplicates.values()) == 50  # twice 25: the stopped runs' rows
     assert SCRIPT.exists()

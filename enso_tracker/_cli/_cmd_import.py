@@ -267,7 +267,7 @@ def _summary(
         out.write(f"errors file: {f['path']} ({f['records']} records)\n")
     if imp.stopped:
         out.write(
-            f"stopped: {imp.stopped}. Re-run the same command to finish: rows already "
+            f"stopped: {imp.stopped}. {imp.rerun_advice} to finish: rows already "
             "delivered keep their eventIds and are not billed again.\n"
         )
     verdict = {

@@ -71,6 +71,8 @@ class Importer:
         self.problems: list[str] = []  # the first invalid rows, as file:line: field: reason
         self.drop_reasons: dict[str, int] = {}  # why Enso's answers dropped events, counted
         self.stopped: str | None = None
+        #: What the summary tells a user to do after a stop (a sentence's start).
+        self.rerun_advice = "Re-run the same command"
         self.interrupted = False
         self.interrupt = False  # set by the signal handler; acted on between rows
         self.started = time.monotonic()
@@ -126,6 +128,7 @@ class Importer:
             self.stopped = str(exc)
         except TooManyDistinct as exc:
             self.stopped = str(exc)
+            self.rerun_advice = "Re-run it split with --shard I/N, each I of N,"
         except (Interrupted, KeyboardInterrupt):
             self.interrupted = True
             self.stopped = "interrupted"
