@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import random
 import sys
@@ -84,6 +85,7 @@ def import_in_process(url: str, *args: str, stdin: bytes | None = None) -> dict[
     out = io.StringIO()
     with contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(cli_logging_restored())
         if stdin is not None:
             stream = io.TextIOWrapper(io.BufferedReader(io.BytesIO(stdin)))
             stack.enter_context(patch_stdin(stream))
@@ -91,6 +93,18 @@ def import_in_process(url: str, *args: str, stdin: bytes | None = None) -> dict[
     books: dict[str, Any] = json.loads(out.getvalue())
     assert code == 0, books
     return books
+
+
+@contextlib.contextmanager
+def cli_logging_restored() -> Iterator[None]:
+    """The CLI routes the library's logger to stderr (no propagation): undo it, so the
+    tests after these see the logger as the library leaves it."""
+    logger = logging.getLogger("enso_tracker")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @contextlib.contextmanager

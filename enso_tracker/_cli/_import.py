@@ -141,9 +141,6 @@ class Importer:
         self.rows += 1
         if self.rows & 1023 == 0:
             self._housekeeping()
-        if self.line_ids:
-            self._line_row(index, inp, source, record)
-            return
         fields = record.fields
         if fields is None:
             if self._mine(record.raw):
@@ -154,6 +151,8 @@ class Importer:
         # bytes. Each is a function of the row alone: shards are disjoint and complete.
         try:
             explicit = self.mapper.explicit_id(fields)
+            if explicit is None and self.line_ids:  # the 0.x rule: by file name and line
+                explicit = derive_event_id(source, record.line, record.raw)
             a = self.mapper.map(fields, explicit, inp.format == "csv")
         except RowError as exc:
             if self._mine(record.raw):
@@ -187,8 +186,12 @@ class Importer:
                 self.occurrences.give_back(key)  # only accepted rows are counted
             self._invalid(index, record, exc.field, str(exc))
             return
+        self._remember(accepted, index, record.line)
+
+    def _remember(self, event_id: str, index: int, line: int) -> None:
+        """Where an accepted event came from, so that a later drop names its line."""
         where = self._where
-        where[accepted] = (index, record.line)
+        where[event_id] = (index, line)
         if len(where) > self._window:
             where.popitem(last=False)
 
@@ -210,40 +213,6 @@ class Importer:
             self._housekeeping()
             accepted = track(a.entity, a.metric, a.value, **kwargs)
         return accepted
-
-    def _line_row(self, index: int, inp: Input, source: str, record: Record) -> None:
-        """``--id-rule line``: the ids of enso-tracker 0.x (by file name and line), to
-        finish or re-run an import that was started with them."""
-        derived = derive_event_id(source, record.line, record.raw)
-        if record.fields is None:
-            if self._mine(derived):
-                self._invalid(index, record, "row", record.problem or "unreadable")
-            return
-        try:
-            explicit = self.mapper.explicit_id(record.fields)
-        except RowError as exc:
-            if self._mine(derived):
-                self._invalid(index, record, exc.field, exc.reason)
-            return
-        event_id = derived if explicit is None else explicit
-        if not self._mine(event_id if isinstance(event_id, str) else derived):
-            return
-        try:
-            a = self.mapper.map(record.fields, event_id, inp.format == "csv")
-            if self.dry_run:
-                validate(self.config, a)
-                return
-            accepted = self._track(a)
-        except RowError as exc:
-            self._invalid(index, record, exc.field, exc.reason)
-            return
-        except InvalidEventError as exc:
-            self._invalid(index, record, exc.field, str(exc))
-            return
-        where = self._where
-        where[accepted] = (index, record.line)
-        if len(where) > self._window:
-            where.popitem(last=False)
 
     def _mine(self, key: str | bytes) -> bool:
         """Whether this shard owns a row keyed by an eventId (str) or its bytes."""
