@@ -119,6 +119,7 @@ def patch_stdin(stream: io.TextIOWrapper) -> Iterator[None]:
 # ------------------------------------------------------------------ properties
 
 
+@pytest.mark.slow  # the CLI against a real server
 @settings(
     max_examples=12,
     deadline=None,
@@ -250,6 +251,7 @@ def usage_csv(path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # the CLI against a real server
 def test_finding_1_a_second_metric_from_the_same_file_is_billed(tmp_path: Path) -> None:
     path = tmp_path / "usage.csv"
     usage_csv(path)
@@ -270,6 +272,7 @@ def test_finding_1_a_second_metric_from_the_same_file_is_billed(tmp_path: Path) 
     assert doc_ids(rows) <= set(events)
 
 
+@pytest.mark.slow  # the CLI against a real server
 def test_finding_3_stdin_rerun_with_a_part_added_in_the_middle_bills_only_it(
     tmp_path: Path,
 ) -> None:
@@ -304,6 +307,7 @@ def test_finding_3_stdin_rerun_with_a_part_added_in_the_middle_bills_only_it(
         assert sum(e["value"] for e in fake.events.values()) == 80
 
 
+@pytest.mark.slow  # the CLI against a real server
 def test_a_bad_row_between_identical_rows_does_not_shift_their_ids(tmp_path: Path) -> None:
     good: dict[str, Any] = {"CustomerEntityId": "ent_1", "metric": "m", "value": 1}
     good["timestamp"] = "2026-04-01T00:00:00Z"
@@ -320,6 +324,7 @@ def test_a_bad_row_between_identical_rows_does_not_shift_their_ids(tmp_path: Pat
         assert set(fake.event_ids()) == ids
 
 
+@pytest.mark.slow  # the CLI against a real server
 def test_a_namespace_separates_two_backfills_of_identical_rows(tmp_path: Path) -> None:
     path = tmp_path / "usage.csv"
     usage_csv(path)
@@ -339,6 +344,7 @@ def test_a_namespace_separates_two_backfills_of_identical_rows(tmp_path: Path) -
         assert "--id-namespace" in bad.stderr
 
 
+@pytest.mark.slow  # the CLI against a real server
 def test_past_max_distinct_the_import_stops_and_shards_finish_it(tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"
     rows = [

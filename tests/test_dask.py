@@ -28,7 +28,7 @@ from enso_tracker.dask import (
 from enso_tracker.testing import FakeEnso, Fault
 from tests.test_cli_import import cli_env, doc_ids, run_cli
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a real cluster: `make test`
 API_KEY = "test-api-key"
 
 

@@ -19,7 +19,7 @@ import pytest
 from enso_tracker.testing import FakeEnso, Fault
 from tests.test_cli_import import cli_env, doc_ids, run_cli
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # a JVM: `make test`
 API_KEY = "test-api-key"
 ROOT = Path(__file__).resolve().parents[1]
 
