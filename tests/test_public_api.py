@@ -56,13 +56,25 @@ def test_all_is_the_documented_surface() -> None:
 def test_public_names_are_listed() -> None:
     public = {n for n in vars(enso_tracker) if not n.startswith("_")}
     # Subpackages: the test helpers, and the framework integrations (imported by Tracker).
-    assert public <= EXPECTED | {"testing", "integrations"}
+    # Backfill modules (dask, spark): present once some code imported them.
+    assert public <= EXPECTED | {"testing", "integrations", "dask", "spark"}
 
 
 def test_testing_module_exports() -> None:
     assert {"DropRecorder", "FakeEnso", "Fault", "RecordedRequest"} <= set(
         enso_tracker.testing.__all__
     )
+
+
+def test_backfill_modules_export_one_surface() -> None:
+    import enso_tracker.dask
+    import enso_tracker.spark
+
+    common = {"Columns", "PartitionNotDelivered", "backfill", "deliver_partition", "with_event_ids"}
+    assert set(enso_tracker.spark.__all__) == common
+    assert set(enso_tracker.dask.__all__) == common | {"deliver_partitions"}
+    assert enso_tracker.dask.Columns is enso_tracker.spark.Columns
+    assert issubclass(enso_tracker.dask.PartitionNotDelivered, RuntimeError)
 
 
 def test_exceptions_are_value_or_type_errors() -> None:
