@@ -90,7 +90,7 @@ Durability = Literal["process", "power"]
 APPLICATION_ID: Final = 0x456E736F
 #: ``PRAGMA user_version`` of the layout below; a file with another one is refused.
 #: 2: the ``meta`` table holds the identity the file was written for (format 1 had none:
-#: such a file is left to the version that wrote it, see docs/spool-trust.md).
+#: such a file is left to the version that wrote it, see docs/spool.md).
 FORMAT_VERSION: Final = 2
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
