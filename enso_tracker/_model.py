@@ -116,7 +116,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: int = 0
     dead_letters_evicted: int = 0
     #: Spool files in the directory written for another destination or credential:
-    #: left untouched for a tracker of their identity (docs/spool-trust.md).
+    #: left untouched for a tracker of their identity (docs/spool.md).
     foreign_spool_files: int = 0
     #: Spool files left as they are because they may not or cannot be opened now
     #: (a symlink, another user's, permission denied, out of descriptors): retried at
@@ -189,7 +189,7 @@ class SpoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     unsupported_files: list[str]
     #: Undelivered events by the identity their file was written for (the first 12 hex
     #: digits of its fingerprint of destination and credential, never a secret; see
-    #: docs/spool-trust.md). Only a tracker of that identity delivers them.
+    #: docs/spool.md). Only a tracker of that identity delivers them.
     events_by_identity: dict[str, int] = {}
     #: Names in the directory that are never opened (symlinks, not regular files).
     refused_files: list[str] = []

@@ -337,12 +337,24 @@ class DiskSpool:
         os.close(fd)
         return 0
 
-    @staticmethod
     def _set_aside(
-        db: str, file: SpoolFile | None, exc: Exception, salvaged: list[bytes]
+        self, db: str, file: SpoolFile | None, exc: Exception, salvaged: list[bytes]
     ) -> Problem:
-        """A damaged orphan: its intact rows recovered, the file renamed aside."""
-        kept = list(salvage(db))
+        """A damaged orphan: its intact rows recovered, the file renamed aside; or, when
+        it is not provably this tracker's (its identity is another's or unreadable),
+        left as it is and never sent (``Spool(path).status()`` lists it)."""
+        try:
+            kept = list(salvage(db, self.identity))
+        except SpoolForeign as foreign:
+            if file is not None:
+                file.close(remove_if_empty=False)
+            self.skip.add(db)
+            who = "another destination or credential" if foreign.identity else "no readable one"
+            return (
+                "corrupt",
+                f"damaged spool file {db} left as it is and not sent: its identity is "
+                f"{who} ({exc})",
+            )
         salvaged.extend(body for body, _, _ in kept)
         target = file.quarantine() if file is not None else quarantine(db)
         return (

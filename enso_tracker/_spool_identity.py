@@ -1,7 +1,7 @@
 """Whom a spool file was written for: a non-secret fingerprint of destination and credential.
 
 Every spool file, redrive file and dead letter carries the fingerprint of the tracker
-that wrote it; a tracker adopts only files with its own (``docs/spool-trust.md``). The
+that wrote it; a tracker adopts only files with its own (``docs/spool.md``). The
 fingerprint is::
 
     PBKDF2-HMAC-SHA256(password = kind + NUL + credential,

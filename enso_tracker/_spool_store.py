@@ -90,7 +90,7 @@ Durability = Literal["process", "power"]
 APPLICATION_ID: Final = 0x456E736F
 #: ``PRAGMA user_version`` of the layout below; a file with another one is refused.
 #: 2: the ``meta`` table holds the identity the file was written for (format 1 had none:
-#: such a file is left to the version that wrote it, see docs/spool-trust.md).
+#: such a file is left to the version that wrote it, see docs/spool.md).
 FORMAT_VERSION: Final = 2
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
@@ -749,9 +749,11 @@ def open_orphan(db: str, lock_fd: int, *, durability: Durability, identity: str)
     return SpoolFile(db, conn, lock_fd, adopted=True)
 
 
-def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
-    """From a damaged file: every row still readable with a matching CRC (body, n,
-    created), in order, until the damage stops the reading."""
+def salvage(db: str, identity: str) -> Iterator[tuple[bytes, int, float]]:
+    """From a damaged file written for ``identity``: every row still readable with a
+    matching CRC (body, n, created), in order, until the damage stops the reading.
+    Nothing when the file's identity is another or cannot be read: nothing is sent
+    that cannot be attributed to this tracker's destination and credential."""
     try:
         # A file shorter than its header says is "malformed" to SQLite at once; this
         # lets it read the pages that are there (the connection is read-only).
@@ -759,6 +761,12 @@ def salvage(db: str) -> Iterator[tuple[bytes, int, float]]:
     except (sqlite3.Error, UntrustedFile):
         return
     try:
+        try:
+            found = read_identity(conn)
+        except sqlite3.Error:
+            found = None
+        if found is None or found != identity:
+            raise SpoolForeign(f"{db}: damaged, identity {short(found)}", found)
         cursor = conn.execute("SELECT crc, body, n, created FROM batches ORDER BY id")
         while True:
             try:

@@ -1,7 +1,7 @@
 """The spool directory as a trust boundary: who owns it, what may be opened in it.
 
 A spool directory is trusted only if the current user owns it and nobody else can write
-in it (``docs/spool-trust.md``); everything in it is opened without following symlinks,
+in it (``docs/spool.md``); everything in it is opened without following symlinks,
 created with mode 0600, and a file owned by another user is never read. SQLite gives
 its ``-wal``/``-shm``/``-journal`` files the mode of their database, so a database
 created 0600 here keeps them 0600 too.

@@ -491,7 +491,7 @@ class Tracker(AsyncMixin):
     def redrive(self, kind: str | None = None, code: int | str | None = None) -> int:
         """Send matching dead letters again, with the same eventIds (say, once the
         customer entity behind Enso's 2002 exists); returns how many. Only the letters
-        stored for this tracker's destination and credential (docs/spool-trust.md). They
+        stored for this tracker's destination and credential (docs/spool.md). They
         count as ``adopted`` in ``stats()``, and dead letters again if Enso still
         refuses them."""
         moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only

@@ -12,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,31 @@ def books(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
-def doc_event_id(source: str, line: int, record: bytes) -> str:
-    """The formula as the README documents it, written out independently of the CLI."""
+def doc_event_id(
+    entity: str, metric: str, value: float, timestamp: str, k: int, namespace: str = ""
+) -> str:
+    """The rule as docs/backfills.md documents it, written out independently of the CLI."""
+    at = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    ms = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    content = json.dumps(
+        [entity, metric, repr(float(value)), ms], ensure_ascii=False, separators=(",", ":")
+    ).encode()
+    return "imp_" + hashlib.sha256(f"{namespace}\n{k}\n".encode() + content).hexdigest()[:32]
+
+
+def doc_ids(rows: Sequence[tuple[str, str, float, str]], namespace: str = "") -> set[str]:
+    """The ids of these rows (entity, metric, value, timestamp): the k-th of identical
+    rows gets occurrence number k."""
+    seen: Counter[tuple[str, str, float, str]] = Counter()
+    ids = set()
+    for row in rows:
+        ids.add(doc_event_id(*row, seen[row], namespace))
+        seen[row] += 1
+    return ids
+
+
+def doc_line_event_id(source: str, line: int, record: bytes) -> str:
+    """`--id-rule line`: the formula of enso-tracker 0.x, by file name and line."""
     return "imp_" + hashlib.sha256(f"{source}\n{line}\n".encode() + record).hexdigest()[:32]
 
 
@@ -103,8 +128,11 @@ def test_100k_rows_delivered_exactly_once_and_a_rerun_bills_nothing(
     assert len(events) == N
     assert fake.duplicates == {}
     assert sum(e["value"] for e in events.values()) == sum(i % 7 + 1 for i in range(N))
-    line = big_jsonl.read_bytes().split(b"\n")[41]
-    assert doc_event_id("usage.jsonl", 42, line) in events  # the documented formula
+    rows = [
+        (r["CustomerEntityId"], r["metric"], r["value"], r["timestamp"])
+        for r in map(api_row, range(N))
+    ]
+    assert set(events) == doc_ids(rows)  # the documented rule, duplicates numbered
 
     again = run_cli("import", big_jsonl, "--json", env=env)
     assert again.returncode == 0, again.stderr
@@ -128,13 +156,13 @@ def test_a_rerun_from_another_directory_compressed_gets_the_same_ids(
     env = cli_env(fake.url)
     first = run_cli("import", "daily.csv", *mapping, env=env, cwd=first_dir)
     assert first.returncode == 0, first.stderr
-    assert len(fake.event_ids()) == 300  # identical rows stay distinct (line numbers)
+    assert len(fake.event_ids()) == 300  # identical rows stay distinct (occurrence numbers)
     second = run_cli("import", second_dir / "daily.csv.gz", *mapping, env=env)
     assert second.returncode == 0, second.stderr
     assert books(second)["delivered"] == 300
     assert len(fake.event_ids()) == 300
     assert sum(fake.duplicates.values()) == 300
-    assert doc_event_id("daily.csv", 2, b"ent_0\x1f1\x1f2026-04-01T00:00:00Z") in fake.events
+    assert doc_event_id("ent_0", "calls", 1, "2026-04-01T00:00:00Z", 59) in fake.events
 
 
 def test_killed_half_way_then_rerun_delivers_every_row_exactly_once(
@@ -175,10 +203,9 @@ def test_killed_half_way_then_rerun_delivers_every_row_exactly_once(
     assert rerun.returncode == 0, rerun.stderr
     events = fake.events
     assert len(events) == N
-    expected = {
-        doc_event_id("usage.csv", i + 2, row.rstrip("\n").replace(",", "\x1f").encode())
-        for i, row in enumerate(rows)
-    }
+    expected = doc_ids(
+        [(f"ent_{i % 31}", "tokens", i, f"2026-04-02T08:00:00.{i % 1000:03d}Z") for i in range(N)]
+    )
     assert set(events) == expected
     assert sorted(e["value"] for e in events.values()) == list(range(N))
 
@@ -308,26 +335,41 @@ def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> Non
     assert sorted(reported) == [101, 2001]
 
 
-def test_stdin_gzip_with_a_source_id(fake: FakeEnso) -> None:
+def test_stdin_gzip_needs_no_source_id_and_line_ids_still_can_be_had(fake: FakeEnso) -> None:
     lines = [json.dumps(api_row(i)) for i in range(50)]
     data = gzip.compress(("\n".join(lines) + "\n").encode())
     env = cli_env(fake.url)
-    refused = subprocess.run(
-        [str(SCRIPT), "import", "-"], env=env, input=data, capture_output=True, timeout=30
-    )
-    assert refused.returncode == 2
-    assert b"--source-id" in refused.stderr
-    assert fake.requests == []
     proc = subprocess.run(
-        [str(SCRIPT), "import", "-", "--source-id", "usage-2026-04", "--json"],
+        [str(SCRIPT), "import", "-", "--json"], env=env, input=data, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [
+        (r["CustomerEntityId"], r["metric"], r["value"], r["timestamp"])
+        for r in map(api_row, range(50))
+    ]
+    assert set(fake.event_ids()) == doc_ids(rows)
+
+    # --source-id belongs to the 0.x rule: alone it is a usage error, not a silent switch.
+    refused = subprocess.run(
+        [str(SCRIPT), "import", "-", "--source-id", "usage-2026-04"],
         env=env,
         input=data,
         capture_output=True,
         timeout=30,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert set(fake.event_ids()) == {
-        doc_event_id("usage-2026-04", i + 1, line.encode()) for i, line in enumerate(lines)
+    assert refused.returncode == 2
+    assert b"--id-rule line" in refused.stderr
+    # --id-rule line finishes an import begun by 0.x: its ids, by source and line.
+    legacy = subprocess.run(
+        [str(SCRIPT), "import", "-", "--id-rule", "line", "--source-id", "usage-2026-04"],
+        env=env,
+        input=data,
+        capture_output=True,
+        timeout=30,
+    )
+    assert legacy.returncode == 0, legacy.stderr
+    assert set(fake.event_ids()) == doc_ids(rows) | {
+        doc_line_event_id("usage-2026-04", i + 1, line.encode()) for i, line in enumerate(lines)
     }
 
 
@@ -446,7 +488,7 @@ def test_help_has_examples_and_the_exit_codes(tmp_path: Path) -> None:
     assert "exit codes:" in top.stdout
     sub = run_cli("import", "--help", env=env)
     assert "--source-id" in sub.stdout
-    assert 'sha256(f"{source}' in sub.stdout
+    assert 'sha256(f"{namespace}' in sub.stdout
     module = subprocess.run(
         [sys.executable, "-m", "enso_tracker", "send", "--help"],
         env=env,
@@ -469,14 +511,24 @@ def test_demo_still_runs_from_the_command_line() -> None:
     assert "Books balance" in proc.stdout
 
 
-def test_two_inputs_with_one_file_name_are_refused(fake: FakeEnso, tmp_path: Path) -> None:
-    """Two inputs sharing a file name would share ids: refused before sending."""
+def test_two_inputs_with_one_file_name_are_one_backfill(fake: FakeEnso, tmp_path: Path) -> None:
+    """Content ids need no file name: two inputs named alike are imported together, and
+    their identical rows stay two events. The 0.x line rule still refuses them."""
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
     src = tmp_path / "x" / "same.jsonl"
     src.write_text(json.dumps(api_row(1)) + "\n")
     shutil.copy(src, tmp_path / "y" / "same.jsonl")
-    proc = run_cli("import", src, tmp_path / "y" / "same.jsonl", env=cli_env(fake.url))
-    assert proc.returncode == 2
-    assert "same file name" in proc.stderr
+    legacy = run_cli(
+        "import", src, tmp_path / "y" / "same.jsonl", "--id-rule", "line", env=cli_env(fake.url)
+    )
+    assert legacy.returncode == 2
+    assert "same file name" in legacy.stderr
     assert fake.requests == []
+    proc = run_cli("import", src, tmp_path / "y" / "same.jsonl", env=cli_env(fake.url))
+    assert proc.returncode == 0, proc.stderr
+    row = api_row(1)
+    assert set(fake.event_ids()) == {
+        doc_event_id(row["CustomerEntityId"], row["metric"], row["value"], row["timestamp"], k)
+        for k in (0, 1)
+    }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def test_the_block_runs(
         namespace: dict[str, Any] = {"__name__": "docs_block"}
         logger, root = logging.getLogger("enso_tracker"), logging.getLogger()
         levels, handlers = (logger.level, root.level), (logger.handlers[:], root.handlers[:])
+        environ = dict(os.environ)
         try:
             exec(compile(code, where, "exec"), namespace)
             for name, value in list(namespace.items()):
@@ -100,6 +102,9 @@ def test_the_block_runs(
             logger.setLevel(levels[0])
             root.setLevel(levels[1])
             logger.handlers[:], root.handlers[:] = handlers
+            # Nor the variables it set (a proxy, say): os.environ as it was before it.
+            os.environ.clear()
+            os.environ.update(environ)
         # Whatever a block sent went to the fake, with a key it accepts.
         assert all(r.status != 401 for r in enso.requests), where
 

@@ -46,6 +46,7 @@ RUNTIME = {
     "typing_extensions",
 }
 TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "celery", "uwsgi", "gunicorn", "rich", "dask"}
+TOOLS |= {"distributed", "pyspark"}
 SKIP = shutil.ignore_patterns(
     ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
 )
@@ -110,7 +111,8 @@ def test_the_wheel_holds_the_package_and_its_metadata_only(dist: Path) -> None:
         assert classifier in classifiers
     urls = {u.split(",")[0] for u in meta.get_all("Project-URL") or []}
     assert urls == {"Homepage", "Documentation", "Changelog", "Issues"}
-    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "dask"}
+    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "dask", "spark"}
+    assert {"enso_tracker/dask.py", "enso_tracker/spark.py"} <= set(names)  # the backfills
     requires = meta.get_all("Requires-Dist") or []
     plain = sorted(re.split(r"[<>=!~;\s]", r)[0] for r in requires if "extra ==" not in r)
     assert plain == ["httpx", "msgspec"]

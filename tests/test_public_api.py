@@ -59,15 +59,27 @@ def test_all_is_the_documented_surface() -> None:
 
 def test_public_names_are_listed() -> None:
     public = {n for n in vars(enso_tracker) if not n.startswith("_")}
-    # Subpackages: the test helpers, and the framework integrations (imported by Tracker);
-    # enso_tracker.otel, a module of its own (present once something imported it).
-    assert public <= EXPECTED | {"testing", "integrations", "otel"}
+    # Subpackages: the test helpers, and the framework integrations (imported by Tracker).
+    # Backfill modules (dask, spark) and enso_tracker.otel: present once some code
+    # imported them.
+    assert public <= EXPECTED | {"testing", "integrations", "dask", "spark", "otel"}
 
 
 def test_testing_module_exports() -> None:
     assert {"DropRecorder", "FakeEnso", "Fault", "RecordedRequest"} <= set(
         enso_tracker.testing.__all__
     )
+
+
+def test_backfill_modules_export_one_surface() -> None:
+    import enso_tracker.dask
+    import enso_tracker.spark
+
+    common = {"Columns", "PartitionNotDelivered", "backfill", "deliver_partition", "with_event_ids"}
+    assert set(enso_tracker.spark.__all__) == common
+    assert set(enso_tracker.dask.__all__) == common | {"deliver_partitions"}
+    assert enso_tracker.dask.Columns is enso_tracker.spark.Columns
+    assert issubclass(enso_tracker.dask.PartitionNotDelivered, RuntimeError)
 
 
 def test_exceptions_are_value_or_type_errors() -> None:

@@ -191,6 +191,40 @@ def test_a_truncated_db_is_set_aside_what_is_readable_delivered(
     assert 0 < recovered < len(ids)
 
 
+def test_a_damaged_file_of_another_identity_is_neither_sent_nor_renamed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Salvage sends what it recovers with this tracker's key: only from a file whose
+    # identity (read from the damaged file itself) is this tracker's.
+    spool = tmp_path / "spool"
+    leave_behind(spool, 20_000, batch=500, metadata=True)
+    db = only_db(spool)
+    with open(db, "r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+    before = db.read_bytes()
+    caplog.set_level(logging.ERROR, logger="enso_tracker")
+    with (
+        FakeEnso(api_keys=["another-key"]) as fake,
+        Tracker(
+            "another-key",
+            base_url=UNREACHABLE,
+            transport=fake.transport(),
+            spool_dir=spool,
+            handle_sigterm=False,
+        ) as tracker,
+    ):
+        fresh = accepted(tracker.track("ent", "m", 1))
+        assert tracker.flush(10.0)
+        assert tracker.stats().adopted == 0
+    assert fake.event_ids() == [fresh]  # after shutdown(), which waits for adopted events
+    # Left as it was, for its own tracker (SQLite's -wal/-shm beside it aside).
+    assert [n for n in os.listdir(spool) if not n.endswith(("-wal", "-shm"))] == [db.name]
+    assert db.read_bytes() == before
+    assert any("left as it is and not sent" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_a_zeroed_header_is_set_aside_and_a_fresh_start_works(
     fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

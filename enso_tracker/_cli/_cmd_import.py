@@ -50,18 +50,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
   enso-tracker import events.jsonl                       # rows in the API's own shape
   enso-tracker import usage.csv.gz --entity customer --metric-name api_calls \\
       --value calls --timestamp ts --metadata region plan
-  zcat part-*.gz | enso-tracker import - --source-id usage-2026-04 --format jsonl
+  zcat part-*.gz | enso-tracker import - --format jsonl
   enso-tracker import big.csv --shard 0/4   # and 1/4, 2/4, 3/4 on other machines
   enso-tracker import usage.csv --dry-run   # validate only; errors with file:line
   enso-tracker import prices.csv --timestamp-format '%b %d %Y' --timezone America/New_York
   enso-tracker import events.jsonl.errors.jsonl   # once fixed: same eventIds, billed once
 
-eventId (unless the row has one, or --id-column names it):
-  "imp_" + sha256(f"{source}\\n{line}\\n".encode() + record).hexdigest()[:32]
-  source: --source-id, else the file name without directory and without ".gz";
-  line: the 1-based line the record starts on (a CSV header is line 1);
-  record: the JSONL line stripped of surrounding whitespace, or the CSV fields
-  joined by \\x1f. Re-running the same import bills nothing twice."""
+eventId (unless the row has one, or --id-column names it), the same however the
+input is split, ordered or sharded, and on any machine:
+  content = json.dumps([entity, metric, repr(float(value)), timestamp_ms],
+                       ensure_ascii=False, separators=(",", ":")).encode()
+  "imp_" + sha256(f"{namespace}\\n{k}\\n".encode() + content).hexdigest()[:32]
+  k: 0 for the first row with this content in the whole input, 1 for the second...
+  namespace: --id-namespace (default empty). Re-running the same import bills
+  nothing twice; import all files of one backfill in one run (or one --shard set)."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSONL or CSV, .gz, or -")
     parser.add_argument(
         "--format",
@@ -105,9 +107,29 @@ eventId (unless the row has one, or --id-column names it):
     ids = parser.add_argument_group("event ids")
     ids.add_argument("--id-column", metavar="COL", help="take each eventId from this column")
     ids.add_argument(
+        "--id-namespace",
+        metavar="TEXT",
+        help="part of every derived id: tells two separate backfills of identical rows apart",
+    )
+    ids.add_argument(
+        "--id-rule",
+        choices=("content", "line"),
+        default="content",
+        help="content (default): ids from each row's mapped event; line: the ids of "
+        "enso-tracker 0.x (file name and line), only to finish an import begun with them",
+    )
+    ids.add_argument(
         "--source-id",
         metavar="ID",
-        help="the source key of derived ids (default: the file name); required for stdin",
+        help="with --id-rule line: the source key (default: the file name)",
+    )
+    ids.add_argument(
+        "--max-distinct",
+        type=_positive,
+        default=20_000_000,
+        metavar="N",
+        help="distinct events one process counts at most, ~100 bytes each (default "
+        "20,000,000); past it the import stops: split it with --shard",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--dry-run", action="store_true", help="validate every row, send nothing")
@@ -156,12 +178,17 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     paths: list[str] = args.files
     if paths.count("-") > 1:
         return [], "stdin (-) can be read only once"
+    if args.id_namespace is not None and not args.id_namespace.isprintable():
+        return [], "--id-namespace must be printable text"
+    line_ids = args.id_rule == "line"
     if args.source_id is not None:
+        if not line_ids:
+            return [], "--source-id belongs to --id-rule line; content ids need no source"
         if len(paths) > 1:
             return [], "--source-id names one input; import several files one by one"
         if not args.source_id.isprintable() or not args.source_id.strip():
             return [], "--source-id must be non-empty printable text"
-    if "-" in paths and args.source_id is None and args.id_column is None:
+    if line_ids and "-" in paths and args.source_id is None and args.id_column is None:
         return [], (
             "stdin has no file name to derive stable eventIds from: pass --source-id "
             "(the same on every re-run), or --id-column"
@@ -176,7 +203,7 @@ def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
     if problem:
         return [], problem
     sources = [i.default_source for i in inputs if not i.is_stdin]
-    if args.source_id is None and len(set(sources)) != len(sources):
+    if line_ids and args.source_id is None and len(set(sources)) != len(sources):
         return [], "two inputs have the same file name, so their eventIds would collide"
     if args.spool_dir is not None:
         problem = _spool_problem(args.spool_dir)
@@ -253,7 +280,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     errors = ErrorsOut(
         args.errors_out,
-        [(i.path, i.is_stdin, args.source_id or i.default_source) for i in inputs],
+        [
+            (i.path, i.is_stdin, args.source_id or ("stdin" if i.is_stdin else i.default_source))
+            for i in inputs
+        ],
         args.shard,
     )
     try:
@@ -355,7 +385,7 @@ def _summary(
         out.write(f"damaged input: {clean(imp.damaged)}\n")
     if imp.stopped:
         out.write(
-            f"stopped: {imp.stopped}. Re-run the same command to finish: rows already "
+            f"stopped: {imp.stopped}. {imp.rerun_advice} to finish: rows already "
             "delivered keep their eventIds and are not billed again.\n"
         )
     verdict = {

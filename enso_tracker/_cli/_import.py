@@ -3,7 +3,7 @@
 Delivery goes through the public ``Tracker`` (``track``/``flush``/``shutdown``/``stats``/
 ``on_drop``) with ``queue_full_policy="block"``: when Enso is slower than the reader, the
 reader waits (memory stays bounded) instead of refusing rows. Every row gets a
-deterministic eventId (see ``_rows``), so a re-run of the same command, after a crash
+deterministic eventId (see ``_backfill``), so a re-run of the same command, after a crash
 or not, bills nothing twice: Enso deduplicates by eventId.
 """
 
@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._backfill import Occurrences, TooManyDistinct, content, content_key, event_id, shard_of_key
 from .._config import Config
 from .._errors import InvalidEventError, short_repr
 from .._model import DropReason, Event, Stats
@@ -69,6 +70,9 @@ class Importer:
         self.shard: tuple[int, int] | None = args.shard
         self.dry_run: bool = args.dry_run
         self.stall_timeout: float = args.stall_timeout
+        self.line_ids: bool = args.id_rule == "line"
+        self.namespace: str = args.id_namespace or ""
+        self.occurrences = Occurrences(args.max_distinct)
         self.tracker: Tracker | None = None
         self.track: Callable[..., str | None] = _no_tracker  # the tracker's, once started
         self.config = Config()
@@ -82,6 +86,8 @@ class Importer:
         self.drop_reasons: dict[str, int] = {}  # why Enso's answers dropped events, counted
         self.stopped: str | None = None
         self.damaged: str | None = None  # an input that could not be read to its end
+        #: What the summary tells a user to do after a stop (a sentence's start).
+        self.rerun_advice = "Re-run the same command"
         self.interrupted = False
         self.interrupt = False  # set by the signal handler; acted on between rows
         self.started = time.monotonic()
@@ -143,6 +149,9 @@ class Importer:
                 self._done_bytes += inp.size or 0
         except Stop as exc:
             self.stopped = str(exc)
+        except TooManyDistinct as exc:
+            self.stopped = str(exc)
+            self.rerun_advice = "Re-run it split with --shard I/N, each I of N,"
         except (Interrupted, KeyboardInterrupt):
             self.interrupted = True
             self.stopped = "interrupted"
@@ -156,36 +165,57 @@ class Importer:
         self.rows += 1
         if self.rows & 1023 == 0:
             self._housekeeping()
-        derived = derive_event_id(source, record.line, record.raw)
         fields = record.fields
         if fields is None:
-            if self._mine(derived):
+            if self._mine(record.raw):
                 self._invalid(index, record, "row", record.problem or "unreadable", None)
             return
         mapper = self.mapper
         if "deadLetter" in fields and is_event(fields):
-            mapper = self.api_mapper
-        if mapper.id_column is None:
-            explicit = fields.get("eventId")
-            if explicit == "":
-                explicit = None
-        else:
-            try:
+            mapper = self.api_mapper  # a row of an errors file, in the API's shape
+        # Shard ownership: a row with its own id by that id, a valid row by its content
+        # (so all identical rows meet in one shard, which counts them), a bad row by its
+        # bytes. Each is a function of the row alone: shards are disjoint and complete.
+        try:
+            if mapper.id_column is None:
+                explicit = fields.get("eventId")
+                if explicit == "":
+                    explicit = None
+            else:
                 explicit = mapper.explicit_id(fields)
-            except RowError as exc:
-                if self._mine(derived):
-                    self._invalid(index, record, exc.field, exc.reason, None)
+            if explicit is None and self.line_ids:  # the 0.x rule: by file name and line
+                explicit = derive_event_id(source, record.line, record.raw)
+            a = mapper.map(fields, explicit)
+        except RowError as exc:
+            if self._mine(record.raw):
+                self._invalid(index, record, exc.field, exc.reason, None)
+            return
+        except InvalidEventError as exc:  # a timestamp parsed once for many rows
+            if self._mine(record.raw):
+                self._invalid(index, record, exc.field, self._reason(exc, mapper), None)
+            return
+        key = None
+        if explicit is None:
+            try:
+                data = content(a.entity, a.metric, a.value, a.timestamp)
+            except InvalidEventError as exc:
+                if self._mine(record.raw):
+                    self._invalid(index, record, exc.field, self._reason(exc, mapper), None)
                 return
-        event_id = derived if explicit is None else explicit
-        if self.shard is not None and not self._mine(
-            event_id if isinstance(event_id, str) else derived
+            key = content_key(data)
+            if self.shard is not None and not self._mine_key(key):
+                return
+        elif self.shard is not None and not self._mine(
+            explicit if isinstance(explicit, str) else record.raw
         ):
             return
+        own = explicit if isinstance(explicit, str) else None
         try:
-            a = mapper.map(fields, event_id)
             if self.dry_run:
                 validate(self.config, a)
                 return
+            if key is not None:
+                a.event_id = event_id(data, self.occurrences.take(key), self.namespace)
             track = self.track
             accepted = track(
                 a.entity,
@@ -209,26 +239,41 @@ class Importer:
                     event_id=a.event_id,
                     job_id=a.job_id,
                 )
-        except RowError as exc:
-            self._invalid(
-                index, record, exc.field, exc.reason, derived if explicit is None else None
-            )
-            return
         except InvalidEventError as exc:
-            reason = _problem(exc)
-            if exc.field == "timestamp" and mapper.parse_timestamp is None:
-                reason = explain_timestamp(exc.value, reason)
-            self._invalid(index, record, exc.field, reason, derived if explicit is None else None)
+            if key is not None and not self.dry_run:
+                self.occurrences.give_back(key)  # only accepted rows are counted
+            self._invalid(index, record, exc.field, self._reason(exc, mapper), own)
             return
         where = self._where
         where[accepted] = (index, record.line)
         if len(where) > self._window:
             # Forget the older half at once (insertion order): cheaper than one per row.
-            for key in list(itertools.islice(where, len(where) // 2)):
-                del where[key]
+            for old in list(itertools.islice(where, len(where) // 2)):
+                del where[old]
 
-    def _mine(self, key: str) -> bool:
-        if self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]:
+    @staticmethod
+    def _reason(exc: InvalidEventError, mapper: Mapper) -> str:
+        reason = _problem(exc)
+        if exc.field == "timestamp" and mapper.parse_timestamp is None:
+            reason = explain_timestamp(exc.value, reason)
+        return reason
+
+    def _mine(self, key: str | bytes) -> bool:
+        """Whether this shard owns a row keyed by an eventId (str) or its bytes."""
+        if self.shard is None:
+            return True
+        if isinstance(key, bytes):
+            mine = shard_of_key(content_key(key), self.shard[1]) == self.shard[0]
+        else:
+            mine = shard_of(key, self.shard[1]) == self.shard[0]
+        if mine:
+            return True
+        self.other_shard += 1
+        return False
+
+    def _mine_key(self, key: bytes) -> bool:
+        assert self.shard is not None
+        if shard_of_key(key, self.shard[1]) == self.shard[0]:
             return True
         self.other_shard += 1
         return False
@@ -236,8 +281,11 @@ class Importer:
     def _invalid(
         self, index: int, record: Record, field: str, reason: str, event_id: str | None
     ) -> None:
-        """One errors-file record: the row as it was (plus the eventId it was given, so a
-        fixed row re-imported from the errors file keeps it and bills once), and why."""
+        """One errors-file record: the row as it was, and why. A row with an eventId of
+        its own keeps it there. A derived id is left out: it depends on the row's content
+        and on how many identical rows came before it in the whole input, which a bad row
+        does not have yet, so the fixed row gets the same id from the errors file as from
+        a re-run of the whole input (unless it then equals another row: docs/backfills.md)."""
         self.invalid += 1
         name = self.inputs[index].name
         row: dict[str, Any] = {}

@@ -4,7 +4,8 @@ Inputs are JSONL or CSV, optionally gzipped (detected by magic bytes), or ``-`` 
 stdin. Nothing reads a whole file: records come one at a time with the line they start
 on, the bytes that identify them, and their fields.
 
-**The eventId formula** (a stable contract: changing it would make a re-run bill twice)::
+**The eventId formula of ``--id-rule line``** (enso-tracker 0.x; the default rule is
+in ``enso_tracker._backfill``; a stable contract: changing it would bill re-runs twice)::
 
     eventId = "imp_" + sha256(f"{source}\\n{line}\\n".encode() + record).hexdigest()[:32]
 
