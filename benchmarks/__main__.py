@@ -23,6 +23,7 @@ from . import (
     memory,
     overhead,
     peers,
+    receipts,
     spool,
     spool_adopt,
     throughput,
@@ -81,6 +82,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("8. Durable spool", lambda: spool.run(sizes, sink)),
             ("9. Spool adoption", lambda: spool_adopt.run(sizes, sink)),
             ("10. CLI import", lambda: cli_import.run(sizes, sink)),
+            ("11. Receipts", lambda: receipts.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

@@ -27,6 +27,7 @@ from ._errors import (
     NotInitializedError,
 )
 from ._model import DeadLetter, DropKind, DropReason, Event, SpoolStatus, Stats
+from ._receipts_query import EventReceipt, Receipts, ReceiptTotal
 from ._sender import Answered, Outcome, Rejected, Retry, Sender, TooLarge, Unauthorized
 from ._spool_admin import Spool
 from ._tracker import Tracker
@@ -44,12 +45,15 @@ __all__ = [
     "DropReason",
     "EnsoError",
     "Event",
+    "EventReceipt",
     "FailedRecord",
     "InvalidEventError",
     "InvalidEventTypeError",
     "NotInitializedError",
     "OnDrop",
     "Outcome",
+    "ReceiptTotal",
+    "Receipts",
     "Rejected",
     "Retry",
     "SendResult",

@@ -126,6 +126,15 @@ class Config:
     #: opened; ``stats().disabled`` counts the events let go. ``ENSO_DISABLED=1`` in the
     #: environment sets it for every tracker not given ``disabled=False`` explicitly.
     disabled: bool = False
+    #: Receipts (docs/receipts.md): ``True`` keeps totals per (entity, metric, UTC hour,
+    #: outcome); ``"events"`` also one row per event (eventId → outcome, code, when);
+    #: ``False`` none. ``None`` (the default): totals with a spool or a ``receipts_dir``.
+    receipts: bool | Literal["events"] | None = None
+    #: Where the receipts store lives (default: ``spool_dir``; needed without a spool).
+    #: Also ``ENSO_RECEIPTS_DIR``.
+    receipts_dir: str | None = None
+    #: How long per-event receipts are kept (``receipts="events"``): 35 days.
+    receipts_retention: float = 35 * DAY
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -186,8 +195,30 @@ class Config:
         _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
         if type(self.disabled) is not bool:
             raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
+        self._check_receipts()
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
+
+    def _check_receipts(self) -> None:
+        if self.receipts not in (None, True, False, "events"):
+            raise ConfigurationError(
+                f"receipts={self.receipts!r}: must be True, False, 'events' or None"
+            )
+        if self.receipts_dir is not None:
+            if not isinstance(self.receipts_dir, str | os.PathLike) or not os.fspath(
+                self.receipts_dir
+            ):
+                raise ConfigurationError(
+                    f"receipts_dir={self.receipts_dir!r}: must be a directory path"
+                )
+            object.__setattr__(self, "receipts_dir", os.fspath(self.receipts_dir))
+        if self.receipts and self.spool_dir is None and self.receipts_dir is None:
+            raise ConfigurationError(
+                f"receipts={self.receipts!r} without a spool needs receipts_dir: where to keep them"
+            )
+        _check_seconds(
+            "receipts_retention", self.receipts_retention, positive=True, maximum=3660 * DAY
+        )
 
     def replace(self, **changes: object) -> Config:
         """A copy with some options changed (validated again)."""
@@ -309,6 +340,7 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         ("ENSO_CLIENT_SECRET", "client_secret"),
         ("ENSO_BASE_URL", "base_url"),
         ("ENSO_SPOOL_DIR", "spool_dir"),
+        ("ENSO_RECEIPTS_DIR", "receipts_dir"),
     ):
         if environ.get(var):
             kwargs[name] = environ[var]

@@ -99,6 +99,9 @@ class Pending(msgspec.Struct, order=True, gc=False):
     group: int = 1 << 30
     #: With a spool: the ``StoredBatch`` (row on disk) holding this event, until settled.
     row: Any = None
+    #: Receipts (``_receipts``): the ``DropReason`` of a dropped event (None: delivered),
+    #: then ``FOLDED`` once its receipt is counted.
+    receipt: Any = None
 
 
 class _MetadataOnly(msgspec.Struct):

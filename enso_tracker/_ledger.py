@@ -80,6 +80,7 @@ class Ledger:
         "outstanding",
         "outstanding_bytes",
         "queue",
+        "receipts",
         "refused",
         "reporting",
         "requests",
@@ -160,6 +161,9 @@ class Ledger:
         self.committing = 0  # disk commits under way (flush() waits for them)
         #: Events sent without being on disk (the disk failed): (seq, Pending) heap.
         self.volatile: list[tuple[int, Pending]] = []
+        #: Receipts are kept (``_receipts``): every settled event goes to ``finished``,
+        #: with or without a spool row, to be folded by the sender thread.
+        self.receipts = False
 
     # --------------------------------------------------------------- admission
 
@@ -397,7 +401,7 @@ class Ledger:
         self.delivered += len(batch)
         self.outstanding -= len(batch)
         self.outstanding_bytes -= sum([p.size for p in batch])
-        if self.spool:
+        if self.spool or self.receipts:
             self.finished.extend(batch)
 
     def forget_locked(self, p: Pending) -> None:
@@ -406,7 +410,7 @@ class Ledger:
         self.delivered += 1
         self.outstanding -= 1
         self.outstanding_bytes -= p.size
-        if p.row is not None:
+        if p.row is not None or self.receipts:
             self.finished.append(p)
 
     def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
@@ -423,7 +427,8 @@ class Ledger:
             items.append(item)
             self.outstanding -= 1
             self.outstanding_bytes -= p.size
-            if p.row is not None:
+            p.receipt = reason
+            if p.row is not None or self.receipts:
                 self.finished.append(p)
             if keep and p.body:
                 self.dead.append((p.body, reason))

@@ -125,6 +125,10 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: Events a disabled tracker (``disabled=True``, ``ENSO_DISABLED=1``) validated and
     #: let go without sending: settled, never delivered, never dropped.
     disabled: int = 0
+    #: Receipts (docs/receipts.md) that could not be written (logged at ERROR): some
+    #: totals or per-event rows are missing. Pending totals a move could not take yet
+    #: stay in their spool file and are not counted here.
+    receipt_errors: int = 0
 
     @property
     def pending(self) -> int:

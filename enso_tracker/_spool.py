@@ -43,6 +43,7 @@ import msgspec
 from ._dead_letters import DeadLetterStore, split_batch
 from ._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from ._model import DropReason
+from ._receipts import SpoolReceipts
 from ._spool_budget import Budget, file_size_limit, is_io_error
 from ._spool_identity import short
 from ._spool_store import (
@@ -134,6 +135,9 @@ class DiskSpool:
         self.closed = False
         #: Both threads call in (the spooler writes, either commits): one at a time.
         self.lock = threading.RLock()
+        #: Receipts (``_receipts``), None when off: folded at settlement, written with
+        #: the deletes of the rows they account for.
+        self.receipts: SpoolReceipts | None = None
 
     # ------------------------------------------------------------------ entry points
     # Every entry point takes ``lock``: the spooler and the sender both call in.
@@ -186,6 +190,7 @@ class DiskSpool:
                 max_bytes=self.max_bytes,
                 identity=self.identity,
             )
+            own.receipts = self.receipts
             self.budget.apply(own, now, force=True)
         else:
             self.budget.apply(own, now)
@@ -313,6 +318,7 @@ class DiskSpool:
         except Exception as exc:  # anything else is no proof of damage: left, retried
             self.refused[db] = f"{db}: cannot open ({type(exc).__name__}: {exc}); tried again later"
         else:
+            file.receipts = self.receipts  # its pending receipts move to our store
             try:
                 found, in_file = file.tally()
             except SpoolUnavailable as exc:
@@ -420,6 +426,9 @@ class DiskSpool:
         """These events are settled: rows all of whose events are settled are deleted,
         and adopted files left empty are removed."""
         done: dict[SpoolFile, list[StoredBatch]] = {}
+        receipts = self.receipts
+        if receipts is not None:
+            receipts.note_all(settled)  # before the rows are let go of below
         for p in settled:
             row = p.row
             if row is None:
@@ -429,9 +438,17 @@ class DiskSpool:
             if row.left == 0:
                 done.setdefault(row.file, []).append(row)
         problems: list[Problem] = []
+        if receipts is not None:
+            problems.extend(receipts.commit())  # per-event rows before their rows go
         for file, rows in done.items():
             problems.extend(self._delete_unlocked(file, rows))
+        if receipts is not None and not self.closed:
+            receipts.move_due(self.files(), now=time.monotonic())
         return problems
+
+    def files(self) -> list[SpoolFile]:
+        """The files held open: our own, then the adopted ones."""
+        return [*([self.own] if self.own is not None else []), *self.adopted]
 
     def _delete_unlocked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
         problems: list[Problem] = []
@@ -465,7 +482,10 @@ class DiskSpool:
             if own is None or self.closed:
                 return []
             try:
-                if not own.flush_deletes():
+                flushed = own.flush_deletes()
+                if self.receipts is not None:  # a flush() waits: receipts visible after it
+                    self.receipts.move_due(self.files(), now=time.monotonic(), force=True)
+                if not flushed:
                     return []
                 if own.rows == 0 and own.size() > COMPACT_ABOVE:
                     own.compact()
@@ -496,6 +516,8 @@ class DiskSpool:
         self.unread.clear()
         self.own = None
         self.dead.close()
+        if self.receipts is not None:
+            self.receipts.store.close()
 
     def abandon(self) -> None:
         """A forked child's copy: never touch the parent's files (see SpoolFile.abandon)."""
@@ -506,6 +528,8 @@ class DiskSpool:
         self.unread.clear()
         self.own = None
         self.dead.abandon()
+        if self.receipts is not None:
+            self.receipts.store.abandon()
 
 
 def pendings_of(

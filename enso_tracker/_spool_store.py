@@ -43,7 +43,7 @@ import threading
 import time
 import zlib
 from collections.abc import Generator, Iterator
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from ._errors import ConfigurationError
 from ._spool_identity import short
@@ -382,7 +382,7 @@ def _stamp(conn: sqlite3.Connection, identity: str) -> None:
 class StoredBatch:
     """One row's place: where it is, how many events, and how many are not yet settled."""
 
-    __slots__ = ("created", "file", "first_seq", "left", "n", "nbytes", "rowid")
+    __slots__ = ("created", "file", "first_seq", "left", "n", "nbytes", "receipt", "rowid")
 
     def __init__(
         self, file: SpoolFile, rowid: int, n: int, nbytes: int, created: float, first_seq: int
@@ -396,6 +396,8 @@ class StoredBatch:
         #: Own rows: the sequence of its first event (later events follow in order);
         #: adopted rows: 0 (they are not this tracker's to flush).
         self.first_seq = first_seq
+        #: The totals of its settled events (``_receipts``), written when it is deleted.
+        self.receipt: dict[tuple[str, str, str, str], list[Any]] | None = None
 
 
 class SpoolFile:
@@ -418,6 +420,9 @@ class SpoolFile:
         self.rows = 0  # rows it holds
         self.events = 0  # events in them
         self._deferred: list[StoredBatch] = []  # settled rows, deleted with the next insert
+        #: ``_receipts.SpoolReceipts``: writes the receipts of deleted rows in the same
+        #: transaction as their delete, and moves them out before the file is removed.
+        self.receipts: Any = None
         if lock_fd is not None:
             hold(lock_fd)
         if max_bytes is not None:
@@ -450,6 +455,7 @@ class SpoolFile:
                     if not (_is_full(exc) and self._deferred):
                         raise
                     self._delete_locked(db, self._deferred)  # deletes work when full
+                    self._deferred = []  # done: not deleted (nor receipted) twice
                     rowid = self._insert_locked(db, row)
             except (sqlite3.Error, OSError) as exc:
                 if _is_full(exc):
@@ -467,6 +473,8 @@ class SpoolFile:
         try:
             if deferred:
                 db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in deferred])
+                if self.receipts is not None:
+                    self.receipts.release(self, db, deferred)
             cursor = db.execute(
                 "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)", row
             )
@@ -565,6 +573,8 @@ class SpoolFile:
         db.execute("BEGIN")
         try:
             db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in rows])
+            if self.receipts is not None:
+                self.receipts.release(self, db, rows)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -574,6 +584,12 @@ class SpoolFile:
 
     def size(self) -> int:
         return disk_size(self.path)
+
+    def move_receipts(self) -> None:
+        """Move the receipts pending in this file to the receipts store (``_receipts``)."""
+        with self._lock:
+            if self._conn is not None and self.receipts is not None:
+                self.receipts.move(self, self._conn)
 
     def page_count(self) -> int:
         """Pages the database holds (those still in the WAL included)."""
@@ -613,6 +629,8 @@ class SpoolFile:
             empty = False
             with contextlib.suppress(sqlite3.Error):
                 empty = conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+            if self.receipts is not None and self.receipts.move(self, conn):
+                empty = False  # receipts the store could not take yet: kept for an heir
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
             removed = remove_if_empty and empty

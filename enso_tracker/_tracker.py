@@ -40,6 +40,7 @@ from ._errors import ConfigurationError
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
 from ._model import DeadLetter, Stats
+from ._receipts import make_receipts
 from ._reentry import (
     REENTRANT_STATS_WAIT,
     interrupted_inside,
@@ -127,7 +128,7 @@ class Tracker(AsyncMixin):
                 make_credentials(api_key, client_key, client_secret, cfg.base_url)
                 api_key = client_key = client_secret = None
             sender = DisabledSender()
-            cfg = cfg.replace(spool_dir=None)
+            cfg = cfg.replace(spool_dir=None, receipts_dir=None, receipts=False)
         self._config = cfg
         credentials = None
         if sender is None:
@@ -138,7 +139,7 @@ class Tracker(AsyncMixin):
         #: Whom this tracker's spool files are written for: it adopts only those
         #: (a custom sender: the destination alone). PBKDF2: computed with a spool only.
         self._identity = ""
-        if cfg.spool_dir is not None:
+        if cfg.spool_dir is not None or cfg.receipts_dir is not None:
             self._identity = (
                 credentials.spool_identity(cfg.base_url)
                 if isinstance(credentials, ApiKey | ClientCredentials)
@@ -147,6 +148,9 @@ class Tracker(AsyncMixin):
         self._sender = sender
         if cfg.spool_dir is not None:
             cfg = self._config = cfg.replace(spool_dir=check_directory(cfg.spool_dir, create=True))
+        if cfg.receipts_dir is not None:
+            full = check_directory(cfg.receipts_dir, create=True)
+            cfg = self._config = cfg.replace(receipts_dir=full)
         self._metadata_encoder = msgspec.json.Encoder()
         # Hot-path copies of the bounds (attribute lookups on self are the cheapest).
         self._max_name = cfg.max_name_length
@@ -196,6 +200,12 @@ class Tracker(AsyncMixin):
         self._worker = (DisabledWorker if cfg.disabled else Worker)(
             cfg, self._ledger, self._sender, self._reporter, weakref.ref(self), disk
         )
+        receipts = make_receipts(cfg, self._identity)  # docs/receipts.md
+        if receipts is not None:
+            self._worker.receipts = receipts
+            self._ledger.receipts = True
+            if disk is not None:
+                disk.receipts = receipts
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
         # at exit: the exit hook shuts the tracker down first.
         weakref.finalize(self, self._worker.abandon).atexit = False
@@ -457,7 +467,11 @@ class Tracker(AsyncMixin):
         locked = not interrupted_inside(
             (self, self._ledger, self._worker, self._worker.wake)
         ) or lock_free_within(led.lock, time.monotonic() + REENTRANT_STATS_WAIT)
-        return led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
+        stats = led.snapshot(self._sender.logins, self._reporter.hook_errors.count, locked=locked)
+        receipts = self._worker.receipts
+        if receipts is not None and receipts.store.errors:
+            stats = msgspec.structs.replace(stats, receipt_errors=receipts.store.errors)
+        return stats
 
     # ------------------------------------------------------------- dead letters
 
@@ -531,6 +545,8 @@ class Tracker(AsyncMixin):
         closed = led.closed or led.stopping
         if self._worker.disk is not None:
             self._worker.disk.abandon()  # the parent's files: never touched from here
+        if self._worker.receipts is not None:
+            self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
             self._ledger.stopping = self._ledger.closed = True

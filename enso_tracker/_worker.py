@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from ._config import Config
 from ._debug import log_request
@@ -129,6 +129,8 @@ class Worker:
         self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
         self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
+        #: Receipts (``_receipts.SpoolReceipts``), None when off; set by the tracker.
+        self.receipts: Any = None
 
     def fork_locks(self) -> list[threading.Lock | threading.RLock]:
         """The locks every SQLite call of this worker's threads runs under, in the order
@@ -376,6 +378,8 @@ class Worker:
         try:
             if self.disk is not None:
                 self.disk.close()
+            elif self.receipts is not None:
+                self.receipts.store.close()
             self.sender.close()
         except Exception as exc:
             self.reporter.log(
@@ -878,6 +882,8 @@ class Worker:
         """
         if self.disk is not None:
             self.commit_disk()
+        elif self.receipts is not None:
+            self.report_problems(self.receipts.commit_settled(self.ledger))
         if not reports:
             self.reporter.log.emit()
             return

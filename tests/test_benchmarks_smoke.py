@@ -28,6 +28,7 @@ HEADINGS = (
     "### 8. Durable spool",
     "### 9. Spool adoption",
     "### 10. CLI import",
+    "### 11. Receipts",
 )
 
 

@@ -19,7 +19,16 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _cmd_demo, _cmd_doctor, _cmd_fake_server, _cmd_import, _cmd_send, _cmd_spool
+from . import (
+    _cmd_demo,
+    _cmd_doctor,
+    _cmd_fake_server,
+    _cmd_import,
+    _cmd_receipts,
+    _cmd_reconcile,
+    _cmd_send,
+    _cmd_spool,
+)
 from ._args import build_parser
 from ._output import EXIT_INTERRUPTED, setup_logging
 
@@ -33,6 +42,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     _cmd_demo,
     _cmd_fake_server,
 )
+COMMANDS += (_cmd_receipts, _cmd_reconcile)  # docs/receipts.md
 
 
 def main(argv: Sequence[str] | None = None) -> int:

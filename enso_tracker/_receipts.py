@@ -1,0 +1,592 @@
+"""Receipts: what this tracker settled, kept on disk to prove what was billed.
+
+Every settled event (delivered, rejected by Enso, dropped for good) is folded into totals
+per (entity, metric, UTC hour, outcome): a count and the exact sum of the values as they
+went on the wire (docs/receipts.md). Optionally (``receipts="events"``) one row per
+event too (eventId → outcome, Enso's code, when), kept ``receipts_retention`` seconds.
+
+Where the totals are written decides what a crash can do to them:
+
+* **With a spool** the totals of a spool row are written *into that spool file*, in the
+  very transaction that deletes the row (``SpoolReceipts.release``, called by
+  ``SpoolFile``): a kill -9 either keeps the row (it is resent, and settled, by whoever
+  adopts the file: its receipt is written then) or deletes it with its receipt. No loss,
+  no double count. Every ``MOVE_INTERVAL``, at ``flush()`` and before a file is removed,
+  the pending totals move to the receipts store (``ReceiptStore``) under a watermark
+  (the file's ``receipts_key`` and the last row moved, committed with the totals), so a
+  crash between the two commits moves nothing twice.
+* **Events that never reach a spool row** (no spool; a failed disk write; an event too
+  large or unencodable before the write; a shutdown drop) are folded into the store
+  straight after settlement: best effort, a crash in between loses their receipt.
+
+Per-event rows are idempotent (keyed by eventId) and go straight to the store before
+the spool row is deleted: a crash in between writes them again, never loses them.
+
+The fold runs on the sender/spooler threads, never in ``track()``; values are those
+encoded on the wire (from the event's tuple, or its body when read back from a spool
+file), so ints and Decimals sum exactly and a float sums as the shortest decimal text it
+was sent as.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+import msgspec
+
+from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending
+from ._model import DropReason
+from ._spool_identity import short
+from ._spool_trust import create_private, open_sqlite
+
+__all__ = [
+    "DELIVERED",
+    "FOLDED",
+    "MOVE_INTERVAL",
+    "RETENTION",
+    "ReceiptStore",
+    "SpoolReceipts",
+    "add",
+    "make_receipts",
+    "number",
+    "receipts_path",
+    "text_of",
+]
+
+_log = logging.getLogger("enso_tracker")
+_HOUR_NS: Final = 3_600_000_000_000
+
+DELIVERED: Final = "delivered"
+#: ``Pending.receipt`` of an event already folded: a second sighting adds nothing.
+FOLDED: Final = "<folded>"
+#: How often pending totals move from spool files to the receipts store.
+MOVE_INTERVAL: Final = 1.0
+#: Per-event receipts are kept this long (``receipts_retention``'s default: 35 days).
+RETENTION: Final = 35 * 86400.0
+#: Expired per-event receipts are pruned at most this often.
+PRUNE_EVERY: Final = 3600.0
+#: ``PRAGMA application_id`` of a receipts store ("EnsR").
+APPLICATION_ID: Final = 0x456E7352
+FORMAT_VERSION: Final = 1
+
+Level = Literal["totals", "events"]
+#: (entity, metric, hour "YYYY-MM-DDTHH", outcome) → [count, sum]
+Fold = dict[tuple[str, str, str, str], list[Any]]
+#: (eventId, entity, metric, hour, value text, outcome, code, status, message, at)
+EventRow = tuple[str, str, str, str, str, str, str | None, int | None, str | None, float]
+
+#: Sums are exact: enough digits for any sum of validated values (no rounding, ever).
+EXACT: Final = decimal.Context(
+    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[]
+)
+
+_STORE_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS totals (
+        entity TEXT NOT NULL, metric TEXT NOT NULL, hour TEXT NOT NULL, outcome TEXT NOT NULL,
+        count INTEGER NOT NULL, sum TEXT NOT NULL,
+        PRIMARY KEY (entity, metric, hour, outcome)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS moved (
+        source TEXT PRIMARY KEY, upto INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY, entity TEXT NOT NULL, metric TEXT NOT NULL,
+        hour TEXT NOT NULL, value TEXT NOT NULL, outcome TEXT NOT NULL, code TEXT,
+        status INTEGER, message TEXT, at REAL NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+#: In a spool file, totals written with the deletes of the rows they account for: one
+#: entry of its ``meta`` table per transaction, ``receipts_pending:<seq, 16 digits>`` →
+#: a msgpack list of [entity, metric, hour, outcome, count, sum], however many (entity,
+#: metric, hour) the deleted rows touched. ``meta``, not a table of their own: a table
+#: costs a 64 KiB page of the spool's ``max_spool_bytes`` before it holds anything.
+#: ``receipts_seq`` (never decreasing) numbers them; ``receipts_key`` names the file to
+#: the store's watermarks.
+_PENDING: Final = "receipts_pending:"
+_PENDING_END: Final = "receipts_pending;"  # the next character after ":"
+_encode_pending = msgspec.msgpack.Encoder().encode
+_decode_pending = msgspec.msgpack.Decoder(list[tuple[str, str, str, str, int, str]]).decode
+
+
+def make_receipts(config: Any, identity: str) -> SpoolReceipts | None:
+    """A tracker's receipts as its ``Config`` asks (None: off)."""
+    level = config.receipts
+    if level is None:  # on where there is a place for them: a spool, or a receipts_dir
+        level = config.spool_dir is not None or config.receipts_dir is not None
+    if not level:
+        return None
+    directory = config.receipts_dir or config.spool_dir
+    store = ReceiptStore(
+        receipts_path(directory, identity),
+        level="events" if level == "events" else "totals",
+        retention=config.receipts_retention,
+        identity=identity,
+    )
+    return SpoolReceipts(store)
+
+
+def receipts_path(directory: str, identity: str) -> str:
+    """The receipts store of an identity in ``directory`` (one per destination and
+    credential: trackers of several identities may share a spool directory)."""
+    return os.path.join(directory, f"receipts-{short(identity)}.db")
+
+
+# ------------------------------------------------------------------ exact numbers
+
+
+def number(text: str) -> int | Decimal:
+    """A JSON number's text as an exact number (an int when it has no fraction part)."""
+    if "." in text or "e" in text or "E" in text:
+        return Decimal(text)
+    return int(text)
+
+
+def add(a: int | Decimal, b: int | Decimal) -> int | Decimal:
+    if type(a) is int and type(b) is int:
+        return a + b
+    return EXACT.add(Decimal(a), Decimal(b))
+
+
+def _exact_add(a: str, b: str) -> str:
+    return text_of(add(number(a), number(b)))
+
+
+def text_of(n: int | Decimal) -> str:
+    """The canonical text of a sum: digits, never an exponent (``Decimal(text)`` gives
+    it back exactly)."""
+    if isinstance(n, int):
+        return str(n)
+    text = format(n, "f")
+    return "0" if text in ("-0", "0") else text
+
+
+# ------------------------------------------------------------------ what an event was
+
+
+class _Facts(msgspec.Struct):
+    CustomerEntityId: str
+    metric: str
+    value: msgspec.Raw
+    timestamp: str
+    eventId: str = ""
+
+
+_decode_facts = msgspec.json.Decoder(_Facts).decode
+
+
+def _from_item(p: Pending) -> tuple[str, str, str, str, str]:
+    """An event never encoded (unencodable, dropped from the queue): from its tuple."""
+    item = p.item
+    value = item[VALUE]
+    text = repr(value) if isinstance(value, float) else str(value)
+    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(item[TS] // 1_000_000_000))
+    return str(item[ID]), str(item[ENTITY]), str(item[METRIC]), hour, text
+
+
+def facts_of(p: Pending) -> tuple[str, str, str, str, str]:
+    """(eventId, entity, metric, UTC hour, value text) of a settled event, read from its
+    wire body: what Enso received (the timestamp's first 13 characters are its hour)."""
+    if p.body:
+        try:
+            f = _decode_facts(p.body)
+            value = bytes(f.value).decode()
+            return f.eventId, f.CustomerEntityId, f.metric, f.timestamp[:13], value
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass
+    return _from_item(p)
+
+
+def outcome_of(receipt: object) -> tuple[str, str | None, int | None, str | None]:
+    """(outcome, Enso's code, status, message) of a settled event's ``Pending.receipt``
+    (None: delivered; a ``DropReason``: dropped or rejected)."""
+    if not isinstance(receipt, DropReason):
+        return DELIVERED, None, None, None
+    code = None if receipt.code is None else str(receipt.code)
+    if receipt.kind == "rejected":
+        tag = code if code is not None else f"http-{receipt.status}"
+        return f"rejected:{tag}", code, receipt.status, receipt.message[:300]
+    return f"dropped:{receipt.kind}", code, receipt.status, receipt.message[:300]
+
+
+def fold_into(fold: Fold, facts: tuple[str, str, str, str, str], outcome: str) -> None:
+    _, entity, metric, hour, value = facts
+    key = (entity, metric, hour, outcome)
+    try:
+        amount = number(value)
+    except (ValueError, decimal.InvalidOperation):
+        amount = 0  # not a number on the wire (Enso rejects it): counted, adds nothing
+    slot = fold.get(key)
+    if slot is None:
+        fold[key] = [1, amount]
+    else:
+        slot[0] += 1
+        slot[1] = add(slot[1], amount)
+
+
+# ------------------------------------------------------------------ the store
+
+
+class ReceiptStore:
+    """The receipts store: totals, per-event rows, the watermarks of moved spool totals.
+
+    One SQLite file per identity (``receipts_path``), made 0600, never through a
+    symlink; several processes may write it (WAL, ``BEGIN IMMEDIATE``, 5 s busy wait).
+    Opened at first use on the writing thread; thread-safe (one lock)."""
+
+    def __init__(self, path: str, *, level: Level, retention: float, identity: str) -> None:
+        self.path = path
+        self.level: Level = level
+        self.retention = retention
+        self.identity = identity
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._next_prune = 0.0
+        self.closed = False
+        self.errors = 0  # receipt writes that failed for good (logged): Stats.receipt_errors
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        with contextlib.suppress(FileExistsError):
+            os.close(create_private(self.path))
+        conn = open_sqlite(self.path, "rw", ours=True)
+        try:
+            conn.create_function("exact_add", 2, _exact_add, deterministic=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _STORE_SCHEMA:
+                conn.execute(statement)
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app == 0:
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('identity', ?)",
+                    (self.identity,),
+                )
+            elif app != APPLICATION_ID:
+                raise sqlite3.DatabaseError(f"{self.path}: not an enso-tracker receipts store")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        if self.closed:
+            return conn  # the caller closes it (a late fold after shutdown)
+        self._conn = conn
+        return conn
+
+    def _run(self, work: Any) -> None:
+        with self._lock:
+            conn = self._open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if conn is not self._conn:
+                    conn.close()
+
+    def apply(self, rows: list[tuple[Any, ...]], source: str | None = None) -> None:
+        """Add totals, ``rows`` of (entity, metric, hour, outcome, count, sum text), or
+        with ``source``, of (seq, entity, ..., sum text): those past ``source``'s
+        watermark only, and the watermark moved in the same transaction."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            todo = rows
+            if source is not None:
+                found = conn.execute("SELECT upto FROM moved WHERE source = ?", (source,))
+                done = found.fetchone()
+                upto = done[0] if done else 0
+                todo = [r[1:] for r in rows if r[0] > upto]
+                conn.execute(
+                    "INSERT OR REPLACE INTO moved (source, upto, at) VALUES (?, ?, ?)",
+                    (source, max(upto, rows[-1][0]), time.time()),
+                )
+            merged: Fold = {}
+            for entity, metric, hour, outcome, count, total in todo:
+                key = (entity, metric, hour, outcome)
+                slot = merged.get(key)
+                if slot is None:
+                    merged[key] = [count, number(total)]
+                else:
+                    slot[0] += count
+                    slot[1] = add(slot[1], number(total))
+            self._upsert(conn, merged)
+
+        if rows:
+            self._run(work)
+
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, merged: Fold) -> None:
+        # One statement for every key: the exact addition of two sums' texts is a Python
+        # function SQLite calls on conflicts only (registered at open: exact_add).
+        conn.executemany(
+            "INSERT INTO totals (entity, metric, hour, outcome, count, sum) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (entity, metric, hour, outcome) DO UPDATE "
+            "SET count = count + excluded.count, sum = exact_add(sum, excluded.sum)",
+            [(*key, count, text_of(total)) for key, (count, total) in merged.items()],
+        )
+
+    def add_fold(self, fold: Fold) -> None:
+        """Totals of events settled outside any spool row (best effort)."""
+        if fold:
+            self._run(lambda conn: self._upsert(conn, fold))
+
+    def record_events(self, events: list[EventRow]) -> None:
+        """Per-event receipts (idempotent: the last outcome of an eventId wins)."""
+        if not events:
+            return
+        now = time.time()
+        prune = now >= self._next_prune
+        if prune:
+            self._next_prune = now + PRUNE_EVERY
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO events (event_id, entity, metric, hour, value, outcome, "
+                "code, status, message, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            if prune:
+                conn.execute("DELETE FROM events WHERE at < ?", (now - self.retention,))
+
+        self._run(work)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def abandon(self) -> None:
+        """A forked child's copy: the parent's connection is never used nor closed here."""
+        _ABANDONED.append(self._conn)
+        self._conn = None
+        self.closed = True
+
+
+_ABANDONED: list[sqlite3.Connection | None] = []
+
+
+# ------------------------------------------------------------------ the tracker's side
+
+
+class SpoolReceipts:
+    """One tracker's receipts: the fold of settled events, the writes into spool files,
+    the moves to the store. Called on the sender and spooler threads (with a spool,
+    under ``DiskSpool.lock``)."""
+
+    def __init__(self, store: ReceiptStore) -> None:
+        self.store = store
+        self.events = store.level == "events"
+        self.loose: Fold = {}
+        self.event_rows: list[EventRow] = []
+        self.next_move = 0.0
+        self._hours: dict[int, str] = {}  # hour number → "YYYY-MM-DDTHH" (UTC)
+        #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender
+        #: thread that outlived its join still folds: one at a time.
+        self._lock = threading.Lock()
+
+    def note_all(self, settled: list[Pending]) -> None:
+        """Settled events, each folded into its spool row's receipt (``p.row``) or the
+        loose totals; the hot loop of receipts (one call per settled batch, inlined: the
+        fields of an event tracked here come from its tuple, only those read back from a
+        spool file are decoded from their body)."""
+        loose = self.loose
+        hours = self._hours
+        events = self.event_rows if self.events else None
+        for p in settled:
+            receipt = p.receipt
+            if receipt is FOLDED:
+                continue  # a second sighting of an event already folded
+            p.receipt = FOLDED
+            item = p.item
+            if item[META] is WHOLE_BODY:  # read back from a spool file: from its body
+                event_id, entity, metric, hour, text = facts_of(p)
+                try:
+                    amount = number(text)
+                except (ValueError, decimal.InvalidOperation):
+                    amount = 0
+            else:
+                event_id, entity, metric, value = item[ID], item[ENTITY], item[METRIC], item[VALUE]
+                h = item[TS] // _HOUR_NS
+                cached = hours.get(h)
+                if cached is None:
+                    cached = hours[h] = time.strftime("%Y-%m-%dT%H", time.gmtime(h * 3600))
+                hour = cached
+                # A float as the shortest text it is sent as (msgspec writes the same).
+                amount = Decimal(repr(value)) if isinstance(value, float) else value
+            if receipt is None:
+                outcome = DELIVERED
+            else:
+                outcome, code, status, message = outcome_of(receipt)
+            row = p.row
+            if row is None:
+                target = loose
+            else:
+                target = row.receipt
+                if target is None:
+                    target = row.receipt = {}
+            key = (entity, metric, hour, outcome)
+            slot = target.get(key)
+            if slot is None:
+                target[key] = [1, amount]
+            else:
+                slot[0] += 1
+                total = slot[1]
+                if type(total) is int and type(amount) is int:
+                    slot[1] = total + amount
+                else:
+                    slot[1] = EXACT.add(Decimal(total), Decimal(amount))
+            if events is not None:
+                if receipt is None:
+                    code = status = message = None
+                events.append(
+                    (event_id, entity, metric, hour, text_of(amount), outcome, code, status,
+                     message, time.time())
+                )  # fmt: skip
+
+    def note(self, p: Pending, row: Any) -> None:
+        """A settled event: folded into its spool row's receipt (written when the row is
+        released), or into the loose totals when it has no row."""
+        receipt = p.receipt
+        if receipt is FOLDED:
+            return  # a second sighting of an event already folded
+        p.receipt = FOLDED
+        facts = facts_of(p)
+        outcome, code, status, message = outcome_of(receipt)
+        if row is None:
+            fold_into(self.loose, facts, outcome)
+        else:
+            if row.receipt is None:
+                row.receipt = {}
+            fold_into(row.receipt, facts, outcome)
+        if self.events:
+            event_id, entity, metric, hour, value = facts
+            self.event_rows.append(
+                (event_id, entity, metric, hour, value, outcome, code, status, message, time.time())
+            )
+
+    def commit(self) -> list[tuple[str, str]]:
+        """Write per-event rows and loose totals to the store (before any spool row of
+        theirs is deleted); problems to report."""
+        problems: list[tuple[str, str]] = []
+        loose, rows = self.loose, self.event_rows
+        self.loose, self.event_rows = {}, []
+        try:
+            self.store.record_events(rows)
+            self.store.add_fold(loose)
+        except Exception as exc:
+            self.store.errors += 1
+            problems.append(("error", f"cannot write receipts to {self.store.path}: {exc}"))
+        return problems
+
+    # -------------------------------------------------------------- in spool files
+
+    def release(self, file: Any, db: sqlite3.Connection, rows: list[Any]) -> None:
+        """Inside the transaction that deletes ``rows`` from ``file``: their totals, as
+        pending rows of the same file. Never fails the transaction: should the insert
+        fail (the statement alone is undone), the rows go without their receipt, logged."""
+        merged: Fold = {}
+        for row in rows:
+            for key, (count, total) in (row.receipt or {}).items():
+                slot = merged.get(key)
+                if slot is None:
+                    merged[key] = [count, total]
+                else:
+                    slot[0] += count
+                    slot[1] = add(slot[1], total)
+        if not merged:
+            return
+        body = _encode_pending([(*key, c, text_of(s)) for key, (c, s) in merged.items()])
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'receipts_seq'").fetchone()
+            seq = int(found[0]) + 1 if found else 1
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('receipts_key', ?)",
+                (secrets.token_hex(16),),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('receipts_seq', ?)", (str(seq),)
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (f"{_PENDING}{seq:016d}", body)
+            )
+        except sqlite3.Error as exc:
+            self.store.errors += 1
+            _log.error("enso-tracker receipts: cannot write receipts in %s: %s", file.path, exc)
+
+    def move(self, file: Any, db: sqlite3.Connection) -> bool:
+        """Move ``file``'s pending totals to the store. True if some are left (the store
+        could not take them now: the file must not be removed)."""
+        try:
+            blobs = db.execute(
+                "SELECT key, value FROM meta WHERE key > ? AND key < ? ORDER BY key",
+                (_PENDING, _PENDING_END),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return False  # no meta table: nothing of ours in this file
+        if not blobs:
+            return False
+        try:
+            rows = [
+                (int(key[len(_PENDING) :]), *t)
+                for key, body in blobs
+                for t in _decode_pending(body)
+            ]
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:  # not ours: left as it is
+            _log.error("enso-tracker receipts: unreadable receipts in %s: %s", file.path, exc)
+            return True
+        found = db.execute("SELECT value FROM meta WHERE key = 'receipts_key'").fetchone()
+        source = found[0] if found else file.path
+        try:
+            self.store.apply(rows, source=source)
+            db.execute("DELETE FROM meta WHERE key > ? AND key <= ?", (_PENDING, blobs[-1][0]))
+        except Exception as exc:  # kept in the file, moved later: not lost, not counted
+            _log.error(
+                "enso-tracker receipts: cannot move receipts from %s (kept there, moved later): %s",
+                file.path,
+                exc,
+            )
+            return True
+        return False
+
+    def commit_settled(self, ledger: Any) -> list[tuple[str, str]]:
+        """Without a spool: the events settled since the last call, folded and written
+        (``flush()`` waits for this, like for a spool commit)."""
+        with ledger.lock:
+            finished, _ = ledger.take_finished_locked()
+            if not finished:
+                return []
+            ledger.committing += 1
+        try:
+            with self._lock:
+                self.note_all(finished)
+                return self.commit()
+        finally:
+            with ledger.lock:
+                ledger.committing -= 1
+                ledger.settled.notify_all()
+
+    def move_due(self, files: list[Any], *, now: float, force: bool = False) -> None:
+        if not force and now < self.next_move:
+            return
+        self.next_move = now + MOVE_INTERVAL
+        for file in files:
+            file.move_receipts()
