@@ -70,6 +70,7 @@ class Ledger:
         "foreign_files",
         "id_prefix",
         "inflight",
+        "inflight_body",
         "inflight_raw",
         "last_error",
         "last_success_at",
@@ -111,6 +112,8 @@ class Ledger:
         self.queue: deque[QueuedEvent] = deque()
         self.inflight: list[Pending] = []
         self.inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
+        #: Bytes of the one-call body of a fresh batch in flight (in outstanding_bytes).
+        self.inflight_body = 0
         self.outstanding = 0  # events queued, in flight or in the schedule
         self.outstanding_bytes = 0
         self.flush_waiters = 0
@@ -343,9 +346,21 @@ class Ledger:
         if taken:
             if not source and not self.queue:
                 self.flush_asked = False
-            self.inflight = [p for p in taken if isinstance(p, Pending)]
-            # Raw queue items become Pending once encoded; in flight from now on.
-            self.inflight_raw = [q for q in taken if not isinstance(q, Pending)]
+            # The schedule puts Pendings (retries, staged) before raw queue items, which
+            # become Pending once encoded, or not at all (a fresh batch that all goes
+            # through); in flight from now on. Split without a per-event isinstance.
+            if isinstance(taken[-1], Pending):
+                self.inflight = taken  # type: ignore[assignment]  # all Pendings
+                self.inflight_raw = []
+            elif not isinstance(taken[0], Pending):
+                self.inflight = []
+                self.inflight_raw = taken  # type: ignore[assignment]  # all fresh
+            else:
+                split = 1
+                while isinstance(taken[split], Pending):
+                    split += 1
+                self.inflight = taken[:split]  # type: ignore[assignment]
+                self.inflight_raw = taken[split:]  # type: ignore[assignment]
         return taken, wait
 
     def delivered_locked(self, batch: list[Pending]) -> None:
@@ -355,6 +370,14 @@ class Ledger:
         self.outstanding_bytes -= sum([p.size for p in batch])
         if self.spool:
             self.finished.extend(batch)
+
+    def delivered_fresh_locked(self, items: list[QueuedEvent], held_total: int) -> None:
+        """Every event of a fresh batch (never a Pending: see ``Worker.send_fresh``) is
+        delivered; ``held_total`` is what they held. O(1)."""
+        n = len(items)
+        self.delivered += n
+        self.outstanding -= n
+        self.outstanding_bytes -= held_total
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""
@@ -512,6 +535,7 @@ class Ledger:
             retried=self.retried,
             queued=self.outstanding + self.on_disk - in_flight,
             queued_bytes=self.outstanding_bytes
+            - self.inflight_body
             - sum(p.size for p in self.inflight)
             - sum(held(item) for item in self.inflight_raw),
             in_flight=in_flight,

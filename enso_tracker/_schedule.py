@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
+from itertools import repeat
 from typing import Final
 
 import msgspec
@@ -35,6 +36,12 @@ from ._wire import BODY_OVERHEAD
 __all__ = ["NO_SEQ", "RetryPolicy", "Schedule"]
 
 NO_SEQ: Final = 1 << 62  # "nothing unsettled" for a low-water mark
+
+
+def take(queue: deque[QueuedEvent], n: int) -> list[Pending | QueuedEvent]:
+    """The first ``n`` items of ``queue``, removed: one C-level loop (``map`` over the
+    unbound ``popleft``), not a Python-level ``popleft`` per event."""
+    return list(map(deque.popleft, repeat(queue, n)))
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -118,10 +125,10 @@ class Schedule:
         )
         if self.queue_turn and queue:
             self.queue_turn = False
-            fresh = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
+            fresh: list[Pending | QueuedEvent] = take(queue, min(len(queue), self.batch_size))
             if not queue:
                 self.batch_clock = None
-            return [*fresh], 0.0
+            return fresh, 0.0
         if not self.ready and not queue_due:
             waits = []
             if queue and self.batch_clock is not None:
@@ -136,10 +143,9 @@ class Schedule:
             limit = min(limit, ready[0].group)
             taken.append(ready.popleft())
         if queue_due:
-            room = limit - len(taken)
-            while queue and room:
-                taken.append(queue.popleft())
-                room -= 1
+            room = min(limit - len(taken), len(queue))
+            if room:
+                taken += take(queue, room)
             if not queue:
                 self.batch_clock = None
         return taken, 0.0

@@ -26,12 +26,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Final
 
 from ._config import Config
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
+    EVENT_OVERHEAD,
     ID,
     IN_BODY,
     JOB,
@@ -47,15 +49,17 @@ from ._ledger import Ledger
 from ._model import DropReason
 from ._reporting import Reporter, Reports
 from ._schedule import NO_SEQ
-from ._sender import Retry, Sender
-from ._settle import settle_locked
+from ._sender import Answered, Outcome, Retry, Sender
+from ._settle import settle_fresh_locked, settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
 from ._spool_store import SpoolClosed, SpoolCorrupt, SpoolFull, SpoolUnavailable, StoredBatch
-from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
+from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
 
 __all__ = ["CLOSED", "Worker"]
 
 CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
+
+_size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
 
 #: Trackers whose thread could not start. A running thread keeps its tracker alive while
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
@@ -449,6 +453,8 @@ class Worker:
             )
 
     def send(self, taken: list[Pending | QueuedEvent]) -> None:
+        if not isinstance(taken[0], Pending) and self.send_fresh(taken):  # type: ignore[arg-type]
+            return  # fresh events only (the schedule puts Pendings first): one body
         ledger = self.ledger
         hard_limit = self.config.max_batch_bytes
         encoded, unencodable, grown = self.encode_all(taken)
@@ -475,15 +481,7 @@ class Worker:
         timeout = self.config.timeout
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
-        body = join_batch([p.body for p in batch])
-        try:
-            outcome = self.sender.send(body, timeout)
-        except Exception as exc:  # a bug in a sender must not lose the batch
-            what = describe_exception(exc)
-            self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
-            with ledger.lock:
-                ledger.worker_errors += 1
-            outcome = Retry(f"sender raised {what}")
+        outcome = self.request(join_batch([p.body for p in batch]), timeout)
         reports = []
         try:
             with ledger.lock:
@@ -498,6 +496,92 @@ class Worker:
                 ledger.room.notify_all()
         finally:
             self.hand_over(reports)
+
+    def request(self, body: bytes, timeout: float) -> Outcome:
+        """The sender's outcome for one body; a sender that raises is a retry."""
+        try:
+            return self.sender.send(body, timeout)
+        except Exception as exc:  # a bug in a sender must not lose the batch
+            what = describe_exception(exc)
+            self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
+            with self.ledger.lock:
+                self.ledger.worker_errors += 1
+            return Retry(f"sender raised {what}")
+
+    def send_fresh(self, items: list[QueuedEvent]) -> bool:
+        """Send events straight from the queue as one body encoded in one msgspec call,
+        with books kept per batch: no per-event body, ``Pending`` or loop when Enso takes
+        them all (the common case). Only when it does not are the events encoded one by
+        one and settled as any other batch (retries, bisection, 413 and partial failures
+        need per-event bodies). False, having done nothing, when the per-event path must
+        cut the batch: it does not encode, or its body is over the byte limit.
+
+        Memory: the body is counted in ``outstanding_bytes`` while the request runs, on
+        top of the queued events' own estimates, which stay as they were.
+        """
+        ledger = self.ledger
+        try:
+            body = self._encoder.encode_batch(items)
+        except Exception:  # an event msgspec refuses: the per-event path isolates it
+            return False
+        size = len(body)
+        if size > ledger.schedule.byte_limit:  # only this thread changes it
+            return False
+        n = len(items)
+        now = time.monotonic()
+        with ledger.lock:
+            if ledger.closed:
+                return True  # shutdown() accounted for them (inflight_raw)
+            ledger.outstanding_bytes += size
+            ledger.inflight_body = size
+            deadline = min(ledger.deadline, self._inline_deadline)
+        timeout = self.config.timeout
+        if deadline != math.inf:
+            timeout = max(min(timeout, deadline - now), 0.05)
+        outcome = self.request(body, timeout)
+        del body
+        if isinstance(outcome, Answered):
+            verdict = reconcile(outcome.answer, n)  # pure: settle_locked checks it again
+            if verdict.vouched and not verdict.failures:
+                held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
+                with ledger.lock:
+                    ledger.outstanding_bytes -= size
+                    ledger.inflight_body = 0
+                    if not ledger.closed:  # else shutdown() already reported them
+                        settle_fresh_locked(ledger, items, held_total)
+                    ledger.inflight_raw = []
+                    ledger.settled.notify_all()
+                    ledger.room.notify_all()
+                self.reporter.log.emit()
+                return True
+        # Per-event objects, only now: the schedule retries, bisects and splits them.
+        pendings, unencodable, grown = self.encode_all(items)
+        for p in pendings:
+            p.attempts = 1
+            p.first_sent = now
+        if unencodable:  # cannot happen (the batch encoded); indices would not match
+            outcome = Retry("an event of the batch no longer encodes alone")
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                ledger.outstanding_bytes -= size
+                ledger.inflight_body = 0
+                if ledger.closed:
+                    ledger.inflight_raw = []
+                    return True  # shutdown() already reported these as dropped
+                ledger.outstanding_bytes += grown
+                ledger.inflight = pendings
+                ledger.inflight_raw = []
+                self.drop_unsendable_locked([], unencodable, reports)
+                settle_locked(
+                    ledger, pendings, outcome, time.monotonic(), reports, self.reporter.log
+                )
+                ledger.inflight = []  # only now: see send()
+                ledger.settled.notify_all()
+                ledger.room.notify_all()
+        finally:
+            self.hand_over(reports)
+        return True
 
     # ------------------------------------------------------------ the spool
 

@@ -1,0 +1,219 @@
+"""Scenario 10: the sender's CPU per event against ``track()``'s, in CPU time (issue #21).
+
+Wall time on this shared machine drifts ~2x between runs; CPU time per thread does not
+depend on what the other tenants do (beyond cache effects), so every figure here is CPU
+time: ``time.thread_time()`` around the caller's ``track()`` calls, and the sender
+thread's own clock (``pthread_getcpuclockid``) over the run.
+
+* **Paced**: 20,000 events/s for a few seconds, default configuration, to the counting
+  sink in another process. Reports the sender's CPU per delivered event divided by
+  ``track()``'s CPU per call, and the whole process's CPU (caller + sender) as a share
+  of one core.
+* **Backlog**: events tracked in a tight loop then flushed (the sender sends what has
+  piled up, in requests up to ``max_batch_bytes``): sender CPU per event.
+* **gzip**: the paced run again with ``compression="gzip"``: its extra CPU per event.
+
+Run alone: ``python -m benchmarks.sender_cpu [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._common import ENTITY, METRIC, Row, Section, Sizes, Summary
+from ._servers import ServerProcess
+from .hot_path import make_tracker
+
+__all__ = ["Figures", "paced", "run"]
+
+RATE = 20_000  # events/s (the issue's load)
+SLOT = 0.005  # seconds between bursts: 100 events every 5 ms
+RATIO_TARGET = 1.0  # sender CPU per event ÷ track() CPU per event
+SHARE_TARGET = 10.0  # % of one core for the whole client at RATE
+
+
+@dataclass(frozen=True)
+class Figures:
+    track_ns: float  # caller-thread CPU per track() call
+    sender_ns: float  # sender-thread CPU per delivered event
+    share: float  # process CPU / wall, % of one core (paced runs only)
+    requests: int
+    delivered: int
+
+    @property
+    def ratio(self) -> float:
+        return self.sender_ns / self.track_ns
+
+
+def _thread_clock(thread: threading.Thread | None) -> int:
+    """The CPU clock id of a running thread (Linux)."""
+    assert thread is not None
+    assert thread.ident is not None
+    return time.pthread_getcpuclockid(thread.ident)
+
+
+def paced(url: str, seconds: float, **options: Any) -> Figures:
+    """Track RATE events/s for ``seconds``, flush; CPU figures of caller and sender."""
+    tracker = make_tracker(url, **options)
+    track = tracker.track
+    entity, metric = ENTITY, METRIC
+    per_slot = int(RATE * SLOT)
+    slots = int(seconds / SLOT)
+    try:
+        track(entity, metric, 0)  # starts the sender thread
+        tracker.flush(10.0)
+        worker = tracker._worker
+        clock = _thread_clock(worker.thread)
+        before = tracker.stats()
+        sender0 = time.clock_gettime_ns(clock)
+        process0 = time.process_time_ns()
+        wall0 = time.perf_counter()
+        caller = 0
+        thread_time = time.thread_time_ns
+        for slot in range(slots):
+            c0 = thread_time()
+            for i in range(per_slot):
+                track(entity, metric, i)
+            caller += thread_time() - c0
+            pause = wall0 + (slot + 1) * SLOT - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        tracker.flush(60.0)
+        wall = time.perf_counter() - wall0
+        process = time.process_time_ns() - process0
+        sender = time.clock_gettime_ns(clock) - sender0
+        after = tracker.stats()
+    finally:
+        tracker.shutdown(10.0)
+    n = slots * per_slot
+    delivered = after.delivered - before.delivered
+    if delivered != n:
+        raise RuntimeError(f"delivered {delivered} of {n}: {after}")
+    return Figures(
+        track_ns=caller / n,
+        sender_ns=sender / delivered,
+        share=100.0 * process / 1e9 / wall,
+        requests=after.requests - before.requests,
+        delivered=delivered,
+    )
+
+
+def backlog(url: str, n: int, **options: Any) -> Figures:
+    """Track ``n`` events in a tight loop, then flush: the sender works on a backlog."""
+    tracker = make_tracker(url, **options)
+    track = tracker.track
+    entity, metric = ENTITY, METRIC
+    try:
+        track(entity, metric, 0)
+        tracker.flush(10.0)
+        clock = _thread_clock(tracker._worker.thread)
+        before = tracker.stats()
+        sender0 = time.clock_gettime_ns(clock)
+        c0 = time.thread_time_ns()
+        for i in range(n):
+            track(entity, metric, i)
+        caller = time.thread_time_ns() - c0
+        tracker.flush(120.0)
+        sender = time.clock_gettime_ns(clock) - sender0
+        after = tracker.stats()
+    finally:
+        tracker.shutdown(10.0)
+    delivered = after.delivered - before.delivered
+    if delivered != n:
+        raise RuntimeError(f"delivered {delivered} of {n}: {after}")
+    return Figures(caller / n, sender / delivered, 0.0, after.requests - before.requests, n)
+
+
+def _summary(values: list[float]) -> Summary:
+    return Summary.of(values)
+
+
+def run(sizes: Sizes, sink: ServerProcess) -> Section:
+    section = Section("10. Sender CPU (CPU time)")
+    seconds = 1.0 if sizes.quick else 4.0
+    repeats = 1 if sizes.quick else sizes.repeats
+    plain: list[Figures] = []
+    gzipped: list[Figures] = []
+    for _ in range(repeats):  # alternating, so drift hits both alike
+        plain.append(paced(sink.url, seconds))
+        gzipped.append(paced(sink.url, seconds, compression="gzip"))
+    ratio = _summary([f.ratio for f in plain])
+    section.rows.append(
+        Row.measured(
+            "sender CPU per delivered event ÷ track() CPU per call, 20,000 ev/s",
+            ratio,
+            "x",
+            target=f"≤ {RATIO_TARGET:.1f}x",
+            met=ratio.median <= RATIO_TARGET,
+        )
+    )
+    share = _summary([f.share for f in plain])
+    section.rows.append(
+        Row.measured(
+            "whole client's share of a core at 20,000 ev/s",
+            share,
+            "%",
+            target=f"≤ {SHARE_TARGET:.0f} %",
+            met=share.median <= SHARE_TARGET,
+        )
+    )
+    sender_ns = _summary([f.sender_ns for f in plain])
+    section.rows.append(Row.measured("sender CPU per event, 20,000 ev/s", sender_ns, "ns"))
+    track_ns = _summary([f.track_ns for f in plain])
+    section.rows.append(Row.measured("track() CPU per call, 20,000 ev/s", track_ns, "ns"))
+    gzip_cost = _summary([g.sender_ns - p.sender_ns for p, g in zip(plain, gzipped, strict=True)])
+    section.rows.append(Row.measured("gzip: extra sender CPU per event", gzip_cost, "ns"))
+    n = sizes.e2e_events
+    heavy = [backlog(sink.url, n) for _ in range(repeats)]
+    section.rows.append(
+        Row.measured(
+            f"sender CPU per event, backlog of {n:,}",
+            _summary([f.sender_ns for f in heavy]),
+            "ns",
+        )
+    )
+    section.details += [
+        f"Paced: {RATE:,} events/s as bursts of {int(RATE * SLOT)} every {SLOT * 1000:.0f} ms "
+        f"for {seconds:.0f} s, default configuration, {repeats} repeats alternating with "
+        "the same run at compression='gzip'. track() CPU: time.thread_time() around each "
+        "burst / events; sender CPU: the sender thread's clock (pthread_getcpuclockid) / "
+        "delivered; share of a core: time.process_time() / wall time of the run.",
+        f"Requests per paced run: {statistics.median(f.requests for f in plain):.0f} "
+        f"(plain), backlog run: {statistics.median(f.requests for f in heavy):.0f} requests "
+        f"for {n:,} events (fuller requests up to max_batch_bytes).",
+    ]
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sender_cpu")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backlog", type=int, default=200_000)
+    parser.add_argument("--gzip", action="store_true")
+    args = parser.parse_args(argv)
+    options: dict[str, Any] = {"compression": "gzip"} if args.gzip else {}
+    with ServerProcess("sink") as sink:
+        for _ in range(args.repeats):
+            f = paced(sink.url, args.seconds, **options)
+            print(
+                f"paced: track {f.track_ns:.0f} ns, sender {f.sender_ns:.0f} ns/event, "
+                f"ratio {f.ratio:.2f}x, share {f.share:.1f} %, {f.requests} requests"
+            )
+        for _ in range(args.repeats):
+            f = backlog(sink.url, args.backlog, **options)
+            print(
+                f"backlog: track {f.track_ns:.0f} ns, sender {f.sender_ns:.0f} ns/event, "
+                f"{f.requests} requests"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The sender's cheap paths (issue #21): one-call batch encoding, per-batch books.
+
+Behaviour only (the figures are in ``benchmarks/sender_cpu.py``): a body encoded in one
+call is byte for byte the per-event join; a fresh batch that is not wholly delivered
+falls back to per-event bookkeeping with the same eventIds and the same event JSON; the
+books balance to the byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from decimal import Decimal
+
+from enso_tracker import Tracker
+from enso_tracker._items import QueuedEvent
+from enso_tracker._schedule import take
+from enso_tracker._wire import EventEncoder, join_batch
+from enso_tracker.testing import FakeEnso, Fault
+
+from .conftest import DropLog, TrackerFactory, accepted
+
+
+def _items() -> list[QueuedEvent]:
+    second = 1_764_000_000 * 10**9
+    return [
+        (1, "evt_a_0x1", "ent", "api_calls", 1, second, None, None, 0),
+        (
+            2,
+            "custom-id",
+            "ent_ü",
+            "tökens",
+            Decimal("1.000000000000000000001"),
+            second + 1,
+            b'{"k":"v","n":[1,2]}',
+            "job-1",
+            0,
+        ),
+        (3, "evt_a_0x3", 'we"ird\\name', "m", -2.5, second + 999_999_999, None, "j", 0),
+        (4, "evt_a_0x4", "ent", "api_calls", 10**15, second + 10**9, b"{}", None, 0),
+    ]
+
+
+def test_batch_encoded_in_one_call_equals_the_per_event_join() -> None:
+    items = _items()
+    one = EventEncoder().encode_batch(items)
+    each = EventEncoder()
+    joined = join_batch([each.encode(*item[1:8]) for item in items])
+    assert one == joined
+    events = json.loads(one)["events"]
+    assert [e["eventId"] for e in events] == [item[1] for item in items]
+    assert events[1]["metadata"] == {"k": "v", "n": [1, 2]}
+    assert events[1]["JobId"] == events[1]["jobId"] == "job-1"
+    assert "metadata" not in events[0]
+
+
+def test_take_removes_the_head_in_order() -> None:
+    queue: deque[QueuedEvent] = deque(_items())
+    taken = take(queue, 3)
+    assert taken == _items()[:3]
+    assert [item[0] for item in queue] == [4]
+    assert take(queue, 0) == []
+
+
+def _balanced_to_the_byte(tracker: Tracker) -> None:
+    stats = tracker.stats()
+    assert stats.balanced
+    assert stats.queued == stats.in_flight == 0
+    assert stats.queued_bytes == 0
+    assert tracker._ledger.outstanding_bytes == 0
+    assert tracker._ledger.inflight_body == 0
+
+
+def test_fresh_batch_wholly_delivered_keeps_exact_books(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    tracker = make_tracker(flush_interval=10.0)
+    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(50)]
+    assert tracker.flush(10.0)
+    assert [e["eventId"] for e in fake.batch_requests()[0].json()["events"]] == ids
+    assert tracker.stats().delivered == 50
+    assert tracker.stats().requests == 1
+    _balanced_to_the_byte(tracker)
+
+
+def test_fresh_batch_partly_failed_is_retried_with_the_same_event_json(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    tracker = make_tracker(flush_interval=10.0)
+    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(6)]
+    fake.script(Fault(status=200, record_status={0: 503, 4: 500}), Fault(status=503))
+    assert tracker.flush(10.0)
+    requests = fake.batch_requests()
+    first = requests[0].json()["events"]
+    assert [e["eventId"] for e in first] == ids
+    resent = [e for r in requests[1:] for e in r.json()["events"]]
+    # Resent as they first went, byte for byte in JSON terms, and nothing else.
+    by_id = {e["eventId"]: e for e in first}
+    assert {e["eventId"] for e in resent} == {ids[0], ids[4]}
+    assert all(e == by_id[e["eventId"]] for e in resent)
+    assert set(fake.events) == set(ids)
+    stats = tracker.stats()
+    assert stats.delivered == 6
+    assert drops.calls == []
+    _balanced_to_the_byte(tracker)
+
+
+def test_fresh_batch_refused_whole_is_dropped_with_its_metadata(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+) -> None:
+    tracker = make_tracker(flush_interval=10.0)
+    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(3)]
+    fake.script(Fault(status=400))
+    assert tracker.flush(10.0)
+    dropped = drops.events("rejected")
+    assert [e.event_id for e in dropped] == ids
+    assert [e.metadata for e in dropped] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    _balanced_to_the_byte(tracker)
+
+
+def test_fresh_batch_over_the_learned_limit_is_cut_per_event(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    fake.max_body_bytes = 20_000
+    tracker = make_tracker(flush_interval=10.0, max_batch_size=500)
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(400)]
+    assert tracker.flush(10.0)
+    assert sorted(fake.events) == sorted(ids)
+    assert all(len(r.body) <= 20_000 for r in fake.batch_requests() if r.status == 200)
+    assert fake.duplicates == {}
+    _balanced_to_the_byte(tracker)
+    # Later fresh batches are cut to the learned limit before they are sent.
+    limit = tracker._ledger.schedule.byte_limit
+    assert limit <= 20_000
+    fake.reset()
+    more = [accepted(tracker.track("ent", "api_calls", i)) for i in range(400)]
+    assert tracker.flush(10.0)
+    assert sorted(fake.events) == sorted(more)
+    assert all(len(r.body) <= limit for r in fake.batch_requests())
