@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._compress import Compression
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -109,6 +110,11 @@ class Config:
     max_spool_bytes: int = 1024 * 1024 * 1024
     #: Largest the directory's dead-letter store grows; past it the oldest are evicted.
     max_dead_letter_bytes: int = 64 * 1024 * 1024
+    #: ``"gzip"``: compress request bodies (``Content-Encoding: gzip``, fast level). Off
+    #: by default: Enso's documentation does not say it accepts compressed bodies; a 415
+    #: answer turns it off for the tracker and the body is resent uncompressed. Also
+    #: ``ENSO_COMPRESSION=gzip``.
+    compression: Compression | None = None
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -151,6 +157,8 @@ class Config:
             )
         _check_int("max_spool_bytes", self.max_spool_bytes, 1024 * 1024, 1 << 50)
         _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
+        if self.compression not in (None, "gzip"):
+            raise ConfigurationError(f"compression={self.compression!r}: must be None or 'gzip'")
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
 
@@ -264,8 +272,8 @@ def _check_url(url: object, allow_insecure_http: bool) -> None:
 
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``Tracker`` keywords from ``ENSO_API_KEY``, ``ENSO_CLIENT_KEY`` +
-    ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL`` and ``ENSO_SPOOL_DIR`` (unset or empty
-    ones are left out)."""
+    ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL``, ``ENSO_SPOOL_DIR`` and ``ENSO_COMPRESSION``
+    (unset or empty ones are left out; ``ENSO_COMPRESSION=none`` is off)."""
     kwargs: dict[str, Any] = {}
     for var, name in (
         ("ENSO_API_KEY", "api_key"),
@@ -276,4 +284,7 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     ):
         if environ.get(var):
             kwargs[name] = environ[var]
+    compression = environ.get("ENSO_COMPRESSION", "").strip().lower()
+    if compression:  # a wrong value fails in Config, naming it
+        kwargs["compression"] = None if compression in ("none", "off", "0") else compression
     return kwargs
