@@ -27,6 +27,8 @@ from typing import Any, Literal
 from ._config import Config
 from ._dead_letters import DEAD_KINDS, item_of
 from ._items import (
+    ENTITY,
+    ID,
     IN_BODY,
     JOB,
     META,
@@ -35,6 +37,7 @@ from ._items import (
     WHOLE_BODY,
     Pending,
     QueuedEvent,
+    event_id_of,
     held,
     metadata_of,
 )
@@ -399,6 +402,8 @@ class Ledger:
                 item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
             elif item[META] is WHOLE_BODY:  # read back from the spool
                 item = item_of(p.body, p.seq)
+            if item[ID] is None:  # reported with its generated id (see _items.ID)
+                item = (item[SEQ], event_id_of(item, self.id_prefix), *item[ENTITY:])
             items.append(item)
             self.outstanding -= 1
             self.outstanding_bytes -= p.size

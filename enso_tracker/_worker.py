@@ -33,8 +33,8 @@ from ._config import Config
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
+    ENTITY,
     EVENT_OVERHEAD,
-    ID,
     IN_BODY,
     JOB,
     META,
@@ -43,6 +43,7 @@ from ._items import (
     SIZE,
     Pending,
     QueuedEvent,
+    event_id_of,
     held,
 )
 from ._ledger import Ledger
@@ -394,7 +395,8 @@ class Worker:
     def encode(self, item: QueuedEvent) -> bytes:
         # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
         # a retried event's memory what max_queue_bytes counts.
-        return bytes(memoryview(self._encoder.encode(*item[ID:SIZE])))
+        event_id = event_id_of(item, self.ledger.id_prefix)
+        return bytes(memoryview(self._encoder.encode(event_id, *item[ENTITY:SIZE])))
 
     def encode_all(
         self, taken: Sequence[Pending | QueuedEvent]
@@ -521,7 +523,7 @@ class Worker:
         """
         ledger = self.ledger
         try:
-            body = self._encoder.encode_batch(items)
+            body = self._encoder.encode_batch(items, ledger.id_prefix)
         except Exception:  # an event msgspec refuses: the per-event path isolates it
             return False
         size = len(body)

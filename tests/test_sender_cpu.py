@@ -13,7 +13,7 @@ from collections import deque
 from decimal import Decimal
 
 from enso_tracker import Tracker
-from enso_tracker._items import QueuedEvent
+from enso_tracker._items import QueuedEvent, event_id_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
 from enso_tracker.testing import FakeEnso, Fault
@@ -24,7 +24,7 @@ from .conftest import DropLog, TrackerFactory, accepted
 def _items() -> list[QueuedEvent]:
     second = 1_764_000_000 * 10**9
     return [
-        (1, "evt_a_0x1", "ent", "api_calls", 1, second, None, None, 0),
+        (1, None, "ent", "api_calls", 1, second, None, None, 0),  # a generated id
         (
             2,
             "custom-id",
@@ -43,12 +43,12 @@ def _items() -> list[QueuedEvent]:
 
 def test_batch_encoded_in_one_call_equals_the_per_event_join() -> None:
     items = _items()
-    one = EventEncoder().encode_batch(items)
+    one = EventEncoder().encode_batch(items, "evt_a_")
     each = EventEncoder()
-    joined = join_batch([each.encode(*item[1:8]) for item in items])
+    joined = join_batch([each.encode(event_id_of(item, "evt_a_"), *item[2:8]) for item in items])
     assert one == joined
     events = json.loads(one)["events"]
-    assert [e["eventId"] for e in events] == [item[1] for item in items]
+    assert [e["eventId"] for e in events] == ["evt_a_0x1", "custom-id", "evt_a_0x3", "evt_a_0x4"]
     assert events[1]["metadata"] == {"k": "v", "n": [1, 2]}
     assert events[1]["JobId"] == events[1]["jobId"] == "job-1"
     assert "metadata" not in events[0]
