@@ -22,6 +22,7 @@ from . import (
     memory,
     overhead,
     peers,
+    sender_cpu,
     spool,
     spool_adopt,
     throughput,
@@ -79,6 +80,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("7. asyncio: event-loop gaps", lambda: async_gap.run(sizes, sink)),
             ("8. Durable spool", lambda: spool.run(sizes, sink)),
             ("9. Spool adoption", lambda: spool_adopt.run(sizes, sink)),
+            ("10. Sender CPU (CPU time)", lambda: sender_cpu.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

@@ -25,6 +25,7 @@ HEADINGS = (
     "### Async: event-loop gap during aflush()",
     "### 8. Durable spool",
     "### 9. Spool adoption",
+    "### 10. Sender CPU",
 )
 
 
