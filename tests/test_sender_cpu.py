@@ -12,7 +12,9 @@ import json
 from collections import deque
 from decimal import Decimal
 
-from enso_tracker import Tracker
+import pytest
+
+from enso_tracker import ConfigurationError, Tracker
 from enso_tracker._items import QueuedEvent, event_id_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
@@ -137,3 +139,33 @@ def test_fresh_batch_over_the_learned_limit_is_cut_per_event(
     assert tracker.flush(10.0)
     assert sorted(fake.events) == sorted(more)
     assert all(len(r.body) <= limit for r in fake.batch_requests())
+
+
+def test_a_backlog_goes_in_fuller_requests_within_the_byte_limit(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    tracker = make_tracker(
+        flush_interval=10.0, max_batch_size=50, max_backlog_batch_size=400, max_batch_bytes=40_000
+    )
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(1_000)]
+    assert tracker.flush(10.0)
+    requests = fake.batch_requests()
+    sizes = [len(r.json()["events"]) for r in requests]
+    assert max(sizes) > 50  # fuller than max_batch_size: it was a backlog
+    assert max(sizes) <= 400
+    assert all(len(r.body) <= 40_000 for r in requests)
+    assert [e["eventId"] for r in requests for e in r.json()["events"]] == ids
+    _balanced_to_the_byte(tracker)
+
+
+def test_without_a_backlog_requests_keep_max_batch_size(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    tracker = make_tracker(flush_interval=10.0, max_batch_size=50, max_backlog_batch_size=50)
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(300)]
+    assert tracker.flush(10.0)
+    sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
+    assert max(sizes) <= 50
+    assert sum(sizes) == len(ids)
+    with pytest.raises(ConfigurationError, match="max_backlog_batch_size"):
+        make_tracker(max_backlog_batch_size=0)
