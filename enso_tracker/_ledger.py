@@ -460,6 +460,8 @@ class Ledger:
 
     def recover_locked(self) -> None:
         """After an unexpected error mid-round: put what it had taken back in line."""
+        self.outstanding_bytes -= self.inflight_body  # a fresh batch's body is gone
+        self.inflight_body = 0
         if self.inflight_raw:
             self.queue.extendleft(reversed(self.inflight_raw))
             self.inflight_raw = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -169,3 +170,25 @@ def test_without_a_backlog_requests_keep_max_batch_size(
     assert sum(sizes) == len(ids)
     with pytest.raises(ConfigurationError, match="max_backlog_batch_size"):
         make_tracker(max_backlog_batch_size=0)
+
+
+def test_an_error_mid_request_puts_a_fresh_batch_back_with_exact_books(
+    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = make_tracker(flush_interval=10.0)
+    worker = tracker._worker
+    real_request = worker.request
+    calls: list[int] = []
+
+    def request(body: bytes, timeout: float) -> Any:
+        calls.append(len(body))
+        if len(calls) == 1:
+            raise RuntimeError("a bug after the body was counted")
+        return real_request(body, timeout)
+
+    monkeypatch.setattr(worker, "request", request)
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(20)]
+    assert tracker.flush(10.0)
+    assert set(fake.events) == set(ids)
+    assert tracker.stats().worker_errors == 1
+    _balanced_to_the_byte(tracker)
