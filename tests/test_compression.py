@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from pathlib import Path
 
 import httpx
 import pytest
@@ -191,3 +192,23 @@ def test_probe_compression_says_whether_enso_reads_gzip() -> None:
         # No usage ever sent, and the refused probe was not resent plain.
         assert fake.events == {}
         assert [_gzipped(r.headers) for r in fake.batch_requests()] == [True, True]
+
+
+def test_with_a_spool_the_415_fallback_sends_the_exact_rows_plain(
+    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog, tmp_path: Path
+) -> None:
+    fake.accept_gzip = False
+    tracker = make_tracker(compression="gzip", spool_dir=str(tmp_path / "spool"))
+    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(30)]
+    assert tracker.flush(10.0)
+    requests = fake.batch_requests()
+    assert [(r.status, _gzipped(r.headers)) for r in requests][:2] == [(415, True), (200, False)]
+    assert all(not _gzipped(r.headers) for r in requests[1:])
+    assert _ids(requests[0].json()) == _ids(requests[1].json())
+    assert sorted(fake.events) == sorted(ids)
+    assert fake.duplicates == {}
+    assert drops.calls == []
+    stats = tracker.stats()
+    assert stats.balanced
+    assert stats.delivered == 30
+    assert stats.spooled == 0

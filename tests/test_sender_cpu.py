@@ -192,3 +192,22 @@ def test_an_error_mid_request_puts_a_fresh_batch_back_with_exact_books(
     assert set(fake.events) == set(ids)
     assert tracker.stats().worker_errors == 1
     _balanced_to_the_byte(tracker)
+
+
+def test_a_backlog_over_a_learned_413_limit_is_cut_and_delivered_once(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    fake.max_body_bytes = 30_000
+    tracker = make_tracker(flush_interval=10.0, max_batch_size=100, max_backlog_batch_size=2_000)
+    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3_000)]
+    assert tracker.flush(20.0)
+    assert sorted(fake.events) == sorted(ids)
+    assert fake.duplicates == {}
+    requests = fake.batch_requests()
+    refused = [r for r in requests if r.status == 413]
+    # Each 413 halves the limit for good (and its events go back, split): a few, no storm.
+    assert 1 <= len(refused) <= 6
+    assert all(r.status in (200, 413) for r in requests)
+    assert sum(len(r.json()["events"]) for r in requests if r.status == 200) == 3_000
+    assert tracker.stats().dropped == {}
+    _balanced_to_the_byte(tracker)
