@@ -5,7 +5,11 @@ same eventIds and the books exact."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -212,3 +216,32 @@ def test_with_a_spool_the_415_fallback_sends_the_exact_rows_plain(
     assert stats.balanced
     assert stats.delivered == 30
     assert stats.spooled == 0
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["reads-gzip", "refuses-gzip"])
+def test_doctor_reports_whether_enso_reads_gzip(accept: bool) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("ENSO_")
+    }
+    with FakeEnso(accept_gzip=accept) as fake:
+        env.update({"ENSO_BASE_URL": fake.url, "ENSO_API_KEY": fake.api_key})
+        proc = subprocess.run(
+            [sys.executable, "-m", "enso_tracker", "doctor", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert fake.event_ids() == []  # no usage billed by either probe
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    compression = found["compression"]
+    if accept:
+        assert compression["ok"] is True
+        assert "may be turned on" in compression["detail"]
+    else:
+        assert compression["ok"] is None  # opt-in: informational, never a failed check
+        assert "415" in compression["detail"]
