@@ -13,7 +13,10 @@ from collections import deque
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enso_tracker import ConfigurationError, Tracker
 from enso_tracker._items import QueuedEvent, event_id_of
@@ -211,3 +214,45 @@ def test_a_backlog_over_a_learned_413_limit_is_cut_and_delivered_once(
     assert sum(len(r.json()["events"]) for r in requests if r.status == 200) == 3_000
     assert tracker.stats().dropped == {}
     _balanced_to_the_byte(tracker)
+
+
+_names = st.text(min_size=1, max_size=30).filter(lambda s: not s.isspace())
+_values = st.one_of(
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.decimals(allow_nan=False, allow_infinity=False, places=6),
+)
+_metadata = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=20)), max_size=3
+    ),
+)
+_events = st.lists(
+    st.tuples(
+        _names,
+        _names,
+        _values,
+        st.integers(min_value=0, max_value=2**62),
+        _metadata,
+        st.one_of(st.none(), st.text(alphabet="abcdef0123456789-", min_size=1, max_size=40)),
+        st.one_of(st.none(), st.text(alphabet="xyz0123456789_", min_size=1, max_size=20)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_events)
+def test_one_call_body_equals_the_per_event_join_for_any_events(events: list[Any]) -> None:
+    items: list[QueuedEvent] = []
+    for seq, (entity, metric, value, ts, metadata, job, given_id) in enumerate(events, 1):
+        meta = None if metadata is None else msgspec.json.encode(metadata)
+        items.append((seq, given_id, entity, metric, value, ts, meta, job, 0))
+    one = EventEncoder().encode_batch(items, "evt_p_")
+    each = EventEncoder()
+    joined = join_batch([each.encode(event_id_of(item, "evt_p_"), *item[2:8]) for item in items])
+    assert one == joined
+    decoded = msgspec.json.decode(one)["events"]
+    assert [e["eventId"] for e in decoded] == [event_id_of(item, "evt_p_") for item in items]
