@@ -48,7 +48,8 @@ class Config:
     base_url: str = DEFAULT_BASE_URL
     #: Events per POST (OpenTelemetry's default is 512). Enso documents no limit; a
     #: 500-event body is ~115 KB, far below gateway limits, and a 413 splits and learns.
-    #: At low rates batches stay small anyway: ``flush_interval`` cuts them.
+    #: At low rates batches stay small anyway: ``flush_interval`` cuts them. A backlog
+    #: (more than one full batch queued) goes in requests of ``max_backlog_batch_size``.
     max_batch_size: int = 500
     #: Encoded bytes per POST body (the whole ``{"events": [...]}``).
     max_batch_bytes: int = 1024 * 1024
