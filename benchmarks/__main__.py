@@ -24,6 +24,7 @@ from . import (
     overhead,
     peers,
     receipts,
+    sender_cpu,
     spool,
     spool_adopt,
     throughput,
@@ -83,6 +84,7 @@ def run_all(sizes: Sizes) -> tuple[list[Section], bool]:
             ("9. Spool adoption", lambda: spool_adopt.run(sizes, sink)),
             ("10. CLI import", lambda: cli_import.run(sizes, sink)),
             ("11. Receipts", lambda: receipts.run(sizes, sink)),
+            ("12. Sender CPU (CPU time)", lambda: sender_cpu.run(sizes, sink)),
         ]
         for heading, body in steps:
             section, success = _guarded(heading, body)

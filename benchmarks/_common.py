@@ -151,6 +151,10 @@ def fmt_pct(value: float) -> str:
     return f"{value:+.1f} %"
 
 
+def fmt_share(value: float) -> str:
+    return f"{value:.1f} %"
+
+
 def fmt_bytes(value: float) -> str:
     return f"{value:,.0f} B"
 
@@ -195,6 +199,7 @@ _FORMATTERS = {
     "rate": fmt_rate,
     "ratio": fmt_ratio,
     "pct": fmt_pct,
+    "share": fmt_share,
     "bytes": fmt_bytes,
     "s": fmt_s,
 }

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._compress import Compression
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ class Config:
     base_url: str = DEFAULT_BASE_URL
     #: Events per POST (OpenTelemetry's default is 512). Enso documents no limit; a
     #: 500-event body is ~115 KB, far below gateway limits, and a 413 splits and learns.
-    #: At low rates batches stay small anyway: ``flush_interval`` cuts them.
+    #: At low rates batches stay small anyway: ``flush_interval`` cuts them. A backlog
+    #: (more than one full batch queued) goes in requests of ``max_backlog_batch_size``.
     max_batch_size: int = 500
     #: Encoded bytes per POST body (the whole ``{"events": [...]}``).
     max_batch_bytes: int = 1024 * 1024
@@ -135,6 +137,16 @@ class Config:
     receipts_dir: str | None = None
     #: How long per-event receipts are kept (``receipts="events"``): 35 days.
     receipts_retention: float = 35 * DAY
+    #: ``"gzip"``: compress request bodies (``Content-Encoding: gzip``, fast level). Off
+    #: by default: Enso's documentation does not say it accepts compressed bodies; a 415
+    #: answer turns it off for the tracker and the body is resent uncompressed. Also
+    #: ``ENSO_COMPRESSION=gzip``.
+    compression: Compression | None = None
+    #: Events per request while a backlog is queued (more than one full batch waiting:
+    #: high rates, after an outage), within ``max_batch_bytes``: fewer, fuller requests
+    #: cost the sender (and, through the GIL, your threads) less CPU per event. Never
+    #: below ``max_batch_size``; set it equal to keep every request at that size.
+    max_backlog_batch_size: int = 5_000
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -196,6 +208,9 @@ class Config:
         if type(self.disabled) is not bool:
             raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
         self._check_receipts()
+        _check_int("max_backlog_batch_size", self.max_backlog_batch_size, 1, 1_000_000)
+        if self.compression not in (None, "gzip"):
+            raise ConfigurationError(f"compression={self.compression!r}: must be None or 'gzip'")
         if self.on_drop is not None and not callable(self.on_drop):
             raise ConfigurationError(f"on_drop={self.on_drop!r}: must be callable")
 
@@ -331,8 +346,9 @@ def _check_url(url: object, allow_insecure_http: bool) -> None:
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``Tracker`` keywords from ``ENSO_API_KEY``, ``ENSO_CLIENT_KEY`` +
     ``ENSO_CLIENT_SECRET``, ``ENSO_BASE_URL``, ``ENSO_SPOOL_DIR``,
-    ``ENSO_MAX_SPOOL_DIR_BYTES`` and ``ENSO_SPOOL_MIN_FREE_BYTES`` (unset or empty ones
-    are left out; a byte count that is not an integer is a ``ConfigurationError``)."""
+    ``ENSO_MAX_SPOOL_DIR_BYTES``, ``ENSO_SPOOL_MIN_FREE_BYTES`` and ``ENSO_COMPRESSION``
+    (unset or empty ones are left out; a byte count that is not an integer is a
+    ``ConfigurationError``; ``ENSO_COMPRESSION=none`` is off)."""
     kwargs: dict[str, Any] = {}
     for var, name in (
         ("ENSO_API_KEY", "api_key"),
@@ -356,6 +372,9 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigurationError(
                     f"{var}={text!r}: must be a whole number of bytes"
                 ) from None
+    compression = environ.get("ENSO_COMPRESSION", "").strip().lower()
+    if compression:  # a wrong value fails in Config, naming it
+        kwargs["compression"] = None if compression in ("none", "off", "0") else compression
     return kwargs
 
 

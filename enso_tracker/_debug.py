@@ -62,17 +62,26 @@ def _outcome(outcome: Outcome) -> str:
 
 
 def log_request(
-    deferred: DeferredLog, batch: Sequence[Pending], size: int, outcome: Outcome, took: float
+    deferred: DeferredLog,
+    batch: Sequence[Pending] | int,
+    size: int,
+    outcome: Outcome,
+    took: float,
 ) -> None:
-    """Queue the DEBUG line of one request. Without DEBUG it costs one level check: the
-    attempt (the highest of the batch's events: 1 is a first try) is read only with it."""
+    """Queue the DEBUG line of one request (``batch``: its events, or how many on a first
+    try). Without DEBUG it costs one level check: the attempt (the highest of the
+    batch's events: 1 is a first try) is read only with it."""
     if log.isEnabledFor(logging.DEBUG):
+        if isinstance(batch, int):
+            n, attempt = batch, 1
+        else:
+            n, attempt = len(batch), max([p.attempts for p in batch])
         deferred.always(
             logging.DEBUG,
             "POST /events/batch: %d event(s), %d bytes, attempt %d: %s in %.3f s",
-            len(batch),
+            n,
             size,
-            max([p.attempts for p in batch]),
+            attempt,
             _outcome(outcome),
             took,
         )

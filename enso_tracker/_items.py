@@ -30,13 +30,19 @@ __all__ = [
     "WHOLE_BODY",
     "Pending",
     "QueuedEvent",
+    "event_id_of",
     "held",
     "metadata_of",
 ]
 
 # Layout of a queued event; a tuple because it is the cheapest thing to build in track().
-QueuedEvent = tuple[int, str, str, str, int | float | Decimal, int, bytes | None, str | None, int]
+QueuedEvent = tuple[
+    int, str | None, str, str, int | float | Decimal, int, bytes | None, str | None, int
+]
 SEQ: Final = 0  # acceptance sequence number (== accepted count when it was queued)
+#: The caller's ``event_id``, or None for a generated one, which is not stored (a ~75-byte
+#: string per queued event): it is ``id_prefix + hex(seq)``, rebuilt by ``event_id_of``
+#: when the event is encoded or reported.
 ID: Final = 1
 ENTITY: Final = 2
 METRIC: Final = 3
@@ -57,6 +63,12 @@ EVENT_OVERHEAD: Final = 420
 #: Added once the event is encoded: the Pending struct, its floats, its body's header
 #: and its heap entries (the body's own length is counted on top).
 PENDING_OVERHEAD: Final = 240
+
+
+def event_id_of(item: QueuedEvent, prefix: str) -> str:
+    """The eventId of a queued event: the caller's, or the generated one (see ``ID``)."""
+    given = item[ID]
+    return prefix + hex(item[SEQ]) if given is None else given
 
 
 def held(item: QueuedEvent) -> int:

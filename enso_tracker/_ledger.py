@@ -27,6 +27,8 @@ from typing import Any, Literal
 from ._config import Config
 from ._dead_letters import DEAD_KINDS, item_of
 from ._items import (
+    ENTITY,
+    ID,
     IN_BODY,
     JOB,
     META,
@@ -35,6 +37,7 @@ from ._items import (
     WHOLE_BODY,
     Pending,
     QueuedEvent,
+    event_id_of,
     held,
     metadata_of,
 )
@@ -71,6 +74,7 @@ class Ledger:
         "foreign_files",
         "id_prefix",
         "inflight",
+        "inflight_body",
         "inflight_raw",
         "last_error",
         "last_success_at",
@@ -114,6 +118,8 @@ class Ledger:
         self.queue: deque[QueuedEvent] = deque()
         self.inflight: list[Pending] = []
         self.inflight_raw: list[QueuedEvent] = []  # taken from the queue, being encoded
+        #: Bytes of the one-call body of a fresh batch in flight (in outstanding_bytes).
+        self.inflight_body = 0
         self.outstanding = 0  # events queued, in flight or in the schedule
         self.outstanding_bytes = 0
         self.flush_waiters = 0
@@ -391,9 +397,21 @@ class Ledger:
         if taken:
             if not source and not self.queue:
                 self.flush_asked = False
-            self.inflight = [p for p in taken if isinstance(p, Pending)]
-            # Raw queue items become Pending once encoded; in flight from now on.
-            self.inflight_raw = [q for q in taken if not isinstance(q, Pending)]
+            # The schedule puts Pendings (retries, staged) before raw queue items, which
+            # become Pending once encoded, or not at all (a fresh batch that all goes
+            # through); in flight from now on. Split without a per-event isinstance.
+            if isinstance(taken[-1], Pending):
+                self.inflight = taken  # type: ignore[assignment]  # all Pendings
+                self.inflight_raw = []
+            elif not isinstance(taken[0], Pending):
+                self.inflight = []
+                self.inflight_raw = taken  # type: ignore[assignment]  # all fresh
+            else:
+                split = 1
+                while isinstance(taken[split], Pending):
+                    split += 1
+                self.inflight = taken[:split]  # type: ignore[assignment]
+                self.inflight_raw = taken[split:]  # type: ignore[assignment]
         return taken, wait
 
     def delivered_locked(self, batch: list[Pending]) -> None:
@@ -403,6 +421,16 @@ class Ledger:
         self.outstanding_bytes -= sum([p.size for p in batch])
         if self.spool or self.receipts:
             self.finished.extend(batch)
+
+    def delivered_fresh_locked(self, items: list[QueuedEvent], held_total: int) -> None:
+        """Every event of a fresh batch (never a Pending: see ``Worker.send_fresh``) is
+        delivered; ``held_total`` is what they held. O(1)."""
+        n = len(items)
+        self.delivered += n
+        self.outstanding -= n
+        self.outstanding_bytes -= held_total
+        if self.receipts:  # folded by the receipts (never a spool row on this path)
+            self.finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""
@@ -424,6 +452,8 @@ class Ledger:
                 item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
             elif item[META] is WHOLE_BODY:  # read back from the spool
                 item = item_of(p.body, p.seq)
+            if item[ID] is None:  # reported with its generated id (see _items.ID)
+                item = (item[SEQ], event_id_of(item, self.id_prefix), *item[ENTITY:])
             items.append(item)
             self.outstanding -= 1
             self.outstanding_bytes -= p.size
@@ -481,6 +511,8 @@ class Ledger:
 
     def recover_locked(self) -> None:
         """After an unexpected error mid-round: put what it had taken back in line."""
+        self.outstanding_bytes -= self.inflight_body  # a fresh batch's body is gone
+        self.inflight_body = 0
         if self.inflight_raw:
             self.queue.extendleft(reversed(self.inflight_raw))
             self.inflight_raw = []
@@ -563,6 +595,7 @@ class Ledger:
             retried=self.retried,
             queued=self.outstanding + self.on_disk - in_flight,
             queued_bytes=self.outstanding_bytes
+            - self.inflight_body
             - sum(p.size for p in self.inflight)
             - sum(held(item) for item in self.inflight_raw),
             in_flight=in_flight,

@@ -26,7 +26,14 @@ from ._errors import describe_exception
 from ._schedule import RetryPolicy
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
 
-__all__ = ["PREFLIGHT_TIMEOUT", "PROBE_BODY", "ProbeResult", "preflight", "probe"]
+__all__ = [
+    "PREFLIGHT_TIMEOUT",
+    "PROBE_BODY",
+    "ProbeResult",
+    "preflight",
+    "probe",
+    "probe_compression",
+]
 
 PROBE_BODY = b'{"events":[]}'
 #: Longest :func:`preflight` keeps trying an Enso that does not answer (or answers 5xx).
@@ -109,9 +116,15 @@ class _ProbeSender(HttpSender):
     content: bytes = b""
 
     def _post(
-        self, client: httpx.Client, body: bytes, authorization: str, timeout: float
+        self,
+        client: httpx.Client,
+        body: bytes,
+        authorization: str,
+        timeout: float,
+        *,
+        gzipped: bool = False,
     ) -> httpx.Response:
-        response = super()._post(client, body, authorization, timeout)
+        response = super()._post(client, body, authorization, timeout, gzipped=gzipped)
         self.status = response.status_code
         self.date = response.headers.get("Date")
         return response
@@ -150,6 +163,36 @@ def probe(
         logins=credentials.logins,
         token_lifetime=observed.lifetime,
     )
+
+
+CompressionKind = Literal["accepted", "refused", "unknown"]
+
+
+def probe_compression(
+    config: Config,
+    credentials: Credentials,
+    timeout: float,
+    transport: httpx.BaseTransport | None = None,
+) -> tuple[CompressionKind, str]:
+    """Whether Enso reads a gzip body: the empty batch again, gzip-compressed, without
+    the sender's plain fallback. ``accepted``: answered as the plain probe is (2xx, or
+    400 with code 2003: it read the JSON inside); ``refused``: 415, or a 400 without
+    code 2003 (it did not read it); ``unknown``: anything else, with the sender's words."""
+    sender = _ProbeSender(config.replace(compression="gzip"), _Observed(credentials), transport)
+    sender.fallback = False
+    try:
+        outcome: Outcome = sender.send(PROBE_BODY, timeout)
+    except Exception as exc:  # a sender should not raise; doctor must not show a traceback
+        outcome = Retry(describe_exception(exc))
+    finally:
+        sender.close()
+    kind, status = _kind(outcome, sender, credentials)
+    if kind == "accepted":
+        return "accepted", f"Enso read a gzip-compressed empty batch (HTTP {status})"
+    if status in (400, 415):
+        return "refused", f"Enso answered HTTP {status} to a gzip-compressed empty batch"
+    message = outcome.message if not isinstance(outcome, Answered) else "accepted"
+    return "unknown", message
 
 
 def _kind(

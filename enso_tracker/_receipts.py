@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending
+from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending, event_id_of
 from ._model import DropReason
 from ._spool_identity import short
 from ._spool_trust import create_private, open_sqlite
@@ -188,7 +188,7 @@ def _from_item(p: Pending) -> tuple[str, str, str, str, str]:
     value = item[VALUE]
     text = repr(value) if isinstance(value, float) else str(value)
     hour = time.strftime("%Y-%m-%dT%H", time.gmtime(item[TS] // 1_000_000_000))
-    return str(item[ID]), str(item[ENTITY]), str(item[METRIC]), hour, text
+    return str(item[ID] or ""), str(item[ENTITY]), str(item[METRIC]), hour, text
 
 
 def facts_of(p: Pending) -> tuple[str, str, str, str, str]:
@@ -214,21 +214,6 @@ def outcome_of(receipt: object) -> tuple[str, str | None, int | None, str | None
         tag = code if code is not None else f"http-{receipt.status}"
         return f"rejected:{tag}", code, receipt.status, receipt.message[:300]
     return f"dropped:{receipt.kind}", code, receipt.status, receipt.message[:300]
-
-
-def fold_into(fold: Fold, facts: tuple[str, str, str, str, str], outcome: str) -> None:
-    _, entity, metric, hour, value = facts
-    key = (entity, metric, hour, outcome)
-    try:
-        amount = number(value)
-    except (ValueError, decimal.InvalidOperation):
-        amount = 0  # not a number on the wire (Enso rejects it): counted, adds nothing
-    slot = fold.get(key)
-    if slot is None:
-        fold[key] = [1, amount]
-    else:
-        slot[0] += 1
-        slot[1] = add(slot[1], amount)
 
 
 # ------------------------------------------------------------------ the store
@@ -398,6 +383,9 @@ class SpoolReceipts:
         self.loose: Fold = {}
         self.event_rows: list[EventRow] = []
         self.next_move = 0.0
+        #: The tracker's ledger (set by the tracker): a generated eventId is not stored
+        #: with its event but rebuilt from the ledger's ``id_prefix`` (``_items.ID``).
+        self.ledger: Any = None
         self._hours: dict[int, str] = {}  # hour number → "YYYY-MM-DDTHH" (UTC)
         #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender
         #: thread that outlived its join still folds: one at a time.
@@ -424,7 +412,8 @@ class SpoolReceipts:
                 except (ValueError, decimal.InvalidOperation):
                     amount = 0
             else:
-                event_id, entity, metric, value = item[ID], item[ENTITY], item[METRIC], item[VALUE]
+                entity, metric, value = item[ENTITY], item[METRIC], item[VALUE]
+                event_id = event_id_of(item, self.ledger.id_prefix if self.ledger else "")
                 h = item[TS] // _HOUR_NS
                 cached = hours.get(h)
                 if cached is None:
@@ -461,27 +450,6 @@ class SpoolReceipts:
                     (event_id, entity, metric, hour, text_of(amount), outcome, code, status,
                      message, time.time())
                 )  # fmt: skip
-
-    def note(self, p: Pending, row: Any) -> None:
-        """A settled event: folded into its spool row's receipt (written when the row is
-        released), or into the loose totals when it has no row."""
-        receipt = p.receipt
-        if receipt is FOLDED:
-            return  # a second sighting of an event already folded
-        p.receipt = FOLDED
-        facts = facts_of(p)
-        outcome, code, status, message = outcome_of(receipt)
-        if row is None:
-            fold_into(self.loose, facts, outcome)
-        else:
-            if row.receipt is None:
-                row.receipt = {}
-            fold_into(row.receipt, facts, outcome)
-        if self.events:
-            event_id, entity, metric, hour, value = facts
-            self.event_rows.append(
-                (event_id, entity, metric, hour, value, outcome, code, status, message, time.time())
-            )
 
     def commit(self) -> list[tuple[str, str]]:
         """Write per-event rows and loose totals to the store (before any spool row of

@@ -68,7 +68,7 @@ class Reporter:
     def public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
         return [
             Event(
-                event_id=item[ID],
+                event_id=item[ID] or "",  # None only before drop_locked fills it
                 entity=item[ENTITY],
                 metric=item[METRIC],
                 value=item[VALUE],

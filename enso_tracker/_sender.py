@@ -12,6 +12,8 @@ answer                       outcome
 408, 425, 429, 5xx, network  :class:`Retry` (``Retry-After`` honoured)
 timeout (whole request)      :class:`Retry`
 413                          :class:`TooLarge` (the worker splits the batch)
+415 / 400 to a gzip body     resent plain at once; 415 (or a 2xx to the plain
+                             resend) turns compression off for the tracker
 401                          re-login once and replay; then :class:`Unauthorized`
 403, other 4xx, 3xx          :class:`Rejected` (permanent)
 ===========================  ===============================================
@@ -51,6 +53,7 @@ import msgspec
 
 from ._answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
 from ._auth import AuthFailure, Credentials
+from ._compress import gzip_body
 from ._config import Config
 from ._deadline import Deadline, arm
 from ._errors import describe_exception
@@ -188,6 +191,11 @@ class HttpSender:
         self._deadline = Deadline()
         #: Connections closed because bytes followed an answer (see :mod:`._reuse`).
         self.discarded = 0
+        #: Bodies go out gzip-compressed (``compression="gzip"``), until Enso refuses it.
+        self.gzip = config.compression == "gzip"
+        self.gzip_refused = False
+        #: Resend a refused gzip body plain (off only in ``doctor``'s compression probe).
+        self.fallback = True
 
     @property
     def logins(self) -> int:
@@ -248,6 +256,9 @@ class HttpSender:
     def _send(self, client: httpx.Client, body: bytes, timeout: float) -> Outcome:
         relogged = False
         limit = answer_limit(body)
+        #: What goes on the wire: the body, or (compression="gzip") its gzip.
+        wire = gzip_body(body) if self.gzip else body
+        plain_after_400 = False
         while True:
             try:
                 authorization = self._credentials.authorization(client, timeout)
@@ -256,7 +267,8 @@ class HttpSender:
                     return Retry(str(exc), exc.status)
                 return Unauthorized(str(exc), exc.status)
             try:
-                response = self._post(client, body, authorization, timeout)
+                gzipped = wire is not body
+                response = self._post(client, wire, authorization, timeout, gzipped=gzipped)
                 try:
                     content, whole = self._read(response, limit)
                     stale = stale_reason(response)
@@ -275,7 +287,28 @@ class HttpSender:
             if status == 401 and not relogged and self._credentials.invalidate(authorization):
                 relogged = True  # one fresh login, then replay the very same body
                 continue
+            if wire is not body and status in (400, 415) and self.fallback:
+                # The encoding refused (415), or perhaps not read (a 400: a server that
+                # ignores Content-Encoding parses gzip as JSON): the same body, plain.
+                if status == 415:
+                    self._gzip_refused(f"HTTP 415: {parse_error_message(content, 120)}")
+                else:
+                    plain_after_400 = True
+                wire = body
+                continue
+            if plain_after_400 and 200 <= status < 300:
+                self._gzip_refused("HTTP 400 to the gzip body, 2xx to the same body plain")
             return self._classify(response, content)
+
+    def _gzip_refused(self, why: str) -> None:
+        """Enso does not take gzip bodies: plain from now on, for this tracker; said once."""
+        self.gzip = False
+        self.gzip_refused = True
+        log.warning(
+            "Enso refused a gzip-compressed request body (%s); compression is off for this "
+            "tracker, and the batch was resent uncompressed (same eventIds)",
+            why,
+        )
 
     def _discard(self, response: httpx.Response) -> None:
         discard(response)
@@ -304,7 +337,13 @@ class HttpSender:
         return content, len(content) < ERROR_ANSWER_BYTES
 
     def _post(
-        self, client: httpx.Client, body: bytes, authorization: str, timeout: float
+        self,
+        client: httpx.Client,
+        body: bytes,
+        authorization: str,
+        timeout: float,
+        *,
+        gzipped: bool = False,
     ) -> httpx.Response:
         """The response with its body not read yet: the caller reads it, bounded."""
         headers = {
@@ -312,6 +351,8 @@ class HttpSender:
             "Authorization": authorization,
             "Content-Type": "application/json",
         }
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
         direct = self._direct
         if direct is None:
             request = client.build_request(

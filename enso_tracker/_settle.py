@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, assert_never
 
-from ._items import Pending
+from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
 from ._log import DeferredLog
 from ._model import DropReason
@@ -19,7 +19,18 @@ from ._reporting import Reports
 from ._sender import RETRYABLE_STATUS, Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._wire import reconcile
 
-__all__ = ["settle_locked"]
+__all__ = ["settle_fresh_locked", "settle_locked"]
+
+
+def settle_fresh_locked(ledger: Ledger, items: list[QueuedEvent], held_total: int) -> None:
+    """A fresh batch sent as one body was wholly delivered, as Enso's answer vouched
+    (``reconcile``: every event accounted for, none failed): its books in O(1), no
+    ``Pending`` ever made. ``held_total`` is what the events held (``held()`` summed)."""
+    ledger.requests += 1
+    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
+    ledger.schedule.on_success()
+    ledger.last_success_at = time.time()
+    ledger.delivered_fresh_locked(items, held_total)
 
 
 def settle_locked(

@@ -203,6 +203,7 @@ class Tracker(AsyncMixin):
         receipts = make_receipts(cfg, self._identity)  # docs/receipts.md
         if receipts is not None:
             self._worker.receipts = receipts
+            receipts.ledger = self._ledger  # generated eventIds: its id_prefix
             self._ledger.receipts = True
             if disk is not None:
                 disk.receipts = receipts
@@ -326,8 +327,6 @@ class Tracker(AsyncMixin):
                 refusal = led.refuse_locked(size, may_block=not self._worker.on_thread())
             if refusal is None:
                 seq = led.seq + 1
-                if event_id is None:
-                    event_id = led.id_prefix + hex(seq)  # cheapest of the spellings
                 queue = led.queue
                 n = len(queue) + 1
                 item = (
@@ -352,6 +351,8 @@ class Tracker(AsyncMixin):
             refused: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
             self._reporter.report([([refused], refusal)])
             return None
+        if event_id is None:  # generated, not stored: see _items.ID
+            event_id = led.id_prefix + hex(seq)  # cheapest of the spellings
         if n == 1 or n == self._batch_size or led.worker_gone:
             # The queue just became non-empty, or just reached a full batch (a sender that
             # is awake drains every full batch before it sleeps again), or the sender is

@@ -10,12 +10,14 @@ by ``_answer.read_answer``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from ._errors import short_repr
+from ._items import QueuedEvent
 
 __all__ = [
     "BODY_OVERHEAD",
@@ -58,8 +60,15 @@ def join_batch(encoded: list[bytes]) -> bytes:
 _DAYS_KEPT = 4096
 
 
+class _Batch(msgspec.Struct):
+    """A whole body: ``{"events":[...]}``, the same bytes as :func:`join_batch`."""
+
+    events: list[WireEvent]
+
+
 class EventEncoder:
-    """Encodes events one by one, so batches can be cut at an exact byte size.
+    """Encodes a fresh batch in one call (:meth:`encode_batch`), or events one by one
+    (:meth:`encode`) where a batch must be cut at an exact byte size or retried in part.
 
     Built once per tracker: the msgspec encoder is reused, and the RFC 3339 text of the
     current millisecond (and second) is cached, since the events of a burst share it.
@@ -100,6 +109,33 @@ class EventEncoder:
         self._ms = ms
         self._ms_text = f"{self._second_text}{millis:03d}Z"
         return self._ms_text
+
+    def encode_batch(self, items: Sequence[QueuedEvent], prefix: str) -> bytes:
+        """The body of a request carrying ``items``, in one msgspec call: byte for byte
+        what :func:`join_batch` makes of the events' :meth:`encode` (tested), at about a
+        third of its CPU (no ``bytes`` per event, no join). May hand back msgspec's
+        growth buffer: fine for a body that lives one request. ``prefix``: the tracker's
+        id prefix, for generated eventIds (``_items.event_id_of``)."""
+        ts = self.timestamp
+        raw = msgspec.Raw
+        return self._encoder.encode(
+            _Batch(
+                [
+                    # Positional: WireEvent's field order (cheaper than keywords).
+                    WireEvent(
+                        e,
+                        m,
+                        v,
+                        ts(t),
+                        prefix + hex(s) if i is None else i,
+                        None if md is None else raw(md),
+                        j,
+                        j,
+                    )
+                    for s, i, e, m, v, t, md, j, _ in items
+                ]
+            )
+        )
 
     def encode(
         self,

@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 from ._config import Config
@@ -33,7 +34,8 @@ from ._debug import log_request
 from ._errors import describe_exception
 from ._items import (
     BYTES_OVERHEAD,
-    ID,
+    ENTITY,
+    EVENT_OVERHEAD,
     IN_BODY,
     JOB,
     META,
@@ -42,14 +44,15 @@ from ._items import (
     SIZE,
     Pending,
     QueuedEvent,
+    event_id_of,
     held,
 )
 from ._ledger import Ledger
 from ._model import DropReason
 from ._reporting import Reporter, Reports
 from ._schedule import NO_SEQ
-from ._sender import Retry, Sender
-from ._settle import settle_locked
+from ._sender import Answered, Outcome, Retry, Sender
+from ._settle import settle_fresh_locked, settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
 from ._spool_store import (
     SpoolClosed,
@@ -59,7 +62,7 @@ from ._spool_store import (
     SpoolUnavailable,
     StoredBatch,
 )
-from ._wire import BODY_OVERHEAD, EventEncoder, join_batch
+from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
 
 __all__ = ["CLOSED", "Worker", "cut_rows"]
 
@@ -86,6 +89,8 @@ def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
         rows.append(current)
     return rows
 
+
+_size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
 
 #: Trackers whose thread could not start. A running thread keeps its tracker alive while
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
@@ -424,7 +429,8 @@ class Worker:
     def encode(self, item: QueuedEvent) -> bytes:
         # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
         # a retried event's memory what max_queue_bytes counts.
-        return bytes(memoryview(self._encoder.encode(*item[ID:SIZE])))
+        event_id = event_id_of(item, self.ledger.id_prefix)
+        return bytes(memoryview(self._encoder.encode(event_id, *item[ENTITY:SIZE])))
 
     def encode_all(
         self, taken: Sequence[Pending | QueuedEvent]
@@ -483,6 +489,8 @@ class Worker:
             )
 
     def send(self, taken: list[Pending | QueuedEvent]) -> None:
+        if not isinstance(taken[0], Pending) and self.send_fresh(taken):  # type: ignore[arg-type]
+            return  # fresh events only (the schedule puts Pendings first): one body
         ledger = self.ledger
         hard_limit = self.config.max_batch_bytes
         encoded, unencodable, grown = self.encode_all(taken)
@@ -509,17 +517,7 @@ class Worker:
         timeout = self.config.timeout
         if deadline != math.inf:
             timeout = max(min(timeout, deadline - now), 0.05)
-        body = join_batch([p.body for p in batch])
-        started = time.monotonic()
-        try:
-            outcome = self.sender.send(body, timeout)
-        except Exception as exc:  # a bug in a sender must not lose the batch
-            what = describe_exception(exc)
-            self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
-            with ledger.lock:
-                ledger.worker_errors += 1
-            outcome = Retry(f"sender raised {what}")
-        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
+        outcome = self.request(join_batch([p.body for p in batch]), timeout, batch)
         reports = []
         try:
             with ledger.lock:
@@ -534,6 +532,98 @@ class Worker:
                 ledger.room.notify_all()
         finally:
             self.hand_over(reports)
+
+    def request(self, body: bytes, timeout: float, batch: Sequence[Pending] | int) -> Outcome:
+        """The sender's outcome for one body (``batch``: its events, or how many on a
+        first try); a sender that raises is a retry. Logged at DEBUG (``ENSO_DEBUG``)."""
+        started = time.monotonic()
+        try:
+            outcome = self.sender.send(body, timeout)
+        except Exception as exc:  # a bug in a sender must not lose the batch
+            what = describe_exception(exc)
+            self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
+            with self.ledger.lock:
+                self.ledger.worker_errors += 1
+            outcome = Retry(f"sender raised {what}")
+        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
+        return outcome
+
+    def send_fresh(self, items: list[QueuedEvent]) -> bool:
+        """Send events straight from the queue as one body encoded in one msgspec call,
+        with books kept per batch: no per-event body, ``Pending`` or loop when Enso takes
+        them all (the common case). Only when it does not are the events encoded one by
+        one and settled as any other batch (retries, bisection, 413 and partial failures
+        need per-event bodies). False, having done nothing, when the per-event path must
+        cut the batch: it does not encode, or its body is over the byte limit.
+
+        Memory: the body is counted in ``outstanding_bytes`` while the request runs, on
+        top of the queued events' own estimates, which stay as they were.
+        """
+        ledger = self.ledger
+        try:
+            body = self._encoder.encode_batch(items, ledger.id_prefix)
+        except Exception:  # an event msgspec refuses: the per-event path isolates it
+            return False
+        size = len(body)
+        if size > ledger.schedule.byte_limit:  # only this thread changes it
+            return False
+        n = len(items)
+        now = time.monotonic()
+        with ledger.lock:
+            if ledger.closed:
+                return True  # shutdown() accounted for them (inflight_raw)
+            ledger.outstanding_bytes += size
+            ledger.inflight_body = size
+            deadline = min(ledger.deadline, self._inline_deadline)
+        timeout = self.config.timeout
+        if deadline != math.inf:
+            timeout = max(min(timeout, deadline - now), 0.05)
+        outcome = self.request(body, timeout, n)
+        del body
+        if isinstance(outcome, Answered):
+            verdict = reconcile(outcome.answer, n)  # pure: settle_locked checks it again
+            if verdict.vouched and not verdict.failures:
+                held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
+                with ledger.lock:
+                    ledger.outstanding_bytes -= size
+                    ledger.inflight_body = 0
+                    if not ledger.closed:  # else shutdown() already reported them
+                        settle_fresh_locked(ledger, items, held_total)
+                    ledger.inflight_raw = []
+                    ledger.settled.notify_all()
+                    ledger.room.notify_all()
+                if self.receipts is not None:  # folded and written before flush() returns
+                    self.report_problems(self.receipts.commit_settled(ledger))
+                self.reporter.log.emit()
+                return True
+        # Per-event objects, only now: the schedule retries, bisects and splits them.
+        pendings, unencodable, grown = self.encode_all(items)
+        for p in pendings:
+            p.attempts = 1
+            p.first_sent = now
+        if unencodable:  # cannot happen (the batch encoded); indices would not match
+            outcome = Retry("an event of the batch no longer encodes alone")
+        reports: Reports = []
+        try:
+            with ledger.lock:
+                ledger.outstanding_bytes -= size
+                ledger.inflight_body = 0
+                if ledger.closed:
+                    ledger.inflight_raw = []
+                    return True  # shutdown() already reported these as dropped
+                ledger.outstanding_bytes += grown
+                ledger.inflight = pendings
+                ledger.inflight_raw = []
+                self.drop_unsendable_locked([], unencodable, reports)
+                settle_locked(
+                    ledger, pendings, outcome, time.monotonic(), reports, self.reporter.log
+                )
+                ledger.inflight = []  # only now: see send()
+                ledger.settled.notify_all()
+                ledger.room.notify_all()
+        finally:
+            self.hand_over(reports)
+        return True
 
     # ------------------------------------------------------------ the spool
 

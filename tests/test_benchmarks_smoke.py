@@ -29,6 +29,7 @@ HEADINGS = (
     "### 9. Spool adoption",
     "### 10. CLI import",
     "### 11. Receipts",
+    "### 12. Sender CPU",
 )
 
 

@@ -48,9 +48,11 @@ def test_many_threads_every_event_delivered_exactly_once(
     assert stats.dropped == {}
     assert stats.pending == 0
     assert stats.balanced
-    # Batches respect max_batch_size, and every event went in exactly one batch.
+    # Batches respect max_backlog_batch_size (max_batch_size but for a backlog: #21)
+    # and max_batch_bytes, and every event went in exactly one batch.
     sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
-    assert max(sizes) <= tracker.config.max_batch_size == 500
+    assert max(sizes) <= tracker.config.max_backlog_batch_size == 5_000
+    assert max(len(r.body) for r in fake.batch_requests()) <= tracker.config.max_batch_bytes
     assert sum(sizes) == threads * per_thread
     # Per-thread order is kept for the values each thread tracked.
     by_id = fake.events

@@ -490,6 +490,7 @@ def test_defect15_flush_reads_the_low_water_mark_without_scanning() -> None:
     tracker = Tracker(
         sender=_Down(),
         max_batch_size=1_000,
+        max_backlog_batch_size=1_000,  # one batch of exactly 1,000 fails
         flush_interval=0.01,
         backoff_base=30.0,  # after the first failure, the request gate stays shut
         backoff_max=60.0,

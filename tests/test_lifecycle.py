@@ -120,7 +120,16 @@ def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
             raise OverflowError("cannot encode")
         return real_encode(item)
 
+    encoder_class = type(tracker._worker._encoder)
+    real_batch = encoder_class.encode_batch
+
+    def encode_batch(self: Any, items: Any, prefix: str) -> bytes:  # fails as a whole
+        if any(item[3] == "poison" for item in items):
+            raise OverflowError("cannot encode")
+        return real_batch(self, items, prefix)
+
     monkeypatch.setattr(tracker._worker, "encode", encode)
+    monkeypatch.setattr(encoder_class, "encode_batch", encode_batch)
     good = [accepted(tracker.track("e", "m", i)) for i in range(3)]
     bad = accepted(tracker.track("e", "poison", 1))
     assert tracker.flush(5.0)

@@ -14,7 +14,7 @@ from enso_tracker import ConfigurationError, Receipts, Tracker
 from enso_tracker._cli import main
 from enso_tracker.testing import FakeEnso
 
-from .conftest import API_KEY
+from .conftest import API_KEY, accepted
 
 TS = "2026-11-03T10:15:00Z"
 
@@ -78,6 +78,21 @@ def test_receipts_without_a_spool_need_a_directory(fake: FakeEnso, tmp_path: Pat
         totals = r.totals()
     t.shutdown()
     assert [(x.outcome, x.count, x.sum) for x in totals] == [("delivered", 10, Decimal("12.50"))]
+
+
+def test_per_event_receipts_without_a_spool_find_generated_event_ids(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    # Generated eventIds are not stored with queued events (they are rebuilt from the
+    # tracker's prefix): the receipt of each must still be found by the id track() gave.
+    t = tracker(fake, tmp_path, receipts="events", receipts_dir=tmp_path)
+    ids = [accepted(t.track("ent", "m", 2, timestamp=TS)) for _ in range(5)]
+    assert t.flush(20)
+    t.shutdown()
+    with Receipts(tmp_path) as r:
+        found = [r.lookup(event_id) for event_id in ids]
+    assert [(x.outcome, x.value) for x in found if x is not None] == [("delivered", 2)] * 5
+    assert set(ids) == set(fake.event_ids())
 
 
 def test_receipts_default_on_with_a_receipts_dir_and_off_without(

@@ -24,7 +24,7 @@ import httpx
 from .._auth import _STRIPPED, ApiKey, ClientCredentials, Credentials, make_credentials
 from .._config import Config
 from .._errors import ConfigurationError, describe_exception
-from .._probe import ProbeResult, probe
+from .._probe import ProbeResult, probe, probe_compression
 from ._args import Connection, connection, connection_options_of, in_env_terms
 from ._cmd_spool import spool_check
 from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
@@ -229,6 +229,24 @@ class Doctor:
             self.add("credentials", None, "not checked: the login failed")
             return
         self._probe_verdict(result)
+        if result.ok:
+            self._compression(config)
+
+    def _compression(self, config: Config) -> None:
+        """Whether Enso reads gzip bodies (``compression="gzip"`` is opt-in)."""
+        assert self.credentials is not None
+        kind, message = probe_compression(config, self.credentials, self.timeout)
+        if kind == "accepted":
+            self.add("compression", True, f"{message}: compression='gzip' may be turned on")
+        elif kind == "refused":
+            self.add(
+                "compression",
+                None,
+                f"{message}: leave compression off (a tracker with it on falls back to "
+                "plain bodies on the first refusal)",
+            )
+        else:
+            self.add("compression", None, f"not known: {message}")
 
     def _login(self, result: ProbeResult) -> bool:
         if result.logins:

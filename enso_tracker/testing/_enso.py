@@ -15,6 +15,7 @@ import re
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -54,6 +55,8 @@ _SINGLE: Final = "/events"
 _LOGIN: Final = "/auth/system-login"
 _ROUTES: Final = frozenset({_BATCH, _SINGLE, _LOGIN})
 
+#: Largest body a gzip request may inflate to; past it the request gets 413 (a bomb).
+_MAX_INFLATED: Final = 256 * 1024 * 1024
 _TRANSIENT_ERROR: Final = "Service temporarily unavailable"
 
 # RFC 3339 date-time: full date, "T"/space, full time, optional fraction, mandatory offset.
@@ -231,6 +234,34 @@ def _validate(record: object, known_entities: frozenset[str] | None) -> _RecordF
     return None
 
 
+def _inflate(request: Incoming, accept_gzip: bool) -> tuple[Incoming, Reply | None]:
+    """The request with its body decoded (``Content-Encoding: gzip``), or the refusal:
+    415 for an encoding not taken, 400 for a malformed gzip body, 413 past
+    ``_MAX_INFLATED``. The recorded request holds the decoded body (its headers still say
+    how it came)."""
+    encoding = ""
+    for name, value in request.headers.items():
+        if name.lower() == "content-encoding":
+            encoding = value.strip().lower()
+    if encoding in ("", "identity") or request.body is None:
+        return request, None
+    if encoding != "gzip":
+        return request, _error(415, f"Unsupported Content-Encoding: {encoding}")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        body = inflater.decompress(request.body, _MAX_INFLATED)
+    except zlib.error:
+        return request, _error(400, "Malformed gzip body")
+    if inflater.unconsumed_tail:
+        return request, _error(413)
+    if not inflater.eof:
+        return request, _error(400, "Truncated gzip body")
+    request = replace(request, body=body)  # recorded decoded, even when refused
+    if not accept_gzip:
+        return request, _error(415, "Unsupported Content-Encoding: gzip")
+    return request, None
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -244,6 +275,7 @@ class _Settings:
     known_entities: frozenset[str] | None
     token_lifetime: float
     client_credentials: Mapping[str, str]
+    accept_gzip: bool = True
 
 
 class FakeEnso:
@@ -253,7 +285,8 @@ class FakeEnso:
     ``/auth/system-login`` for a pair in ``client_credentials``. ``known_entities=None``
     means every ``CustomerEntityId`` exists; otherwise unknown ids fail with 2002/404.
     ``response_shape`` picks between the two documented ``/events/batch`` response shapes
-    so clients can be tested against both. ``max_body_bytes`` makes larger bodies get 413.
+    so clients can be tested against both. ``max_body_bytes`` makes larger bodies get 413
+    (measured after a gzip body is inflated). ``accept_gzip=False`` answers gzip bodies 415.
     Those five settings can also be changed at any time, and ``reset()`` restores them.
 
     Two ways in, sharing one state: ``start()`` serves real HTTP on ``url``, and
@@ -271,6 +304,7 @@ class FakeEnso:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int | None = None,
+        accept_gzip: bool = True,
     ) -> None:
         self._api_keys = tuple(key for key in api_keys if key)
         self._secret = secrets.token_bytes(32)
@@ -288,6 +322,10 @@ class FakeEnso:
         self._client_credentials: dict[str, str] = {}
         #: Bodies longer than this get 413; settable at any time (None = no limit).
         self.max_body_bytes = max_body_bytes
+        #: ``Content-Encoding: gzip`` bodies are inflated (bounded) and served as plain
+        #: ones; False answers them 415, as a server without compression support would.
+        #: Settable at any time. Other encodings always get 415.
+        self.accept_gzip = accept_gzip
         self.response_shape = response_shape
         self.known_entities = known_entities
         self.token_lifetime = token_lifetime
@@ -298,6 +336,7 @@ class FakeEnso:
             self._known_entities,
             self._token_lifetime,
             dict(self._client_credentials),
+            accept_gzip,
         )
 
         self._events: dict[str, dict[str, Any]] = {}
@@ -518,11 +557,12 @@ class FakeEnso:
 
         Forgets recorded data (events, duplicates, requests, counters) and every fault
         (script, hang, failing and poison ids), and restores the settings
-        (``response_shape``, ``max_body_bytes``, ``known_entities``, ``token_lifetime``,
-        ``client_credentials``) to the constructor's values. Issued tokens stay valid
-        unless ``tokens=True``: a reset between phases of one test should not look like a
-        credential change to a client that is still running, while a reset between tests
-        should not let one test's token work in the next. The server keeps running.
+        (``response_shape``, ``max_body_bytes``, ``accept_gzip``, ``known_entities``,
+        ``token_lifetime``, ``client_credentials``) to the constructor's values. Issued
+        tokens stay valid unless ``tokens=True``: a reset between phases of one test
+        should not look like a credential change to a client that is still running,
+        while a reset between tests should not let one test's token work in the next.
+        The server keeps running.
         """
         with self._lock:
             self._events.clear()
@@ -534,6 +574,7 @@ class FakeEnso:
             defaults = self._defaults
             self._response_shape = defaults.response_shape
             self.max_body_bytes = defaults.max_body_bytes
+            self.accept_gzip = defaults.accept_gzip
             self._known_entities = defaults.known_entities
             self._token_lifetime = defaults.token_lifetime
             self._client_credentials = dict(defaults.client_credentials)
@@ -609,7 +650,8 @@ class FakeEnso:
             self._cond.notify_all()
         reply = _error(500)
         try:
-            reply = self._route(request, interrupted, read_timeout)
+            request, refusal = _inflate(request, self.accept_gzip)
+            reply = refusal or self._route(request, interrupted, read_timeout)
         finally:
             recorded = RecordedRequest(
                 method=request.method,
