@@ -20,11 +20,11 @@ import sys
 
 LIBRARY, MODE = sys.argv[1], sys.argv[2]
 if LIBRARY == "gevent":
-    from gevent import monkey  # type: ignore[import-untyped]
+    from gevent import monkey
 
     monkey.patch_all()
 else:
-    import eventlet  # type: ignore[import-untyped]
+    import eventlet
 
     eventlet.monkey_patch()
 
@@ -91,7 +91,7 @@ elif MODE == "busy":
             _append("progress.jsonl", {"n": count})
         _sleep(0.001)  # a loaded program: every event, a short wait (I/O, a timer)
 elif LIBRARY == "gevent":
-    from gevent.pywsgi import WSGIServer  # type: ignore[import-untyped]
+    from gevent.pywsgi import WSGIServer
 
     WSGIServer(("127.0.0.1", int(os.environ["ENSO_TEST_PORT"])), app, log=None).serve_forever()
 else:
