@@ -25,6 +25,8 @@ from enso_tracker._partition import (
 )
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROW: dict[str, Any] = {
     "CustomerEntityId": "ent_1",
     "metric": "api_calls",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 
 

@@ -22,6 +22,8 @@ from enso_tracker.testing import FakeEnso, Fault
 from .conftest import accepted
 from .test_cli_import import API_KEY, SCRIPT, books, cli_env, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 TS = "2026-04-01T12:00:00Z"
 
 

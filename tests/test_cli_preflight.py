@@ -16,6 +16,8 @@ import pytest
 
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 SCRIPT = Path(sys.executable).with_name("enso-tracker")
 KEY = "test-api-key"
 

@@ -24,6 +24,8 @@ import enso_tracker
 from enso_tracker import Config, Tracker
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)

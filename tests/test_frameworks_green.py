@@ -18,6 +18,8 @@ from enso_tracker.testing import FakeEnso
 from .apps.harness import free_port, listening, read_jsonl, run, track_over_http, wait_for_lines
 from .conftest import wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 LIBRARIES = ["gevent", "eventlet"]
 IDLE_EVENTS = 300
 

@@ -17,6 +17,8 @@ from enso_tracker.testing import FakeEnso
 from .apps.harness import free_port, listening, run, track_over_http
 from .conftest import wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 REQUESTS = 16
 WORKER_CLASSES = ["uvicorn.workers.UvicornWorker", "uvicorn_worker.UvicornWorker"]
 

@@ -37,7 +37,7 @@ def _can_unshare() -> str | None:
 
 
 _REASON = _can_unshare()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=_REASON or ""), pytest.mark.slow]
 
 
 def _child_pid(unshare_pid: int) -> int:

@@ -20,6 +20,8 @@ from enso_tracker.testing import FakeEnso
 from .apps.harness import BIN, ROOT, free_port, listening, read_jsonl, run
 from .conftest import wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 JOBS = 8
 QUEUE = "enso"
 

@@ -28,6 +28,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 24
 SEED = int(os.environ.get("ENSO_KILL_SEED", "20261206"))

@@ -12,9 +12,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY
+
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
 
 ROOT = Path(__file__).resolve().parent.parent
 

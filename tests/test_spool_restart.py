@@ -19,6 +19,8 @@ import pytest
 from benchmarks import spool_rows
 from enso_tracker.testing import FakeEnso
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROWS = 200_000
 MiB = 1024 * 1024
 

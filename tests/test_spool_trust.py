@@ -35,6 +35,8 @@ from enso_tracker.testing import FakeEnso
 
 from .conftest import API_KEY, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 as_root = pytest.mark.skipif(

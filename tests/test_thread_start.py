@@ -25,6 +25,8 @@ from enso_tracker.testing import FakeEnso, Fault
 
 from .conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
