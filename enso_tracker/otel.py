@@ -39,7 +39,16 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._tracker import Tracker
 
-__all__ = ["INSTRUMENTS", "Instrumentation", "instrument"]
+__all__ = [
+    "INSTRUMENTS",
+    "OUTCOME",
+    "OUTCOMES",
+    "REQUEST_DURATION",
+    "REQUEST_SIZE",
+    "SPOOL_BACKLOG_AGE",
+    "Instrumentation",
+    "instrument",
+]
 
 #: How long one ``stats()`` snapshot serves the instruments of a collection.
 SNAPSHOT_AGE: Final = 0.5
