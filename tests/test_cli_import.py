@@ -613,3 +613,33 @@ def test_import_never_borrows_enso_receipts_dir(fake: FakeEnso, tmp_path: Path) 
     assert books(proc)["delivered"] == 5
     assert books(proc)["receipts"] is None
     assert not app_receipts.exists()  # an application's store: never written by a backfill
+
+
+def test_run_receipts_say_when_another_writer_shared_the_store(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    from enso_tracker import Tracker
+    from enso_tracker._cli._import_receipts import RunReceipts
+
+    def tracker() -> Tracker:
+        return Tracker(API_KEY, base_url=fake.url, receipts_dir=tmp_path, handle_sigterm=False)
+
+    ours, other = tracker(), tracker()  # one identity: one store
+    for _ in range(3):
+        other.track("ent_a", "api_calls", 2)
+    assert other.flush(10)  # before the run: not the run's
+    run = RunReceipts(ours)
+    for _ in range(4):
+        ours.track("ent_a", "api_calls", 5)
+    assert ours.flush(10)
+    ours.shutdown()
+    alone = run.result(ours)
+    assert alone["delivered"] == [{"entity": "ent_a", "metric": "api_calls", "count": 4, "sum": 20}]
+    assert alone["matches_stats"] is True
+
+    other.track("ent_b", "api_calls", 1)  # another writer during a run
+    assert other.flush(10)
+    shared = run.result(ours)
+    assert [(r["entity"], r["count"]) for r in shared["delivered"]] == [("ent_a", 4), ("ent_b", 1)]
+    assert shared["matches_stats"] is False
+    other.shutdown()

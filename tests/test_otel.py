@@ -204,3 +204,21 @@ def test_spool_backlog_age_is_zero_without_a_spool(fake: FakeEnso) -> None:
     assert SPOOL_BACKLOG_AGE not in exported(reader)
     t.shutdown()
     provider.shutdown()
+
+
+def test_auth_state_is_exported_as_unauthorized_while_enso_refuses_the_key(fake: FakeEnso) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    t = Tracker("not-the-key", base_url=fake.url, handle_sigterm=False, backoff_base=0.01)
+    instrument(t, meter_provider=provider)
+    t.track("ent_ok", "api_calls", 1)
+    assert wait_until(lambda: t.stats().auth_state == "unauthorized")
+    got = exported(reader)
+    assert got["enso.tracker.auth.state"][1] == {
+        (("enso.tracker.auth.state", "ok"),): 0,
+        (("enso.tracker.auth.state", "unauthorized"),): 1,
+    }
+    assert histograms(reader, REQUEST_DURATION)["unauthorized"][0] >= 1
+    assert fake.received == 0
+    t.shutdown(0.5)
+    provider.shutdown()
