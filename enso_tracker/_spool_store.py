@@ -526,6 +526,21 @@ class SpoolFile:
             self.rows, self.events = int(rows), int(events)
         return self.rows, self.events
 
+    def oldest(self) -> float | None:
+        """``created`` (Unix time) of the first row not yet settled, None if none: rows
+        whose delete is deferred are settled and skipped. They come first, so this reads
+        at most their number of rows (the primary key, no bodies)."""
+        with self._lock:
+            settled = {r.rowid for r in self._deferred}
+            cursor = self._db().execute("SELECT id, created FROM batches ORDER BY id")
+            try:
+                for rowid, created in cursor:
+                    if rowid not in settled:
+                        return float(created)
+            finally:
+                cursor.close()  # no read transaction left open
+        return None
+
     def rows_after(self, rowid: int, limit: int) -> list[StoredBatch]:
         """Up to ``limit`` rows after ``rowid``, in order, without their bodies (keyset
         pagination: each call costs what it returns, not what precedes it)."""

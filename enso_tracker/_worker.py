@@ -136,6 +136,10 @@ class Worker:
         self._encoder = EventEncoder()
         #: Receipts (``_receipts.SpoolReceipts``), None when off; set by the tracker.
         self.receipts: Any = None
+        #: Called (seconds, body bytes, outcome) after each request, outside the ledger
+        #: lock; None when off (``otel.instrument`` sets it). What it raises is counted
+        #: as a hook error and swallowed.
+        self.request_observer: Callable[[float, int, Outcome], None] | None = None
 
     def fork_locks(self) -> list[threading.Lock | threading.RLock]:
         """The locks every SQLite call of this worker's threads runs under, in the order
@@ -545,7 +549,14 @@ class Worker:
             with self.ledger.lock:
                 self.ledger.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
-        log_request(self.reporter.log, batch, len(body), outcome, time.monotonic() - started)
+        took = time.monotonic() - started
+        log_request(self.reporter.log, batch, len(body), outcome, took)
+        observer = self.request_observer
+        if observer is not None:
+            try:
+                observer(took, len(body), outcome)
+            except Exception:  # a metrics pipeline must not cost a batch
+                self.reporter.hook_errors.add()
         return outcome
 
     def send_fresh(self, items: list[QueuedEvent]) -> bool:

@@ -14,10 +14,16 @@ collection, shared by every instrument). Nothing runs on ``track()``'s path. Nam
 units follow OpenTelemetry's conventions (``enso.tracker.*``, ``{event}``, ``By``); the
 reason of a drop or refusal is an attribute. ``opentelemetry-api`` is needed only here:
 importing ``enso_tracker`` never imports it.
+
+Two figures are not in ``stats()``: the request histograms (``REQUEST_DURATION``,
+``REQUEST_SIZE``), recorded by the sender thread after each request to Enso (outside the
+tracker's lock; nothing is called when not instrumented), and the spool's backlog age
+(``SPOOL_BACKLOG_AGE``), read from the spool files at collection time.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import weakref
@@ -26,17 +32,61 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ConfigurationError
 from ._model import Stats
+from ._sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
+from ._spool_store import SpoolClosed
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._tracker import Tracker
 
-__all__ = ["INSTRUMENTS", "Instrumentation", "instrument"]
+__all__ = [
+    "INSTRUMENTS",
+    "OUTCOME",
+    "OUTCOMES",
+    "REQUEST_DURATION",
+    "REQUEST_SIZE",
+    "SPOOL_BACKLOG_AGE",
+    "Instrumentation",
+    "instrument",
+]
 
 #: How long one ``stats()`` snapshot serves the instruments of a collection.
 SNAPSHOT_AGE: Final = 0.5
 
 Read = Callable[[Stats], Iterable[tuple[float, dict[str, str]]]]
+
+#: Histograms of the requests to Enso, one point per request, with the attribute
+#: ``OUTCOME`` (``OUTCOMES``' values). The size is the body as encoded, before any gzip.
+REQUEST_DURATION: Final = "enso.tracker.request.duration"
+REQUEST_SIZE: Final = "enso.tracker.request.size"
+OUTCOME: Final = "enso.tracker.request.outcome"
+OUTCOMES: Final[dict[type, str]] = {
+    Answered: "answered",  # a 2xx batch answer, even with failed records in it
+    Retry: "retry",  # no answer, 408/425/429, 5xx: sent again
+    TooLarge: "too_large",  # 413: split
+    Unauthorized: "unauthorized",  # 401: credentials refused
+    Rejected: "rejected",  # another 4xx/3xx: dropped
+}
+#: OpenTelemetry's HTTP client duration buckets (seconds), and 1 KiB to 16 MiB by 4s.
+DURATION_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+)
+SIZE_BUCKETS: Final = tuple(1024 * 4**k for k in range(8))
+#: Age of the oldest unsettled event on disk (0 without a spool or with an empty one).
+SPOOL_BACKLOG_AGE: Final = "enso.tracker.spool.backlog.age"
 
 
 def _one(field: str) -> Read:
@@ -234,6 +284,7 @@ class Instrumentation:
         self._tracker = weakref.ref(tracker)  # never keeps a dropped tracker alive
         self._lock = threading.Lock()
         self._snapshot: tuple[float, Stats] | None = None
+        self._observer: Callable[[float, int, Outcome], None] | None = None
         self.closed = False
 
     def stats(self) -> Stats | None:
@@ -252,8 +303,40 @@ class Instrumentation:
         with self._lock:
             self._snapshot = None
 
+    def observe_requests(self, observer: Callable[[float, int, Outcome], None]) -> None:
+        """Have the tracker's sender call ``observer`` after each request (the last
+        ``instrument()`` of a tracker records the histograms)."""
+        tracker = self._tracker()
+        if tracker is not None:
+            self._observer = observer
+            tracker._worker.request_observer = observer
+
+    def backlog_age(self) -> float | None:
+        """Seconds since the oldest unsettled event on disk was written (0 without a
+        spool, with an empty or a closed one); None once closed or the tracker is gone.
+        One small query per file held open, under that file's own lock only."""
+        tracker = self._tracker()
+        if self.closed or tracker is None:
+            return None
+        disk = tracker._worker.disk
+        if disk is None or disk.closed:
+            return 0.0
+        oldest: float | None = None
+        for file in disk.files():
+            try:
+                created = file.oldest()
+            except (SpoolClosed, sqlite3.Error):  # closed under us (shutdown), disk trouble
+                continue
+            if created is not None and (oldest is None or created < oldest):
+                oldest = created
+        return 0.0 if oldest is None else max(time.time() - oldest, 0.0)
+
     def close(self) -> None:
         self.closed = True
+        tracker = self._tracker()
+        if tracker is not None and tracker._worker.request_observer is self._observer:
+            tracker._worker.request_observer = None  # the sender calls nothing any more
+        self._observer = None
 
 
 def instrument(tracker: Tracker, meter_provider: Any = None) -> Instrumentation:
@@ -289,4 +372,36 @@ def instrument(tracker: Tracker, meter_provider: Any = None) -> Instrumentation:
 
     for i, (name, kind, unit, description, read) in enumerate(INSTRUMENTS):
         makers[kind](name, callbacks=[callback(read, i == 0)], unit=unit, description=description)
+
+    def backlog(options: CallbackOptions) -> list[Observation]:
+        age = handle.backlog_age()
+        return [] if age is None else [Observation(age, {})]
+
+    meter.create_observable_gauge(
+        SPOOL_BACKLOG_AGE,
+        callbacks=[backlog],
+        unit="s",
+        description="Age of the oldest event on disk not yet settled",
+    )
+    duration = _histogram(meter, REQUEST_DURATION, "s", "Requests to Enso", DURATION_BUCKETS)
+    size = _histogram(meter, REQUEST_SIZE, "By", "Bodies sent to Enso", SIZE_BUCKETS)
+    attributes = {kind: {OUTCOME: name} for kind, name in OUTCOMES.items()}
+
+    def record(seconds: float, nbytes: int, outcome: Outcome) -> None:
+        where = attributes[type(outcome)]
+        duration.record(seconds, where)
+        size.record(nbytes, where)
+
+    handle.observe_requests(record)
     return handle
+
+
+def _histogram(
+    meter: Any, name: str, unit: str, description: str, buckets: tuple[float, ...]
+) -> Any:
+    try:  # bucket advice: opentelemetry-api >= 1.23
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:
+        return meter.create_histogram(name, unit=unit, description=description)

@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -532,3 +533,113 @@ def test_two_inputs_with_one_file_name_are_one_backfill(fake: FakeEnso, tmp_path
         doc_event_id(row["CustomerEntityId"], row["metric"], row["value"], row["timestamp"], k)
         for k in (0, 1)
     }
+
+
+def _receipt_rows(i: int) -> dict[str, Any]:
+    """20 rows: three known entities, two metrics (one with fractions), one unknown."""
+    entity = "ent_unknown" if i == 19 else f"ent_{i % 3}"
+    if i % 2:
+        return {**api_row(i), "CustomerEntityId": entity, "metric": "gb", "value": 0.1 * (i % 4)}
+    return {**api_row(i), "CustomerEntityId": entity}
+
+
+def _stored_totals(fake: FakeEnso) -> dict[tuple[str, str], tuple[int, Decimal]]:
+    out: dict[tuple[str, str], tuple[int, Decimal]] = {}
+    for e in fake.events.values():
+        key = (e["CustomerEntityId"], e["metric"])
+        n, total = out.get(key, (0, Decimal(0)))
+        out[key] = (n + 1, total + Decimal(repr(e["value"])))
+    return out
+
+
+def test_receipts_dir_shows_the_runs_delivered_totals_and_a_rerun_counts_them_again(
+    tmp_path: Path,
+) -> None:
+    from enso_tracker import Receipts
+
+    path = tmp_path / "usage.jsonl"
+    path.write_text("".join(json.dumps(_receipt_rows(i)) + "\n" for i in range(20)))
+    receipts_dir = tmp_path / "receipts"
+    with FakeEnso(known_entities={"ent_0", "ent_1", "ent_2"}) as fake:
+        env = cli_env(fake.url)
+        first = run_cli("import", path, "--receipts-dir", receipts_dir, "--json", env=env)
+        assert first.returncode == 1, first.stderr  # ent_unknown: refused by Enso
+        # Sums are exact decimal numbers in the JSON: read them as Decimals, not floats.
+        got = json.loads(first.stdout, parse_float=Decimal)["receipts"]
+        stored = _stored_totals(fake)
+        assert len(fake.events) == 19
+        assert {
+            (r["entity"], r["metric"]): (r["count"], r["sum"]) for r in got["delivered"]
+        } == stored  # every (entity, metric): count and exact sum as Enso stored them
+        assert sum(r["count"] for r in got["delivered"]) == books(first)["delivered"] == 19
+        assert got["other"] == [
+            {
+                "entity": "ent_unknown",
+                "metric": "gb",
+                "count": 1,
+                "sum": Decimal("0.30000000000000004"),
+                "outcome": "rejected:2002",
+            }
+        ]
+        assert got["matches_stats"] is True
+        assert Path(got["store"]).parent == receipts_dir
+
+        # The same run again: Enso stores nothing new, but answers every event as
+        # accepted, so the receipts count them as delivered again (docs/receipts.md).
+        again = run_cli("import", path, "--receipts-dir", receipts_dir, env=env)
+        assert again.returncode == 1, again.stderr
+        assert len(fake.events) == 19
+        assert sum(fake.duplicates.values()) == 19
+        assert "receipts of this run" in again.stdout
+        for (entity, metric), (n, total) in stored.items():
+            line = next(
+                x
+                for x in again.stdout.splitlines()
+                if x.split()[:3] == [entity, metric, "delivered"]
+            )
+            assert line.split()[3:] == [f"{n:,}", "sum", str(total)], line
+        with Receipts(receipts_dir) as store:
+            delivered = store.totals(outcome="delivered", by="month")
+        assert sum(t.count for t in delivered) == 2 * 19
+
+
+def test_import_never_borrows_enso_receipts_dir(fake: FakeEnso, tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(5)))
+    app_receipts = tmp_path / "app-receipts"
+    env = cli_env(fake.url, ENSO_RECEIPTS_DIR=str(app_receipts))
+    proc = run_cli("import", path, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert books(proc)["delivered"] == 5
+    assert books(proc)["receipts"] is None
+    assert not app_receipts.exists()  # an application's store: never written by a backfill
+
+
+def test_run_receipts_say_when_another_writer_shared_the_store(
+    fake: FakeEnso, tmp_path: Path
+) -> None:
+    from enso_tracker import Tracker
+    from enso_tracker._cli._import_receipts import RunReceipts
+
+    def tracker() -> Tracker:
+        return Tracker(API_KEY, base_url=fake.url, receipts_dir=tmp_path, handle_sigterm=False)
+
+    ours, other = tracker(), tracker()  # one identity: one store
+    for _ in range(3):
+        other.track("ent_a", "api_calls", 2)
+    assert other.flush(10)  # before the run: not the run's
+    run = RunReceipts(ours)
+    for _ in range(4):
+        ours.track("ent_a", "api_calls", 5)
+    assert ours.flush(10)
+    ours.shutdown()
+    alone = run.result(ours)
+    assert alone["delivered"] == [{"entity": "ent_a", "metric": "api_calls", "count": 4, "sum": 20}]
+    assert alone["matches_stats"] is True
+
+    other.track("ent_b", "api_calls", 1)  # another writer during a run
+    assert other.flush(10)
+    shared = run.result(ours)
+    assert [(r["entity"], r["count"]) for r in shared["delivered"]] == [("ent_a", 4), ("ent_b", 1)]
+    assert shared["matches_stats"] is False
+    other.shutdown()

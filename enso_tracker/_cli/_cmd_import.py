@@ -14,6 +14,7 @@ from .._errors import ConfigurationError
 from .._spool_admin import Spool
 from ._errors_out import ErrorsOut
 from ._import import Importer
+from ._import_receipts import write_summary
 from ._mapping import Mapper
 from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
 from ._progress import RichMissing, Ticker, make_display
@@ -144,6 +145,13 @@ input is split, ordered or sharded, and on any machine:
         metavar="DIR",
         help="a durable spool for this run, in a directory of its own (never taken from "
         "$ENSO_SPOOL_DIR: that one is an application's; its leftovers are not this run's)",
+    )
+    run.add_argument(
+        "--receipts-dir",
+        metavar="DIR",
+        help="keep receipts of this run (totals per entity, metric, hour) in DIR, and show "
+        "the run's own in the summary (never taken from $ENSO_RECEIPTS_DIR; with "
+        "--spool-dir they are kept there by default); docs/receipts.md",
     )
     run.add_argument(
         "--progress",
@@ -351,6 +359,9 @@ def _summary(
     books["errors_files"] = written
     books["invalid_reasons"] = imp.invalid_reasons()
     books["exit_code"] = code
+    receipts = books["receipts"] = (
+        imp.receipts.result(imp.tracker) if imp.receipts and imp.tracker else None
+    )
     if args.json:
         print_json(books)
         return
@@ -379,6 +390,8 @@ def _summary(
         out.write("dropped because:\n")
     for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):
         out.write(f"  {n:>8,} x {reason}\n")
+    if receipts is not None:
+        write_summary(out, receipts)
     for f in written:
         out.write(f"errors file: {f['path']} ({f['records']} records)\n")
     if imp.damaged:

@@ -23,6 +23,7 @@ from .._model import DropReason, Event, Stats
 from .._tracker import Tracker
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
+from ._import_receipts import RunReceipts
 from ._mapping import Mapper, RowError, api_shape, is_event, validate
 from ._output import (
     EXIT_DAMAGED,
@@ -74,6 +75,8 @@ class Importer:
         self.namespace: str = args.id_namespace or ""
         self.occurrences = Occurrences(args.max_distinct)
         self.tracker: Tracker | None = None
+        #: The run's receipts when its tracker keeps them (--receipts-dir, --spool-dir).
+        self.receipts: RunReceipts | None = None
         self.track: Callable[..., str | None] = _no_tracker  # the tracker's, once started
         self.config = Config()
         self.rows = 0
@@ -117,8 +120,13 @@ class Importer:
             # Only a spool given for this run (checked empty): never $ENSO_SPOOL_DIR, an
             # application's, whose leftovers this tracker would adopt and count as ours.
             spool_dir=self.args.spool_dir,
+            # Likewise only --receipts-dir, never $ENSO_RECEIPTS_DIR (with --spool-dir and
+            # no --receipts-dir, receipts are kept in the spool directory, as any tracker's).
+            receipts_dir=self.args.receipts_dir,
         )
         self.config = self.tracker.config
+        if self.tracker._worker.receipts is not None:  # the store's totals before the run
+            self.receipts = RunReceipts(self.tracker)
         self.track = self.tracker.track
 
     def request_interrupt(self) -> None:
