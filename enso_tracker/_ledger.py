@@ -47,6 +47,9 @@ from ._schedule import NO_SEQ, Schedule
 
 __all__ = ["Ledger"]
 
+#: How a retries_exhausted drop names the error that spent the budget.
+_CAUSE = "; last error: "
+
 
 class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
@@ -468,13 +471,18 @@ class Ledger:
         self.reporting += 1
 
     def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
+        # The cause as it was before these drops (each drop sets last_error): never a
+        # previous exhaustion's text, which would nest once per event and per round.
+        cause = self.last_error or "none"
+        if cause.startswith("retries_exhausted: ") and _CAUSE in cause:
+            cause = cause.split(_CAUSE, 1)[1]
         for p in group:
             self.drop_locked(
                 [p],
                 DropReason(
                     kind="retries_exhausted",
                     message=f"gave up after {p.attempts} attempts over "
-                    f"{now - p.first_sent:.1f} s; last error: {self.last_error}",
+                    f"{now - p.first_sent:.1f} s{_CAUSE}{cause}",
                 ),
                 reports,
             )

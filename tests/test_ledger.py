@@ -205,6 +205,25 @@ def test_retries_end_as_retries_exhausted_with_the_last_error() -> None:
     assert balanced(led)
 
 
+def test_exhausted_events_name_the_cause_once_however_many_and_however_often() -> None:
+    # Each drop sets last_error: the cause must be taken once, before the group's drops,
+    # and never be a previous exhaustion's text (it nested once per event and round).
+    led = ledger()
+    for _ in range(2):  # two rounds of exhaustion
+        accept(led, 4)
+        messages: list[str] = []
+        while led.outstanding:
+            led.schedule.gate_until = 0.0
+            reports, _ = settle(led, take(led), Retry("HTTP 503: busy", 503))
+            messages += [r.message for _, r in reports]
+        assert len(messages) == 4
+        assert all(m.count("last error:") == 1 and m.endswith("HTTP 503: busy") for m in messages)
+    assert led.last_error is not None
+    assert led.last_error.count("last error:") == 1
+    assert led.dropped == {"retries_exhausted": 8}
+    assert balanced(led)
+
+
 # -- the low-water mark and shutdown ---------------------------------------------------
 
 
