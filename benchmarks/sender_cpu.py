@@ -186,7 +186,7 @@ def _summary(values: list[float]) -> Summary:
 
 
 def run(sizes: Sizes, sink: ServerProcess) -> Section:
-    section = Section("10. Sender CPU (CPU time)")
+    section = Section("12. Sender CPU (CPU time)")
     seconds = 1.0 if sizes.quick else 4.0
     repeats = 1 if sizes.quick else sizes.repeats
     plain: list[Figures] = []

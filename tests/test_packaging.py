@@ -111,7 +111,7 @@ def test_the_wheel_holds_the_package_and_its_metadata_only(dist: Path) -> None:
         assert classifier in classifiers
     urls = {u.split(",")[0] for u in meta.get_all("Project-URL") or []}
     assert urls == {"Homepage", "Documentation", "Changelog", "Issues"}
-    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "dask", "spark"}
+    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "dask", "otel", "spark"}
     assert {"enso_tracker/dask.py", "enso_tracker/spark.py"} <= set(names)  # the backfills
     requires = meta.get_all("Requires-Dist") or []
     plain = sorted(re.split(r"[<>=!~;\s]", r)[0] for r in requires if "extra ==" not in r)

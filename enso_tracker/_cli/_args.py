@@ -130,6 +130,13 @@ def make_tracker(args: argparse.Namespace, **options: Any) -> Tracker:
     """A tracker from the environment and ``--base-url``; ``ConfigurationError`` (never
     quoting a secret) when they are missing or contradictory."""
     conn = connection(args)
+    _usable(conn)
+    return Tracker.from_env(base_url=conn.base_url, **options)
+
+
+def _usable(conn: Connection) -> None:
+    """``ConfigurationError`` unless ``conn`` names one kind of credentials and sending
+    is not switched off."""
     if conn.mode == "none":
         raise ConfigurationError(
             "no credentials: set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET"
@@ -139,7 +146,6 @@ def make_tracker(args: argparse.Namespace, **options: Any) -> Tracker:
             "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
         )
     refuse_if_disabled()
-    return Tracker.from_env(base_url=conn.base_url, **options)
 
 
 def refuse_if_disabled() -> None:
@@ -161,15 +167,7 @@ def connection_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def connection_options_of(conn: Connection) -> dict[str, Any]:
     """:func:`connection_options` of a :class:`Connection` already read."""
-    if conn.mode == "none":
-        raise ConfigurationError(
-            "no credentials: set ENSO_API_KEY, or ENSO_CLIENT_KEY and ENSO_CLIENT_SECRET"
-        )
-    if conn.mode == "conflict":
-        raise ConfigurationError(
-            "both ENSO_API_KEY and ENSO_CLIENT_KEY/ENSO_CLIENT_SECRET are set; unset one kind"
-        )
-    refuse_if_disabled()
+    _usable(conn)
     keyword = {variable: keyword for keyword, variable in _ENV_NAMES}
     options: dict[str, Any] = {keyword[var]: value for var, value in conn.secrets.items()}
     options["base_url"] = conn.base_url
