@@ -37,6 +37,7 @@ __all__ = [
     "OWN_ID",
     "Columns",
     "PartitionNotDelivered",
+    "columns_of",
     "deliver",
     "number_group",
     "prepare",
@@ -294,3 +295,11 @@ def deliver(
         "rejected": drops,
         "invalid": invalid,
     }
+
+
+def columns_of(columns: Columns | None, options: dict[str, Any]) -> Columns:
+    """The ``Columns`` a helper was given, or built from its column keywords (both: an
+    error)."""
+    if columns is not None and options:
+        raise TypeError("pass a Columns or column keywords, not both")
+    return columns if columns is not None else Columns(**options)

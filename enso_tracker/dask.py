@@ -29,6 +29,7 @@ from ._partition import (
     OWN_ID,
     Columns,
     PartitionNotDelivered,
+    columns_of,
     deliver,
     number_group,
     prepare,
@@ -42,12 +43,6 @@ __all__ = [
     "deliver_partitions",
     "with_event_ids",
 ]
-
-
-def _columns(columns: Columns | None, options: dict[str, Any]) -> Columns:
-    if columns is not None and options:
-        raise TypeError("pass a Columns or column keywords, not both")
-    return columns if columns is not None else Columns(**options)
 
 
 def _as_bag(data: Any) -> db.Bag:
@@ -90,7 +85,7 @@ def with_event_ids(
     Rows that cannot become events come out as ``{"field", "reason", "row"}`` and are
     reported in the books by :func:`deliver_partitions`. ``npartitions``: of the
     shuffle by content (default: as many as the input)."""
-    cols = _columns(columns, column_options)
+    cols = columns_of(columns, column_options)
     bag: Any = _as_bag(data)  # dask is untyped
     prepared = bag.map(prepare, cols)
     direct = prepared.filter(_unkeyed).map(itemgetter(1))

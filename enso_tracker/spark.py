@@ -34,6 +34,7 @@ from ._partition import (
     OWN_ID,
     Columns,
     PartitionNotDelivered,
+    columns_of,
     deliver,
     number_group,
     prepare,
@@ -49,12 +50,6 @@ __all__ = [
 
 #: Spark's pattern for an RFC 3339 time with milliseconds and the offset (``Z`` in UTC).
 _RFC3339: Any = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
-
-
-def _columns(columns: Columns | None, options: dict[str, Any]) -> Columns:
-    if columns is not None and options:
-        raise TypeError("pass a Columns or column keywords, not both")
-    return columns if columns is not None else Columns(**options)
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
@@ -107,7 +102,7 @@ def with_event_ids(
 
     Rows that cannot become events come out as ``{"field", "reason", "row"}``.
     ``num_partitions``: of the shuffle by content (default: Spark's)."""
-    cols = _columns(columns, column_options)
+    cols = columns_of(columns, column_options)
     prepared = _rows(data, cols).map(functools.partial(_prepare, cols))
     direct = prepared.filter(_unkeyed).map(itemgetter(1))
     # Every occurrence of one content meets in one group, numbered 0, 1, 2...: the same
