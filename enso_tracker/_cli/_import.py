@@ -10,21 +10,35 @@ or not, bills nothing twice: Enso deduplicates by eventId.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
-from .._backfill import Occurrences, TooManyDistinct, content, content_key, event_id, shard_of_key
+import msgspec
+
+from .._backfill import (
+    ID_PREFIX,
+    MAX_NAME,
+    Occurrences,
+    TooManyDistinct,
+    content,
+    content_key,
+    event_id,
+    shard_of_key,
+)
 from .._config import Config
 from .._errors import InvalidEventError, short_repr
 from .._model import DropReason, Event, Stats
 from .._tracker import Tracker
+from .._validate import MAX_EXACT_INT, timestamp_ns
 from ._args import make_tracker
 from ._errors_out import ErrorsOut
 from ._import_receipts import RunReceipts
-from ._mapping import Mapper, RowError, api_shape, is_event, validate
+from ._mapping import Mapper, RowError, api_shape, is_event, parse_number, validate
 from ._output import (
     EXIT_DAMAGED,
     EXIT_INCOMPLETE,
@@ -33,7 +47,7 @@ from ._output import (
     EXIT_UNDELIVERED,
 )
 from ._progress import Display, Snapshot
-from ._rows import Input, InputDamaged, Record, derive_event_id, shard_of
+from ._rows import Input, InputDamaged, JsonChunk, Record, derive_event_id, shard_of
 from ._timestamps import explain as explain_timestamp
 
 __all__ = ["Importer", "Stop"]
@@ -42,6 +56,11 @@ __all__ = ["Importer", "Stop"]
 DATA_DROPS = frozenset({"rejected", "too_large"})
 #: Distinct reasons counted in the summary (each row is in the errors file regardless).
 MAX_REASONS = 50
+#: Timestamp texts remembered with their instant by the fast path (cleared when full).
+_INSTANTS_KEPT: Final = 65_536
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_encode = msgspec.json.encode
+_sha256 = hashlib.sha256
 
 
 class Stop(Exception):
@@ -105,6 +124,20 @@ class Importer:
         self._where: dict[str, tuple[int, int]] = {}
         self._window = 4 * args.max_queue
         self._progress_mark = (0, time.monotonic())
+        # The fast path (_fast_row) takes the common row: a derived id, no shard, not a
+        # dry run. The id's first occurrence (k = 0) is hashed once, and that digest is
+        # also the counting key (see _key): without --shard the key is never seen outside
+        # this process, so it need not be _backfill.content_key (which --shard needs).
+        self._fast = (
+            not self.dry_run
+            and not self.line_ids
+            and self.shard is None
+            and self.mapper.id_column is None
+        )
+        self._first = f"{self.namespace}\n0\n".encode()
+        self._max_name = 0  # the tracker's (and content()'s) bound, once started
+        #: RFC 3339 text -> (the datetime handed to track(), its UTC millisecond).
+        self._instants: dict[str, tuple[datetime, int]] = {}
 
     # ----------------------------------------------------------------- setup
 
@@ -125,6 +158,7 @@ class Importer:
             receipts_dir=self.args.receipts_dir,
         )
         self.config = self.tracker.config
+        self._max_name = min(self.config.max_name_length, MAX_NAME)
         if self.tracker._worker.receipts is not None:  # the store's totals before the run
             self.receipts = RunReceipts(self.tracker)
         self.track = self.tracker.track
@@ -149,8 +183,16 @@ class Importer:
                 self._current = index
                 source = self.args.source_id or inp.default_source
                 try:
-                    for record in inp.open():
-                        self._row(index, inp, source, record)
+                    for block in inp.blocks():
+                        if type(block) is list:
+                            fast = self._fast_row if self._fast else _not_fast
+                            for record in block:
+                                fields = record.fields
+                                if fields is None or not fast(index, record.line, fields):
+                                    self._row(index, inp, source, record)
+                        else:
+                            assert isinstance(block, JsonChunk)
+                            self._chunk(index, inp, source, block)
                 except InputDamaged as exc:
                     self._damaged(index, exc)
                     return
@@ -166,8 +208,141 @@ class Importer:
         finally:
             self._finish()
 
+    def _chunk(self, index: int, inp: Input, source: str, chunk: JsonChunk) -> None:
+        """JSONL lines that all decoded: a Record is made only for a row the fast path
+        leaves to ``_row``."""
+        fast = self._fast_row if self._fast else _not_fast
+        first = chunk.first
+        for i, fields in enumerate(chunk.values):
+            if type(fields) is not dict or not fast(index, first + i, fields):
+                self._row(index, inp, source, chunk.record(i))
+
+    def _fast_row(self, index: int, line: int, fields: dict[str, Any]) -> bool:
+        """The common row, in the fewest steps: True once it is handled (accepted, or
+        counted and stopped), False (having changed nothing) to leave it to ``_row``,
+        which says what is wrong. It computes what ``_row`` would (the same content, id
+        and ``track()`` arguments); anything unusual (another mapping, a bad or
+        non-ASCII value, metadata trouble, a row of an errors file) goes to ``_row``."""
+        if "deadLetter" in fields:
+            return False
+        explicit = fields.get("eventId")
+        if explicit is not None and explicit != "":
+            return False
+        mapper = self.mapper
+        try:
+            entity = fields[mapper.entity]
+            metric = mapper.metric_name
+            if metric is None:
+                metric = fields[mapper.metric]
+            value = fields[mapper.value]
+        except KeyError:
+            return False
+        limit = self._max_name
+        if (
+            type(entity) is not str
+            or type(metric) is not str
+            or not entity.isascii()
+            or not metric.isascii()
+            or not 0 < len(entity) <= limit
+            or not 0 < len(metric) <= limit
+            or entity.isspace()
+            or metric.isspace()
+        ):
+            return False
+        try:
+            if type(value) is str:
+                value = parse_number(value)
+            if type(value) is int:
+                if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                    return False
+                number = float(value)
+            elif type(value) is float and value - value == 0:  # finite
+                number = value + 0.0  # -0.0 and 0.0 are one value (as content() says)
+            else:
+                return False
+            timestamp = fields.get(mapper.timestamp)
+            if timestamp is None or timestamp == "":
+                return False
+            if mapper.parse_timestamp is not None:
+                timestamp = mapper.parse_timestamp(timestamp)
+            if type(timestamp) is str:
+                instant = self._instants.get(timestamp)
+                if instant is None:
+                    ms = timestamp_ns(timestamp) // 1_000_000
+                    instant = (_EPOCH + timedelta(milliseconds=ms), ms)
+                    if len(self._instants) >= _INSTANTS_KEPT:
+                        self._instants.clear()
+                    self._instants[timestamp] = instant
+                timestamp, ms = instant
+            else:
+                ms = timestamp_ns(timestamp) // 1_000_000
+            metadata = None
+            if mapper.metadata or "metadata" in fields:
+                metadata = mapper._metadata(fields)
+        except Exception:
+            return False  # _row meets it again, and says why
+        job_id = mapper.job_id
+        if job_id is None:
+            job_id = fields.get("JobId") or fields.get("jobId") or None
+        if self.interrupt:
+            raise Interrupted
+        self.rows += 1
+        if self.rows & 1023 == 0:
+            self._housekeeping()
+        # _backfill's rule, k = 0 hashed once (see _key).
+        data = _encode([entity, metric, repr(number), ms])
+        digest = _sha256(self._first + data).digest()
+        key = digest[:16]
+        k = self.occurrences.take(key)
+        own = ID_PREFIX + key.hex() if k == 0 else event_id(data, k, self.namespace)
+        track = self.track
+        try:
+            accepted = track(
+                entity,
+                metric,
+                value,
+                timestamp=timestamp,
+                metadata=metadata,
+                event_id=own,
+                job_id=job_id,
+            )
+            while accepted is None:  # the queue stayed full for block_timeout
+                if self.interrupt:
+                    raise Interrupted
+                self._housekeeping()
+                accepted = track(
+                    entity,
+                    metric,
+                    value,
+                    timestamp=timestamp,
+                    metadata=metadata,
+                    event_id=own,
+                    job_id=job_id,
+                )
+        except InvalidEventError:  # e.g. metadata track() refuses: _row says why
+            self.occurrences.give_back(key)
+            self.rows -= 1
+            return False
+        where = self._where
+        where[accepted] = (index, line)
+        if len(where) > self._window:
+            for old in list(itertools.islice(where, len(where) // 2)):
+                del where[old]
+        return True
+
+    def _key(self, data: bytes) -> tuple[bytes, str | None]:
+        """The counting key of a content, and the eventId of its first occurrence when
+        that came for free. With --shard the key is ``content_key`` (it picks the shard,
+        the same in every process); without, the first 16 bytes of the k = 0 id's own
+        SHA-256 (one hash instead of two for most rows), which groups identical content
+        just as well. One run uses one kind of key throughout."""
+        if self.shard is not None:
+            return content_key(data), None
+        key = _sha256(self._first + data).digest()[:16]
+        return key, ID_PREFIX + key.hex()
+
     def _row(self, index: int, inp: Input, source: str, record: Record) -> None:
-        # The hot path (once per row): locals, no helper calls on the common path.
+        # The general path: every row the fast path leaves, with every check and reason.
         if self.interrupt:
             raise Interrupted
         self.rows += 1
@@ -202,7 +377,7 @@ class Importer:
             if self._mine(record.raw):
                 self._invalid(index, record, exc.field, self._reason(exc, mapper), None)
             return
-        key = None
+        key = first_id = None
         if explicit is None:
             try:
                 data = content(a.entity, a.metric, a.value, a.timestamp)
@@ -210,7 +385,7 @@ class Importer:
                 if self._mine(record.raw):
                     self._invalid(index, record, exc.field, self._reason(exc, mapper), None)
                 return
-            key = content_key(data)
+            key, first_id = self._key(data)
             if self.shard is not None and not self._mine_key(key):
                 return
         elif self.shard is not None and not self._mine(
@@ -223,7 +398,8 @@ class Importer:
                 validate(self.config, a)
                 return
             if key is not None:
-                a.event_id = event_id(data, self.occurrences.take(key), self.namespace)
+                k = self.occurrences.take(key)
+                a.event_id = first_id if k == 0 and first_id else event_id(data, k, self.namespace)
             track = self.track
             accepted = track(
                 a.entity,
@@ -473,6 +649,10 @@ def _problem(exc: InvalidEventError) -> str:
     text = str(exc)
     prefix = f"{exc.field}={short_repr(exc.value)}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _not_fast(index: int, line: int, fields: dict[str, Any]) -> bool:
+    return False
 
 
 def _no_tracker(*args: Any, **kwargs: Any) -> str | None:

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "Input",
     "InputDamaged",
+    "JsonChunk",
     "Record",
     "derive_event_id",
     "shard_of",
@@ -49,6 +50,8 @@ DEFAULT_MAX_LINE_BYTES: Final = 1024 * 1024
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BOM: Final = b"\xef\xbb\xbf"
 _JSONL_SUFFIXES: Final = (".jsonl", ".ndjson", ".json")
+#: CSV records handed over at a time (the reader's own state bounds memory anyway).
+_CSV_BATCH: Final = 512
 _decode = msgspec.json.decode
 
 
@@ -80,6 +83,25 @@ class Record:
         return self.raw.decode("utf-8", "replace")
 
 
+@dataclass(slots=True)
+class JsonChunk:
+    """Consecutive JSONL lines that each decoded on their own (the fast path): ``lines[i]``
+    is line ``first + i`` as read (surrounding whitespace kept), ``values[i]`` its JSON
+    value (a row when it is a dict; anything else is an error row, see ``record``)."""
+
+    first: int
+    lines: list[bytes]
+    values: list[Any]
+
+    def record(self, i: int) -> Record:
+        """Line ``i`` as the record the per-line reader would have made of it."""
+        value = self.values[i]
+        raw = self.lines[i].strip()
+        if type(value) is not dict:
+            return Record(self.first + i, raw, None, "not a JSON object")
+        return Record(self.first + i, raw, value)
+
+
 class Input:
     """One input: a path or ``-``; opened lazily, read once, as a stream."""
 
@@ -108,6 +130,21 @@ class Input:
 
     def open(self) -> Generator[Record, None, None]:
         """The records; raises OSError if the file cannot be opened or read."""
+        for block in self.blocks():
+            if type(block) is list:
+                yield from block
+            else:
+                assert isinstance(block, JsonChunk)
+                for i in range(len(block.lines)):
+                    yield block.record(i)
+
+    def blocks(
+        self, csv_batch: int = _CSV_BATCH
+    ) -> Generator[list[Record] | JsonChunk, None, None]:
+        """The records in blocks, in order: a :class:`JsonChunk` for JSONL lines that
+        all decoded (no ``Record`` per line: the import's hot path), else lists of
+        records (CSV: up to ``csv_batch`` at a time). Raises OSError if the file cannot
+        be opened or read; ``InputDamaged`` after the blocks before the damage."""
         raw: IO[bytes] = sys.stdin.buffer if self.is_stdin else open(self.path, "rb")  # noqa: SIM115
         self._raw = raw
         stream: IO[bytes] = raw
@@ -119,7 +156,7 @@ class Input:
             except (EOFError, OSError, zlib.error) as exc:  # a damaged gzip header
                 raise InputDamaged(self.name, 1, _damage(exc)) from None
             if self.format == "csv":
-                yield from self._csv(stream)
+                yield from _batched(self._csv(stream), csv_batch)
             else:
                 yield from self._jsonl(stream)
         finally:
@@ -130,7 +167,7 @@ class Input:
 
     def read_header(self) -> list[str] | None:
         """Open, detect the format and read a CSV header (the preflight check)."""
-        records = self.open()
+        records = self.blocks(csv_batch=1)  # the header alone, not rows past it
         try:
             next(records, None)
         finally:
@@ -148,30 +185,49 @@ class Input:
         head = _peek(stream, 256).lstrip(_BOM).lstrip()
         return "jsonl" if head.startswith(b"{") else "csv"
 
-    def _jsonl(self, stream: IO[bytes]) -> Iterator[Record]:
+    def _jsonl(self, stream: IO[bytes]) -> Iterator[list[Record] | JsonChunk]:
         decode = _decode
         line_no = 0
         for lines in _blocks(stream, self.max_line_bytes, self.name):
-            for line in lines:
-                line_no += 1
-                if line is None:
-                    yield Record(line_no, b"", None, self._too_long())
-                    continue
-                raw = line.strip()
-                if not raw:
-                    continue
+            first = line_no + 1
+            line_no += len(lines)
+            if None not in lines:
+                # One C-level pass for the whole chunk. Each line is decoded alone (not
+                # with decode_lines, which skips blank lines and reads two objects on one
+                # line: the values would no longer match their lines). Any trouble (a
+                # blank or bad line, too deep) and the chunk goes line by line below.
+                done = cast("list[bytes]", lines)
                 try:
-                    fields = decode(raw)
-                except msgspec.DecodeError as exc:
-                    yield Record(line_no, raw, None, f"not valid JSON: {exc}")
+                    values = [decode(line) for line in done]
+                except (msgspec.DecodeError, RecursionError):
+                    pass
+                else:
+                    yield JsonChunk(first, done, values)
                     continue
-                except RecursionError:  # msgspec's own depth limit: not a stack overflow
-                    yield Record(line_no, raw, None, "not valid JSON: nested too deeply")
-                    continue
-                if type(fields) is not dict:
-                    yield Record(line_no, raw, None, "not a JSON object")
-                    continue
-                yield Record(line_no, raw, fields)
+            records = []  # a list per chunk: bounded by the chunk, as the lines are
+            for n, line in enumerate(lines, first):
+                record = self._jsonl_record(n, line)
+                if record is not None:
+                    records.append(record)
+            yield records
+
+    def _jsonl_record(self, line_no: int, line: bytes | None) -> Record | None:
+        """One line as a record, None for a blank one (the slow path: every reason
+        spelled out)."""
+        if line is None:
+            return Record(line_no, b"", None, self._too_long())
+        raw = line.strip()
+        if not raw:
+            return None
+        try:
+            fields = _decode(raw)
+        except msgspec.DecodeError as exc:
+            return Record(line_no, raw, None, f"not valid JSON: {exc}")
+        except RecursionError:  # msgspec's own depth limit: not a stack overflow
+            return Record(line_no, raw, None, "not valid JSON: nested too deeply")
+        if type(fields) is not dict:
+            return Record(line_no, raw, None, "not a JSON object")
+        return Record(line_no, raw, fields)
 
     def _too_long(self) -> str:
         return f"line too long: over {self.max_line_bytes:,} bytes (--max-line-bytes), skipped"
@@ -311,6 +367,24 @@ def _blocks(stream: IO[bytes], limit: int, name: str) -> Iterator[list[bytes | N
         if len(tail) > limit:
             tail = b""
             skipping = True
+
+
+def _batched(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    """Lists of up to ``size`` records; on ``InputDamaged`` the records read before it
+    come first, then the exception."""
+    batch: list[Record] = []
+    try:
+        for record in records:
+            batch.append(record)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except InputDamaged:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
 
 
 def _damage(exc: BaseException) -> str:
