@@ -1,8 +1,10 @@
 """Reading inputs as a stream of records, and the deterministic eventId of each.
 
 Inputs are JSONL or CSV, optionally gzipped (detected by magic bytes), or ``-`` for
-stdin. Nothing reads a whole file: records come one at a time with the line they start
-on, the bytes that identify them, and their fields.
+stdin. Nothing reads a whole file: records come in blocks of one read chunk (or a few
+hundred CSV records), each with the line it starts on, the bytes that identify it, and
+its fields; a JSONL chunk whose lines all decode comes as lines and values, without a
+record per line (the import's fast path).
 
 **The eventId formula of ``--id-rule line``** (enso-tracker 0.x; the default rule is
 in ``enso_tracker._backfill``; a stable contract: changing it would bill re-runs twice)::
@@ -127,16 +129,6 @@ class Input:
             return raw.tell()
         except (OSError, ValueError):
             return 0
-
-    def open(self) -> Generator[Record, None, None]:
-        """The records; raises OSError if the file cannot be opened or read."""
-        for block in self.blocks():
-            if type(block) is list:
-                yield from block
-            else:
-                assert isinstance(block, JsonChunk)
-                for i in range(len(block.lines)):
-                    yield block.record(i)
 
     def blocks(
         self, csv_batch: int = _CSV_BATCH
