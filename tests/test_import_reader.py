@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enso_tracker._cli import _rows
-from enso_tracker._cli._timestamps import RepeatCache
+from enso_tracker._cli.importer import rows as _rows
+from enso_tracker._cli.importer.timestamps import RepeatCache
 from enso_tracker._errors import InvalidEventError
 from enso_tracker._validate import timestamp_ns
 from enso_tracker._wire import EventEncoder

@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .._errors import ConfigurationError
-from .._receipts import text_of
-from .._receipts_query import Receipts, ReceiptTotal
-from ._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
+from ..._errors import ConfigurationError
+from ..._receipts import text_of
+from ..._receipts_query import Receipts, ReceiptTotal
+from .._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
 
 __all__ = ["add_store_options", "open_store"]
 

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ._output import json_line
+from .._output import json_line
 
 __all__ = ["ErrorsOut"]
 

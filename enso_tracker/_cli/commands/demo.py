@@ -29,10 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.crash:
-        from .._demo_crash import run_crash_demo
+        from ..demo.crash import run_crash_demo
 
         return run_crash_demo(seconds=2.0 if args.seconds is None else args.seconds)
-    from .._demo import run_demo  # imports the fake server: only for this command
+    from ..demo.live import run_demo  # imports the fake server: only for this command
 
     seconds = 4.0 if args.seconds is None else args.seconds
     return run_demo(seconds=seconds, threads=args.threads, live=not args.quiet)

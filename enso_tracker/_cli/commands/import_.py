@@ -10,16 +10,16 @@ import sys
 from types import FrameType
 from typing import Any
 
-from .._errors import ConfigurationError
-from .._spool_admin import Spool
-from ._errors_out import ErrorsOut
-from ._import import Importer
-from ._import_receipts import write_summary
-from ._mapping import Mapper
-from ._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
-from ._progress import RichMissing, Ticker, make_display
-from ._rows import DEFAULT_MAX_LINE_BYTES, Input, InputDamaged
-from ._timestamps import zone
+from ..._errors import ConfigurationError
+from ..._spool_admin import Spool
+from .._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
+from ..importer.engine import Importer
+from ..importer.errors_out import ErrorsOut
+from ..importer.mapping import Mapper
+from ..importer.progress import RichMissing, Ticker, make_display
+from ..importer.receipts import write_summary
+from ..importer.rows import DEFAULT_MAX_LINE_BYTES, Input, InputDamaged
+from ..importer.timestamps import zone
 
 NAME = "import"
 HELP = "import usage rows from JSONL or CSV files (gzipped or not, or - for stdin)"
@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             importer.tracker.shutdown(0.0)
         return EXIT_USAGE
     if importer.tracker is not None:  # fail fast: Enso unreachable or refusing (exit 3)
-        from ._preflight import check_enso  # beside its one use
+        from ..importer.preflight import check_enso  # beside its one use
 
         importer.stopped = check_enso(args, importer.tracker.config)
 

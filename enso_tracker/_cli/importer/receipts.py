@@ -15,13 +15,13 @@ import os
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .._errors import ConfigurationError
-from .._receipts import DELIVERED, add, text_of
-from .._receipts_query import Receipts
-from ._output import clean
+from ..._errors import ConfigurationError
+from ..._receipts import DELIVERED, add, text_of
+from ..._receipts_query import Receipts
+from .._output import clean
 
 if TYPE_CHECKING:
-    from .._tracker import Tracker
+    from ..._tracker import Tracker
 
 __all__ = ["RunReceipts", "write_summary"]
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import msgspec
 
-from .._direct import send_events
-from .._errors import ConfigurationError, InvalidEventError
-from ._args import connection_options, in_env_terms
-from ._mapping import RowError, parse_number
-from ._output import (
+from ..._direct import send_events
+from ..._errors import ConfigurationError, InvalidEventError
+from .._args import connection_options, in_env_terms
+from .._output import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_UNDELIVERED,
@@ -25,6 +24,7 @@ from ._output import (
     print_json,
     stderr_line,
 )
+from ..importer.mapping import RowError, parse_number
 
 NAME = "send"
 HELP = "send one event and wait for Enso's answer to it"

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .._backfill import (
+from ..._backfill import (
     ID_PREFIX,
     MAX_NAME,
     Occurrences,
@@ -30,25 +30,25 @@ from .._backfill import (
     event_id,
     shard_of_key,
 )
-from .._config import Config
-from .._errors import InvalidEventError, short_repr
-from .._model import DropReason, Event, Stats
-from .._tracker import Tracker
-from .._validate import MAX_EXACT_INT, timestamp_ns
-from ._args import make_tracker
-from ._errors_out import ErrorsOut
-from ._import_receipts import RunReceipts
-from ._mapping import Mapper, RowError, api_shape, is_event, parse_number, validate
-from ._output import (
+from ..._config import Config
+from ..._errors import InvalidEventError, short_repr
+from ..._model import DropReason, Event, Stats
+from ..._tracker import Tracker
+from ..._validate import MAX_EXACT_INT, timestamp_ns
+from .._args import make_tracker
+from .._output import (
     EXIT_DAMAGED,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNDELIVERED,
 )
-from ._progress import Display, Snapshot
-from ._rows import Input, InputDamaged, JsonChunk, Record, derive_event_id, shard_of
-from ._timestamps import explain as explain_timestamp
+from .errors_out import ErrorsOut
+from .mapping import Mapper, RowError, api_shape, is_event, parse_number, validate
+from .progress import Display, Snapshot
+from .receipts import RunReceipts
+from .rows import Input, InputDamaged, JsonChunk, Record, derive_event_id, shard_of
+from .timestamps import explain as explain_timestamp
 
 __all__ = ["Importer", "Stop"]
 

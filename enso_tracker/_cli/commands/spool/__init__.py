@@ -21,14 +21,13 @@ from typing import IO, Any, Final
 
 import msgspec
 
-from .. import DeadLetter, Event, Spool
-from .._dead_letters import FILE_NAME as DEAD_LETTERS
-from .._errors import ConfigurationError
-from .._spool_admin import cannot_open
-from .._spool_identity import short
-from .._spool_store import SpoolCorrupt, is_corrupt
-from ._mapping import api_shape
-from ._output import (
+from .... import DeadLetter, Event, Spool
+from ...._dead_letters import FILE_NAME as DEAD_LETTERS
+from ...._errors import ConfigurationError
+from ...._spool_admin import cannot_open
+from ...._spool_identity import short
+from ...._spool_store import SpoolCorrupt, is_corrupt
+from ..._output import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
@@ -38,6 +37,7 @@ from ._output import (
     setup_logging,
     stderr_line,
 )
+from ...importer.mapping import api_shape
 
 __all__ = ["spool_check"]
 

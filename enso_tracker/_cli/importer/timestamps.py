@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .._validate import timestamp_ns
+from ..._validate import timestamp_ns
 
 __all__ = ["RepeatCache", "TimestampError", "explain", "make_parser", "zone"]
 

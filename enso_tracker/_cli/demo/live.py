@@ -21,9 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._model import DropReason, Event
-from ._tracker import Tracker
-from .testing import FakeEnso, Fault
+from ..._model import DropReason, Event
+from ..._tracker import Tracker
+from ...testing import FakeEnso, Fault
 
 KNOWN = [f"ent_demo_{i:02d}" for i in range(20)]
 UNKNOWN = "ent_not_in_enso"

@@ -15,11 +15,11 @@ import csv
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from .._errors import ConfigurationError
-from .._receipts import DELIVERED, text_of
-from .._receipts_query import Period, hour_bound
-from ._cmd_receipts import open_store
-from ._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
+from ..._errors import ConfigurationError
+from ..._receipts import DELIVERED, text_of
+from ..._receipts_query import Period, hour_bound
+from .._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
+from .receipts import open_store
 
 __all__ = ["Difference", "compare", "read_export"]
 

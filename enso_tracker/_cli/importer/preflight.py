@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from .._auth import make_credentials
-from .._config import Config
-from .._probe import BLOCKING, PREFLIGHT_TIMEOUT, preflight
-from ._args import connection_options
+from ..._auth import make_credentials
+from ..._config import Config
+from ..._probe import BLOCKING, PREFLIGHT_TIMEOUT, preflight
+from .._args import connection_options
 
 __all__ = ["check_enso"]
 

@@ -16,9 +16,9 @@ from typing import Any, Final, NoReturn
 
 import msgspec
 
-from .._config import Config
-from .._validate import check_id, check_name, coerce_value, encode_metadata, timestamp_ns
-from ._timestamps import RepeatCache, TimestampError, make_parser, zone
+from ..._config import Config
+from ..._validate import check_id, check_name, coerce_value, encode_metadata, timestamp_ns
+from .timestamps import RepeatCache, TimestampError, make_parser, zone
 
 __all__ = ["Mapper", "RowError", "TrackArgs", "is_event", "parse_number", "validate"]
 

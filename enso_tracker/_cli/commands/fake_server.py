@@ -16,8 +16,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from .._config import is_loopback_host
-from ._output import EXIT_OK, EXIT_USAGE, print_json, stderr_line
+from ..._config import is_loopback_host
+from .._output import EXIT_OK, EXIT_USAGE, print_json, stderr_line
 
 NAME = "fake-server"
 COMMON = False  # it is the server: no --base-url
@@ -101,7 +101,7 @@ Then, in another shell (the first line printed is these two variables):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..testing import FakeEnso  # the test server: imported for this command only
+    from ...testing import FakeEnso  # the test server: imported for this command only
 
     if not 400 <= args.status <= 599:
         stderr_line(f"enso-tracker fake-server: --status {args.status}: expected 4xx or 5xx")

@@ -1,7 +1,7 @@
 """``enso-tracker demo --crash``: an app tracking with a durable spool is ``kill -9``ed
 mid-stream; a new process opens the spool and delivers what the dead one had committed.
 
-The app (this module run as ``python -m enso_tracker._demo_crash URL DIR``) tracks
+The app (this module run as ``python -m enso_tracker._cli.demo.crash URL DIR``) tracks
 events ``crash-demo-<n>`` as fast as it can against an embedded fake Enso that answers
 some requests with 503, and prints its ``stats().durable_seq`` every 20 ms. The demo
 kills it with SIGKILL, starts a new tracker on the same directory, and checks the books:
@@ -22,8 +22,8 @@ import threading
 import time
 from typing import TextIO
 
-from ._tracker import Tracker
-from .testing import FakeEnso, Fault
+from ..._tracker import Tracker
+from ...testing import FakeEnso, Fault
 
 PREFIX = "crash-demo-"
 STARTUP_TIMEOUT = 60.0  # seconds the app may take to commit its first event
@@ -81,7 +81,7 @@ def _run(directory: str, seconds: float, out: TextIO) -> int:
     rng = random.Random(7)
     with FakeEnso() as server:
         child = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
-            [sys.executable, "-m", "enso_tracker._demo_crash", server.url, directory],
+            [sys.executable, "-m", "enso_tracker._cli.demo.crash", server.url, directory],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # its retry warnings: the summary below tells
             text=True,
