@@ -27,7 +27,7 @@ from .._errors import ConfigurationError, describe_exception
 from .._probe import ProbeResult, probe, probe_compression
 from ._args import Connection, connection, connection_options_of, in_env_terms
 from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
-from .commands.spool import spool_check
+from .commands.spool.status import spool_check
 
 NAME = "doctor"
 HELP = "check configuration, network, TLS, credentials and clock against Enso"
