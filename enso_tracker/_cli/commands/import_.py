@@ -1,4 +1,5 @@
-"""``enso-tracker import FILE...``: flags, checks before anything is sent, the summary."""
+"""``enso-tracker import FILE...``: its flags and the run (checks before anything is sent
+in ``importer.checks``, the run in ``importer.engine``, the summary in ``importer.summary``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ import re
 import signal
 import sys
 from types import FrameType
-from typing import Any
 
 from ..._errors import ConfigurationError
-from ..._spool_admin import Spool
-from .._output import EXIT_USAGE, clean, print_json, route_logs, stderr_line
+from .._output import EXIT_USAGE, route_logs, stderr_line
+from ..importer.checks import check
 from ..importer.engine import Importer
 from ..importer.errors_out import ErrorsOut
-from ..importer.mapping import Mapper
 from ..importer.progress import RichMissing, Ticker, make_display
-from ..importer.receipts import write_summary
-from ..importer.rows import DEFAULT_MAX_LINE_BYTES, Input, InputDamaged
+from ..importer.rows import DEFAULT_MAX_LINE_BYTES
+from ..importer.summary import print_summary
 from ..importer.timestamps import zone
 
 NAME = "import"
@@ -181,108 +180,8 @@ input is split, ordered or sharded, and on any machine:
     )
 
 
-def _check(args: argparse.Namespace) -> tuple[list[Input], str | None]:
-    """The inputs, or a usage problem (found before anything is sent)."""
-    paths: list[str] = args.files
-    if paths.count("-") > 1:
-        return [], "stdin (-) can be read only once"
-    if args.id_namespace is not None and not args.id_namespace.isprintable():
-        return [], "--id-namespace must be printable text"
-    line_ids = args.id_rule == "line"
-    if args.source_id is not None:
-        if not line_ids:
-            return [], "--source-id belongs to --id-rule line; content ids need no source"
-        if len(paths) > 1:
-            return [], "--source-id names one input; import several files one by one"
-        if not args.source_id.isprintable() or not args.source_id.strip():
-            return [], "--source-id must be non-empty printable text"
-    if line_ids and "-" in paths and args.source_id is None and args.id_column is None:
-        return [], (
-            "stdin has no file name to derive stable eventIds from: pass --source-id "
-            "(the same on every re-run), or --id-column"
-        )
-    inputs: list[Input] = []
-    for path in paths:
-        try:
-            inputs.append(Input(path, args.format, args.max_line_bytes))
-        except OSError as exc:
-            return [], f"{path}: {exc.strerror or exc}"
-    problem = _errors_out_problem(args, inputs)
-    if problem:
-        return [], problem
-    sources = [i.default_source for i in inputs if not i.is_stdin]
-    if line_ids and args.source_id is None and len(set(sources)) != len(sources):
-        return [], "two inputs have the same file name, so their eventIds would collide"
-    if args.spool_dir is not None:
-        problem = _spool_problem(args.spool_dir)
-        if problem:
-            return [], problem
-    required = Mapper(args).required_columns()
-    for inp in inputs:
-        if inp.is_stdin:
-            continue
-        try:
-            header = inp.read_header()
-        except InputDamaged as exc:  # nothing of it can be read: nothing sent
-            return [], f"{inp.name}: cannot read: {exc.reason}"
-        except (OSError, EOFError) as exc:
-            return [], f"{inp.name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
-        if header is not None:
-            missing = [c for c in required if c not in header]
-            if missing:
-                return [], (
-                    f"{inp.name}: no column {', '.join(map(repr, missing))} in the header "
-                    f"(columns: {', '.join(header)}); map them with --entity/--value/..."
-                )
-    return inputs, None
-
-
-def _errors_out_problem(args: argparse.Namespace, inputs: list[Input]) -> str | None:
-    """An errors file that is one of the inputs would be emptied before it is read."""
-    targets = [args.errors_out] if args.errors_out is not None else []
-    if args.errors_out is None:
-        suffix = f".shard-{args.shard[0]}-of-{args.shard[1]}" if args.shard else ""
-        targets = [f"{i.path}{suffix}.errors.jsonl" for i in inputs if not i.is_stdin]
-    for target in targets:
-        try:
-            out = os.stat(target)
-        except OSError:
-            continue  # does not exist yet: cannot be an input
-        for inp in inputs:
-            try:
-                st = os.fstat(sys.stdin.fileno()) if inp.is_stdin else os.stat(inp.path)
-            except (OSError, ValueError):
-                continue
-            if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
-                return (
-                    f"the errors file {target} is the input {inp.name}: writing it would "
-                    "destroy the input; choose another --errors-out"
-                )
-    return None
-
-
-def _spool_problem(path: str) -> str | None:
-    """Why ``--spool-dir`` cannot be this run's, or None. A tracker adopts the leftovers
-    of dead processes in its directory: an import's counts, exit code and errors file
-    would then speak of events that are not its rows. So the directory must hold none."""
-    if not os.path.exists(path):
-        return None  # the tracker creates it, 0700
-    try:
-        status = Spool(path).status()
-    except (ConfigurationError, OSError) as exc:
-        return f"--spool-dir {path}: {exc}"
-    if status.events:
-        return (
-            f"--spool-dir {path}: holds {status.events:,} undelivered events of other runs or "
-            "processes, which this run would adopt and count as its own; let their "
-            "application deliver them (or `enso-tracker spool export --pending --dir DIR`), "
-            "or give an empty directory"
-        )
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    inputs, problem = _check(args)
+    inputs, problem = check(args)
     if problem:
         stderr_line(f"enso-tracker import: {problem}")
         return EXIT_USAGE
@@ -336,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     written = errors.close()
     code = importer.exit_code()
     try:
-        _summary(args, importer, written, code)
+        print_summary(args, importer, written, code)
     except BrokenPipeError:
         # `enso-tracker import ... | head -1`: the reader left. The exit code still says
         # what happened to the rows; stdout goes nowhere so that exiting stays quiet.
@@ -350,63 +249,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     finally:
         os.close(devnull)
-
-
-def _summary(
-    args: argparse.Namespace, imp: Importer, written: list[dict[str, Any]], code: int
-) -> None:
-    books = imp.books()
-    books["errors_files"] = written
-    books["invalid_reasons"] = imp.invalid_reasons()
-    books["exit_code"] = code
-    receipts = books["receipts"] = (
-        imp.receipts.result(imp.tracker) if imp.receipts and imp.tracker else None
-    )
-    if args.json:
-        print_json(books)
-        return
-    out = sys.stdout
-    title = "dry run (nothing sent)" if imp.dry_run else "the books"
-    out.write(f"== enso-tracker import: {title} ==\n")
-    rows = [("rows read", books["rows_read"])]
-    if imp.shard:
-        rows.append((f"  in other shards than {books['shard']}", books["other_shards"]))
-    rows.append(("invalid", books["invalid"]))
-    if not imp.dry_run:
-        rows += [("accepted", books["accepted"]), ("delivered", books["delivered"])]
-        rows.append(("dropped", sum(books["dropped"].values())))
-        rows += [(f"  {kind}", n) for kind, n in sorted(books["dropped"].items())]
-    else:
-        rows.append(("valid", books["valid"]))
-    for label, n in rows:
-        out.write(f"{label:<32}{n:>10,}\n")
-    if books["invalid_reasons"]:
-        out.write("invalid rows by reason:\n")
-    for r in books["invalid_reasons"]:
-        first = f" (first: {clean(r['first'])})" if r.get("first") else ""
-        label = f"{r['field']}: " if r["field"] else ""
-        out.write(f"  {r['count']:>8,} x {clean(label + r['reason'])}{first}\n")
-    if imp.drop_reasons:
-        out.write("dropped because:\n")
-    for reason, n in sorted(imp.drop_reasons.items(), key=lambda item: -item[1]):
-        out.write(f"  {n:>8,} x {reason}\n")
-    if receipts is not None:
-        write_summary(out, receipts)
-    for f in written:
-        out.write(f"errors file: {f['path']} ({f['records']} records)\n")
-    if imp.damaged:
-        out.write(f"damaged input: {clean(imp.damaged)}\n")
-    if imp.stopped:
-        out.write(
-            f"stopped: {imp.stopped}. {imp.rerun_advice} to finish: rows already "
-            "delivered keep their eventIds and are not billed again.\n"
-        )
-    verdict = {
-        0: "every valid row delivered" if not imp.dry_run else "every row valid",
-        1: "some rows invalid or refused by Enso: see the errors file",
-        3: "some rows not delivered: re-run the same command",
-        4: "an input could not be read to its end: replace it, then re-run the command",
-        130: "interrupted: re-run the same command",
-    }.get(code, "")
-    out.write(f"exit {code}: {verdict}\n")
-    out.flush()
