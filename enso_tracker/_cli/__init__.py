@@ -24,17 +24,16 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _cmd_doctor
 from ._args import build_parser
 from ._output import EXIT_INTERRUPTED, setup_logging
-from .commands import demo, fake_server, import_, receipts, reconcile, send, spool
+from .commands import demo, doctor, fake_server, import_, receipts, reconcile, send, spool
 
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: tuple[ModuleType, ...] = (
     import_,
     send,
-    _cmd_doctor,
+    doctor,
     spool,
     demo,
     fake_server,

@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .._auth import _STRIPPED, ApiKey, ClientCredentials, Credentials, make_credentials
-from .._config import Config
-from .._errors import ConfigurationError, describe_exception
-from .._probe import ProbeResult, probe, probe_compression
-from ._args import Connection, connection, connection_options_of, in_env_terms
-from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
-from .commands.spool.status import spool_check
+from ..._auth import _STRIPPED, ApiKey, ClientCredentials, Credentials, make_credentials
+from ..._config import Config
+from ..._errors import ConfigurationError, describe_exception
+from ..._probe import ProbeResult, probe, probe_compression
+from .._args import Connection, connection, connection_options_of, in_env_terms
+from .._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
+from .spool.status import spool_check
 
 NAME = "doctor"
 HELP = "check configuration, network, TLS, credentials and clock against Enso"
