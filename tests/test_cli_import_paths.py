@@ -5,6 +5,8 @@ about the same lines, and the books agree, whatever the rows hold."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enso_tracker._cli import main
 from enso_tracker.testing import FakeEnso
 from tests.test_backfill_ids import cli_logging_restored
 
@@ -51,11 +54,7 @@ line_strategy = st.one_of(
 
 
 def import_rows(url: str, path: Path, errors: Path, *extra: str) -> dict[str, Any]:
-    import contextlib
-    import io
-
-    from enso_tracker._cli import main
-
+    """One in-process run of the console script's code; its books (--json)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out), cli_logging_restored():
         main(["import", str(path), "--base-url", url, "--json", "--progress", "none",
@@ -91,9 +90,9 @@ def test_the_fast_path_bills_and_reports_exactly_as_the_general_path(
         outcomes = []
         for extra in ((), ("--shard", "0/1")):
             with FakeEnso() as fake:
-                errors = Path(tmp) / f"errors{len(extra)}.jsonl"
-                books = import_rows(fake.url, path, errors, *extra)
-                outcomes.append((fake.events, errors_of(errors), books))
+                errors_path = Path(tmp) / f"errors{len(extra)}.jsonl"
+                books = import_rows(fake.url, path, errors_path, *extra)
+                outcomes.append((fake.events, errors_of(errors_path), books))
     (events, errors, books), (events_general, errors_general, books_general) = outcomes
     assert events == events_general
     assert errors == errors_general
@@ -113,7 +112,8 @@ def test_every_kind_of_row_in_one_file(env: None, tmp_path: Path) -> None:
     ):
         row: dict[str, Any] = {"CustomerEntityId": entity, "metric": "api_calls"}
         row.update(value=value, timestamp=when)
-        extra = [{}, {"metadata": {"region": "eu"}}, {"JobId": "job-1"}, {"JobId": "bad id"}]
+        extra: list[dict[str, Any]] = [{}, {"metadata": {"region": "eu"}}, {"JobId": "job-1"}]
+        extra.append({"JobId": "bad id"})
         extra += [{"eventId": f"own-{n}"}, {"deadLetter": {"kind": "invalid"}}]
         row.update(extra[n % len(extra)])
         lines += [json.dumps(row, ensure_ascii=False)] * 2
@@ -123,9 +123,9 @@ def test_every_kind_of_row_in_one_file(env: None, tmp_path: Path) -> None:
     outcomes = []
     for extra_args in ((), ("--shard", "0/1")):
         with FakeEnso() as fake:
-            errors = tmp_path / f"errors{len(extra_args)}.jsonl"
-            books = import_rows(fake.url, path, errors, *extra_args)
-            outcomes.append((fake.events, errors_of(errors), books))
+            errors_path = tmp_path / f"errors{len(extra_args)}.jsonl"
+            books = import_rows(fake.url, path, errors_path, *extra_args)
+            outcomes.append((fake.events, errors_of(errors_path), books))
     (events, errors, books), (events_general, errors_general, books_general) = outcomes
     assert len(events) >= 100  # many rows are valid, many are not: both paths taken
     assert events == events_general
