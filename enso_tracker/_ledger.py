@@ -396,7 +396,23 @@ class Ledger:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
         urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
         source: deque[Any] = self.staged if self.spool else self.queue
-        taken, wait = self.schedule.plan(now, source, urgent=urgent)
+        # Room to gather a fuller request in: events that may still arrive before the
+        # queue is half full (by count or by bytes), so that holding a full batch never
+        # pushes track() into queue_full or "block". None with a spool: its staged rows
+        # are stored batches, and holding them would only slow the drain.
+        room = 0
+        if not self.spool:
+            cfg = self.config
+            n = self.outstanding
+            room = cfg.max_queue_size // 2 - n
+            if n:
+                room = min(
+                    room,
+                    (cfg.max_queue_bytes // 2 - self.outstanding_bytes)
+                    * n
+                    // max(self.outstanding_bytes, 1),
+                )
+        taken, wait = self.schedule.plan(now, source, urgent=urgent, room=room)
         if taken:
             if not source and not self.queue:
                 self.flush_asked = False

@@ -22,6 +22,7 @@ That is what lets ``tests/test_schedule.py`` check its rules deterministically:
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from itertools import islice, repeat
@@ -82,6 +83,7 @@ class Schedule:
             backlog_size=max(config.max_batch_size, config.max_backlog_batch_size),
             byte_limit=config.max_batch_bytes,
             flush_interval=config.flush_interval,
+            min_request_interval=min(config.min_request_interval, config.flush_interval),
             rng=rng,
         )
 
@@ -93,6 +95,7 @@ class Schedule:
         backlog_size: int | None = None,
         byte_limit: int,
         flush_interval: float,
+        min_request_interval: float = 0.0,
         rng: random.Random,
     ) -> None:
         self.policy = policy
@@ -102,6 +105,9 @@ class Schedule:
         #: Bodies are cut at this many bytes; halved by every 413 (never grows back).
         self.byte_limit = byte_limit
         self.flush_interval = flush_interval
+        #: Shortest gap between two queue takes cut by size, unless told not to hold.
+        self.min_request_interval = min_request_interval
+        self.last_take = -math.inf  # when events were last taken from the queue
         self._rng = rng
         self.ready: deque[Pending] = deque()  # to send before the queue, in this order
         self.retry: list[Pending] = []  # heap by (due, seq)
@@ -114,12 +120,15 @@ class Schedule:
     # ------------------------------------------------------------------- planning
 
     def plan(
-        self, now: float, queue: deque[QueuedEvent], *, urgent: bool
+        self, now: float, queue: deque[QueuedEvent], *, urgent: bool, room: int = 0
     ) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now (ready retries first, then the queue), or how long to wait
         (``None``: until something happens). ``urgent`` (a flush or shutdown is
-        waiting) sends queued events without waiting for ``flush_interval``. Taken
-        queue items are popped from ``queue``."""
+        waiting) sends queued events without waiting for ``flush_interval``. A full
+        batch waits until ``min_request_interval`` has passed since the last take, so
+        that high rates go in fewer, fuller requests, if at the rate the queue fills
+        fewer than ``room`` events would arrive meanwhile. Taken queue items are
+        popped from ``queue``."""
         if now < self.gate_until:
             return [], self.gate_until - now
         retry = self.retry
@@ -127,13 +136,34 @@ class Schedule:
             self.ready.append(heapq.heappop(retry))
         if queue and self.batch_clock is None:
             self.batch_clock = now
+        held_until = 0.0
         queue_due = bool(queue) and (
             urgent
-            or len(queue) + len(self.ready) >= self.batch_size
             or now - (self.batch_clock or now) >= self.flush_interval
+            or len(queue) + len(self.ready) >= self.batch_size
         )
+        if (
+            queue_due
+            and room > 0
+            and not urgent
+            and not self.ready
+            and len(queue) < self.backlog_size
+            and now < self.last_take + self.min_request_interval
+            and self.batch_clock is not None
+            and now - self.batch_clock < self.flush_interval
+        ):
+            # Full by size, but the last request left less than min_request_interval
+            # ago: gather more for one fuller request (see Config.min_request_interval),
+            # unless, at the rate the queue has been filling, that would eat the room.
+            held_until = self.last_take + self.min_request_interval
+            elapsed = max(now - self.batch_clock, 1e-3)
+            if len(queue) * (held_until - now) < room * elapsed:
+                queue_due = False
+            else:
+                held_until = 0.0
         if self.queue_turn and queue:
             self.queue_turn = False
+            self.last_take = now
             fresh: list[Pending | QueuedEvent] = take(queue, min(len(queue), self.batch_size))
             if not queue:
                 self.batch_clock = None
@@ -142,6 +172,8 @@ class Schedule:
             waits = []
             if queue and self.batch_clock is not None:
                 waits.append(self.batch_clock + self.flush_interval - now)
+            if held_until > now:
+                waits.append(held_until - now)
             if retry:
                 waits.append(retry[0].due - now)
             return [], (max(min(waits), 0.0) if waits else None)
@@ -162,6 +194,7 @@ class Schedule:
                 room = self.backlog_room(queue)
             if room:
                 taken += take(queue, room)
+                self.last_take = now
             if not queue:
                 self.batch_clock = None
         return taken, 0.0
