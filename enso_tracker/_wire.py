@@ -42,7 +42,7 @@ class WireEvent(msgspec.Struct, omit_defaults=True):
     timestamp: str
     eventId: str
     metadata: msgspec.Raw | None = None
-    # The API page documents both spellings with one meaning; the issue asks for both.
+    # Enso's API page documents both spellings with one meaning (docs/wire-contract.md).
     JobId: str | None = None
     jobId: str | None = None
 
