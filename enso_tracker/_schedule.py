@@ -107,7 +107,7 @@ class Schedule:
         self.flush_interval = flush_interval
         #: Shortest gap between two queue takes cut by size, unless told not to hold.
         self.min_request_interval = min_request_interval
-        self.last_take = -math.inf  # when events were last taken from the queue
+        self.last_take = -math.inf  # when a take last emptied the queue
         self._rng = rng
         self.ready: deque[Pending] = deque()  # to send before the queue, in this order
         self.retry: list[Pending] = []  # heap by (due, seq)
@@ -163,10 +163,8 @@ class Schedule:
                 held_until = 0.0
         if self.queue_turn and queue:
             self.queue_turn = False
-            self.last_take = now
             fresh: list[Pending | QueuedEvent] = take(queue, min(len(queue), self.batch_size))
-            if not queue:
-                self.batch_clock = None
+            self._taken(now, queue)
             return fresh, 0.0
         if not self.ready and not queue_due:
             waits = []
@@ -194,10 +192,18 @@ class Schedule:
                 room = self.backlog_room(queue)
             if room:
                 taken += take(queue, room)
-                self.last_take = now
-            if not queue:
-                self.batch_clock = None
+                self._taken(now, queue)
         return taken, 0.0
+
+    def _taken(self, now: float, queue: deque[QueuedEvent]) -> None:
+        # A take that emptied the queue means the sender keeps up: the next full batch
+        # may wait out min_request_interval. One that left events behind is draining a
+        # backlog (a burst, its tail, an outage): what is left goes without waiting.
+        if queue:
+            self.last_take = -math.inf
+        else:
+            self.last_take = now
+            self.batch_clock = None
 
     def backlog_room(self, queue: deque[QueuedEvent]) -> int:
         """Events to send from a backlog: up to ``backlog_size``, as many as the size

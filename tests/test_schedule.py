@@ -274,6 +274,18 @@ def test_a_full_batch_is_not_held_when_the_queue_would_outgrow_the_room_meanwhil
     assert len(s.plan(10.051, q, urgent=False, room=400)[0]) == 10
 
 
+def test_after_a_take_that_left_a_backlog_behind_the_rest_goes_at_once() -> None:
+    # the tail of a burst: the sender is draining, not keeping up; holding would only
+    # add latency
+    s = gathering(batch_size=2, backlog_size=3)
+    q = queue(1, 2, 3, 4, 5)
+    assert seqs(s.plan(10.0, q, urgent=False, room=1_000)[0]) == [1, 2, 3]
+    assert seqs(s.plan(10.001, q, urgent=False, room=1_000)[0]) == [4, 5]
+    # that take emptied the queue: the next full batch waits out the gap again
+    q.extend(queue(6, 7))
+    assert s.plan(10.002, q, urgent=False, room=1_000)[0] == []
+
+
 def test_without_min_request_interval_every_full_batch_goes_at_once() -> None:
     s = schedule(batch_size=2)
     s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
