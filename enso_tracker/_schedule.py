@@ -2,7 +2,7 @@
 
 No lock, thread, clock, random source or I/O of its own: the caller passes ``now`` and
 the random generator, holds the tracker lock around every call, and does the sending.
-That is what lets ``tests/test_schedule.py`` check its rules deterministically:
+That is what lets ``tests/unit/test_schedule.py`` check its rules deterministically:
 
 * **Request gate.** After a failed request nothing is sent before ``gate_until``: the
   server's ``Retry-After``, else full-jitter backoff on the consecutive failures.
