@@ -182,9 +182,10 @@ class Tracker(AsyncMixin):
         no logging; a lock inherited mid-acquire would never be released)."""
         cfg = self._config
         self._pid = os.getpid()
-        self._reporter = Reporter(cfg.on_drop)
+        id_prefix = _new_id_prefix()
+        self._reporter = Reporter(cfg.on_drop, id_prefix)
         schedule = Schedule.from_config(cfg, _jitter_rng)
-        self._ledger = Ledger(cfg, schedule, _new_id_prefix())
+        self._ledger = Ledger(cfg, schedule, id_prefix)
         disk = None
         if cfg.spool_dir is not None:
             # The files are opened by the sender thread, at its first need.
