@@ -3,6 +3,7 @@ hook is set: the ledger hands over the ``Pending``s as it held them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ def _encoded(seq: int, event_id: str | None, metadata: bytes | None) -> Pending:
 
 
 def test_metadata_kept_only_in_the_body_and_generated_ids_are_rebuilt_for_the_hook() -> None:
-    seen: list[tuple[list[Event], DropReason]] = []
+    seen: list[tuple[Sequence[Event], DropReason]] = []
     reporter = Reporter(lambda events, reason: seen.append((events, reason)), "pre")
     in_body = _encoded(7, None, b'{"plan":"pro"}')
     in_body.item = (*in_body.item[:6], IN_BODY, *in_body.item[7:])  # as the sender keeps it
@@ -41,7 +42,7 @@ def test_metadata_kept_only_in_the_body_and_generated_ids_are_rebuilt_for_the_ho
 
 
 def test_a_spooled_event_is_read_back_whole_from_its_body() -> None:
-    seen: list[list[Event]] = []
+    seen: list[Sequence[Event]] = []
     reporter = Reporter(lambda events, reason: seen.append(events), "pre")
     spooled = _encoded(9, "spooled-id", b'{"a":1}')
     spooled.item = (9, "", "", "", 0, 0, WHOLE_BODY, None, 0)  # as adopted from a spool file
