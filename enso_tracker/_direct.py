@@ -36,9 +36,8 @@ from ._errors import (
     describe_exception,
     short_repr,
 )
-from ._schedule import RetryPolicy
+from ._retry import RetryPolicy
 from ._sender import (
-    RETRYABLE_STATUS,
     Answered,
     HttpSender,
     Outcome,
@@ -182,14 +181,14 @@ class _Run:
 
     def later(self, items: list[_Item], retry_after: float | None) -> None:
         """Back in line after a backoff (or Enso's ``Retry-After``), unless out of tries."""
-        retry = [i for i in items if i.attempts <= self.config.max_retries]
-        spent = [i for i in items if i.attempts > self.config.max_retries]
+        retry = [i for i in items if not self.policy.out_of_tries(i.attempts)]
+        spent = [i for i in items if self.policy.out_of_tries(i.attempts)]
         message, status = self.problem
         self.settle(spent, "undelivered", message=message, status=status)
         if not retry:
             return
         attempt = max(i.attempts for i in retry)
-        wait = retry_after if retry_after is not None else self.policy.backoff(attempt - 1, _rng)
+        wait = self.policy.request_delay(attempt - 1, retry_after, _rng)
         self.waiting.append((time.monotonic() + wait, retry))
 
     def run(self, batches: list[list[_Item]]) -> None:
@@ -246,7 +245,7 @@ class _Run:
                             retry.append(item)
                         continue
                     status = failure.status
-                    if status is not None and (status >= 500 or status in RETRYABLE_STATUS):
+                    if self.policy.is_retryable_status(status):
                         self.problem = (failure.error or f"record failed with {status}", status)
                         retry.append(item)
                     else:

@@ -23,7 +23,7 @@ import msgspec
 from ._auth import ClientCredentials, Credentials, jwt_lifetime
 from ._config import Config
 from ._errors import describe_exception
-from ._schedule import RetryPolicy
+from ._retry import RetryPolicy
 from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
 
 __all__ = [
@@ -244,7 +244,7 @@ def preflight(
         attempts += 1
         if result.kind not in ("unreachable", "unavailable"):
             break
-        pause = policy.backoff(attempts, _rng)
+        pause = policy.request_delay(attempts, None, _rng)
         if time.monotonic() + pause >= deadline:
             break
         time.sleep(pause)

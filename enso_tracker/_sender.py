@@ -18,6 +18,9 @@ timeout (whole request)      :class:`Retry`
 403, other 4xx, 3xx          :class:`Rejected` (permanent)
 ===========================  ===============================================
 
+Which statuses are retryable and how ``Retry-After`` reads are the retry policy's
+(:meth:`~._retry.RetryPolicy.is_retryable_status`, :meth:`~._retry.RetryPolicy.retry_after`).
+
 Two bounds hold whatever the server does:
 
 * **Time.** ``send(body, timeout)`` returns within about ``timeout``: it is a deadline
@@ -41,7 +44,6 @@ No exception text from the HTTP stack is ever quoted (it can hold our headers): 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import time
@@ -58,6 +60,7 @@ from ._config import Config
 from ._deadline import Deadline, arm
 from ._errors import describe_exception
 from ._proxy import check_environment_proxies
+from ._retry import RetryPolicy
 from ._reuse import discard, stale_reason, surplus
 from ._version import __version__
 from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
@@ -71,13 +74,11 @@ __all__ = [
     "Sender",
     "TooLarge",
     "Unauthorized",
-    "parse_retry_after",
 ]
 
 log = logging.getLogger("enso_tracker")
 
 USER_AGENT = f"enso-tracker-python/{__version__} httpx/{httpx.__version__}"
-RETRYABLE_STATUS = frozenset({408, 425, 429})
 #: What the Client advertises (httpx's default adds br/zstd when those packages are
 #: installed): only encodings read_answer can inflate within its bound.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -142,26 +143,6 @@ class Sender(Protocol):
     def logins(self) -> int: ...
 
 
-def parse_retry_after(value: str | None, limit: float, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP-date is always GMT
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), limit)
-
-
 class HttpSender:
     """:class:`Sender` over httpx, POSTing to ``{base_url}/events/batch``.
 
@@ -183,6 +164,8 @@ class HttpSender:
         if config.trust_env:
             check_environment_proxies()  # a proxy that cannot work fails here, not later
         self._config = config
+        #: Which statuses mean "later", and how a ``Retry-After`` reads.
+        self._policy = RetryPolicy.from_config(config)
         self._credentials = credentials
         self._transport = transport
         self._url = httpx.URL(config.base_url.rstrip("/") + "/events/batch")
@@ -377,10 +360,8 @@ class HttpSender:
                 return Retry(f"HTTP {status} with an answer that is not a batch result: {snippet}")
             return Answered(answer)
         message = f"HTTP {status}: {parse_error_message(content)}"
-        if status in RETRYABLE_STATUS or status >= 500:
-            retry_after = parse_retry_after(
-                response.headers.get("Retry-After"), self._config.max_retry_after
-            )
+        if self._policy.is_retryable_status(status):
+            retry_after = self._policy.retry_after(response.headers.get("Retry-After"))
             return Retry(message, status, retry_after)
         if status == 413:
             return TooLarge(message)

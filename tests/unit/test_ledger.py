@@ -21,7 +21,8 @@ from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, held
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
-from enso_tracker._schedule import NO_SEQ, RetryPolicy, Schedule
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._settle import settle_locked
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)

@@ -18,7 +18,6 @@ from enso_tracker._sender import (
     Retry,
     TooLarge,
     Unauthorized,
-    parse_retry_after,
 )
 
 OK_BODY = (
@@ -130,18 +129,19 @@ def test_transport_errors_are_retried(error: httpx.HTTPError) -> None:
     assert outcome.message == type(error).__name__
 
 
-def test_parse_retry_after_forms() -> None:
+def test_retry_after_http_date_is_read_by_the_senders_policy() -> None:
+    # Every form is tested exactly in test_retry.py; here: the sender asks the policy,
+    # built from its Config (max_retry_after=60 clamps a date 10 minutes away).
     now = time.time()
-    assert parse_retry_after("3", 60.0) == 3.0
-    assert parse_retry_after(" 1.5 ", 60.0) == 1.5
-    assert parse_retry_after("-4", 60.0) == 0.0
-    assert parse_retry_after("500", 60.0) == 60.0
-    assert parse_retry_after(None, 60.0) is None
-    assert parse_retry_after("soon", 60.0) is None
-    assert parse_retry_after("nan", 60.0) is None
-    future = email.utils.formatdate(now + 30, usegmt=True)
-    got = parse_retry_after(future, 60.0, now=now)
-    assert got is not None
-    assert 28.0 <= got <= 30.0
-    past = email.utils.formatdate(now - 30, usegmt=True)
-    assert parse_retry_after(past, 60.0, now=now) == 0.0
+    soon = email.utils.formatdate(now + 30, usegmt=True)  # whole seconds: 29-30 s away
+    outcome = send_with(answering(503, headers={"Retry-After": soon}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after is not None
+    assert 28.0 <= outcome.retry_after <= 30.0
+    late = email.utils.formatdate(now + 600, usegmt=True)
+    outcome = send_with(answering(429, headers={"Retry-After": late}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after == 60.0
+    outcome = send_with(answering(429, headers={"Retry-After": "soon"}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after is None
