@@ -28,6 +28,7 @@ __all__ = [
     "AuthFailure",
     "ClientCredentials",
     "Credentials",
+    "as_read",
     "make_credentials",
 ]
 
@@ -155,7 +156,7 @@ class ClientCredentials:
     used: system-login returns no refresh token (``docs/wire-contract.md``).
     """
 
-    __slots__ = ("_header", "_key", "_login_url", "_logins", "_renew_at", "_secret")
+    __slots__ = ("_header", "_key", "_login_url", "_logins", "_renew_at", "_secret", "lifetime")
 
     def __init__(self, client_key: str, client_secret: str, base_url: str) -> None:
         self._key = client_key
@@ -164,6 +165,9 @@ class ClientCredentials:
         self._header: str | None = None
         self._renew_at = 0.0
         self._logins = 0
+        #: Seconds the last token was good for from its issue (``jwt_lifetime``); None
+        #: before a login, or when its ``exp`` was unreadable (``doctor`` shows it).
+        self.lifetime: float | None = None
 
     @property
     def logins(self) -> int:
@@ -189,6 +193,7 @@ class ClientCredentials:
 
     def _login(self, client: httpx.Client, timeout: float) -> None:
         self._header = None
+        self.lifetime = None
         # The token cannot have been issued before the request left: anchoring its
         # lifetime here (monotonic) renews it a little early, never late.
         sent_at = time.monotonic()
@@ -253,7 +258,7 @@ class ClientCredentials:
                 retryable=True,
                 status=status,
             )
-        lifetime = jwt_lifetime(token, time.time())
+        lifetime = self.lifetime = jwt_lifetime(token, time.time())
         if lifetime is None:
             lifetime = FALLBACK_TOKEN_TTL
         margin = min(REFRESH_MARGIN, lifetime / 4)
@@ -261,6 +266,12 @@ class ClientCredentials:
         self._header = f"Bearer {token}"
         self._logins += 1
         log.debug("logged in to Enso; token valid for %.0f s", lifetime)
+
+
+def as_read(value: str) -> str:
+    """A credential as the tracker reads it: surrounding whitespace (a file's trailing
+    newline) dropped. ``doctor`` fingerprints what it shows this way."""
+    return value.strip(_STRIPPED)
 
 
 def _unsendable(value: str, *, header: bool) -> str | None:

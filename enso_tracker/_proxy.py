@@ -20,7 +20,7 @@ import httpx
 from ._config import _check_host, _shown
 from ._errors import ConfigurationError
 
-__all__ = ["check_environment_proxies"]
+__all__ = ["check_environment_proxies", "environment_proxy"]
 
 #: The schemes httpx accepts for a proxy (``httpx.Proxy``).
 _SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -44,6 +44,18 @@ def check_environment_proxies() -> None:
                 f"{variable}={_shown(value)} in the environment: {problem}. Fix or unset "
                 "it, or pass trust_env=False to ignore proxy settings from the environment"
             )
+
+
+def environment_proxy(url: str) -> str | None:
+    """The environment proxy (``HTTPS_PROXY``, ``ALL_PROXY``…) httpx would use for
+    ``url``, as set (it may hold credentials: never show it as is), or None when none
+    applies (unset, or ``NO_PROXY`` covers the host)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 def _socks_installed() -> bool:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-import urllib.request
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
@@ -59,7 +59,7 @@ from ._compress import gzip_body
 from ._config import Config
 from ._deadline import Deadline, arm
 from ._errors import describe_exception
-from ._proxy import check_environment_proxies
+from ._proxy import check_environment_proxies, environment_proxy
 from ._retry import RetryPolicy
 from ._reuse import discard, stale_reason, surplus
 from ._version import __version__
@@ -179,6 +179,10 @@ class HttpSender:
         self.gzip_refused = False
         #: Resend a refused gzip body plain (off only in ``doctor``'s compression probe).
         self.fallback = True
+        #: Called with every answer that got as far as a status line, and what was read
+        #: of its body (bounded; empty when unread or unreadable): how ``doctor``'s probe
+        #: (``_probe``) sees the status, ``Date`` and error code without a second HTTP path.
+        self.on_answer: Callable[[httpx.Response, bytes], None] | None = None
 
     @property
     def logins(self) -> int:
@@ -202,7 +206,8 @@ class HttpSender:
                 mounts = getattr(client, "_mounts", {})
                 armed = [arm(client._transport, self._deadline)]
                 armed += [arm(t, self._deadline) for t in mounts.values() if t is not None]
-                if not (self._config.trust_env and _proxy_applies(self._url)):
+                proxied = environment_proxy(self._config.base_url) is not None
+                if not (self._config.trust_env and proxied):
                     self._direct = httpx.HTTPTransport(
                         verify=self._config.verify, trust_env=self._config.trust_env
                     )
@@ -252,6 +257,7 @@ class HttpSender:
             try:
                 gzipped = wire is not body
                 response = self._post(client, wire, authorization, timeout, gzipped=gzipped)
+                content: bytes | AnswerError = b""
                 try:
                     content, whole = self._read(response, limit)
                     stale = stale_reason(response)
@@ -259,6 +265,8 @@ class HttpSender:
                         self._discard(response)
                 finally:
                     response.close()  # with the body unread, this closes the connection
+                    if self.on_answer is not None:
+                        self.on_answer(response, content if isinstance(content, bytes) else b"")
             except (httpx.HTTPError, UnicodeError) as exc:
                 # Never str(exc): httpx/h11 texts can quote our headers (the token).
                 return Retry(describe_exception(exc))
@@ -371,11 +379,3 @@ class HttpSender:
             location = printable(response.headers.get("Location", "?"), 200)
             return Rejected(f"{message} (redirect to {location}: check base_url)", status)
         return Rejected(message, status)
-
-
-def _proxy_applies(url: httpx.URL) -> bool:
-    """Whether an environment proxy (``HTTPS_PROXY``, ``ALL_PROXY``…) covers ``url``."""
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(url.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(url.host)

@@ -229,6 +229,23 @@ def test_token_without_exp_gets_the_fallback_lifetime() -> None:
     assert FALLBACK_TOKEN_TTL - 61 <= remaining <= FALLBACK_TOKEN_TTL
 
 
+def test_lifetime_is_the_last_tokens_own() -> None:
+    answers = iter(
+        [
+            httpx.Response(200, json={"accessToken": _jwt({"iat": 1_000, "exp": 1_900})}),
+            httpx.Response(200, json={"accessToken": "opaque-token"}),
+        ]
+    )
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: next(answers)))
+    creds = ClientCredentials(KEY, SECRET, "https://enso.test")
+    assert creds.lifetime is None  # no login yet
+    first = creds.authorization(client, 5.0)
+    assert creds.lifetime == 900.0  # exp - iat, what doctor shows
+    creds.invalidate(first)
+    creds.authorization(client, 5.0)
+    assert creds.lifetime is None  # no readable exp: not the previous token's
+
+
 @pytest.mark.parametrize(
     ("body", "status", "retryable", "text"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -145,3 +146,47 @@ def test_retry_after_http_date_is_read_by_the_senders_policy() -> None:
     outcome = send_with(answering(429, headers={"Retry-After": "soon"}))
     assert isinstance(outcome, Retry)
     assert outcome.retry_after is None
+
+
+def test_on_answer_sees_every_answer_with_what_was_read_of_it() -> None:
+    # doctor's probe reads status, Date and the error code through this seam only.
+    answers = iter(
+        [
+            httpx.Response(415, content=b'{"message":"no gzip"}'),
+            httpx.Response(400, content=b'{"errors":[{"code":2003}]}', headers={"Date": "d"}),
+        ]
+    )
+    config = Config(base_url="https://enso.test", compression="gzip")
+    sender = HttpSender(config, ApiKey("k"), transport=httpx.MockTransport(lambda r: next(answers)))
+    seen: list[tuple[int, str | None, bytes]] = []
+    sender.on_answer = lambda response, content: seen.append(
+        (response.status_code, response.headers.get("Date"), content)
+    )
+    try:
+        outcome = sender.send(BODY, 5.0)
+    finally:
+        sender.close()
+    assert isinstance(outcome, Rejected)
+    assert seen == [
+        (415, None, b'{"message":"no gzip"}'),  # the gzip body, refused: resent plain
+        (400, "d", b'{"errors":[{"code":2003}]}'),
+    ]
+
+
+def test_on_answer_sees_the_status_of_an_answer_whose_body_broke_off() -> None:
+    class Broken(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"sta'
+            raise httpx.ReadError("reset")
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Broken()))
+    sender = HttpSender(Config(base_url="https://enso.test"), ApiKey("k"), transport=transport)
+    seen: list[tuple[int, bytes]] = []
+    sender.on_answer = lambda response, content: seen.append((response.status_code, content))
+    try:
+        outcome = sender.send(BODY, 5.0)
+    finally:
+        sender.close()
+    assert isinstance(outcome, Retry)
+    assert outcome.status is None  # no answer to judge: a network failure
+    assert seen == [(200, b"")]
