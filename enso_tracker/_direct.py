@@ -3,7 +3,7 @@
 :func:`send_events` (and :func:`send` for one event) is for scripts, cron jobs and the
 command line: no tracker to manage, no thread, no queue and never a spool. Events are
 checked exactly as ``Tracker.track()`` checks them (an error at the call site, nothing
-sent), then POSTed by the tracker's own sender (``_sender.HttpSender``: the same
+sent), then POSTed by the tracker's own sender (``_http.sender.HttpSender``: the same
 credentials handling, request deadline, answer bounds and classification), and each
 event is judged by its own ``eventId`` from Enso's per-record answer (``_wire.reconcile``).
 
@@ -27,7 +27,6 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from ._auth import make_credentials
 from ._config import DAY, Config, env_flag, options_from_env
 from ._errors import (
     ConfigurationError,
@@ -36,8 +35,8 @@ from ._errors import (
     describe_exception,
     short_repr,
 )
-from ._retry import RetryPolicy
-from ._sender import (
+from ._http.auth import make_credentials
+from ._http.sender import (
     Answered,
     HttpSender,
     Outcome,
@@ -47,6 +46,7 @@ from ._sender import (
     TooLarge,
     Unauthorized,
 )
+from ._retry import RetryPolicy
 from ._validate import CheckedEvent, check_event
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
 

@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Any, assert_never
 
+from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
 from ._log import DeferredLog
 from ._model import DropReason
 from ._reporting import Reports
-from ._sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._wire import reconcile
 
 __all__ = ["settle_fresh_locked", "settle_locked"]

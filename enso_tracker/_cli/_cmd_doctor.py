@@ -1,8 +1,8 @@
 """``enso-tracker doctor``: is this machine set up to deliver to Enso? Each check says
 what it found and, when it fails, what to do. No usage is ever sent, no secret printed.
 
-Credentials are read and checked by the tracker's own rules (``_auth.make_credentials``)
-and probed with the tracker's own login and sender (``_probe.probe``): what doctor
+Credentials are read and checked by the tracker's own rules (``_http.auth.make_credentials``)
+and probed with the tracker's own login and sender (``_http.probe.probe``): what doctor
 accepts, the tracker accepts. DNS, TCP and TLS are diagnosed with plain sockets first, so
 a failure says which step broke."""
 
@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .._auth import ApiKey, ClientCredentials, Credentials, as_read, make_credentials
 from .._config import Config
 from .._errors import ConfigurationError, describe_exception
-from .._probe import ProbeResult, probe, probe_compression
-from .._proxy import environment_proxy
+from .._http.auth import ApiKey, ClientCredentials, Credentials, as_read, make_credentials
+from .._http.probe import ProbeResult, probe, probe_compression
+from .._http.proxy import environment_proxy
 from ._args import Connection, connection, connection_options_of, in_env_terms
 from ._cmd_spool import spool_check
 from ._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
@@ -202,7 +202,7 @@ class Doctor:
         )
 
     def _credentials(self) -> None:
-        """The tracker's own login and sender, on an empty batch (``_probe``)."""
+        """The tracker's own login and sender, on an empty batch (``_http.probe``)."""
         conn = self.conn
         assert self.credentials is not None  # checked by _configuration
         try:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from enso_tracker import ConfigurationError, Tracker
-from enso_tracker._auth import FALLBACK_TOKEN_TTL, AuthFailure, ClientCredentials, jwt_lifetime
+from enso_tracker._http.auth import FALLBACK_TOKEN_TTL, AuthFailure, ClientCredentials, jwt_lifetime
 from enso_tracker.testing import FakeEnso, Fault
 from tests.conftest import DropLog, accepted
 

@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from enso_tracker import Config, Tracker
-from enso_tracker._answer import ANSWER_BASE_BYTES, AnswerError, answer_limit, read_answer
-from enso_tracker._auth import ApiKey, ClientCredentials
-from enso_tracker._deadline import DeadlineBackend
-from enso_tracker._sender import Answered, HttpSender, Outcome, Rejected, Retry
+from enso_tracker._http.answer import ANSWER_BASE_BYTES, AnswerError, answer_limit, read_answer
+from enso_tracker._http.auth import ApiKey, ClientCredentials
+from enso_tracker._http.deadline import DeadlineBackend
+from enso_tracker._http.sender import Answered, HttpSender, Outcome, Rejected, Retry
 from enso_tracker._wire import BatchAnswer, parse_batch_answer, reconcile
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted

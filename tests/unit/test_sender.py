@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._auth import ApiKey
-from enso_tracker._sender import (
+from enso_tracker._http.auth import ApiKey
+from enso_tracker._http.sender import (
     Answered,
     HttpSender,
     Outcome,

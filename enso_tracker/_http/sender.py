@@ -1,6 +1,16 @@
 """The sender: one HTTP request per batch, its answer classified into an :data:`Outcome`.
 
-The batching worker (``_tracker.py``) knows nothing of HTTP; this module knows nothing
+Owns: the :class:`Sender` protocol, :class:`HttpSender`, the outcome types and the
+status table below.
+
+Invariants:
+
+* ``send`` returns within about its ``timeout`` and holds at most an answer's bound.
+* ``send`` does not raise for transport trouble: it returns a :class:`Retry`.
+* An answer counts only for the request it answers (:mod:`.reuse`).
+* A 2xx is :class:`Answered` only when it parses as a batch result.
+
+The batching worker (``_worker.py``) knows nothing of HTTP; this module knows nothing
 of queues. The boundary is :class:`Sender`, so tests and other transports can stand in.
 Classification follows ``docs/wire-contract.md`` (Classification):
 
@@ -19,7 +29,7 @@ timeout (whole request)      :class:`Retry`
 ===========================  ===============================================
 
 Which statuses are retryable and how ``Retry-After`` reads are the retry policy's
-(:meth:`~._retry.RetryPolicy.is_retryable_status`, :meth:`~._retry.RetryPolicy.retry_after`).
+(:meth:`~.._retry.RetryPolicy.is_retryable_status`, :meth:`~.._retry.RetryPolicy.retry_after`).
 
 Two bounds hold whatever the server does:
 
@@ -27,19 +37,19 @@ Two bounds hold whatever the server does:
   for the whole call (connect, TLS, the login if one is due, writing the body, the
   status line, headers and every byte of the answer, and the replay after a 401), not
   a per-read timeout that a server trickling one byte at a time could stretch forever.
-  httpx has no such deadline, so :class:`~._deadline.DeadlineBackend` (httpcore's public
+  httpx has no such deadline, so :class:`~.deadline.DeadlineBackend` (httpcore's public
   ``NetworkBackend`` API) caps every socket operation at the time left. Only name
   resolution escapes it (``getaddrinfo`` cannot be interrupted).
 * **Memory.** An answer is streamed and abandoned (closing the connection) once it
-  passes :func:`~._answer.answer_limit`, compressed or decoded; see
-  :func:`~._answer.read_answer`.
+  passes :func:`~.answer.answer_limit`, compressed or decoded; see
+  :func:`~.answer.read_answer`.
 
-An answer is read only as the answer to the request just sent (:mod:`._reuse`): a
+An answer is read only as the answer to the request just sent (:mod:`.reuse`): a
 connection with bytes after an answer, or one abandoned mid-answer, is closed and never
 reused, and an answer that was there before its request went out is a :class:`Retry`.
 
 No exception text from the HTTP stack is ever quoted (it can hold our headers): only
-:func:`~._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
+:func:`~.._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
 """
 
 from __future__ import annotations
@@ -53,17 +63,17 @@ from typing import Protocol
 import httpx
 import msgspec
 
-from ._answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
-from ._auth import AuthFailure, Credentials
-from ._compress import gzip_body
-from ._config import Config
-from ._deadline import Deadline, arm
-from ._errors import describe_exception
-from ._proxy import check_environment_proxies, environment_proxy
-from ._retry import RetryPolicy
-from ._reuse import discard, stale_reason, surplus
-from ._version import __version__
-from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
+from .._config import Config
+from .._errors import describe_exception
+from .._retry import RetryPolicy
+from .._version import __version__
+from .._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
+from .answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
+from .auth import AuthFailure, Credentials
+from .compress import gzip_body
+from .deadline import Deadline, arm
+from .proxy import check_environment_proxies, environment_proxy
+from .reuse import discard, stale_reason, surplus
 
 __all__ = [
     "Answered",
@@ -152,7 +162,7 @@ class HttpSender:
     request here, and that CPU is GIL time taken from the application's threads. The
     Client is still built, for the login call and for when an environment proxy applies
     to ``base_url`` (the Client is what honours ``HTTPS_PROXY``/``NO_PROXY``). Every
-    transport built here gets the :class:`~._deadline.DeadlineBackend`, on both paths.
+    transport built here gets the :class:`~.deadline.DeadlineBackend`, on both paths.
     """
 
     def __init__(
@@ -172,7 +182,7 @@ class HttpSender:
         self._client: httpx.Client | None = None
         self._direct: httpx.BaseTransport | None = None
         self._deadline = Deadline()
-        #: Connections closed because bytes followed an answer (see :mod:`._reuse`).
+        #: Connections closed because bytes followed an answer (see :mod:`.reuse`).
         self.discarded = 0
         #: Bodies go out gzip-compressed (``compression="gzip"``), until Enso refuses it.
         self.gzip = config.compression == "gzip"
@@ -181,7 +191,7 @@ class HttpSender:
         self.fallback = True
         #: Called with every answer that got as far as a status line, and what was read
         #: of its body (bounded; empty when unread or unreadable): how ``doctor``'s probe
-        #: (``_probe``) sees the status, ``Date`` and error code without a second HTTP path.
+        #: (``probe.py``) sees the status, ``Date`` and error code without a second HTTP path.
         self.on_answer: Callable[[httpx.Response, bytes], None] | None = None
 
     @property

@@ -3,6 +3,19 @@
 See ``docs/wire-contract.md`` (Authentication). Login runs on the sender thread only (never inside
 ``track()``), so it is single-flight by construction. Nothing in this module ever
 puts a secret or a token into a log record, a ``repr`` or an exception message.
+
+Owns: the credential modes (:class:`ApiKey`, :class:`ClientCredentials`), the checks
+on credentials at the call site (:func:`make_credentials`), the login call and the
+token's renewal (:func:`jwt_lifetime`).
+
+Invariants:
+
+* A credential that cannot travel is a ``ConfigurationError`` at construction, never
+  a failure on every request; surrounding whitespace is stripped (:func:`as_read`).
+* One login at a time, on the sender's thread; a token is renewed before its ``exp``.
+* A login answer is read within ``LOGIN_ANSWER_BYTES`` and on a connection we trust
+  (:mod:`.reuse`).
+* No secret or token in a log record, ``repr`` or exception.
 """
 
 from __future__ import annotations
@@ -18,10 +31,10 @@ from typing import Protocol
 import httpx
 import msgspec
 
-from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
-from ._errors import ConfigurationError, describe_exception
-from ._reuse import discard, stale_reason, surplus
-from ._spool_identity import fingerprint
+from .._errors import ConfigurationError, describe_exception
+from .._spool_identity import fingerprint
+from .answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
+from .reuse import discard, stale_reason, surplus
 
 __all__ = [
     "ApiKey",
@@ -214,7 +227,7 @@ class ClientCredentials:
                     content = None  # over LOGIN_ANSWER_BYTES or undecodable: refused below
                 stale = stale_reason(response)
                 if stale is not None or (content is not None and surplus(response)):
-                    discard(response)  # never reused (see _reuse)
+                    discard(response)  # never reused (see reuse.py)
         except Exception as exc:
             # Not only httpx.HTTPError: whatever fails here may quote the request (an h11
             # header error, a UnicodeEncodeError holding the JSON with clientSecret), so

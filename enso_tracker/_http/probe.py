@@ -1,15 +1,24 @@
 """Is Enso reachable, and does it take these credentials? Asked with the tracker's own stack.
 
 One probe is an empty batch, ``{"events": []}``, POSTed by the tracker's sender
-(``_sender.HttpSender``, with the credentials ``_auth.make_credentials`` built: the same
+(``_http.sender.HttpSender``, with the credentials ``_http.auth.make_credentials`` built: the same
 login, headers, request deadline, answer bounds and classification as every batch).
 Enso answers it with code 2003 ("events array is required") once the credentials are
 accepted, 401 when not; no usage is ever sent. The probe adds no HTTP of its own: it
 sees the answer's status, ``Date`` and body through ``HttpSender.on_answer`` and the
 token's lifetime as ``ClientCredentials.lifetime``, and only explains the sender's
-:data:`~._sender.Outcome` in its own words. ``doctor`` shows one probe;
+:data:`~.sender.Outcome` in its own words. ``doctor`` shows one probe;
 :func:`preflight` is what ``import`` asks before reading rows, retrying transient trouble
 for at most :data:`PREFLIGHT_TIMEOUT` seconds so an unreachable Enso fails the run fast.
+
+Owns: :class:`ProbeResult` and its kinds, :func:`probe`, :func:`probe_compression`
+and :func:`preflight`.
+
+Invariants:
+
+* No HTTP of its own: every request is ``HttpSender.send(PROBE_BODY, ...)``.
+* No usage is ever sent: the probe body is an empty batch.
+* A :class:`ProbeResult` never holds a secret.
 """
 
 from __future__ import annotations
@@ -23,11 +32,11 @@ from typing import Literal
 import httpx
 import msgspec
 
-from ._auth import ClientCredentials, Credentials
-from ._config import Config
-from ._errors import describe_exception
-from ._retry import RetryPolicy
-from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
+from .._config import Config
+from .._errors import describe_exception
+from .._retry import RetryPolicy
+from .auth import ClientCredentials, Credentials
+from .sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
 
 __all__ = [
     "PREFLIGHT_TIMEOUT",
