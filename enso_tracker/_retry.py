@@ -12,9 +12,9 @@ Invariants:
   a record that fails without a status is not retryable (it is rejected).
 * **Suspect failures** are those that may be the batch's own fault (no HTTP answer, or
   5xx); rate limits and timeouts (408, 425, 429) are not (:meth:`RetryPolicy.is_suspect`).
-* **Retry-After** is read as delta-seconds or an HTTP-date (whole seconds, GMT only),
-  clamped to ``[0, max_retry_after]``; anything else is ignored, never an error
-  (:meth:`RetryPolicy.retry_after`).
+* **Retry-After** is read as delta-seconds or a date with its time zone (an HTTP-date:
+  whole seconds, GMT), clamped to ``[0, max_retry_after]``; anything else (a date
+  without a zone included) is ignored, never an error (:meth:`RetryPolicy.retry_after`).
 * **Backoff** is full jitter, ``uniform(0, min(backoff_max, backoff_base * 2**n))``; a
   ``Retry-After`` replaces it for the request, and a lone failing event waits at least
   the request's delay (:meth:`RetryPolicy.request_delay`, :meth:`RetryPolicy.event_delay`).
