@@ -28,7 +28,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
-from enso_tracker._compress import gzip_body, implementation
+from enso_tracker._http.compress import gzip_body, implementation
 from enso_tracker._items import QueuedEvent
 from enso_tracker._wire import EventEncoder
 

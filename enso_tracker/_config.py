@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._compress import Compression
 from ._errors import ConfigurationError
+from ._http.compress import Compression
 
 if TYPE_CHECKING:
     from ._model import DropReason, Event

@@ -14,7 +14,8 @@ That is what lets ``tests/unit/test_schedule.py`` check its rules deterministica
   failure, until the culprit is alone; a lone failing event waits on its own backoff in
   the retry heap while everything else flows around it.
 * **413 learning.** A refused body halves the byte limit for the tracker's life.
-* **Budgets.** :class:`RetryPolicy` says when an event has been tried enough.
+* **Budgets and delays.** :class:`~._retry.RetryPolicy` answers every retry question
+  (how long to wait, when an event has been tried enough); this module keeps the state.
 * **Low-water mark.** Events out of acceptance order (retried, put back) are noted in a
   heap, so the lowest unsettled sequence is found in O(log n) (``flush()`` needs it).
 """
@@ -29,13 +30,12 @@ from itertools import islice, repeat
 from operator import itemgetter
 from typing import Final
 
-import msgspec
-
 from ._config import Config
 from ._items import SIZE, Pending, QueuedEvent
+from ._retry import RetryPolicy
 from ._wire import BODY_OVERHEAD
 
-__all__ = ["NO_SEQ", "RetryPolicy", "Schedule"]
+__all__ = ["NO_SEQ", "Schedule"]
 
 NO_SEQ: Final = 1 << 62  # "nothing unsettled" for a low-water mark
 #: Wire bytes of an event beyond what its ``SIZE`` estimate counts (keys, timestamp, a
@@ -50,35 +50,13 @@ def take(queue: deque[QueuedEvent], n: int) -> list[Pending | QueuedEvent]:
     return list(map(deque.popleft, repeat(queue, n)))
 
 
-class RetryPolicy(msgspec.Struct, frozen=True):
-    """Backoff and retry budgets, after urllib3's ``Retry``."""
-
-    max_retries: int
-    max_event_age: float
-    backoff_base: float
-    backoff_max: float
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full jitter: ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``."""
-        return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 60)))
-
-    def exhausted(self, p: Pending, now: float) -> bool:
-        return p.attempts > self.max_retries or now - p.first_sent > self.max_event_age
-
-
 class Schedule:
     """Ready retries, the retry heap, the request gate and the learned byte limit."""
 
     @classmethod
     def from_config(cls, config: Config, rng: random.Random) -> Schedule:
-        policy = RetryPolicy(
-            max_retries=config.max_retries,
-            max_event_age=config.max_event_age,
-            backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max,
-        )
         return cls(
-            policy,
+            RetryPolicy.from_config(config),
             batch_size=config.max_batch_size,
             backlog_size=max(config.max_batch_size, config.max_backlog_batch_size),
             byte_limit=config.max_batch_bytes,
@@ -252,10 +230,7 @@ class Schedule:
         rate limit or a refused credential); right after a success, the batch is then
         bisected. Returns the events whose retry budget is spent (not put back)."""
         self.failures += 1
-        if retry_after is None:
-            delay = self.policy.backoff(self.failures, self._rng)
-        else:
-            delay = retry_after
+        delay = self.policy.request_delay(self.failures, retry_after, self._rng)
         self.gate_until = now + delay
         self.queue_turn = batch[0].attempts > 1
         keep, exhausted = self._budget(batch, now)
@@ -263,7 +238,7 @@ class Schedule:
             self.park(p)
         if len(batch) == 1:
             for p in keep:  # alone and failing: on its own schedule, off the head of the line
-                p.due = now + max(delay, self.policy.backoff(p.attempts, self._rng))
+                p.due = now + self.policy.event_delay(p.attempts, delay, self._rng)
                 heapq.heappush(self.retry, p)
             return exhausted
         if suspect and self.failures == 1:

@@ -4,7 +4,7 @@ See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are docu
 ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
 a top-level ``"status": "success"`` says nothing about the records. Which events an
 answer vouches for is decided by :func:`reconcile` (Accounting). Answers are read, bounded,
-by ``_answer.read_answer``.
+by ``_http.answer.read_answer``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, held
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
-from enso_tracker._schedule import NO_SEQ, RetryPolicy, Schedule
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._settle import settle_locked
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)
@@ -221,6 +222,60 @@ def test_exhausted_events_name_the_cause_once_however_many_and_however_often() -
     assert led.last_error is not None
     assert led.last_error.count("last error:") == 1
     assert led.dropped == {"retries_exhausted": 8}
+    assert balanced(led)
+
+
+def test_a_failed_record_without_a_status_is_rejected_never_resent() -> None:
+    # RetryPolicy.is_retryable_status(None) is False: resending it would loop forever.
+    led = ledger()
+    accept(led, 3)
+    batch = take(led)
+    reports, _ = settle(led, batch, answer(3, FailedRecord(index=1, error="bad", code=2001)))
+    [(items, reason)] = reports
+    assert [i[SEQ] for i in items] == [2]
+    assert (reason.kind, reason.code, reason.status) == ("rejected", 2001, None)
+    assert (led.delivered, led.retried, led.requests) == (2, 0, 1)
+    assert (led.schedule.retry, list(led.schedule.ready)) == ([], [])
+    assert led.outstanding == 0
+    assert balanced(led)
+
+
+def test_an_event_failing_alone_past_its_budget_ends_retries_exhausted() -> None:
+    led = ledger()
+    accept(led, 2)
+    now = 100.0
+    for attempt in range(1, 4):  # max_retries=2: the third per-record 503 spends it
+        batch = take(led, now)
+        assert [p.seq for p in batch] == ([1, 2] if attempt == 1 else [1])
+        assert batch[0].attempts == attempt
+        failed = FailedRecord(index=0, error="busy", code="transient", statusCode=503)
+        reports, _ = settle(led, batch, answer(len(batch), failed))
+        now += 100.0  # past any backoff (backoff_max=4)
+    [(items, reason)] = reports
+    assert [i[SEQ] for i in items] == [1]
+    assert reason.kind == "retries_exhausted"
+    assert led.dropped == {"retries_exhausted": 1}
+    assert (led.delivered, led.retried) == (1, 2)
+    assert (led.schedule.retry, list(led.schedule.ready)) == ([], [])  # in no queue
+    assert led.outstanding == 0
+    assert balanced(led)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "group"),
+    [
+        (Retry("ConnectError"), 2),  # no answer: maybe this batch's doing, so bisected
+        (Retry("HTTP 502", 502), 2),
+        (Retry("HTTP 429: slow down", 429), 1 << 30),  # a rate limit says nothing of it
+        (Retry("HTTP 408", 408), 1 << 30),
+    ],
+)
+def test_only_suspect_failures_bisect_the_batch(outcome: Retry, group: int) -> None:
+    led = ledger()
+    accept(led, 4)
+    settle(led, take(led), outcome)
+    assert [p.group for p in led.schedule.ready] == [group] * 4
+    assert led.retried == 4
     assert balanced(led)
 
 

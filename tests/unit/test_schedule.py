@@ -6,7 +6,8 @@ import random
 from collections import deque
 
 from enso_tracker._items import Pending, QueuedEvent
-from enso_tracker._schedule import NO_SEQ, RetryPolicy, Schedule
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._wire import BODY_OVERHEAD
 
 POLICY = RetryPolicy(max_retries=3, max_event_age=100.0, backoff_base=1.0, backoff_max=8.0)

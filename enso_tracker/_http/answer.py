@@ -4,6 +4,17 @@ A batch answer is small; a hostile or broken server's need not be (a 1 GiB body,
 1 MiB gzip body that inflates to 1 GiB). httpx's own decoder inflates a whole network
 read at once, so answers are streamed here and abandoned past the bound: the caller
 closes the response, which closes the connection without reading the rest.
+
+Owns: the answer bounds (``answer_limit``, ``ERROR_ANSWER_BYTES``,
+``LOGIN_ANSWER_BYTES``) and the one bounded gzip/deflate reader, ``read_answer``.
+
+Invariants:
+
+* No more than the bound is ever held, compressed or inflated.
+* An answer past its bound, or one that does not decode, is an :class:`AnswerError`
+  (or, with ``truncate``, its first bytes): never a partial answer read as whole.
+* Only gzip and deflate (what the sender advertises) are inflated; any other
+  ``Content-Encoding`` is an :class:`AnswerError`.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import zlib
 
 import httpx
 
-from ._errors import short_repr
+from .._errors import short_repr
 
 __all__ = [
     "ANSWER_BASE_BYTES",

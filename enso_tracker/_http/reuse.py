@@ -14,11 +14,14 @@ processed: its events would be counted delivered on an answer about other events
   already waiting before the request's last byte went out cannot be about that request
   either (a server answers a batch only once it has all of it). Either is not trusted:
   the batch is resent, on another connection, with the same eventIds
-  (:func:`stale_reason`; the watching is done by :class:`~._deadline.DeadlineStream`).
+  (:func:`stale_reason`; the watching is done by :class:`~.deadline.DeadlineStream`).
 
 What no HTTP/1.1 client can tell apart: a copy that arrives only after the next request
 was wholly written, and before that request's own answer. Nothing in the bytes says
 which request an answer is about.
+
+Owns: :func:`stale_reason`, :func:`surplus` and :func:`discard`, used by the sender
+and the login alike.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import contextlib
 
 import httpx
 
-from ._deadline import DeadlineStream
+from .deadline import DeadlineStream
 
 __all__ = ["discard", "stale_reason", "surplus"]
 
@@ -44,7 +47,7 @@ def stale_reason(response: httpx.Response) -> str | None:
     """Why this answer cannot be the answer to the request just sent, or None.
 
     Known only on connections we opened (their streams are
-    :class:`~._deadline.DeadlineStream`); a caller's own transport is not watched.
+    :class:`~.deadline.DeadlineStream`); a caller's own transport is not watched.
     """
     stream = _network_stream(response)
     if not isinstance(stream, DeadlineStream):

@@ -9,8 +9,16 @@ them to ``httpx.ReadTimeout`` & co). Only name resolution escapes it (``getaddri
 cannot be interrupted). Cost: one clock read per socket operation.
 
 Being the one wrapper around every connection we open, :class:`DeadlineStream` also
-keeps what :mod:`._reuse` needs to tell a stale answer from a fresh one: whether bytes
+keeps what :mod:`.reuse` needs to tell a stale answer from a fresh one: whether bytes
 were waiting before a request was fully written, and whether its answer needed any read.
+
+Owns: :class:`Deadline` (per thread), :class:`DeadlineBackend` and :func:`arm`.
+
+Invariants:
+
+* With a deadline set, no socket operation outlives it; with none (``inf``), none is cut.
+* Every transport the sender builds is armed (a warning says so when httpx/httpcore
+  does not allow it); a caller's own transport is left alone.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ _WRITE_SLICE = 64 * 1024
 class DeadlineStream(httpcore.NetworkStream):
     """One connection's socket operations, each cut to the deadline.
 
-    It also watches request/answer cycles (writes, then reads) for :mod:`._reuse`:
+    It also watches request/answer cycles (writes, then reads) for :mod:`.reuse`:
     :attr:`early` is set when, on a reused connection, bytes were already waiting
     before a non-empty write of the current request (no answer can precede its
     request's last byte), and :attr:`reads` counts reads since the request began (an

@@ -1,6 +1,16 @@
 """The sender: one HTTP request per batch, its answer classified into an :data:`Outcome`.
 
-The batching worker (``_tracker.py``) knows nothing of HTTP; this module knows nothing
+Owns: the :class:`Sender` protocol, :class:`HttpSender`, the outcome types and the
+status table below.
+
+Invariants:
+
+* ``send`` returns within about its ``timeout`` and holds at most an answer's bound.
+* ``send`` does not raise for transport trouble: it returns a :class:`Retry`.
+* An answer counts only for the request it answers (:mod:`.reuse`).
+* A 2xx is :class:`Answered` only when it parses as a batch result.
+
+The batching worker (``_worker.py``) knows nothing of HTTP; this module knows nothing
 of queues. The boundary is :class:`Sender`, so tests and other transports can stand in.
 Classification follows ``docs/wire-contract.md`` (Classification):
 
@@ -18,49 +28,52 @@ timeout (whole request)      :class:`Retry`
 403, other 4xx, 3xx          :class:`Rejected` (permanent)
 ===========================  ===============================================
 
+Which statuses are retryable and how ``Retry-After`` reads are the retry policy's
+(:meth:`~.._retry.RetryPolicy.is_retryable_status`, :meth:`~.._retry.RetryPolicy.retry_after`).
+
 Two bounds hold whatever the server does:
 
 * **Time.** ``send(body, timeout)`` returns within about ``timeout``: it is a deadline
   for the whole call (connect, TLS, the login if one is due, writing the body, the
   status line, headers and every byte of the answer, and the replay after a 401), not
   a per-read timeout that a server trickling one byte at a time could stretch forever.
-  httpx has no such deadline, so :class:`~._deadline.DeadlineBackend` (httpcore's public
+  httpx has no such deadline, so :class:`~.deadline.DeadlineBackend` (httpcore's public
   ``NetworkBackend`` API) caps every socket operation at the time left. Only name
   resolution escapes it (``getaddrinfo`` cannot be interrupted).
 * **Memory.** An answer is streamed and abandoned (closing the connection) once it
-  passes :func:`~._answer.answer_limit`, compressed or decoded; see
-  :func:`~._answer.read_answer`.
+  passes :func:`~.answer.answer_limit`, compressed or decoded; see
+  :func:`~.answer.read_answer`.
 
-An answer is read only as the answer to the request just sent (:mod:`._reuse`): a
+An answer is read only as the answer to the request just sent (:mod:`.reuse`): a
 connection with bytes after an answer, or one abandoned mid-answer, is closed and never
 reused, and an answer that was there before its request went out is a :class:`Retry`.
 
 No exception text from the HTTP stack is ever quoted (it can hold our headers): only
-:func:`~._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
+:func:`~.._errors.describe_exception`. Error bodies from Enso are quoted, truncated.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import time
-import urllib.request
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
 import msgspec
 
-from ._answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
-from ._auth import AuthFailure, Credentials
-from ._compress import gzip_body
-from ._config import Config
-from ._deadline import Deadline, arm
-from ._errors import describe_exception
-from ._proxy import check_environment_proxies
-from ._reuse import discard, stale_reason, surplus
-from ._version import __version__
-from ._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
+from .._config import Config
+from .._errors import describe_exception
+from .._retry import RetryPolicy
+from .._version import __version__
+from .._wire import BatchAnswer, parse_batch_answer, parse_error_message, printable
+from .answer import ERROR_ANSWER_BYTES, AnswerError, answer_limit, read_answer
+from .auth import AuthFailure, Credentials
+from .compress import gzip_body
+from .deadline import Deadline, arm
+from .proxy import check_environment_proxies, environment_proxy
+from .reuse import discard, stale_reason, surplus
 
 __all__ = [
     "Answered",
@@ -71,13 +84,11 @@ __all__ = [
     "Sender",
     "TooLarge",
     "Unauthorized",
-    "parse_retry_after",
 ]
 
 log = logging.getLogger("enso_tracker")
 
 USER_AGENT = f"enso-tracker-python/{__version__} httpx/{httpx.__version__}"
-RETRYABLE_STATUS = frozenset({408, 425, 429})
 #: What the Client advertises (httpx's default adds br/zstd when those packages are
 #: installed): only encodings read_answer can inflate within its bound.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -142,26 +153,6 @@ class Sender(Protocol):
     def logins(self) -> int: ...
 
 
-def parse_retry_after(value: str | None, limit: float, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP-date is always GMT
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), limit)
-
-
 class HttpSender:
     """:class:`Sender` over httpx, POSTing to ``{base_url}/events/batch``.
 
@@ -171,7 +162,7 @@ class HttpSender:
     request here, and that CPU is GIL time taken from the application's threads. The
     Client is still built, for the login call and for when an environment proxy applies
     to ``base_url`` (the Client is what honours ``HTTPS_PROXY``/``NO_PROXY``). Every
-    transport built here gets the :class:`~._deadline.DeadlineBackend`, on both paths.
+    transport built here gets the :class:`~.deadline.DeadlineBackend`, on both paths.
     """
 
     def __init__(
@@ -183,19 +174,25 @@ class HttpSender:
         if config.trust_env:
             check_environment_proxies()  # a proxy that cannot work fails here, not later
         self._config = config
+        #: Which statuses mean "later", and how a ``Retry-After`` reads.
+        self._policy = RetryPolicy.from_config(config)
         self._credentials = credentials
         self._transport = transport
         self._url = httpx.URL(config.base_url.rstrip("/") + "/events/batch")
         self._client: httpx.Client | None = None
         self._direct: httpx.BaseTransport | None = None
         self._deadline = Deadline()
-        #: Connections closed because bytes followed an answer (see :mod:`._reuse`).
+        #: Connections closed because bytes followed an answer (see :mod:`.reuse`).
         self.discarded = 0
         #: Bodies go out gzip-compressed (``compression="gzip"``), until Enso refuses it.
         self.gzip = config.compression == "gzip"
         self.gzip_refused = False
         #: Resend a refused gzip body plain (off only in ``doctor``'s compression probe).
         self.fallback = True
+        #: Called with every answer that got as far as a status line, and what was read
+        #: of its body (bounded; empty when unread or unreadable): how ``doctor``'s probe
+        #: (``probe.py``) sees the status, ``Date`` and error code without a second HTTP path.
+        self.on_answer: Callable[[httpx.Response, bytes], None] | None = None
 
     @property
     def logins(self) -> int:
@@ -219,7 +216,8 @@ class HttpSender:
                 mounts = getattr(client, "_mounts", {})
                 armed = [arm(client._transport, self._deadline)]
                 armed += [arm(t, self._deadline) for t in mounts.values() if t is not None]
-                if not (self._config.trust_env and _proxy_applies(self._url)):
+                proxied = environment_proxy(self._config.base_url) is not None
+                if not (self._config.trust_env and proxied):
                     self._direct = httpx.HTTPTransport(
                         verify=self._config.verify, trust_env=self._config.trust_env
                     )
@@ -269,6 +267,7 @@ class HttpSender:
             try:
                 gzipped = wire is not body
                 response = self._post(client, wire, authorization, timeout, gzipped=gzipped)
+                content: bytes | AnswerError = b""
                 try:
                     content, whole = self._read(response, limit)
                     stale = stale_reason(response)
@@ -276,6 +275,8 @@ class HttpSender:
                         self._discard(response)
                 finally:
                     response.close()  # with the body unread, this closes the connection
+                    if self.on_answer is not None:
+                        self.on_answer(response, content if isinstance(content, bytes) else b"")
             except (httpx.HTTPError, UnicodeError) as exc:
                 # Never str(exc): httpx/h11 texts can quote our headers (the token).
                 return Retry(describe_exception(exc))
@@ -377,10 +378,8 @@ class HttpSender:
                 return Retry(f"HTTP {status} with an answer that is not a batch result: {snippet}")
             return Answered(answer)
         message = f"HTTP {status}: {parse_error_message(content)}"
-        if status in RETRYABLE_STATUS or status >= 500:
-            retry_after = parse_retry_after(
-                response.headers.get("Retry-After"), self._config.max_retry_after
-            )
+        if self._policy.is_retryable_status(status):
+            retry_after = self._policy.retry_after(response.headers.get("Retry-After"))
             return Retry(message, status, retry_after)
         if status == 413:
             return TooLarge(message)
@@ -390,11 +389,3 @@ class HttpSender:
             location = printable(response.headers.get("Location", "?"), 200)
             return Rejected(f"{message} (redirect to {location}: check base_url)", status)
         return Rejected(message, status)
-
-
-def _proxy_applies(url: httpx.URL) -> bool:
-    """Whether an environment proxy (``HTTPS_PROXY``, ``ALL_PROXY``…) covers ``url``."""
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(url.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(url.host)

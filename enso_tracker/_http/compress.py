@@ -2,12 +2,17 @@
 
 Enso's documentation does not say that it accepts compressed bodies, so nothing is
 compressed unless asked (``Tracker(compression="gzip")`` or ``ENSO_COMPRESSION=gzip``);
-a server that refuses the encoding (415) turns it off for the tracker (``_sender``).
+a server that refuses the encoding (415) turns it off for the tracker (``sender.py``).
 
 Level 1: event JSON is repetitive (the same keys, entity and metric in every event),
 so the fastest level already shrinks a body ~8-10x, and every microsecond spent here is
 GIL time taken from the application. An accelerated deflate (``zlib-ng``, ``isal``) is
 used when it is installed; neither is a dependency. All of them produce standard gzip.
+
+Owns: the ``Compression`` option's values and :func:`gzip_body`.
+
+Invariants: bodies are compressed only when asked; the result is standard gzip,
+whichever implementation made it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,19 @@
 See ``docs/wire-contract.md`` (Authentication). Login runs on the sender thread only (never inside
 ``track()``), so it is single-flight by construction. Nothing in this module ever
 puts a secret or a token into a log record, a ``repr`` or an exception message.
+
+Owns: the credential modes (:class:`ApiKey`, :class:`ClientCredentials`), the checks
+on credentials at the call site (:func:`make_credentials`), the login call and the
+token's renewal (:func:`jwt_lifetime`).
+
+Invariants:
+
+* A credential that cannot travel is a ``ConfigurationError`` at construction, never
+  a failure on every request; surrounding whitespace is stripped (:func:`as_read`).
+* One login at a time, on the sender's thread; a token is renewed before its ``exp``.
+* A login answer is read within ``LOGIN_ANSWER_BYTES`` and on a connection we trust
+  (:mod:`.reuse`).
+* No secret or token in a log record, ``repr`` or exception.
 """
 
 from __future__ import annotations
@@ -18,16 +31,17 @@ from typing import Protocol
 import httpx
 import msgspec
 
-from ._answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
-from ._errors import ConfigurationError, describe_exception
-from ._reuse import discard, stale_reason, surplus
-from ._spool_identity import fingerprint
+from .._errors import ConfigurationError, describe_exception
+from .._spool_identity import fingerprint
+from .answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
+from .reuse import discard, stale_reason, surplus
 
 __all__ = [
     "ApiKey",
     "AuthFailure",
     "ClientCredentials",
     "Credentials",
+    "as_read",
     "make_credentials",
 ]
 
@@ -155,7 +169,7 @@ class ClientCredentials:
     used: system-login returns no refresh token (``docs/wire-contract.md``).
     """
 
-    __slots__ = ("_header", "_key", "_login_url", "_logins", "_renew_at", "_secret")
+    __slots__ = ("_header", "_key", "_login_url", "_logins", "_renew_at", "_secret", "lifetime")
 
     def __init__(self, client_key: str, client_secret: str, base_url: str) -> None:
         self._key = client_key
@@ -164,6 +178,9 @@ class ClientCredentials:
         self._header: str | None = None
         self._renew_at = 0.0
         self._logins = 0
+        #: Seconds the last token was good for from its issue (``jwt_lifetime``); None
+        #: before a login, or when its ``exp`` was unreadable (``doctor`` shows it).
+        self.lifetime: float | None = None
 
     @property
     def logins(self) -> int:
@@ -189,6 +206,7 @@ class ClientCredentials:
 
     def _login(self, client: httpx.Client, timeout: float) -> None:
         self._header = None
+        self.lifetime = None
         # The token cannot have been issued before the request left: anchoring its
         # lifetime here (monotonic) renews it a little early, never late.
         sent_at = time.monotonic()
@@ -209,7 +227,7 @@ class ClientCredentials:
                     content = None  # over LOGIN_ANSWER_BYTES or undecodable: refused below
                 stale = stale_reason(response)
                 if stale is not None or (content is not None and surplus(response)):
-                    discard(response)  # never reused (see _reuse)
+                    discard(response)  # never reused (see reuse.py)
         except Exception as exc:
             # Not only httpx.HTTPError: whatever fails here may quote the request (an h11
             # header error, a UnicodeEncodeError holding the JSON with clientSecret), so
@@ -253,7 +271,7 @@ class ClientCredentials:
                 retryable=True,
                 status=status,
             )
-        lifetime = jwt_lifetime(token, time.time())
+        lifetime = self.lifetime = jwt_lifetime(token, time.time())
         if lifetime is None:
             lifetime = FALLBACK_TOKEN_TTL
         margin = min(REFRESH_MARGIN, lifetime / 4)
@@ -261,6 +279,12 @@ class ClientCredentials:
         self._header = f"Bearer {token}"
         self._logins += 1
         log.debug("logged in to Enso; token valid for %.0f s", lifetime)
+
+
+def as_read(value: str) -> str:
+    """A credential as the tracker reads it: surrounding whitespace (a file's trailing
+    newline) dropped. ``doctor`` fingerprints what it shows this way."""
+    return value.strip(_STRIPPED)
 
 
 def _unsendable(value: str, *, header: bool) -> str | None:

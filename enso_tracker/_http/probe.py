@@ -1,12 +1,24 @@
 """Is Enso reachable, and does it take these credentials? Asked with the tracker's own stack.
 
 One probe is an empty batch, ``{"events": []}``, POSTed by the tracker's sender
-(``_sender.HttpSender``, with the credentials ``_auth.make_credentials`` built: the same
+(``_http.sender.HttpSender``, with the credentials ``_http.auth.make_credentials`` built: the same
 login, headers, request deadline, answer bounds and classification as every batch).
 Enso answers it with code 2003 ("events array is required") once the credentials are
-accepted, 401 when not; no usage is ever sent. ``doctor`` shows one probe;
+accepted, 401 when not; no usage is ever sent. The probe adds no HTTP of its own: it
+sees the answer's status, ``Date`` and body through ``HttpSender.on_answer`` and the
+token's lifetime as ``ClientCredentials.lifetime``, and only explains the sender's
+:data:`~.sender.Outcome` in its own words. ``doctor`` shows one probe;
 :func:`preflight` is what ``import`` asks before reading rows, retrying transient trouble
 for at most :data:`PREFLIGHT_TIMEOUT` seconds so an unreachable Enso fails the run fast.
+
+Owns: :class:`ProbeResult` and its kinds, :func:`probe`, :func:`probe_compression`
+and :func:`preflight`.
+
+Invariants:
+
+* No HTTP of its own: every request is ``HttpSender.send(PROBE_BODY, ...)``.
+* No usage is ever sent: the probe body is an empty batch.
+* A :class:`ProbeResult` never holds a secret.
 """
 
 from __future__ import annotations
@@ -20,11 +32,11 @@ from typing import Literal
 import httpx
 import msgspec
 
-from ._auth import ClientCredentials, Credentials, jwt_lifetime
-from ._config import Config
-from ._errors import describe_exception
-from ._schedule import RetryPolicy
-from ._sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
+from .._config import Config
+from .._errors import describe_exception
+from .._retry import RetryPolicy
+from .auth import ClientCredentials, Credentials
+from .sender import Answered, HttpSender, Outcome, Rejected, Retry, TooLarge, Unauthorized
 
 __all__ = [
     "PREFLIGHT_TIMEOUT",
@@ -87,51 +99,27 @@ class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class _Observed:
-    """The caller's credentials, noting the lifetime of the token they hand out."""
+class _Seen:
+    """What the sender showed of the last answer (``HttpSender.on_answer``)."""
 
-    def __init__(self, inner: Credentials) -> None:
-        self.inner = inner
-        self.lifetime: float | None = None
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.date: str | None = None
+        self.content = b""
 
-    def authorization(self, client: httpx.Client, timeout: float) -> str:
-        header = self.inner.authorization(client, timeout)
-        if isinstance(self.inner, ClientCredentials):
-            self.lifetime = jwt_lifetime(header.removeprefix("Bearer "), time.time())
-        return header
-
-    def invalidate(self, authorization: str) -> bool:
-        return self.inner.invalidate(authorization)
-
-    @property
-    def logins(self) -> int:
-        return self.inner.logins
-
-
-class _ProbeSender(HttpSender):
-    """The tracker's sender, keeping the status, ``Date`` and (bounded) body of the answer."""
-
-    status: int | None = None
-    date: str | None = None
-    content: bytes = b""
-
-    def _post(
-        self,
-        client: httpx.Client,
-        body: bytes,
-        authorization: str,
-        timeout: float,
-        *,
-        gzipped: bool = False,
-    ) -> httpx.Response:
-        response = super()._post(client, body, authorization, timeout, gzipped=gzipped)
+    def __call__(self, response: httpx.Response, content: bytes) -> None:
         self.status = response.status_code
         self.date = response.headers.get("Date")
-        return response
-
-    def _classify(self, response: httpx.Response, content: bytes) -> Outcome:
         self.content = content  # read within the sender's bounds (64 KiB for an error)
-        return super()._classify(response, content)
+
+
+def _sender(
+    config: Config, credentials: Credentials, transport: httpx.BaseTransport | None
+) -> tuple[HttpSender, _Seen]:
+    sender = HttpSender(config, credentials, transport)
+    seen = _Seen()
+    sender.on_answer = seen
+    return sender, seen
 
 
 def probe(
@@ -141,8 +129,7 @@ def probe(
     transport: httpx.BaseTransport | None = None,
 ) -> ProbeResult:
     """Send one empty batch and say what Enso's answer (or its absence) means."""
-    observed = _Observed(credentials)
-    sender = _ProbeSender(config, observed, transport)
+    sender, seen = _sender(config, credentials, transport)
     sent_at = time.time()
     try:
         outcome: Outcome = sender.send(PROBE_BODY, timeout)
@@ -151,17 +138,18 @@ def probe(
     finally:
         received_at = time.time()
         sender.close()
-    kind, status = _kind(outcome, sender, credentials)
+    kind, status = _kind(outcome, seen, credentials)
     message = outcome.message if not isinstance(outcome, Answered) else "accepted"
+    lifetime = credentials.lifetime if isinstance(credentials, ClientCredentials) else None
     return ProbeResult(
         kind=kind,
         message=message,
         status=status,
-        date=sender.date,
+        date=seen.date,
         sent_at=sent_at,
         received_at=received_at,
         logins=credentials.logins,
-        token_lifetime=observed.lifetime,
+        token_lifetime=lifetime,
     )
 
 
@@ -178,7 +166,7 @@ def probe_compression(
     the sender's plain fallback. ``accepted``: answered as the plain probe is (2xx, or
     400 with code 2003: it read the JSON inside); ``refused``: 415, or a 400 without
     code 2003 (it did not read it); ``unknown``: anything else, with the sender's words."""
-    sender = _ProbeSender(config.replace(compression="gzip"), _Observed(credentials), transport)
+    sender, seen = _sender(config.replace(compression="gzip"), credentials, transport)
     sender.fallback = False
     try:
         outcome: Outcome = sender.send(PROBE_BODY, timeout)
@@ -186,7 +174,7 @@ def probe_compression(
         outcome = Retry(describe_exception(exc))
     finally:
         sender.close()
-    kind, status = _kind(outcome, sender, credentials)
+    kind, status = _kind(outcome, seen, credentials)
     if kind == "accepted":
         return "accepted", f"Enso read a gzip-compressed empty batch (HTTP {status})"
     if status in (400, 415):
@@ -195,16 +183,14 @@ def probe_compression(
     return "unknown", message
 
 
-def _kind(
-    outcome: Outcome, sender: _ProbeSender, credentials: Credentials
-) -> tuple[ProbeKind, int | None]:
-    status = sender.status
+def _kind(outcome: Outcome, seen: _Seen, credentials: Credentials) -> tuple[ProbeKind, int | None]:
+    status = seen.status
     logging_in = isinstance(credentials, ClientCredentials) and credentials.logins == 0
     match outcome:
         case Answered():
             return "accepted", status
         case Rejected(status=rejected):
-            if rejected == 400 and _CODE_2003.search(sender.content):
+            if rejected == 400 and _CODE_2003.search(seen.content):
                 return "accepted", rejected
             if rejected == 403:
                 return "forbidden", rejected
@@ -244,7 +230,7 @@ def preflight(
         attempts += 1
         if result.kind not in ("unreachable", "unavailable"):
             break
-        pause = policy.backoff(attempts, _rng)
+        pause = policy.request_delay(attempts, None, _rng)
         if time.monotonic() + pause >= deadline:
             break
         time.sleep(pause)

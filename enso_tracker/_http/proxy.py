@@ -5,8 +5,15 @@ client is built, on the sender thread, at the first send. A proxy that can never
 (a SOCKS URL without the ``socksio`` package, a scheme httpx does not speak, a
 malformed URL) would then fail every request, and every event would end as
 ``retries_exhausted`` long after the mistake. :func:`check_environment_proxies` makes
-it a :class:`~._errors.ConfigurationError` in ``Tracker(...)`` instead. Its messages
+it a :class:`~.._errors.ConfigurationError` in ``Tracker(...)`` instead. Its messages
 never show the credentials a proxy URL may hold.
+
+Owns: the one rule for which environment proxy applies to a URL
+(:func:`environment_proxy`, used by the sender and ``doctor``) and the check of
+those settings (:func:`check_environment_proxies`).
+
+Invariants: an unusable proxy setting fails at construction; no proxy URL is shown
+with its credentials.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._config import _check_host, _shown
-from ._errors import ConfigurationError
+from .._config import _check_host, _shown
+from .._errors import ConfigurationError
 
-__all__ = ["check_environment_proxies"]
+__all__ = ["check_environment_proxies", "environment_proxy"]
 
 #: The schemes httpx accepts for a proxy (``httpx.Proxy``).
 _SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -29,7 +36,7 @@ _VARIABLES = {"http": "HTTP_PROXY", "https": "HTTPS_PROXY", "all": "ALL_PROXY"}
 
 
 def check_environment_proxies() -> None:
-    """:class:`~._errors.ConfigurationError` for an environment proxy httpx would be
+    """:class:`~.._errors.ConfigurationError` for an environment proxy httpx would be
     given and that cannot work; nothing when none is set or ``NO_PROXY=*``."""
     proxies = urllib.request.getproxies()  # what httpx reads (environment, OS settings)
     if any(host.strip() == "*" for host in proxies.get("no", "").split(",")):
@@ -44,6 +51,18 @@ def check_environment_proxies() -> None:
                 f"{variable}={_shown(value)} in the environment: {problem}. Fix or unset "
                 "it, or pass trust_env=False to ignore proxy settings from the environment"
             )
+
+
+def environment_proxy(url: str) -> str | None:
+    """The environment proxy (``HTTPS_PROXY``, ``ALL_PROXY``…) httpx would use for
+    ``url``, as set (it may hold credentials: never show it as is), or None when none
+    applies (unset, or ``NO_PROXY`` covers the host)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 def _socks_installed() -> bool:
