@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -17,7 +18,7 @@ from enso_tracker import (
     TooLarge,
     Unauthorized,
 )
-from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, held
+from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
@@ -26,6 +27,12 @@ from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._settle import settle_locked
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)
+
+
+def dropped_seqs(items: Sequence[Pending] | Sequence[QueuedEvent]) -> list[int]:
+    """Seqs of a report's events: Pendings as the ledger held them (the Reporter decodes
+    them, outside the lock), or queued tuples."""
+    return [e.seq if isinstance(e, Pending) else e[SEQ] for e in items]
 
 
 def ledger() -> Ledger:
@@ -130,7 +137,7 @@ def test_per_record_failures_are_rejected_or_retried_by_their_status() -> None:
     reports, _ = settle(led, batch, outcome)
     assert led.delivered == 2
     [(items, reason)] = reports
-    assert [p.seq for p in items if isinstance(p, Pending)] == [2]  # decoded by the Reporter
+    assert dropped_seqs(items) == [2]
     assert (reason.kind, reason.code, reason.status) == ("rejected", 2002, 404)
     assert [p.seq for p in led.schedule.retry] == [4]  # backs off alone
     assert led.retried == 1
@@ -232,7 +239,7 @@ def test_a_failed_record_without_a_status_is_rejected_never_resent() -> None:
     batch = take(led)
     reports, _ = settle(led, batch, answer(3, FailedRecord(index=1, error="bad", code=2001)))
     [(items, reason)] = reports
-    assert [i[SEQ] for i in items] == [2]
+    assert dropped_seqs(items) == [2]
     assert (reason.kind, reason.code, reason.status) == ("rejected", 2001, None)
     assert (led.delivered, led.retried, led.requests) == (2, 0, 1)
     assert (led.schedule.retry, list(led.schedule.ready)) == ([], [])
@@ -252,7 +259,7 @@ def test_an_event_failing_alone_past_its_budget_ends_retries_exhausted() -> None
         reports, _ = settle(led, batch, answer(len(batch), failed))
         now += 100.0  # past any backoff (backoff_max=4)
     [(items, reason)] = reports
-    assert [i[SEQ] for i in items] == [1]
+    assert dropped_seqs(items) == [1]
     assert reason.kind == "retries_exhausted"
     assert led.dropped == {"retries_exhausted": 1}
     assert (led.delivered, led.retried) == (1, 2)
