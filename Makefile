@@ -1,7 +1,9 @@
 # Two commands on a fresh machine: `make demo` and `make test` (and `make check` while iterating).
 #   make demo   installs the package alone (httpx, msgspec; no compiler) and runs the demos
-#   make check  lint, types and the fast tests (everything not marked `slow`)
+#   make check  lint, types, the unit tier and the integration tests not marked `slow`
 #   make test   lint, types and the whole suite, real servers (uWSGI, gunicorn, Celery) included
+#   make unit   the unit tier alone (tests/unit: in-process, seconds), for the inner loop
+# The tiers are folders: tests/unit, tests/integration, tests/system (docs/testing.md).
 # Any Python >= 3.11 works: `make demo PYTHON=python3.13`.
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 CHECK_STAMP := $(VENV)/.installed-check
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo check test test-all lint types unit quick bench clean
+.PHONY: demo check test test-all lint types unit quick suite integration system redis bench clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -48,18 +50,29 @@ lint: $(CHECK_STAMP)
 types: $(CHECK_STAMP)
 	$(VENV)/bin/mypy enso_tracker tests benchmarks
 
-quick: $(CHECK_STAMP)
-	$(PY) -m pytest -q -m 'not slow'
+unit: $(CHECK_STAMP)
+	$(PY) -m pytest -q tests/unit
 
-unit: $(TEST_STAMP)
-	@# the RQ tests' Redis (Debian's; as root, as CI runs: otherwise those tests skip, saying so)
+quick: $(CHECK_STAMP)
+	$(PY) -m pytest -q -m 'not slow' tests/unit tests/integration
+
+integration: $(CHECK_STAMP)
+	$(PY) -m pytest -q tests/integration
+
+system: $(TEST_STAMP) redis
+	$(PY) -m pytest -q tests/system
+
+suite: $(TEST_STAMP) redis
+	$(PY) -m pytest -q
+
+# the RQ tests' Redis (Debian's; as root, as CI runs: otherwise those tests skip, saying so)
+redis:
 	command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
-	$(PY) -m pytest -q
 
 check: lint types quick
 
-test: lint types unit
+test: lint types suite
 
 # The suite on every supported Python, each in its own venv (pyenv keeps non-global
 # versions off PATH, so look for them where it installs them too).

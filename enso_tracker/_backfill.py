@@ -79,7 +79,7 @@ def content(entity: Any, metric: Any, value: Any, timestamp: Any) -> bytes:
                 _times.clear()
             _times[timestamp] = ms
     # msgspec writes JSON as json.dumps(ensure_ascii=False, separators=(",", ":")) does
-    # (tests/test_backfill_ids.py checks it), and ten times faster.
+    # (tests/integration/test_backfill_ids.py checks it), and ten times faster.
     return _encode([entity, metric, repr(number), ms])
 
 

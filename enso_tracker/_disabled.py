@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from ._http.sender import Outcome
 from ._ledger import Ledger
 from ._reentry import register_lock_holders
 from ._reporting import Reports
-from ._sender import Outcome
 from ._worker import Worker
 
 __all__ = ["DisabledSender", "DisabledWorker"]

@@ -2,7 +2,7 @@
 
 ``track()`` appends a tuple (the cheapest thing to build); the sender thread turns it into
 a :class:`Pending` once encoded, which carries it through retries. The byte figures are
-what ``max_queue_bytes`` counts, measured with tracemalloc (``tests/test_hardening.py``).
+what ``max_queue_bytes`` counts, measured with tracemalloc (``tests/system/test_hardening.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ JOB: Final = 7
 SIZE: Final = 8  # estimated bytes beyond EVENT_OVERHEAD (see held()), for max_queue_bytes
 
 # max_queue_bytes counts what an event really holds (measured with tracemalloc; see
-# tests/test_hardening.py): CPython object headers included, names in bytes not
+# tests/system/test_hardening.py): CPython object headers included, names in bytes not
 # characters, and, once it is encoded, its wire body in place of its metadata JSON.
 STR_OVERHEAD: Final = 49  # header of an ASCII str
 BYTES_OVERHEAD: Final = 33  # header of a bytes object

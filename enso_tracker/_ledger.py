@@ -25,21 +25,12 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
-from ._dead_letters import DEAD_KINDS, item_of
+from ._dead_letters import DEAD_KINDS
 from ._items import (
-    ENTITY,
-    ID,
-    IN_BODY,
-    JOB,
-    META,
     SEQ,
-    SIZE,
-    WHOLE_BODY,
     Pending,
     QueuedEvent,
-    event_id_of,
     held,
-    metadata_of,
 )
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
@@ -396,7 +387,23 @@ class Ledger:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
         urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
         source: deque[Any] = self.staged if self.spool else self.queue
-        taken, wait = self.schedule.plan(now, source, urgent=urgent)
+        # Room to gather a fuller request in: events that may still arrive before the
+        # queue is half full (by count or by bytes), so that holding a full batch never
+        # pushes track() into queue_full or "block". None with a spool: its staged rows
+        # are stored batches, and holding them would only slow the drain.
+        room = 0
+        if not self.spool:
+            cfg = self.config
+            n = self.outstanding
+            room = cfg.max_queue_size // 2 - n
+            if n:
+                room = min(
+                    room,
+                    (cfg.max_queue_bytes // 2 - self.outstanding_bytes)
+                    * n
+                    // max(self.outstanding_bytes, 1),
+                )
+        taken, wait = self.schedule.plan(now, source, urgent=urgent, room=room)
         if taken:
             if not source and not self.queue:
                 self.flush_asked = False
@@ -445,19 +452,12 @@ class Ledger:
             self.finished.append(p)
 
     def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
-        """Events that will never be delivered: counted now, reported by the caller."""
-        items = []
+        """Events that will never be delivered: counted now, reported by the caller (who
+        decodes what the report needs once the lock is released: ``Reporter``)."""
+        dropped = list(group)
         keep = self.spool and reason.kind in DEAD_KINDS
-        for p in group:
+        for p in dropped:
             p.done = True
-            item = p.item
-            if item[META] is IN_BODY:  # reported with its metadata, read back from the body
-                item = (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
-            elif item[META] is WHOLE_BODY:  # read back from the spool
-                item = item_of(p.body, p.seq)
-            if item[ID] is None:  # reported with its generated id (see _items.ID)
-                item = (item[SEQ], event_id_of(item, self.id_prefix), *item[ENTITY:])
-            items.append(item)
             self.outstanding -= 1
             self.outstanding_bytes -= p.size
             p.receipt = reason
@@ -465,9 +465,9 @@ class Ledger:
                 self.finished.append(p)
             if keep and p.body:
                 self.dead.append((p.body, reason))
-        self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(items)
+        self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(dropped)
         self.last_error = str(reason)
-        reports.append((items, reason))
+        reports.append((dropped, reason))
         self.reporting += 1
 
     def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:

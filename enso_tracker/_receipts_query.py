@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from ._errors import ConfigurationError
-from ._receipts import Fold, add, number
+from ._receipts_store import Fold, add, number
 from ._spool_trust import UntrustedFile, open_sqlite
 
 __all__ = ["EventReceipt", "ReceiptTotal", "Receipts", "hour_bound"]

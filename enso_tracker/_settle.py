@@ -2,7 +2,8 @@
 
 Called by the worker with the ledger's lock held; it only moves events between the
 ledger's books and the schedule, and appends drops to ``reports`` and log records to the
-deferred log (both handed over once the lock is released).
+deferred log (both handed over once the lock is released). Which failures are retried
+and which are suspect are the retry policy's answers (:mod:`._retry`), not decided here.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import logging
 import time
 from typing import Any, assert_never
 
+from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
 from ._log import DeferredLog
 from ._model import DropReason
 from ._reporting import Reports
-from ._sender import RETRYABLE_STATUS, Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._wire import reconcile
 
 __all__ = ["settle_fresh_locked", "settle_locked"]
@@ -50,8 +51,7 @@ def settle_locked(
             return
         case Retry(message=message, status=status, retry_after=retry_after):
             _failed_locked(ledger, message)
-            # Rate limits and timeouts say nothing about the batch's content.
-            suspect = status is None or status >= 500
+            suspect = ledger.schedule.policy.is_suspect(status)
             ledger.backoff_locked(batch, now, retry_after, reports, suspect=suspect)
             log(
                 logging.WARNING,
@@ -145,6 +145,7 @@ def _answered_locked(
     if not failed and not unsure:  # the common case: everything delivered
         ledger.delivered_locked(batch)
         return
+    policy = ledger.schedule.policy
     retry: list[Pending] = []
     rejected: dict[tuple[Any, Any, str], list[Pending]] = {}
     for i, p in enumerate(batch):
@@ -156,7 +157,7 @@ def _answered_locked(
                 ledger.forget_locked(p)
             continue
         status = failure.status
-        if status is not None and (status >= 500 or status in RETRYABLE_STATUS):
+        if policy.is_retryable_status(status):  # none: rejected, never a resend loop
             retry.append(p)
         else:
             key = (failure.code, status, failure.error or "rejected by Enso")

@@ -7,7 +7,7 @@ of the pipeline sits behind it, one job per module (README "Design"):
 * :mod:`._ledger` the books, the queue and the lock; :mod:`._schedule` which events go
   next and when (pure); :mod:`._worker` the sender thread; :mod:`._settle` what an
   outcome means for each event; :mod:`._reporting` drops to logs and ``on_drop``;
-  :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._sender` HTTP.
+  :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._http` HTTP.
 
 Every accepted event ends in exactly one of: delivered, dropped with a reason (reported
 to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
@@ -32,11 +32,12 @@ import msgspec
 
 from . import _lifecycle
 from ._aio import AsyncMixin
-from ._auth import ApiKey, ClientCredentials, make_credentials
 from ._config import Config, env_flag, options_from_env
 from ._debug import debug_from_env
 from ._disabled import DisabledSender, DisabledWorker
 from ._errors import ConfigurationError
+from ._http.auth import ApiKey, ClientCredentials, make_credentials
+from ._http.sender import HttpSender, Sender
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
 from ._model import DeadLetter, Stats
@@ -49,7 +50,6 @@ from ._reentry import (
 )
 from ._reporting import Reporter
 from ._schedule import Schedule
-from ._sender import HttpSender, Sender
 from ._spool import DiskSpool
 from ._spool_admin import Spool
 from ._spool_identity import fingerprint
@@ -182,9 +182,10 @@ class Tracker(AsyncMixin):
         no logging; a lock inherited mid-acquire would never be released)."""
         cfg = self._config
         self._pid = os.getpid()
-        self._reporter = Reporter(cfg.on_drop)
+        id_prefix = _new_id_prefix()
+        self._reporter = Reporter(cfg.on_drop, id_prefix)
         schedule = Schedule.from_config(cfg, _jitter_rng)
-        self._ledger = Ledger(cfg, schedule, _new_id_prefix())
+        self._ledger = Ledger(cfg, schedule, id_prefix)
         disk = None
         if cfg.spool_dir is not None:
             # The files are opened by the sender thread, at its first need.

@@ -32,6 +32,7 @@ from typing import Any, Final
 from ._config import Config
 from ._debug import log_request
 from ._errors import describe_exception
+from ._http.sender import Answered, Outcome, Retry, Sender
 from ._items import (
     BYTES_OVERHEAD,
     ENTITY,
@@ -51,7 +52,6 @@ from ._ledger import Ledger
 from ._model import DropReason
 from ._reporting import Reporter, Reports
 from ._schedule import NO_SEQ
-from ._sender import Answered, Outcome, Retry, Sender
 from ._settle import settle_fresh_locked, settle_locked
 from ._spool import DiskSpool, Problem, pendings_of
 from ._spool_store import (

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ConfigurationError
+from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._model import Stats
-from ._sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._spool_store import SpoolClosed
 from ._version import __version__
 

@@ -9,7 +9,7 @@ JSON and log output) and ``format`` (human formatting of counts, sizes, ages).
 One implementation of the protocol: ``import`` delivers through the public
 :class:`~enso_tracker.Tracker`, ``send`` through :func:`~enso_tracker.send_events`, and
 ``doctor`` and the import's preflight probe Enso with the same credentials handling and
-sender (``_probe``).
+sender (``_http/probe.py``).
 ``fake-server`` runs :class:`~enso_tracker.testing.FakeEnso` in the foreground.
 
 ``spool`` (status, dead-letters, redrive, purge, export) works on a durable spool

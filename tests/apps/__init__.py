@@ -1,1 +1,1 @@
-"""Applications that tests/test_frameworks_*.py run under real servers and workers."""
+"""Applications that tests/system/test_frameworks_*.py run under real servers and workers."""

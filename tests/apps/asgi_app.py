@@ -1,5 +1,5 @@
 """A plain ASGI app that tracks one event per request and answers its eventId as JSON,
-for tests/test_frameworks_asgi.py. It has no lifespan handling at all: no shutdown hook
+for tests/system/test_frameworks_asgi.py. It has no lifespan handling at all: no shutdown hook
 closes the tracker, so only the tracker's own exit handling can deliver the tail.
 
 Environment: ENSO_BASE_URL; ENSO_TEST_INTEGRATIONS ("0": integrations=False).

@@ -1,4 +1,4 @@
-"""A Celery app whose tasks track, for tests/test_frameworks_celery.py.
+"""A Celery app whose tasks track, for tests/system/test_frameworks_celery.py.
 
 The worker imports this module in its main process, so the module-level tracker is
 made there and forked into every prefork child (the common layout). The main process

@@ -1,5 +1,5 @@
 """A plain gevent or eventlet program (no server framework around it) that tracks, for
-tests/test_frameworks_green.py: ``python -m tests.apps.green_app LIBRARY MODE``.
+tests/system/test_frameworks_green.py: ``python -m tests.apps.green_app LIBRARY MODE``.
 
 The library's monkey-patching comes first, as its documentation asks. MODE:
 

@@ -1,4 +1,4 @@
-"""Running a real server or worker in a subprocess group, for tests/test_frameworks_*.py."""
+"""Running a real server or worker in a subprocess group, for tests/system/test_frameworks_*.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A program that runs as PID 1 (``unshare --pid --fork --mount-proc``, as in a container
-without an init), for tests/test_frameworks_pid1.py: it tracks ``ENSO_TEST_EVENTS``
+without an init), for tests/system/test_frameworks_pid1.py: it tracks ``ENSO_TEST_EVENTS``
 events with ids ``pid1-<n>``, records ``{"pid": 1, "outer": ...}`` in
 ENSO_TEST_DIR/ready.jsonl, then sleeps until it is stopped.
 

@@ -1,4 +1,4 @@
-"""A producer for the receipts kill -9 test (``tests/test_receipts_kill.py``).
+"""A producer for the receipts kill -9 test (``tests/system/test_receipts_kill.py``).
 
 ``python -m tests.apps.receipts_producer --url URL --dir DIR`` (cwd: the repo root) tracks
 events into a spool with per-event receipts until it is killed: five entities, one of

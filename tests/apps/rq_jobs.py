@@ -1,4 +1,4 @@
-"""RQ jobs that track, for tests/test_frameworks_rq.py.
+"""RQ jobs that track, for tests/system/test_frameworks_rq.py.
 
 The tracker is made at import, wherever this module is first imported: in each work
 horse when RQ resolves the job's function (the usual layout: the worker's main process

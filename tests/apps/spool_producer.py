@@ -1,4 +1,4 @@
-"""A producer for the kill -9 harness (``tests/test_spool_kill.py``).
+"""A producer for the kill -9 harness (``tests/system/test_spool_kill.py``).
 
 ``python -m tests.apps.spool_producer --url URL --dir DIR --report FILE`` (cwd: the repo
 root) tracks events with the ids ``<pid>-<n>`` into a spool until it is killed: the n-th

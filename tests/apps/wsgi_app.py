@@ -1,5 +1,5 @@
 """A WSGI app that tracks one event per request and answers its eventId as JSON, for
-tests/test_frameworks_gunicorn.py and tests/test_frameworks_uwsgi.py.
+tests/system/test_frameworks_gunicorn.py and tests/system/test_frameworks_uwsgi.py.
 
 The tracker is made at import, wherever the server imports the app: in the master
 (``--preload``, uWSGI without ``lazy-apps``) or in each worker. The importing process

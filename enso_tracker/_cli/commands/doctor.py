@@ -1,8 +1,8 @@
 """``enso-tracker doctor``: is this machine set up to deliver to Enso? Each check says
 what it found and, when it fails, what to do. No usage is ever sent, no secret printed.
 
-Credentials are read and checked by the tracker's own rules (``_auth.make_credentials``)
-and probed with the tracker's own login and sender (``_probe.probe``): what doctor
+Credentials are read and checked by the tracker's own rules (``_http.auth.make_credentials``)
+and probed with the tracker's own login and sender (``_http.probe.probe``): what doctor
 accepts, the tracker accepts. DNS, TCP and TLS are diagnosed with plain sockets first, so
 a failure says which step broke."""
 
@@ -15,16 +15,16 @@ import socket
 import ssl
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 import httpx
 
-from ..._auth import _STRIPPED, ApiKey, ClientCredentials, Credentials, make_credentials
 from ..._config import Config
 from ..._errors import ConfigurationError, describe_exception
-from ..._probe import ProbeResult, probe, probe_compression
+from ..._http.auth import ApiKey, ClientCredentials, Credentials, as_read, make_credentials
+from ..._http.probe import ProbeResult, probe, probe_compression
+from ..._http.proxy import environment_proxy
 from .._args import Connection, connection, connection_options_of, in_env_terms
 from .._output import EXIT_INCOMPLETE, EXIT_OK, fingerprint, marks, print_json
 from .spool.status import spool_check
@@ -104,19 +104,9 @@ class Doctor:
 
     def _identity(self) -> str | None:
         """The spool identity of the configured destination and credentials, or None."""
-        conn, env = self.conn, self.conn.secrets
-        try:
-            if conn.mode == "api_key":
-                creds = make_credentials(env["ENSO_API_KEY"], None, None, conn.base_url)
-            elif conn.mode == "client_credentials":
-                key, secret = env.get("ENSO_CLIENT_KEY"), env.get("ENSO_CLIENT_SECRET")
-                creds = make_credentials(None, key, secret, conn.base_url)
-            else:
-                return None
-        except ConfigurationError:
-            return None
+        creds = self.credentials  # as the tracker reads them (``_configuration``)
         if isinstance(creds, ApiKey | ClientCredentials):
-            return creds.spool_identity(conn.base_url)
+            return creds.spool_identity(self.conn.base_url)
         return None
 
     def _configuration(self) -> tuple[bool, bool]:
@@ -129,8 +119,7 @@ class Doctor:
             url_ok = self.add("base URL", None, f"{conn.base_url} (from {conn.base_url_from})")
         # Shown as the tracker reads them: surrounding whitespace (a file's newline) ignored.
         found = (
-            ", ".join(f"{k}={fingerprint(v.strip(_STRIPPED))}" for k, v in conn.secrets.items())
-            or "none"
+            ", ".join(f"{k}={fingerprint(as_read(v))}" for k, v in conn.secrets.items()) or "none"
         )
         mode = conn.mode
         if mode == "client_credentials" and len(conn.secrets) != 2:
@@ -213,7 +202,7 @@ class Doctor:
         )
 
     def _credentials(self) -> None:
-        """The tracker's own login and sender, on an empty batch (``_probe``)."""
+        """The tracker's own login and sender, on an empty batch (``_http.probe``)."""
         conn = self.conn
         assert self.credentials is not None  # checked by _configuration
         try:
@@ -336,10 +325,8 @@ def _ms(started: float) -> str:
 
 def _proxy_for(url: str) -> str | None:
     """The environment proxy httpx would use for ``url``, credentials blanked out."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+    proxy = environment_proxy(url)
+    if proxy is None:
         return None
     p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     netloc = p.hostname or ""

@@ -16,8 +16,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Final
 
 from ..._errors import ConfigurationError
-from ..._receipts import DELIVERED, text_of
+from ..._receipts import DELIVERED
 from ..._receipts_query import Period, hour_bound
+from ..._receipts_store import text_of
 from .._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
 from .receipts import open_store
 

@@ -4,7 +4,8 @@
   ``--id-rule line``/``--id-column``, whose names are ASCII, whose value is an int or a
   finite float (or one written as text) and whose timestamp parses.
 * For those it computes exactly what ``Importer._row`` would (the same content, the same
-  eventId, the same ``track()`` arguments): ``tests/test_cli_import_paths.py`` checks it.
+  eventId, the same ``track()`` arguments), as
+  ``tests/integration/test_cli_import_paths.py`` checks.
 * Anything else, or any exception on the way, it leaves untouched (nothing counted,
   nothing taken) to ``Importer._row``, which says what is wrong.
 

@@ -1,8 +1,8 @@
 """Before ``import`` reads a row: can Enso be reached, and does it take the credentials?
 
-Asked with the tracker's own stack (``_probe.preflight``: the tracker's credentials and
+Asked with the tracker's own stack (``_http.probe.preflight``: the tracker's credentials and
 sender, on an empty batch), so an unreachable Enso or refused credentials end the run
-within about :data:`~.._probe.PREFLIGHT_TIMEOUT` seconds with exit 3, instead of after
+within about :data:`~.._http.probe.PREFLIGHT_TIMEOUT` seconds with exit 3, instead of after
 reading and queueing rows until ``--stall-timeout``.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..._auth import make_credentials
 from ..._config import Config
-from ..._probe import BLOCKING, PREFLIGHT_TIMEOUT, preflight
+from ..._http.auth import make_credentials
+from ..._http.probe import BLOCKING, PREFLIGHT_TIMEOUT, preflight
 from .._args import connection_options
 
 __all__ = ["check_enso"]

@@ -1,0 +1,1 @@
+"""Integration tier: the tracker against FakeEnso in this process, the CLI, the docs."""

@@ -1,0 +1,1 @@
+"""System tier: real servers and workers, kill -9, signals, scale, packaging."""

@@ -1,0 +1,1 @@
+"""Unit tier: in-process, no subprocess, no fixed sleep; `make unit` runs it."""
