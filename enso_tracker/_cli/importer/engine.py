@@ -5,6 +5,17 @@ Delivery goes through the public ``Tracker`` (``track``/``flush``/``shutdown``/`
 reader waits (memory stays bounded) instead of refusing rows. Every row gets a
 deterministic eventId (see ``_backfill``), so a re-run of the same command, after a crash
 or not, bills nothing twice: Enso deduplicates by eventId.
+
+``Importer`` owns the run: reading the inputs block by block, the general path for a row
+(``_row``: every check, every reason, shards, the dry run), delivery health (stalls,
+refused credentials) and the end of the run. The common row goes through ``fast``
+(``FastPath``) first; the counts and what is reported of them are ``books``'.
+
+* A row is counted once, on whichever path takes it; a path that leaves a row has
+  changed nothing.
+* Only accepted rows take an occurrence number (a refused one gives it back), so a bad
+  row never shifts the ids of the rows after it.
+* One run uses one kind of counting key (``_key``) on both paths.
 """
 
 from __future__ import annotations
