@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
-from ._dead_letters import DEAD_KINDS, item_of
 from ._items import (
     ENTITY,
     ID,
@@ -44,6 +43,8 @@ from ._items import (
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
+from ._spool.dead_letters import DEAD_KINDS
+from ._wire_decode import item_of
 
 __all__ = ["Ledger"]
 

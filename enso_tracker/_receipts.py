@@ -45,8 +45,8 @@ import msgspec
 
 from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending, event_id_of
 from ._model import DropReason
-from ._spool_identity import short
-from ._spool_trust import create_private, open_sqlite
+from ._spool.identity import short
+from ._spool.trust import create_private, open_sqlite
 
 __all__ = [
     "DELIVERED",

@@ -50,10 +50,10 @@ from ._reentry import (
 from ._reporting import Reporter
 from ._schedule import Schedule
 from ._sender import HttpSender, Sender
-from ._spool import DiskSpool
-from ._spool_admin import Spool
-from ._spool_identity import fingerprint
-from ._spool_store import check_directory
+from ._spool.admin import Spool
+from ._spool.directory import check_directory
+from ._spool.disk import DiskSpool
+from ._spool.identity import fingerprint
 from ._validate import (
     MAX_EXACT_INT,
     bad_value,

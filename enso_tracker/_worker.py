@@ -53,16 +53,17 @@ from ._reporting import Reporter, Reports
 from ._schedule import NO_SEQ
 from ._sender import Answered, Outcome, Retry, Sender
 from ._settle import settle_fresh_locked, settle_locked
-from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import (
+from ._spool.disk import DiskSpool, pendings_of
+from ._spool.errors import (
+    Problem,
     SpoolClosed,
     SpoolCorrupt,
-    SpoolFile,
     SpoolFull,
     SpoolUnavailable,
-    StoredBatch,
 )
+from ._spool.files import SpoolFile, StoredBatch
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
+from ._wire_decode import split_batch
 
 __all__ = ["CLOSED", "Worker", "cut_rows"]
 
@@ -873,8 +874,6 @@ class Worker:
         disk = self.disk
         assert disk is not None
         try:
-            from ._dead_letters import split_batch
-
             n = len(split_batch(body))
             row = disk.write(body, n, 0)
         except Exception as exc:

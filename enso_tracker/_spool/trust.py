@@ -27,7 +27,7 @@ import threading
 from typing import Final
 from urllib.parse import quote
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 __all__ = [
     "UntrustedFile",

@@ -21,24 +21,17 @@ from typing import Final
 
 import msgspec
 
-from ._dead_letters import DeadLetterStore, event_of, split_batch
-from ._errors import ConfigurationError
-from ._model import DeadLetter, Event, SpoolStatus
-from ._spool_identity import short
-from ._spool_store import (
-    APPLICATION_ID,
-    FORMAT_VERSION,
-    SpoolCorrupt,
-    check_directory,
-    connect,
-    is_corrupt,
-    lock_path,
-    read_identity,
-    spool_files,
-    write_unowned,
-)
-from ._spool_trust import UntrustedFile, held_here, untrusted
-from ._wire import BODY_OVERHEAD, join_batch
+from .._errors import ConfigurationError
+from .._model import DeadLetter, Event, SpoolStatus
+from .._wire import BODY_OVERHEAD, join_batch
+from .._wire_decode import event_of, split_batch
+from .dead_letters import DeadLetterStore
+from .directory import check_directory, lock_path, spool_files
+from .errors import SpoolCorrupt
+from .format import APPLICATION_ID, FORMAT_VERSION, read_identity, write_unowned
+from .identity import short
+from .sqlite import connect, is_corrupt
+from .trust import UntrustedFile, held_here, untrusted
 
 __all__ = ["Spool", "cannot_open"]
 
