@@ -37,11 +37,13 @@ Modules, by role (after Vector's ``disk_v2``):
 ``files``                 ``SpoolFile`` (one database held open), ``StoredBatch``
 ``format``                the file format and the four ways a file is opened
 ``directory``             the directory: checks, names, orphans, cleanup, quarantine
-``sqlite``                connections, transactions, format stamps, side files, locks
+``sqlite``                the one way to open, write (``transaction``), stamp and
+                          read the format of a database; its side files; errors
 ``budget``                how large our file may grow, every bound together
 ``dead_letters``          ``dead-letters.db``: what will never be delivered
 ``admin``                 the public ``Spool(path)``: the directory seen from outside
-``identity``, ``trust``   whom a file was written for; what may be opened
+``identity``, ``trust``   whom a file was written for; what may be opened, and the
+                          one lock probe (``try_flock``)
 ``errors``                the exceptions callers tell apart
 ========================  ==========================================================
 

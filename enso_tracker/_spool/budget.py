@@ -24,7 +24,7 @@ import stat
 from typing import Final
 
 from .files import SpoolFile
-from .sqlite import PAGE_SIZE, disk_size
+from .sqlite import PAGE_SIZE, WAL, disk_size
 
 __all__ = ["REFRESH", "Budget", "file_size_limit", "free_bytes"]
 
@@ -50,10 +50,10 @@ def _others_bytes(directory: str, own: str | None) -> int:
     total = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            if not (name.startswith("spool-") and name.endswith((".db", ".db-wal"))):
+            if not (name.startswith("spool-") and name.endswith((".db", ".db" + WAL))):
                 continue
             path = os.path.join(directory, name)
-            if path in (own, f"{own}-wal"):
+            if path in (own, f"{own}{WAL}"):
                 continue
             with contextlib.suppress(OSError):
                 found = os.lstat(path)
@@ -135,6 +135,6 @@ class Budget:
 
 def _wal_bytes(db: str) -> int:
     try:
-        return os.stat(db + "-wal").st_size
+        return os.stat(db + WAL).st_size
     except OSError:
         return 0

@@ -26,7 +26,7 @@ from .._model import DeadLetter, DropReason, Event
 from .._wire_decode import body_event_id, event_of
 from .directory import quarantine
 from .errors import SpoolCorrupt
-from .sqlite import abandon, connect, disk_size, is_corrupt
+from .sqlite import abandon, disk_size, is_corrupt, open_db, transaction
 
 __all__ = ["DEAD_KINDS", "FILE_NAME", "DeadLetterStore"]
 
@@ -108,7 +108,9 @@ class DeadLetterStore:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = connect(self.path, create=self._create)
+        conn = open_db(
+            self.path, "rw", ours=self._create, create=self._create, durability="process"
+        )
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -148,22 +150,19 @@ class DeadLetterStore:
         if not rows:
             return 0
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO dead_letters "
-                "(event_id, kind, code, status, message, stored_at, body, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            evicted = self._evict_locked(
-                db, sum(len(row[6]) + len(row[4]) + _ROW_OVERHEAD for row in rows)
-            )
-            db.execute("COMMIT")
+            with transaction(db, "IMMEDIATE"):
+                db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters "
+                    "(event_id, kind, code, status, message, stored_at, body, origin) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                evicted = self._evict_locked(
+                    db, sum(len(row[6]) + len(row[4]) + _ROW_OVERHEAD for row in rows)
+                )
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._bytes = None
+            self._bytes = None  # recounted: what was rolled back is not in the store
             raise
         return evicted
 
@@ -256,14 +255,8 @@ class DeadLetterStore:
 
     def delete(self, rowids: list[int]) -> None:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db, "IMMEDIATE"):
             db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rowids])
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._bytes = None
 
     def purge(

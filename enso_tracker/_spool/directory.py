@@ -19,7 +19,6 @@ A spool directory holds::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import stat
@@ -28,7 +27,15 @@ from collections.abc import Generator
 from typing import Final
 
 from .._errors import ConfigurationError
-from .trust import UntrustedFile, check_trusted_dir, lock_db, open_nofollow, untrusted
+from .sqlite import JOURNAL, SHM, WAL, side_files
+from .trust import (
+    UntrustedFile,
+    check_trusted_dir,
+    lock_db,
+    open_nofollow,
+    try_flock,
+    untrusted,
+)
 
 __all__ = [
     "check_directory",
@@ -152,7 +159,7 @@ def lock_path(db: str) -> str:
 def remove_files(db: str) -> None:
     """Remove a drained spool file: -wal, -shm, then the db (its flock is still held by
     the caller, so nobody adopts a half-removed file)."""
-    for path in (db + "-wal", db + "-shm", db + "-journal", db, lock_path(db)):
+    for path in (*side_files(db), db, lock_path(db)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -161,7 +168,7 @@ def quarantine(db: str) -> str:
     """Rename an unreadable file (and its -wal/-shm) aside as ``*.corrupt-<time>``."""
     stamp = f"corrupt-{int(time.time())}"
     target = f"{db}.{stamp}"
-    for suffix in ("-wal", "-shm", ""):
+    for suffix in (WAL, SHM, ""):
         with contextlib.suppress(FileNotFoundError):
             os.replace(db + suffix, target + suffix)
     with contextlib.suppress(FileNotFoundError):
@@ -213,14 +220,14 @@ def _remove_stale(directory: str) -> None:
         return
     for name in names:
         path = os.path.join(directory, name)
-        if name.startswith("spool-") and name.endswith((".db-wal", ".db-shm")):
+        if name.startswith("spool-") and name.endswith((".db" + WAL, ".db" + SHM)):
             # An owner removes -wal and -shm before its db: without the db, they are
             # what a process killed while removing them left.
-            if not os.path.lexists(path[: -len("-wal")]):
+            if not os.path.lexists(path[: -len(WAL)]):  # (-shm: as long)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             continue
-        if name.startswith(".tmp-spool-redrive-") and name.endswith((".db", ".db-journal")):
+        if name.startswith(".tmp-spool-redrive-") and name.endswith((".db", ".db" + JOURNAL)):
             with contextlib.suppress(OSError):
                 if time.time() - os.lstat(path).st_mtime > _STALE_TEMP:
                     os.unlink(path)
@@ -238,8 +245,7 @@ def _remove_stale(directory: str) -> None:
                     os.unlink(path)  # a planted symlink: the name goes, never its target
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not stale or not os.path.lexists(path[: -len(".lock")] + ".db"):
+            if try_flock(fd) and (not stale or not os.path.lexists(path[: -len(".lock")] + ".db")):
                 os.unlink(path)
         except OSError:
             pass  # held by a live process of format 1, or gone meanwhile

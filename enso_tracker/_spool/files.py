@@ -26,7 +26,7 @@ from typing import Any
 from .directory import quarantine, remove_files
 from .errors import SpoolClosed, SpoolCorrupt, SpoolFull
 from .errors import unreadable as _unreadable
-from .sqlite import PAGE_SIZE, abandon, disk_size, is_corrupt
+from .sqlite import PAGE_SIZE, abandon, disk_size, is_corrupt, transaction
 from .sqlite import is_full as _is_full
 from .trust import hold, release
 
@@ -123,8 +123,7 @@ class SpoolFile:
 
     def _insert_locked(self, db: sqlite3.Connection, row: tuple[float, int, int, bytes]) -> int:
         deferred = self._deferred
-        db.execute("BEGIN")
-        try:
+        with transaction(db):
             if deferred:
                 db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in deferred])
                 if self.receipts is not None:
@@ -132,11 +131,6 @@ class SpoolFile:
             cursor = db.execute(
                 "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)", row
             )
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._forget(deferred)
         self._deferred = []
         rowid = cursor.lastrowid
@@ -239,16 +233,10 @@ class SpoolFile:
             self._delete_locked(self._db(), rows)
 
     def _delete_locked(self, db: sqlite3.Connection, rows: list[StoredBatch]) -> None:
-        db.execute("BEGIN")
-        try:
+        with transaction(db):
             db.executemany("DELETE FROM batches WHERE id = ?", [(r.rowid,) for r in rows])
             if self.receipts is not None:
                 self.receipts.release(self, db, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._forget(rows)
 
     def size(self) -> int:

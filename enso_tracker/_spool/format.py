@@ -21,7 +21,6 @@ anything is written), :func:`salvage` (the intact rows of a damaged file of ours
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import sqlite3
@@ -35,8 +34,16 @@ from .errors import SpoolCorrupt, SpoolEmpty, SpoolForeign, SpoolUnavailable, Sp
 from .errors import unreadable as _unreadable
 from .files import SpoolFile
 from .identity import short
-from .sqlite import PAGE_SIZE, Durability, configure, connect
-from .trust import UntrustedFile, create_private, open_sqlite, same_file
+from .sqlite import (
+    PAGE_SIZE,
+    Durability,
+    configure,
+    open_db,
+    read_format,
+    stamp_format,
+    transaction,
+)
+from .trust import UntrustedFile, create_private, same_file, try_flock
 
 __all__ = [
     "APPLICATION_ID",
@@ -45,6 +52,7 @@ __all__ = [
     "open_orphan",
     "read_identity",
     "salvage",
+    "supported",
     "write_unowned",
 ]
 
@@ -67,10 +75,15 @@ CREATE TABLE IF NOT EXISTS batches (
 _META: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
+def supported(conn: sqlite3.Connection) -> bool:
+    """Whether a database is a spool file of this format (its stamps say so)."""
+    return read_format(conn) == (APPLICATION_ID, FORMAT_VERSION)
+
+
 def check_format(conn: sqlite3.Connection, path: str) -> None:
-    app = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app != APPLICATION_ID or version != FORMAT_VERSION:
+    """``SpoolUnsupported`` unless the database is a spool file of this format."""
+    app, version = read_format(conn)
+    if (app, version) != (APPLICATION_ID, FORMAT_VERSION):
         raise SpoolUnsupported(
             f"{path}: not an enso-tracker spool of format {FORMAT_VERSION} "
             f"(application_id={app:#x}, user_version={version}); left as it is"
@@ -88,8 +101,7 @@ def _stamp(conn: sqlite3.Connection, identity: str) -> None:
     conn.execute(_SCHEMA)
     conn.execute(_META)
     conn.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
-    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+    stamp_format(conn, APPLICATION_ID, FORMAT_VERSION)
 
 
 def create_own(
@@ -100,9 +112,7 @@ def create_own(
     for _ in range(8):
         db = os.path.join(directory, f"spool-{os.getpid()}-{secrets.token_hex(6)}.db")
         fd = create_private(db)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_flock(fd):
             # A scanner took the empty file for an orphan in the instant between
             # create and flock (it removes it as empty): another name.
             os.close(fd)
@@ -114,13 +124,12 @@ def create_own(
     else:
         raise SpoolUnavailable(f"{directory}: cannot create a spool file (contended)")
     try:
-        conn = connect(db, create=False, durability=durability)
+        conn = open_db(db, "rw", ours=False, durability=durability)
         try:
             # One transaction: a file caught mid-creation (a kill, a lost WAL) has no
             # table at all (removed as empty), never a table without its stamps.
-            conn.execute("BEGIN")
-            _stamp(conn, identity)
-            conn.execute("COMMIT")
+            with transaction(conn):
+                _stamp(conn, identity)
         except BaseException:
             conn.close()
             raise
@@ -138,7 +147,7 @@ def open_orphan(db: str, lock_fd: int, *, durability: Durability, identity: str)
     left as they are), ``SpoolEmpty`` if it never held a table (its WAL, where a young
     file keeps everything, was lost). Nothing is written before the checks pass."""
     try:
-        conn = open_sqlite(db, "rw", ours=True)
+        conn = open_db(db, "rw", ours=True)
     except UntrustedFile as exc:
         raise SpoolUnavailable(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
@@ -175,7 +184,7 @@ def salvage(db: str, identity: str) -> Iterator[tuple[bytes, int, float]]:
     try:
         # A file shorter than its header says is "malformed" to SQLite at once; this
         # lets it read the pages that are there (the connection is read-only).
-        conn = open_sqlite(db, "ro", ours=True, first="PRAGMA writable_schema=ON")
+        conn = open_db(db, "ro", ours=True, first="PRAGMA writable_schema=ON")
     except (sqlite3.Error, UntrustedFile):
         return
     try:
@@ -212,7 +221,7 @@ def write_unowned(directory: str, bodies: list[tuple[bytes, int]], identity: str
     tmp = os.path.join(directory, f".tmp-{base}.db")
     os.close(create_private(tmp))
     try:
-        conn = open_sqlite(tmp, "rw", ours=True)
+        conn = open_db(tmp, "rw", ours=True)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -222,13 +231,12 @@ def write_unowned(directory: str, bodies: list[tuple[bytes, int]], identity: str
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA synchronous=FULL")
         now = time.time()
-        conn.execute("BEGIN")
-        _stamp(conn, identity)
-        conn.executemany(
-            "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
-            [(now, n, zlib.crc32(body), body) for body, n in bodies],
-        )
-        conn.execute("COMMIT")
+        with transaction(conn):
+            _stamp(conn, identity)
+            conn.executemany(
+                "INSERT INTO batches (created, n, crc, body) VALUES (?, ?, ?, ?)",
+                [(now, n, zlib.crc32(body), body) for body, n in bodies],
+            )
     except BaseException:
         conn.close()
         with contextlib.suppress(OSError):

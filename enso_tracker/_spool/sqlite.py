@@ -1,11 +1,14 @@
 """SQLite for the spool: how its connections are opened and configured, and what its
 errors mean. Every SQLite database of a spool directory (spool files, the dead-letter
-store) is opened through :func:`connect`.
+store) is opened through :func:`open_db`, and every multi-statement write runs in
+:func:`transaction` (after litequeue's ``transaction()``).
 
 * Autocommit (``isolation_level=None``): nothing is in a transaction unless a caller
   began one; a connection never holds a read transaction open between calls.
 * WAL with 64 KiB pages; ``synchronous=NORMAL`` (durable against process death) or
   ``FULL`` (against power loss); the WAL checkpointed every 4 MiB and cut back to 8 MiB.
+* Format stamps (``application_id``, ``user_version``) are read and written here only
+  (:func:`read_format`, :func:`stamp_format`); what they must be is each store's own.
 * Only SQLite's corrupt and not-a-database codes mean a damaged file
   (:func:`is_corrupt`); anything else is a file that cannot be used *now*.
 """
@@ -16,22 +19,31 @@ import contextlib
 import errno
 import os
 import sqlite3
+from collections.abc import Iterator
 from typing import Final, Literal
 
 from .trust import create_private, open_sqlite
 
 __all__ = [
+    "JOURNAL",
     "PAGE_SIZE",
+    "SHM",
+    "SIDE_SUFFIXES",
+    "WAL",
     "WAL_LIMIT",
     "WAL_PAGES",
     "Durability",
     "abandon",
     "configure",
-    "connect",
     "disk_size",
     "is_corrupt",
     "is_full",
     "is_io_error",
+    "open_db",
+    "read_format",
+    "side_files",
+    "stamp_format",
+    "transaction",
 ]
 
 Durability = Literal["process", "power"]
@@ -39,6 +51,16 @@ Durability = Literal["process", "power"]
 PAGE_SIZE: Final = 65536
 WAL_PAGES: Final = 64
 WAL_LIMIT: Final = 8 * 1024 * 1024
+#: SQLite's side files of a database ``db``: ``db + suffix``.
+WAL: Final = "-wal"
+SHM: Final = "-shm"
+JOURNAL: Final = "-journal"
+SIDE_SUFFIXES: Final = (WAL, SHM, JOURNAL)
+
+
+def side_files(db: str) -> list[str]:
+    """The paths SQLite may keep beside ``db``: its WAL, shared memory and journal."""
+    return [db + suffix for suffix in SIDE_SUFFIXES]
 
 
 def is_full(exc: BaseException) -> bool:
@@ -74,38 +96,72 @@ def is_io_error(exc: BaseException) -> bool:
 def disk_size(db: str) -> int:
     """Bytes a SQLite file uses on disk: the db and its WAL."""
     total = 0
-    for suffix in ("", "-wal"):
+    for suffix in ("", WAL):
         with contextlib.suppress(OSError):
             total += os.stat(db + suffix).st_size
     return total
 
 
-def connect(
+def open_db(
     path: str,
+    mode: Literal["ro", "rw"],
     *,
-    create: bool,
-    durability: Durability = "process",
-    readonly: bool = False,
+    ours: bool,
+    create: bool = False,
+    durability: Durability | None = None,
+    first: str | None = None,
 ) -> sqlite3.Connection:
-    """A connection in autocommit mode (each statement its own transaction unless
-    ``BEGIN``), WAL, with the durability asked for. Never creates a file unless
-    ``create`` (an orphan must be opened, not made anew); a created file is made 0600
-    (and with it SQLite's -wal/-shm). Never follows a symlink (``UntrustedFile``); a
-    writer (``create``) also refuses a file owned by another user, a reader (the CLI of
-    an on-call user) may open one if the permissions let it."""
-    if create and not readonly:
+    """The one way a spool directory's database is opened: autocommit (nothing in a
+    transaction unless :func:`transaction`), never through a symlink (``UntrustedFile``).
+
+    ``ours``: refuse a file owned by another user too (a writer's rule; a reader, the
+    CLI of an on-call user, may open one if the permissions let it). ``create``: make a
+    missing file first, 0600 (and with it SQLite's side files). ``durability``: set up
+    for writing (64 KiB pages if new, WAL, :func:`configure`); None leaves the file
+    untouched, for a caller that checks it before writing anything. ``first``: a
+    statement to run before anything reads the schema."""
+    if create:
         with contextlib.suppress(FileExistsError):
             os.close(create_private(path))
-    conn = open_sqlite(path, "ro" if readonly else "rw", ours=create and not readonly)
+    conn = open_sqlite(path, mode, ours=ours, first=first)
+    if durability is None:
+        return conn
     try:
-        if not readonly and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new: before WAL and tables
-        if not readonly:
-            configure(conn, durability)
+        configure(conn, durability)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "") -> Iterator[sqlite3.Connection]:
+    """``BEGIN [mode]``, then ``COMMIT``; on any exception (``KeyboardInterrupt``
+    included) ``ROLLBACK`` and re-raise. Every multi-statement write goes through it."""
+    conn.execute(f"BEGIN {mode}".rstrip())
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def read_format(conn: sqlite3.Connection) -> tuple[int, int]:
+    """A database's format stamps: ``(application_id, user_version)``."""
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return int(app), int(version)
+
+
+def stamp_format(conn: sqlite3.Connection, application_id: int, version: int) -> None:
+    """Stamp a database as ``application_id`` of ``version`` (inside the caller's
+    transaction, with the tables it describes)."""
+    conn.execute(f"PRAGMA application_id={int(application_id)}")
+    conn.execute(f"PRAGMA user_version={int(version)}")
 
 
 def configure(conn: sqlite3.Connection, durability: Durability) -> None:
