@@ -174,7 +174,8 @@ class Tracker(AsyncMixin):
             # What dead processes left is taken over now, before the constructor returns
             # (stats() counts it, and a shutdown() right away waits for it): a directory
             # listing and, per file found, an index read and SQLite's quick_check.
-            self._worker.adopt(time.monotonic())
+            assert self._worker.spooler is not None
+            self._worker.spooler.adopt(time.monotonic())
             self._worker.kick()
 
     def _build_parts(self) -> None:
@@ -496,9 +497,9 @@ class Tracker(AsyncMixin):
         count as ``adopted`` in ``stats()``, and dead letters again if Enso still
         refuses them."""
         moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only
-        disk = self._worker.disk
-        if moved and disk is not None:
-            disk.next_scan = 0.0  # adopt the redrive file at once
+        spooler = self._worker.spooler
+        if moved and spooler is not None:
+            spooler.rescan_soon()  # adopt the redrive file at once
             self._worker.kick()
         return moved
 

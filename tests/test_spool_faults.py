@@ -547,10 +547,10 @@ meta = {{"pad": "z" * 1000}}
 def written():
     # Until every event was written, refused or kept in memory.
     deadline = time.monotonic() + 30
-    while (t._ledger.queue or t._ledger.spooling) and time.monotonic() < deadline:
+    while (t._ledger.queue or t._ledger.spool.spooling) and time.monotonic() < deadline:
         time.sleep(0.01)
     s = t.stats()
-    alive = t._worker.thread.is_alive() and t._worker.spool_thread.is_alive()
+    alive = t._worker.thread.is_alive() and t._worker.spooler.thread.is_alive()
     return {{"durable": s.durable_seq, "spooled": s.spooled, "dropped": list(dropped),
              "kinds": sorted(kinds),
              "errors": s.worker_errors, "last_error": s.last_error, "alive": alive}}
