@@ -188,7 +188,7 @@ class Tracker(AsyncMixin):
         self._ledger = Ledger(cfg, schedule, _new_id_prefix())
         disk = None
         if cfg.spool_dir is not None:
-            # The files are opened by the sender thread, at its first need.
+            # The files are opened by the spooler thread, at its first need.
             disk = DiskSpool(
                 cfg.spool_dir,
                 durability=cfg.durability,
