@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Any
 
 from .._errors import ConfigurationError
-from .._spool_admin import Spool
+from .._spool.admin import Spool
 from ._errors_out import ErrorsOut
 from ._import import Importer
 from ._import_receipts import write_summary

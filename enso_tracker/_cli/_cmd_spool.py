@@ -22,11 +22,12 @@ from typing import IO, Any, Final
 import msgspec
 
 from .. import DeadLetter, Event, Spool
-from .._dead_letters import FILE_NAME as DEAD_LETTERS
 from .._errors import ConfigurationError
-from .._spool_admin import cannot_open
-from .._spool_identity import short
-from .._spool_store import SpoolCorrupt, is_corrupt
+from .._spool.admin import cannot_open
+from .._spool.dead_letters import FILE_NAME as DEAD_LETTERS
+from .._spool.errors import SpoolCorrupt
+from .._spool.identity import short
+from .._spool.sqlite import is_corrupt
 from ._mapping import api_shape
 from ._output import (
     EXIT_INCOMPLETE,
