@@ -8,15 +8,15 @@ with ``lock`` held; none of them runs user code or logs: drops are appended to a
 ``Reports`` list that the caller hands to the reporter once the lock is released.
 
 The books always balance: every accepted event is in exactly one of the queue, in
-flight, the schedule, delivered, or dropped with a reason. With a spool (``_spool``) the
-ledger also holds ``staged`` (written to disk, not yet sent), the backlog (rows on disk
-whose events are not in memory) and what was left on disk at shutdown; ``outstanding``
-and ``outstanding_bytes`` then count what is in *memory*, ``on_disk`` the rest.
+flight, the schedule, delivered, or dropped with a reason. With a spool, ``spool``
+(:class:`~._spool.books.SpoolBooks`, None without one) holds the spool's part:
+``staged`` (written to disk, not yet sent), the backlog (rows on disk whose events are
+not in memory) and what was left on disk at shutdown; ``outstanding`` and
+``outstanding_bytes`` then count what is in *memory*, ``on_disk`` the rest.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
 import time
@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
-from ._dead_letters import DEAD_KINDS
 from ._items import (
     SEQ,
     Pending,
@@ -35,6 +34,8 @@ from ._items import (
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
+from ._spool.books import SpoolBooks
+from ._spool.dead_letters import DEAD_KINDS
 
 __all__ = ["Ledger"]
 
@@ -46,16 +47,10 @@ class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
-        "adopted",
         "auth_state",
-        "backlog_adopted",
-        "backlog_own",
         "closed",
         "committing",
         "config",
-        "dead",
-        "dead_evicted",
-        "dead_letters",
         "deadline",
         "delivered",
         "disabled",
@@ -65,16 +60,13 @@ class Ledger:
         "finished",
         "flush_asked",
         "flush_waiters",
-        "foreign_files",
         "id_prefix",
         "inflight",
         "inflight_body",
         "inflight_raw",
         "last_error",
         "last_success_at",
-        "left_in_spool",
         "lock",
-        "on_disk",
         "outstanding",
         "outstanding_bytes",
         "queue",
@@ -87,16 +79,8 @@ class Ledger:
         "schedule",
         "seq",
         "settled",
-        "skipped_files",
         "spool",
-        "spool_bytes",
-        "spool_clock",
-        "spool_gate",
-        "spooling",
-        "staged",
         "stopping",
-        "unread_adopted",
-        "volatile",
         "worker_errors",
         "worker_gone",
     )
@@ -135,32 +119,13 @@ class Ledger:
         self.auth_state: Literal["ok", "unauthorized"] = "ok"
         self.last_error: str | None = None
         self.last_success_at: float | None = None
-        # ---- the durable spool (all empty and unused without one)
-        self.spool = config.spool_dir is not None
-        self.spooling: list[QueuedEvent] = []  # taken by the spooler, being written
-        self.staged: deque[Pending] = deque()  # on disk and in memory, never sent, in order
-        self.backlog_own: deque[Any] = deque()  # StoredBatch rows on disk only, in order
-        self.backlog_adopted: deque[Any] = deque()  # rows of adopted files: sent first
-        self.on_disk = 0  # events of the backlog (not counted in outstanding)
-        #: Events of adopted files not yet read into ``backlog_adopted`` (in on_disk):
-        #: rows are read in chunks as they are sent, never an object per row at once.
-        self.unread_adopted = 0
-        self.adopted = 0
-        self.left_in_spool = 0
-        self.spool_clock: float | None = None  # when the oldest queued event was seen
-        self.spool_gate = 0.0  # no write before it (after the disk refused one)
-        self.spool_bytes = 0
-        self.dead_letters = 0
-        self.dead_evicted = 0
-        self.foreign_files = 0  # spool files of another identity in the directory
-        self.skipped_files = 0  # spool files that may not or cannot be opened now
-        #: Settled events whose rows may now be deleted, and dead letters to store: the
-        #: sender thread takes both after each locked section.
+        #: The spool's books (``_spool.books``); None without a spool, and then no
+        #: spool code runs.
+        self.spool = SpoolBooks(self) if config.spool_dir is not None else None
+        #: Settled events whose rows may now be deleted (or receipts folded): taken
+        #: after each locked section, with the spool's dead letters.
         self.finished: list[Pending] = []
-        self.dead: list[tuple[bytes, DropReason]] = []
         self.committing = 0  # disk commits under way (flush() waits for them)
-        #: Events sent without being on disk (the disk failed): (seq, Pending) heap.
-        self.volatile: list[tuple[int, Pending]] = []
         #: Receipts are kept (``_receipts``): every settled event goes to ``finished``,
         #: with or without a spool row, to be folded by the sender thread.
         self.receipts = False
@@ -235,138 +200,26 @@ class Ledger:
         for p in self.inflight:
             if p.seq < low:
                 low = p.seq
-        if self.spooling:
-            low = min(low, self.spooling[0][SEQ])
-        if self.staged:
-            low = min(low, self.staged[0].seq)
-        if self.backlog_own:
-            low = min(low, self.backlog_own[0].first_seq)
+        if self.spool is not None:
+            low = self.spool.low_water(low)
         return min(low, self.schedule.low_water())
 
     def durable_seq_locked(self) -> int:
         """Every event accepted up to this sequence is on disk or settled (with a
         spool); without one, settled."""
-        if not self.spool:
-            return min(self.min_unsettled_locked() - 1, self.seq)
-        low = self.queue[0][SEQ] if self.queue else NO_SEQ
-        if self.spooling:
-            low = min(low, self.spooling[0][SEQ])
-        heap = self.volatile
-        while heap and heap[0][1].done:
-            heapq.heappop(heap)
-        if heap:
-            low = min(low, heap[0][0])
-        return min(low - 1, self.seq)
+        if self.spool is not None:
+            return self.spool.durable_seq_locked()
+        return min(self.min_unsettled_locked() - 1, self.seq)
 
-    # ------------------------------------------------------------------ spool
-
-    def spool_plan_locked(self, now: float) -> tuple[list[QueuedEvent], float | None]:
-        """Queued events to write to disk now, or how long until some are due."""
-        queue = self.queue
-        if not queue:
-            self.spool_clock = None
-            return [], None
-        if now < self.spool_gate:
-            return [], self.spool_gate - now
-        cfg = self.config
-        if self.spool_clock is None:
-            self.spool_clock = now
-        due = (
-            self.stopping
-            or self.flush_waiters > 0
-            or self.flush_asked
-            or len(queue) >= cfg.max_batch_size
-            or now - self.spool_clock >= cfg.spool_interval
-        )
-        if not due:
-            return [], self.spool_clock + cfg.spool_interval - now
-        taken = [queue.popleft() for _ in range(min(len(queue), cfg.max_batch_size))]
-        if not queue:
-            self.spool_clock = None
-        self.spooling = taken
-        return taken, 0.0
-
-    def window_locked(self) -> bool:
-        """Whether memory is comfortable enough to hold another row's events."""
-        return self.outstanding_bytes <= self.config.max_queue_bytes // 2 and (
-            len(self.staged) + len(self.schedule.ready) < 2 * self.config.max_batch_size
-        )
-
-    def stage_locked(self, pendings: list[Pending], row: Any) -> None:
-        """A batch is on disk: its events wait in memory (``staged``), or, when memory
-        is tight or older rows wait on disk, only on disk (the backlog)."""
-        self.spooling = []
-        if (
-            self.backlog_own
-            or self.backlog_adopted
-            or self.unread_adopted
-            or not self.window_locked()
-        ):
-            self.release_locked(pendings, row)
-        else:
-            self.staged.extend(pendings)
-
-    def release_locked(self, pendings: list[Pending], row: Any) -> None:
-        self.backlog_own.append(row)
-        self.on_disk += len(pendings)
-        self.outstanding -= len(pendings)
-        self.outstanding_bytes -= sum([p.size for p in pendings])
-
-    def load_locked(self, pendings: list[Pending], *, own: bool) -> None:
-        """A backlog row's events are back in memory: own ones join ``staged`` (newest
-        last, in order), adopted ones go first (ready, like retries)."""
-        (self.backlog_own if own else self.backlog_adopted).popleft()
-        self.on_disk -= len(pendings)
-        self.outstanding += len(pendings)
-        self.outstanding_bytes += sum([p.size for p in pendings])
-        if own:
-            self.staged.extend(pendings)
-        else:
-            self.schedule.enqueue(pendings)
-
-    def adopt_locked(self, rows: list[Any], unread: int = 0) -> None:
-        """Rows of adopted files join the backlog, and ``unread`` events of theirs that
-        are still to be read (``refill_locked``)."""
-        self.backlog_adopted.extend(rows)
-        n = sum(r.n for r in rows) + unread
-        self.on_disk += n
-        self.adopted += n
-        self.unread_adopted += unread
-
-    def refill_locked(self, rows: list[Any]) -> None:
-        """The next rows of adopted files, read from disk (already counted)."""
-        self.backlog_adopted.extend(rows)
-        self.unread_adopted -= sum(r.n for r in rows)
-
-    def lose_unread_locked(self, events: int, why: str, reports: Reports) -> None:
-        """Rows of an adopted file that became unreadable before they were read: their
-        events are lost to Enso (counted as ``corrupt``)."""
-        if events <= 0:
-            return
-        self.unread_adopted -= events
-        self.on_disk -= events
-        reason = DropReason(kind="corrupt", message=why)
-        self.dropped["corrupt"] = self.dropped.get("corrupt", 0) + events
-        self.last_error = str(reason)
-        reports.append(([], reason))
-        self.reporting += 1
-
-    def corrupt_locked(self, row: Any, own: bool, raw: bytes, why: str, reports: Reports) -> None:
-        """A backlog row failed its CRC (or no longer parses): its events are lost to
-        Enso; the bytes are kept as a dead letter."""
-        (self.backlog_own if own else self.backlog_adopted).popleft()
-        self.on_disk -= row.n
-        reason = DropReason(kind="corrupt", message=why)
-        self.dropped["corrupt"] = self.dropped.get("corrupt", 0) + row.n
-        self.last_error = str(reason)
-        self.dead.append((raw, reason))
-        reports.append(([], reason))
-        self.reporting += 1
+    @property
+    def on_disk(self) -> int:
+        """Events on disk only (the spool's backlog), not counted in ``outstanding``."""
+        return self.spool.on_disk if self.spool is not None else 0
 
     def take_finished_locked(self) -> tuple[list[Pending], list[tuple[bytes, DropReason]]]:
-        finished, dead = self.finished, self.dead
-        self.finished, self.dead = [], []
-        return finished, dead
+        """The settled events and the dead letters to store, since the last call."""
+        finished, self.finished = self.finished, []
+        return finished, self.spool.take_dead_locked() if self.spool is not None else []
 
     def settled_now(self, seq: int) -> bool:
         """``settled_locked``, taking the lock."""
@@ -386,13 +239,13 @@ class Ledger:
     def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
         urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
-        source: deque[Any] = self.staged if self.spool else self.queue
+        source: deque[Any] = self.spool.staged if self.spool is not None else self.queue
         # Room to gather a fuller request in: events that may still arrive before the
         # queue is half full (by count or by bytes), so that holding a full batch never
         # pushes track() into queue_full or "block". None with a spool: its staged rows
         # are stored batches, and holding them would only slow the drain.
         room = 0
-        if not self.spool:
+        if self.spool is None:
             cfg = self.config
             n = self.outstanding
             room = cfg.max_queue_size // 2 - n
@@ -429,7 +282,7 @@ class Ledger:
         self.delivered += len(batch)
         self.outstanding -= len(batch)
         self.outstanding_bytes -= sum([p.size for p in batch])
-        if self.spool or self.receipts:
+        if self.spool is not None or self.receipts:
             self.finished.extend(batch)
 
     def delivered_fresh_locked(self, items: list[QueuedEvent], held_total: int) -> None:
@@ -455,7 +308,7 @@ class Ledger:
         """Events that will never be delivered: counted now, reported by the caller (who
         decodes what the report needs once the lock is released: ``Reporter``)."""
         dropped = list(group)
-        keep = self.spool and reason.kind in DEAD_KINDS
+        dead = self.spool.dead if self.spool is not None and reason.kind in DEAD_KINDS else None
         for p in dropped:
             p.done = True
             self.outstanding -= 1
@@ -463,8 +316,8 @@ class Ledger:
             p.receipt = reason
             if p.row is not None or self.receipts:
                 self.finished.append(p)
-            if keep and p.body:
-                self.dead.append((p.body, reason))
+            if dead is not None and p.body:
+                dead.append((p.body, reason))
         self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(dropped)
         self.last_error = str(reason)
         reports.append((dropped, reason))
@@ -510,13 +363,6 @@ class Ledger:
         else:
             self.exhaust_locked([p], now, reports)
 
-    def spool_recover_locked(self) -> None:
-        """After an unexpected error in the spooler: what it had taken goes back in line
-        (written twice at worst: the same eventIds, deduplicated by Enso)."""
-        if self.spooling:
-            self.queue.extendleft(reversed(self.spooling))
-            self.spooling = []
-
     def recover_locked(self) -> None:
         """After an unexpected error mid-round: put what it had taken back in line."""
         self.outstanding_bytes -= self.inflight_body  # a fresh batch's body is gone
@@ -538,30 +384,19 @@ class Ledger:
     def close_locked(self, reports: Reports) -> list[Pending]:
         """Stop for good; everything still held is dropped as ``shutdown`` and returned."""
         self.closed = True
+        spool = self.spool
         left: list[Pending] = [
             *self.schedule.drain(),
             *self.inflight,
-            *self.staged,
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.spooling),
+            *(spool.take_left_locked() if spool is not None else ()),
             *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
             *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
         ]
         self.inflight = []
         self.inflight_raw = []
-        self.spooling = []
         self.queue.clear()
-        self.staged.clear()
-        if self.spool:
-            # On disk: not dropped, left for the next tracker on the directory.
-            on_disk = [p for p in left if p.row is not None]
-            left = [p for p in left if p.row is None]
-            self.left_in_spool += len(on_disk) + self.on_disk
-            self.outstanding -= len(on_disk)
-            self.outstanding_bytes -= sum([p.size for p in on_disk])
-            self.on_disk = 0
-            self.backlog_own.clear()
-            self.backlog_adopted.clear()
-            self.unread_adopted = 0
+        if spool is not None:
+            left = spool.keep_on_disk_locked(left)  # on disk: left for the next tracker
         if left:
             self.drop_locked(
                 left,
@@ -588,12 +423,7 @@ class Ledger:
 
     def _snapshot_locked(self, logins: int, hook_errors: int) -> Stats:
         in_flight = len(self.inflight) + len(self.inflight_raw)
-        spooled = self.on_disk
-        if self.spool:
-            # In memory and on disk: all but the queued, the being-written, and the
-            # events sent from memory after a failed write (volatile, not yet settled).
-            volatile = sum(1 for _, p in self.volatile if not p.done)
-            spooled += self.outstanding - len(self.queue) - len(self.spooling) - volatile
+        spool = self.spool.stats_locked() if self.spool is not None else {}
         return Stats(
             accepted=self.seq,
             delivered=self.delivered,
@@ -616,12 +446,5 @@ class Ledger:
             last_error=self.last_error,
             last_success_at=self.last_success_at,
             durable_seq=self.durable_seq_locked(),
-            spooled=spooled,
-            spool_bytes=self.spool_bytes,
-            adopted=self.adopted,
-            left_in_spool=self.left_in_spool,
-            dead_letters=self.dead_letters,
-            dead_letters_evicted=self.dead_evicted,
-            foreign_spool_files=self.foreign_files,
-            skipped_spool_files=self.skipped_files,
+            **spool,
         )

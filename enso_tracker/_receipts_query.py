@@ -16,7 +16,7 @@ import msgspec
 
 from ._errors import ConfigurationError
 from ._receipts_store import Fold, add, number
-from ._spool_trust import UntrustedFile, open_sqlite
+from ._spool.trust import UntrustedFile, open_sqlite
 
 __all__ = ["EventReceipt", "ReceiptTotal", "Receipts", "hour_bound"]
 

@@ -21,8 +21,8 @@ import time
 from decimal import Decimal
 from typing import Any, Final, Literal
 
-from ._spool_identity import short
-from ._spool_trust import create_private, open_sqlite
+from ._spool.identity import short
+from ._spool.trust import create_private, open_sqlite
 
 __all__ = [
     "EXACT",

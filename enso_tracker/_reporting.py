@@ -19,7 +19,6 @@ from typing import Any
 import msgspec
 
 from ._config import OnDrop
-from ._dead_letters import item_of
 from ._errors import describe_exception
 from ._items import (
     ENTITY,
@@ -39,6 +38,7 @@ from ._items import (
 from ._log import DeferredLog, ErrorCounter
 from ._model import DropReason, Event
 from ._wire import EventEncoder
+from ._wire_decode import item_of
 
 __all__ = ["Reporter", "Reports"]
 

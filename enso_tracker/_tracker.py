@@ -50,10 +50,10 @@ from ._reentry import (
 )
 from ._reporting import Reporter
 from ._schedule import Schedule
-from ._spool import DiskSpool
-from ._spool_admin import Spool
-from ._spool_identity import fingerprint
-from ._spool_store import check_directory
+from ._spool.admin import Spool
+from ._spool.directory import check_directory
+from ._spool.disk import DiskSpool
+from ._spool.identity import fingerprint
 from ._validate import (
     MAX_EXACT_INT,
     bad_value,
@@ -174,7 +174,8 @@ class Tracker(AsyncMixin):
             # What dead processes left is taken over now, before the constructor returns
             # (stats() counts it, and a shutdown() right away waits for it): a directory
             # listing and, per file found, an index read and SQLite's quick_check.
-            self._worker.adopt(time.monotonic())
+            assert self._worker.spooler is not None
+            self._worker.spooler.adopt(time.monotonic())
             self._worker.kick()
 
     def _build_parts(self) -> None:
@@ -188,7 +189,7 @@ class Tracker(AsyncMixin):
         self._ledger = Ledger(cfg, schedule, id_prefix)
         disk = None
         if cfg.spool_dir is not None:
-            # The files are opened by the sender thread, at its first need.
+            # The files are opened by the spooler thread, at its first need.
             disk = DiskSpool(
                 cfg.spool_dir,
                 durability=cfg.durability,
@@ -497,9 +498,9 @@ class Tracker(AsyncMixin):
         count as ``adopted`` in ``stats()``, and dead letters again if Enso still
         refuses them."""
         moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only
-        disk = self._worker.disk
-        if moved and disk is not None:
-            disk.next_scan = 0.0  # adopt the redrive file at once
+        spooler = self._worker.spooler
+        if moved and spooler is not None:
+            spooler.rescan_soon()  # adopt the redrive file at once
             self._worker.kick()
         return moved
 

@@ -10,6 +10,11 @@ drops and log records to the reporter with the lock released again. It never sle
 inside a round: all waiting (``flush_interval``, backoff, ``Retry-After``) is on its
 wake event, which ``flush()`` and ``shutdown()`` set to cut it short.
 
+With a spool, a second thread runs the spool stage (``_spool.spooler.Spooler``): the
+worker starts, restarts and, when it cannot start, runs its rounds the same way, and
+after each locked section of either thread the spooler commits to disk
+(:meth:`Worker.hand_over`). Without a spool there is no spooler.
+
 It holds its tracker weakly (as OpenTelemetry's worker does), and strongly only while
 events are outstanding: a tracker dropped without ``shutdown()`` first delivers what it
 holds, then is collected; its finalizer wakes the thread, which then exits and closes
@@ -18,8 +23,6 @@ the HTTP client.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import threading
@@ -27,7 +30,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Protocol
 
 from ._config import Config
 from ._debug import log_request
@@ -50,44 +53,15 @@ from ._items import (
 )
 from ._ledger import Ledger
 from ._model import DropReason
+from ._pump import CLOSED
 from ._reporting import Reporter, Reports
-from ._schedule import NO_SEQ
 from ._settle import settle_fresh_locked, settle_locked
-from ._spool import DiskSpool, Problem, pendings_of
-from ._spool_store import (
-    SpoolClosed,
-    SpoolCorrupt,
-    SpoolFile,
-    SpoolFull,
-    SpoolUnavailable,
-    StoredBatch,
-)
-from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
+from ._spool.disk import DiskSpool
+from ._spool.errors import Problem
+from ._spool.spooler import Spooler
+from ._wire import EventEncoder, join_batch, reconcile
 
-__all__ = ["CLOSED", "Worker", "cut_rows"]
-
-CLOSED: Final = -1.0  # step(): the tracker is closed, the sender thread ends
-#: Rows of adopted files read from disk at a time (their place and size, not bodies).
-ADOPT_CHUNK: Final = 1024
-
-
-def cut_rows(pendings: list[Pending], limit: int) -> list[list[Pending]]:
-    """``pendings`` (each alone within ``limit``) in order, cut into groups whose joined
-    body (``join_batch``) is at most ``limit`` bytes."""
-    rows: list[list[Pending]] = []
-    current: list[Pending] = []
-    size = BODY_OVERHEAD
-    for p in pendings:
-        need = len(p.body) + (1 if current else 0)
-        if current and size + need > limit:
-            rows.append(current)
-            current, size = [], BODY_OVERHEAD
-            need = len(p.body)
-        current.append(p)
-        size += need
-    if current:
-        rows.append(current)
-    return rows
+__all__ = ["CLOSED", "Worker"]
 
 
 _size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
@@ -96,6 +70,12 @@ _size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
 #: tracker dropped without shutdown() still reaches the exit hook's shutdown().
 _HELD: set[object] = set()
+
+
+class _Holder(Protocol):
+    """Who holds a thread of one role: the worker (the sender), or the spooler."""
+
+    thread: threading.Thread | None
 
 
 class Worker:
@@ -112,16 +92,17 @@ class Worker:
     ) -> None:
         self.config = config
         self.disk = disk
-        self._adopted_seqs = itertools.count(NO_SEQ + 1)
         self.ledger = ledger
         self.sender = sender
         self.reporter = reporter
         self._owner = owner
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
-        #: With a spool: the thread that writes batches to disk (``spool_run``).
-        self.spool_wake = threading.Event()
-        self.spool_thread: threading.Thread | None = None
+        #: With a spool: the spool stage and its thread (``_spool.spooler``); None
+        #: without one, and then no spool code runs.
+        self.spooler: Spooler | None = None
+        if disk is not None and ledger.spool is not None:
+            self.spooler = Spooler(config, ledger, ledger.spool, disk, reporter, self)
         self._start_lock = threading.Lock()
         #: After a thread failed to start: no new try before this (``time.monotonic()``).
         self._start_retry_at = 0.0
@@ -131,8 +112,6 @@ class Worker:
         self._inline: threading.Thread | None = None
         self._inline_deadline = math.inf
         self._inline_lock = threading.Lock()
-        self._commit_lock = threading.Lock()  # one disk commit at a time (both threads)
-        self._deletes_due: float | None = None  # spooler: when idle deletes are carried out
         self._encoder = EventEncoder()
         #: Receipts (``_receipts.SpoolReceipts``), None when off; set by the tracker.
         self.receipts: Any = None
@@ -144,36 +123,41 @@ class Worker:
     def fork_locks(self) -> list[threading.Lock | threading.RLock]:
         """The locks every SQLite call of this worker's threads runs under, in the order
         they nest (held around a fork: see ``_lifecycle._before_fork``)."""
-        if self.disk is None:
-            return []
-        return [self._commit_lock, self.disk.lock]
+        return self.spooler.fork_locks() if self.spooler is not None else []
 
     def on_thread(self) -> bool:
         """Whether the caller runs on one of this worker's threads (``on_drop``, a log
         handler): it must never wait for them."""
         current = threading.current_thread()
-        return current is self.thread or current is self.spool_thread or current is self._inline
+        spooler = self.spooler
+        return (
+            current is self.thread
+            or current is self._inline
+            or (spooler is not None and current is spooler.thread)
+        )
 
     def abandon(self) -> None:
         """The tracker was collected: the threads end once nothing is outstanding."""
         self.wake.set()
-        self.spool_wake.set()
+        if self.spooler is not None:
+            self.spooler.wake.set()
 
     # ------------------------------------------------------------------ thread
 
     def kick(self) -> None:
         thread = self.thread
-        spooler = self.spool_thread
+        spooler = self.spooler
         if (
             thread is None
             or not thread.is_alive()
-            or (self.disk is not None and (spooler is None or not spooler.is_alive()))
+            or (spooler is not None and not _alive(spooler.thread))
         ):
             try:
                 self._start()
             finally:
                 self.reporter.log.emit()  # "died"/"cannot start", outside _start_lock
-        self.spool_wake.set()
+        if spooler is not None:
+            spooler.wake.set()
         self.wake.set()
 
     def _start(self) -> None:
@@ -182,9 +166,9 @@ class Worker:
         with self._start_lock:
             if self.ledger.closed or self._inline is not None:
                 return  # a caller's thread runs the rounds now: never two senders
-            started = self._start_one("thread", self.run, "sender")
-            if started and self.disk is not None:
-                started = self._start_one("spool_thread", self.spool_run, "spooler")
+            started = self._start_one(self, self.run, "sender")
+            if started and self.spooler is not None:
+                started = self._start_one(self.spooler, self.spool_run, "spooler")
             if started:
                 self._start_failures = 0
                 self._start_retry_at = 0.0
@@ -197,10 +181,11 @@ class Worker:
                 backoff = self.config.backoff_base * 2.0 ** min(self._start_failures - 1, 30)
                 self._start_retry_at = time.monotonic() + min(backoff, self.config.backoff_max)
 
-    def _start_one(self, attr: str, target: Callable[[], None], role: str) -> bool:
-        """Whether the thread of this role runs (already, or started now)."""
+    def _start_one(self, holder: _Holder, target: Callable[[], None], role: str) -> bool:
+        """Whether the thread of this role (``holder.thread``) runs (already, or started
+        now)."""
         log = self.reporter.log
-        thread = getattr(self, attr)
+        thread = holder.thread
         if thread is not None and thread.is_alive():
             return True
         if thread is not None and thread.ident is not None:  # it ran once: it died
@@ -209,7 +194,7 @@ class Worker:
         # Published before start(): a KeyboardInterrupt inside start() (it waits for
         # the thread to run) must not leave a running thread this object does not
         # know, or the next kick() would start a second one.
-        setattr(self, attr, thread)
+        holder.thread = thread
         self.ledger.worker_gone = False
         try:
             thread.start()
@@ -228,8 +213,8 @@ class Worker:
 
     def stalled(self) -> bool:
         """Whether a thread this worker needs is not running (it could not start)."""
-        roles = (self.thread, self.spool_thread) if self.disk is not None else (self.thread,)
-        return any(thread is None or not thread.is_alive() for thread in roles)
+        spooler = self.spooler
+        return not _alive(self.thread) or (spooler is not None and not _alive(spooler.thread))
 
     def deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
         """Run the rounds of the threads that are not running, in the caller's thread,
@@ -264,9 +249,10 @@ class Worker:
                     return
                 wait: float | None = None
                 ran = False
-                if self.disk is not None and not _alive(self.spool_thread):
+                spooler = self.spooler
+                if spooler is not None and not _alive(spooler.thread):
                     ran = True
-                    wait = self._round(self.spool_step, self.ledger.spool_recover_locked)
+                    wait = self._round(spooler.step, spooler.recover_locked)
                 if not _alive(self.thread):
                     ran = True
                     sent = self._round(self.step, self.ledger.recover_locked)
@@ -309,22 +295,18 @@ class Worker:
 
     def run(self) -> None:
         """The sender thread's body."""
-        self._loop("thread", self.wake, self.step, self.ledger.recover_locked, "sender")
+        self._loop(self, self.wake, self.step, self.ledger.recover_locked, "sender")
 
     def spool_run(self) -> None:
-        """The spooler thread's body (with a spool only): writes, adopts, loads, so a
-        request hanging for ``timeout`` never holds events off the disk."""
-        self._loop(
-            "spool_thread",
-            self.spool_wake,
-            self.spool_step,
-            self.ledger.spool_recover_locked,
-            "spooler",
-        )
+        """The spooler thread's body (with a spool only): the spooler's rounds
+        (``_spool.spooler``) in this same loop."""
+        spooler = self.spooler
+        assert spooler is not None
+        self._loop(spooler, spooler.wake, spooler.step, spooler.recover_locked, "spooler")
 
     def _loop(
         self,
-        attr: str,
+        holder: _Holder,
         wake: threading.Event,
         step: Callable[[], float | None],
         recover: Callable[[], None],
@@ -334,7 +316,7 @@ class Worker:
         ledger, log = self.ledger, self.reporter.log
         me = threading.current_thread()
         try:
-            while getattr(self, attr) is me:  # one per role, whatever happened to start()
+            while holder.thread is me:  # one per role, whatever happened to start()
                 try:
                     wait = step()
                 except Exception as exc:
@@ -360,8 +342,9 @@ class Worker:
                     busy = ledger.outstanding or ledger.on_disk
                     owner = self._owner() if busy else None
                     if owner is None and not busy and self._owner() is None:
-                        if attr == "thread":
-                            self.spool_wake.set()
+                        if holder is self:
+                            if self.spooler is not None:
+                                self.spooler.wake.set()
                             self._close_sender()
                         return
                     wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
@@ -380,7 +363,7 @@ class Worker:
             log.emit()
             raise
         finally:
-            if getattr(self, attr) is me:
+            if holder.thread is me:
                 ledger.worker_gone = True
 
     def _close_sender(self) -> None:
@@ -636,333 +619,6 @@ class Worker:
             self.hand_over(reports)
         return True
 
-    # ------------------------------------------------------------ the spool
-
-    def spool_step(self) -> float | None:
-        """One round of the spooler: adopt or load when due, else write the queued
-        events that are due to disk, or say how long to sleep (as ``step``)."""
-        ledger, disk = self.ledger, self.disk
-        assert disk is not None
-        self.spool_wake.clear()
-        if ledger.closed:
-            return CLOSED
-        now = time.monotonic()
-        if self.disk_chores(now):
-            return 0.0
-        with ledger.lock:
-            if ledger.closed:
-                return CLOSED
-            raw, wait = ledger.spool_plan_locked(now)
-            stopping = ledger.stopping
-        if raw:
-            self._deletes_due = None  # the write carried the deferred deletes
-            self.spool_write(raw)
-            return 0.0
-        if wait is None and disk.deletes_deferred():
-            # Idle: settled rows are deleted after spool_interval without a write (busy,
-            # each write carries them: one transaction instead of two).
-            if self._deletes_due is None:
-                self._deletes_due = now + self.config.spool_interval
-            if now >= self._deletes_due or stopping:
-                self._deletes_due = None
-                self.report_problems(disk.flush_deletes())
-            else:
-                wait = self._deletes_due - now
-        if not stopping:
-            wait = _sooner(wait, max(disk.next_scan - now, 0.0))
-        return wait
-
-    def spool_write(self, raw: list[QueuedEvent]) -> None:
-        """Encode a batch taken from the queue and commit it to disk, one row per
-        ``max_batch_bytes`` (a row is never larger than what a request may carry, nor
-        than what the spool can hold); only then do its events join ``staged`` (or the
-        backlog) to be sent.
-
-        When the spool is full (a bound, the file size limit, the disk): if some rows of
-        this batch were written, the rest waits at the head of the queue until rows are
-        deleted (or ``backoff_base``); if none was, ``queue_full_policy`` decides: the
-        rest is dropped as ``spool_full`` or held in memory (``track()`` then blocks)."""
-        ledger, disk = self.ledger, self.disk
-        assert disk is not None
-        encoded, unencodable, _ = self.encode_all(raw)
-        hard_limit = self.config.max_batch_bytes
-        keep = [p for p in encoded if BODY_OVERHEAD + len(p.body) <= hard_limit]
-        too_large = [p for p in encoded if BODY_OVERHEAD + len(p.body) > hard_limit]
-        written: list[tuple[list[Pending], StoredBatch]] = []
-        rest: list[Pending] = []  # not written: the chunk that failed and those after it
-        full: str | None = None
-        failed: str | None = None
-        chunks = cut_rows(keep, hard_limit)
-        for i, chunk in enumerate(chunks):
-            try:
-                row = disk.write(join_batch([p.body for p in chunk]), len(chunk), chunk[0].seq)
-            except SpoolFull as exc:
-                full = str(exc)
-            except SpoolClosed:
-                return  # shutdown closed the spool: it accounted for these events
-            except Exception as exc:  # an I/O error, a file gone bad: send from memory
-                failed = describe_exception(exc)
-            else:
-                written.append((chunk, row))
-                continue
-            rest = [p for later in chunks[i:] for p in later]
-            break
-        size = disk.own_size() if written else 0
-        hold = full is not None and (bool(written) or self.config.queue_full_policy == "block")
-        reports: Reports = []
-        log = self.reporter.log
-        try:
-            with ledger.lock:
-                if ledger.closed:
-                    return  # shutdown() already accounted for these at its deadline
-                ledger.spooling = []
-                if hold:
-                    # Back at the head of the line, as they were (not encoded): written
-                    # once the spool has room, in order.
-                    back = {p.seq for p in rest}
-                    ledger.queue.extendleft(reversed([q for q in raw if q[SEQ] in back]))
-                    ledger.spool_gate = time.monotonic() + self.config.backoff_base
-                    if not written:
-                        log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
-                    rest = []
-                kept = [p for chunk, _ in written for p in chunk] + rest + too_large
-                # Encoded: they now hold their bodies (the held back ones are raw again).
-                ledger.outstanding_bytes += sum([p.size - held(p.item) for p in kept])
-                self.drop_unsendable_locked(too_large, unencodable, reports)
-                if full is not None and rest:
-                    ledger.drop_locked(
-                        rest,
-                        DropReason(kind="spool_full", message=f"the spool is full: {full}"),
-                        reports,
-                    )
-                elif rest:
-                    # Sent from memory; ready like retries (staged keeps to disk order).
-                    ledger.schedule.enqueue(rest)
-                    for p in rest:
-                        heapq.heappush(ledger.volatile, (p.seq, p))
-                    ledger.worker_errors += 1
-                    ledger.last_error = f"cannot write to the spool: {failed}"
-                    log(
-                        logging.ERROR,
-                        "spool_write",
-                        "cannot write to the spool (%s); sending from memory, not durable",
-                        failed,
-                    )
-                for chunk, row in written:
-                    for p in chunk:
-                        p.row = row
-                    ledger.stage_locked(chunk, row)
-                if written:
-                    ledger.spool_bytes = size
-                ledger.room.notify_all()  # memory freed (rows on disk only, drops)
-                ledger.settled.notify_all()
-        finally:
-            self.hand_over(reports)
-        self.wake.set()  # the sender: new events to send
-
-    def adopt(self, now: float) -> bool:
-        """Take over the spool files of processes that are gone (at construction, then
-        every ``ADOPT_INTERVAL`` on the spooler). True if it found anything."""
-        ledger, disk = self.ledger, self.disk
-        assert disk is not None
-        try:
-            events, salvaged, problems = disk.adopt(now)
-        except OSError as exc:  # the directory went away, or unreadable: try again later
-            self.report_problems([("error", f"cannot look for spool files: {exc}")])
-            return False
-        self.report_problems(problems)
-        with ledger.lock:
-            ledger.foreign_files = len(disk.foreign)
-            ledger.skipped_files = len(disk.refused)
-            if ledger.closed:
-                return False
-            ledger.adopt_locked([], events)  # rows read later, a chunk at a time
-        for body in salvaged:
-            self.adopt_salvaged(body)
-        if events or salvaged:
-            self.spool_wake.set()
-        return bool(events or salvaged)
-
-    def read_adopted(self) -> bool:
-        """The next chunk of adopted rows, once those read before are all loaded: what
-        memory holds for a backlog stays the same whatever its number of rows."""
-        ledger, disk = self.ledger, self.disk
-        assert disk is not None
-        rows, broken, vanished, problems = disk.read_adopted(ADOPT_CHUNK)
-        self.report_problems(problems)
-        reports: Reports = []
-        try:
-            with ledger.lock:
-                if ledger.closed:
-                    return False
-                ledger.refill_locked(rows)
-                if vanished:
-                    ledger.lose_unread_locked(
-                        vanished,
-                        "rows of an adopted spool file vanished before they were read",
-                        reports,
-                    )
-        finally:
-            self.hand_over(reports)
-        for file, why in broken:
-            if disk.closed:
-                return False
-            self.lose_file(file, why)
-        return bool(rows or broken or vanished)
-
-    def disk_chores(self, now: float) -> bool:
-        """Adopt orphan spool files when due, load a backlog row when memory has room.
-        True if it did something (the loop then comes straight back)."""
-        ledger, disk = self.ledger, self.disk
-        assert disk is not None
-        if now >= disk.next_scan and not ledger.stopping:
-            return self.adopt(now)
-        with ledger.lock:
-            refill = not ledger.backlog_adopted and ledger.unread_adopted > 0
-        if refill and self.read_adopted():
-            return True
-        with ledger.lock:
-            if ledger.backlog_adopted:
-                row, own = ledger.backlog_adopted[0], False
-            elif ledger.backlog_own:
-                row, own = ledger.backlog_own[0], True
-            else:
-                return False
-            if not ledger.window_locked():
-                return False
-        reports: Reports = []
-        try:
-            bodies, raw = disk.load(row)
-        except SpoolClosed:
-            if disk.closed:
-                return False  # shutdown closed the files: what is left stays on disk
-            self.lose_file(row.file, "the file was set aside as unreadable")
-            return True
-        except SpoolCorrupt as exc:
-            self.lose_file(row.file, str(exc))
-            return True
-        except SpoolUnavailable as exc:  # busy, out of descriptors: not damage, later
-            self.report_problems([("error", f"cannot read a spool record now: {exc}")])
-            return False
-        try:
-            with ledger.lock:
-                if ledger.closed:
-                    return False
-                if bodies is None or len(bodies) != row.n:
-                    why = (
-                        f"a spool record of {row.n} events failed its CRC check"
-                        if bodies is None
-                        else f"a spool record says {row.n} events and holds {len(bodies)}"
-                    )
-                    ledger.corrupt_locked(row, own, raw, f"{why} ({row.file.path})", reports)
-                    ledger.settled.notify_all()
-                    disk_rows = [row]
-                else:
-                    first = row.first_seq if own else None
-                    ledger.load_locked(pendings_of(bodies, row, first, self._adopted_seqs), own=own)
-                    disk_rows = []
-        finally:
-            self.hand_over(reports)
-        for gone in disk_rows:
-            self.report_problems(disk.delete(gone.file, [gone]))
-        self.wake.set()  # the sender: events to send
-        return True
-
-    def adopt_salvaged(self, body: bytes) -> None:
-        """A batch recovered from a damaged file: written to our own file, then adopted."""
-        disk = self.disk
-        assert disk is not None
-        try:
-            from ._dead_letters import split_batch
-
-            n = len(split_batch(body))
-            row = disk.write(body, n, 0)
-        except Exception as exc:
-            self.report_problems([("error", f"cannot keep a recovered batch: {exc}")])
-            return
-        with self.ledger.lock:
-            self.ledger.adopt_locked([row])
-
-    def lose_file(self, file: SpoolFile, why: str) -> None:
-        """A file became unreadable: set it aside; every backlog row of it is lost (read
-        or not yet)."""
-        ledger = self.ledger
-        disk = self.disk
-        assert disk is not None
-        target = file.quarantine()
-        unread = disk.forget_unread(file)
-        reports: Reports = []
-        try:
-            with ledger.lock:
-                ledger.lose_unread_locked(unread, f"spool file unreadable ({why})", reports)
-                for backlog, own in ((ledger.backlog_adopted, False), (ledger.backlog_own, True)):
-                    while backlog and backlog[0].file is file:
-                        ledger.corrupt_locked(
-                            backlog[0], own, b"", f"spool file unreadable ({why})", reports
-                        )
-        finally:
-            self.hand_over(reports)
-        self.report_problems([("corrupt", f"unreadable spool file renamed to {target}: {why}")])
-        self.commit_disk()
-
-    def commit_disk(self) -> None:
-        """Store the dead letters, then delete the rows whose events are all settled
-        (in that order: a crash between the two resends, never loses)."""
-        disk = self.disk
-        if disk is None:
-            return
-        ledger = self.ledger
-        with ledger.lock:
-            finished, dead = ledger.take_finished_locked()
-            if not finished and not dead:
-                return
-            ledger.committing += 1  # flush() waits for this commit (Ledger.settled_locked)
-        stored = evicted = size = 0
-        problems: list[Problem] = []
-        try:
-            with self._commit_lock:
-                if dead:
-                    try:
-                        stored, evicted = disk.store_dead(dead)
-                    except Exception as exc:
-                        problems.append(("error", f"cannot store dead letters: {exc}"))
-                    aside = disk.dead.take_quarantined()
-                    if aside is not None:
-                        problems.append(
-                            ("corrupt", f"unreadable dead-letter store renamed to {aside}")
-                        )
-                problems.extend(disk.settle(finished))
-                if ledger.flush_waiters or ledger.stopping:
-                    # Someone waits: the delivered rows leave the disk before it returns
-                    # (a process that flushes and exits must not leave them to resend).
-                    problems.extend(disk.flush_deletes())
-                size = disk.own_size()
-        finally:
-            with ledger.lock:
-                ledger.committing -= 1
-                ledger.dead_letters += stored
-                ledger.dead_evicted += evicted
-                ledger.spool_bytes = size
-                ledger.settled.notify_all()
-        room = False
-        if finished:
-            with ledger.lock:
-                # Rows deleted (or about to be, with the next write): a batch held back
-                # for a full spool is tried again now, not at the end of its backoff.
-                room = ledger.spool_gate > 0.0
-                ledger.spool_gate = 0.0
-        if (
-            room
-            or ledger.backlog_own
-            or ledger.backlog_adopted
-            or ledger.unread_adopted
-            or not ledger.queue
-        ):
-            # Room freed: the spooler may load a backlog row; or it may be idle, and
-            # must time the deletes it now holds (spool_step).
-            self.spool_wake.set()
-        self.report_problems(problems)
-
     def report_problems(self, problems: list[Problem]) -> None:
         if not problems:
             return
@@ -981,8 +637,8 @@ class Worker:
         where dead letters are stored and settled rows deleted (before ``flush()`` may
         return: a caller who flushed finds its dead letters stored).
         """
-        if self.disk is not None:
-            self.commit_disk()
+        if self.spooler is not None:
+            self.spooler.commit()
         elif self.receipts is not None:
             self.report_problems(self.receipts.commit_settled(self.ledger))
         if not reports:
@@ -1035,11 +691,14 @@ class Worker:
             ledger.close_locked(reports)
             delivered, dropped = ledger.delivered, dict(ledger.dropped)
             refused = dict(ledger.refused)
-            left = ledger.left_in_spool
-            foreign = ledger.foreign_files
+            books = ledger.spool
+            left = books.left_in_spool if books is not None else 0
+            foreign = books.foreign_files if books is not None else 0
         self.wake.set()
-        self.spool_wake.set()
-        for thread in (self.thread, self.spool_thread):
+        spooler = self.spooler
+        if spooler is not None:
+            spooler.wake.set()
+        for thread in (self.thread, spooler.thread if spooler is not None else None):
             # (A thread that never started cannot be joined: join() would raise.)
             if _alive(thread) and thread is not threading.current_thread():
                 assert thread is not None
@@ -1067,10 +726,3 @@ class Worker:
 
 def _alive(thread: threading.Thread | None) -> bool:
     return thread is not None and thread.is_alive()
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    """The shorter of two waits (None: no limit)."""
-    if a is None:
-        return b
-    return a if b is None else min(a, b)

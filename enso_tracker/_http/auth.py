@@ -32,7 +32,7 @@ import httpx
 import msgspec
 
 from .._errors import ConfigurationError, describe_exception
-from .._spool_identity import fingerprint
+from .._spool.identity import fingerprint
 from .answer import LOGIN_ANSWER_BYTES, AnswerError, read_answer
 from .reuse import discard, stale_reason, surplus
 
@@ -103,7 +103,7 @@ class ApiKey:
         return 0
 
     def spool_identity(self, base_url: str) -> str:
-        """The non-secret fingerprint of this key and ``base_url`` (``_spool_identity``)."""
+        """The non-secret fingerprint of this key and ``base_url`` (``_spool.identity``)."""
         return fingerprint(base_url, "api_key", self._header[len("Bearer ") :])
 
     def __repr__(self) -> str:

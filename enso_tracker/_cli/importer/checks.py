@@ -15,7 +15,7 @@ import os
 import sys
 
 from ..._errors import ConfigurationError
-from ..._spool_admin import Spool
+from ..._spool.admin import Spool
 from .mapping import Mapper
 from .rows import Input, InputDamaged
 

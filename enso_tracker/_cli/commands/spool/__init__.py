@@ -17,10 +17,11 @@ import os
 import sqlite3
 
 from .... import Spool
-from ...._dead_letters import FILE_NAME as DEAD_LETTERS
 from ...._errors import ConfigurationError
-from ...._spool_admin import cannot_open
-from ...._spool_store import SpoolCorrupt, is_corrupt
+from ...._spool.admin import cannot_open
+from ...._spool.dead_letters import FILE_NAME as DEAD_LETTERS
+from ...._spool.errors import SpoolCorrupt
+from ...._spool.sqlite import is_corrupt
 from ..._output import print_json, setup_logging, stderr_line
 from ...format import printable
 from .common import EXIT_UNREADABLE, Action, os_error, usage

@@ -11,7 +11,7 @@ import msgspec
 
 from .... import Spool
 from ...._errors import ConfigurationError
-from ...._spool_identity import short
+from ...._spool.identity import short
 from ..._output import EXIT_INCOMPLETE, EXIT_OK, marks, print_json
 from ...format import byte_size, counts, oldest, plural, printable
 from .common import action_parser, os_error

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import sqlite3
 import zlib
@@ -21,24 +20,17 @@ from typing import Final
 
 import msgspec
 
-from ._dead_letters import DeadLetterStore, event_of, split_batch
-from ._errors import ConfigurationError
-from ._model import DeadLetter, Event, SpoolStatus
-from ._spool_identity import short
-from ._spool_store import (
-    APPLICATION_ID,
-    FORMAT_VERSION,
-    SpoolCorrupt,
-    check_directory,
-    connect,
-    is_corrupt,
-    lock_path,
-    read_identity,
-    spool_files,
-    write_unowned,
-)
-from ._spool_trust import UntrustedFile, held_here, untrusted
-from ._wire import BODY_OVERHEAD, join_batch
+from .._errors import ConfigurationError
+from .._model import DeadLetter, Event, SpoolStatus
+from .._wire import BODY_OVERHEAD, join_batch
+from .._wire_decode import event_of, split_batch
+from .dead_letters import DeadLetterStore
+from .directory import check_directory, lock_path, spool_files
+from .errors import SpoolCorrupt
+from .format import read_identity, supported, write_unowned
+from .identity import short
+from .sqlite import SHM, WAL, is_corrupt, open_db
+from .trust import UntrustedFile, held_here, try_flock, untrusted
 
 __all__ = ["Spool", "cannot_open"]
 
@@ -60,9 +52,8 @@ def _live(db: str) -> bool:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            if not try_flock(fd, shared=True):
+                return True
         except OSError:
             continue
         finally:
@@ -132,11 +123,11 @@ class Spool:
                 refused.append(db)
                 continue
             live += _live(db)
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", WAL, SHM):
                 with contextlib.suppress(OSError):
                     size += os.stat(db + suffix).st_size
             try:
-                conn = connect(db, create=False, readonly=True)
+                conn = open_db(db, "ro", ours=False)
             except UntrustedFile:  # replaced by a symlink since the check above
                 refused.append(db)
                 continue
@@ -144,9 +135,7 @@ class Spool:
                 _classify(db, exc, corrupt, unreadable)
                 continue
             try:
-                app = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if app != APPLICATION_ID or version != FORMAT_VERSION:
+                if not supported(conn):
                     unsupported.append(db)
                     continue
                 n, first = conn.execute("SELECT sum(n), min(created) FROM batches").fetchone()
@@ -164,7 +153,7 @@ class Spool:
             corrupt.extend(
                 os.path.join(self.path, name)
                 for name in sorted(os.listdir(self.path))
-                if ".corrupt-" in name and not name.endswith(("-wal", "-shm"))
+                if ".corrupt-" in name and not name.endswith((WAL, SHM))
             )
         store = self._store()
         kinds: dict[str, int] = {}
@@ -202,11 +191,11 @@ class Spool:
         record that fails its CRC is skipped: ``status()`` and the tracker report it)."""
         for db in spool_files(self.path):
             try:
-                conn = connect(db, create=False, readonly=True)
+                conn = open_db(db, "ro", ours=False)
             except (sqlite3.Error, UntrustedFile):  # a symlink is never followed
                 continue
             try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] != FORMAT_VERSION:
+                if not supported(conn):
                     continue
                 last = 0
                 while True:

@@ -3,8 +3,8 @@
 ``dead-letters.db`` is shared by every process on the directory (SQLite's own locking
 and a busy timeout: writes are rare, one transaction per group of drops). Each row is
 one event's exact wire JSON (or, for a ``corrupt`` record, the bytes that failed their
-CRC), its :class:`~._model.DropReason`, when it was stored and the identity of the
-tracker that stored it (``origin``: ``_spool_identity``; a redrive sends it back to that
+CRC), its :class:`~enso_tracker._model.DropReason`, when it was stored and the identity of the
+tracker that stored it (``origin``: ``identity``; a redrive sends it back to that
 identity only; None for letters stored before identities existed). Bounded by
 ``max_dead_letter_bytes``: past it, the oldest are evicted and counted. An event stored
 twice (its batch resent after a crash, refused again) keeps one row: its eventId is
@@ -13,23 +13,22 @@ unique.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
-from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 
-from ._items import QueuedEvent
-from ._model import DeadLetter, DropReason, Event
-from ._spool_store import SpoolCorrupt, connect, disk_size, is_corrupt, quarantine
+from .._model import DeadLetter, DropReason, Event
+from .._wire_decode import body_event_id, event_of
+from .directory import quarantine
+from .errors import SpoolCorrupt
+from .sqlite import abandon, disk_size, is_corrupt, open_db, transaction
 
-__all__ = ["DEAD_KINDS", "DeadLetterStore", "event_of", "item_of", "split_batch"]
+__all__ = ["DEAD_KINDS", "FILE_NAME", "DeadLetterStore"]
 
 FILE_NAME: Final = "dead-letters.db"
 #: Drop kinds worth keeping: Enso's refusals and what could never be sent. ``shutdown``
@@ -55,86 +54,6 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS dead_letters_kind ON dead_letters (kind)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
-
-
-class _Batch(msgspec.Struct):
-    events: list[msgspec.Raw]
-
-
-class _Wire(msgspec.Struct):
-    CustomerEntityId: str
-    metric: str
-    value: msgspec.Raw
-    timestamp: str
-    eventId: str
-    metadata: dict[str, Any] | None = None
-    JobId: str | None = None
-    jobId: str | None = None
-
-
-_decode_batch = msgspec.json.Decoder(_Batch).decode
-_decode_wire = msgspec.json.Decoder(_Wire).decode
-_decode_any = msgspec.json.Decoder().decode
-
-
-def split_batch(body: bytes) -> list[bytes]:
-    """The events of a ``{"events": [...]}`` body, each its exact bytes."""
-    return [bytes(raw) for raw in _decode_batch(body).events]
-
-
-def _number(raw: bytes) -> int | float | Decimal:
-    text = raw.decode("ascii")
-    if text.lstrip("-").isdigit():
-        return int(text)
-    as_float = float(text)
-    # A float that reads back as the same text stays a float; anything else (a Decimal
-    # such as 0.10) keeps its exact digits.
-    return as_float if repr(as_float) == text else Decimal(text)
-
-
-def event_of(body: bytes) -> Event:
-    """The :class:`Event` one wire event encodes (``msgspec.DecodeError`` if it does not)."""
-    wire = _decode_wire(body)
-    return Event(
-        event_id=wire.eventId,
-        entity=wire.CustomerEntityId,
-        metric=wire.metric,
-        value=_number(bytes(wire.value)),
-        timestamp=wire.timestamp,
-        metadata=wire.metadata,
-        job_id=wire.JobId if wire.JobId is not None else wire.jobId,
-    )
-
-
-def item_of(body: bytes, seq: int) -> QueuedEvent:
-    """The queued-event tuple of an event read back from the spool (for reporting)."""
-    try:
-        event = event_of(body)
-        stamp = datetime.fromisoformat(event.timestamp)
-        ts = (calendar.timegm(stamp.utctimetuple()) * 1_000_000 + stamp.microsecond) * 1000
-        meta = None if event.metadata is None else msgspec.json.encode(event.metadata)
-        return (
-            seq,
-            event.event_id,
-            event.entity,
-            event.metric,
-            event.value,
-            ts,
-            meta,
-            event.job_id,
-            0,
-        )
-    except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
-        return (seq, _event_id(body) or "", "", "", 0, 0, None, None, 0)
-
-
-def _event_id(body: bytes) -> str | None:
-    try:
-        found = _decode_any(body)
-    except msgspec.DecodeError:
-        return None
-    value = found.get("eventId") if isinstance(found, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def _where(kind: str | None, code: int | str | None) -> tuple[str, list[Any]]:
@@ -189,7 +108,9 @@ class DeadLetterStore:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = connect(self.path, create=self._create)
+        conn = open_db(
+            self.path, "rw", ours=self._create, create=self._create, durability="process"
+        )
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -214,9 +135,7 @@ class DeadLetterStore:
 
     def abandon(self) -> None:
         """A forked child never closes the parent's connection (see SpoolFile.abandon)."""
-        from ._spool_store import _ABANDONED
-
-        _ABANDONED.append(self._conn)
+        abandon(self._conn)
         self._conn = None
 
     # ------------------------------------------------------------------ writing
@@ -225,28 +144,25 @@ class DeadLetterStore:
         """Store events with their reason; returns how many older ones were evicted."""
         now = time.time()
         rows = [
-            (_event_id(body), r.kind, r.code, r.status, r.message, now, body, self.origin)
+            (body_event_id(body), r.kind, r.code, r.status, r.message, now, body, self.origin)
             for body, r in letters
         ]
         if not rows:
             return 0
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO dead_letters "
-                "(event_id, kind, code, status, message, stored_at, body, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            evicted = self._evict_locked(
-                db, sum(len(row[6]) + len(row[4]) + _ROW_OVERHEAD for row in rows)
-            )
-            db.execute("COMMIT")
+            with transaction(db, "IMMEDIATE"):
+                db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters "
+                    "(event_id, kind, code, status, message, stored_at, body, origin) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                evicted = self._evict_locked(
+                    db, sum(len(row[6]) + len(row[4]) + _ROW_OVERHEAD for row in rows)
+                )
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._bytes = None
+            self._bytes = None  # recounted: what was rolled back is not in the store
             raise
         return evicted
 
@@ -339,14 +255,8 @@ class DeadLetterStore:
 
     def delete(self, rowids: list[int]) -> None:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db, "IMMEDIATE"):
             db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r,) for r in rowids])
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._bytes = None
 
     def purge(

@@ -27,7 +27,7 @@ import threading
 from typing import Final
 from urllib.parse import quote
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 __all__ = [
     "UntrustedFile",
@@ -40,6 +40,7 @@ __all__ = [
     "open_sqlite",
     "release",
     "same_file",
+    "try_flock",
     "untrusted",
 ]
 
@@ -126,6 +127,18 @@ def same_file(path: str, before: os.stat_result) -> bool:
 # ------------------------------------------------------------------ spool databases
 
 
+def try_flock(fd: int, *, shared: bool = False) -> bool:
+    """The one lock probe: ``flock`` on ``fd`` without waiting (exclusive, or ``shared``
+    to only ask whether an owner holds it). False if another descriptor holds a
+    conflicting lock; other errors are raised. Whole-file ``flock``, never ``fcntl``
+    record locks, which any stray ``close()`` of the file in the process drops."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def lock_db(db: str) -> int | None:
     """An fd holding ``flock`` on the database ``db`` itself, or None if a live owner (or
     an adopter) holds it or the file went away. ``UntrustedFile`` for a symlink or a
@@ -135,15 +148,11 @@ def lock_db(db: str) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # The file we locked must still be the one under that name (an owner removes
         # its drained file while holding the flock; we may have opened it just before).
-        if not same_file(db, os.fstat(fd)):
+        if not try_flock(fd) or not same_file(db, os.fstat(fd)):
             os.close(fd)
             return None
-    except BlockingIOError:
-        os.close(fd)
-        return None
     except BaseException:
         os.close(fd)
         raise

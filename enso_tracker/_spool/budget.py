@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import sqlite3
 import stat
 from typing import Final
 
-from ._spool_store import PAGE_SIZE, SpoolFile, disk_size
+from .files import SpoolFile
+from .sqlite import PAGE_SIZE, WAL, disk_size
 
-__all__ = ["REFRESH", "Budget", "file_size_limit", "free_bytes", "is_io_error"]
+__all__ = ["REFRESH", "Budget", "file_size_limit", "free_bytes"]
 
 #: Seconds between two measurements of the directory and the filesystem.
 REFRESH: Final = 1.0
@@ -50,10 +50,10 @@ def _others_bytes(directory: str, own: str | None) -> int:
     total = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            if not (name.startswith("spool-") and name.endswith((".db", ".db-wal"))):
+            if not (name.startswith("spool-") and name.endswith((".db", ".db" + WAL))):
                 continue
             path = os.path.join(directory, name)
-            if path in (own, f"{own}-wal"):
+            if path in (own, f"{own}{WAL}"):
                 continue
             with contextlib.suppress(OSError):
                 found = os.lstat(path)
@@ -135,14 +135,6 @@ class Budget:
 
 def _wal_bytes(db: str) -> int:
     try:
-        return os.stat(db + "-wal").st_size
+        return os.stat(db + WAL).st_size
     except OSError:
         return 0
-
-
-def is_io_error(exc: BaseException) -> bool:
-    """SQLite's I/O error (any extended code), as EFBIG comes back."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
-    )
