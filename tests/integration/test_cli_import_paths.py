@@ -1,11 +1,13 @@
-"""The import's fast path (``Importer._fast_row``, JSONL chunks decoded in one pass)
-against its general path (``Importer._row``, which ``--shard 0/1`` takes for every row):
-the same events reach Enso with the same eventIds, the errors file says the same thing
-about the same lines, and the books agree, whatever the rows hold."""
+"""The import's fast path (``FastPath.row``, JSONL chunks decoded in one pass) against
+its general path (``Importer._row``, which ``--shard 0/1`` takes for every row): the same
+events reach Enso with the same eventIds, the errors file says the same thing about the
+same lines, and the books agree, whatever the rows hold. And CSV records, handed over in
+batches, are all imported up to a damaged tail."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import tempfile
@@ -146,3 +148,24 @@ def test_identical_rows_count_across_both_paths(env: None, tmp_path: Path) -> No
         books = import_rows(fake.url, path, tmp_path / "e.jsonl")
         assert books["delivered"] == 3
         assert len(set(fake.event_ids())) == 3
+
+
+def test_a_truncated_gzipped_csv_imports_every_record_before_the_damage(
+    env: None, tmp_path: Path
+) -> None:
+    """CSV records reach the importer in batches: those read before the damage still
+    come (and are delivered), then the damage is reported with its line."""
+    rows = "".join(f"ent_{i % 7},api_calls,{i},2026-04-01T00:00:00Z\n" for i in range(5000))
+    whole = gzip.compress(("CustomerEntityId,metric,value,timestamp\n" + rows).encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    errors = tmp_path / "e.jsonl"
+    with FakeEnso() as fake:
+        books = import_rows(fake.url, path, errors)
+        received = fake.received
+    assert books["exit_code"] == 4
+    assert 0 < books["rows_read"] < 5000
+    assert books["delivered"] == books["rows_read"] == received
+    (error,) = errors_of(errors)
+    assert error["deadLetter"]["kind"] == "unreadable"
+    assert error["deadLetter"]["line"] == books["rows_read"] + 2  # after the header
