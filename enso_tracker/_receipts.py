@@ -60,9 +60,7 @@ __all__ = [
     "FOLDED",
     "MOVE_INTERVAL",
     "SpoolReceipts",
-    "add",  # TEMP re-export for _cli until its move lands; import from _receipts_store
     "make_receipts",
-    "text_of",  # TEMP re-export, as above
 ]
 
 _log = logging.getLogger("enso_tracker")

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Mapping
 
 from ..._errors import ConfigurationError
-from ..._receipts import text_of
 from ..._receipts_query import Receipts, ReceiptTotal
+from ..._receipts_store import text_of
 from .._output import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, print_json, stderr_line
 
 __all__ = ["add_store_options", "open_store"]

@@ -16,8 +16,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..._errors import ConfigurationError
-from ..._receipts import DELIVERED, add, text_of
+from ..._receipts import DELIVERED
 from ..._receipts_query import Receipts
+from ..._receipts_store import add, text_of
 from .._output import clean
 
 if TYPE_CHECKING:
