@@ -61,10 +61,10 @@ class DisabledWorker(Worker):
         reports: Reports = []
         with ledger.lock:
             if ledger.closed:
-                return not ledger.dropped and not ledger.refused
+                return not ledger.counters.dropped and not ledger.counters.refused
             ledger.let_go_locked()
             ledger.close_locked(reports)  # holds nothing: no drop to report
-            disabled, refused = ledger.disabled, dict(ledger.refused)
+            disabled, refused = ledger.counters.disabled, dict(ledger.counters.refused)
         turned_away = sum(refused.values())
         self.reporter.log.always(
             logging.WARNING if turned_away else logging.INFO,

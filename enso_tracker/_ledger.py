@@ -37,25 +37,53 @@ from ._schedule import NO_SEQ, Schedule
 from ._spool.books import SpoolBooks
 from ._spool.dead_letters import DEAD_KINDS
 
-__all__ = ["Ledger"]
+__all__ = ["Counters", "Ledger"]
 
 #: How a retries_exhausted drop names the error that spent the budget.
 _CAUSE = "; last error: "
+
+
+class Counters:
+    """What ``stats()`` counts beyond the books' own lists: written only by the ledger
+    (under its lock), copied by :meth:`Ledger.snapshot`."""
+
+    __slots__ = (
+        "auth_state",
+        "delivered",
+        "disabled",
+        "dropped",
+        "failed_requests",
+        "last_error",
+        "last_success_at",
+        "refused",
+        "requests",
+        "retried",
+        "worker_errors",
+    )
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.disabled = 0  # validated by a disabled tracker and let go, never sent
+        self.dropped: dict[str, int] = {}  # by reason (``DropKind``)
+        self.refused: dict[str, int] = {}  # by reason, refused by track()
+        self.retried = 0
+        self.requests = 0
+        self.failed_requests = 0
+        self.worker_errors = 0  # internal errors of a round (and a sender that raised)
+        self.auth_state: Literal["ok", "unauthorized"] = "ok"
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None  # time.time() of the last 2xx
 
 
 class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
-        "auth_state",
         "closed",
         "committing",
         "config",
+        "counters",
         "deadline",
-        "delivered",
-        "disabled",
-        "dropped",
-        "failed_requests",
         "finish_on_worker",
         "finished",
         "flush_asked",
@@ -64,24 +92,18 @@ class Ledger:
         "inflight",
         "inflight_body",
         "inflight_raw",
-        "last_error",
-        "last_success_at",
         "lock",
         "outstanding",
         "outstanding_bytes",
         "queue",
         "receipts",
-        "refused",
         "reporting",
-        "requests",
-        "retried",
         "room",
         "schedule",
         "seq",
         "settled",
         "spool",
         "stopping",
-        "worker_errors",
         "worker_gone",
     )
 
@@ -108,17 +130,7 @@ class Ledger:
         self.deadline = math.inf  # shutdown()'s
         self.finish_on_worker = False  # shutdown() came from the sender thread itself
         self.worker_gone = True  # no sender thread running (never started, or it died)
-        self.delivered = 0
-        self.disabled = 0  # validated by a disabled tracker and let go, never sent
-        self.dropped: dict[str, int] = {}
-        self.refused: dict[str, int] = {}
-        self.retried = 0
-        self.requests = 0
-        self.failed_requests = 0
-        self.worker_errors = 0
-        self.auth_state: Literal["ok", "unauthorized"] = "ok"
-        self.last_error: str | None = None
-        self.last_success_at: float | None = None
+        self.counters = Counters()
         #: The spool's books (``_spool.books``); None without a spool, and then no
         #: spool code runs.
         self.spool = SpoolBooks(self) if config.spool_dir is not None else None
@@ -160,7 +172,7 @@ class Ledger:
         is counted as ``disabled`` and let go, never sent."""
         queue = self.queue
         if queue:
-            self.disabled += len(queue)
+            self.counters.disabled += len(queue)
             self.outstanding -= len(queue)
             self.outstanding_bytes -= sum([held(q) for q in queue])
             queue.clear()
@@ -175,7 +187,8 @@ class Ledger:
         )
 
     def _count_refusal(self, kind: DropKind, message: str) -> DropReason:
-        self.refused[kind] = self.refused.get(kind, 0) + 1
+        refused = self.counters.refused
+        refused[kind] = refused.get(kind, 0) + 1
         return DropReason(kind=kind, message=message)
 
     # ---------------------------------------------------------------- settling
@@ -279,7 +292,7 @@ class Ledger:
 
     def delivered_locked(self, batch: list[Pending]) -> None:
         """Every event of ``batch`` is delivered: O(1) Python operations but the sum."""
-        self.delivered += len(batch)
+        self.counters.delivered += len(batch)
         self.outstanding -= len(batch)
         self.outstanding_bytes -= sum([p.size for p in batch])
         if self.spool is not None or self.receipts:
@@ -289,7 +302,7 @@ class Ledger:
         """Every event of a fresh batch (never a Pending: see ``Worker.send_fresh``) is
         delivered; ``held_total`` is what they held. O(1)."""
         n = len(items)
-        self.delivered += n
+        self.counters.delivered += n
         self.outstanding -= n
         self.outstanding_bytes -= held_total
         if self.receipts:  # folded by the receipts (never a spool row on this path)
@@ -298,7 +311,7 @@ class Ledger:
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""
         p.done = True
-        self.delivered += 1
+        self.counters.delivered += 1
         self.outstanding -= 1
         self.outstanding_bytes -= p.size
         if p.row is not None or self.receipts:
@@ -318,15 +331,16 @@ class Ledger:
                 self.finished.append(p)
             if dead is not None and p.body:
                 dead.append((p.body, reason))
-        self.dropped[reason.kind] = self.dropped.get(reason.kind, 0) + len(dropped)
-        self.last_error = str(reason)
+        counters = self.counters
+        counters.dropped[reason.kind] = counters.dropped.get(reason.kind, 0) + len(dropped)
+        counters.last_error = str(reason)
         reports.append((dropped, reason))
         self.reporting += 1
 
     def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
         # The cause as it was before these drops (each drop sets last_error): never a
         # previous exhaustion's text, which would nest once per event and per round.
-        cause = self.last_error or "none"
+        cause = self.counters.last_error or "none"
         if cause.startswith("retries_exhausted: ") and _CAUSE in cause:
             cause = cause.split(_CAUSE, 1)[1]
         for p in group:
@@ -352,14 +366,14 @@ class Ledger:
         """A whole request failed: the schedule pauses sending and puts the batch back
         in line (bisecting it if it looks like the trouble); spent budgets are dropped."""
         exhausted = self.schedule.on_failure(batch, now, retry_after, suspect=suspect)
-        self.retried += len(batch) - len(exhausted)
+        self.counters.retried += len(batch) - len(exhausted)
         if exhausted:
             self.exhaust_locked(exhausted, now, reports)
 
     def retry_locked(self, p: Pending, now: float, reports: Reports) -> None:
         """One event failed on its own: it backs off alone, while its budget lasts."""
         if self.schedule.retry_later(p, now):
-            self.retried += 1
+            self.counters.retried += 1
         else:
             self.exhaust_locked([p], now, reports)
 
@@ -403,7 +417,7 @@ class Ledger:
                 DropReason(
                     kind="shutdown",
                     message="not delivered before the shutdown deadline "
-                    f"(last error: {self.last_error}); events in flight may still "
+                    f"(last error: {self.counters.last_error}); events in flight may still "
                     "have reached Enso, and resending them is safe (same eventIds)",
                 ),
                 reports,
@@ -422,29 +436,30 @@ class Ledger:
             return self._snapshot_locked(logins, hook_errors)
 
     def _snapshot_locked(self, logins: int, hook_errors: int) -> Stats:
+        counters = self.counters
         in_flight = len(self.inflight) + len(self.inflight_raw)
         spool = self.spool.stats_locked() if self.spool is not None else {}
         return Stats(
             accepted=self.seq,
-            delivered=self.delivered,
-            disabled=self.disabled,
-            dropped=dict(self.dropped),
-            refused=dict(self.refused),
-            retried=self.retried,
+            delivered=counters.delivered,
+            disabled=counters.disabled,
+            dropped=dict(counters.dropped),
+            refused=dict(counters.refused),
+            retried=counters.retried,
             queued=self.outstanding + self.on_disk - in_flight,
             queued_bytes=self.outstanding_bytes
             - self.inflight_body
             - sum(p.size for p in self.inflight)
             - sum(held(item) for item in self.inflight_raw),
             in_flight=in_flight,
-            requests=self.requests,
-            failed_requests=self.failed_requests,
+            requests=counters.requests,
+            failed_requests=counters.failed_requests,
             logins=logins,
-            worker_errors=self.worker_errors,
+            worker_errors=counters.worker_errors,
             hook_errors=hook_errors,
-            auth_state=self.auth_state,
-            last_error=self.last_error,
-            last_success_at=self.last_success_at,
+            auth_state=counters.auth_state,
+            last_error=counters.last_error,
+            last_success_at=counters.last_success_at,
             durable_seq=self.durable_seq_locked(),
             **spool,
         )

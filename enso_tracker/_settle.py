@@ -27,10 +27,10 @@ def settle_fresh_locked(ledger: Ledger, items: list[QueuedEvent], held_total: in
     """A fresh batch sent as one body was wholly delivered, as Enso's answer vouched
     (``reconcile``: every event accounted for, none failed): its books in O(1), no
     ``Pending`` ever made. ``held_total`` is what the events held (``held()`` summed)."""
-    ledger.requests += 1
-    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
+    ledger.counters.requests += 1
+    ledger.counters.auth_state = "ok"  # a 2xx: Enso took the credentials
     ledger.schedule.on_success()
-    ledger.last_success_at = time.time()
+    ledger.counters.last_success_at = time.time()
     ledger.delivered_fresh_locked(items, held_total)
 
 
@@ -42,7 +42,7 @@ def settle_locked(
     reports: Reports,
     log: DeferredLog,
 ) -> None:
-    ledger.requests += 1
+    ledger.counters.requests += 1
     for p in batch:  # settled from here, unless parked again for a retry
         p.done = True
     match outcome:
@@ -83,22 +83,22 @@ def settle_locked(
             )
         case Unauthorized(message=message):  # keep the events while their budget lasts
             _failed_locked(ledger, message)
-            if ledger.auth_state != "unauthorized":
+            if ledger.counters.auth_state != "unauthorized":
                 log.always(
                     logging.ERROR,
                     "Enso refuses the credentials; events stay queued and are "
                     "retried with backoff: %s",
                     message,
                 )
-            ledger.auth_state = "unauthorized"
+            ledger.counters.auth_state = "unauthorized"
             ledger.backoff_locked(batch, now, None, reports)
         case _:
             assert_never(outcome)
 
 
 def _failed_locked(ledger: Ledger, message: str) -> None:
-    ledger.failed_requests += 1
-    ledger.last_error = message
+    ledger.counters.failed_requests += 1
+    ledger.counters.last_error = message
 
 
 def _answered_locked(
@@ -112,7 +112,7 @@ def _answered_locked(
     n = len(batch)
     # docs/wire-contract.md, Accounting: delivered only when the answer accounts for it.
     verdict = reconcile(outcome.answer, n)
-    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
+    ledger.counters.auth_state = "ok"  # a 2xx: Enso took the credentials
     if not verdict.reconciled:
         # Counts that do not add up vouch for nothing, not even the listed failures: a
         # failed request, the whole batch resent (same eventIds: dedup makes that safe)
@@ -128,13 +128,15 @@ def _answered_locked(
         ledger.backoff_locked(batch, now, None, reports)
         return
     ledger.schedule.on_success()
-    ledger.last_success_at = time.time()
+    ledger.counters.last_success_at = time.time()
     failed = verdict.failures
     # Counts that add up but list fewer failures than they count: which of the others
     # failed is unknown, so they are all resent rather than guessed delivered.
     unsure = not verdict.vouched
     if unsure:
-        ledger.last_error = f"Enso's answer leaves events unaccounted for: {verdict.problem}"
+        ledger.counters.last_error = (
+            f"Enso's answer leaves events unaccounted for: {verdict.problem}"
+        )
         log(
             logging.WARNING,
             "unlisted",
@@ -167,6 +169,6 @@ def _answered_locked(
             group, DropReason(kind="rejected", message=message, code=code, status=status), reports
         )
     if retry:
-        ledger.last_error = ledger.last_error or "per-record failures"
+        ledger.counters.last_error = ledger.counters.last_error or "per-record failures"
         for p in retry:
             ledger.retry_locked(p, now, reports)

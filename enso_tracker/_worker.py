@@ -285,8 +285,8 @@ class Worker:
         except Exception as exc:
             error = describe_exception(exc)
             with self.ledger.lock:
-                self.ledger.worker_errors += 1
-                self.ledger.last_error = f"internal error: {error}"
+                self.ledger.counters.worker_errors += 1
+                self.ledger.counters.last_error = f"internal error: {error}"
                 recover()
             self.reporter.log(logging.ERROR, "loop", "enso-tracker round error: %s", error)
             wait = self.config.backoff_base
@@ -322,8 +322,8 @@ class Worker:
                 except Exception as exc:
                     error = describe_exception(exc)
                     with ledger.lock:
-                        ledger.worker_errors += 1
-                        ledger.last_error = f"internal error: {error}"
+                        ledger.counters.worker_errors += 1
+                        ledger.counters.last_error = f"internal error: {error}"
                         recover()
                     log(
                         logging.ERROR,
@@ -353,7 +353,7 @@ class Worker:
             # SystemExit or KeyboardInterrupt raised in this thread: put the batch back
             # and let the next track() (or flush) start a fresh thread.
             with ledger.lock:
-                ledger.worker_errors += 1
+                ledger.counters.worker_errors += 1
                 recover()
             log.always(
                 logging.ERROR,
@@ -530,7 +530,7 @@ class Worker:
             what = describe_exception(exc)
             self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
             with self.ledger.lock:
-                self.ledger.worker_errors += 1
+                self.ledger.counters.worker_errors += 1
             outcome = Retry(f"sender raised {what}")
         took = time.monotonic() - started
         log_request(self.reporter.log, batch, len(body), outcome, took)
@@ -624,7 +624,7 @@ class Worker:
             return
         log = self.reporter.log
         with self.ledger.lock:
-            self.ledger.last_error = problems[-1][1]
+            self.ledger.counters.last_error = problems[-1][1]
         for kind, message in problems:
             log.always(logging.ERROR, "enso-tracker spool (%s): %s", kind, message)
         log.emit()
@@ -687,10 +687,10 @@ class Worker:
                     break  # no sender to wait for (e.g. it could not start at exit)
                 ledger.settled.wait(min(remaining, threading.TIMEOUT_MAX))
             if ledger.closed:
-                return not ledger.dropped and not ledger.refused
+                return not ledger.counters.dropped and not ledger.counters.refused
             ledger.close_locked(reports)
-            delivered, dropped = ledger.delivered, dict(ledger.dropped)
-            refused = dict(ledger.refused)
+            delivered, dropped = ledger.counters.delivered, dict(ledger.counters.dropped)
+            refused = dict(ledger.counters.refused)
             books = ledger.spool
             left = books.left_in_spool if books is not None else 0
             foreign = books.foreign_files if books is not None else 0

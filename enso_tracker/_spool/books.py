@@ -199,8 +199,8 @@ class SpoolBooks:
     def _count_corrupt_locked(self, events: int, why: str, reports: Reports) -> DropReason:
         led = self.ledger
         reason = DropReason(kind="corrupt", message=why)
-        led.dropped["corrupt"] = led.dropped.get("corrupt", 0) + events
-        led.last_error = str(reason)
+        led.counters.dropped["corrupt"] = led.counters.dropped.get("corrupt", 0) + events
+        led.counters.last_error = str(reason)
         reports.append(([], reason))
         led.reporting += 1
         return reason

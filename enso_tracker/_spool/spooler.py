@@ -227,8 +227,8 @@ class Spooler(BacklogRounds):
                     ledger.schedule.enqueue(rest)
                     for p in rest:
                         heapq.heappush(books.volatile, (p.seq, p))
-                    ledger.worker_errors += 1
-                    ledger.last_error = f"cannot write to the spool: {failed}"
+                    ledger.counters.worker_errors += 1
+                    ledger.counters.last_error = f"cannot write to the spool: {failed}"
                     log(
                         logging.ERROR,
                         "spool_write",
