@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ._http.sender import Outcome
-from ._ledger import Ledger
+from ._ledger import Ledger, State
 from ._reentry import register_lock_holders
 from ._reporting import Reports
 from ._worker import Worker
@@ -48,9 +48,9 @@ class DisabledWorker(Worker):
     def begin_shutdown(self, deadline: float) -> None:
         ledger = self.ledger
         with ledger.lock:
-            if ledger.closed or ledger.stopping:
+            if ledger.state is not State.OPEN:
                 return
-            ledger.stopping = True
+            ledger.state = State.STOPPING
             ledger.deadline = deadline
             ledger.let_go_locked()
             ledger.room.notify_all()

@@ -17,6 +17,7 @@ not in memory) and what was left on disk at shutdown; ``outstanding`` and
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 import time
@@ -37,10 +38,19 @@ from ._schedule import NO_SEQ, Schedule
 from ._spool.books import SpoolBooks
 from ._spool.dead_letters import DEAD_KINDS
 
-__all__ = ["Counters", "Ledger"]
+__all__ = ["Counters", "Ledger", "State"]
 
 #: How a retries_exhausted drop names the error that spent the budget.
 _CAUSE = "; last error: "
+
+
+class State(enum.IntEnum):
+    """Where a tracker is in its life; it only moves forward. Falsy only when OPEN:
+    ``track()``'s inline admission reads ``Ledger.state`` as "refuse" in one load."""
+
+    OPEN = 0  # accepting and sending
+    STOPPING = 1  # shutdown() began: nothing more is accepted; sending until its deadline
+    CLOSED = 2  # shutdown() finished (or a fork of a stopped tracker): nothing more is sent
 
 
 class Counters:
@@ -79,7 +89,6 @@ class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
-        "closed",
         "committing",
         "config",
         "counters",
@@ -103,7 +112,7 @@ class Ledger:
         "seq",
         "settled",
         "spool",
-        "stopping",
+        "state",
         "worker_gone",
     )
 
@@ -125,8 +134,7 @@ class Ledger:
         self.flush_waiters = 0
         self.flush_asked = False  # flush() from the sender thread: send what is queued now
         self.reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
-        self.stopping = False  # shutdown() began: nothing more is accepted
-        self.closed = False  # shutdown() finished: nothing more is sent
+        self.state = State.OPEN
         self.deadline = math.inf  # shutdown()'s
         self.finish_on_worker = False  # shutdown() came from the sender thread itself
         self.worker_gone = True  # no sender thread running (never started, or it died)
@@ -142,24 +150,29 @@ class Ledger:
         #: with or without a spool row, to be folded by the sender thread.
         self.receipts = False
 
+    @property
+    def closed(self) -> bool:
+        """``state is State.CLOSED``: shutdown() finished, nothing more is sent."""
+        return self.state is State.CLOSED
+
     # --------------------------------------------------------------- admission
 
     def refuse_locked(self, size: int, *, may_block: bool) -> DropReason | None:
         """Why an event of ``size`` bytes cannot be queued, or None if room was made
         (``block`` policy; ``may_block`` is False on the sender thread, which frees it)."""
-        if self.stopping:
+        if self.state is not State.OPEN:
             return self._count_refusal("closed", "track() after shutdown()")
         cfg = self.config
         if cfg.queue_full_policy == "block" and may_block:
             deadline = time.monotonic() + cfg.block_timeout
-            while self._is_full_locked(size) and not self.stopping:
+            while self._is_full_locked(size) and self.state is State.OPEN:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self.room.wait(remaining)
-            if not self._is_full_locked(size) and not self.stopping:
+            if not self._is_full_locked(size) and self.state is State.OPEN:
                 return None
-            if self.stopping:
+            if self.state is not State.OPEN:
                 return self._count_refusal("closed", "track() after shutdown()")
         return self._count_refusal(
             "queue_full",
@@ -251,7 +264,7 @@ class Ledger:
 
     def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
-        urgent = self.stopping or self.flush_waiters > 0 or self.flush_asked
+        urgent = self.state is not State.OPEN or self.flush_waiters > 0 or self.flush_asked
         source: deque[Any] = self.spool.staged if self.spool is not None else self.queue
         # Room to gather a fuller request in: events that may still arrive before the
         # queue is half full (by count or by bytes), so that holding a full batch never
@@ -397,7 +410,7 @@ class Ledger:
 
     def close_locked(self, reports: Reports) -> list[Pending]:
         """Stop for good; everything still held is dropped as ``shutdown`` and returned."""
-        self.closed = True
+        self.state = State.CLOSED
         spool = self.spool
         left: list[Pending] = [
             *self.schedule.drain(),

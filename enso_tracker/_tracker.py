@@ -39,7 +39,7 @@ from ._errors import ConfigurationError
 from ._http.auth import ApiKey, ClientCredentials, make_credentials
 from ._http.sender import HttpSender, Sender
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
-from ._ledger import Ledger
+from ._ledger import Ledger, State
 from ._model import DeadLetter, Stats
 from ._receipts import make_receipts
 from ._reentry import (
@@ -234,7 +234,7 @@ class Tracker(AsyncMixin):
 
     def __repr__(self) -> str:
         led = self._ledger
-        state = "closed" if led.closed else "stopping" if led.stopping else "open"
+        state = led.state.name.lower()  # open, stopping, closed
         if self._config.disabled:
             state += " disabled"
         pending = led.outstanding + led.on_disk
@@ -324,7 +324,7 @@ class Tracker(AsyncMixin):
             if (
                 led.outstanding >= self._max_queue
                 or led.outstanding_bytes + size > self._max_queue_bytes
-                or led.stopping  # also set once closed
+                or led.state  # not State.OPEN (0): stopping or closed
             ):
                 refusal = led.refuse_locked(size, may_block=not self._worker.on_thread())
             if refusal is None:
@@ -545,14 +545,14 @@ class Tracker(AsyncMixin):
         if self._pid == os.getpid():
             return  # already reset for this process (a hook and the pid check both ran)
         led = self._ledger
-        closed = led.closed or led.stopping
+        closed = led.state is not State.OPEN
         if self._worker.disk is not None:
             self._worker.disk.abandon()  # the parent's files: never touched from here
         if self._worker.receipts is not None:
             self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
-            self._ledger.stopping = self._ledger.closed = True
+            self._ledger.state = State.CLOSED
         self._sender.after_fork()
 
     def _renew_after_patching(self) -> None:

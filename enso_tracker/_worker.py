@@ -51,7 +51,7 @@ from ._items import (
     event_id_of,
     held,
 )
-from ._ledger import Ledger
+from ._ledger import Ledger, State
 from ._model import DropReason
 from ._pump import CLOSED
 from ._reporting import Reporter, Reports
@@ -654,9 +654,9 @@ class Worker:
     def begin_shutdown(self, deadline: float) -> None:
         ledger = self.ledger
         with ledger.lock:
-            if ledger.closed or ledger.stopping:
+            if ledger.state is not State.OPEN:
                 return
-            ledger.stopping = True
+            ledger.state = State.STOPPING
             ledger.deadline = deadline
             ledger.schedule.expedite()  # one more prompt try for everything that is left
             ledger.room.notify_all()  # blocked track() calls give up now

@@ -15,7 +15,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Final
 
-from .._ledger import Ledger
+from .._ledger import Ledger, State
 from .._reporting import Reports
 from .._wire_decode import split_batch
 from .books import SpoolBooks
@@ -100,7 +100,7 @@ class BacklogRounds:
         """Adopt orphan spool files when due, load a backlog row when memory has room.
         True if it did something (the loop then comes straight back)."""
         ledger, books, disk = self.ledger, self.books, self.disk
-        if now >= disk.next_scan and not ledger.stopping:
+        if now >= disk.next_scan and ledger.state is State.OPEN:
             return self.adopt(now)
         with ledger.lock:
             refill = not books.backlog_adopted and books.unread_adopted > 0

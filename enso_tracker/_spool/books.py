@@ -99,7 +99,7 @@ class SpoolBooks:
         if self.clock is None:
             self.clock = now
         due = (
-            led.stopping
+            led.state > 0  # not State.OPEN: stopping or closed
             or led.flush_waiters > 0
             or led.flush_asked
             or len(queue) >= cfg.max_batch_size

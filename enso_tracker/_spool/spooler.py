@@ -31,7 +31,7 @@ from typing import Protocol
 from .._config import Config
 from .._errors import describe_exception
 from .._items import SEQ, Pending, QueuedEvent, held
-from .._ledger import Ledger
+from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
 from .._reporting import Reporter, Reports
@@ -141,7 +141,7 @@ class Spooler(BacklogRounds):
             if ledger.closed:
                 return CLOSED
             raw, wait = books.plan_locked(now)
-            stopping = ledger.stopping
+            stopping = ledger.state is not State.OPEN
         if raw:
             self._deletes_due = None  # the write carried the deferred deletes
             self.write(raw)
@@ -271,7 +271,7 @@ class Spooler(BacklogRounds):
                             ("corrupt", f"unreadable dead-letter store renamed to {aside}")
                         )
                 problems.extend(disk.settle(finished))
-                if ledger.flush_waiters or ledger.stopping:
+                if ledger.flush_waiters or ledger.state is not State.OPEN:
                     # Someone waits: the delivered rows leave the disk before it returns
                     # (a process that flushes and exits must not leave them to resend).
                     problems.extend(disk.flush_deletes())

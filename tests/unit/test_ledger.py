@@ -19,7 +19,7 @@ from enso_tracker import (
     Unauthorized,
 )
 from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
-from enso_tracker._ledger import Ledger
+from enso_tracker._ledger import Ledger, State
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
 from enso_tracker._retry import RetryPolicy
@@ -103,7 +103,7 @@ def test_refusals_say_why_and_are_counted() -> None:
     assert reason is not None
     assert reason.kind == "queue_full"
     assert "max_queue_size=10" in reason.message
-    led.stopping = True
+    led.state = State.STOPPING
     reason = led.refuse_locked(100, may_block=False)
     assert reason is not None
     assert reason.kind == "closed"
@@ -312,6 +312,6 @@ def test_close_drops_everything_left_as_shutdown() -> None:
         left = led.close_locked(reports)
     assert len(left) == 6
     assert led.counters.dropped == {"shutdown": 6}
-    assert led.closed
+    assert led.state is State.CLOSED
     assert led.outstanding == 0
     assert balanced(led)
