@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ._http.sender import Outcome
-from ._ledger import Ledger, State
+from ._ledger import Ledger
 from ._reentry import register_lock_holders
 from ._reporting import Reports
 from ._worker import Worker
@@ -48,12 +48,8 @@ class DisabledWorker(Worker):
     def begin_shutdown(self, deadline: float) -> None:
         ledger = self.ledger
         with ledger.lock:
-            if ledger.state is not State.OPEN:
-                return
-            ledger.state = State.STOPPING
-            ledger.deadline = deadline
-            ledger.let_go_locked()
-            ledger.room.notify_all()
+            if ledger.begin_stop_locked(deadline):
+                ledger.let_go_locked()
 
     def finish_shutdown(self, deadline: float) -> bool:
         """True unless ``track()`` refused something: nothing is ever pending here."""

@@ -26,15 +26,18 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
+from ._http.sender import Outcome
 from ._items import (
     SEQ,
     Pending,
     QueuedEvent,
     held,
 )
+from ._log import DeferredLog
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
+from ._settle import settle_fresh_locked, settle_locked
 from ._spool.books import SpoolBooks
 from ._spool.dead_letters import DEAD_KINDS
 
@@ -406,7 +409,221 @@ class Ledger:
             self.reporting -= n
             self.settled.notify_all()
 
+    # ------------------------------------------------- the threads (sender, spooler)
+
+    def thread_started(self) -> None:
+        """A thread of the tracker is about to start: ``track()`` stops kicking."""
+        self.worker_gone = False
+
+    def thread_gone(self) -> None:
+        """No sender thread runs (it could not start, or it ended): ``track()`` kicks."""
+        self.worker_gone = True
+
+    def count_internal_error_locked(self, message: str | None = None) -> None:
+        """An unexpected error in a round (or a sender that raised): a worker error;
+        ``message``, when given, is the new ``last_error``."""
+        self.counters.worker_errors += 1
+        if message is not None:
+            self.counters.last_error = message
+
+    def note_error_locked(self, message: str) -> None:
+        """``last_error``, with nothing counted (spool trouble, an answer left unsure)."""
+        self.counters.last_error = message
+
+    def begin_commit_locked(self) -> None:
+        """Settled events are being written to disk (rows deleted, dead letters stored,
+        receipts folded): ``flush()`` waits for it (``settled_locked``)."""
+        self.committing += 1
+
+    def end_commit_locked(self) -> None:
+        self.committing -= 1
+        self.settled.notify_all()
+
+    # ------------------------------------------------------ sending (sender thread)
+
+    def begin_send_locked(
+        self, encoded: list[Pending], grown: int
+    ) -> tuple[list[Pending], list[Pending]]:
+        """What ``plan_locked`` took, now encoded (holding ``grown`` bytes more): cut
+        into the batch of one request, in flight from now on; returns it and the events
+        too large for any request (the caller drops them)."""
+        self.outstanding_bytes += grown
+        batch, too_large = self.schedule.cut(encoded, self.config.max_batch_bytes)
+        self.inflight = batch
+        self.inflight_raw = []
+        return batch, too_large
+
+    def finish_send_locked(
+        self,
+        batch: list[Pending],
+        outcome: Outcome,
+        now: float,
+        reports: Reports,
+        log: DeferredLog,
+    ) -> None:
+        """The outcome of the request that carried ``batch``, applied (``_settle``);
+        then ``flush()`` and a blocked ``track()`` look again. Ignored once closed:
+        ``shutdown()`` reported these as dropped at its deadline."""
+        if self.state is State.CLOSED:
+            self.inflight = []
+            return
+        settle_locked(self, batch, outcome, now, reports, log)
+        # Emptied only now: should the accounting above fail, the loop's recovery puts
+        # the batch back in line instead of losing it.
+        self.inflight = []
+        self.settled.notify_all()
+        self.room.notify_all()
+
+    def begin_fresh_locked(self, size: int) -> None:
+        """A fresh batch (``inflight_raw``) goes as one body of ``size`` bytes, counted
+        in ``outstanding_bytes`` while the request runs (``Worker.send_fresh``)."""
+        self.outstanding_bytes += size
+        self.inflight_body = size
+
+    def fresh_delivered_locked(self, items: list[QueuedEvent], size: int, held_total: int) -> None:
+        """Enso vouched for every event of the fresh batch: settled per batch, in O(1)
+        (unless closed meanwhile: ``shutdown()`` reported them)."""
+        self.outstanding_bytes -= size
+        self.inflight_body = 0
+        if self.state is not State.CLOSED:
+            settle_fresh_locked(self, items, held_total)
+        self.inflight_raw = []
+        self.settled.notify_all()
+        self.room.notify_all()
+
+    def fresh_unsure_locked(self, size: int, pendings: list[Pending], grown: int) -> bool:
+        """Enso's answer does not vouch for the whole fresh batch: its body is gone and
+        its events, encoded one by one (``grown`` bytes more), are the batch in flight,
+        settled as any other (``finish_send_locked``). False if closed meanwhile
+        (``shutdown()`` reported them)."""
+        self.outstanding_bytes -= size
+        self.inflight_body = 0
+        if self.state is State.CLOSED:
+            self.inflight_raw = []
+            return False
+        self.outstanding_bytes += grown
+        self.inflight = pendings
+        self.inflight_raw = []
+        return True
+
+    # ----------------------------------------- what the outcome means (``_settle``)
+
+    def count_request_locked(self) -> None:
+        self.counters.requests += 1
+
+    def credentials_ok_locked(self) -> None:
+        """A 2xx: Enso took the credentials."""
+        self.counters.auth_state = "ok"
+
+    def credentials_refused_locked(self) -> bool:
+        """A 401/403; True if the credentials were taken until now (log it once)."""
+        first = self.counters.auth_state != "unauthorized"
+        self.counters.auth_state = "unauthorized"
+        return first
+
+    def success_locked(self) -> None:
+        """An answer that accounts for its batch: the schedule's backoff resets."""
+        self.schedule.on_success()
+        self.counters.last_success_at = time.time()
+
+    def request_failed_locked(self, message: str) -> None:
+        self.counters.failed_requests += 1
+        self.counters.last_error = message
+
+    # ------------------------------------------------- the spool stage (spooler)
+
+    def take_queued_locked(self, n: int) -> list[QueuedEvent]:
+        """Up to ``n`` events from the head of the queue (the spooler writes them)."""
+        queue = self.queue
+        return [queue.popleft() for _ in range(min(len(queue), n))]
+
+    def ready_locked(self, pendings: list[Pending]) -> None:
+        """Events to send first, like retries (adopted rows, or sent from memory after
+        the disk refused them)."""
+        self.schedule.enqueue(pendings)
+
+    def requeue_locked(self, items: list[QueuedEvent]) -> None:
+        """Events taken from the queue go back to its head, in order, not encoded."""
+        self.queue.extendleft(reversed(items))
+
+    def grown_locked(self, grown: int) -> None:
+        """Events now encoded hold ``grown`` bytes more: their bodies (max_queue_bytes)."""
+        self.outstanding_bytes += grown
+
+    def to_disk_locked(self, pendings: list[Pending]) -> None:
+        """Events now on disk only (the spool's backlog, or left there at shutdown):
+        out of memory's counts, into ``on_disk`` (``SpoolBooks``)."""
+        self.outstanding -= len(pendings)
+        self.outstanding_bytes -= sum([p.size for p in pendings])
+
+    def to_memory_locked(self, pendings: list[Pending]) -> None:
+        """A backlog row's events are back in memory (``SpoolBooks.load_locked``)."""
+        self.outstanding += len(pendings)
+        self.outstanding_bytes += sum([p.size for p in pendings])
+
+    def lose_unread_locked(self, events: int, reason: DropReason, reports: Reports) -> None:
+        """Events lost on disk, never in memory (``corrupt`` rows): counted and reported
+        without a ``Pending``; ``drop_locked``'s one side door."""
+        dropped = self.counters.dropped
+        dropped[reason.kind] = dropped.get(reason.kind, 0) + events
+        self.counters.last_error = str(reason)
+        reports.append(([], reason))
+        self.reporting += 1
+
+    def left_disk_locked(self) -> None:
+        """Events left the spool's backlog (``SpoolBooks.corrupt_locked``): ``flush()``
+        and ``shutdown()`` look again."""
+        self.settled.notify_all()
+
+    def spooled_locked(self) -> None:
+        """The spooler moved events (rows written, staged or on disk only, drops): memory
+        may have been freed, events settled."""
+        self.room.notify_all()
+        self.settled.notify_all()
+
     # ---------------------------------------------------------------- shutdown
+
+    def begin_stop_locked(self, deadline: float) -> bool:
+        """``shutdown()`` begins: nothing more is accepted, every backoff is cut short
+        for one more prompt try, blocked ``track()`` calls give up. False if it had
+        begun already (nothing done)."""
+        if self.state is not State.OPEN:
+            return False
+        self.state = State.STOPPING
+        self.deadline = deadline
+        self.schedule.expedite()
+        self.room.notify_all()
+        return True
+
+    def finish_on_sender(self) -> None:
+        """``shutdown()`` was called on the sender thread (``on_drop``, a log handler),
+        which cannot wait for itself: that thread finishes it (``Worker.step``)."""
+        with self.lock:
+            if self.state is not State.CLOSED:
+                self.finish_on_worker = True
+
+    def inherit_closed(self) -> None:
+        """A forked child of a tracker shut down (or stopping) stays so."""
+        self.state = State.CLOSED
+
+    # ---------------------------------------------------------------- flush()
+
+    def keep_receipts(self) -> None:
+        """Receipts are kept (``_receipts``): every settled event goes to ``finished``,
+        with or without a spool row, to be folded by the sender thread."""
+        self.receipts = True
+
+    def ask_prompt_send_locked(self) -> None:
+        """``flush()`` from the sender thread: the next rounds send without waiting."""
+        self.flush_asked = True
+
+    def add_flush_waiter_locked(self) -> None:
+        """A ``flush()`` waits: the sender sends what is queued at once (``plan_locked``)."""
+        self.flush_waiters += 1
+
+    def flush_waiter_gone(self) -> None:
+        with self.lock:
+            self.flush_waiters -= 1
 
     def close_locked(self, reports: Reports) -> list[Pending]:
         """Stop for good; everything still held is dropped as ``shutdown`` and returned."""

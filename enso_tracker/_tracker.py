@@ -206,7 +206,7 @@ class Tracker(AsyncMixin):
         if receipts is not None:
             self._worker.receipts = receipts
             receipts.ledger = self._ledger  # generated eventIds: its id_prefix
-            self._ledger.receipts = True
+            self._ledger.keep_receipts()
             if disk is not None:
                 disk.receipts = receipts
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
@@ -393,10 +393,10 @@ class Tracker(AsyncMixin):
             if led.settled_locked(target):
                 return True
             if worker.on_thread() or reentered:
-                led.flush_asked = True  # the next rounds send without waiting
+                led.ask_prompt_send_locked()  # the next rounds send without waiting
                 if worker.on_thread():
                     return False
-            led.flush_waiters += 1
+            led.add_flush_waiter_locked()
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
@@ -404,8 +404,7 @@ class Tracker(AsyncMixin):
                     worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
-            with led.lock:
-                led.flush_waiters -= 1
+            led.flush_waiter_gone()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, deliver what can be within ``timeout``, stop the thread.
@@ -440,10 +439,7 @@ class Tracker(AsyncMixin):
                 )
             return False
         if self._worker.on_thread():
-            led = self._ledger
-            with led.lock:
-                if not led.closed:
-                    led.finish_on_worker = True
+            self._ledger.finish_on_sender()
             self._worker.begin_shutdown(deadline)
             return False
         self._begin_shutdown(deadline)
@@ -552,7 +548,7 @@ class Tracker(AsyncMixin):
             self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
-            self._ledger.state = State.CLOSED
+            self._ledger.inherit_closed()
         self._sender.after_fork()
 
     def _renew_after_patching(self) -> None:
@@ -582,6 +578,8 @@ register_lock_holders(
     Ledger.refuse_locked,
     Ledger.wait_settled,
     Ledger.handed_over,
+    Ledger.finish_on_sender,
+    Ledger.flush_waiter_gone,
     Worker.kick,
     Worker.begin_shutdown,
     Worker.finish_shutdown,

@@ -51,11 +51,10 @@ from ._items import (
     event_id_of,
     held,
 )
-from ._ledger import Ledger, State
+from ._ledger import Ledger
 from ._model import DropReason
 from ._pump import CLOSED
 from ._reporting import Reporter, Reports
-from ._settle import settle_fresh_locked, settle_locked
 from ._spool.disk import DiskSpool
 from ._spool.errors import Problem
 from ._spool.spooler import Spooler
@@ -195,11 +194,11 @@ class Worker:
         # the thread to run) must not leave a running thread this object does not
         # know, or the next kick() would start a second one.
         holder.thread = thread
-        self.ledger.worker_gone = False
+        self.ledger.thread_started()
         try:
             thread.start()
         except Exception as exc:  # resource limits, interpreter shutdown, a patched start
-            self.ledger.worker_gone = True
+            self.ledger.thread_gone()
             log(
                 logging.ERROR,
                 "start",
@@ -285,8 +284,7 @@ class Worker:
         except Exception as exc:
             error = describe_exception(exc)
             with self.ledger.lock:
-                self.ledger.counters.worker_errors += 1
-                self.ledger.counters.last_error = f"internal error: {error}"
+                self.ledger.count_internal_error_locked(f"internal error: {error}")
                 recover()
             self.reporter.log(logging.ERROR, "loop", "enso-tracker round error: %s", error)
             wait = self.config.backoff_base
@@ -322,8 +320,7 @@ class Worker:
                 except Exception as exc:
                     error = describe_exception(exc)
                     with ledger.lock:
-                        ledger.counters.worker_errors += 1
-                        ledger.counters.last_error = f"internal error: {error}"
+                        ledger.count_internal_error_locked(f"internal error: {error}")
                         recover()
                     log(
                         logging.ERROR,
@@ -353,7 +350,7 @@ class Worker:
             # SystemExit or KeyboardInterrupt raised in this thread: put the batch back
             # and let the next track() (or flush) start a fresh thread.
             with ledger.lock:
-                ledger.counters.worker_errors += 1
+                ledger.count_internal_error_locked()
                 recover()
             log.always(
                 logging.ERROR,
@@ -364,7 +361,7 @@ class Worker:
             raise
         finally:
             if holder.thread is me:
-                ledger.worker_gone = True
+                ledger.thread_gone()
 
     def _close_sender(self) -> None:
         try:
@@ -479,7 +476,6 @@ class Worker:
         if not isinstance(taken[0], Pending) and self.send_fresh(taken):  # type: ignore[arg-type]
             return  # fresh events only (the schedule puts Pendings first): one body
         ledger = self.ledger
-        hard_limit = self.config.max_batch_bytes
         encoded, unencodable, grown = self.encode_all(taken)
         now = time.monotonic()
         reports: Reports = []
@@ -487,10 +483,7 @@ class Worker:
             with ledger.lock:
                 if ledger.closed:
                     return
-                ledger.outstanding_bytes += grown
-                batch, too_large = ledger.schedule.cut(encoded, hard_limit)
-                ledger.inflight = batch
-                ledger.inflight_raw = []
+                batch, too_large = ledger.begin_send_locked(encoded, grown)
                 self.drop_unsendable_locked(too_large, unencodable, reports)
                 deadline = min(ledger.deadline, self._inline_deadline)
         finally:
@@ -508,15 +501,9 @@ class Worker:
         reports = []
         try:
             with ledger.lock:
-                if ledger.closed:
-                    ledger.inflight = []
-                    return  # shutdown() already reported these as dropped at its deadline
-                settle_locked(ledger, batch, outcome, time.monotonic(), reports, self.reporter.log)
-                # Emptied only now: should the accounting above fail, the loop's recovery
-                # puts the batch back in line instead of losing it.
-                ledger.inflight = []
-                ledger.settled.notify_all()
-                ledger.room.notify_all()
+                ledger.finish_send_locked(
+                    batch, outcome, time.monotonic(), reports, self.reporter.log
+                )
         finally:
             self.hand_over(reports)
 
@@ -530,7 +517,7 @@ class Worker:
             what = describe_exception(exc)
             self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
             with self.ledger.lock:
-                self.ledger.counters.worker_errors += 1
+                self.ledger.count_internal_error_locked()
             outcome = Retry(f"sender raised {what}")
         took = time.monotonic() - started
         log_request(self.reporter.log, batch, len(body), outcome, took)
@@ -566,8 +553,7 @@ class Worker:
         with ledger.lock:
             if ledger.closed:
                 return True  # shutdown() accounted for them (inflight_raw)
-            ledger.outstanding_bytes += size
-            ledger.inflight_body = size
+            ledger.begin_fresh_locked(size)
             deadline = min(ledger.deadline, self._inline_deadline)
         timeout = self.config.timeout
         if deadline != math.inf:
@@ -579,13 +565,7 @@ class Worker:
             if verdict.vouched and not verdict.failures:
                 held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
                 with ledger.lock:
-                    ledger.outstanding_bytes -= size
-                    ledger.inflight_body = 0
-                    if not ledger.closed:  # else shutdown() already reported them
-                        settle_fresh_locked(ledger, items, held_total)
-                    ledger.inflight_raw = []
-                    ledger.settled.notify_all()
-                    ledger.room.notify_all()
+                    ledger.fresh_delivered_locked(items, size, held_total)
                 if self.receipts is not None:  # folded and written before flush() returns
                     self.report_problems(self.receipts.commit_settled(ledger))
                 self.reporter.log.emit()
@@ -600,21 +580,12 @@ class Worker:
         reports: Reports = []
         try:
             with ledger.lock:
-                ledger.outstanding_bytes -= size
-                ledger.inflight_body = 0
-                if ledger.closed:
-                    ledger.inflight_raw = []
+                if not ledger.fresh_unsure_locked(size, pendings, grown):
                     return True  # shutdown() already reported these as dropped
-                ledger.outstanding_bytes += grown
-                ledger.inflight = pendings
-                ledger.inflight_raw = []
                 self.drop_unsendable_locked([], unencodable, reports)
-                settle_locked(
-                    ledger, pendings, outcome, time.monotonic(), reports, self.reporter.log
+                ledger.finish_send_locked(
+                    pendings, outcome, time.monotonic(), reports, self.reporter.log
                 )
-                ledger.inflight = []  # only now: see send()
-                ledger.settled.notify_all()
-                ledger.room.notify_all()
         finally:
             self.hand_over(reports)
         return True
@@ -624,7 +595,7 @@ class Worker:
             return
         log = self.reporter.log
         with self.ledger.lock:
-            self.ledger.counters.last_error = problems[-1][1]
+            self.ledger.note_error_locked(problems[-1][1])
         for kind, message in problems:
             log.always(logging.ERROR, "enso-tracker spool (%s): %s", kind, message)
         log.emit()
@@ -654,12 +625,8 @@ class Worker:
     def begin_shutdown(self, deadline: float) -> None:
         ledger = self.ledger
         with ledger.lock:
-            if ledger.state is not State.OPEN:
+            if not ledger.begin_stop_locked(deadline):
                 return
-            ledger.state = State.STOPPING
-            ledger.deadline = deadline
-            ledger.schedule.expedite()  # one more prompt try for everything that is left
-            ledger.room.notify_all()  # blocked track() calls give up now
             pending = ledger.outstanding or ledger.on_disk
         if pending:
             self.kick()

@@ -140,7 +140,7 @@ class BacklogRounds:
                         else f"a spool record says {row.n} events and holds {len(bodies)}"
                     )
                     books.corrupt_locked(row, own, raw, f"{why} ({row.file.path})", reports)
-                    ledger.settled.notify_all()
+                    ledger.left_disk_locked()
                     disk_rows = [row]
                 else:
                     first = row.first_seq if own else None
