@@ -2,17 +2,48 @@
 
 It holds the queue ``track()`` appends to, the sequence, what is in flight, the
 outstanding counts and bytes, the conditions ``flush()`` and a blocked ``track()`` wait
-on, every counter ``stats()`` shows, and the :class:`~._schedule.Schedule` (which is pure
-and lives under the same lock). Every method whose name ends in ``_locked`` is called
-with ``lock`` held; none of them runs user code or logs: drops are appended to a
-``Reports`` list that the caller hands to the reporter once the lock is released.
+on, the :class:`State` (open, stopping, closed), the :class:`Counters` ``stats()``
+shows, and the :class:`~._schedule.Schedule` (pure, under the same lock). With a spool,
+``spool`` (:class:`~._spool.books.SpoolBooks`, None without one) holds the spool's part.
 
-The books always balance: every accepted event is in exactly one of the queue, in
-flight, the schedule, delivered, or dropped with a reason. With a spool, ``spool``
-(:class:`~._spool.books.SpoolBooks`, None without one) holds the spool's part:
-``staged`` (written to disk, not yet sent), the backlog (rows on disk whose events are
-not in memory) and what was left on disk at shutdown; ``outstanding`` and
-``outstanding_bytes`` then count what is in *memory*, ``on_disk`` the rest.
+Invariants (what must never break):
+
+* Every accepted (or adopted) event is in exactly one place: the queue, being written
+  (``spool.spooling``), staged or in the backlog (spool), in flight (``inflight_raw``,
+  ``inflight``), the schedule, delivered, or dropped with a reason (counted, reported).
+* ``outstanding`` and ``outstanding_bytes`` count what memory holds of those places (with
+  a spool, ``on_disk`` the rest): accepted + adopted = delivered + dropped + outstanding
+  + on disk + left in the spool + disabled (``Stats.balanced``), and the bytes are back
+  to zero when nothing is outstanding.
+* Only this module writes the books; ``notify_all()`` is called only here. The one
+  documented exception is ``track()``'s inline admission (``Tracker.track``), which
+  reads ``outstanding``, ``outstanding_bytes``, ``state`` and ``worker_gone`` and writes
+  ``seq``, ``outstanding``, ``outstanding_bytes`` and the queue directly: it is the hot
+  path, and a call would cost more than the check. Every other writer calls a method.
+* Methods named ``*_locked`` are called with ``lock`` held; none runs user code or logs:
+  drops go to a ``Reports`` list the caller hands to the reporter once it is released.
+* ``state`` only moves forward: OPEN, STOPPING (``begin_stop_locked``), CLOSED
+  (``close_locked``); once closed, the outcome of a request still running is ignored.
+
+Who calls what:
+
+* ``track()``: its inline admission; ``refuse_locked`` (a full queue, or not open).
+* ``flush()``/``shutdown()`` (the caller's thread): ``settled_locked``, ``wait_settled``,
+  ``ask_prompt_send_locked``, ``add_flush_waiter_locked``/``flush_waiter_gone``,
+  ``begin_stop_locked``, ``finish_on_sender``, ``close_locked``, ``snapshot``.
+* The sender thread (``_worker``): ``plan_locked``, ``begin_send_locked``/
+  ``finish_send_locked`` (which applies the outcome: ``_settle``, through the
+  ``count_request_locked`` ... ``request_failed_locked`` methods and the moves
+  ``delivered_locked``, ``drop_locked``, ``backoff_locked``, ``retry_locked``), the fresh
+  batch's ``begin_fresh_locked``/``fresh_delivered_locked``/``fresh_unsure_locked``,
+  ``recover_locked``, ``handed_over``.
+* The spooler thread (``_spool``, through ``SpoolBooks``): ``take_queued_locked``,
+  ``requeue_locked``, ``grown_locked``, ``ready_locked``, ``to_disk_locked``/
+  ``to_memory_locked``, ``lose_unread_locked``, ``left_disk_locked``,
+  ``spooled_locked``, ``drop_locked``.
+* Both threads: ``thread_started``/``thread_gone``, ``count_internal_error_locked``,
+  ``note_error_locked``, ``take_finished_locked`` with ``begin_commit_locked``/
+  ``end_commit_locked`` (rows deleted, dead letters stored, receipts folded).
 """
 
 from __future__ import annotations

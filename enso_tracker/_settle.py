@@ -1,8 +1,9 @@
 """Settling a request: what the sender's outcome means for each event of the batch.
 
-Called by the worker with the ledger's lock held; it only moves events between the
-ledger's books and the schedule, and appends drops to ``reports`` and log records to the
-deferred log (both handed over once the lock is released). Which failures are retried
+Called by the ledger (``Ledger.finish_send_locked``) with its lock held; it only moves
+events between the books and the schedule, through the ledger's methods, and appends
+drops to ``reports`` and log records to the deferred log (both handed over once the
+lock is released). Which failures are retried
 and which are suspect are the retry policy's answers (:mod:`._retry`), not decided here.
 """
 
