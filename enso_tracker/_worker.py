@@ -1,6 +1,7 @@
-"""The worker: the sender thread (start, restart, the caller-run fallback), its loop,
-and shutdown. The one-request path (encode, cut, send, settle) is its mixin
-:class:`~._send.SendPath`.
+"""The worker: the sender thread (start, restart, the caller-run fallback) and its loop.
+Its mixins hold the rest of the sender's side: the one-request path (encode, cut,
+send, settle) in :class:`~._send.SendPath`, shutdown in
+:class:`~._shutdown.ShutdownPath`.
 
 One daemon thread per tracker, started lazily by ``track()`` and restarted if found
 dead. A thread that cannot start (resource limits; CPython 3.12.0-3.12.2 after the main
@@ -39,9 +40,10 @@ from ._errors import describe_exception
 from ._http.sender import Outcome, Sender
 from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
-from ._pump import CLOSED
-from ._reporting import Reporter, Reports
+from ._pump import CLOSED, alive
+from ._reporting import Reporter
 from ._send import SendPath
+from ._shutdown import ShutdownPath
 from ._spool.disk import DiskSpool
 from ._spool.spooler import Spooler
 from ._wire import EventEncoder
@@ -61,7 +63,7 @@ class _Holder(Protocol):
     thread: threading.Thread | None
 
 
-class Worker(SendPath):
+class Worker(ShutdownPath, SendPath):
     """The sender thread of one tracker, and what it needs: ledger, sender, reporter."""
 
     def __init__(
@@ -133,7 +135,7 @@ class Worker(SendPath):
         if (
             thread is None
             or not thread.is_alive()
-            or (spooler is not None and not _alive(spooler.thread))
+            or (spooler is not None and not alive(spooler.thread))
         ):
             try:
                 self._start()
@@ -197,7 +199,7 @@ class Worker(SendPath):
     def stalled(self) -> bool:
         """Whether a thread this worker needs is not running (it could not start)."""
         spooler = self.spooler
-        return not _alive(self.thread) or (spooler is not None and not _alive(spooler.thread))
+        return not alive(self.thread) or (spooler is not None and not alive(spooler.thread))
 
     def deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
         """Run the rounds of the threads that are not running, in the caller's thread,
@@ -233,10 +235,10 @@ class Worker(SendPath):
                 wait: float | None = None
                 ran = False
                 spooler = self.spooler
-                if spooler is not None and not _alive(spooler.thread):
+                if spooler is not None and not alive(spooler.thread):
                     ran = True
                     wait = self._round(spooler.step, spooler.recover_locked)
-                if not _alive(self.thread):
+                if not alive(self.thread):
                     ran = True
                     sent = self._round(self.step, self.ledger.recover_locked)
                     wait = sent if wait is None else wait if sent is None else min(wait, sent)
@@ -391,77 +393,3 @@ class Worker(SendPath):
             return wait
         self.send(taken)
         return 0.0
-
-    # ---------------------------------------------------------------- shutdown
-
-    def begin_shutdown(self, deadline: float) -> None:
-        ledger = self.ledger
-        with ledger.lock:
-            if not ledger.begin_stop_locked(deadline):
-                return
-            pending = ledger.outstanding or ledger.on_disk
-        if pending:
-            self.kick()
-        else:
-            self.wake.set()
-
-    def _nothing_left(self) -> bool:
-        with self.ledger.lock:
-            return not (self.ledger.outstanding or self.ledger.on_disk)
-
-    def finish_shutdown(self, deadline: float) -> bool:
-        """Wait for delivery until ``deadline``, then drop what is left, stop the thread
-        and close the sender. True only when every event ``track()`` was given reached
-        Enso: nothing dropped (for any reason) and nothing refused."""
-        ledger = self.ledger
-        reports: Reports = []
-        if self.stalled():
-            self.deliver_inline(lambda: ledger.closed or self._nothing_left(), deadline)
-        with ledger.settled:
-            while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if self.thread is None or not self.thread.is_alive():
-                    break  # no sender to wait for (e.g. it could not start at exit)
-                ledger.settled.wait(min(remaining, threading.TIMEOUT_MAX))
-            if ledger.closed:
-                return not ledger.counters.dropped and not ledger.counters.refused
-            ledger.close_locked(reports)
-            delivered, dropped = ledger.counters.delivered, dict(ledger.counters.dropped)
-            refused = dict(ledger.counters.refused)
-            books = ledger.spool
-            left = books.left_in_spool if books is not None else 0
-            foreign = books.foreign_files if books is not None else 0
-        self.wake.set()
-        spooler = self.spooler
-        if spooler is not None:
-            spooler.wake.set()
-        for thread in (self.thread, spooler.thread if spooler is not None else None):
-            # (A thread that never started cannot be joined: join() would raise.)
-            if _alive(thread) and thread is not threading.current_thread():
-                assert thread is not None
-                thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
-        self._release()
-        # Closing the client also aborts a request still hanging past the deadline.
-        self._close_sender()
-        lost, turned_away = sum(dropped.values()), sum(refused.values())
-        self.reporter.log.always(
-            logging.WARNING if lost or turned_away or left or foreign else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s%s",
-            delivered,
-            lost,
-            f" {dropped}" if lost else "",
-            turned_away,
-            f" {refused}" if turned_away else "",
-            f", {left} left in the spool for the next start" if left else "",
-            f"; {foreign} spool files of another destination or credential left untouched"
-            if foreign
-            else "",
-        )
-        self.hand_over(reports)
-        return not lost and not turned_away and not left
-
-
-def _alive(thread: threading.Thread | None) -> bool:
-    return thread is not None and thread.is_alive()
