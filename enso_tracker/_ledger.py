@@ -123,12 +123,16 @@ class Ledger:
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
-        "committing",
+        "_committing",
+        "_finished",
+        "_receipts",
+        "_reporting",
+        "_room",
+        "_settled",
         "config",
         "counters",
         "deadline",
         "finish_on_worker",
-        "finished",
         "flush_asked",
         "flush_waiters",
         "id_prefix",
@@ -139,12 +143,8 @@ class Ledger:
         "outstanding",
         "outstanding_bytes",
         "queue",
-        "receipts",
-        "reporting",
-        "room",
         "schedule",
         "seq",
-        "settled",
         "spool",
         "state",
         "worker_gone",
@@ -153,8 +153,8 @@ class Ledger:
     def __init__(self, config: Config, schedule: Schedule, id_prefix: str) -> None:
         self.config = config
         self.lock = threading.Lock()
-        self.settled = threading.Condition(self.lock)  # an event settled (flush waits)
-        self.room = threading.Condition(self.lock)  # queue space freed ("block" policy)
+        self._settled = threading.Condition(self.lock)  # an event settled (flush waits)
+        self._room = threading.Condition(self.lock)  # queue space freed ("block" policy)
         self.schedule = schedule
         self.id_prefix = id_prefix
         self.seq = 0  # sequence number of the last accepted event == accepted count
@@ -167,7 +167,7 @@ class Ledger:
         self.outstanding_bytes = 0
         self.flush_waiters = 0
         self.flush_asked = False  # flush() from the sender thread: send what is queued now
-        self.reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
+        self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self.state = State.OPEN
         self.deadline = math.inf  # shutdown()'s
         self.finish_on_worker = False  # shutdown() came from the sender thread itself
@@ -178,11 +178,11 @@ class Ledger:
         self.spool = SpoolBooks(self) if config.spool_dir is not None else None
         #: Settled events whose rows may now be deleted (or receipts folded): taken
         #: after each locked section, with the spool's dead letters.
-        self.finished: list[Pending] = []
-        self.committing = 0  # disk commits under way (flush() waits for them)
+        self._finished: list[Pending] = []
+        self._committing = 0  # disk commits under way (flush() waits for them)
         #: Receipts are kept (``_receipts``): every settled event goes to ``finished``,
         #: with or without a spool row, to be folded by the sender thread.
-        self.receipts = False
+        self._receipts = False
 
     @property
     def closed(self) -> bool:
@@ -203,7 +203,7 @@ class Ledger:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.room.wait(remaining)
+                self._room.wait(remaining)
             if not self._is_full_locked(size) and self.state is State.OPEN:
                 return None
             if self.state is not State.OPEN:
@@ -223,8 +223,8 @@ class Ledger:
             self.outstanding -= len(queue)
             self.outstanding_bytes -= sum([held(q) for q in queue])
             queue.clear()
-            self.settled.notify_all()
-            self.room.notify_all()
+            self._settled.notify_all()
+            self._room.notify_all()
 
     def _is_full_locked(self, size: int) -> bool:
         cfg = self.config
@@ -244,9 +244,9 @@ class Ledger:
         """Every event up to ``seq`` is delivered or dropped, and its drop reported (and,
         with a spool, its row deleted or its dead letter stored)."""
         return (
-            self.reporting == 0
-            and not self.finished
-            and not self.committing
+            self._reporting == 0
+            and not self._finished
+            and not self._committing
             and self.min_unsettled_locked() > seq
         )
 
@@ -278,7 +278,7 @@ class Ledger:
 
     def take_finished_locked(self) -> tuple[list[Pending], list[tuple[bytes, DropReason]]]:
         """The settled events and the dead letters to store, since the last call."""
-        finished, self.finished = self.finished, []
+        finished, self._finished = self._finished, []
         return finished, self.spool.take_dead_locked() if self.spool is not None else []
 
     def settled_now(self, seq: int) -> bool:
@@ -288,13 +288,17 @@ class Ledger:
 
     def wait_settled(self, seq: int, deadline: float) -> bool:
         """Wait (lock not held) until every event up to ``seq`` is settled, or ``deadline``."""
-        with self.settled:
+        with self._settled:
             while not self.settled_locked(seq):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self.settled.wait(min(remaining, threading.TIMEOUT_MAX))
+                self._settled.wait(min(remaining, threading.TIMEOUT_MAX))
             return True
+
+    def wait_locked(self, timeout: float) -> None:
+        """With the lock held: wait until an event settles (or ``timeout``)."""
+        self._settled.wait(timeout)
 
     def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
@@ -342,8 +346,8 @@ class Ledger:
         self.counters.delivered += len(batch)
         self.outstanding -= len(batch)
         self.outstanding_bytes -= sum([p.size for p in batch])
-        if self.spool is not None or self.receipts:
-            self.finished.extend(batch)
+        if self.spool is not None or self._receipts:
+            self._finished.extend(batch)
 
     def delivered_fresh_locked(self, items: list[QueuedEvent], held_total: int) -> None:
         """Every event of a fresh batch (never a Pending: see ``Worker.send_fresh``) is
@@ -352,8 +356,8 @@ class Ledger:
         self.counters.delivered += n
         self.outstanding -= n
         self.outstanding_bytes -= held_total
-        if self.receipts:  # folded by the receipts (never a spool row on this path)
-            self.finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
+        if self._receipts:  # folded by the receipts (never a spool row on this path)
+            self._finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""
@@ -361,8 +365,8 @@ class Ledger:
         self.counters.delivered += 1
         self.outstanding -= 1
         self.outstanding_bytes -= p.size
-        if p.row is not None or self.receipts:
-            self.finished.append(p)
+        if p.row is not None or self._receipts:
+            self._finished.append(p)
 
     def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
         """Events that will never be delivered: counted now, reported by the caller (who
@@ -374,15 +378,15 @@ class Ledger:
             self.outstanding -= 1
             self.outstanding_bytes -= p.size
             p.receipt = reason
-            if p.row is not None or self.receipts:
-                self.finished.append(p)
+            if p.row is not None or self._receipts:
+                self._finished.append(p)
             if dead is not None and p.body:
                 dead.append((p.body, reason))
         counters = self.counters
         counters.dropped[reason.kind] = counters.dropped.get(reason.kind, 0) + len(dropped)
         counters.last_error = str(reason)
         reports.append((dropped, reason))
-        self.reporting += 1
+        self._reporting += 1
 
     def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
         # The cause as it was before these drops (each drop sets last_error): never a
@@ -437,8 +441,8 @@ class Ledger:
     def handed_over(self, n: int) -> None:
         """``n`` reports reached ``on_drop``: a waiting ``flush()`` may now return."""
         with self.lock:
-            self.reporting -= n
-            self.settled.notify_all()
+            self._reporting -= n
+            self._settled.notify_all()
 
     # ------------------------------------------------- the threads (sender, spooler)
 
@@ -464,11 +468,11 @@ class Ledger:
     def begin_commit_locked(self) -> None:
         """Settled events are being written to disk (rows deleted, dead letters stored,
         receipts folded): ``flush()`` waits for it (``settled_locked``)."""
-        self.committing += 1
+        self._committing += 1
 
     def end_commit_locked(self) -> None:
-        self.committing -= 1
-        self.settled.notify_all()
+        self._committing -= 1
+        self._settled.notify_all()
 
     # ------------------------------------------------------ sending (sender thread)
 
@@ -502,8 +506,8 @@ class Ledger:
         # Emptied only now: should the accounting above fail, the loop's recovery puts
         # the batch back in line instead of losing it.
         self.inflight = []
-        self.settled.notify_all()
-        self.room.notify_all()
+        self._settled.notify_all()
+        self._room.notify_all()
 
     def begin_fresh_locked(self, size: int) -> None:
         """A fresh batch (``inflight_raw``) goes as one body of ``size`` bytes, counted
@@ -519,8 +523,8 @@ class Ledger:
         if self.state is not State.CLOSED:
             settle_fresh_locked(self, items, held_total)
         self.inflight_raw = []
-        self.settled.notify_all()
-        self.room.notify_all()
+        self._settled.notify_all()
+        self._room.notify_all()
 
     def fresh_unsure_locked(self, size: int, pendings: list[Pending], grown: int) -> bool:
         """Enso's answer does not vouch for the whole fresh batch: its body is gone and
@@ -599,18 +603,18 @@ class Ledger:
         dropped[reason.kind] = dropped.get(reason.kind, 0) + events
         self.counters.last_error = str(reason)
         reports.append(([], reason))
-        self.reporting += 1
+        self._reporting += 1
 
     def left_disk_locked(self) -> None:
         """Events left the spool's backlog (``SpoolBooks.corrupt_locked``): ``flush()``
         and ``shutdown()`` look again."""
-        self.settled.notify_all()
+        self._settled.notify_all()
 
     def spooled_locked(self) -> None:
         """The spooler moved events (rows written, staged or on disk only, drops): memory
         may have been freed, events settled."""
-        self.room.notify_all()
-        self.settled.notify_all()
+        self._room.notify_all()
+        self._settled.notify_all()
 
     # ---------------------------------------------------------------- shutdown
 
@@ -623,7 +627,7 @@ class Ledger:
         self.state = State.STOPPING
         self.deadline = deadline
         self.schedule.expedite()
-        self.room.notify_all()
+        self._room.notify_all()
         return True
 
     def finish_on_sender(self) -> None:
@@ -642,7 +646,7 @@ class Ledger:
     def keep_receipts(self) -> None:
         """Receipts are kept (``_receipts``): every settled event goes to ``finished``,
         with or without a spool row, to be folded by the sender thread."""
-        self.receipts = True
+        self._receipts = True
 
     def ask_prompt_send_locked(self) -> None:
         """``flush()`` from the sender thread: the next rounds send without waiting."""
@@ -683,8 +687,8 @@ class Ledger:
                 ),
                 reports,
             )
-        self.settled.notify_all()
-        self.room.notify_all()
+        self._settled.notify_all()
+        self._room.notify_all()
         return left
 
     # ------------------------------------------------------------------- stats

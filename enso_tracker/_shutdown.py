@@ -73,14 +73,14 @@ class ShutdownPath:
         reports: Reports = []
         if self.stalled():
             self.deliver_inline(lambda: ledger.closed or self._nothing_left(), deadline)
-        with ledger.settled:
+        with ledger.lock:
             while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 if self.thread is None or not self.thread.is_alive():
                     break  # no sender to wait for (e.g. it could not start at exit)
-                ledger.settled.wait(min(remaining, threading.TIMEOUT_MAX))
+                ledger.wait_locked(min(remaining, threading.TIMEOUT_MAX))
             if ledger.closed:
                 return not ledger.counters.dropped and not ledger.counters.refused
             ledger.close_locked(reports)

@@ -180,7 +180,7 @@ def test_adopted_rows_are_counted_read_in_chunks_and_lost_if_unreadable(tmp_path
     spool.lose_unread_locked(4, "the file became unreadable", reports)
     assert led.counters.dropped == {"corrupt": 4}
     assert spool.unread_adopted == 0
-    assert led.reporting == 1
+    assert led._reporting == 1
     assert reports[0][1].kind == "corrupt"
     audit(led)
     spool.corrupt_locked(rows[0], False, b"\x00raw", "a record failed its CRC check", reports)
