@@ -25,7 +25,8 @@ Invariants (what must never break):
 * ``state`` only moves forward: OPEN, STOPPING (``begin_stop_locked``), CLOSED
   (``close_locked``); once closed, the outcome of a request still running is ignored.
 
-Who calls what:
+Who calls what (the sender's and the spooler's moves are the ledger's own methods, kept
+in its mixins :mod:`._ledger_send` and :mod:`._ledger_spool`):
 
 * ``track()``: its inline admission; ``refuse_locked`` (a full queue, or not open).
 * ``flush()``/``shutdown()`` (the caller's thread): ``settled_locked``, ``wait_settled``,
@@ -57,25 +58,21 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
-from ._http.sender import Outcome
 from ._items import (
     SEQ,
     Pending,
     QueuedEvent,
     held,
 )
-from ._log import DeferredLog
+from ._ledger_send import SenderMoves
+from ._ledger_spool import SpoolerMoves
 from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
-from ._settle import settle_fresh_locked, settle_locked
 from ._spool.books import SpoolBooks
 from ._spool.dead_letters import DEAD_KINDS
 
 __all__ = ["Counters", "Ledger", "State"]
-
-#: How a retries_exhausted drop names the error that spent the budget.
-_CAUSE = "; last error: "
 
 
 class State(enum.IntEnum):
@@ -119,7 +116,7 @@ class Counters:
         self.last_success_at: float | None = None  # time.time() of the last 2xx
 
 
-class Ledger:
+class Ledger(SenderMoves, SpoolerMoves):
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
@@ -341,33 +338,6 @@ class Ledger:
                 self.inflight_raw = taken[split:]  # type: ignore[assignment]
         return taken, wait
 
-    def delivered_locked(self, batch: list[Pending]) -> None:
-        """Every event of ``batch`` is delivered: O(1) Python operations but the sum."""
-        self.counters.delivered += len(batch)
-        self.outstanding -= len(batch)
-        self.outstanding_bytes -= sum([p.size for p in batch])
-        if self.spool is not None or self._receipts:
-            self._finished.extend(batch)
-
-    def delivered_fresh_locked(self, items: list[QueuedEvent], held_total: int) -> None:
-        """Every event of a fresh batch (never a Pending: see ``Worker.send_fresh``) is
-        delivered; ``held_total`` is what they held. O(1)."""
-        n = len(items)
-        self.counters.delivered += n
-        self.outstanding -= n
-        self.outstanding_bytes -= held_total
-        if self._receipts:  # folded by the receipts (never a spool row on this path)
-            self._finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
-
-    def forget_locked(self, p: Pending) -> None:
-        """One event delivered."""
-        p.done = True
-        self.counters.delivered += 1
-        self.outstanding -= 1
-        self.outstanding_bytes -= p.size
-        if p.row is not None or self._receipts:
-            self._finished.append(p)
-
     def drop_locked(self, group: Iterable[Pending], reason: DropReason, reports: Reports) -> None:
         """Events that will never be delivered: counted now, reported by the caller (who
         decodes what the report needs once the lock is released: ``Reporter``)."""
@@ -387,46 +357,6 @@ class Ledger:
         counters.last_error = str(reason)
         reports.append((dropped, reason))
         self._reporting += 1
-
-    def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
-        # The cause as it was before these drops (each drop sets last_error): never a
-        # previous exhaustion's text, which would nest once per event and per round.
-        cause = self.counters.last_error or "none"
-        if cause.startswith("retries_exhausted: ") and _CAUSE in cause:
-            cause = cause.split(_CAUSE, 1)[1]
-        for p in group:
-            self.drop_locked(
-                [p],
-                DropReason(
-                    kind="retries_exhausted",
-                    message=f"gave up after {p.attempts} attempts over "
-                    f"{now - p.first_sent:.1f} s{_CAUSE}{cause}",
-                ),
-                reports,
-            )
-
-    def backoff_locked(
-        self,
-        batch: list[Pending],
-        now: float,
-        retry_after: float | None,
-        reports: Reports,
-        *,
-        suspect: bool = False,
-    ) -> None:
-        """A whole request failed: the schedule pauses sending and puts the batch back
-        in line (bisecting it if it looks like the trouble); spent budgets are dropped."""
-        exhausted = self.schedule.on_failure(batch, now, retry_after, suspect=suspect)
-        self.counters.retried += len(batch) - len(exhausted)
-        if exhausted:
-            self.exhaust_locked(exhausted, now, reports)
-
-    def retry_locked(self, p: Pending, now: float, reports: Reports) -> None:
-        """One event failed on its own: it backs off alone, while its budget lasts."""
-        if self.schedule.retry_later(p, now):
-            self.counters.retried += 1
-        else:
-            self.exhaust_locked([p], now, reports)
 
     def recover_locked(self) -> None:
         """After an unexpected error mid-round: put what it had taken back in line."""
@@ -472,148 +402,6 @@ class Ledger:
 
     def end_commit_locked(self) -> None:
         self._committing -= 1
-        self._settled.notify_all()
-
-    # ------------------------------------------------------ sending (sender thread)
-
-    def begin_send_locked(
-        self, encoded: list[Pending], grown: int
-    ) -> tuple[list[Pending], list[Pending]]:
-        """What ``plan_locked`` took, now encoded (holding ``grown`` bytes more): cut
-        into the batch of one request, in flight from now on; returns it and the events
-        too large for any request (the caller drops them)."""
-        self.outstanding_bytes += grown
-        batch, too_large = self.schedule.cut(encoded, self.config.max_batch_bytes)
-        self.inflight = batch
-        self.inflight_raw = []
-        return batch, too_large
-
-    def finish_send_locked(
-        self,
-        batch: list[Pending],
-        outcome: Outcome,
-        now: float,
-        reports: Reports,
-        log: DeferredLog,
-    ) -> None:
-        """The outcome of the request that carried ``batch``, applied (``_settle``);
-        then ``flush()`` and a blocked ``track()`` look again. Ignored once closed:
-        ``shutdown()`` reported these as dropped at its deadline."""
-        if self.state is State.CLOSED:
-            self.inflight = []
-            return
-        settle_locked(self, batch, outcome, now, reports, log)
-        # Emptied only now: should the accounting above fail, the loop's recovery puts
-        # the batch back in line instead of losing it.
-        self.inflight = []
-        self._settled.notify_all()
-        self._room.notify_all()
-
-    def begin_fresh_locked(self, size: int) -> None:
-        """A fresh batch (``inflight_raw``) goes as one body of ``size`` bytes, counted
-        in ``outstanding_bytes`` while the request runs (``Worker.send_fresh``)."""
-        self.outstanding_bytes += size
-        self.inflight_body = size
-
-    def fresh_delivered_locked(self, items: list[QueuedEvent], size: int, held_total: int) -> None:
-        """Enso vouched for every event of the fresh batch: settled per batch, in O(1)
-        (unless closed meanwhile: ``shutdown()`` reported them)."""
-        self.outstanding_bytes -= size
-        self.inflight_body = 0
-        if self.state is not State.CLOSED:
-            settle_fresh_locked(self, items, held_total)
-        self.inflight_raw = []
-        self._settled.notify_all()
-        self._room.notify_all()
-
-    def fresh_unsure_locked(self, size: int, pendings: list[Pending], grown: int) -> bool:
-        """Enso's answer does not vouch for the whole fresh batch: its body is gone and
-        its events, encoded one by one (``grown`` bytes more), are the batch in flight,
-        settled as any other (``finish_send_locked``). False if closed meanwhile
-        (``shutdown()`` reported them)."""
-        self.outstanding_bytes -= size
-        self.inflight_body = 0
-        if self.state is State.CLOSED:
-            self.inflight_raw = []
-            return False
-        self.outstanding_bytes += grown
-        self.inflight = pendings
-        self.inflight_raw = []
-        return True
-
-    # ----------------------------------------- what the outcome means (``_settle``)
-
-    def count_request_locked(self) -> None:
-        self.counters.requests += 1
-
-    def credentials_ok_locked(self) -> None:
-        """A 2xx: Enso took the credentials."""
-        self.counters.auth_state = "ok"
-
-    def credentials_refused_locked(self) -> bool:
-        """A 401/403; True if the credentials were taken until now (log it once)."""
-        first = self.counters.auth_state != "unauthorized"
-        self.counters.auth_state = "unauthorized"
-        return first
-
-    def success_locked(self) -> None:
-        """An answer that accounts for its batch: the schedule's backoff resets."""
-        self.schedule.on_success()
-        self.counters.last_success_at = time.time()
-
-    def request_failed_locked(self, message: str) -> None:
-        self.counters.failed_requests += 1
-        self.counters.last_error = message
-
-    # ------------------------------------------------- the spool stage (spooler)
-
-    def take_queued_locked(self, n: int) -> list[QueuedEvent]:
-        """Up to ``n`` events from the head of the queue (the spooler writes them)."""
-        queue = self.queue
-        return [queue.popleft() for _ in range(min(len(queue), n))]
-
-    def ready_locked(self, pendings: list[Pending]) -> None:
-        """Events to send first, like retries (adopted rows, or sent from memory after
-        the disk refused them)."""
-        self.schedule.enqueue(pendings)
-
-    def requeue_locked(self, items: list[QueuedEvent]) -> None:
-        """Events taken from the queue go back to its head, in order, not encoded."""
-        self.queue.extendleft(reversed(items))
-
-    def grown_locked(self, grown: int) -> None:
-        """Events now encoded hold ``grown`` bytes more: their bodies (max_queue_bytes)."""
-        self.outstanding_bytes += grown
-
-    def to_disk_locked(self, pendings: list[Pending]) -> None:
-        """Events now on disk only (the spool's backlog, or left there at shutdown):
-        out of memory's counts, into ``on_disk`` (``SpoolBooks``)."""
-        self.outstanding -= len(pendings)
-        self.outstanding_bytes -= sum([p.size for p in pendings])
-
-    def to_memory_locked(self, pendings: list[Pending]) -> None:
-        """A backlog row's events are back in memory (``SpoolBooks.load_locked``)."""
-        self.outstanding += len(pendings)
-        self.outstanding_bytes += sum([p.size for p in pendings])
-
-    def lose_unread_locked(self, events: int, reason: DropReason, reports: Reports) -> None:
-        """Events lost on disk, never in memory (``corrupt`` rows): counted and reported
-        without a ``Pending``; ``drop_locked``'s one side door."""
-        dropped = self.counters.dropped
-        dropped[reason.kind] = dropped.get(reason.kind, 0) + events
-        self.counters.last_error = str(reason)
-        reports.append(([], reason))
-        self._reporting += 1
-
-    def left_disk_locked(self) -> None:
-        """Events left the spool's backlog (``SpoolBooks.corrupt_locked``): ``flush()``
-        and ``shutdown()`` look again."""
-        self._settled.notify_all()
-
-    def spooled_locked(self) -> None:
-        """The spooler moved events (rows written, staged or on disk only, drops): memory
-        may have been freed, events settled."""
-        self._room.notify_all()
         self._settled.notify_all()
 
     # ---------------------------------------------------------------- shutdown
