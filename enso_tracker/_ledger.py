@@ -121,17 +121,17 @@ class Ledger(SenderMoves, SpoolerMoves):
 
     __slots__ = (
         "_committing",
+        "_deadline",
+        "_finish_on_worker",
         "_finished",
+        "_flush_waiters",
         "_receipts",
         "_reporting",
         "_room",
         "_settled",
         "config",
         "counters",
-        "deadline",
-        "finish_on_worker",
         "flush_asked",
-        "flush_waiters",
         "id_prefix",
         "inflight",
         "inflight_body",
@@ -162,12 +162,12 @@ class Ledger(SenderMoves, SpoolerMoves):
         self.inflight_body = 0
         self.outstanding = 0  # events queued, in flight or in the schedule
         self.outstanding_bytes = 0
-        self.flush_waiters = 0
+        self._flush_waiters = 0
         self.flush_asked = False  # flush() from the sender thread: send what is queued now
         self._reporting = 0  # drops counted but not yet handed to on_drop (flush waits)
         self.state = State.OPEN
-        self.deadline = math.inf  # shutdown()'s
-        self.finish_on_worker = False  # shutdown() came from the sender thread itself
+        self._deadline = math.inf  # shutdown()'s
+        self._finish_on_worker = False  # shutdown() came from the sender thread itself
         self.worker_gone = True  # no sender thread running (never started, or it died)
         self.counters = Counters()
         #: The spool's books (``_spool.books``); None without a spool, and then no
@@ -180,6 +180,21 @@ class Ledger(SenderMoves, SpoolerMoves):
         #: Receipts are kept (``_receipts``): every settled event goes to ``finished``,
         #: with or without a spool row, to be folded by the sender thread.
         self._receipts = False
+
+    @property
+    def deadline(self) -> float:
+        """``shutdown()``'s (``time.monotonic()``; ``inf`` until it began)."""
+        return self._deadline
+
+    @property
+    def finish_on_worker(self) -> bool:
+        """``shutdown()`` was called on the sender thread, which finishes it."""
+        return self._finish_on_worker
+
+    @property
+    def flush_waiters(self) -> int:
+        """``flush()`` calls waiting now (the threads send at once while any waits)."""
+        return self._flush_waiters
 
     @property
     def closed(self) -> bool:
@@ -299,7 +314,7 @@ class Ledger(SenderMoves, SpoolerMoves):
 
     def plan_locked(self, now: float) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now, or how long to sleep; what is taken counts as in flight."""
-        urgent = self.state is not State.OPEN or self.flush_waiters > 0 or self.flush_asked
+        urgent = self.state is not State.OPEN or self._flush_waiters > 0 or self.flush_asked
         source: deque[Any] = self.spool.staged if self.spool is not None else self.queue
         # Room to gather a fuller request in: events that may still arrive before the
         # queue is half full (by count or by bytes), so that holding a full batch never
@@ -413,7 +428,7 @@ class Ledger(SenderMoves, SpoolerMoves):
         if self.state is not State.OPEN:
             return False
         self.state = State.STOPPING
-        self.deadline = deadline
+        self._deadline = deadline
         self.schedule.expedite()
         self._room.notify_all()
         return True
@@ -423,7 +438,7 @@ class Ledger(SenderMoves, SpoolerMoves):
         which cannot wait for itself: that thread finishes it (``Worker.step``)."""
         with self.lock:
             if self.state is not State.CLOSED:
-                self.finish_on_worker = True
+                self._finish_on_worker = True
 
     def inherit_closed(self) -> None:
         """A forked child of a tracker shut down (or stopping) stays so."""
@@ -442,11 +457,11 @@ class Ledger(SenderMoves, SpoolerMoves):
 
     def add_flush_waiter_locked(self) -> None:
         """A ``flush()`` waits: the sender sends what is queued at once (``plan_locked``)."""
-        self.flush_waiters += 1
+        self._flush_waiters += 1
 
     def flush_waiter_gone(self) -> None:
         with self.lock:
-            self.flush_waiters -= 1
+            self._flush_waiters -= 1
 
     def close_locked(self, reports: Reports) -> list[Pending]:
         """Stop for good; everything still held is dropped as ``shutdown`` and returned."""
