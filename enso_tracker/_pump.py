@@ -8,9 +8,10 @@ woken), or :data:`CLOSED` (the tracker is closed: the thread ends).
 
 from __future__ import annotations
 
+import threading
 from typing import Final
 
-__all__ = ["CLOSED", "sooner"]
+__all__ = ["CLOSED", "alive", "sooner"]
 
 CLOSED: Final = -1.0  # a round's answer: the tracker is closed, the thread ends
 
@@ -20,3 +21,8 @@ def sooner(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
+
+
+def alive(thread: threading.Thread | None) -> bool:
+    """Whether ``thread`` exists and runs (a thread that never started does not)."""
+    return thread is not None and thread.is_alive()

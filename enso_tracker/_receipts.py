@@ -320,15 +320,14 @@ class SpoolReceipts:
             finished, _ = ledger.take_finished_locked()
             if not finished:
                 return []
-            ledger.committing += 1
+            ledger.begin_commit_locked()
         try:
             with self._lock:
                 self.note_all(finished)
                 return self.commit()
         finally:
             with ledger.lock:
-                ledger.committing -= 1
-                ledger.settled.notify_all()
+                ledger.end_commit_locked()
 
     def move_due(self, files: list[Any], *, now: float, force: bool = False) -> None:
         if not force and now < self.next_move:

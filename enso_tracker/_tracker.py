@@ -39,7 +39,7 @@ from ._errors import ConfigurationError
 from ._http.auth import ApiKey, ClientCredentials, make_credentials
 from ._http.sender import HttpSender, Sender
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
-from ._ledger import Ledger
+from ._ledger import Ledger, State
 from ._model import DeadLetter, Stats
 from ._receipts import make_receipts
 from ._reentry import (
@@ -206,7 +206,7 @@ class Tracker(AsyncMixin):
         if receipts is not None:
             self._worker.receipts = receipts
             receipts.ledger = self._ledger  # generated eventIds: its id_prefix
-            self._ledger.receipts = True
+            self._ledger.keep_receipts()
             if disk is not None:
                 disk.receipts = receipts
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
@@ -234,7 +234,7 @@ class Tracker(AsyncMixin):
 
     def __repr__(self) -> str:
         led = self._ledger
-        state = "closed" if led.closed else "stopping" if led.stopping else "open"
+        state = led.state.name.lower()  # open, stopping, closed
         if self._config.disabled:
             state += " disabled"
         pending = led.outstanding + led.on_disk
@@ -324,7 +324,7 @@ class Tracker(AsyncMixin):
             if (
                 led.outstanding >= self._max_queue
                 or led.outstanding_bytes + size > self._max_queue_bytes
-                or led.stopping  # also set once closed
+                or led.state  # not State.OPEN (0): stopping or closed
             ):
                 refusal = led.refuse_locked(size, may_block=not self._worker.on_thread())
             if refusal is None:
@@ -393,10 +393,10 @@ class Tracker(AsyncMixin):
             if led.settled_locked(target):
                 return True
             if worker.on_thread() or reentered:
-                led.flush_asked = True  # the next rounds send without waiting
+                led.ask_prompt_send_locked()  # the next rounds send without waiting
                 if worker.on_thread():
                     return False
-            led.flush_waiters += 1
+            led.add_flush_waiter_locked()
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
@@ -404,8 +404,7 @@ class Tracker(AsyncMixin):
                     worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
-            with led.lock:
-                led.flush_waiters -= 1
+            led.flush_waiter_gone()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, deliver what can be within ``timeout``, stop the thread.
@@ -440,10 +439,7 @@ class Tracker(AsyncMixin):
                 )
             return False
         if self._worker.on_thread():
-            led = self._ledger
-            with led.lock:
-                if not led.closed:
-                    led.finish_on_worker = True
+            self._ledger.finish_on_sender()
             self._worker.begin_shutdown(deadline)
             return False
         self._begin_shutdown(deadline)
@@ -545,14 +541,14 @@ class Tracker(AsyncMixin):
         if self._pid == os.getpid():
             return  # already reset for this process (a hook and the pid check both ran)
         led = self._ledger
-        closed = led.closed or led.stopping
+        closed = led.state is not State.OPEN
         if self._worker.disk is not None:
             self._worker.disk.abandon()  # the parent's files: never touched from here
         if self._worker.receipts is not None:
             self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
-            self._ledger.stopping = self._ledger.closed = True
+            self._ledger.inherit_closed()
         self._sender.after_fork()
 
     def _renew_after_patching(self) -> None:
@@ -582,6 +578,8 @@ register_lock_holders(
     Ledger.refuse_locked,
     Ledger.wait_settled,
     Ledger.handed_over,
+    Ledger.finish_on_sender,
+    Ledger.flush_waiter_gone,
     Worker.kick,
     Worker.begin_shutdown,
     Worker.finish_shutdown,

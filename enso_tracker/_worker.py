@@ -1,12 +1,16 @@
-"""The worker: the sender thread, its loop, encoding, the sender call, and shutdown.
+"""The worker: the sender thread (start, restart, the caller-run fallback) and its loop.
+Its mixins hold the rest of the sender's side: the one-request path (encode, cut,
+send, settle) in :class:`~._send.SendPath`, shutdown in
+:class:`~._shutdown.ShutdownPath`.
 
 One daemon thread per tracker, started lazily by ``track()`` and restarted if found
 dead. A thread that cannot start (resource limits; CPython 3.12.0-3.12.2 after the main
 thread returned, gh-113964) is tried again with backoff, and until one runs, ``flush()``
 and ``shutdown()`` run its rounds in their caller's thread (:meth:`Worker.deliver_inline`).
-Each round it plans under the ledger's lock, encodes and cuts the batch, sends it
-with the lock released, settles the outcome under the lock (``_settle``), then hands
-drops and log records to the reporter with the lock released again. It never sleeps
+Each round it plans under the ledger's lock, then sends one request (``_send``):
+encodes and cuts the batch, sends it with the lock released, has the ledger apply the
+outcome under the lock, then hands drops and log records to the reporter with the lock
+released again. It never sleeps
 inside a round: all waiting (``flush_interval``, backoff, ``Retry-After``) is on its
 wake event, which ``flush()`` and ``shutdown()`` set to cut it short.
 
@@ -28,43 +32,24 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from operator import itemgetter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._config import Config
-from ._debug import log_request
 from ._errors import describe_exception
-from ._http.sender import Answered, Outcome, Retry, Sender
-from ._items import (
-    BYTES_OVERHEAD,
-    ENTITY,
-    EVENT_OVERHEAD,
-    IN_BODY,
-    JOB,
-    META,
-    PENDING_OVERHEAD,
-    SEQ,
-    SIZE,
-    Pending,
-    QueuedEvent,
-    event_id_of,
-    held,
-)
+from ._http.sender import Outcome, Sender
+from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
-from ._model import DropReason
-from ._pump import CLOSED
-from ._reporting import Reporter, Reports
-from ._settle import settle_fresh_locked, settle_locked
+from ._pump import CLOSED, alive
+from ._reporting import Reporter
+from ._send import SendPath
+from ._shutdown import ShutdownPath
 from ._spool.disk import DiskSpool
-from ._spool.errors import Problem
 from ._spool.spooler import Spooler
-from ._wire import EventEncoder, join_batch, reconcile
+from ._wire import EventEncoder
 
 __all__ = ["CLOSED", "Worker"]
 
-
-_size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
 
 #: Trackers whose thread could not start. A running thread keeps its tracker alive while
 #: events are outstanding (its frame is a GC root); without one, this module does, so a
@@ -78,7 +63,7 @@ class _Holder(Protocol):
     thread: threading.Thread | None
 
 
-class Worker:
+class Worker(ShutdownPath, SendPath):
     """The sender thread of one tracker, and what it needs: ledger, sender, reporter."""
 
     def __init__(
@@ -150,7 +135,7 @@ class Worker:
         if (
             thread is None
             or not thread.is_alive()
-            or (spooler is not None and not _alive(spooler.thread))
+            or (spooler is not None and not alive(spooler.thread))
         ):
             try:
                 self._start()
@@ -195,11 +180,11 @@ class Worker:
         # the thread to run) must not leave a running thread this object does not
         # know, or the next kick() would start a second one.
         holder.thread = thread
-        self.ledger.worker_gone = False
+        self.ledger.thread_started()
         try:
             thread.start()
         except Exception as exc:  # resource limits, interpreter shutdown, a patched start
-            self.ledger.worker_gone = True
+            self.ledger.thread_gone()
             log(
                 logging.ERROR,
                 "start",
@@ -214,7 +199,7 @@ class Worker:
     def stalled(self) -> bool:
         """Whether a thread this worker needs is not running (it could not start)."""
         spooler = self.spooler
-        return not _alive(self.thread) or (spooler is not None and not _alive(spooler.thread))
+        return not alive(self.thread) or (spooler is not None and not alive(spooler.thread))
 
     def deliver_inline(self, done: Callable[[], bool], deadline: float) -> None:
         """Run the rounds of the threads that are not running, in the caller's thread,
@@ -250,10 +235,10 @@ class Worker:
                 wait: float | None = None
                 ran = False
                 spooler = self.spooler
-                if spooler is not None and not _alive(spooler.thread):
+                if spooler is not None and not alive(spooler.thread):
                     ran = True
                     wait = self._round(spooler.step, spooler.recover_locked)
-                if not _alive(self.thread):
+                if not alive(self.thread):
                     ran = True
                     sent = self._round(self.step, self.ledger.recover_locked)
                     wait = sent if wait is None else wait if sent is None else min(wait, sent)
@@ -285,8 +270,7 @@ class Worker:
         except Exception as exc:
             error = describe_exception(exc)
             with self.ledger.lock:
-                self.ledger.worker_errors += 1
-                self.ledger.last_error = f"internal error: {error}"
+                self.ledger.count_internal_error_locked(f"internal error: {error}")
                 recover()
             self.reporter.log(logging.ERROR, "loop", "enso-tracker round error: %s", error)
             wait = self.config.backoff_base
@@ -322,8 +306,7 @@ class Worker:
                 except Exception as exc:
                     error = describe_exception(exc)
                     with ledger.lock:
-                        ledger.worker_errors += 1
-                        ledger.last_error = f"internal error: {error}"
+                        ledger.count_internal_error_locked(f"internal error: {error}")
                         recover()
                     log(
                         logging.ERROR,
@@ -353,7 +336,7 @@ class Worker:
             # SystemExit or KeyboardInterrupt raised in this thread: put the batch back
             # and let the next track() (or flush) start a fresh thread.
             with ledger.lock:
-                ledger.worker_errors += 1
+                ledger.count_internal_error_locked()
                 recover()
             log.always(
                 logging.ERROR,
@@ -364,7 +347,7 @@ class Worker:
             raise
         finally:
             if holder.thread is me:
-                ledger.worker_gone = True
+                ledger.thread_gone()
 
     def _close_sender(self) -> None:
         try:
@@ -410,319 +393,3 @@ class Worker:
             return wait
         self.send(taken)
         return 0.0
-
-    # ------------------------------------------------------------- one request
-
-    def encode(self, item: QueuedEvent) -> bytes:
-        # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
-        # a retried event's memory what max_queue_bytes counts.
-        event_id = event_id_of(item, self.ledger.id_prefix)
-        return bytes(memoryview(self._encoder.encode(event_id, *item[ENTITY:SIZE])))
-
-    def encode_all(
-        self, taken: Sequence[Pending | QueuedEvent]
-    ) -> tuple[list[Pending], list[tuple[Pending, Exception]], int]:
-        """Encode what is not yet (outside the lock: only this thread touches these
-        objects now): the Pendings, those that could not be encoded, and the bytes the
-        events now hold beyond what they held."""
-        encoded: list[Pending] = []
-        unencodable: list[tuple[Pending, Exception]] = []
-        grown = 0
-        for entry in taken:
-            if isinstance(entry, Pending):
-                p = entry
-            else:
-                try:
-                    body = self.encode(entry)
-                except Exception as exc:  # validation should make this impossible
-                    unencodable.append((Pending(0.0, entry[SEQ], entry, b"", held(entry)), exc))
-                    continue
-                # Once encoded, the body is what is kept: it replaces the metadata JSON
-                # the tuple held (read back from the body if the event is ever reported),
-                # and the event's size becomes what it now holds (max_queue_bytes).
-                meta = entry[META]
-                size = held(entry) + len(body) + PENDING_OVERHEAD
-                if meta is not None:
-                    size -= len(meta) + BYTES_OVERHEAD
-                    entry = (*entry[:META], IN_BODY, entry[JOB], entry[SIZE])
-                grown += size - held(entry)
-                p = Pending(0.0, entry[SEQ], entry, body, size)
-            encoded.append(p)
-        return encoded, unencodable, grown
-
-    def drop_unsendable_locked(
-        self,
-        too_large: list[Pending],
-        unencodable: list[tuple[Pending, Exception]],
-        reports: Reports,
-    ) -> None:
-        """Events that can never go in a request: alone over ``max_batch_bytes``, or
-        that msgspec could not encode."""
-        if too_large:
-            self.ledger.drop_locked(
-                too_large,
-                DropReason(
-                    kind="too_large",
-                    message="event alone is larger than "
-                    f"max_batch_bytes={self.config.max_batch_bytes}",
-                ),
-                reports,
-            )
-        for p, error in unencodable:
-            self.ledger.drop_locked(
-                [p],
-                DropReason(kind="unencodable", message=f"cannot be encoded as JSON: {error!r}"),
-                reports,
-            )
-
-    def send(self, taken: list[Pending | QueuedEvent]) -> None:
-        if not isinstance(taken[0], Pending) and self.send_fresh(taken):  # type: ignore[arg-type]
-            return  # fresh events only (the schedule puts Pendings first): one body
-        ledger = self.ledger
-        hard_limit = self.config.max_batch_bytes
-        encoded, unencodable, grown = self.encode_all(taken)
-        now = time.monotonic()
-        reports: Reports = []
-        try:
-            with ledger.lock:
-                if ledger.closed:
-                    return
-                ledger.outstanding_bytes += grown
-                batch, too_large = ledger.schedule.cut(encoded, hard_limit)
-                ledger.inflight = batch
-                ledger.inflight_raw = []
-                self.drop_unsendable_locked(too_large, unencodable, reports)
-                deadline = min(ledger.deadline, self._inline_deadline)
-        finally:
-            self.hand_over(reports)
-        if not batch:
-            return
-        for p in batch:
-            p.attempts += 1
-            if p.first_sent == 0.0:
-                p.first_sent = now
-        timeout = self.config.timeout
-        if deadline != math.inf:
-            timeout = max(min(timeout, deadline - now), 0.05)
-        outcome = self.request(join_batch([p.body for p in batch]), timeout, batch)
-        reports = []
-        try:
-            with ledger.lock:
-                if ledger.closed:
-                    ledger.inflight = []
-                    return  # shutdown() already reported these as dropped at its deadline
-                settle_locked(ledger, batch, outcome, time.monotonic(), reports, self.reporter.log)
-                # Emptied only now: should the accounting above fail, the loop's recovery
-                # puts the batch back in line instead of losing it.
-                ledger.inflight = []
-                ledger.settled.notify_all()
-                ledger.room.notify_all()
-        finally:
-            self.hand_over(reports)
-
-    def request(self, body: bytes, timeout: float, batch: Sequence[Pending] | int) -> Outcome:
-        """The sender's outcome for one body (``batch``: its events, or how many on a
-        first try); a sender that raises is a retry. Logged at DEBUG (``ENSO_DEBUG``)."""
-        started = time.monotonic()
-        try:
-            outcome = self.sender.send(body, timeout)
-        except Exception as exc:  # a bug in a sender must not lose the batch
-            what = describe_exception(exc)
-            self.reporter.log(logging.ERROR, "sender", "sender raised %s; will retry", what)
-            with self.ledger.lock:
-                self.ledger.worker_errors += 1
-            outcome = Retry(f"sender raised {what}")
-        took = time.monotonic() - started
-        log_request(self.reporter.log, batch, len(body), outcome, took)
-        observer = self.request_observer
-        if observer is not None:
-            try:
-                observer(took, len(body), outcome)
-            except Exception:  # a metrics pipeline must not cost a batch
-                self.reporter.hook_errors.add()
-        return outcome
-
-    def send_fresh(self, items: list[QueuedEvent]) -> bool:
-        """Send events straight from the queue as one body encoded in one msgspec call,
-        with books kept per batch: no per-event body, ``Pending`` or loop when Enso takes
-        them all (the common case). Only when it does not are the events encoded one by
-        one and settled as any other batch (retries, bisection, 413 and partial failures
-        need per-event bodies). False, having done nothing, when the per-event path must
-        cut the batch: it does not encode, or its body is over the byte limit.
-
-        Memory: the body is counted in ``outstanding_bytes`` while the request runs, on
-        top of the queued events' own estimates, which stay as they were.
-        """
-        ledger = self.ledger
-        try:
-            body = self._encoder.encode_batch(items, ledger.id_prefix)
-        except Exception:  # an event msgspec refuses: the per-event path isolates it
-            return False
-        size = len(body)
-        if size > ledger.schedule.byte_limit:  # only this thread changes it
-            return False
-        n = len(items)
-        now = time.monotonic()
-        with ledger.lock:
-            if ledger.closed:
-                return True  # shutdown() accounted for them (inflight_raw)
-            ledger.outstanding_bytes += size
-            ledger.inflight_body = size
-            deadline = min(ledger.deadline, self._inline_deadline)
-        timeout = self.config.timeout
-        if deadline != math.inf:
-            timeout = max(min(timeout, deadline - now), 0.05)
-        outcome = self.request(body, timeout, n)
-        del body
-        if isinstance(outcome, Answered):
-            verdict = reconcile(outcome.answer, n)  # pure: settle_locked checks it again
-            if verdict.vouched and not verdict.failures:
-                held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
-                with ledger.lock:
-                    ledger.outstanding_bytes -= size
-                    ledger.inflight_body = 0
-                    if not ledger.closed:  # else shutdown() already reported them
-                        settle_fresh_locked(ledger, items, held_total)
-                    ledger.inflight_raw = []
-                    ledger.settled.notify_all()
-                    ledger.room.notify_all()
-                if self.receipts is not None:  # folded and written before flush() returns
-                    self.report_problems(self.receipts.commit_settled(ledger))
-                self.reporter.log.emit()
-                return True
-        # Per-event objects, only now: the schedule retries, bisects and splits them.
-        pendings, unencodable, grown = self.encode_all(items)
-        for p in pendings:
-            p.attempts = 1
-            p.first_sent = now
-        if unencodable:  # cannot happen (the batch encoded); indices would not match
-            outcome = Retry("an event of the batch no longer encodes alone")
-        reports: Reports = []
-        try:
-            with ledger.lock:
-                ledger.outstanding_bytes -= size
-                ledger.inflight_body = 0
-                if ledger.closed:
-                    ledger.inflight_raw = []
-                    return True  # shutdown() already reported these as dropped
-                ledger.outstanding_bytes += grown
-                ledger.inflight = pendings
-                ledger.inflight_raw = []
-                self.drop_unsendable_locked([], unencodable, reports)
-                settle_locked(
-                    ledger, pendings, outcome, time.monotonic(), reports, self.reporter.log
-                )
-                ledger.inflight = []  # only now: see send()
-                ledger.settled.notify_all()
-                ledger.room.notify_all()
-        finally:
-            self.hand_over(reports)
-        return True
-
-    def report_problems(self, problems: list[Problem]) -> None:
-        if not problems:
-            return
-        log = self.reporter.log
-        with self.ledger.lock:
-            self.ledger.last_error = problems[-1][1]
-        for kind, message in problems:
-            log.always(logging.ERROR, "enso-tracker spool (%s): %s", kind, message)
-        log.emit()
-
-    def hand_over(self, reports: Reports) -> None:
-        """Report drops counted under the lock, then let ``flush()`` see them done.
-
-        Called with the lock released, after every locked section of the sender: it is
-        also where log records queued under the lock are emitted, and, with a spool,
-        where dead letters are stored and settled rows deleted (before ``flush()`` may
-        return: a caller who flushed finds its dead letters stored).
-        """
-        if self.spooler is not None:
-            self.spooler.commit()
-        elif self.receipts is not None:
-            self.report_problems(self.receipts.commit_settled(self.ledger))
-        if not reports:
-            self.reporter.log.emit()
-            return
-        try:
-            self.reporter.report(reports)
-        finally:
-            self.ledger.handed_over(len(reports))
-
-    # ---------------------------------------------------------------- shutdown
-
-    def begin_shutdown(self, deadline: float) -> None:
-        ledger = self.ledger
-        with ledger.lock:
-            if ledger.closed or ledger.stopping:
-                return
-            ledger.stopping = True
-            ledger.deadline = deadline
-            ledger.schedule.expedite()  # one more prompt try for everything that is left
-            ledger.room.notify_all()  # blocked track() calls give up now
-            pending = ledger.outstanding or ledger.on_disk
-        if pending:
-            self.kick()
-        else:
-            self.wake.set()
-
-    def _nothing_left(self) -> bool:
-        with self.ledger.lock:
-            return not (self.ledger.outstanding or self.ledger.on_disk)
-
-    def finish_shutdown(self, deadline: float) -> bool:
-        """Wait for delivery until ``deadline``, then drop what is left, stop the thread
-        and close the sender. True only when every event ``track()`` was given reached
-        Enso: nothing dropped (for any reason) and nothing refused."""
-        ledger = self.ledger
-        reports: Reports = []
-        if self.stalled():
-            self.deliver_inline(lambda: ledger.closed or self._nothing_left(), deadline)
-        with ledger.settled:
-            while (ledger.outstanding or ledger.on_disk) and not ledger.closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if self.thread is None or not self.thread.is_alive():
-                    break  # no sender to wait for (e.g. it could not start at exit)
-                ledger.settled.wait(min(remaining, threading.TIMEOUT_MAX))
-            if ledger.closed:
-                return not ledger.dropped and not ledger.refused
-            ledger.close_locked(reports)
-            delivered, dropped = ledger.delivered, dict(ledger.dropped)
-            refused = dict(ledger.refused)
-            books = ledger.spool
-            left = books.left_in_spool if books is not None else 0
-            foreign = books.foreign_files if books is not None else 0
-        self.wake.set()
-        spooler = self.spooler
-        if spooler is not None:
-            spooler.wake.set()
-        for thread in (self.thread, spooler.thread if spooler is not None else None):
-            # (A thread that never started cannot be joined: join() would raise.)
-            if _alive(thread) and thread is not threading.current_thread():
-                assert thread is not None
-                thread.join(min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
-        self._release()
-        # Closing the client also aborts a request still hanging past the deadline.
-        self._close_sender()
-        lost, turned_away = sum(dropped.values()), sum(refused.values())
-        self.reporter.log.always(
-            logging.WARNING if lost or turned_away or left or foreign else logging.INFO,
-            "enso-tracker shut down: %d delivered, %d dropped%s, %d refused%s%s%s",
-            delivered,
-            lost,
-            f" {dropped}" if lost else "",
-            turned_away,
-            f" {refused}" if turned_away else "",
-            f", {left} left in the spool for the next start" if left else "",
-            f"; {foreign} spool files of another destination or credential left untouched"
-            if foreign
-            else "",
-        )
-        self.hand_over(reports)
-        return not lost and not turned_away and not left
-
-
-def _alive(thread: threading.Thread | None) -> bool:
-    return thread is not None and thread.is_alive()

@@ -15,7 +15,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Final
 
-from .._ledger import Ledger
+from .._ledger import Ledger, State
 from .._reporting import Reports
 from .._wire_decode import split_batch
 from .books import SpoolBooks
@@ -100,7 +100,7 @@ class BacklogRounds:
         """Adopt orphan spool files when due, load a backlog row when memory has room.
         True if it did something (the loop then comes straight back)."""
         ledger, books, disk = self.ledger, self.books, self.disk
-        if now >= disk.next_scan and not ledger.stopping:
+        if now >= disk.next_scan and ledger.state is State.OPEN:
             return self.adopt(now)
         with ledger.lock:
             refill = not books.backlog_adopted and books.unread_adopted > 0
@@ -140,7 +140,7 @@ class BacklogRounds:
                         else f"a spool record says {row.n} events and holds {len(bodies)}"
                     )
                     books.corrupt_locked(row, own, raw, f"{why} ({row.file.path})", reports)
-                    ledger.settled.notify_all()
+                    ledger.left_disk_locked()
                     disk_rows = [row]
                 else:
                     first = row.first_seq if own else None

@@ -99,7 +99,7 @@ class SpoolBooks:
         if self.clock is None:
             self.clock = now
         due = (
-            led.stopping
+            led.state > 0  # not State.OPEN: stopping or closed
             or led.flush_waiters > 0
             or led.flush_asked
             or len(queue) >= cfg.max_batch_size
@@ -107,7 +107,7 @@ class SpoolBooks:
         )
         if not due:
             return [], self.clock + cfg.spool_interval - now
-        taken = [queue.popleft() for _ in range(min(len(queue), cfg.max_batch_size))]
+        taken = led.take_queued_locked(cfg.max_batch_size)
         if not queue:
             self.clock = None
         self.spooling = taken
@@ -135,17 +135,15 @@ class SpoolBooks:
             self.staged.extend(pendings)
 
     def release_locked(self, pendings: list[Pending], row: StoredBatch) -> None:
-        led = self.ledger
         self.backlog_own.append(row)
         self.on_disk += len(pendings)
-        led.outstanding -= len(pendings)
-        led.outstanding_bytes -= sum([p.size for p in pendings])
+        self.ledger.to_disk_locked(pendings)
 
     def recover_locked(self) -> None:
         """After an unexpected error in the spooler: what it had taken goes back in line
         (written twice at worst: the same eventIds, deduplicated by Enso)."""
         if self.spooling:
-            self.ledger.queue.extendleft(reversed(self.spooling))
+            self.ledger.requeue_locked(self.spooling)
             self.spooling = []
 
     # ------------------------------------------------------------------ the backlog
@@ -156,12 +154,11 @@ class SpoolBooks:
         led = self.ledger
         (self.backlog_own if own else self.backlog_adopted).popleft()
         self.on_disk -= len(pendings)
-        led.outstanding += len(pendings)
-        led.outstanding_bytes += sum([p.size for p in pendings])
+        led.to_memory_locked(pendings)
         if own:
             self.staged.extend(pendings)
         else:
-            led.schedule.enqueue(pendings)
+            led.ready_locked(pendings)
 
     def adopt_locked(self, rows: list[StoredBatch], unread: int = 0) -> None:
         """Rows of adopted files join the backlog, and ``unread`` events of theirs that
@@ -197,12 +194,8 @@ class SpoolBooks:
         self.dead.append((raw, reason))
 
     def _count_corrupt_locked(self, events: int, why: str, reports: Reports) -> DropReason:
-        led = self.ledger
         reason = DropReason(kind="corrupt", message=why)
-        led.dropped["corrupt"] = led.dropped.get("corrupt", 0) + events
-        led.last_error = str(reason)
-        reports.append(([], reason))
-        led.reporting += 1
+        self.ledger.lose_unread_locked(events, reason, reports)
         return reason
 
     # ------------------------------------------------------------------ the ledger asks
@@ -250,8 +243,7 @@ class SpoolBooks:
         led = self.ledger
         on_disk = [p for p in left if p.row is not None]
         self.left_in_spool += len(on_disk) + self.on_disk
-        led.outstanding -= len(on_disk)
-        led.outstanding_bytes -= sum([p.size for p in on_disk])
+        led.to_disk_locked(on_disk)
         self.on_disk = 0
         self.backlog_own.clear()
         self.backlog_adopted.clear()

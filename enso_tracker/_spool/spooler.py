@@ -31,7 +31,7 @@ from typing import Protocol
 from .._config import Config
 from .._errors import describe_exception
 from .._items import SEQ, Pending, QueuedEvent, held
-from .._ledger import Ledger
+from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
 from .._reporting import Reporter, Reports
@@ -141,7 +141,7 @@ class Spooler(BacklogRounds):
             if ledger.closed:
                 return CLOSED
             raw, wait = books.plan_locked(now)
-            stopping = ledger.stopping
+            stopping = ledger.state is not State.OPEN
         if raw:
             self._deletes_due = None  # the write carried the deferred deletes
             self.write(raw)
@@ -207,14 +207,14 @@ class Spooler(BacklogRounds):
                     # Back at the head of the line, as they were (not encoded): written
                     # once the spool has room, in order.
                     back = {p.seq for p in rest}
-                    ledger.queue.extendleft(reversed([q for q in raw if q[SEQ] in back]))
+                    ledger.requeue_locked([q for q in raw if q[SEQ] in back])
                     books.gate = time.monotonic() + self.config.backoff_base
                     if not written:
                         log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
                     rest = []
                 kept = [p for chunk, _ in written for p in chunk] + rest + too_large
                 # Encoded: they now hold their bodies (the held back ones are raw again).
-                ledger.outstanding_bytes += sum([p.size - held(p.item) for p in kept])
+                ledger.grown_locked(sum([p.size - held(p.item) for p in kept]))
                 self.host.drop_unsendable_locked(too_large, unencodable, reports)
                 if full is not None and rest:
                     ledger.drop_locked(
@@ -224,11 +224,10 @@ class Spooler(BacklogRounds):
                     )
                 elif rest:
                     # Sent from memory; ready like retries (staged keeps to disk order).
-                    ledger.schedule.enqueue(rest)
+                    ledger.ready_locked(rest)
                     for p in rest:
                         heapq.heappush(books.volatile, (p.seq, p))
-                    ledger.worker_errors += 1
-                    ledger.last_error = f"cannot write to the spool: {failed}"
+                    ledger.count_internal_error_locked(f"cannot write to the spool: {failed}")
                     log(
                         logging.ERROR,
                         "spool_write",
@@ -241,8 +240,7 @@ class Spooler(BacklogRounds):
                     books.stage_locked(chunk, row)
                 if written:
                     books.own_bytes = size
-                ledger.room.notify_all()  # memory freed (rows on disk only, drops)
-                ledger.settled.notify_all()
+                ledger.spooled_locked()  # memory freed (rows on disk only, drops)
         finally:
             self.hand_over(reports)
         self.host.wake.set()  # the sender: new events to send
@@ -255,7 +253,7 @@ class Spooler(BacklogRounds):
             finished, dead = ledger.take_finished_locked()
             if not finished and not dead:
                 return
-            ledger.committing += 1  # flush() waits for this commit (Ledger.settled_locked)
+            ledger.begin_commit_locked()  # flush() waits for this commit
         stored = evicted = size = 0
         problems: list[Problem] = []
         try:
@@ -271,18 +269,17 @@ class Spooler(BacklogRounds):
                             ("corrupt", f"unreadable dead-letter store renamed to {aside}")
                         )
                 problems.extend(disk.settle(finished))
-                if ledger.flush_waiters or ledger.stopping:
+                if ledger.flush_waiters or ledger.state is not State.OPEN:
                     # Someone waits: the delivered rows leave the disk before it returns
                     # (a process that flushes and exits must not leave them to resend).
                     problems.extend(disk.flush_deletes())
                 size = disk.own_size()
         finally:
             with ledger.lock:
-                ledger.committing -= 1
                 books.dead_letters += stored
                 books.dead_evicted += evicted
                 books.own_bytes = size
-                ledger.settled.notify_all()
+                ledger.end_commit_locked()
         room = False
         if finished:
             with ledger.lock:

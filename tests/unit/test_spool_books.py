@@ -84,8 +84,8 @@ def audit(led: Ledger) -> None:
     assert led.seq + spool.adopted == (
         led.outstanding
         + spool.on_disk
-        + led.delivered
-        + sum(led.dropped.values())
+        + led.counters.delivered
+        + sum(led.counters.dropped.values())
         + spool.left_in_spool
     )
 
@@ -156,7 +156,7 @@ def test_a_written_batch_is_staged_or_left_on_disk_when_memory_is_tight(tmp_path
     spool.staged.clear()
     led.outstanding -= 2
     led.outstanding_bytes -= 2 * SIZE
-    led.delivered += 2
+    led.counters.delivered += 2
     assert led.min_unsettled_locked() == 3  # the backlog's first row
     spool.load_locked(encoded(raw, row), own=True)
     assert [p.seq for p in spool.staged] == [3, 4, 5]
@@ -178,13 +178,13 @@ def test_adopted_rows_are_counted_read_in_chunks_and_lost_if_unreadable(tmp_path
     audit(led)
     reports: Reports = []
     spool.lose_unread_locked(4, "the file became unreadable", reports)
-    assert led.dropped == {"corrupt": 4}
+    assert led.counters.dropped == {"corrupt": 4}
     assert spool.unread_adopted == 0
-    assert led.reporting == 1
+    assert led._reporting == 1
     assert reports[0][1].kind == "corrupt"
     audit(led)
     spool.corrupt_locked(rows[0], False, b"\x00raw", "a record failed its CRC check", reports)
-    assert led.dropped == {"corrupt": 7}
+    assert led.counters.dropped == {"corrupt": 7}
     assert list(spool.backlog_adopted) == [rows[1]]
     finished, dead = led.take_finished_locked()
     assert finished == []
@@ -238,7 +238,7 @@ def test_close_leaves_what_is_on_disk_for_the_next_tracker(tmp_path: Path) -> No
     # rest (being written, and still queued) dropped as shutdown.
     assert sorted(p.seq for p in left) == [3, 4, 5]
     assert spool.left_in_spool == 2 + 4
-    assert led.dropped == {"shutdown": 3}
+    assert led.counters.dropped == {"shutdown": 3}
     assert not spool.staged
     assert not spool.spooling
     assert spool.on_disk == 0
