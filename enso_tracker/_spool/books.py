@@ -53,6 +53,7 @@ class SpoolBooks:
         "left_in_spool",
         "on_disk",
         "own_bytes",
+        "room_freed",
         "skipped_files",
         "spooling",
         "staged",
@@ -74,6 +75,10 @@ class SpoolBooks:
         self.left_in_spool = 0
         self.clock: float | None = None  # when the oldest queued event was seen
         self.gate = 0.0  # no write before it (after the disk refused one)
+        #: Rows were deleted while a batch was held back for a full spool: its next try
+        #: holds it again if it still finds no room (the sender is draining), instead of
+        #: dropping it; only a hold that ran out its backoff with nothing freed drops.
+        self.room_freed = False
         self.own_bytes = 0  # bytes of this process's spool file
         self.dead_letters = 0
         self.dead_evicted = 0

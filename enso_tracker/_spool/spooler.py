@@ -168,8 +168,10 @@ class Spooler(BacklogRounds):
 
         When the spool is full (a bound, the file size limit, the disk): if some rows of
         this batch were written, the rest waits at the head of the queue until rows are
-        deleted (or ``backoff_base``); if none was, ``queue_full_policy`` decides: the
-        rest is dropped as ``spool_full`` or held in memory (``track()`` then blocks)."""
+        deleted (or ``backoff_base``), and waits again if rows were deleted meanwhile but
+        the room is not there yet; if none was and nothing was freed since the batch was
+        held back, ``queue_full_policy`` decides: the rest is dropped as ``spool_full``
+        or held in memory (``track()`` then blocks)."""
         ledger, books, disk = self.ledger, self.books, self.disk
         encoded, unencodable, _ = self.host.encode_all(raw)
         hard_limit = self.config.max_batch_bytes
@@ -195,13 +197,19 @@ class Spooler(BacklogRounds):
             rest = [p for later in chunks[i:] for p in later]
             break
         size = disk.own_size() if written else 0
-        hold = full is not None and (bool(written) or self.config.queue_full_policy == "block")
         reports: Reports = []
         log = self.reporter.log
         try:
             with ledger.lock:
                 if ledger.closed:
                     return  # shutdown() already accounted for these at its deadline
+                # Held, not dropped: part of this batch fit; or "block"; or rows were
+                # deleted since it was last held back (the sender is draining: the room
+                # is coming, a deletion may just not have reached the file yet).
+                hold = full is not None and (
+                    bool(written) or self.config.queue_full_policy == "block" or books.room_freed
+                )
+                books.room_freed = False
                 books.spooling = []
                 if hold:
                     # Back at the head of the line, as they were (not encoded): written
@@ -287,6 +295,7 @@ class Spooler(BacklogRounds):
                 # for a full spool is tried again now, not at the end of its backoff.
                 room = books.gate > 0.0
                 books.gate = 0.0
+                books.room_freed = books.room_freed or room
         if (
             room
             or books.backlog_own

@@ -141,6 +141,15 @@ def test_the_directory_bound_holds_for_all_trackers_together(
         second = _tracker(spool, fake, second_drops, **bounds)
         ids = [accepted(second.track("ent", "b", i, metadata=META)) for i in range(3000)]
         assert wait_until(lambda: second is not None and second.stats().durable_seq == 3000, 20.0)
+        # Drops are counted under the lock and handed to on_drop just after: wait for both.
+        assert wait_until(
+            lambda: (
+                second is not None
+                and second.stats().dropped.get("spool_full", 0)
+                == len(second_drops.events("spool_full"))
+            ),
+            20.0,
+        )
         refused = second_drops.events("spool_full")
         assert refused, second.stats()
         stats = second.stats()
@@ -213,6 +222,11 @@ def test_the_free_space_guard_makes_the_spool_full(
     try:
         ids = [accepted(tracker.track("ent", "m", i, metadata=META)) for i in range(4000)]
         assert wait_until(lambda: tracker.stats().durable_seq == 4000, 20.0)
+        # Drops are counted under the lock and handed to on_drop just after: wait for both.
+        assert wait_until(
+            lambda: tracker.stats().dropped.get("spool_full", 0) == len(drops.events("spool_full")),
+            20.0,
+        )
         refused = drops.events("spool_full")
         assert refused
         assert all("spool_min_free_bytes=104857600" in r.message for _, r in drops.calls)
