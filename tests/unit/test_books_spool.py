@@ -57,9 +57,7 @@ def test_rows_are_released_once_their_events_are_delivered_or_dead_lettered(
     drops = DropRecorder()
     tracker = spooled_tracker(fake, tmp_path, trackers, on_drop=drops, max_retries=max_retries)
     fake.fail_event_ids(["flaky"], status=503, times=1)
-    ids = [
-        accepted(tracker.track("ent_1", "api_calls", i, event_id=f"ok{i}")) for i in range(8)
-    ]
+    ids = [accepted(tracker.track("ent_1", "api_calls", i, event_id=f"ok{i}")) for i in range(8)]
     flaky = accepted(tracker.track("ent_1", "api_calls", 1, event_id="flaky"))
     gone = accepted(tracker.track("ent_gone", "api_calls", 1, event_id="gone"))
     assert tracker.flush(10.0)
