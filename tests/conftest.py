@@ -22,26 +22,6 @@ for _switch in ("ENSO_DISABLED", "ENSO_DEBUG"):
     os.environ.pop(_switch, None)
 
 
-#: Under xdist, the order tests are handed out in: the system tier's long runs first, so
-#: that the short tests fill the workers at the end instead of one 80 s harness.
-_TIER_ORDER = {"system": 0, "integration": 1, "unit": 2}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``make test`` (``pytest -n auto --dist loadgroup``) each test is scheduled on
-    its own, except that the tests of a module sharing a module-scoped fixture (a Dask
-    cluster, a Spark session, a built wheel) run on one worker, which sets it up once."""
-    for item in items:
-        if not isinstance(item, pytest.Function) or item.module is None:
-            continue
-        shared = item._fixtureinfo.name2fixturedefs.values()
-        if any(d.scope == "module" for defs in shared for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
-        items.sort(key=lambda item: _TIER_ORDER.get(item.path.parent.name, 1))
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll a condition the test cannot be notified of, with a deadline (no fixed sleep)."""
     deadline = time.monotonic() + timeout
