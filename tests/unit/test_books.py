@@ -471,3 +471,38 @@ def test_max_queue_size_admits_exactly_that_many(make: Make, fake: FakeEnso) -> 
     assert tracker.flush(10.0)
     assert len(fake.events) == 3
     assert tracker.track("ent_1", "api_calls", 9) is not None  # room again
+
+
+def test_a_disabled_tracker_lets_events_go_with_their_bytes(drops: DropRecorder) -> None:
+    # Validated, counted as disabled, never sent: nothing stays held, not even a byte,
+    # however many events (a byte kept per event would fill max_queue_bytes).
+    tracker = Tracker(disabled=True, max_queue_bytes=4096, on_drop=drops, handle_sigterm=False)
+    try:
+        for i in range(200):
+            accepted(tracker.track("ent_1", "api_calls", i, metadata={"pad": "x" * 900}))
+        held_now = audit(tracker)
+        assert (held_now.events, held_now.bytes) == (0, 0)
+        stats = tracker.stats()
+        assert (stats.disabled, stats.refused, stats.queued_bytes) == (200, {}, 0)
+    finally:
+        assert tracker.shutdown(5.0)
+    assert drops.calls == []
+
+
+def test_an_exhausted_event_names_its_cause_not_a_previous_exhaustion(
+    make: Make, fake: FakeEnso, drops: DropRecorder
+) -> None:
+    # The per-record path keeps last_error as it was, so the second event to run out of
+    # retries finds the first one's retries_exhausted text there: the cause is taken
+    # from inside it, never nested.
+    tracker = make(max_retries=1)
+    fake.fail_event_ids(["first", "second"], status=503, times=1000)
+    for event_id in ("first", "second"):
+        accepted(tracker.track("ent_1", "api_calls", 1, event_id=event_id))
+        assert tracker.flush(10.0)
+    messages = [drops.reasons()[event_id].message for event_id in ("first", "second")]
+    for message in messages:
+        assert message.startswith("gave up after 2 attempts over ")
+        assert message.endswith("s; last error: per-record failures"), message
+    assert tracker.stats().dropped == {"retries_exhausted": 2}
+    assert audit(tracker).events == 0
