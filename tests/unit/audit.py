@@ -10,7 +10,8 @@ event can be held in memory and checks the ledger's counts against it:
 * ``outstanding`` is the number of events held;
 * ``outstanding_bytes`` is what they hold (a queued event its ``held()`` estimate, a
   taken one its ``Pending.size``), plus the body of a fresh batch in flight;
-* ``stats()`` balances and its ``pending`` is ``outstanding`` plus the spool's backlog.
+* ``stats()`` balances, its ``pending`` is ``outstanding`` plus the spool's backlog, and
+  its ``queued_bytes`` is what the events not in flight hold.
 
 This is the one place in the tests that reads the ledger's private state: when the
 ledger's fields change, this function changes with them, not every test.
@@ -33,6 +34,8 @@ class Holdings:
 
     events: int
     bytes: int
+    #: Of those, what waits (not in flight): what ``stats().queued_bytes`` reports.
+    waiting_bytes: int
     seqs: tuple[int, ...]
 
 
@@ -44,17 +47,15 @@ def _ledger_of(subject: Ledger | Tracker) -> Ledger:
 
 def holdings_locked(ledger: Ledger) -> Holdings:
     """Every event held in memory, with ``ledger.lock`` held by the caller."""
-    raw = [*ledger.queue, *ledger.inflight_raw, *ledger.spooling]
+    waiting_raw = [*ledger.queue, *ledger.spooling]
     schedule = ledger.schedule
-    pendings: list[Pending] = [
-        *ledger.inflight,
-        *schedule.ready,
-        *schedule.retry,
-        *ledger.staged,
-    ]
+    waiting: list[Pending] = [*schedule.ready, *schedule.retry, *ledger.staged]
+    raw = [*waiting_raw, *ledger.inflight_raw]
+    pendings = [*waiting, *ledger.inflight]
     seqs = tuple([item[SEQ] for item in raw] + [p.seq for p in pendings])
     size = sum(held(item) for item in raw) + sum(p.size for p in pendings)
-    return Holdings(len(seqs), size + ledger.inflight_body, seqs)
+    waits = sum(held(item) for item in waiting_raw) + sum(p.size for p in waiting)
+    return Holdings(len(seqs), size + ledger.inflight_body, waits, seqs)
 
 
 def audit(subject: Ledger | Tracker) -> Holdings:
@@ -72,5 +73,6 @@ def audit(subject: Ledger | Tracker) -> Holdings:
         f"the queues hold {held_now.events} events and {held_now.bytes} bytes"
     )
     assert stats.balanced, stats
+    assert stats.queued_bytes == held_now.waiting_bytes, (stats.queued_bytes, held_now)
     assert stats.pending == books[0] + on_disk, (stats.pending, books[0], on_disk)
     return held_now
