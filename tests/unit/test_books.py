@@ -343,6 +343,8 @@ def test_an_answer_that_does_not_add_up_delivers_and_rejects_nothing(
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert resent(seen) == ids
+    if b"summary" in body:  # parsed, but it does not add up: no sign the batch is at fault
+        assert [ids_in(r) for r in seen] == [ids, ids]  # so resent whole, not bisected
     assert sorted(fake.event_ids()) == ids
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped, stats.failed_requests) == (3, {}, 1)
@@ -382,10 +384,12 @@ def test_bytes_held_while_a_batch_is_in_flight_match_the_books(make: Make, fake:
     stats = tracker.stats()
     assert stats.in_flight >= 5
     assert stats.in_flight + stats.queued == 12
+    assert stats.durable_seq == 0  # without a spool: settled, and nothing is yet
     fake.release()
     assert tracker.flush(10.0)
     assert audit(tracker).events == 0
-    assert tracker.stats().queued_bytes == 0
+    stats = tracker.stats()
+    assert (stats.queued_bytes, stats.durable_seq) == (0, 12)
 
 
 # --------------------------------------------------------------- limits, exactly
@@ -505,4 +509,37 @@ def test_an_exhausted_event_names_its_cause_not_a_previous_exhaustion(
         assert message.startswith("gave up after 2 attempts over ")
         assert message.endswith("s; last error: per-record failures"), message
     assert tracker.stats().dropped == {"retries_exhausted": 2}
+    assert audit(tracker).events == 0
+
+
+def test_block_policy_refuses_once_block_timeout_passes_without_room(make: Make) -> None:
+    # Nothing leaves the queue (flush_interval is far off): a third event waits
+    # block_timeout for room, then is refused as queue_full; the queue never grows past
+    # max_queue_size.
+    tracker = make(
+        max_queue_size=2, queue_full_policy="block", block_timeout=0.2, flush_interval=10.0
+    )
+    assert [tracker.track("ent_1", "api_calls", i) is not None for i in range(2)] == [True] * 2
+    assert tracker.track("ent_1", "api_calls", 3) is None
+    stats = tracker.stats()
+    assert (stats.accepted, stats.refused) == (2, {"queue_full": 1})
+    assert audit(tracker).events == 2
+
+
+def test_a_dropped_event_is_reported_with_its_generated_id_and_its_metadata(
+    make: Make, fake: FakeEnso, drops: DropRecorder
+) -> None:
+    fake.known_entities = ["ent_1"]
+    tracker = make()
+    gone = accepted(tracker.track("ent_gone", "api_calls", 5, metadata={"region": "eu"}))
+    kept = accepted(tracker.track("ent_1", "api_calls", 1, metadata={"region": "us"}))
+    assert tracker.flush(10.0)
+    [event] = drops.events("rejected")
+    assert (event.event_id, event.entity, event.value, event.metadata) == (
+        gone,
+        "ent_gone",
+        5,
+        {"region": "eu"},
+    )
+    assert fake.event_ids() == [kept]
     assert audit(tracker).events == 0
