@@ -22,7 +22,8 @@ from typing import Any
 
 from enso_tracker import Tracker
 from enso_tracker._items import Pending
-from enso_tracker._receipts import Level, ReceiptStore, SpoolReceipts
+from enso_tracker._receipts import SpoolReceipts
+from enso_tracker._receipts_store import Level, ReceiptStore
 from enso_tracker._wire import EventEncoder
 
 from ._common import API_KEY, Row, Section, Sizes, Summary, progress

@@ -28,7 +28,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
-from enso_tracker._compress import gzip_body, implementation
+from enso_tracker._http.compress import gzip_body, implementation
 from enso_tracker._items import QueuedEvent
 from enso_tracker._wire import EventEncoder
 
@@ -269,11 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--gzip", action="store_true")
+    parser.add_argument(
+        "--min-request-interval", type=float, default=None, help="override the default"
+    )
     parser.add_argument("--memory", type=int, default=0, help="also: bytes per queued event")
     args = parser.parse_args(argv)
     if args.memory:
         print(f"memory: {queued_bytes(args.memory):.0f} B per queued event (tracemalloc)")
     options: dict[str, Any] = {"compression": "gzip"} if args.gzip else {}
+    if args.min_request_interval is not None:
+        options["min_request_interval"] = args.min_request_interval
     with ServerProcess("sink") as sink:
         for _ in range(args.repeats):
             f = paced(sink.url, args.seconds, **options)

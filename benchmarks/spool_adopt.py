@@ -34,8 +34,8 @@ def _plant(directory: str, files: int, url: str) -> int:
     """``files`` ownerless spool files of ``EVENTS_PER_FILE`` events, for ``url``'s identity."""
     import msgspec
 
-    from enso_tracker._spool_identity import fingerprint
-    from enso_tracker._spool_store import write_unowned
+    from enso_tracker._spool.format import write_unowned
+    from enso_tracker._spool.identity import fingerprint
     from enso_tracker._wire import join_batch
 
     who = fingerprint(url, "api_key", API_KEY)

@@ -26,10 +26,10 @@ from ._errors import (
     InvalidEventTypeError,
     NotInitializedError,
 )
+from ._http.sender import Answered, Outcome, Rejected, Retry, Sender, TooLarge, Unauthorized
 from ._model import DeadLetter, DropKind, DropReason, Event, SpoolStatus, Stats
 from ._receipts_query import EventReceipt, Receipts, ReceiptTotal
-from ._sender import Answered, Outcome, Rejected, Retry, Sender, TooLarge, Unauthorized
-from ._spool_admin import Spool
+from ._spool.admin import Spool
 from ._tracker import Tracker
 from ._version import __version__
 from ._wire import BatchAnswer, FailedRecord

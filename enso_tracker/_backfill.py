@@ -37,6 +37,7 @@ from ._validate import MAX_EXACT_INT, check_name, coerce_value, timestamp_ns
 
 __all__ = [
     "ID_PREFIX",
+    "MAX_NAME",
     "Occurrences",
     "check_namespace",
     "content",
@@ -47,7 +48,7 @@ __all__ = [
 
 ID_PREFIX: Final = "imp_"
 #: Long enough for any name, short enough to keep ids bounded in memory and logs.
-_MAX_NAME: Final = 10_000
+MAX_NAME: Final = 10_000
 _encode = msgspec.json.encode
 _sha256 = hashlib.sha256
 #: Parsed timestamps: exports repeat them (many rows a second or a minute), and parsing
@@ -61,8 +62,8 @@ def content(entity: Any, metric: Any, value: Any, timestamp: Any) -> bytes:
 
     Raises the ``InvalidEventError`` that ``track()`` would raise for a bad entity,
     metric, value or timestamp, naming the field."""
-    entity = check_name("entity", entity, _MAX_NAME)
-    metric = check_name("metric", metric, _MAX_NAME)
+    entity = check_name("entity", entity, MAX_NAME)
+    metric = check_name("metric", metric, MAX_NAME)
     kind = type(value)
     if kind is int and -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
         number = float(value) + 0.0  # + 0.0: -0.0 and 0.0 are one value

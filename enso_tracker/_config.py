@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._compress import Compression
 from ._errors import ConfigurationError
+from ._http.compress import Compression
 
 if TYPE_CHECKING:
     from ._model import DropReason, Event
@@ -147,6 +147,15 @@ class Config:
     #: cost the sender (and, through the GIL, your threads) less CPU per event. Never
     #: below ``max_batch_size``; set it equal to keep every request at that size.
     max_backlog_batch_size: int = 5_000
+    #: Shortest gap between two requests whose batch was cut by size. When batches fill
+    #: faster than this (high rates), the sender waits out the gap and sends what
+    #: gathered meanwhile in one fuller request (up to ``max_backlog_batch_size`` events
+    #: within ``max_batch_bytes``): at 20,000 events/s, 2,000 events per request instead
+    #: of 500, a quarter of the requests and of the sender's CPU. It adds at most this
+    #: much latency, only at high rates; ``flush()``, shutdown, retries, a queue half
+    #: full and the spool's stored batches are never held. 0 sends every full batch at
+    #: once. A ``flush_interval`` below it wins.
+    min_request_interval: float = 0.1
 
     def __post_init__(self) -> None:
         _check_url(self.base_url, self.allow_insecure_http)
@@ -209,6 +218,9 @@ class Config:
             raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
         self._check_receipts()
         _check_int("max_backlog_batch_size", self.max_backlog_batch_size, 1, 1_000_000)
+        _check_seconds(
+            "min_request_interval", self.min_request_interval, positive=False, maximum=DAY
+        )
         if self.compression not in (None, "gzip"):
             raise ConfigurationError(f"compression={self.compression!r}: must be None or 'gzip'")
         if self.on_drop is not None and not callable(self.on_drop):

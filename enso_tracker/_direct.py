@@ -3,7 +3,7 @@
 :func:`send_events` (and :func:`send` for one event) is for scripts, cron jobs and the
 command line: no tracker to manage, no thread, no queue and never a spool. Events are
 checked exactly as ``Tracker.track()`` checks them (an error at the call site, nothing
-sent), then POSTed by the tracker's own sender (``_sender.HttpSender``: the same
+sent), then POSTed by the tracker's own sender (``_http.sender.HttpSender``: the same
 credentials handling, request deadline, answer bounds and classification), and each
 event is judged by its own ``eventId`` from Enso's per-record answer (``_wire.reconcile``).
 
@@ -27,7 +27,6 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from ._auth import make_credentials
 from ._config import DAY, Config, env_flag, options_from_env
 from ._errors import (
     ConfigurationError,
@@ -36,9 +35,8 @@ from ._errors import (
     describe_exception,
     short_repr,
 )
-from ._schedule import RetryPolicy
-from ._sender import (
-    RETRYABLE_STATUS,
+from ._http.auth import make_credentials
+from ._http.sender import (
     Answered,
     HttpSender,
     Outcome,
@@ -48,6 +46,7 @@ from ._sender import (
     TooLarge,
     Unauthorized,
 )
+from ._retry import RetryPolicy
 from ._validate import CheckedEvent, check_event
 from ._wire import BODY_OVERHEAD, EventEncoder, join_batch, reconcile
 
@@ -182,14 +181,14 @@ class _Run:
 
     def later(self, items: list[_Item], retry_after: float | None) -> None:
         """Back in line after a backoff (or Enso's ``Retry-After``), unless out of tries."""
-        retry = [i for i in items if i.attempts <= self.config.max_retries]
-        spent = [i for i in items if i.attempts > self.config.max_retries]
+        retry = [i for i in items if not self.policy.out_of_tries(i.attempts)]
+        spent = [i for i in items if self.policy.out_of_tries(i.attempts)]
         message, status = self.problem
         self.settle(spent, "undelivered", message=message, status=status)
         if not retry:
             return
         attempt = max(i.attempts for i in retry)
-        wait = retry_after if retry_after is not None else self.policy.backoff(attempt - 1, _rng)
+        wait = self.policy.request_delay(attempt - 1, retry_after, _rng)
         self.waiting.append((time.monotonic() + wait, retry))
 
     def run(self, batches: list[list[_Item]]) -> None:
@@ -246,7 +245,7 @@ class _Run:
                             retry.append(item)
                         continue
                     status = failure.status
-                    if status is not None and (status >= 500 or status in RETRYABLE_STATUS):
+                    if self.policy.is_retryable_status(status):
                         self.problem = (failure.error or f"record failed with {status}", status)
                         retry.append(item)
                     else:

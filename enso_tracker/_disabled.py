@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from ._http.sender import Outcome
 from ._ledger import Ledger
 from ._reentry import register_lock_holders
 from ._reporting import Reports
-from ._sender import Outcome
 from ._worker import Worker
 
 __all__ = ["DisabledSender", "DisabledWorker"]
@@ -48,12 +48,8 @@ class DisabledWorker(Worker):
     def begin_shutdown(self, deadline: float) -> None:
         ledger = self.ledger
         with ledger.lock:
-            if ledger.closed or ledger.stopping:
-                return
-            ledger.stopping = True
-            ledger.deadline = deadline
-            ledger.let_go_locked()
-            ledger.room.notify_all()
+            if ledger.begin_stop_locked(deadline):
+                ledger.let_go_locked()
 
     def finish_shutdown(self, deadline: float) -> bool:
         """True unless ``track()`` refused something: nothing is ever pending here."""
@@ -61,10 +57,10 @@ class DisabledWorker(Worker):
         reports: Reports = []
         with ledger.lock:
             if ledger.closed:
-                return not ledger.dropped and not ledger.refused
+                return not ledger.counters.dropped and not ledger.counters.refused
             ledger.let_go_locked()
             ledger.close_locked(reports)  # holds nothing: no drop to report
-            disabled, refused = ledger.disabled, dict(ledger.refused)
+            disabled, refused = ledger.counters.disabled, dict(ledger.counters.refused)
         turned_away = sum(refused.values())
         self.reporter.log.always(
             logging.WARNING if turned_away else logging.INFO,

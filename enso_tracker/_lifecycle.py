@@ -49,7 +49,6 @@ from ._log import log
 
 __all__ = [
     "after_fork_in_child",
-    "flush_all",
     "forget",
     "live",
     "register",
@@ -110,12 +109,6 @@ def shutdown_all() -> None:
             t._finish_shutdown(deadline)
         except Exception:  # must not break other exit hooks
             log.exception("enso-tracker shutdown failed")
-
-
-def flush_all(timeout: float | None = None) -> bool:
-    """Flush every live tracker (for framework hooks that end a process their own way);
-    True when all of them settled within ``timeout`` each."""
-    return all([t.flush(timeout) for t in live()])
 
 
 atexit.register(shutdown_all)

@@ -15,8 +15,8 @@ from typing import Literal
 import msgspec
 
 from ._errors import ConfigurationError
-from ._receipts import Fold, add, number
-from ._spool_trust import UntrustedFile, open_sqlite
+from ._receipts_store import Fold, add, number
+from ._spool.trust import UntrustedFile, open_sqlite
 
 __all__ = ["EventReceipt", "ReceiptTotal", "Receipts", "hour_bound"]
 

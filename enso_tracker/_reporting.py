@@ -4,7 +4,10 @@ Drops are counted under the lock (``Ledger.drop_locked``) into a list of reports
 handed here once it is released: ``on_drop`` and logging handlers are user code, which
 may sleep, raise or call back into the tracker. An exception from either is counted
 (``hook_errors``), logged and never propagated. Without an ``on_drop`` hook no
-:class:`~enso_tracker.Event` is ever built.
+:class:`~enso_tracker.Event` is ever built, and nothing is decoded: a report carries the
+dropped ``Pending``s as they were (or, for ``track()``'s refusals, the tuple), and what
+an ``Event`` needs from a wire body (metadata, a spooled event's fields) is read back
+here, never under the lock.
 """
 
 from __future__ import annotations
@@ -17,22 +20,39 @@ import msgspec
 
 from ._config import OnDrop
 from ._errors import describe_exception
-from ._items import ENTITY, ID, JOB, META, METRIC, TS, VALUE, QueuedEvent
+from ._items import (
+    ENTITY,
+    IN_BODY,
+    JOB,
+    META,
+    METRIC,
+    SIZE,
+    TS,
+    VALUE,
+    WHOLE_BODY,
+    Pending,
+    QueuedEvent,
+    event_id_of,
+    metadata_of,
+)
 from ._log import DeferredLog, ErrorCounter
 from ._model import DropReason, Event
 from ._wire import EventEncoder
+from ._wire_decode import item_of
 
 __all__ = ["Reporter", "Reports"]
 
-#: Drops counted under the lock, waiting to be logged and handed to ``on_drop``.
-Reports = list[tuple[list[QueuedEvent], DropReason]]
+#: Drops counted under the lock, waiting to be logged and handed to ``on_drop``: the
+#: dropped events as the pipeline held them (encoded ``Pending``s, or queued tuples).
+Reports = list[tuple[list[Pending] | list[QueuedEvent], DropReason]]
 
 
 class Reporter:
     """The tracker's log (deferred, rate-limited) and its ``on_drop`` hook."""
 
-    def __init__(self, on_drop: OnDrop | None) -> None:
+    def __init__(self, on_drop: OnDrop | None, id_prefix: str = "") -> None:
         self.on_drop = on_drop
+        self.id_prefix = id_prefix  # the ledger's: generated eventIds are rebuilt with it
         # Fresh after a fork too: a lock inherited mid-acquire would never be released.
         self.hook_errors = ErrorCounter()
         self.log = DeferredLog(self.hook_errors)
@@ -65,10 +85,11 @@ class Reporter:
                 )
         self.log.emit()
 
-    def public_events(self, items: Sequence[QueuedEvent]) -> list[Event]:
+    def public_events(self, events: Sequence[Pending] | Sequence[QueuedEvent]) -> list[Event]:
+        items = [self.item_of(e) if isinstance(e, Pending) else e for e in events]
         return [
             Event(
-                event_id=item[ID] or "",  # None only before drop_locked fills it
+                event_id=event_id_of(item, self.id_prefix),
                 entity=item[ENTITY],
                 metric=item[METRIC],
                 value=item[VALUE],
@@ -78,3 +99,15 @@ class Reporter:
             )
             for item in items
         ]
+
+    @staticmethod
+    def item_of(p: Pending) -> QueuedEvent:
+        """A dropped event's tuple, with what the pipeline kept only in its wire body
+        read back: its metadata (``IN_BODY``), or all of it (``WHOLE_BODY``: a spooled
+        event, never held in memory as a tuple)."""
+        item = p.item
+        if item[META] is IN_BODY:
+            return (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
+        if item[META] is WHOLE_BODY:
+            return item_of(p.body, p.seq)
+        return item

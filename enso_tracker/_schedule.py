@@ -14,7 +14,8 @@ That is what lets ``tests/unit/test_schedule.py`` check its rules deterministica
   failure, until the culprit is alone; a lone failing event waits on its own backoff in
   the retry heap while everything else flows around it.
 * **413 learning.** A refused body halves the byte limit for the tracker's life.
-* **Budgets.** :class:`RetryPolicy` says when an event has been tried enough.
+* **Budgets and delays.** :class:`~._retry.RetryPolicy` answers every retry question
+  (how long to wait, when an event has been tried enough); this module keeps the state.
 * **Low-water mark.** Events out of acceptance order (retried, put back) are noted in a
   heap, so the lowest unsettled sequence is found in O(log n) (``flush()`` needs it).
 """
@@ -22,19 +23,19 @@ That is what lets ``tests/unit/test_schedule.py`` check its rules deterministica
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from itertools import islice, repeat
 from operator import itemgetter
 from typing import Final
 
-import msgspec
-
 from ._config import Config
 from ._items import SIZE, Pending, QueuedEvent
+from ._retry import RetryPolicy
 from ._wire import BODY_OVERHEAD
 
-__all__ = ["NO_SEQ", "RetryPolicy", "Schedule"]
+__all__ = ["NO_SEQ", "Schedule"]
 
 NO_SEQ: Final = 1 << 62  # "nothing unsettled" for a low-water mark
 #: Wire bytes of an event beyond what its ``SIZE`` estimate counts (keys, timestamp, a
@@ -49,39 +50,18 @@ def take(queue: deque[QueuedEvent], n: int) -> list[Pending | QueuedEvent]:
     return list(map(deque.popleft, repeat(queue, n)))
 
 
-class RetryPolicy(msgspec.Struct, frozen=True):
-    """Backoff and retry budgets, after urllib3's ``Retry``."""
-
-    max_retries: int
-    max_event_age: float
-    backoff_base: float
-    backoff_max: float
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full jitter: ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``."""
-        return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 60)))
-
-    def exhausted(self, p: Pending, now: float) -> bool:
-        return p.attempts > self.max_retries or now - p.first_sent > self.max_event_age
-
-
 class Schedule:
     """Ready retries, the retry heap, the request gate and the learned byte limit."""
 
     @classmethod
     def from_config(cls, config: Config, rng: random.Random) -> Schedule:
-        policy = RetryPolicy(
-            max_retries=config.max_retries,
-            max_event_age=config.max_event_age,
-            backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max,
-        )
         return cls(
-            policy,
+            RetryPolicy.from_config(config),
             batch_size=config.max_batch_size,
             backlog_size=max(config.max_batch_size, config.max_backlog_batch_size),
             byte_limit=config.max_batch_bytes,
             flush_interval=config.flush_interval,
+            min_request_interval=min(config.min_request_interval, config.flush_interval),
             rng=rng,
         )
 
@@ -93,6 +73,7 @@ class Schedule:
         backlog_size: int | None = None,
         byte_limit: int,
         flush_interval: float,
+        min_request_interval: float = 0.0,
         rng: random.Random,
     ) -> None:
         self.policy = policy
@@ -102,6 +83,9 @@ class Schedule:
         #: Bodies are cut at this many bytes; halved by every 413 (never grows back).
         self.byte_limit = byte_limit
         self.flush_interval = flush_interval
+        #: Shortest gap between two queue takes cut by size, unless told not to hold.
+        self.min_request_interval = min_request_interval
+        self.last_take = -math.inf  # when a take last emptied the queue
         self._rng = rng
         self.ready: deque[Pending] = deque()  # to send before the queue, in this order
         self.retry: list[Pending] = []  # heap by (due, seq)
@@ -114,12 +98,15 @@ class Schedule:
     # ------------------------------------------------------------------- planning
 
     def plan(
-        self, now: float, queue: deque[QueuedEvent], *, urgent: bool
+        self, now: float, queue: deque[QueuedEvent], *, urgent: bool, room: int = 0
     ) -> tuple[list[Pending | QueuedEvent], float | None]:
         """What to send now (ready retries first, then the queue), or how long to wait
         (``None``: until something happens). ``urgent`` (a flush or shutdown is
-        waiting) sends queued events without waiting for ``flush_interval``. Taken
-        queue items are popped from ``queue``."""
+        waiting) sends queued events without waiting for ``flush_interval``. A full
+        batch waits until ``min_request_interval`` has passed since the last take, so
+        that high rates go in fewer, fuller requests, if at the rate the queue fills
+        fewer than ``room`` events would arrive meanwhile. Taken queue items are
+        popped from ``queue``."""
         if now < self.gate_until:
             return [], self.gate_until - now
         retry = self.retry
@@ -127,21 +114,42 @@ class Schedule:
             self.ready.append(heapq.heappop(retry))
         if queue and self.batch_clock is None:
             self.batch_clock = now
+        held_until = 0.0
         queue_due = bool(queue) and (
             urgent
-            or len(queue) + len(self.ready) >= self.batch_size
             or now - (self.batch_clock or now) >= self.flush_interval
+            or len(queue) + len(self.ready) >= self.batch_size
         )
+        if (
+            queue_due
+            and room > 0
+            and not urgent
+            and not self.ready
+            and len(queue) < self.backlog_size
+            and now < self.last_take + self.min_request_interval
+            and self.batch_clock is not None
+            and now - self.batch_clock < self.flush_interval
+        ):
+            # Full by size, but the last request left less than min_request_interval
+            # ago: gather more for one fuller request (see Config.min_request_interval),
+            # unless, at the rate the queue has been filling, that would eat the room.
+            held_until = self.last_take + self.min_request_interval
+            elapsed = max(now - self.batch_clock, 1e-3)
+            if len(queue) * (held_until - now) < room * elapsed:
+                queue_due = False
+            else:
+                held_until = 0.0
         if self.queue_turn and queue:
             self.queue_turn = False
             fresh: list[Pending | QueuedEvent] = take(queue, min(len(queue), self.batch_size))
-            if not queue:
-                self.batch_clock = None
+            self._taken(now, queue)
             return fresh, 0.0
         if not self.ready and not queue_due:
             waits = []
             if queue and self.batch_clock is not None:
                 waits.append(self.batch_clock + self.flush_interval - now)
+            if held_until > now:
+                waits.append(held_until - now)
             if retry:
                 waits.append(retry[0].due - now)
             return [], (max(min(waits), 0.0) if waits else None)
@@ -162,9 +170,18 @@ class Schedule:
                 room = self.backlog_room(queue)
             if room:
                 taken += take(queue, room)
-            if not queue:
-                self.batch_clock = None
+                self._taken(now, queue)
         return taken, 0.0
+
+    def _taken(self, now: float, queue: deque[QueuedEvent]) -> None:
+        # A take that emptied the queue means the sender keeps up: the next full batch
+        # may wait out min_request_interval. One that left events behind is draining a
+        # backlog (a burst, its tail, an outage): what is left goes without waiting.
+        if queue:
+            self.last_take = -math.inf
+        else:
+            self.last_take = now
+            self.batch_clock = None
 
     def backlog_room(self, queue: deque[QueuedEvent]) -> int:
         """Events to send from a backlog: up to ``backlog_size``, as many as the size
@@ -213,10 +230,7 @@ class Schedule:
         rate limit or a refused credential); right after a success, the batch is then
         bisected. Returns the events whose retry budget is spent (not put back)."""
         self.failures += 1
-        if retry_after is None:
-            delay = self.policy.backoff(self.failures, self._rng)
-        else:
-            delay = retry_after
+        delay = self.policy.request_delay(self.failures, retry_after, self._rng)
         self.gate_until = now + delay
         self.queue_turn = batch[0].attempts > 1
         keep, exhausted = self._budget(batch, now)
@@ -224,7 +238,7 @@ class Schedule:
             self.park(p)
         if len(batch) == 1:
             for p in keep:  # alone and failing: on its own schedule, off the head of the line
-                p.due = now + max(delay, self.policy.backoff(p.attempts, self._rng))
+                p.due = now + self.policy.event_delay(p.attempts, delay, self._rng)
                 heapq.heappush(self.retry, p)
             return exhausted
         if suspect and self.failures == 1:

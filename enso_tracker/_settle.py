@@ -1,23 +1,26 @@
 """Settling a request: what the sender's outcome means for each event of the batch.
 
-Called by the worker with the ledger's lock held; it only moves events between the
-ledger's books and the schedule, and appends drops to ``reports`` and log records to the
-deferred log (both handed over once the lock is released).
+Called by the ledger (``Ledger.finish_send_locked``) with its lock held; it only moves
+events between the books and the schedule, through the ledger's methods, and appends
+drops to ``reports`` and log records to the deferred log (both handed over once the
+lock is released). Which failures are retried
+and which are suspect are the retry policy's answers (:mod:`._retry`), not decided here.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
+from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._items import Pending, QueuedEvent
-from ._ledger import Ledger
 from ._log import DeferredLog
 from ._model import DropReason
 from ._reporting import Reports
-from ._sender import RETRYABLE_STATUS, Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._wire import reconcile
+
+if TYPE_CHECKING:  # the ledger calls these (``Ledger.finish_send_locked``)
+    from ._ledger import Ledger
 
 __all__ = ["settle_fresh_locked", "settle_locked"]
 
@@ -26,10 +29,9 @@ def settle_fresh_locked(ledger: Ledger, items: list[QueuedEvent], held_total: in
     """A fresh batch sent as one body was wholly delivered, as Enso's answer vouched
     (``reconcile``: every event accounted for, none failed): its books in O(1), no
     ``Pending`` ever made. ``held_total`` is what the events held (``held()`` summed)."""
-    ledger.requests += 1
-    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
-    ledger.schedule.on_success()
-    ledger.last_success_at = time.time()
+    ledger.count_request_locked()
+    ledger.credentials_ok_locked()
+    ledger.success_locked()
     ledger.delivered_fresh_locked(items, held_total)
 
 
@@ -41,7 +43,7 @@ def settle_locked(
     reports: Reports,
     log: DeferredLog,
 ) -> None:
-    ledger.requests += 1
+    ledger.count_request_locked()
     for p in batch:  # settled from here, unless parked again for a retry
         p.done = True
     match outcome:
@@ -50,8 +52,7 @@ def settle_locked(
             return
         case Retry(message=message, status=status, retry_after=retry_after):
             _failed_locked(ledger, message)
-            # Rate limits and timeouts say nothing about the batch's content.
-            suspect = status is None or status >= 500
+            suspect = ledger.schedule.policy.is_suspect(status)
             ledger.backoff_locked(batch, now, retry_after, reports, suspect=suspect)
             log(
                 logging.WARNING,
@@ -83,22 +84,20 @@ def settle_locked(
             )
         case Unauthorized(message=message):  # keep the events while their budget lasts
             _failed_locked(ledger, message)
-            if ledger.auth_state != "unauthorized":
+            if ledger.credentials_refused_locked():
                 log.always(
                     logging.ERROR,
                     "Enso refuses the credentials; events stay queued and are "
                     "retried with backoff: %s",
                     message,
                 )
-            ledger.auth_state = "unauthorized"
             ledger.backoff_locked(batch, now, None, reports)
         case _:
             assert_never(outcome)
 
 
 def _failed_locked(ledger: Ledger, message: str) -> None:
-    ledger.failed_requests += 1
-    ledger.last_error = message
+    ledger.request_failed_locked(message)
 
 
 def _answered_locked(
@@ -112,7 +111,7 @@ def _answered_locked(
     n = len(batch)
     # docs/wire-contract.md, Accounting: delivered only when the answer accounts for it.
     verdict = reconcile(outcome.answer, n)
-    ledger.auth_state = "ok"  # a 2xx: Enso took the credentials
+    ledger.credentials_ok_locked()  # a 2xx
     if not verdict.reconciled:
         # Counts that do not add up vouch for nothing, not even the listed failures: a
         # failed request, the whole batch resent (same eventIds: dedup makes that safe)
@@ -127,14 +126,13 @@ def _answered_locked(
         )
         ledger.backoff_locked(batch, now, None, reports)
         return
-    ledger.schedule.on_success()
-    ledger.last_success_at = time.time()
+    ledger.success_locked()
     failed = verdict.failures
     # Counts that add up but list fewer failures than they count: which of the others
     # failed is unknown, so they are all resent rather than guessed delivered.
     unsure = not verdict.vouched
     if unsure:
-        ledger.last_error = f"Enso's answer leaves events unaccounted for: {verdict.problem}"
+        ledger.note_error_locked(f"Enso's answer leaves events unaccounted for: {verdict.problem}")
         log(
             logging.WARNING,
             "unlisted",
@@ -145,6 +143,7 @@ def _answered_locked(
     if not failed and not unsure:  # the common case: everything delivered
         ledger.delivered_locked(batch)
         return
+    policy = ledger.schedule.policy
     retry: list[Pending] = []
     rejected: dict[tuple[Any, Any, str], list[Pending]] = {}
     for i, p in enumerate(batch):
@@ -156,7 +155,7 @@ def _answered_locked(
                 ledger.forget_locked(p)
             continue
         status = failure.status
-        if status is not None and (status >= 500 or status in RETRYABLE_STATUS):
+        if policy.is_retryable_status(status):  # none: rejected, never a resend loop
             retry.append(p)
         else:
             key = (failure.code, status, failure.error or "rejected by Enso")
@@ -166,6 +165,6 @@ def _answered_locked(
             group, DropReason(kind="rejected", message=message, code=code, status=status), reports
         )
     if retry:
-        ledger.last_error = ledger.last_error or "per-record failures"
+        ledger.note_error_locked(ledger.counters.last_error or "per-record failures")
         for p in retry:
             ledger.retry_locked(p, now, reports)

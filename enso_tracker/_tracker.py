@@ -7,7 +7,7 @@ of the pipeline sits behind it, one job per module (README "Design"):
 * :mod:`._ledger` the books, the queue and the lock; :mod:`._schedule` which events go
   next and when (pure); :mod:`._worker` the sender thread; :mod:`._settle` what an
   outcome means for each event; :mod:`._reporting` drops to logs and ``on_drop``;
-  :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._sender` HTTP.
+  :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._http` HTTP.
 
 Every accepted event ends in exactly one of: delivered, dropped with a reason (reported
 to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
@@ -32,13 +32,14 @@ import msgspec
 
 from . import _lifecycle
 from ._aio import AsyncMixin
-from ._auth import ApiKey, ClientCredentials, make_credentials
 from ._config import Config, env_flag, options_from_env
 from ._debug import debug_from_env
 from ._disabled import DisabledSender, DisabledWorker
 from ._errors import ConfigurationError
+from ._http.auth import ApiKey, ClientCredentials, make_credentials
+from ._http.sender import HttpSender, Sender
 from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
-from ._ledger import Ledger
+from ._ledger import Ledger, State
 from ._model import DeadLetter, Stats
 from ._receipts import make_receipts
 from ._reentry import (
@@ -49,11 +50,10 @@ from ._reentry import (
 )
 from ._reporting import Reporter
 from ._schedule import Schedule
-from ._sender import HttpSender, Sender
-from ._spool import DiskSpool
-from ._spool_admin import Spool
-from ._spool_identity import fingerprint
-from ._spool_store import check_directory
+from ._spool.admin import Spool
+from ._spool.directory import check_directory
+from ._spool.disk import DiskSpool
+from ._spool.identity import fingerprint
 from ._validate import (
     MAX_EXACT_INT,
     bad_value,
@@ -174,7 +174,8 @@ class Tracker(AsyncMixin):
             # What dead processes left is taken over now, before the constructor returns
             # (stats() counts it, and a shutdown() right away waits for it): a directory
             # listing and, per file found, an index read and SQLite's quick_check.
-            self._worker.adopt(time.monotonic())
+            assert self._worker.spooler is not None
+            self._worker.spooler.adopt(time.monotonic())
             self._worker.kick()
 
     def _build_parts(self) -> None:
@@ -182,12 +183,13 @@ class Tracker(AsyncMixin):
         no logging; a lock inherited mid-acquire would never be released)."""
         cfg = self._config
         self._pid = os.getpid()
-        self._reporter = Reporter(cfg.on_drop)
+        id_prefix = _new_id_prefix()
+        self._reporter = Reporter(cfg.on_drop, id_prefix)
         schedule = Schedule.from_config(cfg, _jitter_rng)
-        self._ledger = Ledger(cfg, schedule, _new_id_prefix())
+        self._ledger = Ledger(cfg, schedule, id_prefix)
         disk = None
         if cfg.spool_dir is not None:
-            # The files are opened by the sender thread, at its first need.
+            # The files are opened by the spooler thread, at its first need.
             disk = DiskSpool(
                 cfg.spool_dir,
                 durability=cfg.durability,
@@ -204,7 +206,7 @@ class Tracker(AsyncMixin):
         if receipts is not None:
             self._worker.receipts = receipts
             receipts.ledger = self._ledger  # generated eventIds: its id_prefix
-            self._ledger.receipts = True
+            self._ledger.keep_receipts()
             if disk is not None:
                 disk.receipts = receipts
         # Collected without shutdown(): the idle worker ends and closes the sender. Not
@@ -232,7 +234,7 @@ class Tracker(AsyncMixin):
 
     def __repr__(self) -> str:
         led = self._ledger
-        state = "closed" if led.closed else "stopping" if led.stopping else "open"
+        state = led.state.name.lower()  # open, stopping, closed
         if self._config.disabled:
             state += " disabled"
         pending = led.outstanding + led.on_disk
@@ -322,7 +324,7 @@ class Tracker(AsyncMixin):
             if (
                 led.outstanding >= self._max_queue
                 or led.outstanding_bytes + size > self._max_queue_bytes
-                or led.stopping  # also set once closed
+                or led.state  # not State.OPEN (0): stopping or closed
             ):
                 refusal = led.refuse_locked(size, may_block=not self._worker.on_thread())
             if refusal is None:
@@ -391,10 +393,10 @@ class Tracker(AsyncMixin):
             if led.settled_locked(target):
                 return True
             if worker.on_thread() or reentered:
-                led.flush_asked = True  # the next rounds send without waiting
+                led.ask_prompt_send_locked()  # the next rounds send without waiting
                 if worker.on_thread():
                     return False
-            led.flush_waiters += 1
+            led.add_flush_waiter_locked()
         try:
             if not reentered:  # kick() may take locks the interrupted frame holds
                 worker.kick()
@@ -402,8 +404,7 @@ class Tracker(AsyncMixin):
                     worker.deliver_inline(lambda: led.settled_now(target), deadline)
             return led.wait_settled(target, deadline)
         finally:
-            with led.lock:
-                led.flush_waiters -= 1
+            led.flush_waiter_gone()
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, deliver what can be within ``timeout``, stop the thread.
@@ -438,10 +439,7 @@ class Tracker(AsyncMixin):
                 )
             return False
         if self._worker.on_thread():
-            led = self._ledger
-            with led.lock:
-                if not led.closed:
-                    led.finish_on_worker = True
+            self._ledger.finish_on_sender()
             self._worker.begin_shutdown(deadline)
             return False
         self._begin_shutdown(deadline)
@@ -496,9 +494,9 @@ class Tracker(AsyncMixin):
         count as ``adopted`` in ``stats()``, and dead letters again if Enso still
         refuses them."""
         moved = self._spool()._redrive(kind, code, self._identity)  # its own letters only
-        disk = self._worker.disk
-        if moved and disk is not None:
-            disk.next_scan = 0.0  # adopt the redrive file at once
+        spooler = self._worker.spooler
+        if moved and spooler is not None:
+            spooler.rescan_soon()  # adopt the redrive file at once
             self._worker.kick()
         return moved
 
@@ -543,14 +541,14 @@ class Tracker(AsyncMixin):
         if self._pid == os.getpid():
             return  # already reset for this process (a hook and the pid check both ran)
         led = self._ledger
-        closed = led.closed or led.stopping
+        closed = led.state is not State.OPEN
         if self._worker.disk is not None:
             self._worker.disk.abandon()  # the parent's files: never touched from here
         if self._worker.receipts is not None:
             self._worker.receipts.store.abandon()
         self._build_parts()
         if closed:  # a tracker shut down (or stopping) stays so
-            self._ledger.stopping = self._ledger.closed = True
+            self._ledger.inherit_closed()
         self._sender.after_fork()
 
     def _renew_after_patching(self) -> None:
@@ -580,6 +578,8 @@ register_lock_holders(
     Ledger.refuse_locked,
     Ledger.wait_settled,
     Ledger.handed_over,
+    Ledger.finish_on_sender,
+    Ledger.flush_waiter_gone,
     Worker.kick,
     Worker.begin_shutdown,
     Worker.finish_shutdown,

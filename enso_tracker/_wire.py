@@ -4,7 +4,7 @@ See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are docu
 ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
 a top-level ``"status": "success"`` says nothing about the records. Which events an
 answer vouches for is decided by :func:`reconcile` (Accounting). Answers are read, bounded,
-by ``_answer.read_answer``.
+by ``_http.answer.read_answer``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class WireEvent(msgspec.Struct, omit_defaults=True):
     timestamp: str
     eventId: str
     metadata: msgspec.Raw | None = None
-    # The API page documents both spellings with one meaning; the issue asks for both.
+    # Enso's API page documents both spellings with one meaning (docs/wire-contract.md).
     JobId: str | None = None
     jobId: str | None = None
 

@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ConfigurationError
+from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
 from ._model import Stats
-from ._sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
-from ._spool_store import SpoolClosed
+from ._spool.errors import SpoolClosed
 from ._version import __version__
 
 if TYPE_CHECKING:

@@ -1,10 +1,15 @@
 """The ``enso-tracker`` command line (also ``python -m enso_tracker``).
 
-Each command is a module with ``NAME``, ``HELP``, ``configure(parser)`` and
-``run(args) -> int`` (the exit code), listed in :data:`COMMANDS`. One implementation of
-the protocol: ``import`` delivers through the public :class:`~enso_tracker.Tracker`,
-``send`` through :func:`~enso_tracker.send_events`, and ``doctor`` and the import's
-preflight probe Enso with the same credentials handling and sender (``_probe``).
+Layout: ``commands/`` (one module per command, each with ``NAME``, ``HELP``,
+``configure(parser)`` and ``run(args) -> int``, listed in :data:`COMMANDS`),
+``importer/`` (what ``import`` runs on), ``demo/`` (``enso-tracker demo``), and beside
+them ``_args`` (the parser, credentials from the environment), ``_output`` (exit codes,
+JSON and log output) and ``format`` (human formatting of counts, sizes, ages).
+
+One implementation of the protocol: ``import`` delivers through the public
+:class:`~enso_tracker.Tracker`, ``send`` through :func:`~enso_tracker.send_events`, and
+``doctor`` and the import's preflight probe Enso with the same credentials handling and
+sender (``_http/probe.py``).
 ``fake-server`` runs :class:`~enso_tracker.testing.FakeEnso` in the foreground.
 
 ``spool`` (status, dead-letters, redrive, purge, export) works on a durable spool
@@ -19,30 +24,21 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import (
-    _cmd_demo,
-    _cmd_doctor,
-    _cmd_fake_server,
-    _cmd_import,
-    _cmd_receipts,
-    _cmd_reconcile,
-    _cmd_send,
-    _cmd_spool,
-)
 from ._args import build_parser
 from ._output import EXIT_INTERRUPTED, setup_logging
+from .commands import demo, doctor, fake_server, import_, receipts, reconcile, send, spool
 
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: tuple[ModuleType, ...] = (
-    _cmd_import,
-    _cmd_send,
-    _cmd_doctor,
-    _cmd_spool,
-    _cmd_demo,
-    _cmd_fake_server,
+    import_,
+    send,
+    doctor,
+    spool,
+    demo,
+    fake_server,
 )
-COMMANDS += (_cmd_receipts, _cmd_reconcile)  # docs/receipts.md
+COMMANDS += (receipts, reconcile)  # docs/receipts.md
 
 
 def main(argv: Sequence[str] | None = None) -> int:

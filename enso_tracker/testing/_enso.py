@@ -1,34 +1,30 @@
-"""The Enso API as :class:`FakeEnso` plays it: routes, validation, dedup, JWTs, state.
+"""The public face of the fake Enso API: :class:`FakeEnso`'s settings, state, lifecycle
+and the controls a test calls (faults, hangs, waits, inspection).
 
-What carries the requests lives elsewhere (``_server.py``: a socket; ``_transport.py``:
-an ``httpx.MockTransport``), and so do the scripted faults (``_faults.py``); everything
-here is the behaviour a client can observe and the state a test inspects.
+Owns: the fake's state, under one re-entrant lock. What carries the requests lives
+elsewhere (``_server.py``: a socket; ``_transport.py``: an ``httpx.MockTransport``), and
+so do the request path (``_serving.py``), the API's stateless rules (``_api.py``), what
+a test reads of a request (``_recorded.py``) and the scripted faults (``_faults.py``).
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
-import hmac
-import re
 import secrets
 import threading
-import time
-import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
-from http import HTTPStatus
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import httpx
-import msgspec
 
+from ._api import BATCH, CLICKHOUSE_TIMESTAMP_ERROR, LOGIN, IssuedToken, derive_event_id
 from ._faults import Fault, FaultPlan
-from ._messages import DROP, TIMED_OUT, Incoming, Reply, route_of
+from ._messages import route_of
+from ._recorded import RecordedRequest
 from ._server import ServerRunner
+from ._serving import Serving
 from ._transport import make_transport
 
 __all__ = [
@@ -40,230 +36,6 @@ __all__ = [
 ]
 
 ResponseShape = Literal["wrapped", "bare"]
-
-#: Text of the per-record error the real API returns for an unparseable timestamp. The server
-#: does not validate timestamps itself; ClickHouse rejects the ``NaN`` date JavaScript produced.
-#: The ``\\n`` is a literal backslash-n, exactly as it appears in the decoded wire payload.
-CLICKHOUSE_TIMESTAMP_ERROR: Final[str] = (
-    "Cannot parse input: expected '\"' before: 'N NaN:NaN:NaN.NaN' "
-    "(while reading the value of key timestamp): (at row 1)\\n"
-    ": While executing WaitForAsyncInsert. "
-)
-
-_BATCH: Final = "/events/batch"
-_SINGLE: Final = "/events"
-_LOGIN: Final = "/auth/system-login"
-_ROUTES: Final = frozenset({_BATCH, _SINGLE, _LOGIN})
-
-#: Largest body a gzip request may inflate to; past it the request gets 413 (a bomb).
-_MAX_INFLATED: Final = 256 * 1024 * 1024
-_TRANSIENT_ERROR: Final = "Service temporarily unavailable"
-
-# RFC 3339 date-time: full date, "T"/space, full time, optional fraction, mandatory offset.
-# fromisoformat() alone would also accept week dates, basic format and offset-less times.
-_RFC3339: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})",
-    re.ASCII,
-)
-
-_ENCODER: Final = msgspec.json.Encoder()
-_DECODER: Final = msgspec.json.Decoder()
-
-# Header values that authenticate: never shown by a repr (FakeEnso ends up in test logs).
-_SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
-# JSON members that hold a secret, string or not, in a body of any shape (even invalid JSON).
-_SECRET_MEMBER: Final = re.compile(
-    rb'("(?:clientSecret|accessToken|client_secret|access_token|apiKey|api_key)"\s*:\s*)'
-    rb'(?:"(?:[^"\\]|\\.)*"|[^,}\]\s]+)'
-)
-REDACTED: Final = "<redacted>"
-
-
-def _redact_header(name: str, value: str) -> str:
-    if name.lower() not in _SECRET_HEADERS:
-        return value
-    scheme, space, credential = value.partition(" ")
-    if space and credential and scheme.isalpha():  # keep "Bearer": it helps debugging
-        return f"{scheme} {REDACTED}"
-    return REDACTED
-
-
-def redact_body(body: bytes) -> bytes:
-    """``body`` with the values of secret JSON members (``clientSecret`` …) replaced."""
-    return _SECRET_MEMBER.sub(rb'\1"' + REDACTED.encode() + rb'"', body)
-
-
-class RedactedHeaders(dict[str, str]):
-    """A plain ``dict`` of headers whose ``repr`` hides credentials; lookups are untouched."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr({name: _redact_header(name, value) for name, value in self.items()})
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class RecordedRequest:
-    """One HTTP request the fake received, as the test sees it afterwards.
-
-    ``headers`` has lowercase names so lookups do not depend on the client's casing.
-    ``status`` is the status that was sent, or ``0`` when the connection was dropped
-    without a response (``Fault(drop_connection=True)``, ``stop()`` during a hang, or a
-    client read timeout through :meth:`FakeEnso.transport`).
-    ``time`` is ``time.monotonic()`` at arrival, for measuring client backoff.
-
-    ``repr()`` hides credentials (the ``Authorization`` value, ``clientSecret`` in login
-    bodies), because reprs end up in test logs and CI output; ``headers``, ``body`` and
-    ``json()`` hold the real values for assertions.
-    """
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-    time: float
-
-    def json(self) -> Any:
-        """Decode the body as JSON, to assert on what the client actually put on the wire."""
-        return _DECODER.decode(self.body)
-
-    def __repr__(self) -> str:
-        headers = {name: _redact_header(name, value) for name, value in self.headers.items()}
-        return (
-            f"RecordedRequest(method={self.method!r}, path={self.path!r}, headers={headers!r}, "
-            f"body={redact_body(self.body)!r}, status={self.status!r}, time={self.time!r})"
-        )
-
-
-def derive_event_id(event: Mapping[str, Any]) -> str:
-    """Return the id the fake assigns to an event sent without ``eventId``.
-
-    The docs say the server "may" derive an id from (metric, value, timestamp,
-    CustomerEntityId). Doing so here reproduces the hazard: two distinct but identical
-    events collapse into one. Integral floats are normalised to ints because the real
-    server is JavaScript, where ``1`` and ``1.0`` are the same number.
-    """
-    value = event.get("value")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    material = _ENCODER.encode(
-        [event.get("metric"), value, event.get("timestamp"), event.get("CustomerEntityId")]
-    )
-    return "derived_" + hashlib.sha256(material).hexdigest()
-
-
-@dataclass(slots=True)
-class _IssuedToken:
-    expires_at: float  # time.monotonic() deadline, float-precise so sub-second lifetimes work
-    revoked: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _RecordFailure:
-    error: str
-    code: int | str
-    status_code: int
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _envelope(status: int, message: str | None = None, errors: list[Any] | None = None) -> bytes:
-    """The generic error envelope; the docs show no other request-level error body."""
-    return _ENCODER.encode(
-        {"status": "error", "message": message or _phrase(status), "errors": errors or []}
-    )
-
-
-def _error(
-    status: int,
-    message: str | None = None,
-    errors: list[Any] | None = None,
-    headers: tuple[tuple[str, str], ...] = (),
-) -> Reply:
-    return Reply(status=status, body=_envelope(status, message, errors), headers=headers)
-
-
-def _success(data: Any, status: int = 200) -> Reply:
-    body = _ENCODER.encode({"status": "success", "message": "Success", "data": data})
-    return Reply(status=status, body=body)
-
-
-def _valid_timestamp(value: object) -> bool:
-    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
-        return False
-    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:  # e.g. month 13, second 61
-        return False
-    return parsed.tzinfo is not None
-
-
-def _non_empty_str(value: object) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _validate(record: object, known_entities: frozenset[str] | None) -> _RecordFailure | None:
-    """Per-record checks, in the order the real service appears to apply them."""
-    if not isinstance(record, dict):
-        return _RecordFailure("Event must be an object", "validation", 400)
-    entity = record.get("CustomerEntityId")
-    if not _non_empty_str(entity):
-        return _RecordFailure("Customer entity ID required", 2001, 400)
-    if known_entities is not None and entity not in known_entities:
-        return _RecordFailure("Customer entity not found", 2002, 404)
-    if not _non_empty_str(record.get("metric")):
-        return _RecordFailure(
-            "metric is required and must be a non-empty string", "validation", 400
-        )
-    value = record.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return _RecordFailure("value is required and must be a number", "validation", 400)
-    if not _valid_timestamp(record.get("timestamp")):
-        return _RecordFailure(CLICKHOUSE_TIMESTAMP_ERROR, "27", 400)
-    if "metadata" in record and not isinstance(record["metadata"], dict):
-        return _RecordFailure("metadata must be an object", "validation", 400)
-    if "eventId" in record and not _non_empty_str(record["eventId"]):
-        return _RecordFailure("eventId must be a non-empty string", "validation", 400)
-    return None
-
-
-def _inflate(request: Incoming, accept_gzip: bool) -> tuple[Incoming, Reply | None]:
-    """The request with its body decoded (``Content-Encoding: gzip``), or the refusal:
-    415 for an encoding not taken, 400 for a malformed gzip body, 413 past
-    ``_MAX_INFLATED``. The recorded request holds the decoded body (its headers still say
-    how it came)."""
-    encoding = ""
-    for name, value in request.headers.items():
-        if name.lower() == "content-encoding":
-            encoding = value.strip().lower()
-    if encoding in ("", "identity") or request.body is None:
-        return request, None
-    if encoding != "gzip":
-        return request, _error(415, f"Unsupported Content-Encoding: {encoding}")
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        body = inflater.decompress(request.body, _MAX_INFLATED)
-    except zlib.error:
-        return request, _error(400, "Malformed gzip body")
-    if inflater.unconsumed_tail:
-        return request, _error(413)
-    if not inflater.eof:
-        return request, _error(400, "Truncated gzip body")
-    request = replace(request, body=body)  # recorded decoded, even when refused
-    if not accept_gzip:
-        return request, _error(415, "Unsupported Content-Encoding: gzip")
-    return request, None
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +50,7 @@ class _Settings:
     accept_gzip: bool = True
 
 
-class FakeEnso:
+class FakeEnso(Serving):
     """A faithful, inspectable, fault-injectable Enso API server for tests.
 
     Accepts a bearer that is one of ``api_keys`` or an unexpired, unrevoked JWT issued by
@@ -345,7 +117,7 @@ class FakeEnso:
         self._requests: list[RecordedRequest] = []
         self._login_count = 0
         self._in_flight = 0
-        self._tokens: dict[str, _IssuedToken] = {}
+        self._tokens: dict[str, IssuedToken] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -511,11 +283,11 @@ class FakeEnso:
 
     def batch_requests(self) -> list[RecordedRequest]:
         """Only the ``/events/batch`` requests, e.g. to count client attempts."""
-        return self._requests_for(_BATCH)
+        return self._requests_for(BATCH)
 
     def login_requests(self) -> list[RecordedRequest]:
         """Only the ``/auth/system-login`` requests, e.g. to check no bearer was sent."""
-        return self._requests_for(_LOGIN)
+        return self._requests_for(LOGIN)
 
     def _requests_for(self, route: str) -> list[RecordedRequest]:
         with self._lock:
@@ -634,243 +406,3 @@ class FakeEnso:
         with self._lock:
             for issued in self._tokens.values():
                 issued.revoked = True
-
-    # ------------------------------------------------------------------ serving
-
-    def _dispatch(
-        self,
-        request: Incoming,
-        *,
-        interrupted: Callable[[], bool],
-        read_timeout: float | None,
-    ) -> Reply:
-        """Route one request, record it and notify waiters (see ``_messages.Dispatch``)."""
-        with self._lock:
-            self._in_flight += 1
-            self._cond.notify_all()
-        reply = _error(500)
-        try:
-            request, refusal = _inflate(request, self.accept_gzip)
-            reply = refusal or self._route(request, interrupted, read_timeout)
-        finally:
-            recorded = RecordedRequest(
-                method=request.method,
-                path=request.raw_path,
-                headers=RedactedHeaders(request.headers),
-                body=request.body or b"",
-                status=reply.status,
-                time=request.received_at,
-            )
-            with self._lock:
-                self._in_flight -= 1
-                self._requests.append(recorded)
-                self._cond.notify_all()
-        return reply
-
-    def _route(
-        self, request: Incoming, interrupted: Callable[[], bool], read_timeout: float | None
-    ) -> Reply:
-        if request.route not in _ROUTES:
-            return _error(404)
-        if request.method != "POST":
-            return _error(405, headers=(("Allow", "POST"),))
-        if request.route == _BATCH:
-            read_deadline = None if read_timeout is None else request.received_at + read_timeout
-            return self._handle_batch(request, interrupted, read_deadline)
-        if request.body is None:
-            return _error(400, "Malformed request body")
-        if request.route == _LOGIN:
-            return self._handle_login(request.body)
-        return self._handle_single(request)
-
-    def _wait(
-        self,
-        seconds: float | None,
-        hang_generation: int | None,
-        interrupted: Callable[[], bool],
-        read_deadline: float | None,
-    ) -> bool:
-        """Wait out a hang or delay, never by polling; False if the client gave up first.
-
-        Ends early on ``interrupted()`` (the socket server stopping) or, for a hang, on
-        ``release()``/``reset()``.
-        """
-        until = None if seconds is None else time.monotonic() + seconds
-        client_first = read_deadline is not None and (until is None or read_deadline < until)
-        end = read_deadline if client_first else until
-
-        def woken() -> bool:
-            return interrupted() or (
-                hang_generation is not None and self._plan.hang_generation != hang_generation
-            )
-
-        with self._cond:
-            timeout = None if end is None else max(0.0, end - time.monotonic())
-            if self._cond.wait_for(woken, timeout=timeout):
-                return True
-        return not client_first
-
-    def _handle_batch(
-        self, request: Incoming, interrupted: Callable[[], bool], read_deadline: float | None
-    ) -> Reply:
-        with self._lock:
-            fault = self._plan.next_fault()
-            hang = self._plan.current_hang()
-        if hang is not None and not self._wait(hang[1], hang[0], interrupted, read_deadline):
-            return TIMED_OUT
-        if (
-            fault is not None
-            and fault.delay > 0
-            and not self._wait(fault.delay, None, interrupted, read_deadline)
-        ):
-            return TIMED_OUT
-        with self._lock:
-            if interrupted():
-                return DROP
-        if fault is not None:
-            if fault.drop_connection:
-                return DROP
-            if fault.status != 200:
-                headers = (("Retry-After", fault.retry_after),) if fault.retry_after else ()
-                if fault.body is not None:
-                    return Reply(fault.status, fault.body, headers)
-                return _error(fault.status, headers=headers)
-            if fault.body is not None:
-                return Reply(200, fault.body)
-
-        if not self._authorized(request.headers):
-            return _error(401)
-        if request.body is None:
-            return _error(400, "Malformed request body")
-        if self.max_body_bytes is not None and len(request.body) > self.max_body_bytes:
-            return _error(413)
-        try:
-            payload = _DECODER.decode(request.body)
-        except msgspec.DecodeError:
-            return _error(400, "Invalid JSON body")
-        events = payload.get("events") if isinstance(payload, dict) else None
-        if not isinstance(events, list) or not events:
-            return _error(400, errors=[{"code": 2003, "message": "events array is required"}])
-        with self._lock:
-            poison_status = self._plan.poisoned_status(events)
-        if poison_status is not None:  # the whole request fails, whatever else it carries
-            return _error(poison_status)
-
-        overrides = dict(fault.record_status) if fault and fault.record_status else {}
-        failed: list[dict[str, Any]] = []
-        with self._lock:
-            for index, record in enumerate(events):
-                outcome = self._accept(record, overrides.get(index))
-                if isinstance(outcome, _RecordFailure):
-                    failed.append(
-                        {
-                            "index": index,
-                            "error": outcome.error,
-                            "code": outcome.code,
-                            "statusCode": outcome.status_code,
-                        }
-                    )
-            shape = self._response_shape
-        if fault is not None and fault.store_then_drop:
-            return DROP  # stored, and the answer lost on the way back
-        failed.reverse()  # the real API does not sort failedRecords; never let clients rely on it
-        summary = {
-            "success": len(events) - len(failed),
-            "failed": len(failed),
-            "total": len(events),
-        }
-        result = {"summary": summary, "failedRecords": failed}
-        reply = Reply(200, _ENCODER.encode(result)) if shape == "bare" else _success(result)
-        if fault is not None and fault.answer_twice:
-            return replace(reply, twice=True)
-        return reply
-
-    def _handle_single(self, request: Incoming) -> Reply:
-        if not self._authorized(request.headers):
-            return _error(401)
-        body = request.body or b""
-        if self.max_body_bytes is not None and len(body) > self.max_body_bytes:
-            return _error(413)
-        try:
-            record = _DECODER.decode(body)
-        except msgspec.DecodeError:
-            return _error(400, "Invalid JSON body")
-        with self._lock:
-            outcome = self._accept(record, None)
-            if isinstance(outcome, _RecordFailure):
-                return _error(
-                    outcome.status_code,
-                    outcome.error,
-                    [{"code": outcome.code, "message": outcome.error}],
-                )
-            echoed = {**self._events[outcome], "eventId": outcome}
-        return Reply(201, _ENCODER.encode(echoed))
-
-    def _accept(self, record: object, override_status: int | None) -> _RecordFailure | str:
-        """Validate and store one record (lock held); return its failure or its eventId."""
-        failure = _validate(record, self._known_entities)
-        if failure is not None:
-            return failure
-        assert isinstance(record, dict)
-        explicit = record.get("eventId")
-        event_id = explicit if isinstance(explicit, str) else derive_event_id(record)
-        if override_status is not None:
-            return _RecordFailure(_TRANSIENT_ERROR, "transient", override_status)
-        failing_status = self._plan.take_record_failure(event_id)
-        if failing_status is not None:
-            return _RecordFailure(_TRANSIENT_ERROR, "transient", failing_status)
-        self._received += 1
-        if event_id in self._events:
-            self._duplicates[event_id] = self._duplicates.get(event_id, 0) + 1
-        else:
-            self._events[event_id] = record
-        return event_id
-
-    def _authorized(self, headers: Mapping[str, str]) -> bool:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return False
-        if token in self._api_keys:
-            return True
-        with self._lock:
-            issued = self._tokens.get(token)
-            return (
-                issued is not None and not issued.revoked and time.monotonic() < issued.expires_at
-            )
-
-    def _handle_login(self, body: bytes) -> Reply:
-        with self._lock:
-            self._login_count += 1
-        try:
-            payload = _DECODER.decode(body)
-        except msgspec.DecodeError:
-            return _error(400, "Invalid JSON body")
-        if not isinstance(payload, dict):
-            return _error(401)
-        key, secret = payload.get("clientKey"), payload.get("clientSecret")
-        if not isinstance(key, str) or not isinstance(secret, str):
-            return _error(401)
-        with self._lock:
-            expected = self._client_credentials.get(key)
-        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
-            return _error(401)
-        return _success({"accessToken": self._issue_token(key)})
-
-    def _issue_token(self, subject: str) -> str:
-        """Mint a real HS256 JWT so clients can read ``exp`` exactly as in production."""
-        now = time.time()
-        lifetime = self._token_lifetime
-        header = _b64url(_ENCODER.encode({"alg": "HS256", "typ": "JWT"}))
-        claims = {
-            "sub": subject,
-            "iat": int(now),
-            "exp": int(now + lifetime),  # truncated: errs towards early refresh
-            "jti": secrets.token_hex(16),  # every login yields a distinct token
-        }
-        signing_input = f"{header}.{_b64url(_ENCODER.encode(claims))}"
-        signature = hmac.new(self._secret, signing_input.encode("ascii"), hashlib.sha256)
-        token = f"{signing_input}.{_b64url(signature.digest())}"
-        with self._lock:
-            self._tokens[token] = _IssuedToken(time.monotonic() + lifetime)
-        return token

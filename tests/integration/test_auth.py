@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from enso_tracker import ConfigurationError, Tracker
-from enso_tracker._auth import FALLBACK_TOKEN_TTL, AuthFailure, ClientCredentials, jwt_lifetime
+from enso_tracker._http.auth import FALLBACK_TOKEN_TTL, AuthFailure, ClientCredentials, jwt_lifetime
 from enso_tracker.testing import FakeEnso, Fault
 from tests.conftest import DropLog, accepted
 
@@ -227,6 +227,23 @@ def test_token_without_exp_gets_the_fallback_lifetime() -> None:
     assert creds.authorization(client, 5.0) == "Bearer opaque-token"
     remaining = creds._renew_at - time.monotonic()
     assert FALLBACK_TOKEN_TTL - 61 <= remaining <= FALLBACK_TOKEN_TTL
+
+
+def test_lifetime_is_the_last_tokens_own() -> None:
+    answers = iter(
+        [
+            httpx.Response(200, json={"accessToken": _jwt({"iat": 1_000, "exp": 1_900})}),
+            httpx.Response(200, json={"accessToken": "opaque-token"}),
+        ]
+    )
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: next(answers)))
+    creds = ClientCredentials(KEY, SECRET, "https://enso.test")
+    assert creds.lifetime is None  # no login yet
+    first = creds.authorization(client, 5.0)
+    assert creds.lifetime == 900.0  # exp - iat, what doctor shows
+    creds.invalidate(first)
+    creds.authorization(client, 5.0)
+    assert creds.lifetime is None  # no readable exp: not the previous token's
 
 
 @pytest.mark.parametrize(

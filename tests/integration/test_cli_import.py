@@ -619,7 +619,7 @@ def test_run_receipts_say_when_another_writer_shared_the_store(
     fake: FakeEnso, tmp_path: Path
 ) -> None:
     from enso_tracker import Tracker
-    from enso_tracker._cli._import_receipts import RunReceipts
+    from enso_tracker._cli.importer.receipts import RunReceipts
 
     def tracker() -> Tracker:
         return Tracker(API_KEY, base_url=fake.url, receipts_dir=tmp_path, handle_sigterm=False)

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from enso_tracker import Config, ConfigurationError, Tracker
-from enso_tracker._auth import make_credentials
-from enso_tracker._compress import gzip_body
-from enso_tracker._probe import probe_compression
+from enso_tracker._http.auth import make_credentials
+from enso_tracker._http.compress import gzip_body
+from enso_tracker._http.probe import probe_compression
 from enso_tracker.testing import FakeEnso, Fault
 from tests.conftest import DropLog, TrackerFactory, accepted
 

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker._sender import HttpSender, Outcome
+from enso_tracker._http.sender import HttpSender, Outcome
 from enso_tracker.testing import FakeEnso, Fault
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted
 
@@ -108,7 +108,7 @@ class CorruptingSender(HttpSender):
 @pytest.mark.parametrize("shape", ["wrapped", "bare"])
 def test_per_record_failures_reach_on_drop_with_codes(shape: str, drops: DropLog) -> None:
     from enso_tracker import Config
-    from enso_tracker._auth import ApiKey
+    from enso_tracker._http.auth import ApiKey
 
     with FakeEnso(known_entities={"ent_known"}, response_shape=shape) as fake:  # type: ignore[arg-type]
         config = Config(base_url=fake.url, on_drop=drops, flush_interval=10.0)

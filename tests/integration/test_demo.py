@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from enso_tracker._demo import run_demo
-from enso_tracker._demo_crash import run_crash_demo
+from enso_tracker._cli.demo.crash import run_crash_demo
+from enso_tracker._cli.demo.live import run_demo
 
 pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 

@@ -20,9 +20,9 @@ from enso_tracker import (
     ConfigurationError,
     InvalidEventError,
     Tracker,
-    _auth,
 )
-from enso_tracker._auth import (
+from enso_tracker._http import auth as _auth
+from enso_tracker._http.auth import (
     MIN_TOKEN_TTL,
     AuthFailure,
     ClientCredentials,
@@ -222,7 +222,7 @@ def _jwt(claims: dict[str, Any]) -> str:
 
 
 def clock_ahead(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Only the client's wall clock moves: ``_auth`` gets its own ``time``, so FakeEnso
+    """Only the client's wall clock moves: ``_http.auth`` gets its own ``time``, so FakeEnso
     (which stamps ``iat``/``exp`` with the real ``time.time``) keeps Enso's clock."""
     real_time = time.time
     monkeypatch.setattr(

@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from enso_tracker import Config, Tracker
-from enso_tracker._answer import ANSWER_BASE_BYTES, AnswerError, answer_limit, read_answer
-from enso_tracker._auth import ApiKey, ClientCredentials
-from enso_tracker._deadline import DeadlineBackend
-from enso_tracker._sender import Answered, HttpSender, Outcome, Rejected, Retry
+from enso_tracker._http.answer import ANSWER_BASE_BYTES, AnswerError, answer_limit, read_answer
+from enso_tracker._http.auth import ApiKey, ClientCredentials
+from enso_tracker._http.deadline import DeadlineBackend
+from enso_tracker._http.sender import Answered, HttpSender, Outcome, Rejected, Retry
 from enso_tracker._wire import BatchAnswer, parse_batch_answer, reconcile
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted
@@ -315,6 +315,51 @@ def test_defect8_answers_in_encodings_we_cannot_bound_are_retried(
     outcome = send_once(sender)
     assert isinstance(outcome, Retry)
     assert "Content-Encoding" in outcome.message
+
+
+CORRUPT = [
+    ("gzip", b"\x1f\x8b\x08 not a deflate stream"),
+    ("gzip", gzip.compress(OK_ANSWER)[:10] + b"\x00" * 30),
+    ("deflate", b"neither zlib-wrapped nor raw deflate"),
+]
+
+
+@pytest.mark.parametrize(("encoding", "packed"), CORRUPT)
+def test_a_corrupt_compressed_answer_is_an_answer_error_at_once(
+    encoding: str, packed: bytes
+) -> None:
+    response = httpx.Response(
+        200, headers={"Content-Encoding": encoding}, stream=httpx.ByteStream(packed)
+    )
+    with pytest.raises(AnswerError, match=r"^answer's compressed body is corrupt$"):
+        read_answer(response, 10_000)
+
+
+@pytest.mark.parametrize(("encoding", "packed"), CORRUPT)
+@pytest.mark.parametrize("status", [200, 400, 503])
+def test_a_corrupt_compressed_answer_is_never_a_success_and_ends_the_send(
+    encoding: str, packed: bytes, status: int
+) -> None:
+    calls: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        headers = {"Content-Encoding": encoding}
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(packed))
+
+    sender = HttpSender(
+        Config(base_url="https://enso.test"), ApiKey("k"), transport=httpx.MockTransport(handle)
+    )
+    outcome = send_once(sender)
+    assert len(calls) == 1  # one request: no resend loop inside the sender
+    if status == 200:  # a 2xx we cannot read vouches for nothing
+        assert isinstance(outcome, Retry)
+        assert outcome.message == "HTTP 200: answer's compressed body is corrupt"
+    elif status == 400:  # an error answer we cannot read: the status alone decides
+        assert outcome == Rejected("HTTP 400: (empty body)", 400)
+    else:
+        assert isinstance(outcome, Retry)
+        assert (outcome.status, outcome.message) == (503, "HTTP 503: (empty body)")
 
 
 def test_the_answer_limit_grows_with_the_batch() -> None:

@@ -92,11 +92,11 @@ def test_an_error_in_the_loop_is_counted_and_survived(
     real_plan = schedule.plan
     calls = {"n": 0}
 
-    def flaky_plan(now: float, queue: Any, *, urgent: bool) -> Any:
+    def flaky_plan(now: float, queue: Any, **options: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("bug in the planner")
-        return real_plan(now, queue, urgent=urgent)
+        return real_plan(now, queue, **options)
 
     monkeypatch.setattr(schedule, "plan", flaky_plan)
     ids = [accepted(tracker.track("e", "m", i)) for i in range(10)]

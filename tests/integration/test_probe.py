@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._auth import make_credentials
-from enso_tracker._probe import BLOCKING, PROBE_BODY, preflight, probe
+from enso_tracker._http.auth import make_credentials
+from enso_tracker._http.probe import BLOCKING, PROBE_BODY, preflight, probe
 from enso_tracker.testing import FakeEnso, Fault
 
 BASE = "https://enso.example"

@@ -213,7 +213,7 @@ def test_reconcile_passes_on_matching_data_and_lists_every_difference(
 def test_a_move_repeated_after_a_crash_counts_once(tmp_path: Path) -> None:
     """The kill between the store's commit and the spool file's delete: the next move of
     the same pending rows (same file key, same seqs) adds nothing; newer rows add."""
-    from enso_tracker._receipts import ReceiptStore
+    from enso_tracker._receipts_store import ReceiptStore
 
     store = ReceiptStore(
         str(tmp_path / "receipts-x.db"), level="totals", retention=60.0, identity="x"

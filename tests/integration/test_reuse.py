@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._auth import ApiKey, ClientCredentials
-from enso_tracker._deadline import Deadline, DeadlineStream
-from enso_tracker._reuse import _parser_buffer
-from enso_tracker._sender import Answered, HttpSender, Retry
+from enso_tracker._http.auth import ApiKey, ClientCredentials
+from enso_tracker._http.deadline import Deadline, DeadlineStream
+from enso_tracker._http.reuse import _parser_buffer
+from enso_tracker._http.sender import Answered, HttpSender, Retry
 from enso_tracker.testing import FakeEnso, Fault
 from tests.conftest import API_KEY, TrackerFactory, accepted
 
@@ -278,7 +278,7 @@ def test_an_answer_already_buffered_before_the_request_is_a_retry(
     fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The parser-buffer check switched off: the stream's own watch still catches the copy.
-    monkeypatch.setattr("enso_tracker._reuse._parser_buffer", lambda response: None)
+    monkeypatch.setattr("enso_tracker._http.reuse._parser_buffer", lambda response: None)
     sender = HttpSender(Config(base_url=fake.url, timeout=5.0), ApiKey(API_KEY))
     try:
         fake.script(Fault(answer_twice=True))

@@ -23,7 +23,7 @@ from enso_tracker._items import QueuedEvent, event_id_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
 from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import DropLog, TrackerFactory, accepted
+from tests.conftest import DropLog, TrackerFactory, accepted, wait_until
 
 
 def _items() -> list[QueuedEvent]:
@@ -255,3 +255,24 @@ def test_one_call_body_equals_the_per_event_join_for_any_events(events: list[Any
     assert one == joined
     decoded = msgspec.json.decode(one)["events"]
     assert [e["eventId"] for e in decoded] == [event_id_of(item, "evt_p_") for item in items]
+
+
+def test_full_batches_soon_after_a_request_gather_into_one_fuller_request(
+    make_tracker: TrackerFactory, fake: FakeEnso
+) -> None:
+    # Config.min_request_interval: the first full batch goes at once; the next ones,
+    # filled within the gap, wait it out and go together (within max_backlog_batch_size).
+    tracker = make_tracker(flush_interval=10.0, max_batch_size=10, min_request_interval=2.0)
+    first = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
+    assert wait_until(lambda: tracker.stats().delivered == 10)
+    rest = [accepted(tracker.track("ent", "api_calls", i)) for i in range(25)]
+    assert wait_until(lambda: tracker.stats().delivered == 35)
+    sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
+    assert sizes == [10, 25]
+    assert sorted(fake.events) == sorted(first + rest)
+    _balanced_to_the_byte(tracker)
+
+
+def test_a_negative_min_request_interval_is_refused(make_tracker: TrackerFactory) -> None:
+    with pytest.raises(ConfigurationError, match=r"min_request_interval=-1\.0"):
+        make_tracker(min_request_interval=-1.0)

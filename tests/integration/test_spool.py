@@ -279,7 +279,7 @@ def test_durability_sets_sqlite_synchronous(
 def test_a_drained_spool_that_grew_large_is_compacted(
     make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from enso_tracker import _spool
+    from enso_tracker._spool import disk as _spool
 
     monkeypatch.setattr(_spool, "COMPACT_ABOVE", 256 * 1024)
     spool = tmp_path / "spool"

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from enso_tracker import ConfigurationError, Tracker
-from enso_tracker import _spool_budget as budget
-from enso_tracker._spool_store import disk_size, spool_files
+from enso_tracker._spool import budget
+from enso_tracker._spool.directory import spool_files
+from enso_tracker._spool.sqlite import disk_size
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 

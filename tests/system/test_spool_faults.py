@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from enso_tracker import ConfigurationError, DropReason, Spool, Tracker
-from enso_tracker import _spool_store as store
-from enso_tracker._dead_letters import DeadLetterStore
-from enso_tracker._spool import DiskSpool
+from enso_tracker._spool import directory
+from enso_tracker._spool import format as spool_format
+from enso_tracker._spool.dead_letters import DeadLetterStore
+from enso_tracker._spool.disk import DiskSpool
+from enso_tracker._spool.sqlite import disk_size
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
@@ -519,11 +521,11 @@ def test_spool_bytes_follows_the_file_while_enso_is_down(fake: FakeEnso, tmp_pat
         assert wait_until(lambda: tracker.stats().durable_seq == 1000, 20.0)
         assert tracker.stats().delivered == 0
         db = str(only_db(spool))
-        on_disk = store.disk_size(db)
+        on_disk = disk_size(db)
         assert on_disk > 1000 * 200
-        assert wait_until(lambda: tracker.stats().spool_bytes == store.disk_size(db), 3.0), (
+        assert wait_until(lambda: tracker.stats().spool_bytes == disk_size(db), 3.0), (
             tracker.stats().spool_bytes,
-            store.disk_size(db),
+            disk_size(db),
         )
     finally:
         fake.release()
@@ -544,10 +546,10 @@ meta = {{"pad": "z" * 1000}}
 def written():
     # Until every event was written, refused or kept in memory.
     deadline = time.monotonic() + 30
-    while (t._ledger.queue or t._ledger.spooling) and time.monotonic() < deadline:
+    while (t._ledger.queue or t._ledger.spool.spooling) and time.monotonic() < deadline:
         time.sleep(0.01)
     s = t.stats()
-    alive = t._worker.thread.is_alive() and t._worker.spool_thread.is_alive()
+    alive = t._worker.thread.is_alive() and t._worker.spooler.thread.is_alive()
     return {{"durable": s.durable_seq, "spooled": s.spooled, "dropped": list(dropped),
              "kinds": sorted(kinds),
              "errors": s.worker_errors, "last_error": s.last_error, "alive": alive}}
@@ -654,7 +656,7 @@ def foreign_spool(path: Path, version: int) -> None:
                 "INSERT INTO batches (created, n, crc, body) VALUES (0, 1, ?, ?)",
                 (zlib.crc32(body), body),
             )
-            conn.execute(f"PRAGMA application_id={store.APPLICATION_ID}")
+            conn.execute(f"PRAGMA application_id={spool_format.APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version={version}")
     conn.close()
 
@@ -718,7 +720,7 @@ def test_bad_directories_are_refused_at_construction(
             spool_dir="/proc/enso-spool",
         )
     for kind in ("nfs", "nfs4"):
-        monkeypatch.setattr(store, "_mount_type", lambda path, kind=kind: kind)
+        monkeypatch.setattr(directory, "_mount_type", lambda path, kind=kind: kind)
         with pytest.raises(ConfigurationError, match=f"network filesystem \\({kind}\\)"):
             Tracker(
                 API_KEY,
@@ -797,7 +799,7 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
     check = sqlite3.connect(f"file:{spool / parent_file}?mode=ro", uri=True)
     try:
         assert check.execute("PRAGMA quick_check").fetchone() == ("ok",)
-        assert check.execute("PRAGMA user_version").fetchone() == (store.FORMAT_VERSION,)
+        assert check.execute("PRAGMA user_version").fetchone() == (spool_format.FORMAT_VERSION,)
     finally:
         check.close()
     # The children are gone: the parent's next scan takes their files over and removes

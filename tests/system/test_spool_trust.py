@@ -26,10 +26,10 @@ import msgspec
 import pytest
 
 from enso_tracker import ConfigurationError, Spool, Tracker
-from enso_tracker._dead_letters import DeadLetterStore
 from enso_tracker._model import DropReason
-from enso_tracker._spool_identity import fingerprint, normalize_url, short
-from enso_tracker._spool_store import write_unowned
+from enso_tracker._spool.dead_letters import DeadLetterStore
+from enso_tracker._spool.format import write_unowned
+from enso_tracker._spool.identity import fingerprint, normalize_url, short
 from enso_tracker._wire import join_batch
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, accepted, wait_until
@@ -415,8 +415,8 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
         f"""
         import json, os, resource, time
         from enso_tracker import Tracker
-        from enso_tracker._spool_store import write_unowned
-        from enso_tracker._spool_identity import fingerprint
+        from enso_tracker._spool.format import write_unowned
+        from enso_tracker._spool.identity import fingerprint
         from enso_tracker._wire import join_batch
         t = Tracker({API_KEY!r}, base_url={fake.url!r}, spool_dir={str(spool)!r},
                     handle_sigterm=False)

@@ -47,9 +47,12 @@ def _ledger_of(subject: Ledger | Tracker) -> Ledger:
 
 def holdings_locked(ledger: Ledger) -> Holdings:
     """Every event held in memory, with ``ledger.lock`` held by the caller."""
-    waiting_raw = [*ledger.queue, *ledger.spooling]
+    spool = ledger.spool  # the spool stage's books (None without a spool)
+    spooling = spool.spooling if spool is not None else []
+    staged = spool.staged if spool is not None else ()
+    waiting_raw = [*ledger.queue, *spooling]
     schedule = ledger.schedule
-    waiting: list[Pending] = [*schedule.ready, *schedule.retry, *ledger.staged]
+    waiting: list[Pending] = [*schedule.ready, *schedule.retry, *staged]
     raw = [*waiting_raw, *ledger.inflight_raw]
     pendings = [*waiting, *ledger.inflight]
     seqs = tuple([item[SEQ] for item in raw] + [p.seq for p in pendings])

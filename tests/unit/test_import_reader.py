@@ -1,18 +1,22 @@
 """The import's line reader, its timestamp cache and the sender's timestamp text, against
-plain references (property tests): bounded lines whatever the chunking, the same
-acceptance and millisecond as ``track()``, exact RFC 3339 text."""
+plain references (property tests): bounded lines whatever the chunking, JSONL records
+(line, bytes, fields or reason) as a line-by-line reader makes them, the same acceptance
+and millisecond as ``track()``, exact RFC 3339 text."""
 
 from __future__ import annotations
 
 import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enso_tracker._cli import _rows
-from enso_tracker._cli._timestamps import RepeatCache
+from enso_tracker._cli.importer import rows as _rows
+from enso_tracker._cli.importer.timestamps import RepeatCache
 from enso_tracker._errors import InvalidEventError
 from enso_tracker._validate import timestamp_ns
 from enso_tracker._wire import EventEncoder
@@ -74,6 +78,80 @@ def test_lines_are_those_of_split_whatever_the_chunks(
         blocks = _rows._blocks(Trickle(data, step), limit, "t")  # type: ignore[arg-type]
         got = [line for block in blocks for line in block]
     assert got == reference(data, limit)
+
+
+JSONL_LINES = st.sampled_from(
+    [
+        b'{"a": 1}',
+        b'  {"a": 2}  ',
+        b'{"a": 3}\r',
+        b"",
+        b"   ",
+        b"\r",
+        b"{not json",
+        b"[1, 2]",
+        b"7",
+        b'{"a": 1} {"b": 2}',
+        b"\x0c{}\x0c",
+        b'{"deep": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        b'{"long": "' + b"x" * 60 + b'"}',
+        b'{"bad utf-8": "\xff"}',
+    ]
+)
+
+
+def jsonl_reference(data: bytes, limit: int) -> list[tuple[int, bytes, Any, str | None]]:
+    """What a line-by-line reader makes of JSONL: (line, bytes, fields, problem)."""
+    out: list[tuple[int, bytes, Any, str | None]] = []
+    for n, line in enumerate(reference(data, limit), 1):
+        if line is None:
+            problem = f"line too long: over {limit:,} bytes (--max-line-bytes), skipped"
+            out.append((n, b"", None, problem))
+            continue
+        raw = line.strip()
+        if not raw:
+            continue
+        try:
+            fields = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            out.append((n, raw, None, f"not valid JSON: {exc}"))
+            continue
+        except RecursionError:
+            out.append((n, raw, None, "not valid JSON: nested too deeply"))
+            continue
+        if type(fields) is not dict:
+            out.append((n, raw, None, "not a JSON object"))
+            continue
+        out.append((n, raw, fields, None))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(JSONL_LINES, max_size=40),
+    chunk=st.integers(1, 200),
+    final_newline=st.booleans(),
+)
+def test_jsonl_blocks_are_the_records_of_a_line_by_line_reader(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], chunk: int, final_newline: bool
+) -> None:
+    """Chunks whose lines all decode come as a JsonChunk (no record per line), the others
+    line by line: either way each line keeps its number, bytes and reason."""
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    path = Path(tmp_path_factory.mktemp("jsonl")) / "rows.jsonl"
+    path.write_bytes(data)
+    limit = 5000
+    got = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_rows, "_CHUNK", chunk)
+        for block in _rows.Input(str(path), "auto", limit).blocks():
+            if isinstance(block, _rows.JsonChunk):
+                assert len(block.lines) == len(block.values)
+                records = [block.record(i) for i in range(len(block.lines))]
+            else:
+                records = block
+            got += [(r.line, r.raw, r.fields, r.problem) for r in records]
+    assert got == jsonl_reference(data, limit)
 
 
 @settings(max_examples=2000, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -17,15 +18,22 @@ from enso_tracker import (
     TooLarge,
     Unauthorized,
 )
-from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, held
-from enso_tracker._ledger import Ledger
+from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
+from enso_tracker._ledger import Ledger, State
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
-from enso_tracker._schedule import NO_SEQ, RetryPolicy, Schedule
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._settle import settle_locked
 from tests.unit.audit import audit
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)
+
+
+def dropped_seqs(items: Sequence[Pending] | Sequence[QueuedEvent]) -> list[int]:
+    """Seqs of a report's events: Pendings as the ledger held them (the Reporter decodes
+    them, outside the lock), or queued tuples."""
+    return [e.seq if isinstance(e, Pending) else e[SEQ] for e in items]
 
 
 def ledger() -> Ledger:
@@ -97,11 +105,11 @@ def test_refusals_say_why_and_are_counted() -> None:
     assert reason is not None
     assert reason.kind == "queue_full"
     assert "max_queue_size=10" in reason.message
-    led.stopping = True
+    led.state = State.STOPPING
     reason = led.refuse_locked(100, may_block=False)
     assert reason is not None
     assert reason.kind == "closed"
-    assert led.refused == {"queue_full": 1, "closed": 1}
+    assert led.counters.refused == {"queue_full": 1, "closed": 1}
 
 
 # -- settling outcomes -----------------------------------------------------------------
@@ -113,8 +121,8 @@ def test_an_answer_accounting_for_everything_delivers_the_batch() -> None:
     batch = take(led)
     reports, _ = settle(led, batch, answer(4))
     assert reports == []
-    assert (led.delivered, led.outstanding, led.outstanding_bytes) == (4, 0, 0)
-    assert led.requests == 1
+    assert (led.counters.delivered, led.outstanding, led.outstanding_bytes) == (4, 0, 0)
+    assert led.counters.requests == 1
     assert led.settled_locked(led.seq)
     assert balanced(led)
 
@@ -129,12 +137,12 @@ def test_per_record_failures_are_rejected_or_retried_by_their_status() -> None:
         FailedRecord(index=3, error="busy", code="transient", statusCode="503"),
     )
     reports, _ = settle(led, batch, outcome)
-    assert led.delivered == 2
+    assert led.counters.delivered == 2
     [(items, reason)] = reports
-    assert [i[SEQ] for i in items] == [2]
+    assert dropped_seqs(items) == [2]
     assert (reason.kind, reason.code, reason.status) == ("rejected", 2002, 404)
     assert [p.seq for p in led.schedule.retry] == [4]  # backs off alone
-    assert led.retried == 1
+    assert led.counters.retried == 1
     assert led.min_unsettled_locked() == 4
     assert not led.settled_locked(led.seq)
     assert balanced(led)
@@ -147,10 +155,10 @@ def test_an_answer_that_does_not_reconcile_delivers_nothing() -> None:
     bad = Answered(BatchAnswer(failed=[], summary_total=0, summary_failed=0, summary_success=0))
     reports, _ = settle(led, batch, bad)
     assert reports == []
-    assert led.delivered == 0
-    assert led.failed_requests == 1
-    assert led.last_error is not None
-    assert "does not account" in led.last_error
+    assert led.counters.delivered == 0
+    assert led.counters.failed_requests == 1
+    assert led.counters.last_error is not None
+    assert "does not account" in led.counters.last_error
     assert [p.seq for p in led.schedule.ready] == [1, 2, 3]
     assert balanced(led)
 
@@ -169,8 +177,8 @@ def test_request_level_outcomes(outcome: object, dropped: dict[str, int]) -> Non
     accept(led, 2)
     batch = take(led)
     settle(led, batch, outcome)
-    assert led.dropped == dropped
-    assert led.failed_requests == 1
+    assert led.counters.dropped == dropped
+    assert led.counters.failed_requests == 1
     assert balanced(led)
 
 
@@ -180,7 +188,7 @@ def test_unauthorized_is_logged_once_and_keeps_the_events(
     led = ledger()
     accept(led, 2)
     _, log = settle(led, take(led), Unauthorized("HTTP 401", 401))
-    assert led.auth_state == "unauthorized"
+    assert led.counters.auth_state == "unauthorized"
     assert led.outstanding == 2
     with caplog.at_level(logging.ERROR, logger="enso_tracker"):
         log.emit()  # queued under the lock, emitted only now
@@ -191,7 +199,7 @@ def test_a_lone_413_event_is_dropped_as_too_large() -> None:
     led = ledger()
     accept(led, 1)
     reports, _ = settle(led, take(led), TooLarge("HTTP 413"))
-    assert led.dropped == {"too_large": 1}
+    assert led.counters.dropped == {"too_large": 1}
     assert reports[0][1].status == 413
 
 
@@ -201,7 +209,7 @@ def test_retries_end_as_retries_exhausted_with_the_last_error() -> None:
     for _ in range(3):  # max_retries=2: the third failure spends the budget
         led.schedule.gate_until = 0.0
         reports, _ = settle(led, take(led), Retry("HTTP 429: slow down", 429))
-    assert led.dropped == {"retries_exhausted": 2}
+    assert led.counters.dropped == {"retries_exhausted": 2}
     assert all("HTTP 429: slow down" in r.message for _, r in reports)
     assert led.outstanding == 0
     assert balanced(led)
@@ -220,9 +228,63 @@ def test_exhausted_events_name_the_cause_once_however_many_and_however_often() -
             messages += [r.message for _, r in reports]
         assert len(messages) == 4
         assert all(m.count("last error:") == 1 and m.endswith("HTTP 503: busy") for m in messages)
-    assert led.last_error is not None
-    assert led.last_error.count("last error:") == 1
-    assert led.dropped == {"retries_exhausted": 8}
+    assert led.counters.last_error is not None
+    assert led.counters.last_error.count("last error:") == 1
+    assert led.counters.dropped == {"retries_exhausted": 8}
+    assert balanced(led)
+
+
+def test_a_failed_record_without_a_status_is_rejected_never_resent() -> None:
+    # RetryPolicy.is_retryable_status(None) is False: resending it would loop forever.
+    led = ledger()
+    accept(led, 3)
+    batch = take(led)
+    reports, _ = settle(led, batch, answer(3, FailedRecord(index=1, error="bad", code=2001)))
+    [(items, reason)] = reports
+    assert dropped_seqs(items) == [2]
+    assert (reason.kind, reason.code, reason.status) == ("rejected", 2001, None)
+    assert (led.counters.delivered, led.counters.retried, led.counters.requests) == (2, 0, 1)
+    assert (led.schedule.retry, list(led.schedule.ready)) == ([], [])
+    assert led.outstanding == 0
+    assert balanced(led)
+
+
+def test_an_event_failing_alone_past_its_budget_ends_retries_exhausted() -> None:
+    led = ledger()
+    accept(led, 2)
+    now = 100.0
+    for attempt in range(1, 4):  # max_retries=2: the third per-record 503 spends it
+        batch = take(led, now)
+        assert [p.seq for p in batch] == ([1, 2] if attempt == 1 else [1])
+        assert batch[0].attempts == attempt
+        failed = FailedRecord(index=0, error="busy", code="transient", statusCode=503)
+        reports, _ = settle(led, batch, answer(len(batch), failed))
+        now += 100.0  # past any backoff (backoff_max=4)
+    [(items, reason)] = reports
+    assert dropped_seqs(items) == [1]
+    assert reason.kind == "retries_exhausted"
+    assert led.counters.dropped == {"retries_exhausted": 1}
+    assert (led.counters.delivered, led.counters.retried) == (1, 2)
+    assert (led.schedule.retry, list(led.schedule.ready)) == ([], [])  # in no queue
+    assert led.outstanding == 0
+    assert balanced(led)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "group"),
+    [
+        (Retry("ConnectError"), 2),  # no answer: maybe this batch's doing, so bisected
+        (Retry("HTTP 502", 502), 2),
+        (Retry("HTTP 429: slow down", 429), 1 << 30),  # a rate limit says nothing of it
+        (Retry("HTTP 408", 408), 1 << 30),
+    ],
+)
+def test_only_suspect_failures_bisect_the_batch(outcome: Retry, group: int) -> None:
+    led = ledger()
+    accept(led, 4)
+    settle(led, take(led), outcome)
+    assert [p.group for p in led.schedule.ready] == [group] * 4
+    assert led.counters.retried == 4
     assert balanced(led)
 
 
@@ -251,7 +313,7 @@ def test_close_drops_everything_left_as_shutdown() -> None:
     with led.lock:
         left = led.close_locked(reports)
     assert len(left) == 6
-    assert led.dropped == {"shutdown": 6}
-    assert led.closed
+    assert led.counters.dropped == {"shutdown": 6}
+    assert led.state is State.CLOSED
     assert led.outstanding == 0
     assert balanced(led)

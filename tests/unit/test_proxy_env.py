@@ -39,7 +39,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_a_proxy_that_cannot_work_fails_construction(
     env: pytest.MonkeyPatch, variable: str, value: str, says: str
 ) -> None:
-    env.setattr("enso_tracker._proxy._socks_installed", lambda: False)
+    env.setattr("enso_tracker._http.proxy._socks_installed", lambda: False)
     env.setenv(variable, value)
     with pytest.raises(ConfigurationError) as raised:
         Tracker(api_key=API_KEY)
@@ -62,7 +62,7 @@ def test_a_proxy_that_cannot_work_fails_construction(
     ],
 )
 def test_a_workable_proxy_is_accepted(env: pytest.MonkeyPatch, value: str) -> None:
-    env.setattr("enso_tracker._proxy._socks_installed", lambda: True)
+    env.setattr("enso_tracker._http.proxy._socks_installed", lambda: True)
     env.setenv("HTTPS_PROXY", value)
     Tracker(api_key=API_KEY, handle_sigterm=False).shutdown(0.0)
 

@@ -6,7 +6,8 @@ import random
 from collections import deque
 
 from enso_tracker._items import Pending, QueuedEvent
-from enso_tracker._schedule import NO_SEQ, RetryPolicy, Schedule
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._wire import BODY_OVERHEAD
 
 POLICY = RetryPolicy(max_retries=3, max_event_age=100.0, backoff_base=1.0, backoff_max=8.0)
@@ -214,3 +215,79 @@ def test_low_water_is_the_lowest_parked_event_not_settled_since() -> None:
     assert s.low_water() == 2
     a.done = b.done = c.done = True
     assert s.low_water() == NO_SEQ
+
+
+# -- fuller requests at high rates (Config.min_request_interval) ------------------------
+
+
+def gathering(batch_size: int = 2, backlog_size: int = 100) -> Schedule:
+    return Schedule(
+        POLICY,
+        batch_size=batch_size,
+        backlog_size=backlog_size,
+        byte_limit=10_000,
+        flush_interval=1.0,
+        min_request_interval=0.1,
+        rng=random.Random(7),
+    )
+
+
+def test_a_full_batch_soon_after_a_request_waits_out_the_gap_then_goes_fuller() -> None:
+    s = gathering()
+    q = queue(1, 2)
+    taken, _ = s.plan(10.0, q, urgent=False, room=1_000)  # the first request: at once
+    assert seqs(taken) == [1, 2]
+    q.extend(queue(3, 4))
+    assert s.plan(10.02, q, urgent=False, room=1_000) == ([], 0.08000000000000007)
+    q.extend(queue(5, 6, 7))
+    taken, wait = s.plan(10.1, q, urgent=False, room=1_000)
+    assert (seqs(taken), wait, list(q)) == ([3, 4, 5, 6, 7], 0.0, [])
+
+
+def test_nothing_is_held_when_urgent_without_room_with_a_retry_or_a_full_backlog() -> None:
+    # urgent (flush or shutdown waiting)
+    s = gathering()
+    s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
+    assert seqs(s.plan(10.01, queue(3, 4), urgent=True, room=1_000)[0]) == [3, 4]
+    # no room: the queue is half full, or a spool stages stored batches
+    s = gathering()
+    s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
+    assert seqs(s.plan(10.01, queue(3, 4), urgent=False, room=0)[0]) == [3, 4]
+    # a full backlog request is already queued
+    s = gathering(backlog_size=3)
+    s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
+    assert seqs(s.plan(10.01, queue(3, 4, 5), urgent=False, room=1_000)[0]) == [3, 4, 5]
+    # a retry is ready: it goes, with the queue behind it
+    s = gathering()
+    s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
+    s.ready.append(pending(9))
+    assert seqs(s.plan(10.01, queue(3, 4), urgent=False, room=1_000)[0]) == [9, 3]
+
+
+def test_a_full_batch_is_not_held_when_the_queue_would_outgrow_the_room_meanwhile() -> None:
+    s = gathering(batch_size=10, backlog_size=1_000)
+    s.plan(10.0, queue(*range(10)), urgent=False, room=1_000)
+    q = queue(*range(10, 20))
+    assert s.plan(10.05, q, urgent=False, room=1_000)[0] == []  # starts the batch clock
+    # 10 events in 1 ms: 10,000/s, 500 more by the end of the gap, within the room of 1,000
+    assert s.plan(10.051, q, urgent=False, room=1_000)[0] == []
+    # the same rate with room for 400: it goes now
+    assert len(s.plan(10.051, q, urgent=False, room=400)[0]) == 10
+
+
+def test_after_a_take_that_left_a_backlog_behind_the_rest_goes_at_once() -> None:
+    # the tail of a burst: the sender is draining, not keeping up; holding would only
+    # add latency
+    s = gathering(batch_size=2, backlog_size=3)
+    q = queue(1, 2, 3, 4, 5)
+    assert seqs(s.plan(10.0, q, urgent=False, room=1_000)[0]) == [1, 2, 3]
+    assert seqs(s.plan(10.001, q, urgent=False, room=1_000)[0]) == [4, 5]
+    # that take emptied the queue: the next full batch waits out the gap again
+    q.extend(queue(6, 7))
+    assert s.plan(10.002, q, urgent=False, room=1_000)[0] == []
+
+
+def test_without_min_request_interval_every_full_batch_goes_at_once() -> None:
+    s = schedule(batch_size=2)
+    s.plan(10.0, queue(1, 2), urgent=False, room=1_000)
+    assert seqs(s.plan(10.001, queue(3, 4), urgent=False, room=1_000)[0]) == [3, 4]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._auth import ApiKey
-from enso_tracker._sender import (
+from enso_tracker._http.auth import ApiKey
+from enso_tracker._http.sender import (
     Answered,
     HttpSender,
     Outcome,
@@ -18,7 +19,6 @@ from enso_tracker._sender import (
     Retry,
     TooLarge,
     Unauthorized,
-    parse_retry_after,
 )
 
 OK_BODY = (
@@ -130,18 +130,63 @@ def test_transport_errors_are_retried(error: httpx.HTTPError) -> None:
     assert outcome.message == type(error).__name__
 
 
-def test_parse_retry_after_forms() -> None:
+def test_retry_after_http_date_is_read_by_the_senders_policy() -> None:
+    # Every form is tested exactly in test_retry.py; here: the sender asks the policy,
+    # built from its Config (max_retry_after=60 clamps a date 10 minutes away).
     now = time.time()
-    assert parse_retry_after("3", 60.0) == 3.0
-    assert parse_retry_after(" 1.5 ", 60.0) == 1.5
-    assert parse_retry_after("-4", 60.0) == 0.0
-    assert parse_retry_after("500", 60.0) == 60.0
-    assert parse_retry_after(None, 60.0) is None
-    assert parse_retry_after("soon", 60.0) is None
-    assert parse_retry_after("nan", 60.0) is None
-    future = email.utils.formatdate(now + 30, usegmt=True)
-    got = parse_retry_after(future, 60.0, now=now)
-    assert got is not None
-    assert 28.0 <= got <= 30.0
-    past = email.utils.formatdate(now - 30, usegmt=True)
-    assert parse_retry_after(past, 60.0, now=now) == 0.0
+    soon = email.utils.formatdate(now + 30, usegmt=True)  # whole seconds: 29-30 s away
+    outcome = send_with(answering(503, headers={"Retry-After": soon}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after is not None
+    assert 28.0 <= outcome.retry_after <= 30.0
+    late = email.utils.formatdate(now + 600, usegmt=True)
+    outcome = send_with(answering(429, headers={"Retry-After": late}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after == 60.0
+    outcome = send_with(answering(429, headers={"Retry-After": "soon"}))
+    assert isinstance(outcome, Retry)
+    assert outcome.retry_after is None
+
+
+def test_on_answer_sees_every_answer_with_what_was_read_of_it() -> None:
+    # doctor's probe reads status, Date and the error code through this seam only.
+    answers = iter(
+        [
+            httpx.Response(415, content=b'{"message":"no gzip"}'),
+            httpx.Response(400, content=b'{"errors":[{"code":2003}]}', headers={"Date": "d"}),
+        ]
+    )
+    config = Config(base_url="https://enso.test", compression="gzip")
+    sender = HttpSender(config, ApiKey("k"), transport=httpx.MockTransport(lambda r: next(answers)))
+    seen: list[tuple[int, str | None, bytes]] = []
+    sender.on_answer = lambda response, content: seen.append(
+        (response.status_code, response.headers.get("Date"), content)
+    )
+    try:
+        outcome = sender.send(BODY, 5.0)
+    finally:
+        sender.close()
+    assert isinstance(outcome, Rejected)
+    assert seen == [
+        (415, None, b'{"message":"no gzip"}'),  # the gzip body, refused: resent plain
+        (400, "d", b'{"errors":[{"code":2003}]}'),
+    ]
+
+
+def test_on_answer_sees_the_status_of_an_answer_whose_body_broke_off() -> None:
+    class Broken(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"sta'
+            raise httpx.ReadError("reset")
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Broken()))
+    sender = HttpSender(Config(base_url="https://enso.test"), ApiKey("k"), transport=transport)
+    seen: list[tuple[int, bytes]] = []
+    sender.on_answer = lambda response, content: seen.append((response.status_code, content))
+    try:
+        outcome = sender.send(BODY, 5.0)
+    finally:
+        sender.close()
+    assert isinstance(outcome, Retry)
+    assert outcome.status is None  # no answer to judge: a network failure
+    assert seen == [(200, b"")]
