@@ -13,6 +13,12 @@ PIP := $(PY) -m pip --quiet --disable-pip-version-check
 DEMO_STAMP := $(VENV)/.installed-demo
 CHECK_STAMP := $(VENV)/.installed-check
 TEST_STAMP := $(VENV)/.installed-test
+# Workers for the suite (pytest-xdist): `make test JOBS=0` runs it in one process. A test
+# file runs whole on one worker: its module fixtures (a Spark session, a Dask cluster, a
+# built wheel) are set up once. (Not `loadgroup`: pytest 9.2 ignores its groups,
+# pytest-xdist issue #1386.)
+JOBS ?= auto
+XDIST := -n $(JOBS) --dist loadfile
 
 .PHONY: demo check test test-all lint types unit quick suite integration system redis bench clean
 
@@ -54,16 +60,16 @@ unit: $(CHECK_STAMP)
 	$(PY) -m pytest -q tests/unit
 
 quick: $(CHECK_STAMP)
-	$(PY) -m pytest -q -m 'not slow' tests/unit tests/integration
+	$(PY) -m pytest -q $(XDIST) -m 'not slow' tests/unit tests/integration
 
 integration: $(CHECK_STAMP)
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q $(XDIST) tests/integration
 
 system: $(TEST_STAMP) redis
-	$(PY) -m pytest -q tests/system
+	$(PY) -m pytest -q $(XDIST) tests/system
 
 suite: $(TEST_STAMP) redis
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) --durations=15
 
 # the RQ tests' Redis (Debian's; as root, as CI runs: otherwise those tests skip, saying so)
 redis:

@@ -25,6 +25,7 @@ from enso_tracker._reporting import Reports
 from enso_tracker._retry import RetryPolicy
 from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._settle import settle_locked
+from tests.unit.audit import audit
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)
 
@@ -89,6 +90,7 @@ def settle(led: Ledger, batch: list[Pending], outcome: object) -> tuple[Reports,
 
 
 def balanced(led: Ledger) -> bool:
+    audit(led)  # what the queues hold, event by event, is what the books say
     stats = led.snapshot(0, 0)
     return stats.balanced and stats.accepted == led.seq
 

@@ -1,0 +1,81 @@
+"""An audit of the books: what the queues really hold, counted event by event.
+
+``Stats.balanced`` is counter arithmetic (accepted = delivered + dropped + pending + ...):
+an event lost from every queue while still counted as pending, or the bytes of a
+delivered event never given back, leave it True, until ``flush()`` waits forever or
+``track()`` refuses everything as ``queue_full``. :func:`audit` walks every place an
+event can be held in memory and checks the ledger's counts against it:
+
+* every held event is held once (no sequence number in two places);
+* ``outstanding`` is the number of events held;
+* ``outstanding_bytes`` is what they hold (a queued event its ``held()`` estimate, a
+  taken one its ``Pending.size``), plus the body of a fresh batch in flight;
+* ``stats()`` balances, its ``pending`` is ``outstanding`` plus the spool's backlog, and
+  its ``queued_bytes`` is what the events not in flight hold.
+
+This is the one place in the tests that reads the ledger's private state: when the
+ledger's fields change, this function changes with them, not every test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from enso_tracker import Tracker
+from enso_tracker._items import SEQ, Pending, held
+from enso_tracker._ledger import Ledger
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the ledger holds in memory, as counted by walking it."""
+
+    events: int
+    bytes: int
+    #: Of those, what waits (not in flight): what ``stats().queued_bytes`` reports.
+    waiting_bytes: int
+    seqs: tuple[int, ...]
+
+
+def _ledger_of(subject: Ledger | Tracker) -> Ledger:
+    ledger: Any = subject._ledger if isinstance(subject, Tracker) else subject
+    assert isinstance(ledger, Ledger)
+    return ledger
+
+
+def holdings_locked(ledger: Ledger) -> Holdings:
+    """Every event held in memory, with ``ledger.lock`` held by the caller."""
+    spool = ledger.spool  # the spool stage's books (None without a spool)
+    spooling = spool.spooling if spool is not None else []
+    staged = spool.staged if spool is not None else ()
+    waiting_raw = [*ledger.queue, *spooling]
+    schedule = ledger.schedule
+    waiting: list[Pending] = [*schedule.ready, *schedule.retry, *staged]
+    raw = [*waiting_raw, *ledger.inflight_raw]
+    pendings = [*waiting, *ledger.inflight]
+    seqs = tuple([item[SEQ] for item in raw] + [p.seq for p in pendings])
+    size = sum(held(item) for item in raw) + sum(p.size for p in pendings)
+    waits = sum(held(item) for item in waiting_raw) + sum(p.size for p in waiting)
+    return Holdings(len(seqs), size + ledger.inflight_body, waits, seqs)
+
+
+def audit(subject: Ledger | Tracker) -> Holdings:
+    """Check the books against what is held (see the module docstring); returns it."""
+    ledger = _ledger_of(subject)
+    with ledger.lock:
+        held_now = holdings_locked(ledger)
+        books = (ledger.outstanding, ledger.outstanding_bytes)
+        stats = ledger.snapshot(0, 0, locked=False)
+        on_disk = ledger.on_disk
+    twice = sorted(seq for seq, n in Counter(held_now.seqs).items() if n > 1)
+    assert not twice, f"events held in two places at once: {twice}"
+    assert books == (held_now.events, held_now.bytes), (
+        f"the books say {books[0]} events and {books[1]} bytes are held; "
+        f"the queues hold {held_now.events} events and {held_now.bytes} bytes"
+    )
+    assert stats.balanced, stats
+    assert stats.queued_bytes == held_now.waiting_bytes, (stats.queued_bytes, held_now)
+    assert stats.pending == books[0] + on_disk, (stats.pending, books[0], on_disk)
+    return held_now

@@ -1,0 +1,46 @@
+"""The ledger's own planning, driven as the sender drives it: retries put back in line
+go first, fresh events fill the rest of the batch, and what is taken is in flight as
+what it is (encoded retries, raw fresh events); the audit checks the books each step."""
+
+from __future__ import annotations
+
+import pytest
+
+from enso_tracker import Retry
+from enso_tracker._items import SEQ, Pending
+from tests.unit.audit import audit
+from tests.unit.test_ledger import accept, ledger, settle, take
+
+pytestmark = pytest.mark.timeout(30)  # a planning loop that never ends fails, not hangs
+
+
+def test_a_batch_of_retries_then_fresh_events_is_in_flight_as_each_is() -> None:
+    led = ledger()  # batch_size=4
+    accept(led, 2)
+    first = take(led)  # encoded, as the sender encodes a batch before sending it
+    settle(led, first, Retry("HTTP 429", 429))  # back in line, ready (429: not bisected)
+    audit(led)
+    led.schedule.gate_until = 0.0
+    accept(led, 3)
+    with led.lock:
+        taken, _ = led.plan_locked(100.0)
+    assert [p.seq if isinstance(p, Pending) else p[SEQ] for p in taken] == [1, 2, 3, 4]
+    assert led.inflight == first  # the retries, encoded once and sent as they are
+    assert [item[SEQ] for item in led.inflight_raw] == [3, 4]  # fresh: encoded only now
+    assert [item[SEQ] for item in led.queue] == [5]
+    held = audit(led)
+    assert sorted(held.seqs) == [1, 2, 3, 4, 5]
+    assert led.snapshot(0, 0).in_flight == 4
+
+
+def test_three_retries_and_fresh_events_split_where_the_retries_end() -> None:
+    led = ledger()
+    accept(led, 3)
+    settle(led, take(led), Retry("HTTP 429", 429))
+    led.schedule.gate_until = 0.0
+    accept(led, 2)
+    with led.lock:
+        led.plan_locked(100.0)
+    assert [p.seq for p in led.inflight] == [1, 2, 3]
+    assert [item[SEQ] for item in led.inflight_raw] == [4]
+    assert audit(led).events == 5
