@@ -101,12 +101,16 @@ class SenderMoves:
         if p.row is not None or self._receipts:
             self._finished.append(p)
 
-    def exhaust_locked(self, group: list[Pending], now: float, reports: Reports) -> None:
-        # The cause as it was before these drops (each drop sets last_error): never a
-        # previous exhaustion's text, which would nest once per event and per round.
-        cause = self.counters.last_error or "none"
-        if cause.startswith("retries_exhausted: ") and _CAUSE in cause:
-            cause = cause.split(_CAUSE, 1)[1]
+    def exhaust_locked(
+        self, group: list[Pending], now: float, reports: Reports, *, cause: str | None = None
+    ) -> None:
+        # The cause: the event's own failure when the caller knows it (a failed record);
+        # else the request's, as it was before these drops (each drop sets last_error):
+        # never a previous exhaustion's text, which would nest once per event and round.
+        if cause is None:
+            cause = self.counters.last_error or "none"
+            if cause.startswith("retries_exhausted: ") and _CAUSE in cause:
+                cause = cause.split(_CAUSE, 1)[1]
         for p in group:
             self.drop_locked(
                 [p],
@@ -134,12 +138,15 @@ class SenderMoves:
         if exhausted:
             self.exhaust_locked(exhausted, now, reports)
 
-    def retry_locked(self, p: Pending, now: float, reports: Reports) -> None:
-        """One event failed on its own: it backs off alone, while its budget lasts."""
+    def retry_locked(
+        self, p: Pending, now: float, reports: Reports, *, cause: str | None = None
+    ) -> None:
+        """One event failed on its own (``cause``: how): it backs off alone, while its
+        budget lasts."""
         if self.schedule.retry_later(p, now):
             self.counters.retried += 1
         else:
-            self.exhaust_locked([p], now, reports)
+            self.exhaust_locked([p], now, reports, cause=cause)
 
     def begin_send_locked(
         self, encoded: list[Pending], grown: int

@@ -144,19 +144,22 @@ def _answered_locked(
         ledger.delivered_locked(batch)
         return
     policy = ledger.schedule.policy
-    retry: list[Pending] = []
+    # Each retried event with its own cause: a retries_exhausted drop names the failure
+    # of that event, never another record's (the ledger-wide last_error).
+    retry: list[tuple[Pending, str]] = []
     rejected: dict[tuple[Any, Any, str], list[Pending]] = {}
     for i, p in enumerate(batch):
         failure = failed.get(i)
         if failure is None:
             if unsure:
-                retry.append(p)
+                retry.append((p, "not accounted for in Enso's answer"))
             else:
                 ledger.forget_locked(p)
             continue
         status = failure.status
         if policy.is_retryable_status(status):  # none: rejected, never a resend loop
-            retry.append(p)
+            error = failure.error or "record failed"
+            retry.append((p, f"{error} (status={status}, code={failure.code})"))
         else:
             key = (failure.code, status, failure.error or "rejected by Enso")
             rejected.setdefault(key, []).append(p)
@@ -166,5 +169,5 @@ def _answered_locked(
         )
     if retry:
         ledger.note_error_locked(ledger.counters.last_error or "per-record failures")
-        for p in retry:
-            ledger.retry_locked(p, now, reports)
+        for p, cause in retry:
+            ledger.retry_locked(p, now, reports, cause=cause)

@@ -177,9 +177,33 @@ def test_an_event_failing_alone_per_record_ends_retries_exhausted_after_its_budg
     assert event.event_id == ids[1]
     message = drops.reasons()[ids[1]].message
     assert message.startswith(f"gave up after {max_retries + 1} attempts over ")
-    assert message.endswith("; last error: per-record failures")
+    # its own failure, as Enso answered it for this record
+    assert message.endswith(
+        "; last error: Service temporarily unavailable (status=503, code=transient)"
+    )
     assert audit(tracker).events == 0
     assert stats.balanced
+
+
+def test_a_retries_exhausted_drop_names_its_own_records_failure_not_another_ones(
+    make: Make, fake: FakeEnso, drops: DropRecorder
+) -> None:
+    # One batch: "gone" rejected (unknown customer, 2002), "flaky" failing 503 on its own.
+    # The budget-spent "flaky" once named the ledger-wide last error: "gone"'s rejection.
+    fake.known_entities = ["ent_1"]
+    fake.fail_event_ids(["flaky"], status=503, times=1000)
+    tracker = make(max_retries=0)
+    accepted(tracker.track("ent_missing", "api_calls", 1, event_id="gone"))
+    accepted(tracker.track("ent_1", "api_calls", 2, event_id="flaky"))
+    assert tracker.flush(10.0)
+    reasons = drops.reasons()
+    assert (reasons["gone"].kind, reasons["gone"].code) == ("rejected", 2002)
+    assert reasons["flaky"].kind == "retries_exhausted"
+    assert reasons["flaky"].message.endswith(
+        "; last error: Service temporarily unavailable (status=503, code=transient)"
+    )
+    assert "Customer entity not found" not in reasons["flaky"].message
+    assert tracker.stats().balanced
 
 
 @pytest.mark.parametrize("max_retries", [0, 2])
@@ -496,9 +520,8 @@ def test_a_disabled_tracker_lets_events_go_with_their_bytes(drops: DropRecorder)
 def test_an_exhausted_event_names_its_cause_not_a_previous_exhaustion(
     make: Make, fake: FakeEnso, drops: DropRecorder
 ) -> None:
-    # The per-record path keeps last_error as it was, so the second event to run out of
-    # retries finds the first one's retries_exhausted text there: the cause is taken
-    # from inside it, never nested.
+    # The second event to run out of retries finds the first one's retries_exhausted
+    # text in last_error: the cause is its own record's failure, never that text nested.
     tracker = make(max_retries=1)
     fake.fail_event_ids(["first", "second"], status=503, times=1000)
     for event_id in ("first", "second"):
@@ -507,7 +530,10 @@ def test_an_exhausted_event_names_its_cause_not_a_previous_exhaustion(
     messages = [drops.reasons()[event_id].message for event_id in ("first", "second")]
     for message in messages:
         assert message.startswith("gave up after 2 attempts over ")
-        assert message.endswith("s; last error: per-record failures"), message
+        assert message.endswith(
+            "s; last error: Service temporarily unavailable (status=503, code=transient)"
+        ), message
+        assert message.count("last error") == 1
     assert tracker.stats().dropped == {"retries_exhausted": 2}
     assert audit(tracker).events == 0
 
