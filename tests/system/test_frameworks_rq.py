@@ -81,10 +81,11 @@ def _work(
 @pytest.mark.parametrize(
     ("worker_class", "made"),
     [
-        ("rq.worker.Worker", "in-the-horse"),
-        ("rq.worker.Worker", "before-the-fork"),
+        # RQ's classes, with a quicker exit (tests/apps/rq_workers.py)
+        ("tests.apps.rq_workers.Worker", "in-the-horse"),
+        ("tests.apps.rq_workers.Worker", "before-the-fork"),
         # a spawned horse is a new interpreter: it always makes its own tracker
-        ("rq.worker.SpawnWorker", "in-the-horse"),
+        ("tests.apps.rq_workers.SpawnWorker", "in-the-horse"),
     ],
 )
 def test_every_horse_delivers_its_jobs_events(
@@ -115,6 +116,8 @@ def test_without_the_integration_every_horses_events_are_lost(
     fake: FakeEnso, tmp_path: Path, redis_url: str
 ) -> None:
     """The control: the horse's os._exit() skips atexit, so the test above can fail."""
-    records, _ = _work(fake, tmp_path, redis_url, integrations=False)
+    records, _ = _work(
+        fake, tmp_path, redis_url, "-w", "tests.apps.rq_workers.Worker", integrations=False
+    )
     assert {r["id"] for r in records} == {f"job-{i}" for i in range(JOBS)}
     assert not fake.events
