@@ -27,4 +27,5 @@ def _quick_run_in_thread(
     return _run_in_thread(self, min(sleep_time, 0.5), *args, **kwargs)
 
 
-redis.client.PubSub.run_in_thread = _quick_run_in_thread  # type: ignore[method-assign]
+# setattr: a patch of a library class, typed or not depending on what is installed
+setattr(redis.client.PubSub, "run_in_thread", _quick_run_in_thread)  # noqa: B010
