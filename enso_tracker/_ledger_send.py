@@ -17,25 +17,21 @@ called with the ledger's lock held.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
 from ._http.sender import Outcome
 from ._items import SEQ, Pending, QueuedEvent
+from ._ledger_fields import LedgerFields
 from ._log import DeferredLog
 from ._model import DropReason
 from ._reporting import Reports
-from ._schedule import Schedule
 from ._settle import settle_fresh_locked, settle_locked
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._config import Config
-    from ._ledger import Counters, Ledger
-    from ._spool.books import SpoolBooks
+    from ._ledger import Ledger
 
 __all__ = ["SenderMoves"]
 
@@ -43,27 +39,11 @@ __all__ = ["SenderMoves"]
 _CAUSE: Final = "; last error: "
 
 
-class SenderMoves:
+class SenderMoves(LedgerFields):
     """The sender's half of ``Ledger``'s moves (``Ledger`` sets every attribute)."""
 
     if not TYPE_CHECKING:  # Ledger's instances stay slotted; mypy checks its slots there
         __slots__ = ()
-
-    counters: Counters
-    config: Config
-    schedule: Schedule
-    spool: SpoolBooks | None
-    queue: deque[QueuedEvent]
-    inflight: list[Pending]
-    inflight_raw: list[QueuedEvent]
-    inflight_body: int
-    outstanding: int
-    outstanding_bytes: int
-    _settled: threading.Condition
-    _room: threading.Condition
-    _finished: list[Pending]
-    _receipts: bool
-    _reporting: int
 
     if TYPE_CHECKING:  # the ledger's own
 

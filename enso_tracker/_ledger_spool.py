@@ -10,44 +10,24 @@ disk and come back, events lost on disk, and waking ``flush()`` and a blocked
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from typing import TYPE_CHECKING
 
 from ._items import Pending, QueuedEvent
+from ._ledger_fields import LedgerFields
 from ._model import DropReason
 from ._reporting import Reports
-from ._schedule import Schedule
 
 if TYPE_CHECKING:
-    from ._config import Config
-    from ._ledger import Counters
-    from ._spool.books import SpoolBooks
+    pass
 
 __all__ = ["SpoolerMoves"]
 
 
-class SpoolerMoves:
+class SpoolerMoves(LedgerFields):
     """The spooler's half of ``Ledger``'s moves (``Ledger`` sets every attribute)."""
 
     if not TYPE_CHECKING:  # Ledger's instances stay slotted; mypy checks its slots there
         __slots__ = ()
-
-    counters: Counters
-    config: Config
-    schedule: Schedule
-    spool: SpoolBooks | None
-    queue: deque[QueuedEvent]
-    inflight: list[Pending]
-    inflight_raw: list[QueuedEvent]
-    inflight_body: int
-    outstanding: int
-    outstanding_bytes: int
-    _settled: threading.Condition
-    _room: threading.Condition
-    _finished: list[Pending]
-    _receipts: bool
-    _reporting: int
 
     def take_queued_locked(self, n: int) -> list[QueuedEvent]:
         """Up to ``n`` events from the head of the queue (the spooler writes them)."""
