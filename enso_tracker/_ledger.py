@@ -35,7 +35,7 @@ and the snapshot in :mod:`._ledger_state`):
   ``ask_prompt_send_locked``, ``add_flush_waiter_locked``/``flush_waiter_gone``,
   ``begin_stop_locked``, ``finish_on_sender``, ``close_locked``, ``snapshot``.
 * The sender thread (``_worker``): ``plan_locked``, ``begin_send_locked``/
-  ``finish_send_locked`` (which applies the outcome: ``_settle``, through the
+  ``finish_send_locked`` (which applies the outcome: ``_outcomes``, through the
   ``count_request_locked`` ... ``request_failed_locked`` methods and the moves
   ``delivered_locked``, ``drop_locked``, ``backoff_locked``, ``retry_locked``), the fresh
   batch's ``begin_fresh_locked``/``fresh_delivered_locked``/``fresh_unsure_locked``,

@@ -17,7 +17,7 @@ Design constraints (what must never break):
 The rest of the pipeline sits behind it, one job per module (README "Design"):
 
 * :mod:`._ledger` the books, the queue and the lock; :mod:`._schedule` which events go
-  next and when (pure); :mod:`._worker` the sender thread; :mod:`._settle` what an
+  next and when (pure); :mod:`._worker` the sender thread; :mod:`._outcomes` what an
   outcome means for each event; :mod:`._reporting` drops to logs and ``on_drop``;
   :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._http` HTTP.
 
