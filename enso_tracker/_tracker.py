@@ -14,12 +14,9 @@ Design constraints (what must never break):
 * Bad arguments raise at the call site; delivery problems never raise into the caller.
 * No user code (``on_drop``, log handlers) runs under the ledger's lock.
 
-The rest of the pipeline sits behind it, one job per module (README "Design"):
-
-* :mod:`._ledger` the books, the queue and the lock; :mod:`._schedule` which events go
-  next and when (pure); :mod:`._worker` the sender thread; :mod:`._outcomes` what an
-  outcome means for each event; :mod:`._reporting` drops to logs and ``on_drop``;
-  :mod:`._lifecycle` exit, fork and signal hooks; :mod:`._http` HTTP.
+The rest of the pipeline sits behind it, one job per module (:mod:`._ledger` the books,
+the queue and the lock; :mod:`._worker` the sender thread; the whole map is in
+``docs/internals.md``).
 
 Every accepted event ends in exactly one of: delivered, dropped with a reason (reported
 to ``on_drop``, counted, logged), or still pending; ``stats()`` shows the books.
