@@ -1,18 +1,26 @@
-"""Configuration: one frozen object holding every bound, with its default."""
+"""Configuration: one frozen object holding every bound, with its default.
+
+Owns :class:`Config` (every option, its default and its cross-field rules) and what the
+environment may set (``options_from_env``, ``env_flag``). The checks of single values
+(numbers, durations, URLs) are :mod:`._config_checks`'.
+
+Design constraints (what must never break):
+
+* A ``Config`` is valid once built: every option is checked in ``__post_init__`` (and
+  again by ``replace()``), failing with a ``ConfigurationError`` naming it and its value.
+* It holds no credentials, so it can be logged and compared freely.
+* An environment switch that is not clearly yes or no is an error, never a guess.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
-import httpx
-
+from ._config_checks import check_int, check_seconds, check_url
 from ._errors import ConfigurationError
 from ._http.compress import Compression
 
@@ -158,25 +166,25 @@ class Config:
     min_request_interval: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_url(self.base_url, self.allow_insecure_http)
-        _check_int("max_batch_size", self.max_batch_size, 1, 100_000)
-        _check_int("max_batch_bytes", self.max_batch_bytes, 16 * 1024, 256 * 1024 * 1024)
-        _check_int("max_queue_size", self.max_queue_size, 1, 100_000_000)
-        _check_int("max_queue_bytes", self.max_queue_bytes, 1024, 64 * 1024 * 1024 * 1024)
-        _check_int("max_retries", self.max_retries, 0, 1_000_000)
-        _check_int("max_name_length", self.max_name_length, 1, 1_000_000)
-        _check_int("max_id_length", self.max_id_length, 1, 100_000)
-        _check_int("max_metadata_bytes", self.max_metadata_bytes, 2, 16 * 1024 * 1024)
+        check_url(self.base_url, self.allow_insecure_http)
+        check_int("max_batch_size", self.max_batch_size, 1, 100_000)
+        check_int("max_batch_bytes", self.max_batch_bytes, 16 * 1024, 256 * 1024 * 1024)
+        check_int("max_queue_size", self.max_queue_size, 1, 100_000_000)
+        check_int("max_queue_bytes", self.max_queue_bytes, 1024, 64 * 1024 * 1024 * 1024)
+        check_int("max_retries", self.max_retries, 0, 1_000_000)
+        check_int("max_name_length", self.max_name_length, 1, 1_000_000)
+        check_int("max_id_length", self.max_id_length, 1, 100_000)
+        check_int("max_metadata_bytes", self.max_metadata_bytes, 2, 16 * 1024 * 1024)
         if self.max_metadata_bytes > self.max_batch_bytes // 2:
             raise ConfigurationError(
                 "max_metadata_bytes must be at most half of max_batch_bytes, "
                 "so that every accepted event fits in a batch"
             )
         for name in ("flush_interval", "timeout", "backoff_base", "backoff_max"):
-            _check_seconds(name, getattr(self, name), positive=True, maximum=DAY)
+            check_seconds(name, getattr(self, name), positive=True, maximum=DAY)
         for name in ("block_timeout", "shutdown_timeout", "max_retry_after"):
-            _check_seconds(name, getattr(self, name), positive=False, maximum=DAY)
-        _check_seconds("max_event_age", self.max_event_age, positive=False, maximum=WEEK)
+            check_seconds(name, getattr(self, name), positive=False, maximum=DAY)
+        check_seconds("max_event_age", self.max_event_age, positive=False, maximum=WEEK)
         if self.queue_full_policy not in ("drop", "block"):
             raise ConfigurationError(
                 f"queue_full_policy={self.queue_full_policy!r}: must be 'drop' or 'block'"
@@ -191,12 +199,12 @@ class Config:
             if not isinstance(self.spool_dir, str | os.PathLike) or not os.fspath(self.spool_dir):
                 raise ConfigurationError(f"spool_dir={self.spool_dir!r}: must be a directory path")
             object.__setattr__(self, "spool_dir", os.fspath(self.spool_dir))
-        _check_seconds("spool_interval", self.spool_interval, positive=True, maximum=DAY)
+        check_seconds("spool_interval", self.spool_interval, positive=True, maximum=DAY)
         if self.durability not in ("process", "power"):
             raise ConfigurationError(
                 f"durability={self.durability!r}: must be 'process' or 'power'"
             )
-        _check_int("max_spool_bytes", self.max_spool_bytes, 1024 * 1024, 1 << 50)
+        check_int("max_spool_bytes", self.max_spool_bytes, 1024 * 1024, 1 << 50)
         if self.max_spool_bytes < self.max_batch_bytes + SPOOL_ROW_OVERHEAD:
             raise ConfigurationError(
                 f"max_spool_bytes={self.max_spool_bytes} cannot hold one batch of "
@@ -205,20 +213,20 @@ class Config:
                 f"{SPOOL_ROW_OVERHEAD} bytes of SQLite pages); raise max_spool_bytes or "
                 "lower max_batch_bytes"
             )
-        _check_int("max_spool_dir_bytes", self.max_spool_dir_bytes, 1024 * 1024, 1 << 50)
+        check_int("max_spool_dir_bytes", self.max_spool_dir_bytes, 1024 * 1024, 1 << 50)
         if self.max_spool_dir_bytes < self.max_spool_bytes:
             raise ConfigurationError(
                 f"max_spool_dir_bytes={self.max_spool_dir_bytes} is less than "
                 f"max_spool_bytes={self.max_spool_bytes}: the directory must hold at least "
                 "one process's spool file; raise max_spool_dir_bytes or lower max_spool_bytes"
             )
-        _check_int("spool_min_free_bytes", self.spool_min_free_bytes, 0, 1 << 50)
-        _check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
+        check_int("spool_min_free_bytes", self.spool_min_free_bytes, 0, 1 << 50)
+        check_int("max_dead_letter_bytes", self.max_dead_letter_bytes, 64 * 1024, 1 << 50)
         if type(self.disabled) is not bool:
             raise ConfigurationError(f"disabled={self.disabled!r}: must be True or False")
         self._check_receipts()
-        _check_int("max_backlog_batch_size", self.max_backlog_batch_size, 1, 1_000_000)
-        _check_seconds(
+        check_int("max_backlog_batch_size", self.max_backlog_batch_size, 1, 1_000_000)
+        check_seconds(
             "min_request_interval", self.min_request_interval, positive=False, maximum=DAY
         )
         if self.compression not in (None, "gzip"):
@@ -243,116 +251,13 @@ class Config:
             raise ConfigurationError(
                 f"receipts={self.receipts!r} without a spool needs receipts_dir: where to keep them"
             )
-        _check_seconds(
+        check_seconds(
             "receipts_retention", self.receipts_retention, positive=True, maximum=3660 * DAY
         )
 
     def replace(self, **changes: object) -> Config:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int:
-        raise ConfigurationError(f"{name}={value!r}: must be an int")
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name}={value!r}: must be between {low} and {high}")
-
-
-def _check_seconds(name: str, value: object, *, positive: bool, maximum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name}={value!r}: must be a number of seconds")
-    # `not value <= maximum` also catches NaN and an int too large for a float.
-    if value < 0 or (positive and value == 0) or not value <= maximum:
-        kind = "positive" if positive else "non-negative"
-        raise ConfigurationError(
-            f"{name}={value!r}: must be a {kind} number of seconds, at most {maximum:,.0f}"
-        )
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-#: A DNS label as written in a URL (after IDNA: ``xn--`` for non-ASCII names). Underscores
-#: are tolerated (some internal names have them); ``%``, spaces, ``\\`` and the like are not.
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
-_USERINFO = re.compile(r"(//).*@")
-
-
-def _shown(url: str) -> str:
-    """``url`` for an error message: whatever could be a ``user:password@`` is masked."""
-    return repr(_USERINFO.sub(r"\1<redacted>@", url) if "@" in url else url)
-
-
-def _check_host(host: str) -> str | None:
-    """What is wrong with ``host`` (ASCII, as httpx sends it), or None."""
-    if not host:
-        return "has no host"
-    if ":" in host:  # a bracketed IPv6 literal, already checked by urlsplit
-        return None
-    name = host[:-1] if host.endswith(".") else host  # a fully qualified name: fine
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        return "has a malformed host name"
-    if labels[-1].isdigit():  # all-numeric last label: only an IPv4 address makes sense
-        try:
-            ipaddress.IPv4Address(name)
-        except ValueError:
-            return "has a malformed IPv4 address"
-    return None
-
-
-def _check_url(url: object, allow_insecure_http: bool) -> None:
-    """``ConfigurationError`` for anything but a well-formed ``http(s)://host[:port][/path]``.
-
-    Checked here, not on the first request: urlsplit silently drops tabs and newlines and
-    httpx percent-encodes spaces, so a malformed URL would otherwise fail later (or reach
-    another host) instead of at construction.
-    """
-    if not isinstance(url, str) or not url:
-        raise ConfigurationError(f"base_url={url!r}: must be a non-empty URL string")
-    url = str.__str__(url)
-    shown = _shown(url)
-    for index, char in enumerate(url):
-        # Whitespace and control characters anywhere (an env var's trailing newline
-        # included); lone surrogates, which no encoding can send.
-        if char <= " " or "\x7f" <= char <= "\x9f" or "\ud800" <= char <= "\udfff":
-            raise ConfigurationError(
-                f"base_url={shown}: holds whitespace or a control character at index {index}"
-            )
-    if "?" in url or "#" in url:
-        raise ConfigurationError(f"base_url={shown}: must not have a query or fragment")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a port out of range or not a number
-        parsed = httpx.URL(url)
-        host = parsed.raw_host.decode("ascii")
-        if host.startswith("xn--") or ".xn--" in host:
-            parsed.host.encode("utf-8")  # decodes the xn-- labels: raises for a bad one
-    except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
-        reason = str(exc) if "@" not in url else type(exc).__name__
-        raise ConfigurationError(f"base_url={shown}: not a valid URL ({reason})") from None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"base_url={shown}: must be an http(s) URL with a host")
-    if "@" in parts.netloc:
-        raise ConfigurationError("base_url must not embed credentials")
-    problem = _check_host(host)
-    if problem is not None:
-        raise ConfigurationError(f"base_url={shown}: {problem}")
-    if port == 0:
-        raise ConfigurationError(f"base_url={shown}: port must be between 1 and 65535")
-    hostname = parts.hostname or ""
-    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
-        raise ConfigurationError(
-            f"base_url={shown}: plain http would send credentials in clear; use https, "
-            "or pass allow_insecure_http=True if this really is what you want"
-        )
 
 
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 It holds the queue ``track()`` appends to, the sequence, what is in flight, the
 outstanding counts and bytes, the conditions ``flush()`` and a blocked ``track()`` wait
-on, the :class:`State` (open, stopping, closed), the :class:`Counters` ``stats()``
-shows, and the :class:`~._schedule.Schedule` (pure, under the same lock). With a spool,
-``spool`` (:class:`~._spool.books.SpoolBooks`, None without one) holds the spool's part.
+on, the :class:`State` and :class:`Counters` (:mod:`._ledger_state`), and the
+:class:`~._schedule.Schedule` (pure, under the same lock). With a spool, ``spool``
+(:class:`~._spool.books.SpoolBooks`, None without one) holds the spool's part.
+This module owns admission, settling and planning; its mixins own the rest.
 
 Invariants (what must never break):
 
@@ -15,7 +16,7 @@ Invariants (what must never break):
   a spool, ``on_disk`` the rest): accepted + adopted = delivered + dropped + outstanding
   + on disk + left in the spool + disabled (``Stats.balanced``), and the bytes are back
   to zero when nothing is outstanding.
-* Only this module writes the books; ``notify_all()`` is called only here. The one
+* Only this module (and its mixins) writes the books and calls ``notify_all()``. The one
   documented exception is ``track()``'s inline admission (``Tracker.track``), which
   reads ``outstanding``, ``outstanding_bytes``, ``state`` and ``worker_gone`` and writes
   ``seq``, ``outstanding``, ``outstanding_bytes`` and the queue directly: it is the hot
@@ -25,15 +26,16 @@ Invariants (what must never break):
 * ``state`` only moves forward: OPEN, STOPPING (``begin_stop_locked``), CLOSED
   (``close_locked``); once closed, the outcome of a request still running is ignored.
 
-Who calls what (the sender's and the spooler's moves are the ledger's own methods, kept
-in its mixins :mod:`._ledger_send` and :mod:`._ledger_spool`):
+Who calls what (all the ledger's own methods; the sender's and the spooler's moves are
+kept in its mixins :mod:`._ledger_send` and :mod:`._ledger_spool`, the state's moves
+and the snapshot in :mod:`._ledger_state`):
 
 * ``track()``: its inline admission; ``refuse_locked`` (a full queue, or not open).
 * ``flush()``/``shutdown()`` (the caller's thread): ``settled_locked``, ``wait_settled``,
   ``ask_prompt_send_locked``, ``add_flush_waiter_locked``/``flush_waiter_gone``,
   ``begin_stop_locked``, ``finish_on_sender``, ``close_locked``, ``snapshot``.
 * The sender thread (``_worker``): ``plan_locked``, ``begin_send_locked``/
-  ``finish_send_locked`` (which applies the outcome: ``_settle``, through the
+  ``finish_send_locked`` (which applies the outcome: ``_outcomes``, through the
   ``count_request_locked`` ... ``request_failed_locked`` methods and the moves
   ``delivered_locked``, ``drop_locked``, ``backoff_locked``, ``retry_locked``), the fresh
   batch's ``begin_fresh_locked``/``fresh_delivered_locked``/``fresh_unsure_locked``,
@@ -49,13 +51,12 @@ in its mixins :mod:`._ledger_send` and :mod:`._ledger_spool`):
 
 from __future__ import annotations
 
-import enum
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 from ._config import Config
 from ._items import (
@@ -66,7 +67,8 @@ from ._items import (
 )
 from ._ledger_send import SenderMoves
 from ._ledger_spool import SpoolerMoves
-from ._model import DropKind, DropReason, Stats
+from ._ledger_state import Counters, LedgerState, State
+from ._model import DropKind, DropReason
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
 from ._spool.books import SpoolBooks
@@ -75,48 +77,7 @@ from ._spool.dead_letters import DEAD_KINDS
 __all__ = ["Counters", "Ledger", "State"]
 
 
-class State(enum.IntEnum):
-    """Where a tracker is in its life; it only moves forward. Falsy only when OPEN:
-    ``track()``'s inline admission reads ``Ledger.state`` as "refuse" in one load."""
-
-    OPEN = 0  # accepting and sending
-    STOPPING = 1  # shutdown() began: nothing more is accepted; sending until its deadline
-    CLOSED = 2  # shutdown() finished (or a fork of a stopped tracker): nothing more is sent
-
-
-class Counters:
-    """What ``stats()`` counts beyond the books' own lists: written only by the ledger
-    (under its lock), copied by :meth:`Ledger.snapshot`."""
-
-    __slots__ = (
-        "auth_state",
-        "delivered",
-        "disabled",
-        "dropped",
-        "failed_requests",
-        "last_error",
-        "last_success_at",
-        "refused",
-        "requests",
-        "retried",
-        "worker_errors",
-    )
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.disabled = 0  # validated by a disabled tracker and let go, never sent
-        self.dropped: dict[str, int] = {}  # by reason (``DropKind``)
-        self.refused: dict[str, int] = {}  # by reason, refused by track()
-        self.retried = 0
-        self.requests = 0
-        self.failed_requests = 0
-        self.worker_errors = 0  # internal errors of a round (and a sender that raised)
-        self.auth_state: Literal["ok", "unauthorized"] = "ok"
-        self.last_error: str | None = None
-        self.last_success_at: float | None = None  # time.time() of the last 2xx
-
-
-class Ledger(SenderMoves, SpoolerMoves):
+class Ledger(SenderMoves, SpoolerMoves, LedgerState):
     """Books, queue and schedule of one tracker (one per process: a fork builds anew)."""
 
     __slots__ = (
@@ -182,24 +143,9 @@ class Ledger(SenderMoves, SpoolerMoves):
         self._receipts = False
 
     @property
-    def deadline(self) -> float:
-        """``shutdown()``'s (``time.monotonic()``; ``inf`` until it began)."""
-        return self._deadline
-
-    @property
-    def finish_on_worker(self) -> bool:
-        """``shutdown()`` was called on the sender thread, which finishes it."""
-        return self._finish_on_worker
-
-    @property
     def flush_waiters(self) -> int:
         """``flush()`` calls waiting now (the threads send at once while any waits)."""
         return self._flush_waiters
-
-    @property
-    def closed(self) -> bool:
-        """``state is State.CLOSED``: shutdown() finished, nothing more is sent."""
-        return self.state is State.CLOSED
 
     # --------------------------------------------------------------- admission
 
@@ -399,17 +345,6 @@ class Ledger(SenderMoves, SpoolerMoves):
         """No sender thread runs (it could not start, or it ended): ``track()`` kicks."""
         self.worker_gone = True
 
-    def count_internal_error_locked(self, message: str | None = None) -> None:
-        """An unexpected error in a round (or a sender that raised): a worker error;
-        ``message``, when given, is the new ``last_error``."""
-        self.counters.worker_errors += 1
-        if message is not None:
-            self.counters.last_error = message
-
-    def note_error_locked(self, message: str) -> None:
-        """``last_error``, with nothing counted (spool trouble, an answer left unsure)."""
-        self.counters.last_error = message
-
     def begin_commit_locked(self) -> None:
         """Settled events are being written to disk (rows deleted, dead letters stored,
         receipts folded): ``flush()`` waits for it (``settled_locked``)."""
@@ -418,31 +353,6 @@ class Ledger(SenderMoves, SpoolerMoves):
     def end_commit_locked(self) -> None:
         self._committing -= 1
         self._settled.notify_all()
-
-    # ---------------------------------------------------------------- shutdown
-
-    def begin_stop_locked(self, deadline: float) -> bool:
-        """``shutdown()`` begins: nothing more is accepted, every backoff is cut short
-        for one more prompt try, blocked ``track()`` calls give up. False if it had
-        begun already (nothing done)."""
-        if self.state is not State.OPEN:
-            return False
-        self.state = State.STOPPING
-        self._deadline = deadline
-        self.schedule.expedite()
-        self._room.notify_all()
-        return True
-
-    def finish_on_sender(self) -> None:
-        """``shutdown()`` was called on the sender thread (``on_drop``, a log handler),
-        which cannot wait for itself: that thread finishes it (``Worker.step``)."""
-        with self.lock:
-            if self.state is not State.CLOSED:
-                self._finish_on_worker = True
-
-    def inherit_closed(self) -> None:
-        """A forked child of a tracker shut down (or stopping) stays so."""
-        self.state = State.CLOSED
 
     # ---------------------------------------------------------------- flush()
 
@@ -462,72 +372,3 @@ class Ledger(SenderMoves, SpoolerMoves):
     def flush_waiter_gone(self) -> None:
         with self.lock:
             self._flush_waiters -= 1
-
-    def close_locked(self, reports: Reports) -> list[Pending]:
-        """Stop for good; everything still held is dropped as ``shutdown`` and returned."""
-        self.state = State.CLOSED
-        spool = self.spool
-        left: list[Pending] = [
-            *self.schedule.drain(),
-            *self.inflight,
-            *(spool.take_left_locked() if spool is not None else ()),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
-        ]
-        self.inflight = []
-        self.inflight_raw = []
-        self.queue.clear()
-        if spool is not None:
-            left = spool.keep_on_disk_locked(left)  # on disk: left for the next tracker
-        if left:
-            self.drop_locked(
-                left,
-                DropReason(
-                    kind="shutdown",
-                    message="not delivered before the shutdown deadline "
-                    f"(last error: {self.counters.last_error}); events in flight may still "
-                    "have reached Enso, and resending them is safe (same eventIds)",
-                ),
-                reports,
-            )
-        self._settled.notify_all()
-        self._room.notify_all()
-        return left
-
-    # ------------------------------------------------------------------- stats
-
-    def snapshot(self, logins: int, hook_errors: int, *, locked: bool = True) -> Stats:
-        """The counters; ``locked=False`` reads them without the lock (see stats())."""
-        if not locked:
-            return self._snapshot_locked(logins, hook_errors)
-        with self.lock:
-            return self._snapshot_locked(logins, hook_errors)
-
-    def _snapshot_locked(self, logins: int, hook_errors: int) -> Stats:
-        counters = self.counters
-        in_flight = len(self.inflight) + len(self.inflight_raw)
-        spool = self.spool.stats_locked() if self.spool is not None else {}
-        return Stats(
-            accepted=self.seq,
-            delivered=counters.delivered,
-            disabled=counters.disabled,
-            dropped=dict(counters.dropped),
-            refused=dict(counters.refused),
-            retried=counters.retried,
-            queued=self.outstanding + self.on_disk - in_flight,
-            queued_bytes=self.outstanding_bytes
-            - self.inflight_body
-            - sum(p.size for p in self.inflight)
-            - sum(held(item) for item in self.inflight_raw),
-            in_flight=in_flight,
-            requests=counters.requests,
-            failed_requests=counters.failed_requests,
-            logins=logins,
-            worker_errors=counters.worker_errors,
-            hook_errors=hook_errors,
-            auth_state=counters.auth_state,
-            last_error=counters.last_error,
-            last_success_at=counters.last_success_at,
-            durable_seq=self.durable_seq_locked(),
-            **spool,
-        )

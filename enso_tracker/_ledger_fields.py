@@ -1,6 +1,6 @@
-"""The fields of :class:`~._ledger.Ledger` that its two mixins of moves
-(``_ledger_send.SenderMoves``, ``_ledger_spool.SpoolerMoves``) read and write, declared
-once for both. ``Ledger`` sets every one of them; its invariants and lock discipline
+"""The fields of :class:`~._ledger.Ledger` that its mixins (``_ledger_send.SenderMoves``,
+``_ledger_spool.SpoolerMoves``, ``_ledger_state.LedgerState``) read and write, declared
+once for all. ``Ledger`` sets every one of them; its invariants and lock discipline
 are listed in ``_ledger``.
 """
 
@@ -15,7 +15,7 @@ from ._schedule import Schedule
 
 if TYPE_CHECKING:
     from ._config import Config
-    from ._ledger import Counters
+    from ._ledger_state import Counters, State
     from ._spool.books import SpoolBooks
 
 __all__ = ["LedgerFields"]
@@ -27,7 +27,10 @@ class LedgerFields:
     if not TYPE_CHECKING:  # Ledger's instances stay slotted; mypy checks its slots there
         __slots__ = ()
 
+    lock: threading.Lock
+    state: State
     counters: Counters
+    seq: int
     config: Config
     schedule: Schedule
     spool: SpoolBooks | None
@@ -42,3 +45,5 @@ class LedgerFields:
     _finished: list[Pending]
     _receipts: bool
     _reporting: int
+    _deadline: float
+    _finish_on_worker: bool

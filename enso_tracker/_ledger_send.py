@@ -2,11 +2,11 @@
 
 A mixin of :class:`~._ledger.Ledger` (which sets every attribute below; its invariants
 and lock discipline are listed in ``_ledger``): what the sender's one-request path
-(``_send``) and the outcome it applies (``_settle``) do to the books. Every method is
+(``_send``) and the outcome it applies (``_outcomes``) do to the books. Every method is
 called with the ledger's lock held.
 
 * A request: ``begin_send_locked`` puts the cut batch in flight, ``finish_send_locked``
-  applies the outcome (``_settle``) and wakes ``flush()`` and a blocked ``track()``; a
+  applies the outcome (``_outcomes``) and wakes ``flush()`` and a blocked ``track()``; a
   fresh batch sent as one body has ``begin_fresh_locked``, then
   ``fresh_delivered_locked`` (all vouched for) or ``fresh_unsure_locked``.
 * An outcome: events delivered (``delivered_locked``, ``forget_locked``), backed off
@@ -25,8 +25,8 @@ from ._items import SEQ, Pending, QueuedEvent
 from ._ledger_fields import LedgerFields
 from ._log import DeferredLog
 from ._model import DropReason
+from ._outcomes import apply_fresh_delivery, apply_outcome
 from ._reporting import Reports
-from ._settle import settle_fresh_locked, settle_locked
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -148,13 +148,13 @@ class SenderMoves(LedgerFields):
         reports: Reports,
         log: DeferredLog,
     ) -> None:
-        """The outcome of the request that carried ``batch``, applied (``_settle``);
+        """The outcome of the request that carried ``batch``, applied (``_outcomes``);
         then ``flush()`` and a blocked ``track()`` look again. Ignored once closed:
         ``shutdown()`` reported these as dropped at its deadline."""
         if self.closed:
             self.inflight = []
             return
-        settle_locked(cast("Ledger", self), batch, outcome, now, reports, log)
+        apply_outcome(cast("Ledger", self), batch, outcome, now, reports, log)
         # Emptied only now: should the accounting above fail, the loop's recovery puts
         # the batch back in line instead of losing it.
         self.inflight = []
@@ -173,7 +173,7 @@ class SenderMoves(LedgerFields):
         self.outstanding_bytes -= size
         self.inflight_body = 0
         if not self.closed:
-            settle_fresh_locked(cast("Ledger", self), items, held_total)
+            apply_fresh_delivery(cast("Ledger", self), items, held_total)
         self.inflight_raw = []
         self._settled.notify_all()
         self._room.notify_all()

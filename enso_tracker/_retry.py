@@ -2,7 +2,7 @@
 
 After urllib3's ``Retry``: one frozen value holds the knobs, and callers ask it instead
 of re-deriving a rule. :class:`~._schedule.Schedule` keeps the state (gate, heaps,
-consecutive failures) and asks; the sender (``_http``), outcome settling (``_settle``),
+consecutive failures) and asks; the sender (``_http``), outcome application (``_outcomes``),
 ``send_events`` (``_direct``) and ``import``'s preflight (``_http/probe.py``) ask too.
 
 Invariants:

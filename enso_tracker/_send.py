@@ -10,7 +10,7 @@ its loop and shutdown are the worker's). One request, as ``Worker.step`` runs it
   flight; what can never be sent is dropped here (:meth:`SendPath.drop_unsendable_locked`);
 * send it with the lock released (:meth:`SendPath.request`: a sender that raises is a
   retry, never a lost batch), within ``timeout`` and ``shutdown()``'s deadline;
-* under the lock, ``Ledger.finish_send_locked`` applies the outcome (``_settle``);
+* under the lock, ``Ledger.finish_send_locked`` applies the outcome (``_outcomes``);
 * then :meth:`SendPath.hand_over` reports drops, emits logs and commits to disk, with
   the lock released.
 
@@ -223,7 +223,7 @@ class SendPath:
         outcome = self.request(body, timeout, n)
         del body
         if isinstance(outcome, Answered):
-            verdict = reconcile(outcome.answer, n)  # pure: settle_locked checks it again
+            verdict = reconcile(outcome.answer, n)  # pure: apply_outcome checks it again
             if verdict.vouched and not verdict.failures:
                 held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
                 with ledger.lock:

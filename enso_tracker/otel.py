@@ -19,6 +19,10 @@ Two figures are not in ``stats()``: the request histograms (``REQUEST_DURATION``
 ``REQUEST_SIZE``), recorded by the sender thread after each request to Enso (outside the
 tracker's lock; nothing is called when not instrumented), and the spool's backlog age
 (``SPOOL_BACKLOG_AGE``), read from the spool files at collection time.
+
+This module owns the hook-up (:func:`instrument`, :class:`Instrumentation`: the shared
+snapshot, the request observer, the backlog query); what is exported (names, units,
+readers, buckets) is catalogued in ``_otel_instruments`` and re-exported here.
 """
 
 from __future__ import annotations
@@ -27,12 +31,23 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ConfigurationError
-from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
+from ._http.sender import Outcome
 from ._model import Stats
+from ._otel_instruments import (
+    DURATION_BUCKETS,
+    INSTRUMENTS,
+    OUTCOME,
+    OUTCOMES,
+    REQUEST_DURATION,
+    REQUEST_SIZE,
+    SIZE_BUCKETS,
+    SPOOL_BACKLOG_AGE,
+    Read,
+)
 from ._spool.errors import SpoolClosed
 from ._version import __version__
 
@@ -52,228 +67,6 @@ __all__ = [
 
 #: How long one ``stats()`` snapshot serves the instruments of a collection.
 SNAPSHOT_AGE: Final = 0.5
-
-Read = Callable[[Stats], Iterable[tuple[float, dict[str, str]]]]
-
-#: Histograms of the requests to Enso, one point per request, with the attribute
-#: ``OUTCOME`` (``OUTCOMES``' values). The size is the body as encoded, before any gzip.
-REQUEST_DURATION: Final = "enso.tracker.request.duration"
-REQUEST_SIZE: Final = "enso.tracker.request.size"
-OUTCOME: Final = "enso.tracker.request.outcome"
-OUTCOMES: Final[dict[type, str]] = {
-    Answered: "answered",  # a 2xx batch answer, even with failed records in it
-    Retry: "retry",  # no answer, 408/425/429, 5xx: sent again
-    TooLarge: "too_large",  # 413: split
-    Unauthorized: "unauthorized",  # 401: credentials refused
-    Rejected: "rejected",  # another 4xx/3xx: dropped
-}
-#: OpenTelemetry's HTTP client duration buckets (seconds), and 1 KiB to 16 MiB by 4s.
-DURATION_BUCKETS: Final = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1,
-    2.5,
-    5,
-    7.5,
-    10,
-)
-SIZE_BUCKETS: Final = tuple(1024 * 4**k for k in range(8))
-#: Age of the oldest unsettled event on disk (0 without a spool or with an empty one).
-SPOOL_BACKLOG_AGE: Final = "enso.tracker.spool.backlog.age"
-
-
-def _one(field: str) -> Read:
-    return lambda s: [(getattr(s, field), {})]
-
-
-def _by(field: str, attribute: str) -> Read:
-    return lambda s: [(n, {attribute: kind}) for kind, n in sorted(getattr(s, field).items())]
-
-
-def _auth(s: Stats) -> list[tuple[float, dict[str, str]]]:
-    return [
-        (1 if s.auth_state == state else 0, {"enso.tracker.auth.state": state})
-        for state in ("ok", "unauthorized")
-    ]
-
-
-def _errors(s: Stats) -> list[tuple[float, dict[str, str]]]:
-    return [
-        (s.worker_errors, {"error.type": "worker"}),
-        (s.hook_errors, {"error.type": "hook"}),
-    ]
-
-
-def _last_success(s: Stats) -> list[tuple[float, dict[str, str]]]:
-    return [] if s.last_success_at is None else [(s.last_success_at, {})]
-
-
-#: (name, kind, unit, description, how to read it from Stats). Kinds: "counter"
-#: (monotonic), "updown" (a level that goes up and down), "gauge" (a sampled value).
-INSTRUMENTS: Final[tuple[tuple[str, str, str, str, Read], ...]] = (
-    (
-        "enso.tracker.events.accepted",
-        "counter",
-        "{event}",
-        "Events track() accepted",
-        _one("accepted"),
-    ),
-    (
-        "enso.tracker.events.delivered",
-        "counter",
-        "{event}",
-        "Events Enso acknowledged",
-        _one("delivered"),
-    ),
-    (
-        "enso.tracker.events.dropped",
-        "counter",
-        "{event}",
-        "Accepted events that will never be delivered, by reason",
-        _by("dropped", "enso.tracker.drop.reason"),
-    ),
-    (
-        "enso.tracker.events.refused",
-        "counter",
-        "{event}",
-        "Events track() refused, by reason",
-        _by("refused", "enso.tracker.drop.reason"),
-    ),
-    (
-        "enso.tracker.events.retried",
-        "counter",
-        "{event}",
-        "Times an event was put back to be resent",
-        _one("retried"),
-    ),
-    (
-        "enso.tracker.events.adopted",
-        "counter",
-        "{event}",
-        "Events taken over from dead processes' spool files",
-        _one("adopted"),
-    ),
-    (
-        "enso.tracker.events.queued",
-        "updown",
-        "{event}",
-        "Accepted events waiting to be sent",
-        _one("queued"),
-    ),
-    (
-        "enso.tracker.events.in_flight",
-        "updown",
-        "{event}",
-        "Events in the request being sent",
-        _one("in_flight"),
-    ),
-    (
-        "enso.tracker.queue.size",
-        "updown",
-        "By",
-        "Estimated bytes of the queued events",
-        _one("queued_bytes"),
-    ),
-    (
-        "enso.tracker.requests",
-        "counter",
-        "{request}",
-        "Requests to /events/batch",
-        _one("requests"),
-    ),
-    (
-        "enso.tracker.requests.failed",
-        "counter",
-        "{request}",
-        "Requests that failed as a whole",
-        _one("failed_requests"),
-    ),
-    (
-        "enso.tracker.logins",
-        "counter",
-        "{login}",
-        "Successful logins (client credentials)",
-        _one("logins"),
-    ),
-    (
-        "enso.tracker.errors",
-        "counter",
-        "{error}",
-        "Errors caught in the sender loop and in user hooks",
-        _errors,
-    ),
-    ("enso.tracker.auth.state", "updown", "1", "1 for the current credential state", _auth),
-    (
-        "enso.tracker.last_success",
-        "gauge",
-        "s",
-        "Unix time of Enso's last 2xx answer",
-        _last_success,
-    ),
-    (
-        "enso.tracker.spool.events",
-        "updown",
-        "{event}",
-        "Events on disk, not yet settled",
-        _one("spooled"),
-    ),
-    (
-        "enso.tracker.spool.size",
-        "updown",
-        "By",
-        "Bytes of this tracker's spool file",
-        _one("spool_bytes"),
-    ),
-    (
-        "enso.tracker.spool.left",
-        "counter",
-        "{event}",
-        "Events left on disk at shutdown",
-        _one("left_in_spool"),
-    ),
-    (
-        "enso.tracker.dead_letters",
-        "counter",
-        "{event}",
-        "Dead letters stored",
-        _one("dead_letters"),
-    ),
-    (
-        "enso.tracker.dead_letters.evicted",
-        "counter",
-        "{event}",
-        "Dead letters evicted",
-        _one("dead_letters_evicted"),
-    ),
-    (
-        "enso.tracker.spool.files.foreign",
-        "updown",
-        "{file}",
-        "Spool files of another identity",
-        _one("foreign_spool_files"),
-    ),
-    (
-        "enso.tracker.spool.files.skipped",
-        "updown",
-        "{file}",
-        "Spool files that cannot be opened now",
-        _one("skipped_spool_files"),
-    ),
-    (
-        "enso.tracker.receipts.errors",
-        "counter",
-        "{error}",
-        "Receipt writes that failed (docs/receipts.md)",
-        _one("receipt_errors"),
-    ),
-)
 
 
 class Instrumentation:

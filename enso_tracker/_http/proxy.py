@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .._config import _check_host, _shown
+from .._config_checks import check_host, shown_url
 from .._errors import ConfigurationError
 
 __all__ = ["check_environment_proxies", "environment_proxy"]
@@ -48,7 +48,7 @@ def check_environment_proxies() -> None:
         problem = _problem(value)
         if problem is not None:
             raise ConfigurationError(
-                f"{variable}={_shown(value)} in the environment: {problem}. Fix or unset "
+                f"{variable}={shown_url(value)} in the environment: {problem}. Fix or unset "
                 "it, or pass trust_env=False to ignore proxy settings from the environment"
             )
 
@@ -87,7 +87,7 @@ def _problem(value: str) -> str | None:
         return f"httpx cannot use a {scheme!r} proxy (only {', '.join(_SCHEMES)})"
     if scheme.startswith("socks") and not _socks_installed():
         return "a SOCKS proxy needs the socksio package: pip install 'httpx[socks]'"
-    problem = _check_host(host)
+    problem = check_host(host)
     if problem is not None:
         return f"it {problem}"
     if port == 0:

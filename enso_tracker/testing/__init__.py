@@ -34,7 +34,8 @@ For pytest, ``pytest_plugins = ["enso_tracker.testing.pytest_plugin"]`` in a
 for ``init()``/``from_env()``); it is opt-in, never loaded by merely installing the
 package. :class:`DropRecorder` is an ``on_drop`` hook that records what was dropped.
 
-Layout: ``_enso.py`` is the fake's state and the controls a test calls, ``_serving.py``
+Layout: ``_enso.py`` is the fake's state and the controls a test calls, ``_inspection.py``
+what a test reads and waits on, ``_state.py`` the state's declarations, ``_serving.py``
 its request path, ``_api.py`` the API's stateless rules (validation, envelopes, JWTs),
 ``_recorded.py`` what a test reads of a request, ``_faults.py`` the scripted faults,
 ``_server.py`` the socket plumbing, ``_transport.py`` the socketless one, ``_drops.py``

@@ -1,27 +1,29 @@
 """The public face of the fake Enso API: :class:`FakeEnso`'s settings, state, lifecycle
-and the controls a test calls (faults, hangs, waits, inspection).
+and the controls a test calls (faults, hangs, reset); its inspection and waits come from
+``_inspection``.
 
-Owns: the fake's state, under one re-entrant lock. What carries the requests lives
-elsewhere (``_server.py``: a socket; ``_transport.py``: an ``httpx.MockTransport``), and
-so do the request path (``_serving.py``), the API's stateless rules (``_api.py``), what
-a test reads of a request (``_recorded.py``) and the scripted faults (``_faults.py``).
+Owns: the fake's state (declared in ``_state.py``, set here), under one re-entrant
+lock; its settings, lifecycle, ``reset()`` and fault controls. What carries the requests
+lives elsewhere (``_server.py``: a socket; ``_transport.py``: an ``httpx.MockTransport``),
+and so do the request path (``_serving.py``), what a test reads and waits on
+(``_inspection.py``), the API's stateless rules (``_api.py``), what a test reads of a
+request (``_recorded.py``) and the scripted faults (``_faults.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import secrets
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import httpx
 
-from ._api import BATCH, CLICKHOUSE_TIMESTAMP_ERROR, LOGIN, IssuedToken, derive_event_id
+from ._api import CLICKHOUSE_TIMESTAMP_ERROR, IssuedToken, derive_event_id
 from ._faults import Fault, FaultPlan
-from ._messages import route_of
+from ._inspection import Inspection
 from ._recorded import RecordedRequest
 from ._server import ServerRunner
 from ._serving import Serving
@@ -50,7 +52,7 @@ class _Settings:
     accept_gzip: bool = True
 
 
-class FakeEnso(Serving):
+class FakeEnso(Inspection, Serving):
     """A faithful, inspectable, fault-injectable Enso API server for tests.
 
     Accepts a bearer that is one of ``api_keys`` or an unexpired, unrevoked JWT issued by
@@ -249,80 +251,6 @@ class FakeEnso(Serving):
     def client_credentials(self, pairs: Mapping[str, str]) -> None:
         with self._lock:
             self._client_credentials = dict(pairs)
-
-    # ------------------------------------------------------------------ inspection
-
-    @property
-    def events(self) -> dict[str, dict[str, Any]]:
-        """Unique accepted events by eventId (derived ids included), first-received order."""
-        with self._lock:
-            return copy.deepcopy(self._events)
-
-    def event_ids(self) -> list[str]:
-        """Ids of the unique accepted events, in first-received order."""
-        with self._lock:
-            return list(self._events)
-
-    @property
-    def received(self) -> int:
-        """Accepted event records including duplicates: what a non-deduping server counts."""
-        with self._lock:
-            return self._received
-
-    @property
-    def duplicates(self) -> dict[str, int]:
-        """eventId -> number of extra copies received after the first."""
-        with self._lock:
-            return dict(self._duplicates)
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received, in completion order."""
-        with self._lock:
-            return list(self._requests)
-
-    def batch_requests(self) -> list[RecordedRequest]:
-        """Only the ``/events/batch`` requests, e.g. to count client attempts."""
-        return self._requests_for(BATCH)
-
-    def login_requests(self) -> list[RecordedRequest]:
-        """Only the ``/auth/system-login`` requests, e.g. to check no bearer was sent."""
-        return self._requests_for(LOGIN)
-
-    def _requests_for(self, route: str) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self._requests if route_of(r.path) == route]
-
-    @property
-    def login_count(self) -> int:
-        """Number of ``/auth/system-login`` attempts, successful or not."""
-        with self._lock:
-            return self._login_count
-
-    @property
-    def in_flight(self) -> int:
-        """Requests received but not yet answered, e.g. to know a request is now hanging."""
-        with self._lock:
-            return self._in_flight
-
-    @property
-    def pending_faults(self) -> int:
-        """Scripted faults not yet consumed by a batch request."""
-        with self._lock:
-            return len(self._plan.faults)
-
-    def wait_for(self, predicate: Callable[[FakeEnso], bool], timeout: float) -> bool:
-        """Block until ``predicate(self)`` holds or ``timeout`` passes; return whether it held.
-
-        The predicate is re-evaluated whenever a request arrives or completes, so tests
-        never need sleeps to "let the background sender run".
-        """
-        with self._cond:
-            return bool(self._cond.wait_for(lambda: predicate(self), timeout=timeout))
-
-    def wait_for_events(self, n: int, timeout: float) -> bool:
-        """Wait until at least ``n`` unique events are stored."""
-        return self.wait_for(lambda fake: len(fake._events) >= n, timeout)
 
     def reset(self, *, tokens: bool = False) -> None:
         """Back to the state right after construction, for the next test or test phase.

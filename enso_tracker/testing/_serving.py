@@ -10,7 +10,6 @@ or delay never polls.
 from __future__ import annotations
 
 import hmac
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -34,34 +33,15 @@ from ._api import (
     success_reply,
     validate_record,
 )
-from ._faults import FaultPlan
 from ._messages import DROP, TIMED_OUT, Incoming, Reply
 from ._recorded import RecordedRequest, RedactedHeaders
+from ._state import FakeState
 
 __all__ = ["Serving"]
 
 
-class Serving:
+class Serving(FakeState):
     """The request path of ``FakeEnso``; the attributes are set by its constructor."""
-
-    accept_gzip: bool
-    max_body_bytes: int | None
-    _api_keys: tuple[str, ...]
-    _secret: bytes
-    _lock: threading.RLock
-    _cond: threading.Condition
-    _plan: FaultPlan
-    _response_shape: Any
-    _known_entities: frozenset[str] | None
-    _token_lifetime: float
-    _client_credentials: dict[str, str]
-    _events: dict[str, dict[str, Any]]
-    _duplicates: dict[str, int]
-    _received: int
-    _requests: list[RecordedRequest]
-    _login_count: int
-    _in_flight: int
-    _tokens: dict[str, IssuedToken]
 
     def _dispatch(
         self,

@@ -21,10 +21,10 @@ from enso_tracker import (
 from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._ledger import Ledger, State
 from enso_tracker._log import DeferredLog, ErrorCounter
+from enso_tracker._outcomes import apply_outcome
 from enso_tracker._reporting import Reports
 from enso_tracker._retry import RetryPolicy
 from enso_tracker._schedule import NO_SEQ, Schedule
-from enso_tracker._settle import settle_locked
 from tests.unit.audit import audit
 
 CONFIG = Config(max_queue_size=10, max_queue_bytes=10_000, max_retries=2)
@@ -84,7 +84,7 @@ def settle(led: Ledger, batch: list[Pending], outcome: object) -> tuple[Reports,
     reports: Reports = []
     log = DeferredLog(ErrorCounter())
     with led.lock:  # the contract of every *_locked call
-        settle_locked(led, batch, outcome, 100.0, reports, log)  # type: ignore[arg-type]
+        apply_outcome(led, batch, outcome, 100.0, reports, log)  # type: ignore[arg-type]
         led.inflight = []
     return reports, log
 

@@ -16,7 +16,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from ..._config import is_loopback_host
+from ..._config_checks import is_loopback_host
 from .._output import EXIT_OK, EXIT_USAGE, print_json, stderr_line
 
 NAME = "fake-server"

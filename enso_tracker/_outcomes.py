@@ -1,10 +1,22 @@
-"""Settling a request: what the sender's outcome means for each event of the batch.
+"""Outcomes: what the sender's outcome of a request means for each event of its batch.
 
-Called by the ledger (``Ledger.finish_send_locked``) with its lock held; it only moves
-events between the books and the schedule, through the ledger's methods, and appends
-drops to ``reports`` and log records to the deferred log (both handed over once the
-lock is released). Which failures are retried
-and which are suspect are the retry policy's answers (:mod:`._retry`), not decided here.
+Owns the reading of an ``Outcome`` (``_http.sender``: answered, retry, too large,
+rejected, unauthorized) into the ledger's moves: :func:`apply_outcome` for a batch of
+``Pending`` events, :func:`apply_fresh_delivery` for a fresh batch Enso vouched for as a
+whole. "Settled" keeps the ledger's one meaning (delivered or dropped, and reported:
+``Ledger.settled_locked``); this module only applies outcomes.
+
+Design constraints (what must never break):
+
+* Called by the ledger (``Ledger.finish_send_locked``, ``fresh_delivered_locked``) with
+  its lock held: it only moves events between the books and the schedule, through the
+  ledger's methods; drops go to ``reports`` and log records to the deferred log, both
+  handed over once the lock is released (no user code, no logging under the lock).
+* An event is delivered only when Enso's answer accounts for it (``_wire.reconcile``);
+  an answer that does not add up vouches for nothing, and its batch is resent.
+* Every outcome type is handled (``assert_never``): a new one fails type checking.
+* Which failures are retried and which are suspect are the retry policy's answers
+  (:mod:`._retry`), not decided here.
 """
 
 from __future__ import annotations
@@ -22,10 +34,10 @@ from ._wire import reconcile
 if TYPE_CHECKING:  # the ledger calls these (``Ledger.finish_send_locked``)
     from ._ledger import Ledger
 
-__all__ = ["settle_fresh_locked", "settle_locked"]
+__all__ = ["apply_fresh_delivery", "apply_outcome"]
 
 
-def settle_fresh_locked(ledger: Ledger, items: list[QueuedEvent], held_total: int) -> None:
+def apply_fresh_delivery(ledger: Ledger, items: list[QueuedEvent], held_total: int) -> None:
     """A fresh batch sent as one body was wholly delivered, as Enso's answer vouched
     (``reconcile``: every event accounted for, none failed): its books in O(1), no
     ``Pending`` ever made. ``held_total`` is what the events held (``held()`` summed)."""
@@ -35,7 +47,7 @@ def settle_fresh_locked(ledger: Ledger, items: list[QueuedEvent], held_total: in
     ledger.delivered_fresh_locked(items, held_total)
 
 
-def settle_locked(
+def apply_outcome(
     ledger: Ledger,
     batch: list[Pending],
     outcome: Outcome,
@@ -43,8 +55,10 @@ def settle_locked(
     reports: Reports,
     log: DeferredLog,
 ) -> None:
+    """The outcome of the request that carried ``batch``, applied to each of its
+    events (the ledger's lock held)."""
     ledger.count_request_locked()
-    for p in batch:  # settled from here, unless parked again for a retry
+    for p in batch:  # done from here, unless parked again for a retry
         p.done = True
     match outcome:
         case Answered():
