@@ -58,15 +58,15 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from ._config import Config
-from ._items import (
+from ._ledger_send import SenderMoves
+from ._ledger_spool import SpoolerMoves
+from ._model import DropKind, DropReason, Stats
+from ._record import (
     SEQ,
     Pending,
     QueuedEvent,
     held,
 )
-from ._ledger_send import SenderMoves
-from ._ledger_spool import SpoolerMoves
-from ._model import DropKind, DropReason, Stats
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
 from ._spool.books import SpoolBooks

@@ -21,10 +21,10 @@ import time
 from typing import TYPE_CHECKING, Final, cast
 
 from ._http.sender import Outcome
-from ._items import SEQ, Pending, QueuedEvent
 from ._ledger_fields import LedgerFields
 from ._log import DeferredLog
 from ._model import DropReason
+from ._record import SEQ, Pending, QueuedEvent
 from ._reporting import Reports
 from ._settle import settle_fresh_locked, settle_locked
 

@@ -42,7 +42,6 @@ from typing import Any, Final
 
 import msgspec
 
-from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending, event_id_of
 from ._model import DropReason
 from ._receipts_store import (
     EXACT,
@@ -54,6 +53,7 @@ from ._receipts_store import (
     receipts_path,
     text_of,
 )
+from ._record import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending, event_id_of
 
 __all__ = [
     "DELIVERED",
@@ -162,7 +162,7 @@ class SpoolReceipts:
         self.event_rows: list[EventRow] = []
         self.next_move = 0.0
         #: The tracker's ledger (set by the tracker): a generated eventId is not stored
-        #: with its event but rebuilt from the ledger's ``id_prefix`` (``_items.ID``).
+        #: with its event but rebuilt from the ledger's ``id_prefix`` (``_record.ID``).
         self.ledger: Any = None
         self._hours: dict[int, str] = {}  # hour number → "YYYY-MM-DDTHH" (UTC)
         #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender

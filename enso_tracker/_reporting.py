@@ -20,7 +20,9 @@ import msgspec
 
 from ._config import OnDrop
 from ._errors import describe_exception
-from ._items import (
+from ._log import DeferredLog, ErrorCounter
+from ._model import DropReason, Event
+from ._record import (
     ENTITY,
     IN_BODY,
     JOB,
@@ -35,8 +37,6 @@ from ._items import (
     event_id_of,
     metadata_of,
 )
-from ._log import DeferredLog, ErrorCounter
-from ._model import DropReason, Event
 from ._wire import EventEncoder
 from ._wire_decode import item_of
 

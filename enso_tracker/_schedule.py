@@ -31,7 +31,7 @@ from operator import itemgetter
 from typing import Final
 
 from ._config import Config
-from ._items import SIZE, Pending, QueuedEvent
+from ._record import SIZE, Pending, QueuedEvent
 from ._retry import RetryPolicy
 from ._wire import BODY_OVERHEAD
 

@@ -30,7 +30,9 @@ from ._config import Config
 from ._debug import log_request
 from ._errors import describe_exception
 from ._http.sender import Answered, Outcome, Retry, Sender
-from ._items import (
+from ._ledger import Ledger
+from ._model import DropReason
+from ._record import (
     BYTES_OVERHEAD,
     ENTITY,
     EVENT_OVERHEAD,
@@ -45,8 +47,6 @@ from ._items import (
     event_id_of,
     held,
 )
-from ._ledger import Ledger
-from ._model import DropReason
 from ._reporting import Reporter, Reports
 from ._spool.errors import Problem
 from ._wire import EventEncoder, join_batch, reconcile

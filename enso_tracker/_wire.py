@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from ._errors import short_repr
-from ._items import QueuedEvent
+from ._record import QueuedEvent
 
 __all__ = [
     "BODY_OVERHEAD",
@@ -115,7 +115,7 @@ class EventEncoder:
         what :func:`join_batch` makes of the events' :meth:`encode` (tested), at about a
         third of its CPU (no ``bytes`` per event, no join). May hand back msgspec's
         growth buffer: fine for a body that lives one request. ``prefix``: the tracker's
-        id prefix, for generated eventIds (``_items.event_id_of``)."""
+        id prefix, for generated eventIds (``_record.event_id_of``)."""
         ts = self.timestamp
         raw = msgspec.Raw
         return self._encoder.encode(

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from ._items import QueuedEvent
 from ._model import Event
+from ._record import QueuedEvent
 
 __all__ = ["body_event_id", "event_of", "item_of", "split_batch"]
 

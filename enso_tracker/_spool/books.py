@@ -24,8 +24,8 @@ import heapq
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._items import SEQ, Pending, QueuedEvent, held
 from .._model import DropReason
+from .._record import SEQ, Pending, QueuedEvent, held
 from .._reporting import Reports
 from .._schedule import NO_SEQ
 

@@ -24,9 +24,9 @@ from typing import Final
 
 import msgspec
 
-from .._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from .._model import DropReason
 from .._receipts import SpoolReceipts
+from .._record import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from .._wire_decode import split_batch
 from .adoption import ADOPT_INTERVAL, Adoption, Unread
 from .budget import Budget, file_size_limit

@@ -30,10 +30,10 @@ from typing import Protocol
 
 from .._config import Config
 from .._errors import describe_exception
-from .._items import SEQ, Pending, QueuedEvent, held
 from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
+from .._record import SEQ, Pending, QueuedEvent, held
 from .._reporting import Reporter, Reports
 from .._schedule import NO_SEQ
 from .._wire import BODY_OVERHEAD, join_batch

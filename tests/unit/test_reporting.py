@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from enso_tracker import DropReason, Event
-from enso_tracker._items import IN_BODY, WHOLE_BODY, Pending, QueuedEvent
+from enso_tracker._record import IN_BODY, WHOLE_BODY, Pending, QueuedEvent
 from enso_tracker._reporting import Reporter
 from enso_tracker._wire import EventEncoder
 

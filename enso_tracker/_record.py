@@ -1,4 +1,5 @@
-"""What the pipeline holds for one event: the queued tuple, then its encoded ``Pending``.
+"""The record of one event after ``track()``: the queued tuple, then its encoded ``Pending``
+(after Vector's ``record.rs``).
 
 ``track()`` appends a tuple (the cheapest thing to build); the sender thread turns it into
 a :class:`Pending` once encoded, which carries it through retries. The byte figures are
