@@ -62,10 +62,11 @@ from ._ledger_send import SenderMoves
 from ._ledger_spool import SpoolerMoves
 from ._model import DropKind, DropReason, Stats
 from ._record import (
-    SEQ,
     Pending,
     QueuedEvent,
     held,
+    seq_of,
+    unencoded,
 )
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
@@ -266,9 +267,9 @@ class Ledger(SenderMoves, SpoolerMoves):
         """The lowest sequence not yet settled, in O(log n) amortised: the queue is in
         sequence order, in-flight events are one batch, and the schedule keeps the rest
         (events out of order) in a heap."""
-        low = self.queue[0][SEQ] if self.queue else NO_SEQ
+        low = seq_of(self.queue[0]) if self.queue else NO_SEQ
         if self.inflight_raw:
-            low = min(low, self.inflight_raw[0][SEQ])
+            low = min(low, seq_of(self.inflight_raw[0]))
         for p in self.inflight:
             if p.seq < low:
                 low = p.seq
@@ -471,8 +472,8 @@ class Ledger(SenderMoves, SpoolerMoves):
             *self.schedule.drain(),
             *self.inflight,
             *(spool.take_left_locked() if spool is not None else ()),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
+            *map(unencoded, self.inflight_raw),
+            *map(unencoded, self.queue),
         ]
         self.inflight = []
         self.inflight_raw = []

@@ -24,7 +24,7 @@ from ._http.sender import Outcome
 from ._ledger_fields import LedgerFields
 from ._log import DeferredLog
 from ._model import DropReason
-from ._record import SEQ, Pending, QueuedEvent
+from ._record import Pending, QueuedEvent, delivered
 from ._reporting import Reports
 from ._settle import settle_fresh_locked, settle_locked
 
@@ -70,7 +70,7 @@ class SenderMoves(LedgerFields):
         self.outstanding -= n
         self.outstanding_bytes -= held_total
         if self._receipts:  # folded by the receipts (never a spool row on this path)
-            self._finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
+            self._finished.extend(delivered(items))
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""

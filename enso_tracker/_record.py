@@ -4,14 +4,31 @@
 ``track()`` appends a tuple (the cheapest thing to build); the sender thread turns it into
 a :class:`Pending` once encoded, which carries it through retries. The byte figures are
 what ``max_queue_bytes`` counts, measured with tracemalloc (``tests/system/test_hardening.py``).
+
+Invariant: the tuple's layout (``SEQ`` … ``SIZE``) is spelled only here, in ``track()``
+(which builds it inline: the hot path) and in ``_wire.codec`` (which encodes it). Every
+other module reads a record through the names below: ``seq_of``/``size_of`` (C-level
+getters for hot loops), ``wire_fields``, ``encode_record``/``pending_of`` (the sender's
+per-event encoding), ``unencoded``/``delivered`` (a tuple as a ``Pending``), ``spooled``
+(events read back from a spool row), ``fold_facts``/``stored_facts`` (the receipts' fold)
+and ``read_back`` (what ``on_drop`` needs of an encoded event, decoded only then).
 """
 
 from __future__ import annotations
 
+import calendar
+from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+
+from ._wire.codec import body_event_id, event_of, metadata_of
+
+if TYPE_CHECKING:
+    from ._wire.codec import EventEncoder
 
 __all__ = [
     "BYTES_OVERHEAD",
@@ -31,9 +48,19 @@ __all__ = [
     "WHOLE_BODY",
     "Pending",
     "QueuedEvent",
+    "delivered",
+    "encode_record",
     "event_id_of",
+    "fold_facts",
     "held",
-    "metadata_of",
+    "pending_of",
+    "read_back",
+    "seq_of",
+    "size_of",
+    "spooled",
+    "stored_facts",
+    "unencoded",
+    "wire_fields",
 ]
 
 # Layout of a queued event; a tuple because it is the cheapest thing to build in track().
@@ -52,6 +79,13 @@ TS: Final = 5  # epoch nanoseconds, UTC
 META: Final = 6  # metadata, already JSON
 JOB: Final = 7
 SIZE: Final = 8  # estimated bytes beyond EVENT_OVERHEAD (see held()), for max_queue_bytes
+
+#: A record's ``SEQ`` and ``SIZE``: C-level getters (``map``, ``sum``) for hot loops.
+seq_of: Final = itemgetter(SEQ)
+size_of: Final = itemgetter(SIZE)
+#: (entity, metric, value, ts_ns, metadata JSON, job_id): what goes on the wire besides
+#: its eventId, in ``EventEncoder.encode``'s order.
+wire_fields: Final = itemgetter(ENTITY, METRIC, VALUE, TS, META, JOB)
 
 # max_queue_bytes counts what an event really holds (measured with tracemalloc; see
 # tests/system/test_hardening.py): CPython object headers included, names in bytes not
@@ -117,14 +151,100 @@ class Pending(msgspec.Struct, order=True, gc=False):
     receipt: Any = None
 
 
-class _MetadataOnly(msgspec.Struct):
-    metadata: msgspec.Raw = msgspec.Raw()  # empty: the body has no metadata
+# ------------------------------------------------------------------ tuple -> Pending
 
 
-_decode_metadata_only = msgspec.json.Decoder(_MetadataOnly).decode
+def unencoded(item: QueuedEvent) -> Pending:
+    """A queued event as a ``Pending`` not encoded (no body), holding what it held: to
+    drop it (unencodable, left at close) or report it."""
+    return Pending(0.0, item[SEQ], item, b"", item[SIZE] + EVENT_OVERHEAD)
 
 
-def metadata_of(body: bytes) -> bytes | None:
-    """The metadata JSON of an encoded event, read back from its wire body."""
-    raw = _decode_metadata_only(body).metadata
-    return bytes(raw) if raw else None
+def delivered(items: list[QueuedEvent]) -> list[Pending]:
+    """Events of a fresh batch Enso took whole, as ``Pending``s for the receipts' fold
+    (size 0: their bytes are already released). One comprehension, under the lock."""
+    return [Pending(0.0, item[SEQ], item, b"") for item in items]
+
+
+def encode_record(encoder: EventEncoder, item: QueuedEvent, prefix: str) -> bytes:
+    """One event's wire bytes (``prefix``: the tracker's id prefix, for a generated
+    eventId). An exact copy: msgspec hands back its growth buffer (up to 1.5x the text),
+    and a retried event's memory must stay what ``max_queue_bytes`` counts."""
+    given = item[ID]
+    event_id = prefix + hex(item[SEQ]) if given is None else given
+    return bytes(memoryview(encoder.encode(event_id, *item[ENTITY:SIZE])))
+
+
+def pending_of(item: QueuedEvent, body: bytes) -> Pending:
+    """The ``Pending`` of an event once encoded as ``body``. The body is what is kept: it
+    replaces the metadata JSON the tuple held (``IN_BODY``: read back only if the event is
+    ever reported), and its size becomes what it now holds (``max_queue_bytes``)."""
+    meta = item[META]
+    size = item[SIZE] + EVENT_OVERHEAD + len(body) + PENDING_OVERHEAD
+    if meta is not None:
+        size -= len(meta) + BYTES_OVERHEAD
+        item = (*item[:META], IN_BODY, item[JOB], item[SIZE])
+    return Pending(0.0, item[SEQ], item, body, size)
+
+
+def spooled(bodies: list[bytes], seqs: Iterable[int], row: Any) -> list[Pending]:
+    """``Pending``s for the events of a spool row (``row``: its ``StoredBatch``), their
+    bodies as they were sent: the tuple (``WHOLE_BODY``) holds only the sequence and
+    size, everything else is read back from the body if the event is ever reported."""
+    out = []
+    for body, seq in zip(bodies, seqs, strict=False):  # seqs may be endless (adoption)
+        size = EVENT_OVERHEAD + PENDING_OVERHEAD + len(body)
+        item = (seq, "", "", "", 0, 0, WHOLE_BODY, None, size - EVENT_OVERHEAD)
+        out.append(Pending(0.0, seq, item, body, size, row=row))
+    return out
+
+
+# ------------------------------------------------------------------ what a record says
+
+
+def fold_facts(item: QueuedEvent, prefix: str) -> tuple[str, str, str, Any, int] | None:
+    """(eventId, entity, metric, value, ts_ns) for the receipts' fold, or None for an
+    event read back from a spool row, whose facts are in its body (``WHOLE_BODY``)."""
+    seq, given, entity, metric, value, ts, meta, _, _ = item
+    if meta is WHOLE_BODY:
+        return None
+    return (prefix + hex(seq) if given is None else given), entity, metric, value, ts
+
+
+#: (the caller's eventId or None, entity, metric, value, ts_ns) of a record never
+#: encoded, as the receipts read it (``_receipts._from_item``).
+stored_facts: Final = itemgetter(ID, ENTITY, METRIC, VALUE, TS)
+
+
+def read_back(p: Pending) -> QueuedEvent:
+    """A dropped event's tuple, whole: what the pipeline kept only in its wire body read
+    back (its metadata, ``IN_BODY``; or all of it, ``WHOLE_BODY``: a spooled event, never
+    held in memory as a tuple). For ``on_drop`` only: never called under the lock."""
+    item = p.item
+    if item[META] is IN_BODY:
+        return (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
+    if item[META] is WHOLE_BODY:
+        return _item_of_body(p.body, p.seq)
+    return item
+
+
+def _item_of_body(body: bytes, seq: int) -> QueuedEvent:
+    """The tuple of an event read back from the spool (for reporting)."""
+    try:
+        event = event_of(body)
+        stamp = datetime.fromisoformat(event.timestamp)
+        ts = (calendar.timegm(stamp.utctimetuple()) * 1_000_000 + stamp.microsecond) * 1000
+        meta = None if event.metadata is None else msgspec.json.encode(event.metadata)
+        return (
+            seq,
+            event.event_id,
+            event.entity,
+            event.metric,
+            event.value,
+            ts,
+            meta,
+            event.job_id,
+            0,
+        )
+    except (msgspec.DecodeError, ValueError, UnicodeDecodeError):
+        return (seq, body_event_id(body) or "", "", "", 0, 0, None, None, 0)

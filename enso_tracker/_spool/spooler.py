@@ -33,7 +33,7 @@ from .._errors import describe_exception
 from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
-from .._record import SEQ, Pending, QueuedEvent, held
+from .._record import Pending, QueuedEvent, held, seq_of
 from .._reporting import Reporter, Reports
 from .._schedule import NO_SEQ
 from .._wire import BODY_OVERHEAD, join_batch
@@ -215,7 +215,7 @@ class Spooler(BacklogRounds):
                     # Back at the head of the line, as they were (not encoded): written
                     # once the spool has room, in order.
                     back = {p.seq for p in rest}
-                    ledger.requeue_locked([q for q in raw if q[SEQ] in back])
+                    ledger.requeue_locked([q for q in raw if seq_of(q) in back])
                     books.gate = time.monotonic() + self.config.backoff_base
                     if not written:
                         log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)

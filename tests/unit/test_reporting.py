@@ -61,8 +61,8 @@ def test_without_a_hook_nothing_is_decoded(monkeypatch: pytest.MonkeyPatch) -> N
     def must_not_run(*args: Any) -> Any:
         raise AssertionError("decoded without an on_drop hook")
 
-    monkeypatch.setattr("enso_tracker._reporting.metadata_of", must_not_run)
-    monkeypatch.setattr("enso_tracker._reporting.item_of", must_not_run)
+    monkeypatch.setattr("enso_tracker._record.metadata_of", must_not_run)
+    monkeypatch.setattr("enso_tracker._record.event_of", must_not_run)
     reporter = Reporter(None, "pre")
     in_body = _encoded(1, None, b'{"x":1}')
     in_body.item = (*in_body.item[:6], IN_BODY, *in_body.item[7:])
