@@ -8,16 +8,17 @@ what ``max_queue_bytes`` counts, measured with tracemalloc (``tests/system/test_
 Invariant: the tuple's layout (``SEQ`` … ``SIZE``) is spelled only here, in ``track()``
 (which builds it inline: the hot path) and in ``_wire.codec`` (which encodes it). Every
 other module reads a record through the names below: ``seq_of``/``size_of`` (C-level
-getters for hot loops), ``wire_fields``, ``encode_record``/``pending_of`` (the sender's
+getters for hot loops), ``encode_record``/``pending_of`` (the sender's
 per-event encoding), ``unencoded``/``delivered`` (a tuple as a ``Pending``), ``spooled``
 (events read back from a spool row), ``fold_facts``/``stored_facts`` (the receipts' fold)
-and ``read_back`` (what ``on_drop`` needs of an encoded event, decoded only then).
+and ``public_events``/``read_back`` (what ``on_drop`` is handed: an encoded event's
+body is decoded only then, outside the lock).
 """
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from operator import itemgetter
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from ._model import Event
 from ._wire.codec import body_event_id, event_of, metadata_of
 
 if TYPE_CHECKING:
@@ -54,13 +56,13 @@ __all__ = [
     "fold_facts",
     "held",
     "pending_of",
+    "public_events",
     "read_back",
     "seq_of",
     "size_of",
     "spooled",
     "stored_facts",
     "unencoded",
-    "wire_fields",
 ]
 
 # Layout of a queued event; a tuple because it is the cheapest thing to build in track().
@@ -83,9 +85,6 @@ SIZE: Final = 8  # estimated bytes beyond EVENT_OVERHEAD (see held()), for max_q
 #: A record's ``SEQ`` and ``SIZE``: C-level getters (``map``, ``sum``) for hot loops.
 seq_of: Final = itemgetter(SEQ)
 size_of: Final = itemgetter(SIZE)
-#: (entity, metric, value, ts_ns, metadata JSON, job_id): what goes on the wire besides
-#: its eventId, in ``EventEncoder.encode``'s order.
-wire_fields: Final = itemgetter(ENTITY, METRIC, VALUE, TS, META, JOB)
 
 # max_queue_bytes counts what an event really holds (measured with tracemalloc; see
 # tests/system/test_hardening.py): CPython object headers included, names in bytes not
@@ -214,6 +213,30 @@ def fold_facts(item: QueuedEvent, prefix: str) -> tuple[str, str, str, Any, int]
 #: (the caller's eventId or None, entity, metric, value, ts_ns) of a record never
 #: encoded, as the receipts read it (``_receipts._from_item``).
 stored_facts: Final = itemgetter(ID, ENTITY, METRIC, VALUE, TS)
+
+
+def public_events(
+    entries: Sequence[Pending] | Sequence[QueuedEvent],
+    prefix: str,
+    timestamp: Callable[[int], str],
+    decode_metadata: Callable[[bytes], dict[str, Any]],
+) -> list[Event]:
+    """The public :class:`~._model.Event` of each dropped event, for ``on_drop``: what
+    an encoded one kept only in its wire body is read back (:func:`read_back`).
+    ``timestamp`` renders epoch nanoseconds (``EventEncoder.timestamp``)."""
+    items = [read_back(e) if isinstance(e, Pending) else e for e in entries]
+    return [
+        Event(
+            event_id=event_id_of(item, prefix),
+            entity=item[ENTITY],
+            metric=item[METRIC],
+            value=item[VALUE],
+            timestamp=timestamp(item[TS]),
+            metadata=None if item[META] is None else decode_metadata(item[META]),
+            job_id=item[JOB],
+        )
+        for item in items
+    ]
 
 
 def read_back(p: Pending) -> QueuedEvent:

@@ -22,7 +22,7 @@ from ._config import OnDrop
 from ._errors import describe_exception
 from ._log import DeferredLog, ErrorCounter
 from ._model import DropReason, Event
-from ._record import Pending, QueuedEvent, event_id_of, read_back, wire_fields
+from ._record import Pending, QueuedEvent, public_events
 from ._wire import EventEncoder
 
 __all__ = ["Reporter", "Reports"]
@@ -72,20 +72,5 @@ class Reporter:
 
     def public_events(self, events: Sequence[Pending] | Sequence[QueuedEvent]) -> list[Event]:
         """The ``Event``s ``on_drop`` is handed: what an encoded event kept only in its
-        wire body is read back here (``_record.read_back``), outside the lock."""
-        out = []
-        for e in events:
-            item = read_back(e) if isinstance(e, Pending) else e
-            entity, metric, value, ts, meta, job_id = wire_fields(item)
-            out.append(
-                Event(
-                    event_id=event_id_of(item, self.id_prefix),
-                    entity=entity,
-                    metric=metric,
-                    value=value,
-                    timestamp=self._encoder.timestamp(ts),
-                    metadata=None if meta is None else self._decode_metadata(meta),
-                    job_id=job_id,
-                )
-            )
-        return out
+        wire body is read back here (``_record.public_events``), outside the lock."""
+        return public_events(events, self.id_prefix, self._encoder.timestamp, self._decode_metadata)
