@@ -118,7 +118,8 @@ _decode_facts = msgspec.json.Decoder(_Facts).decode
 
 def _from_item(p: Pending) -> tuple[str, str, str, str, str]:
     """An event never encoded (unencodable, dropped from the queue): from its tuple."""
-    given, entity, metric, value, ts = stored_facts(p.item)
+    item = p.item  # None: a spooled event whose body does not decode; nothing is known
+    given, entity, metric, value, ts = ("", "", "", 0, 0) if item is None else stored_facts(item)
     text = repr(value) if isinstance(value, float) else str(value)
     hour = time.strftime("%Y-%m-%dT%H", time.gmtime(ts // 1_000_000_000))
     return str(given or ""), str(entity), str(metric), hour, text
@@ -182,15 +183,15 @@ class SpoolReceipts:
             if receipt is FOLDED:
                 continue  # a second sighting of an event already folded
             p.receipt = FOLDED
-            facts = fold_facts(p.item, prefix)
-            if facts is None:  # read back from a spool file: from its body
+            item = p.item
+            if item is None:  # read back from a spool file: from its body
                 event_id, entity, metric, hour, text = facts_of(p)
                 try:
                     amount = number(text)
                 except (ValueError, decimal.InvalidOperation):
                     amount = 0
             else:
-                event_id, entity, metric, value, ts = facts
+                event_id, entity, metric, value, ts = fold_facts(item, prefix)
                 h = ts // _HOUR_NS
                 cached = hours.get(h)
                 if cached is None:

@@ -10,7 +10,8 @@ Invariant: the tuple's layout (``SEQ`` … ``SIZE``) is spelled only here, in ``
 other module reads a record through the names below: ``seq_of``/``size_of`` (C-level
 getters for hot loops), ``encode_record``/``pending_of`` (the sender's
 per-event encoding), ``unencoded``/``delivered`` (a tuple as a ``Pending``), ``spooled``
-(events read back from a spool row), ``fold_facts``/``stored_facts`` (the receipts' fold)
+(events read back from a spool row: no tuple), ``growth`` (bytes gained by encoding),
+``fold_facts``/``stored_facts`` (the receipts' fold)
 and ``public_events``/``read_back`` (what ``on_drop`` is handed: an encoded event's
 body is decoded only then, outside the lock).
 """
@@ -47,13 +48,13 @@ __all__ = [
     "STR_OVERHEAD",
     "TS",
     "VALUE",
-    "WHOLE_BODY",
     "Pending",
     "QueuedEvent",
     "delivered",
     "encode_record",
     "event_id_of",
     "fold_facts",
+    "growth",
     "held",
     "pending_of",
     "public_events",
@@ -114,9 +115,6 @@ def held(item: QueuedEvent) -> int:
 
 #: The metadata slot of an encoded event: its JSON lives in the wire body only.
 IN_BODY: Final = b"<metadata in the wire body>"
-#: The metadata slot of an event read back from the spool: the tuple holds only its
-#: sequence and size; everything else is read from the wire body if it is ever reported.
-WHOLE_BODY: Final = b"<event in the wire body>"
 
 
 class Pending(msgspec.Struct, order=True, gc=False):
@@ -129,7 +127,9 @@ class Pending(msgspec.Struct, order=True, gc=False):
 
     due: float
     seq: int
-    item: QueuedEvent
+    #: The queued tuple; None for an event read back from a spool row, whose body is all
+    #: it is (decoded only if it is ever reported, or for its receipt: ``read_back``).
+    item: QueuedEvent | None
     body: bytes
     #: Bytes it holds now (its item's estimate, grown by the body once encoded).
     size: int = 0
@@ -188,25 +188,27 @@ def pending_of(item: QueuedEvent, body: bytes) -> Pending:
 
 def spooled(bodies: list[bytes], seqs: Iterable[int], row: Any) -> list[Pending]:
     """``Pending``s for the events of a spool row (``row``: its ``StoredBatch``), their
-    bodies as they were sent: the tuple (``WHOLE_BODY``) holds only the sequence and
-    size, everything else is read back from the body if the event is ever reported."""
-    out = []
-    for body, seq in zip(bodies, seqs, strict=False):  # seqs may be endless (adoption)
-        size = EVENT_OVERHEAD + PENDING_OVERHEAD + len(body)
-        item = (seq, "", "", "", 0, 0, WHOLE_BODY, None, size - EVENT_OVERHEAD)
-        out.append(Pending(0.0, seq, item, body, size, row=row))
-    return out
+    bodies as they were sent and no tuple (``item`` None): everything but the sequence is
+    read back from the body if the event is ever reported. Counted as an encoded event
+    (its size figure includes a tuple it no longer holds: on the safe side)."""
+    return [
+        Pending(0.0, seq, None, body, EVENT_OVERHEAD + PENDING_OVERHEAD + len(body), row=row)
+        for body, seq in zip(bodies, seqs, strict=False)  # seqs may be endless (adoption)
+    ]
+
+
+def growth(pendings: list[Pending]) -> int:
+    """Bytes ``pendings``, just encoded from their tuples, hold beyond what the tuples
+    held (``held``): their bodies and ``Pending``s."""
+    return sum([p.size - p.item[SIZE] - EVENT_OVERHEAD for p in pendings if p.item is not None])
 
 
 # ------------------------------------------------------------------ what a record says
 
 
-def fold_facts(item: QueuedEvent, prefix: str) -> tuple[str, str, str, Any, int] | None:
-    """(eventId, entity, metric, value, ts_ns) for the receipts' fold, or None for an
-    event read back from a spool row, whose facts are in its body (``WHOLE_BODY``)."""
-    seq, given, entity, metric, value, ts, meta, _, _ = item
-    if meta is WHOLE_BODY:
-        return None
+def fold_facts(item: QueuedEvent, prefix: str) -> tuple[str, str, str, Any, int]:
+    """(eventId, entity, metric, value, ts_ns) of a record for the receipts' fold."""
+    seq, given, entity, metric, value, ts, _, _, _ = item
     return (prefix + hex(seq) if given is None else given), entity, metric, value, ts
 
 
@@ -241,13 +243,13 @@ def public_events(
 
 def read_back(p: Pending) -> QueuedEvent:
     """A dropped event's tuple, whole: what the pipeline kept only in its wire body read
-    back (its metadata, ``IN_BODY``; or all of it, ``WHOLE_BODY``: a spooled event, never
-    held in memory as a tuple). For ``on_drop`` only: never called under the lock."""
+    back (its metadata, ``IN_BODY``; or all of it: a spooled event, never held in memory
+    as a tuple). For ``on_drop`` only: never called under the lock."""
     item = p.item
+    if item is None:
+        return _item_of_body(p.body, p.seq)
     if item[META] is IN_BODY:
         return (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
-    if item[META] is WHOLE_BODY:
-        return _item_of_body(p.body, p.seq)
     return item
 
 

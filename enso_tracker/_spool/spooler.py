@@ -33,7 +33,7 @@ from .._errors import describe_exception
 from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
-from .._record import Pending, QueuedEvent, held, seq_of
+from .._record import Pending, QueuedEvent, growth, seq_of
 from .._reporting import Reporter, Reports
 from .._schedule import NO_SEQ
 from .._wire import BODY_OVERHEAD, join_batch
@@ -222,7 +222,7 @@ class Spooler(BacklogRounds):
                     rest = []
                 kept = [p for chunk, _ in written for p in chunk] + rest + too_large
                 # Encoded: they now hold their bodies (the held back ones are raw again).
-                ledger.grown_locked(sum([p.size - held(p.item) for p in kept]))
+                ledger.grown_locked(growth(kept))
                 self.host.drop_unsendable_locked(too_large, unencodable, reports)
                 if full is not None and rest:
                     ledger.drop_locked(
