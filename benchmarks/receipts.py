@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from enso_tracker import Tracker
-from enso_tracker._items import Pending
 from enso_tracker._receipts import SpoolReceipts
 from enso_tracker._receipts_store import Level, ReceiptStore
+from enso_tracker._record import Pending
 from enso_tracker._wire import EventEncoder
 
 from ._common import API_KEY, Row, Section, Sizes, Summary, progress

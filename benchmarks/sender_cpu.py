@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enso_tracker._http.compress import gzip_body, implementation
-from enso_tracker._items import QueuedEvent
+from enso_tracker._record import QueuedEvent
 from enso_tracker._wire import EventEncoder
 
 from ._common import ENTITY, METRIC, Row, Section, Sizes, Summary

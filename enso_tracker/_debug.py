@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from ._config import env_flag
 from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
-from ._items import Pending
 from ._log import DeferredLog, log
+from ._record import Pending
 
 __all__ = ["debug_from_env", "log_request"]
 

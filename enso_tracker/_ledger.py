@@ -59,16 +59,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._config import Config
-from ._items import (
-    SEQ,
-    Pending,
-    QueuedEvent,
-    held,
-)
 from ._ledger_send import SenderMoves
 from ._ledger_spool import SpoolerMoves
 from ._ledger_state import Counters, LedgerState, State
 from ._model import DropKind, DropReason
+from ._record import (
+    Pending,
+    QueuedEvent,
+    held,
+    seq_of,
+)
 from ._reporting import Reports
 from ._schedule import NO_SEQ, Schedule
 from ._spool.books import SpoolBooks
@@ -212,9 +212,9 @@ class Ledger(SenderMoves, SpoolerMoves, LedgerState):
         """The lowest sequence not yet settled, in O(log n) amortised: the queue is in
         sequence order, in-flight events are one batch, and the schedule keeps the rest
         (events out of order) in a heap."""
-        low = self.queue[0][SEQ] if self.queue else NO_SEQ
+        low = seq_of(self.queue[0]) if self.queue else NO_SEQ
         if self.inflight_raw:
-            low = min(low, self.inflight_raw[0][SEQ])
+            low = min(low, seq_of(self.inflight_raw[0]))
         for p in self.inflight:
             if p.seq < low:
                 low = p.seq

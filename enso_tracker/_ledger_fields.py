@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ._items import Pending, QueuedEvent
+from ._record import Pending, QueuedEvent
 from ._schedule import Schedule
 
 if TYPE_CHECKING:

@@ -21,11 +21,11 @@ import time
 from typing import TYPE_CHECKING, Final, cast
 
 from ._http.sender import Outcome
-from ._items import SEQ, Pending, QueuedEvent
 from ._ledger_fields import LedgerFields
 from ._log import DeferredLog
 from ._model import DropReason
 from ._outcomes import apply_fresh_delivery, apply_outcome
+from ._record import Pending, QueuedEvent, delivered
 from ._reporting import Reports
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class SenderMoves(LedgerFields):
         self.outstanding -= n
         self.outstanding_bytes -= held_total
         if self._receipts:  # folded by the receipts (never a spool row on this path)
-            self._finished.extend([Pending(0.0, item[SEQ], item, b"") for item in items])
+            self._finished.extend(delivered(items))
 
     def forget_locked(self, p: Pending) -> None:
         """One event delivered."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._items import Pending, QueuedEvent
 from ._ledger_fields import LedgerFields
 from ._model import DropReason
+from ._record import Pending, QueuedEvent
 from ._reporting import Reports
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Literal
 
-from ._items import SEQ, Pending, held
 from ._ledger_fields import LedgerFields
 from ._model import DropReason, Stats
+from ._record import Pending, held, unencoded
 from ._reporting import Reports
 
 if TYPE_CHECKING:
@@ -141,8 +141,8 @@ class LedgerState(LedgerFields):
             *self.schedule.drain(),
             *self.inflight,
             *(spool.take_left_locked() if spool is not None else ()),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.inflight_raw),
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.queue),
+            *map(unencoded, self.inflight_raw),
+            *map(unencoded, self.queue),
         ]
         self.inflight = []
         self.inflight_raw = []

@@ -25,9 +25,9 @@ import logging
 from typing import TYPE_CHECKING, Any, assert_never
 
 from ._http.sender import Answered, Outcome, Rejected, Retry, TooLarge, Unauthorized
-from ._items import Pending, QueuedEvent
 from ._log import DeferredLog
 from ._model import DropReason
+from ._record import Pending, QueuedEvent
 from ._reporting import Reports
 from ._wire import reconcile
 

@@ -42,7 +42,6 @@ from typing import Any, Final
 
 import msgspec
 
-from ._items import ENTITY, ID, META, METRIC, TS, VALUE, WHOLE_BODY, Pending, event_id_of
 from ._model import DropReason
 from ._receipts_store import (
     EXACT,
@@ -54,6 +53,7 @@ from ._receipts_store import (
     receipts_path,
     text_of,
 )
+from ._record import Pending, fold_facts, stored_facts
 
 __all__ = [
     "DELIVERED",
@@ -118,11 +118,11 @@ _decode_facts = msgspec.json.Decoder(_Facts).decode
 
 def _from_item(p: Pending) -> tuple[str, str, str, str, str]:
     """An event never encoded (unencodable, dropped from the queue): from its tuple."""
-    item = p.item
-    value = item[VALUE]
+    item = p.item  # None: a spooled event whose body does not decode; nothing is known
+    given, entity, metric, value, ts = ("", "", "", 0, 0) if item is None else stored_facts(item)
     text = repr(value) if isinstance(value, float) else str(value)
-    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(item[TS] // 1_000_000_000))
-    return str(item[ID] or ""), str(item[ENTITY]), str(item[METRIC]), hour, text
+    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(ts // 1_000_000_000))
+    return str(given or ""), str(entity), str(metric), hour, text
 
 
 def facts_of(p: Pending) -> tuple[str, str, str, str, str]:
@@ -162,7 +162,7 @@ class SpoolReceipts:
         self.event_rows: list[EventRow] = []
         self.next_move = 0.0
         #: The tracker's ledger (set by the tracker): a generated eventId is not stored
-        #: with its event but rebuilt from the ledger's ``id_prefix`` (``_items.ID``).
+        #: with its event but rebuilt from the ledger's ``id_prefix`` (``_record.event_id_of``).
         self.ledger: Any = None
         self._hours: dict[int, str] = {}  # hour number → "YYYY-MM-DDTHH" (UTC)
         #: Without a spool, ``shutdown()`` may fold on the caller's thread while a sender
@@ -177,22 +177,22 @@ class SpoolReceipts:
         loose = self.loose
         hours = self._hours
         events = self.event_rows if self.events else None
+        prefix = self.ledger.id_prefix if self.ledger else ""
         for p in settled:
             receipt = p.receipt
             if receipt is FOLDED:
                 continue  # a second sighting of an event already folded
             p.receipt = FOLDED
             item = p.item
-            if item[META] is WHOLE_BODY:  # read back from a spool file: from its body
+            if item is None:  # read back from a spool file: from its body
                 event_id, entity, metric, hour, text = facts_of(p)
                 try:
                     amount = number(text)
                 except (ValueError, decimal.InvalidOperation):
                     amount = 0
             else:
-                entity, metric, value = item[ENTITY], item[METRIC], item[VALUE]
-                event_id = event_id_of(item, self.ledger.id_prefix if self.ledger else "")
-                h = item[TS] // _HOUR_NS
+                event_id, entity, metric, value, ts = fold_facts(item, prefix)
+                h = ts // _HOUR_NS
                 cached = hours.get(h)
                 if cached is None:
                     cached = hours[h] = time.strftime("%Y-%m-%dT%H", time.gmtime(h * 3600))

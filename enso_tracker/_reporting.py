@@ -20,25 +20,10 @@ import msgspec
 
 from ._config import OnDrop
 from ._errors import describe_exception
-from ._items import (
-    ENTITY,
-    IN_BODY,
-    JOB,
-    META,
-    METRIC,
-    SIZE,
-    TS,
-    VALUE,
-    WHOLE_BODY,
-    Pending,
-    QueuedEvent,
-    event_id_of,
-    metadata_of,
-)
 from ._log import DeferredLog, ErrorCounter
 from ._model import DropReason, Event
+from ._record import Pending, QueuedEvent, public_events
 from ._wire import EventEncoder
-from ._wire_decode import item_of
 
 __all__ = ["Reporter", "Reports"]
 
@@ -86,28 +71,6 @@ class Reporter:
         self.log.emit()
 
     def public_events(self, events: Sequence[Pending] | Sequence[QueuedEvent]) -> list[Event]:
-        items = [self.item_of(e) if isinstance(e, Pending) else e for e in events]
-        return [
-            Event(
-                event_id=event_id_of(item, self.id_prefix),
-                entity=item[ENTITY],
-                metric=item[METRIC],
-                value=item[VALUE],
-                timestamp=self._encoder.timestamp(item[TS]),
-                metadata=None if item[META] is None else self._decode_metadata(item[META]),
-                job_id=item[JOB],
-            )
-            for item in items
-        ]
-
-    @staticmethod
-    def item_of(p: Pending) -> QueuedEvent:
-        """A dropped event's tuple, with what the pipeline kept only in its wire body
-        read back: its metadata (``IN_BODY``), or all of it (``WHOLE_BODY``: a spooled
-        event, never held in memory as a tuple)."""
-        item = p.item
-        if item[META] is IN_BODY:
-            return (*item[:META], metadata_of(p.body), item[JOB], item[SIZE])
-        if item[META] is WHOLE_BODY:
-            return item_of(p.body, p.seq)
-        return item
+        """The ``Event``s ``on_drop`` is handed: what an encoded event kept only in its
+        wire body is read back here (``_record.public_events``), outside the lock."""
+        return public_events(events, self.id_prefix, self._encoder.timestamp, self._decode_metadata)

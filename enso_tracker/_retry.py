@@ -43,7 +43,7 @@ __all__ = ["RetryPolicy"]
 
 
 class Tried(Protocol):
-    """What :meth:`RetryPolicy.exhausted` reads of an event (``_items.Pending``)."""
+    """What :meth:`RetryPolicy.exhausted` reads of an event (``_record.Pending``)."""
 
     @property
     def attempts(self) -> int: ...

@@ -27,11 +27,10 @@ import math
 import random
 from collections import deque
 from itertools import islice, repeat
-from operator import itemgetter
 from typing import Final
 
 from ._config import Config
-from ._items import SIZE, Pending, QueuedEvent
+from ._record import Pending, QueuedEvent, size_of
 from ._retry import RetryPolicy
 from ._wire import BODY_OVERHEAD
 
@@ -41,7 +40,6 @@ NO_SEQ: Final = 1 << 62  # "nothing unsettled" for a low-water mark
 #: Wire bytes of an event beyond what its ``SIZE`` estimate counts (keys, timestamp, a
 #: generated id, a 16-digit value, the comma): 144 measured, rounded up.
 WIRE_ESTIMATE: Final = 160
-_size_of = itemgetter(SIZE)
 
 
 def take(queue: deque[QueuedEvent], n: int) -> list[Pending | QueuedEvent]:
@@ -189,7 +187,7 @@ class Schedule:
         checks the encoded body, and cuts it event by event if it is still too large).
         C-level sums, no per-event Python; never fewer than ``batch_size``."""
         n = min(len(queue), self.backlog_size)
-        estimate = sum(map(_size_of, islice(queue, n))) + n * WIRE_ESTIMATE
+        estimate = sum(map(size_of, islice(queue, n))) + n * WIRE_ESTIMATE
         budget = self.byte_limit * 9 // 10
         if estimate > budget:
             n = n * budget // estimate

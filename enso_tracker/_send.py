@@ -23,30 +23,24 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ._config import Config
 from ._debug import log_request
 from ._errors import describe_exception
 from ._http.sender import Answered, Outcome, Retry, Sender
-from ._items import (
-    BYTES_OVERHEAD,
-    ENTITY,
-    EVENT_OVERHEAD,
-    IN_BODY,
-    JOB,
-    META,
-    PENDING_OVERHEAD,
-    SEQ,
-    SIZE,
-    Pending,
-    QueuedEvent,
-    event_id_of,
-    held,
-)
 from ._ledger import Ledger
 from ._model import DropReason
+from ._record import (
+    EVENT_OVERHEAD,
+    Pending,
+    QueuedEvent,
+    encode_record,
+    held,
+    pending_of,
+    size_of,
+    unencoded,
+)
 from ._reporting import Reporter, Reports
 from ._spool.errors import Problem
 from ._wire import EventEncoder, join_batch, reconcile
@@ -55,8 +49,6 @@ if TYPE_CHECKING:
     from ._spool.spooler import Spooler
 
 __all__ = ["SendPath"]
-
-_size_of = itemgetter(SIZE)  # what a queued event holds beyond EVENT_OVERHEAD
 
 
 class SendPath:
@@ -73,10 +65,7 @@ class SendPath:
     _inline_deadline: float
 
     def encode(self, item: QueuedEvent) -> bytes:
-        # msgspec hands back its growth buffer (up to 1.5x the text): an exact copy keeps
-        # a retried event's memory what max_queue_bytes counts.
-        event_id = event_id_of(item, self.ledger.id_prefix)
-        return bytes(memoryview(self._encoder.encode(event_id, *item[ENTITY:SIZE])))
+        return encode_record(self._encoder, item, self.ledger.id_prefix)
 
     def encode_all(
         self, taken: Sequence[Pending | QueuedEvent]
@@ -94,18 +83,11 @@ class SendPath:
                 try:
                     body = self.encode(entry)
                 except Exception as exc:  # validation should make this impossible
-                    unencodable.append((Pending(0.0, entry[SEQ], entry, b"", held(entry)), exc))
+                    unencodable.append((unencoded(entry), exc))
                     continue
-                # Once encoded, the body is what is kept: it replaces the metadata JSON
-                # the tuple held (read back from the body if the event is ever reported),
-                # and the event's size becomes what it now holds (max_queue_bytes).
-                meta = entry[META]
-                size = held(entry) + len(body) + PENDING_OVERHEAD
-                if meta is not None:
-                    size -= len(meta) + BYTES_OVERHEAD
-                    entry = (*entry[:META], IN_BODY, entry[JOB], entry[SIZE])
-                grown += size - held(entry)
-                p = Pending(0.0, entry[SEQ], entry, body, size)
+                # The body is what is kept from now on (``_record.pending_of``).
+                p = pending_of(entry, body)
+                grown += p.size - held(entry)
             encoded.append(p)
         return encoded, unencodable, grown
 
@@ -225,7 +207,7 @@ class SendPath:
         if isinstance(outcome, Answered):
             verdict = reconcile(outcome.answer, n)  # pure: apply_outcome checks it again
             if verdict.vouched and not verdict.failures:
-                held_total = sum(map(_size_of, items)) + n * EVENT_OVERHEAD
+                held_total = sum(map(size_of, items)) + n * EVENT_OVERHEAD
                 with ledger.lock:
                     ledger.fresh_delivered_locked(items, size, held_total)
                 if self.receipts is not None:  # folded and written before flush() returns

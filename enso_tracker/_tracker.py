@@ -39,9 +39,9 @@ import msgspec
 from ._aio import AsyncMixin
 from ._config import Config, options_from_env
 from ._http.sender import Sender
-from ._items import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._ledger import Ledger
 from ._model import Stats
+from ._record import BYTES_OVERHEAD, EVENT_OVERHEAD, STR_OVERHEAD, QueuedEvent
 from ._reentry import (
     REENTRANT_STATS_WAIT,
     interrupted_inside,
@@ -246,7 +246,7 @@ class Tracker(AsyncMixin, DeadLetterAdmin):
             refused: QueuedEvent = (0, event_id or "", entity, metric, value, ts, meta, job_id, 0)
             self._reporter.report([([refused], refusal)])
             return None
-        if event_id is None:  # generated, not stored: see _items.ID
+        if event_id is None:  # generated, not stored: see _record.ID
             event_id = led.id_prefix + hex(seq)  # cheapest of the spellings
         if n == 1 or n == self._batch_size or led.worker_gone:
             # The queue just became non-empty, or just reached a full batch (a sender that

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import msgspec
 
 from ._errors import InvalidEventError, InvalidEventTypeError
-from ._items import STR_OVERHEAD
+from ._record import STR_OVERHEAD
 
 if TYPE_CHECKING:
     from ._config import Config

@@ -38,9 +38,9 @@ from typing import Any, Protocol
 from ._config import Config
 from ._errors import describe_exception
 from ._http.sender import Outcome, Sender
-from ._items import Pending, QueuedEvent
 from ._ledger import Ledger
 from ._pump import CLOSED, alive
+from ._record import Pending, QueuedEvent
 from ._reporting import Reporter
 from ._send import SendPath
 from ._shutdown import ShutdownPath

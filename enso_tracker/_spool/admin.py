@@ -22,8 +22,7 @@ import msgspec
 
 from .._errors import ConfigurationError
 from .._model import DeadLetter, Event, SpoolStatus
-from .._wire import BODY_OVERHEAD, join_batch
-from .._wire_decode import event_of, split_batch
+from .._wire import BODY_OVERHEAD, event_of, join_batch, split_batch
 from .dead_letters import DeadLetterStore
 from .directory import check_directory, lock_path, spool_files
 from .errors import SpoolCorrupt

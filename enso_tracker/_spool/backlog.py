@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._ledger import Ledger, State
 from .._reporting import Reports
-from .._wire_decode import split_batch
+from .._wire import split_batch
 from .books import SpoolBooks
 from .disk import DiskSpool, pendings_of
 from .errors import SpoolClosed, SpoolCorrupt, SpoolUnavailable

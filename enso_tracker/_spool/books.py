@@ -24,8 +24,8 @@ import heapq
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._items import SEQ, Pending, QueuedEvent, held
 from .._model import DropReason
+from .._record import Pending, QueuedEvent, seq_of, unencoded
 from .._reporting import Reports
 from .._schedule import NO_SEQ
 
@@ -208,7 +208,7 @@ class SpoolBooks:
     def low_water(self, low: int) -> int:
         """``low``, or the lowest sequence the spool's own lists hold if lower."""
         if self.spooling:
-            low = min(low, self.spooling[0][SEQ])
+            low = min(low, seq_of(self.spooling[0]))
         if self.staged:
             low = min(low, self.staged[0].seq)
         if self.backlog_own:
@@ -218,9 +218,9 @@ class SpoolBooks:
     def durable_seq_locked(self) -> int:
         """Every event accepted up to this sequence is on disk or settled."""
         led = self.ledger
-        low = led.queue[0][SEQ] if led.queue else NO_SEQ
+        low = seq_of(led.queue[0]) if led.queue else NO_SEQ
         if self.spooling:
-            low = min(low, self.spooling[0][SEQ])
+            low = min(low, seq_of(self.spooling[0]))
         heap = self.volatile
         while heap and heap[0][1].done:
             heapq.heappop(heap)
@@ -236,7 +236,7 @@ class SpoolBooks:
         """At close: the staged events and those being written, out of the spool's lists."""
         left = [
             *self.staged,
-            *(Pending(0.0, q[SEQ], q, b"", held(q)) for q in self.spooling),
+            *map(unencoded, self.spooling),
         ]
         self.staged.clear()
         self.spooling = []

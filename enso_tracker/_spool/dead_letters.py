@@ -23,7 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from .._model import DeadLetter, DropReason, Event
-from .._wire_decode import body_event_id, event_of
+from .._wire import body_event_id, event_of
 from .directory import quarantine
 from .errors import SpoolCorrupt
 from .sqlite import abandon, disk_size, is_corrupt, open_db, transaction

@@ -24,10 +24,10 @@ from typing import Final
 
 import msgspec
 
-from .._items import EVENT_OVERHEAD, PENDING_OVERHEAD, WHOLE_BODY, Pending
 from .._model import DropReason
 from .._receipts import SpoolReceipts
-from .._wire_decode import split_batch
+from .._record import Pending, spooled
+from .._wire import split_batch
 from .adoption import ADOPT_INTERVAL, Adoption, Unread
 from .budget import Budget, file_size_limit
 from .dead_letters import DeadLetterStore
@@ -315,10 +315,5 @@ def pendings_of(
 ) -> list[Pending]:
     """Pending events for a loaded row: their bodies as they were sent, the rest of what
     they were (entity, value…) read back from the body only if one is ever reported."""
-    out = []
-    for i, body in enumerate(bodies):
-        seq = first_seq + i if first_seq is not None else next(adopted_seq)
-        size = EVENT_OVERHEAD + PENDING_OVERHEAD + len(body)
-        item = (seq, "", "", "", 0, 0, WHOLE_BODY, None, size - EVENT_OVERHEAD)
-        out.append(Pending(0.0, seq, item, body, size, row=row))
-    return out
+    seqs = adopted_seq if first_seq is None else range(first_seq, first_seq + len(bodies))
+    return spooled(bodies, seqs, row)

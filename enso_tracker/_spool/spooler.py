@@ -30,10 +30,10 @@ from typing import Protocol
 
 from .._config import Config
 from .._errors import describe_exception
-from .._items import SEQ, Pending, QueuedEvent, held
 from .._ledger import Ledger, State
 from .._model import DropReason
 from .._pump import CLOSED, sooner
+from .._record import Pending, QueuedEvent, growth, seq_of
 from .._reporting import Reporter, Reports
 from .._schedule import NO_SEQ
 from .._wire import BODY_OVERHEAD, join_batch
@@ -215,14 +215,14 @@ class Spooler(BacklogRounds):
                     # Back at the head of the line, as they were (not encoded): written
                     # once the spool has room, in order.
                     back = {p.seq for p in rest}
-                    ledger.requeue_locked([q for q in raw if q[SEQ] in back])
+                    ledger.requeue_locked([q for q in raw if seq_of(q) in back])
                     books.gate = time.monotonic() + self.config.backoff_base
                     if not written:
                         log(logging.WARNING, "spool_full", "the spool is full (%s); holding", full)
                     rest = []
                 kept = [p for chunk, _ in written for p in chunk] + rest + too_large
                 # Encoded: they now hold their bodies (the held back ones are raw again).
-                ledger.grown_locked(sum([p.size - held(p.item) for p in kept]))
+                ledger.grown_locked(growth(kept))
                 self.host.drop_unsendable_locked(too_large, unencodable, reports)
                 if full is not None and rest:
                     ledger.drop_locked(

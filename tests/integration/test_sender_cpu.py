@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enso_tracker import ConfigurationError, Tracker
-from enso_tracker._items import QueuedEvent, event_id_of
+from enso_tracker._record import QueuedEvent, event_id_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
 from enso_tracker.testing import FakeEnso, Fault

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from enso_tracker import Tracker
-from enso_tracker._items import SEQ, Pending, held
 from enso_tracker._ledger import Ledger
+from enso_tracker._record import SEQ, Pending, held
 
 
 @dataclass(frozen=True)

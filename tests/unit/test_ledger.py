@@ -18,10 +18,10 @@ from enso_tracker import (
     TooLarge,
     Unauthorized,
 )
-from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._ledger import Ledger, State
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._outcomes import apply_outcome
+from enso_tracker._record import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._reporting import Reports
 from enso_tracker._retry import RetryPolicy
 from enso_tracker._schedule import NO_SEQ, Schedule

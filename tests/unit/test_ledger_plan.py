@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from enso_tracker import Retry
-from enso_tracker._items import SEQ, Pending
+from enso_tracker._record import SEQ, Pending
 from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, ledger, settle, take
 

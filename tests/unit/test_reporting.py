@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from enso_tracker import DropReason, Event
-from enso_tracker._items import IN_BODY, WHOLE_BODY, Pending, QueuedEvent
+from enso_tracker._record import Pending, QueuedEvent, pending_of, spooled
 from enso_tracker._reporting import Reporter
 from enso_tracker._wire import EventEncoder
 
@@ -18,18 +18,18 @@ REASON = DropReason(kind="rejected", message="Customer entity not found", status
 
 
 def _encoded(seq: int, event_id: str | None, metadata: bytes | None) -> Pending:
+    """As the sender keeps it: its metadata only in the body (``_record.pending_of``)."""
     item: QueuedEvent = (seq, event_id, "cust_1", "api_calls", 3, SECOND_NS, metadata, "job", 0)
     body = EventEncoder().encode(
         event_id or f"pre{seq:x}", "cust_1", "api_calls", 3, SECOND_NS, metadata, "job"
     )
-    return Pending(0.0, seq, item, body)
+    return pending_of(item, bytes(body))
 
 
 def test_metadata_kept_only_in_the_body_and_generated_ids_are_rebuilt_for_the_hook() -> None:
     seen: list[tuple[Sequence[Event], DropReason]] = []
     reporter = Reporter(lambda events, reason: seen.append((events, reason)), "pre")
     in_body = _encoded(7, None, b'{"plan":"pro"}')
-    in_body.item = (*in_body.item[:6], IN_BODY, *in_body.item[7:])  # as the sender keeps it
     plain = _encoded(8, "given-id", None)
     reporter.report([([in_body, plain], REASON)])
     [(events, reason)] = seen
@@ -44,9 +44,9 @@ def test_metadata_kept_only_in_the_body_and_generated_ids_are_rebuilt_for_the_ho
 def test_a_spooled_event_is_read_back_whole_from_its_body() -> None:
     seen: list[Sequence[Event]] = []
     reporter = Reporter(lambda events, reason: seen.append(events), "pre")
-    spooled = _encoded(9, "spooled-id", b'{"a":1}')
-    spooled.item = (9, "", "", "", 0, 0, WHOLE_BODY, None, 0)  # as adopted from a spool file
-    reporter.report([([spooled], REASON)])
+    [adopted] = spooled([_encoded(9, "spooled-id", b'{"a":1}').body], [9], None)
+    assert adopted.item is None  # as adopted from a spool file: its body only
+    reporter.report([([adopted], REASON)])
     [[event]] = seen
     assert (event.event_id, event.entity, event.value, event.metadata, event.job_id) == (
         "spooled-id",
@@ -61,10 +61,10 @@ def test_without_a_hook_nothing_is_decoded(monkeypatch: pytest.MonkeyPatch) -> N
     def must_not_run(*args: Any) -> Any:
         raise AssertionError("decoded without an on_drop hook")
 
-    monkeypatch.setattr("enso_tracker._reporting.metadata_of", must_not_run)
-    monkeypatch.setattr("enso_tracker._reporting.item_of", must_not_run)
+    monkeypatch.setattr("enso_tracker._record.metadata_of", must_not_run)
+    monkeypatch.setattr("enso_tracker._record.event_of", must_not_run)
     reporter = Reporter(None, "pre")
     in_body = _encoded(1, None, b'{"x":1}')
-    in_body.item = (*in_body.item[:6], IN_BODY, *in_body.item[7:])
-    reporter.report([([in_body], REASON)])
+    [adopted] = spooled([in_body.body], [1], None)
+    reporter.report([([in_body, adopted], REASON)])
     assert reporter.hook_errors.count == 0

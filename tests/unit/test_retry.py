@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from enso_tracker import Config
-from enso_tracker._items import Pending
+from enso_tracker._record import Pending
 from enso_tracker._retry import RetryPolicy
 
 POLICY = RetryPolicy(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from enso_tracker._items import Pending, QueuedEvent
+from enso_tracker._record import Pending, QueuedEvent
 from enso_tracker._retry import RetryPolicy
 from enso_tracker._schedule import NO_SEQ, Schedule
 from enso_tracker._wire import BODY_OVERHEAD

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import cast
 
 from enso_tracker import Config
-from enso_tracker._items import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._ledger import Ledger
+from enso_tracker._record import EVENT_OVERHEAD, SEQ, Pending, QueuedEvent, held
 from enso_tracker._reporting import Reports
 from enso_tracker._retry import RetryPolicy
 from enso_tracker._schedule import Schedule

@@ -1,164 +1,31 @@
-"""The wire format of ``POST /events/batch``: request encoding and response parsing.
+"""The answer side of ``POST /events/batch``: what a 2xx answer says and proves.
 
-See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are documented (wrapped in
-``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is unsorted;
-a top-level ``"status": "success"`` says nothing about the records. Which events an
-answer vouches for is decided by :func:`reconcile` (Accounting). Answers are read, bounded,
-by ``_http.answer.read_answer``.
+Owns the parsing of Enso's answers (:func:`parse_batch_answer`, :func:`parse_error_message`)
+and the accounting of a batch from one (:func:`reconcile`: which events it vouches for).
+See ``docs/wire-contract.md`` (The batch endpoint). Two response shapes are documented
+(wrapped in ``data`` and bare); ``code`` is an int *or* a string; ``failedRecords`` is
+unsorted; a top-level ``"status": "success"`` says nothing about the records. Answers are
+read, bounded, by ``_http.answer.read_answer`` before they reach this module; request
+bodies are ``_wire.codec``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from ._errors import short_repr
-from ._items import QueuedEvent
+from .._errors import short_repr
 
 __all__ = [
-    "BODY_OVERHEAD",
     "BatchAnswer",
-    "EventEncoder",
     "FailedRecord",
     "Verdict",
-    "join_batch",
     "parse_batch_answer",
     "parse_error_message",
     "printable",
     "reconcile",
 ]
-
-
-class WireEvent(msgspec.Struct, omit_defaults=True):
-    """One element of ``events``; names exactly as Enso spells them."""
-
-    CustomerEntityId: str
-    metric: str
-    value: int | float | Decimal
-    timestamp: str
-    eventId: str
-    metadata: msgspec.Raw | None = None
-    # Enso's API page documents both spellings with one meaning (docs/wire-contract.md).
-    JobId: str | None = None
-    jobId: str | None = None
-
-
-_PREFIX = b'{"events":['
-_SUFFIX = b"]}"
-#: Bytes of the body that are not events: prefix, suffix (commas are counted per event).
-BODY_OVERHEAD = len(_PREFIX) + len(_SUFFIX)
-
-
-def join_batch(encoded: list[bytes]) -> bytes:
-    return _PREFIX + b",".join(encoded) + _SUFFIX
-
-
-_DAYS_KEPT = 4096
-
-
-class _Batch(msgspec.Struct):
-    """A whole body: ``{"events":[...]}``, the same bytes as :func:`join_batch`."""
-
-    events: list[WireEvent]
-
-
-class EventEncoder:
-    """Encodes a fresh batch in one call (:meth:`encode_batch`), or events one by one
-    (:meth:`encode`) where a batch must be cut at an exact byte size or retried in part.
-
-    Built once per tracker: the msgspec encoder is reused, and the RFC 3339 text of the
-    current millisecond (and second) is cached, since the events of a burst share it.
-    """
-
-    __slots__ = ("_days", "_encoder", "_ms", "_ms_text", "_second", "_second_text")
-
-    def __init__(self) -> None:
-        # Decimal goes out as an exact JSON number, never a string or a rounded float.
-        self._encoder = msgspec.json.Encoder(decimal_format="number")
-        self._second = -1
-        self._second_text = ""
-        self._ms = -1
-        self._ms_text = ""
-        #: Day number -> "YYYY-MM-DDT": events of other seconds (an import's, a backlog's)
-        #: mostly share a few days; the time of day is plain arithmetic (UTC has no leap
-        #: seconds in POSIX time). Bounded: cleared when full.
-        self._days: dict[int, str] = {}
-
-    def timestamp(self, ns: int) -> str:
-        ms = ns // 1_000_000
-        if ms == self._ms:  # events of a burst share their millisecond
-            return self._ms_text
-        seconds, millis = divmod(ms, 1000)
-        if seconds != self._second:
-            day, rest = divmod(seconds, 86_400)
-            date = self._days.get(day)
-            if date is None:
-                t = time.gmtime(day * 86_400)
-                date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-                if len(self._days) >= _DAYS_KEPT:
-                    self._days.clear()
-                self._days[day] = date
-            hours, rest = divmod(rest, 3600)
-            minutes, secs = divmod(rest, 60)
-            self._second_text = f"{date}{hours:02d}:{minutes:02d}:{secs:02d}."
-            self._second = seconds
-        self._ms = ms
-        self._ms_text = f"{self._second_text}{millis:03d}Z"
-        return self._ms_text
-
-    def encode_batch(self, items: Sequence[QueuedEvent], prefix: str) -> bytes:
-        """The body of a request carrying ``items``, in one msgspec call: byte for byte
-        what :func:`join_batch` makes of the events' :meth:`encode` (tested), at about a
-        third of its CPU (no ``bytes`` per event, no join). May hand back msgspec's
-        growth buffer: fine for a body that lives one request. ``prefix``: the tracker's
-        id prefix, for generated eventIds (``_items.event_id_of``)."""
-        ts = self.timestamp
-        raw = msgspec.Raw
-        return self._encoder.encode(
-            _Batch(
-                [
-                    # Positional: WireEvent's field order (cheaper than keywords).
-                    WireEvent(
-                        e,
-                        m,
-                        v,
-                        ts(t),
-                        prefix + hex(s) if i is None else i,
-                        None if md is None else raw(md),
-                        j,
-                        j,
-                    )
-                    for s, i, e, m, v, t, md, j, _ in items
-                ]
-            )
-        )
-
-    def encode(
-        self,
-        event_id: str,
-        entity: str,
-        metric: str,
-        value: int | float | Decimal,
-        ts_ns: int,
-        metadata: bytes | None,
-        job_id: str | None,
-    ) -> bytes:
-        return self._encoder.encode(
-            WireEvent(
-                CustomerEntityId=entity,
-                metric=metric,
-                value=value,
-                timestamp=self.timestamp(ts_ns),
-                eventId=event_id,
-                metadata=None if metadata is None else msgspec.Raw(metadata),
-                JobId=job_id,
-                jobId=job_id,
-            )
-        )
 
 
 class FailedRecord(msgspec.Struct, frozen=True):
