@@ -53,7 +53,7 @@ from ._receipts_store import (
     receipts_path,
     text_of,
 )
-from ._record import Pending, fold_facts, stored_facts
+from ._record import Pending, fold_facts
 
 __all__ = [
     "DELIVERED",
@@ -116,18 +116,15 @@ class _Facts(msgspec.Struct):
 _decode_facts = msgspec.json.Decoder(_Facts).decode
 
 
-def _from_item(p: Pending) -> tuple[str, str, str, str, str]:
-    """An event never encoded (unencodable, dropped from the queue): from its tuple."""
-    item = p.item  # None: a spooled event whose body does not decode; nothing is known
-    given, entity, metric, value, ts = ("", "", "", 0, 0) if item is None else stored_facts(item)
-    text = repr(value) if isinstance(value, float) else str(value)
-    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(ts // 1_000_000_000))
-    return str(given or ""), str(entity), str(metric), hour, text
+#: The facts of a spooled event whose body does not decode: nothing is known of it.
+_UNKNOWN: Final = ("", "", "", time.strftime("%Y-%m-%dT%H", time.gmtime(0)), "0")
 
 
 def facts_of(p: Pending) -> tuple[str, str, str, str, str]:
-    """(eventId, entity, metric, UTC hour, value text) of a settled event, read from its
-    wire body: what Enso received (the timestamp's first 13 characters are its hour)."""
+    """(eventId, entity, metric, UTC hour, value text) of a settled event read back from
+    a spool file (``p.item`` is None), from its wire body: what Enso received (the
+    timestamp's first 13 characters are its hour). An event still holding its record is
+    folded from it instead (``_record.fold_facts``)."""
     if p.body:
         try:
             f = _decode_facts(p.body)
@@ -135,7 +132,7 @@ def facts_of(p: Pending) -> tuple[str, str, str, str, str]:
             return f.eventId, f.CustomerEntityId, f.metric, f.timestamp[:13], value
         except (msgspec.DecodeError, UnicodeDecodeError):
             pass
-    return _from_item(p)
+    return _UNKNOWN
 
 
 def outcome_of(receipt: object) -> tuple[str, str | None, int | None, str | None]:

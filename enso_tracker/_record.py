@@ -11,7 +11,7 @@ other module reads a record through the names below: ``seq_of``/``size_of`` (C-l
 getters for hot loops), ``encode_record``/``pending_of`` (the sender's
 per-event encoding), ``unencoded``/``delivered`` (a tuple as a ``Pending``), ``spooled``
 (events read back from a spool row: no tuple), ``growth`` (bytes gained by encoding),
-``fold_facts``/``stored_facts`` (the receipts' fold)
+``fold_facts`` (the receipts' fold)
 and ``public_events``/``read_back`` (what ``on_drop`` is handed: an encoded event's
 body is decoded only then, outside the lock).
 """
@@ -62,7 +62,6 @@ __all__ = [
     "seq_of",
     "size_of",
     "spooled",
-    "stored_facts",
     "unencoded",
 ]
 
@@ -210,11 +209,6 @@ def fold_facts(item: QueuedEvent, prefix: str) -> tuple[str, str, str, Any, int]
     """(eventId, entity, metric, value, ts_ns) of a record for the receipts' fold."""
     seq, given, entity, metric, value, ts, _, _, _ = item
     return (prefix + hex(seq) if given is None else given), entity, metric, value, ts
-
-
-#: (the caller's eventId or None, entity, metric, value, ts_ns) of a record never
-#: encoded, as the receipts read it (``_receipts._from_item``).
-stored_facts: Final = itemgetter(ID, ENTITY, METRIC, VALUE, TS)
 
 
 def public_events(

@@ -27,7 +27,6 @@ from enso_tracker._record import (
     seq_of,
     size_of,
     spooled,
-    stored_facts,
     unencoded,
 )
 from enso_tracker._wire import (
@@ -134,9 +133,6 @@ def test_receipts_read_the_event_id_rebuilt_and_the_fields_as_queued() -> None:
         SECOND_NS + 5_000_000,
     )
     assert fold_facts(_item(10, "mine"), PREFIX)[0] == "mine"
-    # Never encoded: only the caller's own id is stored with it.
-    assert stored_facts(_item(11)) == (None, "cust_1", "api_calls", Decimal("0.10"),
-                                       SECOND_NS + 5_000_000)  # fmt: skip
 
 
 def test_on_drop_sees_the_same_event_whatever_the_pipeline_held() -> None:
