@@ -71,6 +71,16 @@ def make_tracker(fake: FakeEnso, drops: DropLog) -> Iterator[TrackerFactory]:
         tracker.shutdown(2.0)
 
 
+@pytest.fixture
+def private_fake() -> Iterator[FakeEnso]:
+    """A FakeEnso of the test's own, for what the plugin's shared ``fake_enso`` cannot
+    host: a test that stops, restarts or re-binds the server, or leaves requests held
+    past its end (``stop()`` cuts them short). Point trackers at it:
+    ``tracker(base_url=private_fake.url)``."""
+    with FakeEnso() as server:
+        yield server
+
+
 def accepted(event_id: str | None) -> str:
     """The id ``track()`` returned, asserting the event was accepted."""
     assert event_id is not None, "track() refused the event"

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -100,14 +100,6 @@ def api_row(i: int) -> dict[str, Any]:
         "value": i % 7 + 1,
         "timestamp": "2026-04-01T12:00:00Z",
     }
-
-
-@pytest.fixture
-def private_fake() -> Iterator[FakeEnso]:
-    """A FakeEnso of one test's own, for requests held past the test's end: ``stop()``
-    cuts them short, where on the shared ``fake_enso`` they would reach the next test."""
-    with FakeEnso() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
