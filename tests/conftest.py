@@ -1,11 +1,13 @@
-"""Shared fixtures: a real FakeEnso on loopback and trackers that are always shut down."""
+"""The suite's shared helpers. Its fixtures are the plugin's (``fake_enso``, ``tracker``,
+``drop_recorder``, ``enso_tracker_options``: ``enso_tracker.testing.pytest_plugin``), so
+the plugin users rely on is exercised by every test; ``private_fake`` is the one fixture
+added here, for tests the shared server cannot host."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -13,6 +15,8 @@ from enso_tracker import Tracker
 from enso_tracker.testing import DropRecorder, FakeEnso
 
 pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
+
+__all__ = ["API_KEY", "DropLog", "TrackerFactory", "accepted", "wait_until"]
 
 API_KEY = "test-api-key"
 
@@ -32,43 +36,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-#: The suite's name for the public recorder (``enso_tracker.testing.DropRecorder``).
+#: The suite's name for the public recorder (``enso_tracker.testing.DropRecorder``), as test
+#: modules import it; the recorder itself is the plugin's ``drop_recorder`` fixture.
 DropLog = DropRecorder
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeEnso]:
-    with FakeEnso() as server:
-        yield server
-
-
-@pytest.fixture
-def drops() -> DropLog:
-    return DropLog()
-
-
+#: ``enso_tracker.testing.pytest_plugin.TrackerFactory``, spelt out: importing the plugin
+#: here, before pytest loads it, would keep pytest from rewriting its asserts.
 TrackerFactory = Callable[..., Tracker]
 
 
 @pytest.fixture
-def make_tracker(fake: FakeEnso, drops: DropLog) -> Iterator[TrackerFactory]:
-    """Trackers pointed at the fake, with fast backoff, shut down after the test."""
-    made: list[Tracker] = []
-
-    def make(**options: Any) -> Tracker:
-        options.setdefault("api_key", API_KEY)
-        options.setdefault("base_url", fake.url)
-        options.setdefault("on_drop", drops)
-        options.setdefault("backoff_base", 0.01)
-        options.setdefault("backoff_max", 0.2)
-        options.setdefault("flush_interval", 0.05)
-        tracker = Tracker(**options)
-        made.append(tracker)
-        return tracker
-
-    yield make
-    for tracker in made:
-        tracker.shutdown(2.0)
+def private_fake() -> Iterator[FakeEnso]:
+    """A FakeEnso of the test's own, for what the plugin's shared ``fake_enso`` cannot
+    host: a test that stops, restarts or re-binds the server, or leaves requests held
+    past its end (``stop()`` cuts them short). Point trackers at it:
+    ``tracker(base_url=private_fake.url)``."""
+    with FakeEnso() as server:
+        yield server
 
 
 def accepted(event_id: str | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,13 +17,6 @@ import pytest
 from enso_tracker import Tracker
 from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, wait_until
-
-
-@pytest.fixture
-def make_async(make_tracker: TrackerFactory, fake: FakeEnso) -> Iterator[TrackerFactory]:
-    """conftest's ``make_tracker``; a hang left by a test is released before teardown."""
-    yield make_tracker
-    fake.release()
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -45,10 +38,10 @@ def hang_one_request(fake: FakeEnso, tracker: Tracker, event_id: str) -> None:
 
 
 def test_aflush_keeps_the_event_loop_running_while_enso_hangs(
-    fake: FakeEnso, make_async: TrackerFactory
+    fake_enso: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_async()
-    hang_one_request(fake, tracker, "evt_hung")
+    t = tracker()
+    hang_one_request(fake_enso, t, "evt_hung")
     gaps: list[float] = []
 
     async def heartbeat() -> None:
@@ -60,120 +53,122 @@ def test_aflush_keeps_the_event_loop_running_while_enso_hangs(
             gaps.append(now - last)
             last = now
             if len(gaps) == 50:  # only a loop that kept running can end the hang
-                fake.release()
+                fake_enso.release()
 
     async def main() -> bool:
         beat = asyncio.create_task(heartbeat())
         try:
-            return await tracker.aflush(10.0)
+            return await t.aflush(10.0)
         finally:
             beat.cancel()
 
     assert run(main) is True  # only the heartbeat releases the hang: the loop kept running
     assert len(gaps) >= 50
     assert max(gaps) < 1.0  # the loop never stalled for anything like the flush timeout
-    assert fake.event_ids() == ["evt_hung"]
+    assert fake_enso.event_ids() == ["evt_hung"]
 
 
 def test_aflush_and_ashutdown_return_what_flush_and_shutdown_return(
-    fake: FakeEnso, make_async: TrackerFactory
+    fake_enso: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_async()
+    t = tracker()
 
     async def main() -> tuple[bool, bool, bool, bool]:
-        idle = await tracker.aflush(1.0)
-        tracker.track("ent_1", "api_calls", 1, event_id="evt_a")
-        delivered = await tracker.aflush(5.0)
-        fake.hang(None)
-        tracker.track("ent_1", "api_calls", 1, event_id="evt_b")
-        timed_out = await tracker.aflush(0.2)
-        lost = await tracker.ashutdown(0.3)
+        idle = await t.aflush(1.0)
+        t.track("ent_1", "api_calls", 1, event_id="evt_a")
+        delivered = await t.aflush(5.0)
+        fake_enso.hang(None)
+        t.track("ent_1", "api_calls", 1, event_id="evt_b")
+        timed_out = await t.aflush(0.2)
+        lost = await t.ashutdown(0.3)
         return idle, delivered, timed_out, lost
 
     assert run(main) == (True, True, False, False)
-    assert fake.event_ids() == ["evt_a"]
-    assert tracker.stats().dropped == {"shutdown": 1}
+    assert fake_enso.event_ids() == ["evt_a"]
+    assert t.stats().dropped == {"shutdown": 1}
 
 
-def test_async_with_shuts_down_on_exit(fake: FakeEnso, drops: DropLog) -> None:
+def test_async_with_shuts_down_on_exit(fake_enso: FakeEnso, drop_recorder: DropLog) -> None:
     async def main() -> Tracker:
-        async with Tracker(api_key=API_KEY, base_url=fake.url, on_drop=drops) as tracker:
+        async with Tracker(
+            api_key=API_KEY, base_url=fake_enso.url, on_drop=drop_recorder
+        ) as tracker:
             tracker.track("ent_1", "api_calls", 1, event_id="evt_ctx")
         return tracker
 
     tracker = run(main)
-    assert fake.event_ids() == ["evt_ctx"]
+    assert fake_enso.event_ids() == ["evt_ctx"]
     assert (tracker.stats().delivered, tracker.stats().dropped) == (1, {})
     assert tracker.track("ent_1", "api_calls", 1) is None  # closed
 
 
 def test_cancelled_aflush_leaves_the_tracker_working(
-    fake: FakeEnso, make_async: TrackerFactory
+    fake_enso: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_async()
-    hang_one_request(fake, tracker, "evt_1")
+    t = tracker()
+    hang_one_request(fake_enso, t, "evt_1")
 
     async def main() -> bool:
-        waiting = asyncio.create_task(tracker.aflush(10.0))
+        waiting = asyncio.create_task(t.aflush(10.0))
         await asyncio.sleep(0)  # let it start waiting
         assert waiter_threads() == 1
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        fake.release()
-        tracker.track("ent_1", "api_calls", 1, event_id="evt_2")
-        return await tracker.aflush(5.0)
+        fake_enso.release()
+        t.track("ent_1", "api_calls", 1, event_id="evt_2")
+        return await t.aflush(5.0)
 
     assert run(main) is True
-    assert fake.event_ids() == ["evt_1", "evt_2"]
-    assert tracker.stats().balanced
+    assert fake_enso.event_ids() == ["evt_1", "evt_2"]
+    assert t.stats().balanced
 
 
-def test_cancelled_ashutdown_still_completes(fake: FakeEnso, make_async: TrackerFactory) -> None:
-    tracker = make_async()
-    hang_one_request(fake, tracker, "evt_1")
+def test_cancelled_ashutdown_still_completes(fake_enso: FakeEnso, tracker: TrackerFactory) -> None:
+    t = tracker()
+    hang_one_request(fake_enso, t, "evt_1")
 
     async def main() -> bool:
-        stopping = asyncio.create_task(tracker.ashutdown(10.0))
+        stopping = asyncio.create_task(t.ashutdown(10.0))
         await asyncio.sleep(0)
         assert waiter_threads() == 1
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
-        fake.release()
-        return await tracker.ashutdown(5.0)  # waits for the same shutdown
+        fake_enso.release()
+        return await t.ashutdown(5.0)  # waits for the same shutdown
 
     assert run(main) is True
-    assert fake.event_ids() == ["evt_1"]
-    assert tracker.track("ent_1", "api_calls", 1) is None
+    assert fake_enso.event_ids() == ["evt_1"]
+    assert t.track("ent_1", "api_calls", 1) is None
 
 
 def test_a_wait_abandoned_when_the_loop_closes_ends_quietly(
-    fake: FakeEnso, make_async: TrackerFactory, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, tracker: TrackerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thread_errors: list[threading.ExceptHookArgs] = []
     monkeypatch.setattr(threading, "excepthook", thread_errors.append)
-    tracker = make_async()
-    hang_one_request(fake, tracker, "evt_1")
+    t = tracker()
+    hang_one_request(fake_enso, t, "evt_1")
 
     async def main() -> None:
-        waiting = asyncio.create_task(tracker.aflush(10.0))
+        waiting = asyncio.create_task(t.aflush(10.0))
         await asyncio.sleep(0)
         assert waiter_threads() == 1
         waiting.cancel()  # asyncio.run() then closes the loop under the waiting thread
 
     run(main)
-    fake.release()  # the abandoned wait now ends and finds the loop closed
+    fake_enso.release()  # the abandoned wait now ends and finds the loop closed
     assert wait_until(lambda: waiter_threads() == 0, timeout=10.0)
     assert thread_errors == []
-    assert tracker.flush(5.0)
-    assert fake.event_ids() == ["evt_1"]
+    assert t.flush(5.0)
+    assert fake_enso.event_ids() == ["evt_1"]
 
 
 LIFESPAN_MESSAGES = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
 
-def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake: FakeEnso) -> None:
+def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake_enso: FakeEnso) -> None:
     """The README's ASGI recipe, driven the way a server (uvicorn…) drives it."""
     state: dict[str, Tracker] = {}
 
@@ -182,7 +177,7 @@ def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake: FakeEnso) -
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                state["tracker"] = Tracker(api_key=API_KEY, base_url=fake.url)
+                state["tracker"] = Tracker(api_key=API_KEY, base_url=fake_enso.url)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await state["tracker"].ashutdown(timeout=5.0)
@@ -202,14 +197,14 @@ def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake: FakeEnso) -
         await inbox.put(LIFESPAN_MESSAGES[0])
         await started.wait()
         state["tracker"].track("ent_1", "api_calls", 1, event_id="evt_req")  # a request
-        fake.hang(None)  # Enso hangs until the loop has run 20 more steps
+        fake_enso.hang(None)  # Enso hangs until the loop has run 20 more steps
 
         async def ticker() -> None:
-            while fake.in_flight == 0:  # the shutdown's request reached Enso and hangs
+            while fake_enso.in_flight == 0:  # the shutdown's request reached Enso and hangs
                 await asyncio.sleep(0.005)
             for _ in range(20):
                 await asyncio.sleep(0.005)
-            fake.release()
+            fake_enso.release()
 
         beat = asyncio.create_task(ticker())
         await inbox.put(LIFESPAN_MESSAGES[1])
@@ -218,5 +213,5 @@ def test_asgi_lifespan_shuts_the_tracker_down_without_blocking(fake: FakeEnso) -
         return sent
 
     assert run(server) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert fake.event_ids() == ["evt_req"]
+    assert fake_enso.event_ids() == ["evt_req"]
     assert state["tracker"].track("ent_1", "api_calls", 1) is None

@@ -34,9 +34,9 @@ def credential_tracker(fake: FakeEnso, drops: DropLog, **options: Any) -> Tracke
 
 
 @pytest.mark.slow
-def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drops: DropLog) -> None:
+def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drop_recorder: DropLog) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=2.0) as fake:
-        tracker = credential_tracker(fake, drops)
+        tracker = credential_tracker(fake, drop_recorder)
         try:
             ids: list[str] = []
             started = time.monotonic()
@@ -60,9 +60,9 @@ def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drops: DropLo
         assert login.json() == {"clientKey": KEY, "clientSecret": SECRET}
 
 
-def test_revoked_token_means_one_relogin_and_a_replay(drops: DropLog) -> None:
+def test_revoked_token_means_one_relogin_and_a_replay(drop_recorder: DropLog) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
-        tracker = credential_tracker(fake, drops)
+        tracker = credential_tracker(fake, drop_recorder)
         try:
             first = [accepted(tracker.track("ent", "m", i)) for i in range(10)]
             assert tracker.flush(5.0)
@@ -85,10 +85,10 @@ def test_revoked_token_means_one_relogin_and_a_replay(drops: DropLog) -> None:
 
 
 @pytest.mark.slow
-def test_wrong_credentials_keep_events_and_do_not_storm(drops: DropLog) -> None:
+def test_wrong_credentials_keep_events_and_do_not_storm(drop_recorder: DropLog) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         tracker = credential_tracker(
-            fake, drops, client_secret="cs_test_wrong", backoff_base=0.05, backoff_max=0.5
+            fake, drop_recorder, client_secret="cs_test_wrong", backoff_base=0.05, backoff_max=0.5
         )
         try:
             ids = [accepted(tracker.track("ent", "m", i)) for i in range(20)]
@@ -104,12 +104,14 @@ def test_wrong_credentials_keep_events_and_do_not_storm(drops: DropLog) -> None:
     assert 1 <= logins <= 25  # backoff, not a login storm
     assert stats.last_error is not None
     assert "refused the client credentials" in stats.last_error
-    assert {e.event_id for e in drops.events("shutdown")} == set(ids)
+    assert {e.event_id for e in drop_recorder.events("shutdown")} == set(ids)
 
 
-def test_unknown_api_key_is_unauthorized_and_events_stay_queued(drops: DropLog) -> None:
+def test_unknown_api_key_is_unauthorized_and_events_stay_queued(drop_recorder: DropLog) -> None:
     with FakeEnso() as fake:
-        tracker = Tracker(api_key="not-a-key", base_url=fake.url, on_drop=drops, backoff_base=0.05)
+        tracker = Tracker(
+            api_key="not-a-key", base_url=fake.url, on_drop=drop_recorder, backoff_base=0.05
+        )
         try:
             accepted(tracker.track("ent", "m", 1))
             assert not tracker.flush(0.5)
@@ -122,11 +124,11 @@ def test_unknown_api_key_is_unauthorized_and_events_stay_queued(drops: DropLog) 
 
 
 def test_second_401_right_after_a_fresh_login_is_unauthorized_then_recovers(
-    drops: DropLog, caplog: pytest.LogCaptureFixture
+    drop_recorder: DropLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         fake.script(Fault(status=401), Fault(status=401))
-        tracker = credential_tracker(fake, drops)
+        tracker = credential_tracker(fake, drop_recorder)
         try:
             event_id = accepted(tracker.track("ent", "m", 1))
             assert fake.wait_for(lambda f: len(f.batch_requests()) >= 2, 5.0)
@@ -145,12 +147,12 @@ def test_second_401_right_after_a_fresh_login_is_unauthorized_then_recovers(
 
 
 def test_secrets_never_reach_logs_reprs_or_stats(
-    caplog: pytest.LogCaptureFixture, drops: DropLog
+    caplog: pytest.LogCaptureFixture, drop_recorder: DropLog
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=1.0) as fake:
         fake.script(Fault(status=401))
-        tracker = credential_tracker(fake, drops)
+        tracker = credential_tracker(fake, drop_recorder)
         try:
             for i in range(30):
                 accepted(tracker.track("ent", "m", i))

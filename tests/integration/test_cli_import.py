@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -102,12 +102,6 @@ def api_row(i: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeEnso]:
-    with FakeEnso() as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def big_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("big") / "usage.jsonl"
@@ -118,16 +112,16 @@ def big_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_100k_rows_delivered_exactly_once_and_a_rerun_bills_nothing(
-    fake: FakeEnso, big_jsonl: Path
+    fake_enso: FakeEnso, big_jsonl: Path
 ) -> None:
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     first = run_cli("import", big_jsonl, "--json", env=env)
     assert first.returncode == 0, first.stderr
     assert books(first)["delivered"] == N
     assert books(first)["rows_read"] == N
-    events = fake.events
+    events = fake_enso.events
     assert len(events) == N
-    assert fake.duplicates == {}
+    assert fake_enso.duplicates == {}
     assert sum(e["value"] for e in events.values()) == sum(i % 7 + 1 for i in range(N))
     rows = [
         (r["CustomerEntityId"], r["metric"], r["value"], r["timestamp"])
@@ -137,12 +131,12 @@ def test_100k_rows_delivered_exactly_once_and_a_rerun_bills_nothing(
 
     again = run_cli("import", big_jsonl, "--json", env=env)
     assert again.returncode == 0, again.stderr
-    assert len(fake.event_ids()) == N  # nothing new on the server
-    assert sum(fake.duplicates.values()) == N  # every row resent, every copy absorbed
+    assert len(fake_enso.event_ids()) == N  # nothing new on the server
+    assert sum(fake_enso.duplicates.values()) == N  # every row resent, every copy absorbed
 
 
 def test_a_rerun_from_another_directory_compressed_gets_the_same_ids(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
     first_dir.mkdir()
@@ -154,27 +148,27 @@ def test_a_rerun_from_another_directory_compressed_gets_the_same_ids(
     (second_dir / "daily.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
     mapping = ["--entity", "customer", "--metric-name", "calls", "--value", "calls"]
     mapping += ["--timestamp", "ts", "--json"]
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     first = run_cli("import", "daily.csv", *mapping, env=env, cwd=first_dir)
     assert first.returncode == 0, first.stderr
-    assert len(fake.event_ids()) == 300  # identical rows stay distinct (occurrence numbers)
+    assert len(fake_enso.event_ids()) == 300  # identical rows stay distinct (occurrence numbers)
     second = run_cli("import", second_dir / "daily.csv.gz", *mapping, env=env)
     assert second.returncode == 0, second.stderr
     assert books(second)["delivered"] == 300
-    assert len(fake.event_ids()) == 300
-    assert sum(fake.duplicates.values()) == 300
-    assert doc_event_id("ent_0", "calls", 1, "2026-04-01T00:00:00Z", 59) in fake.events
+    assert len(fake_enso.event_ids()) == 300
+    assert sum(fake_enso.duplicates.values()) == 300
+    assert doc_event_id("ent_0", "calls", 1, "2026-04-01T00:00:00Z", 59) in fake_enso.events
 
 
 def test_killed_half_way_then_rerun_delivers_every_row_exactly_once(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     path = tmp_path / "usage.csv.gz"
     header = "customer,metric,amount,at\n"
     rows = [f"ent_{i % 31},tokens,{i},2026-04-02T08:00:00.{i % 1000:03d}Z\n" for i in range(N)]
     path.write_bytes(gzip.compress((header + "".join(rows)).encode()))
     mapping = ["--entity", "customer", "--value", "amount", "--timestamp", "at"]
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
 
     def some_delivered(server: FakeEnso) -> bool:
         if server.received < 10_000:
@@ -189,20 +183,20 @@ def test_killed_half_way_then_rerun_delivers_every_row_exactly_once(
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert fake.wait_for(some_delivered, timeout=30.0)
+        assert fake_enso.wait_for(some_delivered, timeout=30.0)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10.0) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    fake.release()
-    partial = len(fake.event_ids())
+    fake_enso.release()
+    partial = len(fake_enso.event_ids())
     assert 10_000 <= partial < N
 
     rerun = run_cli("import", path, *mapping, "--json", env=env)
     assert rerun.returncode == 0, rerun.stderr
-    events = fake.events
+    events = fake_enso.events
     assert len(events) == N
     expected = doc_ids(
         [(f"ent_{i % 31}", "tokens", i, f"2026-04-02T08:00:00.{i % 1000:03d}Z") for i in range(N)]
@@ -252,7 +246,7 @@ def test_bad_rows_are_reported_with_their_line_and_the_good_ones_delivered(
 
 
 def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     path = tmp_path / "rows.jsonl"
     good = json.dumps(api_row(1))
@@ -271,11 +265,11 @@ def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
         )
         + "\n"
     )
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     del env["ENSO_API_KEY"]  # a dry run needs no credentials
     dry = run_cli("import", path, "--dry-run", "--errors-out", tmp_path / "dry.jsonl", env=env)
     assert dry.returncode == 1, dry.stderr
-    assert fake.requests == []
+    assert fake_enso.requests == []
     dry_errors = [json.loads(x) for x in (tmp_path / "dry.jsonl").read_text().splitlines()]
     found = sorted((e["deadLetter"]["line"], e["deadLetter"]["field"]) for e in dry_errors)
     assert found == [
@@ -289,21 +283,23 @@ def test_dry_run_sends_nothing_and_finds_what_the_real_run_finds(
     assert "event_id: " in dry.stdout
     assert "rows.jsonl:5)" in dry.stdout
 
-    real = run_cli("import", path, "--errors-out", tmp_path / "real.jsonl", env=cli_env(fake.url))
+    real = run_cli(
+        "import", path, "--errors-out", tmp_path / "real.jsonl", env=cli_env(fake_enso.url)
+    )
     assert real.returncode == 1, real.stderr
     real_errors = [json.loads(x) for x in (tmp_path / "real.jsonl").read_text().splitlines()]
     assert sorted(json.dumps(e, sort_keys=True) for e in real_errors) == sorted(
         json.dumps(e, sort_keys=True) for e in dry_errors
     )
-    assert len(fake.event_ids()) == 2  # the two good rows (same content, two lines)
+    assert len(fake_enso.event_ids()) == 2  # the two good rows (same content, two lines)
 
 
-def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> None:
+def test_shards_are_disjoint_and_complete(fake_enso: FakeEnso, tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     lines = [json.dumps(api_row(i)) for i in range(3000)]
     lines[100] = lines[2000] = "[1, 2]"  # two bad rows: each must be reported by one shard
     path.write_text("\n".join(lines) + "\n")
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     procs = [
         subprocess.Popen(
             [str(SCRIPT), "import", str(path), "--shard", f"{i}/3", "--json"],
@@ -319,8 +315,8 @@ def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> Non
         out, err = proc.communicate(timeout=60.0)
         results.append(json.loads(out))
         assert proc.returncode == (1 if results[-1]["invalid"] else 0), err
-    assert fake.duplicates == {}
-    assert len(fake.event_ids()) == 2998
+    assert fake_enso.duplicates == {}
+    assert len(fake_enso.event_ids()) == 2998
     assert sum(r["delivered"] for r in results) == 2998
     assert all(r["rows_read"] == 3000 for r in results)
     assert sum(r["rows_read"] - r["other_shards"] for r in results) == 3000
@@ -336,10 +332,10 @@ def test_shards_are_disjoint_and_complete(fake: FakeEnso, tmp_path: Path) -> Non
     assert sorted(reported) == [101, 2001]
 
 
-def test_stdin_gzip_needs_no_source_id_and_line_ids_still_can_be_had(fake: FakeEnso) -> None:
+def test_stdin_gzip_needs_no_source_id_and_line_ids_still_can_be_had(fake_enso: FakeEnso) -> None:
     lines = [json.dumps(api_row(i)) for i in range(50)]
     data = gzip.compress(("\n".join(lines) + "\n").encode())
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     proc = subprocess.run(
         [str(SCRIPT), "import", "-", "--json"], env=env, input=data, capture_output=True, timeout=30
     )
@@ -348,7 +344,7 @@ def test_stdin_gzip_needs_no_source_id_and_line_ids_still_can_be_had(fake: FakeE
         (r["CustomerEntityId"], r["metric"], r["value"], r["timestamp"])
         for r in map(api_row, range(50))
     ]
-    assert set(fake.event_ids()) == doc_ids(rows)
+    assert set(fake_enso.event_ids()) == doc_ids(rows)
 
     # --source-id belongs to the 0.x rule: alone it is a usage error, not a silent switch.
     refused = subprocess.run(
@@ -369,15 +365,15 @@ def test_stdin_gzip_needs_no_source_id_and_line_ids_still_can_be_had(fake: FakeE
         timeout=30,
     )
     assert legacy.returncode == 0, legacy.stderr
-    assert set(fake.event_ids()) == doc_ids(rows) | {
+    assert set(fake_enso.event_ids()) == doc_ids(rows) | {
         doc_line_event_id("usage-2026-04", i + 1, line.encode()) for i, line in enumerate(lines)
     }
 
 
-def test_usage_errors_exit_2_before_anything_is_sent(fake: FakeEnso, tmp_path: Path) -> None:
+def test_usage_errors_exit_2_before_anything_is_sent(fake_enso: FakeEnso, tmp_path: Path) -> None:
     path = tmp_path / "u.csv"
     path.write_text("customer,calls,ts\nent_1,1,2026-04-01T00:00:00Z\n")
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     no_column = run_cli("import", path, env=env)
     assert no_column.returncode == 2
     assert "no column 'CustomerEntityId'" in no_column.stderr
@@ -391,7 +387,7 @@ def test_usage_errors_exit_2_before_anything_is_sent(fake: FakeEnso, tmp_path: P
     )  # fmt: skip
     assert no_creds.returncode == 2
     assert "ENSO_API_KEY" in no_creds.stderr
-    assert fake.requests == []
+    assert fake_enso.requests == []
 
 
 def _closed_port() -> int:
@@ -401,13 +397,15 @@ def _closed_port() -> int:
     return port
 
 
-def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(fake: FakeEnso, tmp_path: Path) -> None:
+def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
     # Reachable for the preflight probe, then every connection drops: Enso went away
     # mid-run (unreachable from the start is test_cli_preflight.py's).
-    fake.script(Fault(), *[Fault(drop_connection=True)] * 200)
-    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(fake.url))
+    fake_enso.script(Fault(), *[Fault(drop_connection=True)] * 200)
+    proc = run_cli("import", path, "--stall-timeout", "1", env=cli_env(fake_enso.url))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Re-run the same command" in proc.stdout
     records = [json.loads(x) for x in (tmp_path / "r.jsonl.errors.jsonl").read_text().splitlines()]
@@ -417,23 +415,23 @@ def test_unreachable_enso_exits_3_and_says_a_rerun_is_safe(fake: FakeEnso, tmp_p
 
 
 def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
-    fake: FakeEnso, tmp_path: Path
+    private_fake: FakeEnso, tmp_path: Path
 ) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(3000)))
     # The preflight probe is answered; then Enso accepts connections and never answers
     # (delays that outlast the test; stop() at the fixture's end cuts them short).
-    fake.script(Fault(), *[Fault(delay=600.0)] * 50)
+    private_fake.script(Fault(), *[Fault(delay=600.0)] * 50)
     proc = subprocess.Popen(
         [str(SCRIPT), "import", str(path), "--json"],
-        env=cli_env(fake.url),
+        env=cli_env(private_fake.url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         # The probe is recorded once answered: what is in flight after it is a batch.
-        assert fake.wait_for(
+        assert private_fake.wait_for(
             lambda server: server.in_flight >= 1 and len(server.batch_requests()) >= 1, 30.0
         )
         proc.send_signal(signal.SIGTERM)
@@ -442,7 +440,7 @@ def test_sigterm_stops_the_import_and_reports_what_was_not_delivered(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        fake.release()
+        private_fake.release()
     assert proc.returncode == 130, err
     assert books_of(out)["stopped"] == "interrupted"
     errors = (tmp_path / "t.jsonl.errors.jsonl").read_text().splitlines()
@@ -455,19 +453,23 @@ def books_of(stdout: str) -> dict[str, Any]:
     return result
 
 
-def test_refused_credentials_stop_the_import_with_exit_3(fake: FakeEnso, tmp_path: Path) -> None:
+def test_refused_credentials_stop_the_import_with_exit_3(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(20)))
-    proc = run_cli("import", path, "--json", env=cli_env(fake.url, ENSO_API_KEY="wrong-key"))
+    proc = run_cli("import", path, "--json", env=cli_env(fake_enso.url, ENSO_API_KEY="wrong-key"))
     assert proc.returncode == 3
     assert "refuses the credentials" in books(proc)["stopped"]
-    assert fake.event_ids() == []
+    assert fake_enso.event_ids() == []
 
 
-def test_progress_is_shown_when_asked_and_never_into_a_pipe(fake: FakeEnso, tmp_path: Path) -> None:
+def test_progress_is_shown_when_asked_and_never_into_a_pipe(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(2000)))
-    env = cli_env(fake.url)
+    env = cli_env(fake_enso.url)
     quiet = run_cli("import", path, env=env)  # stderr is a pipe: no progress
     assert quiet.returncode == 0
     assert "rows/s" not in quiet.stderr
@@ -512,7 +514,9 @@ def test_demo_still_runs_from_the_command_line() -> None:
     assert "Books balance" in proc.stdout
 
 
-def test_two_inputs_with_one_file_name_are_one_backfill(fake: FakeEnso, tmp_path: Path) -> None:
+def test_two_inputs_with_one_file_name_are_one_backfill(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     """Content ids need no file name: two inputs named alike are imported together, and
     their identical rows stay two events. The 0.x line rule still refuses them."""
     (tmp_path / "x").mkdir()
@@ -521,15 +525,20 @@ def test_two_inputs_with_one_file_name_are_one_backfill(fake: FakeEnso, tmp_path
     src.write_text(json.dumps(api_row(1)) + "\n")
     shutil.copy(src, tmp_path / "y" / "same.jsonl")
     legacy = run_cli(
-        "import", src, tmp_path / "y" / "same.jsonl", "--id-rule", "line", env=cli_env(fake.url)
+        "import",
+        src,
+        tmp_path / "y" / "same.jsonl",
+        "--id-rule",
+        "line",
+        env=cli_env(fake_enso.url),
     )
     assert legacy.returncode == 2
     assert "same file name" in legacy.stderr
-    assert fake.requests == []
-    proc = run_cli("import", src, tmp_path / "y" / "same.jsonl", env=cli_env(fake.url))
+    assert fake_enso.requests == []
+    proc = run_cli("import", src, tmp_path / "y" / "same.jsonl", env=cli_env(fake_enso.url))
     assert proc.returncode == 0, proc.stderr
     row = api_row(1)
-    assert set(fake.event_ids()) == {
+    assert set(fake_enso.event_ids()) == {
         doc_event_id(row["CustomerEntityId"], row["metric"], row["value"], row["timestamp"], k)
         for k in (0, 1)
     }
@@ -603,11 +612,11 @@ def test_receipts_dir_shows_the_runs_delivered_totals_and_a_rerun_counts_them_ag
         assert sum(t.count for t in delivered) == 2 * 19
 
 
-def test_import_never_borrows_enso_receipts_dir(fake: FakeEnso, tmp_path: Path) -> None:
+def test_import_never_borrows_enso_receipts_dir(fake_enso: FakeEnso, tmp_path: Path) -> None:
     path = tmp_path / "usage.jsonl"
     path.write_text("".join(json.dumps(api_row(i)) + "\n" for i in range(5)))
     app_receipts = tmp_path / "app-receipts"
-    env = cli_env(fake.url, ENSO_RECEIPTS_DIR=str(app_receipts))
+    env = cli_env(fake_enso.url, ENSO_RECEIPTS_DIR=str(app_receipts))
     proc = run_cli("import", path, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert books(proc)["delivered"] == 5
@@ -616,13 +625,13 @@ def test_import_never_borrows_enso_receipts_dir(fake: FakeEnso, tmp_path: Path) 
 
 
 def test_run_receipts_say_when_another_writer_shared_the_store(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     from enso_tracker import Tracker
     from enso_tracker._cli.importer.receipts import RunReceipts
 
     def tracker() -> Tracker:
-        return Tracker(API_KEY, base_url=fake.url, receipts_dir=tmp_path, handle_sigterm=False)
+        return Tracker(API_KEY, base_url=fake_enso.url, receipts_dir=tmp_path, handle_sigterm=False)
 
     ours, other = tracker(), tracker()  # one identity: one store
     for _ in range(3):

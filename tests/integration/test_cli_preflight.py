@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,12 +58,6 @@ def rows(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeEnso]:
-    with FakeEnso() as server:
-        yield server
-
-
 def test_import_against_a_closed_port_fails_fast_with_exit_3(rows: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
@@ -82,16 +75,18 @@ def test_import_against_a_closed_port_fails_fast_with_exit_3(rows: Path) -> None
     assert not (rows.parent / "usage.jsonl.errors.jsonl").exists()
 
 
-def test_import_with_refused_credentials_stops_before_reading(rows: Path, fake: FakeEnso) -> None:
-    proc = run_import(rows, cli_env(fake.url, ENSO_API_KEY="sk_not_the_key_000"))
+def test_import_with_refused_credentials_stops_before_reading(
+    rows: Path, fake_enso: FakeEnso
+) -> None:
+    proc = run_import(rows, cli_env(fake_enso.url, ENSO_API_KEY="sk_not_the_key_000"))
     assert proc.returncode == 3
     books = json.loads(proc.stdout)
     assert books["stopped"].startswith("Enso refuses the credentials")
     assert books["rows_read"] == 0
-    assert [len(r.json()["events"]) for r in fake.batch_requests()] == [0]  # the probe only
+    assert [len(r.json()["events"]) for r in fake_enso.batch_requests()] == [0]  # the probe only
     human = subprocess.run(
         [str(SCRIPT), "import", str(rows)],
-        env=cli_env(fake.url, ENSO_API_KEY="sk_not_the_key_000"),
+        env=cli_env(fake_enso.url, ENSO_API_KEY="sk_not_the_key_000"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -100,11 +95,11 @@ def test_import_with_refused_credentials_stops_before_reading(rows: Path, fake: 
     assert "sk_not_the_key_000" not in human.stdout + human.stderr
 
 
-def test_a_healthy_enso_is_probed_once_without_usage(rows: Path, fake: FakeEnso) -> None:
-    proc = run_import(rows, cli_env(fake.url, ENSO_API_KEY=KEY + "\n"))
+def test_a_healthy_enso_is_probed_once_without_usage(rows: Path, fake_enso: FakeEnso) -> None:
+    proc = run_import(rows, cli_env(fake_enso.url, ENSO_API_KEY=KEY + "\n"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["delivered"] == 500
-    sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
+    sizes = [len(r.json()["events"]) for r in fake_enso.batch_requests()]
     assert sizes[0] == 0  # the probe: an empty batch, no usage
     assert sum(sizes) == 500
-    assert len(fake.event_ids()) == 500
+    assert len(fake_enso.event_ids()) == 500

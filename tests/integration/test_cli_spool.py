@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,31 +68,34 @@ def jsonl(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeEnso]:
-    with FakeEnso(known_entities={"ent_known"}) as server:
-        yield server
+def fake_enso(fake_enso: FakeEnso) -> FakeEnso:
+    """The plugin's ``fake_enso``, knowing only ``ent_known`` (reset after the test)."""
+    fake_enso.known_entities = {"ent_known"}
+    return fake_enso
 
 
 @pytest.fixture
-def dead(tmp_path: Path, fake: FakeEnso, make_tracker: TrackerFactory, drops: DropLog) -> Path:
+def dead(
+    tmp_path: Path, fake_enso: FakeEnso, tracker: TrackerFactory, drop_recorder: DropLog
+) -> Path:
     """A spool directory whose tracker dead-lettered three 2002s for an unknown entity and
     one event whose batches Enso kept failing, and delivered two others."""
     spool_dir = tmp_path / "spool"
-    fake.poison_event_ids([POISONED])
-    tracker = make_tracker(spool_dir=str(spool_dir), max_batch_size=1, max_retries=1)
+    fake_enso.poison_event_ids([POISONED])
+    t = tracker(spool_dir=str(spool_dir), max_batch_size=1, max_retries=1)
     for i, event_id in enumerate(REJECTED):
-        tracker.track("ent_nobody", "api_calls", i + 1, timestamp=TS, event_id=event_id)
+        t.track("ent_nobody", "api_calls", i + 1, timestamp=TS, event_id=event_id)
     for i in range(2):
-        accepted(tracker.track("ent_known", "api_calls", 10 + i, timestamp=TS))
-    tracker.track("ent_known", "gb_stored", 2.5, timestamp=TS, event_id=POISONED)
-    assert tracker.flush(20.0)
-    tracker.shutdown(5.0)
-    stats = tracker.stats()
+        accepted(t.track("ent_known", "api_calls", 10 + i, timestamp=TS))
+    t.track("ent_known", "gb_stored", 2.5, timestamp=TS, event_id=POISONED)
+    assert t.flush(20.0)
+    t.shutdown(5.0)
+    stats = t.stats()
     assert stats.delivered == 2
     assert {k: v for k, v in stats.dropped.items() if v} == {"rejected": 3, "retries_exhausted": 1}
-    assert len(drops.events()) == 4
-    fake.poison_event_ids([])
-    assert fake.received == 2
+    assert len(drop_recorder.events()) == 4
+    fake_enso.poison_event_ids([])
+    assert fake_enso.received == 2
     return spool_dir
 
 
@@ -227,7 +229,7 @@ def test_dead_letters_lists_each_one_with_its_reason(dead: Path) -> None:
 
 
 def test_export_writes_jsonl_that_import_delivers_with_the_same_event_ids(
-    dead: Path, fake: FakeEnso, tmp_path: Path
+    dead: Path, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     proc = run_cli("spool", "export", "--dir", str(dead))  # default: dead letters, stdout
     assert proc.returncode == 0, proc.stderr
@@ -244,19 +246,19 @@ def test_export_writes_jsonl_that_import_delivers_with_the_same_event_ids(
     proc = run_cli("spool", "export", "--kind", "rejected", "-o", str(out), spool_dir=dead)
     assert proc.returncode == 0, proc.stderr
     assert len(jsonl(out.read_text())) == 3
-    fake.known_entities = {"ent_known", "ent_nobody"}  # the cause, fixed
+    fake_enso.known_entities = {"ent_known", "ent_nobody"}  # the cause, fixed
     imported = run_cli(
-        "import", str(out), "--json", env=cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake.url)
+        "import", str(out), "--json", env=cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake_enso.url)
     )
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    events = fake.events
+    events = fake_enso.events
     assert [events[i]["value"] for i in REJECTED] == [1, 2, 3]  # their own eventIds
-    assert fake.received == 5
-    assert fake.duplicates == {}
+    assert fake_enso.received == 5
+    assert fake_enso.duplicates == {}
 
 
 def test_a_corrupt_record_is_listed_and_exported_as_its_bytes(
-    tmp_path: Path, fake: FakeEnso, make_tracker: TrackerFactory
+    tmp_path: Path, fake_enso: FakeEnso, tracker: TrackerFactory
 ) -> None:
     spool_dir = tmp_path / "spool"
     stranded = stranded_tracker(spool_dir)
@@ -274,15 +276,15 @@ def test_a_corrupt_record_is_listed_and_exported_as_its_bytes(
     assert hits >= 1
     # The same key and base_url (a tracker adopts only files of its own identity), its
     # requests carried to the fake by the fake's transport.
-    adopter = make_tracker(
+    adopter = tracker(
         spool_dir=str(spool_dir),
         base_url=stranded.config.base_url,
-        transport=fake.transport(),
+        transport=fake_enso.transport(),
     )
     # Adoption runs on the tracker's own thread; flush() covers only accepted events.
     assert wait_until(lambda: adopter.stats().dropped.get("corrupt") == 1, 15.0)
     adopter.shutdown(5.0)
-    assert fake.received == 0  # a record that fails its check is never sent
+    assert fake_enso.received == 0  # a record that fails its check is never sent
 
     listed = run_cli("spool", "dead-letters", "--kind", "corrupt", spool_dir=spool_dir)
     assert listed.returncode == 0, listed.stderr
@@ -300,9 +302,9 @@ def test_a_corrupt_record_is_listed_and_exported_as_its_bytes(
 
 
 def test_redrive_then_the_next_tracker_delivers_them_exactly_once(
-    dead: Path, fake: FakeEnso, make_tracker: TrackerFactory
+    dead: Path, fake_enso: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    fake.known_entities = {"ent_known", "ent_nobody"}
+    fake_enso.known_entities = {"ent_known", "ent_nobody"}
     proc = run_cli("spool", "redrive", "--kind", "rejected", "--code", "2002", spool_dir=dead)
     assert proc.returncode == 0, proc.stderr
     assert "redrove 3 dead letters (kind=rejected, code=2002)" in proc.stdout
@@ -310,21 +312,21 @@ def test_redrive_then_the_next_tracker_delivers_them_exactly_once(
     status = status_of(dead)
     assert (status["events"], status["dead_letters"]) == (3, 1)
     assert status["dead_letters_by_kind"] == {"retries_exhausted": 1}
-    assert fake.received == 2  # the command itself sent nothing
+    assert fake_enso.received == 2  # the command itself sent nothing
 
     again = run_cli("spool", "redrive", "--kind", "rejected", "--json", spool_dir=dead)
     assert json.loads(again.stdout) == {"redriven": 0, "exit_code": 0}
 
-    tracker = make_tracker(spool_dir=str(dead))
+    t = tracker(spool_dir=str(dead))
     # Adopted events are not track()'s, so flush() does not wait for them: the books do.
-    assert wait_until(lambda: tracker.stats().delivered == 3, 15.0)
-    tracker.shutdown(5.0)
-    stats = tracker.stats()
+    assert wait_until(lambda: t.stats().delivered == 3, 15.0)
+    t.shutdown(5.0)
+    stats = t.stats()
     assert (stats.adopted, stats.delivered, stats.accepted) == (3, 3, 0)
     assert stats.balanced
-    assert [fake.events[i]["value"] for i in REJECTED] == [1, 2, 3]
-    assert fake.received == 5
-    assert fake.duplicates == {}
+    assert [fake_enso.events[i]["value"] for i in REJECTED] == [1, 2, 3]
+    assert fake_enso.received == 5
+    assert fake_enso.duplicates == {}
     after = status_of(dead)
     assert (after["files"], after["events"], after["dead_letters"]) == (0, 0, 1)
 
@@ -371,7 +373,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_corrupt_files_are_reported_by_status_and_fail_doctor(
-    tmp_path: Path, fake: FakeEnso
+    tmp_path: Path, fake_enso: FakeEnso
 ) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
@@ -383,7 +385,9 @@ def test_corrupt_files_are_reported_by_status_and_fail_doctor(
     ]
     doctor = run_cli(
         "doctor", "--json",
-        env=cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake.url, ENSO_SPOOL_DIR=str(spool_dir)),
+        env=cli_env(
+            ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake_enso.url, ENSO_SPOOL_DIR=str(spool_dir)
+        ),
     )  # fmt: skip
     assert doctor.returncode == 1
     spool = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["spool"]
@@ -392,8 +396,8 @@ def test_corrupt_files_are_reported_by_status_and_fail_doctor(
     assert spool["fix"]
 
 
-def test_doctor_reports_the_spool_in_enso_spool_dir(dead: Path, fake: FakeEnso) -> None:
-    env = cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake.url, ENSO_SPOOL_DIR=str(dead))
+def test_doctor_reports_the_spool_in_enso_spool_dir(dead: Path, fake_enso: FakeEnso) -> None:
+    env = cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake_enso.url, ENSO_SPOOL_DIR=str(dead))
     proc = run_cli("doctor", env=env)
     assert proc.returncode == 0, proc.stdout
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("✔ spool: ")]

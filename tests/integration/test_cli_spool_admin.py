@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,25 +36,26 @@ pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeEnso]:
-    with FakeEnso(known_entities={"ent_known"}) as server:
-        yield server
+def fake_enso(fake_enso: FakeEnso) -> FakeEnso:
+    """The plugin's ``fake_enso``, knowing only ``ent_known`` (reset after the test)."""
+    fake_enso.known_entities = {"ent_known"}
+    return fake_enso
 
 
 @pytest.fixture
-def dead(tmp_path: Path, fake: FakeEnso, make_tracker: TrackerFactory) -> Path:
+def dead(tmp_path: Path, fake_enso: FakeEnso, tracker: TrackerFactory) -> Path:
     """A spool directory holding four dead letters: three 2002s for an unknown entity
     (``REJECTED``) and one whose batches Enso kept failing (``POISONED``)."""
     spool_dir = tmp_path / "spool"
-    fake.poison_event_ids([POISONED])
-    tracker = make_tracker(spool_dir=str(spool_dir), max_batch_size=1, max_retries=1)
+    fake_enso.poison_event_ids([POISONED])
+    t = tracker(spool_dir=str(spool_dir), max_batch_size=1, max_retries=1)
     for i, event_id in enumerate(REJECTED):
-        tracker.track("ent_nobody", "api_calls", i + 1, timestamp=TS, event_id=event_id)
-    tracker.track("ent_known", "gb_stored", 2.5, timestamp=TS, event_id=POISONED)
-    assert tracker.flush(20.0)
-    tracker.shutdown(5.0)
-    assert tracker.stats().dropped == {"rejected": 3, "retries_exhausted": 1}
-    fake.poison_event_ids([])
+        t.track("ent_nobody", "api_calls", i + 1, timestamp=TS, event_id=event_id)
+    t.track("ent_known", "gb_stored", 2.5, timestamp=TS, event_id=POISONED)
+    assert t.flush(20.0)
+    t.shutdown(5.0)
+    assert t.stats().dropped == {"rejected": 3, "retries_exhausted": 1}
+    fake_enso.poison_event_ids([])
     return spool_dir
 
 
@@ -83,7 +84,7 @@ def stored_ids(spool_dir: Path) -> set[str]:
 
 
 def test_purge_through_the_exported_watermark_keeps_letters_stored_since(
-    dead: Path, fake: FakeEnso, tmp_path: Path
+    dead: Path, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """The README's ``export -o kept.jsonl && purge --yes`` purged 418 dead letters stored
     between the two commands, never exported. ``export`` now prints the watermark that
@@ -97,7 +98,7 @@ def test_purge_through_the_exported_watermark_keeps_letters_stored_since(
     assert {r["eventId"] for r in jsonl(kept.read_text())} == {*REJECTED, POISONED}
 
     later = [f"evt_later_{i}" for i in range(3)]
-    reject_more(dead, fake, later)  # a live tracker stores more meanwhile
+    reject_more(dead, fake_enso, later)  # a live tracker stores more meanwhile
     assert stored_ids(dead) == {*REJECTED, POISONED, *later}
 
     purged = run_cli("spool", "purge", "--through", through, "--yes", "--json", "--dir", str(dead))
@@ -107,7 +108,7 @@ def test_purge_through_the_exported_watermark_keeps_letters_stored_since(
 
 
 def test_export_purge_deletes_exactly_what_it_wrote(
-    dead: Path, fake: FakeEnso, tmp_path: Path
+    dead: Path, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     kept = tmp_path / "kept.jsonl"
     proc = run_cli(
@@ -120,7 +121,7 @@ def test_export_purge_deletes_exactly_what_it_wrote(
     assert {r["eventId"] for r in jsonl(kept.read_text())} == set(REJECTED)
     assert stored_ids(dead) == {POISONED}  # the filter held: another kind stays
     # Stored after the export: another export --purge takes it, not the one before.
-    reject_more(dead, fake, ["evt_after"])
+    reject_more(dead, fake_enso, ["evt_after"])
     assert stored_ids(dead) == {POISONED, "evt_after"}
     again = run_cli("spool", "export", "--purge", "--kind", "rejected", "--dir", str(dead))
     assert again.returncode == 0, again.stderr
@@ -129,14 +130,14 @@ def test_export_purge_deletes_exactly_what_it_wrote(
     assert run_cli("spool", "export", "--pending", "--purge", "--dir", str(dead)).returncode == 2
 
 
-def test_purge_stored_before_leaves_a_letter_stored_again(dead: Path, fake: FakeEnso) -> None:
+def test_purge_stored_before_leaves_a_letter_stored_again(dead: Path, fake_enso: FakeEnso) -> None:
     """``export --purge`` also bounds what it deletes by when the export began: a letter
     stored again since (same eventId: its batch resent and refused again) is new."""
     spool = Spool(dead)
     letters = list(spool.dead_letters())
     through = max(d.id for d in letters)
     started = time.time()
-    reject_more(dead, fake, [REJECTED[0]])  # stored again, after `started`
+    reject_more(dead, fake_enso, [REJECTED[0]])  # stored again, after `started`
     assert spool.purge_dead_letters(through=through + 10, stored_before=started) == 3
     assert stored_ids(dead) == {REJECTED[0]}
 
@@ -144,7 +145,9 @@ def test_purge_stored_before_leaves_a_letter_stored_again(dead: Path, fake: Fake
 # ------------------------------------------------------------------ damaged store
 
 
-def test_a_damaged_dead_letter_store_is_one_line_and_exit_3(tmp_path: Path, fake: FakeEnso) -> None:
+def test_a_damaged_dead_letter_store_is_one_line_and_exit_3(
+    tmp_path: Path, fake_enso: FakeEnso
+) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     store = spool_dir / "dead-letters.db"
@@ -175,7 +178,9 @@ def test_a_damaged_dead_letter_store_is_one_line_and_exit_3(tmp_path: Path, fake
     assert status["corrupt_files"] == [str(store)]
     doctor = run_cli(
         "doctor", "--json",
-        env=cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake.url, ENSO_SPOOL_DIR=str(spool_dir)),
+        env=cli_env(
+            ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake_enso.url, ENSO_SPOOL_DIR=str(spool_dir)
+        ),
     )  # fmt: skip
     spool = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["spool"]
     assert spool["ok"] is False
@@ -200,7 +205,7 @@ def _without_dac_override() -> None:
 
 
 def test_a_file_this_user_cannot_open_is_permission_denied_not_corrupt(
-    tmp_path: Path, fake: FakeEnso, dead: Path
+    tmp_path: Path, fake_enso: FakeEnso, dead: Path
 ) -> None:
     """An on-call user who cannot open a live 0600 file saw it listed as corrupt, and
     ``doctor`` advised deleting it: that would delete undelivered events."""
@@ -238,7 +243,9 @@ def test_a_file_this_user_cannot_open_is_permission_denied_not_corrupt(
         assert listed.returncode == 3
         assert "permission denied" in listed.stderr
         assert "damaged" not in listed.stderr
-        env = cli_env(ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake.url, ENSO_SPOOL_DIR=str(spool_dir))
+        env = cli_env(
+            ENSO_API_KEY=API_KEY, ENSO_BASE_URL=fake_enso.url, ENSO_SPOOL_DIR=str(spool_dir)
+        )
         doctor = _run(["doctor", "--json"], preexec, env)
         spool = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["spool"]
         assert spool["ok"] is False

@@ -49,95 +49,95 @@ def test_gzip_body_is_standard_gzip() -> None:
 
 
 def test_bodies_go_gzipped_when_asked(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(compression="gzip", flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(40)]
-    assert tracker.flush(10.0)
-    (request,) = fake.batch_requests()
+    t = tracker(compression="gzip", flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(40)]
+    assert t.flush(10.0)
+    (request,) = fake_enso.batch_requests()
     assert request.status == 200
     assert _gzipped(request.headers)
     assert int(request.headers["content-length"]) < len(request.body)  # the wire was smaller
     assert _ids(request.json()) == ids
-    assert set(fake.events) == set(ids)
-    assert fake.events[ids[3]]["metadata"] == {"i": 3}
-    assert drops.calls == []
-    _exact_books(tracker, 40)
+    assert set(fake_enso.events) == set(ids)
+    assert fake_enso.events[ids[3]]["metadata"] == {"i": 3}
+    assert drop_recorder.calls == []
+    _exact_books(t, 40)
 
 
-def test_off_by_default(make_tracker: TrackerFactory, fake: FakeEnso) -> None:
-    tracker = make_tracker()
-    accepted(tracker.track("ent", "api_calls", 1))
-    assert tracker.flush(10.0)
-    assert not any(_gzipped(r.headers) for r in fake.batch_requests())
+def test_off_by_default(tracker: TrackerFactory, fake_enso: FakeEnso) -> None:
+    t = tracker()
+    accepted(t.track("ent", "api_calls", 1))
+    assert t.flush(10.0)
+    assert not any(_gzipped(r.headers) for r in fake_enso.batch_requests())
     assert Config().compression is None
 
 
 def test_415_turns_gzip_off_and_resends_the_same_events_plain(
-    make_tracker: TrackerFactory,
-    fake: FakeEnso,
-    drops: DropLog,
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
+    drop_recorder: DropLog,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fake.accept_gzip = False
-    tracker = make_tracker(compression="gzip", flush_interval=10.0)
+    fake_enso.accept_gzip = False
+    t = tracker(compression="gzip", flush_interval=10.0)
     caplog.set_level(logging.WARNING, logger="enso_tracker")
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
-    assert tracker.flush(10.0)
-    refused, plain = fake.batch_requests()
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(10)]
+    assert t.flush(10.0)
+    refused, plain = fake_enso.batch_requests()
     assert (refused.status, _gzipped(refused.headers)) == (415, True)
     assert (plain.status, _gzipped(plain.headers)) == (200, False)
     assert _ids(refused.json()) == _ids(plain.json()) == ids
-    assert set(fake.events) == set(ids)
-    assert fake.duplicates == {}
-    assert drops.calls == []
-    _exact_books(tracker, 10)
-    assert tracker.stats().failed_requests == 0  # one attempt, answered on its resend
+    assert set(fake_enso.events) == set(ids)
+    assert fake_enso.duplicates == {}
+    assert drop_recorder.calls == []
+    _exact_books(t, 10)
+    assert t.stats().failed_requests == 0  # one attempt, answered on its resend
     # Off for good, said once.
-    more = [accepted(tracker.track("ent", "api_calls", i)) for i in range(5)]
-    assert tracker.flush(10.0)
-    later = fake.batch_requests()[2:]
+    more = [accepted(t.track("ent", "api_calls", i)) for i in range(5)]
+    assert t.flush(10.0)
+    later = fake_enso.batch_requests()[2:]
     assert later
     assert not any(_gzipped(r.headers) for r in later)
     assert {e for r in later for e in _ids(r.json())} == set(more)
     warnings = [r for r in caplog.records if "gzip" in r.getMessage()]
     assert len(warnings) == 1
     assert "415" in warnings[0].getMessage()
-    _exact_books(tracker, 15)
+    _exact_books(t, 15)
 
 
 def test_400_to_gzip_then_2xx_plain_turns_gzip_off(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     # A server that ignores Content-Encoding: it cannot parse the gzip bytes (400).
-    fake.script(Fault(status=400))
-    tracker = make_tracker(compression="gzip", flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(4)]
-    assert tracker.flush(10.0)
-    first, second = fake.batch_requests()
+    fake_enso.script(Fault(status=400))
+    t = tracker(compression="gzip", flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(4)]
+    assert t.flush(10.0)
+    first, second = fake_enso.batch_requests()
     assert (first.status, _gzipped(first.headers)) == (400, True)
     assert (second.status, _gzipped(second.headers)) == (200, False)
     assert _ids(first.json()) == _ids(second.json()) == ids
-    assert drops.calls == []
-    _exact_books(tracker, 4)
-    accepted(tracker.track("ent", "api_calls", 9))
-    assert tracker.flush(10.0)
-    assert not _gzipped(fake.batch_requests()[-1].headers)
+    assert drop_recorder.calls == []
+    _exact_books(t, 4)
+    accepted(t.track("ent", "api_calls", 9))
+    assert t.flush(10.0)
+    assert not _gzipped(fake_enso.batch_requests()[-1].headers)
 
 
 def test_a_genuine_400_is_a_rejection_and_gzip_stays_on(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(Fault(status=400), Fault(status=400))
-    tracker = make_tracker(compression="gzip", flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
-    assert tracker.flush(10.0)
-    assert [e.event_id for e in drops.events("rejected")] == ids
-    assert [_gzipped(r.headers) for r in fake.batch_requests()] == [True, False]
-    accepted(tracker.track("ent", "api_calls", 9))
-    assert tracker.flush(10.0)
-    assert _gzipped(fake.batch_requests()[-1].headers)
-    assert tracker.stats().delivered == 1
+    fake_enso.script(Fault(status=400), Fault(status=400))
+    t = tracker(compression="gzip", flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(3)]
+    assert t.flush(10.0)
+    assert [e.event_id for e in drop_recorder.events("rejected")] == ids
+    assert [_gzipped(r.headers) for r in fake_enso.batch_requests()] == [True, False]
+    accepted(t.track("ent", "api_calls", 9))
+    assert t.flush(10.0)
+    assert _gzipped(fake_enso.batch_requests()[-1].headers)
+    assert t.stats().delivered == 1
 
 
 def test_the_option_and_its_environment_variable() -> None:
@@ -154,32 +154,32 @@ def test_the_option_and_its_environment_variable() -> None:
         Tracker.from_env({**env, "ENSO_COMPRESSION": "br"})
 
 
-def test_fake_enso_reads_gzip_and_refuses_what_it_cannot(fake: FakeEnso) -> None:
-    headers = {"Authorization": f"Bearer {fake.api_key}", "Content-Type": "application/json"}
+def test_fake_enso_reads_gzip_and_refuses_what_it_cannot(fake_enso: FakeEnso) -> None:
+    headers = {"Authorization": f"Bearer {fake_enso.api_key}", "Content-Type": "application/json"}
     body = (
         b'{"events":[{"CustomerEntityId":"e","metric":"m","value":1,'
         b'"timestamp":"2026-12-06T07:00:00.000Z","eventId":"x1"}]}'
     )
-    url = fake.url + "/events/batch"
+    url = fake_enso.url + "/events/batch"
     with httpx.Client() as client:
         ok = client.post(
             url, content=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"}
         )
         assert ok.status_code == 200
-        assert "x1" in fake.events
+        assert "x1" in fake_enso.events
         broken = client.post(
             url, content=b"\x1f\x8bnot gzip", headers={**headers, "Content-Encoding": "gzip"}
         )
         assert broken.status_code == 400
         other = client.post(url, content=body, headers={**headers, "Content-Encoding": "br"})
         assert other.status_code == 415
-        fake.accept_gzip = False
+        fake_enso.accept_gzip = False
         refused = client.post(
             url, content=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"}
         )
         assert refused.status_code == 415
-    fake.reset()
-    assert fake.accept_gzip
+    fake_enso.reset()
+    assert fake_enso.accept_gzip
 
 
 def test_probe_compression_says_whether_enso_reads_gzip() -> None:
@@ -198,20 +198,20 @@ def test_probe_compression_says_whether_enso_reads_gzip() -> None:
 
 
 def test_with_a_spool_the_415_fallback_sends_the_exact_rows_plain(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog, tmp_path: Path
 ) -> None:
-    fake.accept_gzip = False
-    tracker = make_tracker(compression="gzip", spool_dir=str(tmp_path / "spool"))
-    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(30)]
-    assert tracker.flush(10.0)
-    requests = fake.batch_requests()
+    fake_enso.accept_gzip = False
+    t = tracker(compression="gzip", spool_dir=str(tmp_path / "spool"))
+    ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(30)]
+    assert t.flush(10.0)
+    requests = fake_enso.batch_requests()
     assert [(r.status, _gzipped(r.headers)) for r in requests][:2] == [(415, True), (200, False)]
     assert all(not _gzipped(r.headers) for r in requests[1:])
     assert _ids(requests[0].json()) == _ids(requests[1].json())
-    assert sorted(fake.events) == sorted(ids)
-    assert fake.duplicates == {}
-    assert drops.calls == []
-    stats = tracker.stats()
+    assert sorted(fake_enso.events) == sorted(ids)
+    assert fake_enso.duplicates == {}
+    assert drop_recorder.calls == []
+    stats = t.stats()
     assert stats.balanced
     assert stats.delivered == 30
     assert stats.spooled == 0

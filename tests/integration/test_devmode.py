@@ -35,10 +35,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_disabled_needs_no_credentials_sends_nothing_and_starts_no_thread(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     before = _threads()
-    tracker = Tracker(disabled=True, base_url=fake.url)
+    tracker = Tracker(disabled=True, base_url=fake_enso.url)
     ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(1_000)]
     assert len(set(ids)) == 1_000
     assert tracker.flush(5.0) is True
@@ -48,12 +48,12 @@ def test_disabled_needs_no_credentials_sends_nothing_and_starts_no_thread(
     assert stats.balanced
     assert "disabled" in repr(tracker)
     assert tracker.shutdown(5.0) is True
-    assert fake.requests == []  # not a login, not a batch
+    assert fake_enso.requests == []  # not a login, not a batch
     assert _threads() == before
 
 
-def test_disabled_validates_exactly_as_production(fake: FakeEnso) -> None:
-    live = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=60.0)
+def test_disabled_validates_exactly_as_production(fake_enso: FakeEnso) -> None:
+    live = Tracker(api_key=API_KEY, base_url=fake_enso.url, flush_interval=60.0)
     off = Tracker(disabled=True)
     bad: list[dict[str, Any]] = [
         {"entity": ""},
@@ -82,7 +82,7 @@ def test_disabled_validates_exactly_as_production(fake: FakeEnso) -> None:
     finally:
         live.shutdown(2.0)
         off.shutdown(2.0)
-    assert fake.requests == []  # the live tracker was given nothing valid
+    assert fake_enso.requests == []  # the live tracker was given nothing valid
 
 
 def test_disabled_checks_credentials_it_is_given_and_ignores_the_spool(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_a_garbled_switch_is_an_error_not_a_guess(monkeypatch: pytest.MonkeyPatc
 
 
 def test_debug_logs_each_request_without_secrets_and_outside_the_lock(
-    make_tracker: TrackerFactory, fake: FakeEnso, caplog: pytest.LogCaptureFixture
+    tracker: TrackerFactory, fake_enso: FakeEnso, caplog: pytest.LogCaptureFixture
 ) -> None:
     holder: list[Tracker] = []
     seen: list[str] = []
@@ -181,22 +181,22 @@ def test_debug_logs_each_request_without_secrets_and_outside_the_lock(
     handler = CallsBack()
     logger = logging.getLogger("enso_tracker")
     logger.addHandler(handler)
-    fake.script(Fault(status=503), Fault(status=429, retry_after="0.05"))
+    fake_enso.script(Fault(status=503), Fault(status=429, retry_after="0.05"))
     try:
         with caplog.at_level(logging.DEBUG, logger="enso_tracker"):
-            tracker = make_tracker(max_batch_size=500)
-            holder.append(tracker)
+            t = tracker(max_batch_size=500)
+            holder.append(t)
             for i in range(3):
-                accepted(tracker.track("ent", "api_calls", i))
-            assert tracker.flush(30.0)
+                accepted(t.track("ent", "api_calls", i))
+            assert t.flush(30.0)
             # The line of the last request is emitted just after flush() saw it settle.
             # (caplog's handler is on the root logger: it gets each record after ours.)
-            assert wait_until(lambda: len(request_lines()) >= len(fake.batch_requests()), 30.0)
+            assert wait_until(lambda: len(request_lines()) >= len(fake_enso.batch_requests()), 30.0)
     finally:
         logger.removeHandler(handler)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     requests = request_lines()
-    assert len(requests) == len(fake.batch_requests()) >= 3
+    assert len(requests) == len(fake_enso.batch_requests()) >= 3
     assert "attempt 1: HTTP 503, will retry" in requests[0]
     assert any("HTTP 429, will retry, Retry-After 0.05 s" in line for line in requests)
     assert "2xx, 0 failed record(s)" in requests[-1]
@@ -207,11 +207,11 @@ def test_debug_logs_each_request_without_secrets_and_outside_the_lock(
     assert API_KEY not in everything
 
 
-def test_enso_debug_in_the_environment_prints_the_requests_on_stderr(fake: FakeEnso) -> None:
+def test_enso_debug_in_the_environment_prints_the_requests_on_stderr(fake_enso: FakeEnso) -> None:
     script = textwrap.dedent(
         f"""
         from enso_tracker import Tracker
-        tracker = Tracker(api_key={API_KEY!r}, base_url={fake.url!r})
+        tracker = Tracker(api_key={API_KEY!r}, base_url={fake_enso.url!r})
         tracker.track("ent", "api_calls", 1)
         assert tracker.shutdown(10.0)
         """
@@ -230,10 +230,10 @@ def test_enso_debug_in_the_environment_prints_the_requests_on_stderr(fake: FakeE
 # ------------------------------------------------------------------ test helpers
 
 
-def test_drop_recorder_records_and_waits(fake: FakeEnso) -> None:
-    fake.known_entities = {"ent_ok"}
+def test_drop_recorder_records_and_waits(fake_enso: FakeEnso) -> None:
+    fake_enso.known_entities = {"ent_ok"}
     drops = DropRecorder()
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url, on_drop=drops, flush_interval=0.05)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, on_drop=drops, flush_interval=0.05)
     try:
         accepted(tracker.track("ent_ok", "m", 1))
         bad = accepted(tracker.track("ent_unknown", "m", 1))
@@ -264,20 +264,20 @@ def test_fake_enso_env_points_init_and_from_env_at_the_fake(fake_enso_env: FakeE
 
 
 def test_commands_that_send_refuse_to_run_disabled_and_the_demo_runs_anyway(
-    monkeypatch: pytest.MonkeyPatch, fake: FakeEnso, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, fake_enso: FakeEnso, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from enso_tracker.__main__ import main
 
     monkeypatch.setenv("ENSO_DISABLED", "1")
     monkeypatch.setenv("ENSO_API_KEY", API_KEY)
-    monkeypatch.setenv("ENSO_BASE_URL", fake.url)
+    monkeypatch.setenv("ENSO_BASE_URL", fake_enso.url)
     # A success exit for events a disabled tracker let go would be a false claim.
     assert main(["send", "ent", "api_calls", "1"]) == 2
     assert "ENSO_DISABLED is set, so nothing would be sent" in capsys.readouterr().err
-    assert fake.requests == []
+    assert fake_enso.requests == []
     monkeypatch.setenv("ENSO_DISABLED", "0")
     assert main(["send", "ent", "api_calls", "1"]) == 0
-    assert len(fake.events) == 1
+    assert len(fake_enso.events) == 1
     monkeypatch.setenv("ENSO_DISABLED", "1")
     assert main(["demo", "--seconds", "0.3", "--threads", "1", "--quiet"]) == 0
     assert "Books balance" in capsys.readouterr().out
@@ -313,23 +313,23 @@ def test_a_signal_handler_on_top_of_a_disabled_tracker_never_waits_for_its_lock(
 
 
 def test_send_events_when_disabled_checks_and_sends_nothing(
-    fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The synchronous call follows the same switch as a tracker: checked, never sent, and a
     # result that cannot be mistaken for a delivery.
     results = enso_tracker.send_events(
         [{"entity": "ent", "metric": "m", "value": 1, "event_id": "d-1"}],
-        base_url=fake.url,
+        base_url=fake_enso.url,
         disabled=True,
     )
     assert [(r.event_id, r.state, r.delivered) for r in results] == [("d-1", "disabled", False)]
     monkeypatch.setenv("ENSO_DISABLED", "1")
     monkeypatch.delenv("ENSO_API_KEY", raising=False)
-    one = enso_tracker.send("ent", "m", 2, base_url=fake.url)
+    one = enso_tracker.send("ent", "m", 2, base_url=fake_enso.url)
     assert one.state == "disabled"
     with pytest.raises(enso_tracker.InvalidEventError, match="value"):
-        enso_tracker.send("ent", "m", float("nan"), base_url=fake.url)
-    assert fake.event_ids() == []
+        enso_tracker.send("ent", "m", float("nan"), base_url=fake_enso.url)
+    assert fake_enso.event_ids() == []
     # Credentials given are still checked, as by a disabled Tracker.
     with pytest.raises(ConfigurationError):
-        enso_tracker.send("ent", "m", 1, api_key="  ", base_url=fake.url)
+        enso_tracker.send("ent", "m", 1, api_key="  ", base_url=fake_enso.url)

@@ -74,14 +74,16 @@ def run_in_thread(target: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeEnso]:
+def private_fake() -> Iterator[FakeEnso]:
+    """The fake under test, of each test's own: ``reset()`` must restore these constructor
+    settings, and a test may leave delays (up to 30 s) that only ``stop()`` cuts short."""
     with FakeEnso(client_credentials=CREDENTIALS, known_entities={"ent_1", "ent_2"}) as server:
         yield server
 
 
 @pytest.fixture
-def client(fake: FakeEnso) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fake.url, timeout=5.0) as http:
+def client(private_fake: FakeEnso) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=private_fake.url, timeout=5.0) as http:
         yield http
 
 
@@ -94,7 +96,7 @@ def post_batch(client: httpx.Client, *events: Any, **kwargs: Any) -> httpx.Respo
 
 
 def test_batch_without_or_with_wrong_bearer_is_401_envelope(
-    fake: FakeEnso, client: httpx.Client
+    private_fake: FakeEnso, client: httpx.Client
 ) -> None:
     missing = client.post("/events/batch", json=batch(event()))
     wrong = client.post(
@@ -103,14 +105,14 @@ def test_batch_without_or_with_wrong_bearer_is_401_envelope(
     for response in (missing, wrong):
         assert response.status_code == 401
         assert response.json() == {"status": "error", "message": "Unauthorized", "errors": []}
-    assert fake.events == {}
-    assert fake.received == 0
+    assert private_fake.events == {}
+    assert private_fake.received == 0
 
 
-def test_api_key_is_accepted(fake: FakeEnso, client: httpx.Client) -> None:
+def test_api_key_is_accepted(private_fake: FakeEnso, client: httpx.Client) -> None:
     response = post_batch(client, event("evt_a"))
     assert response.status_code == 200
-    assert fake.event_ids() == ["evt_a"]
+    assert private_fake.event_ids() == ["evt_a"]
 
 
 # --------------------------------------------------------------------------- response shapes
@@ -125,21 +127,23 @@ def test_wrapped_shape_by_default(client: httpx.Client) -> None:
     }
 
 
-def test_bare_shape_is_switchable_at_runtime(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.response_shape = "bare"
+def test_bare_shape_is_switchable_at_runtime(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.response_shape = "bare"
     response = post_batch(client, event("evt_a"))
     assert response.json() == {
         "summary": {"success": 1, "failed": 0, "total": 1},
         "failedRecords": [],
     }
     with pytest.raises(ValueError, match="response_shape"):
-        fake.response_shape = "other"  # type: ignore[assignment]
+        private_fake.response_shape = "other"  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def test_per_record_failures_codes_and_reverse_order(fake: FakeEnso, client: httpx.Client) -> None:
+def test_per_record_failures_codes_and_reverse_order(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
     records = [
         event("ok_0"),
         event("e_1", CustomerEntityId=...),  # 2001
@@ -180,7 +184,7 @@ def test_per_record_failures_codes_and_reverse_order(fake: FakeEnso, client: htt
     assert errors[3] == CLICKHOUSE_TIMESTAMP_ERROR
     assert "WaitForAsyncInsert" in errors[3]
     assert body["data"]["summary"] == {"success": 2, "failed": 10, "total": 12}
-    assert fake.event_ids() == ["ok_0", "ok_9"]
+    assert private_fake.event_ids() == ["ok_0", "ok_9"]
 
 
 def test_every_entity_exists_when_known_entities_is_none() -> None:
@@ -194,7 +198,7 @@ def test_every_entity_exists_when_known_entities_is_none() -> None:
 
 @pytest.mark.parametrize("payload", [{}, {"events": []}, {"events": "x"}, [1, 2]])
 def test_missing_or_empty_events_is_2003(
-    fake: FakeEnso, client: httpx.Client, payload: Any
+    private_fake: FakeEnso, client: httpx.Client, payload: Any
 ) -> None:
     response = client.post("/events/batch", json=payload, headers=AUTH)
     assert response.status_code == 400
@@ -211,62 +215,64 @@ def test_invalid_json_is_400(client: httpx.Client) -> None:
     assert response.json()["status"] == "error"
 
 
-def test_body_over_limit_is_413(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.max_body_bytes = 200
+def test_body_over_limit_is_413(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.max_body_bytes = 200
     big = post_batch(client, *[event(f"evt_{i}") for i in range(10)])
     assert big.status_code == 413
     assert big.json()["status"] == "error"
-    assert fake.events == {}
+    assert private_fake.events == {}
     small = post_batch(client, event("evt_small"))
     assert small.status_code == 200
-    assert fake.event_ids() == ["evt_small"]
+    assert private_fake.event_ids() == ["evt_small"]
 
 
 # --------------------------------------------------------------------------- dedup
 
 
 def test_duplicates_are_counted_and_reported_as_success(
-    fake: FakeEnso, client: httpx.Client
+    private_fake: FakeEnso, client: httpx.Client
 ) -> None:
     first = post_batch(client, event("evt_a"), event("evt_a", value=99))
     second = post_batch(client, event("evt_a"), event("evt_b"))
     assert first.json()["data"]["summary"] == {"success": 2, "failed": 0, "total": 2}
     assert second.json()["data"]["failedRecords"] == []
-    assert fake.event_ids() == ["evt_a", "evt_b"]
-    assert fake.events["evt_a"]["value"] == 1  # the first copy wins
-    assert fake.received == 4
-    assert fake.duplicates == {"evt_a": 2}
+    assert private_fake.event_ids() == ["evt_a", "evt_b"]
+    assert private_fake.events["evt_a"]["value"] == 1  # the first copy wins
+    assert private_fake.received == 4
+    assert private_fake.duplicates == {"evt_a": 2}
 
 
-def test_events_without_id_collapse_by_content(fake: FakeEnso, client: httpx.Client) -> None:
+def test_events_without_id_collapse_by_content(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
     same = event(None)
     post_batch(client, same, dict(same), event(None, value=2))
     derived = derive_event_id(same)
     assert derived == derive_event_id({**same, "value": 1.0})  # JS numbers: 1 == 1.0
-    assert len(fake.events) == 2
-    assert fake.duplicates == {derived: 1}
-    assert fake.events[derived] == same  # stored as received, without an added eventId
+    assert len(private_fake.events) == 2
+    assert private_fake.duplicates == {derived: 1}
+    assert private_fake.events[derived] == same  # stored as received, without an added eventId
 
 
-def test_returned_data_are_copies(fake: FakeEnso, client: httpx.Client) -> None:
+def test_returned_data_are_copies(private_fake: FakeEnso, client: httpx.Client) -> None:
     post_batch(client, event("evt_a", metadata={"k": "v"}))
-    snapshot = fake.events
+    snapshot = private_fake.events
     snapshot["evt_a"]["metadata"]["k"] = "changed"
     snapshot.clear()
-    assert fake.events["evt_a"]["metadata"] == {"k": "v"}
+    assert private_fake.events["evt_a"]["metadata"] == {"k": "v"}
 
 
 # --------------------------------------------------------------------------- POST /events
 
 
-def test_single_event_is_201_bare_echo(fake: FakeEnso, client: httpx.Client) -> None:
+def test_single_event_is_201_bare_echo(private_fake: FakeEnso, client: httpx.Client) -> None:
     created = client.post("/events", json=event("evt_s"), headers=AUTH)
     assert created.status_code == 201
     assert created.json() == event("evt_s")
     duplicate = client.post("/events/", json=event("evt_s", value=5), headers=AUTH)
     assert duplicate.status_code == 201
     assert duplicate.json()["value"] == 1  # echoes the stored event
-    assert fake.duplicates == {"evt_s": 1}
+    assert private_fake.duplicates == {"evt_s": 1}
 
 
 def test_single_event_validation_failure_is_http_error(client: httpx.Client) -> None:
@@ -279,14 +285,16 @@ def test_single_event_validation_failure_is_http_error(client: httpx.Client) -> 
     assert client.post("/events", json=event()).status_code == 401
 
 
-def test_unknown_path_404_and_wrong_method_405(fake: FakeEnso, client: httpx.Client) -> None:
+def test_unknown_path_404_and_wrong_method_405(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
     missing = client.get("/nope", headers=AUTH)
     assert missing.status_code == 404
     assert missing.json()["status"] == "error"
     wrong = client.get("/events/batch", headers=AUTH)
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "POST"
-    assert [r.status for r in fake.requests] == [404, 405]
+    assert [r.status for r in private_fake.requests] == [404, 405]
 
 
 # --------------------------------------------------------------------------- login / JWT
@@ -296,7 +304,7 @@ def login(client: httpx.Client, key: str = "ck_test_1", secret: str = "cs_test_1
     return client.post("/auth/system-login", json={"clientKey": key, "clientSecret": secret})
 
 
-def test_login_issues_distinct_hs256_jwts(fake: FakeEnso, client: httpx.Client) -> None:
+def test_login_issues_distinct_hs256_jwts(private_fake: FakeEnso, client: httpx.Client) -> None:
     before = time.time()
     first = login(client)
     assert first.status_code == 200
@@ -310,8 +318,8 @@ def test_login_issues_distinct_hs256_jwts(fake: FakeEnso, client: httpx.Client) 
     assert len(base64.urlsafe_b64decode(signature + "=")) == 32  # SHA-256 MAC
     second = login(client).json()["data"]["accessToken"]
     assert second != token
-    assert fake.login_count == 2
-    assert all("authorization" not in r.headers for r in fake.login_requests())
+    assert private_fake.login_count == 2
+    assert all("authorization" not in r.headers for r in private_fake.login_requests())
     response = client.post(
         "/events/batch", json=batch(event()), headers={"Authorization": f"Bearer {token}"}
     )
@@ -319,12 +327,12 @@ def test_login_issues_distinct_hs256_jwts(fake: FakeEnso, client: httpx.Client) 
 
 
 def test_login_with_wrong_or_missing_credentials_is_401(
-    fake: FakeEnso, client: httpx.Client
+    private_fake: FakeEnso, client: httpx.Client
 ) -> None:
     assert login(client, secret="wrong").status_code == 401
     assert login(client, key="ck_unknown").status_code == 401
     assert client.post("/auth/system-login", json={}).json()["message"] == "Unauthorized"
-    assert fake.login_count == 3
+    assert private_fake.login_count == 3
 
 
 def test_expired_token_is_401() -> None:
@@ -344,10 +352,12 @@ def test_expired_token_is_401() -> None:
         assert fake.event_ids() == ["a"]
 
 
-def test_revoke_tokens_invalidates_issued_jwts_only(client: httpx.Client, fake: FakeEnso) -> None:
+def test_revoke_tokens_invalidates_issued_jwts_only(
+    client: httpx.Client, private_fake: FakeEnso
+) -> None:
     token = login(client).json()["data"]["accessToken"]
     bearer = {"Authorization": f"Bearer {token}"}
-    fake.revoke_tokens()
+    private_fake.revoke_tokens()
     assert client.post("/events/batch", json=batch(event()), headers=bearer).status_code == 401
     fresh = login(client).json()["data"]["accessToken"]
     fresh_bearer = {"Authorization": f"Bearer {fresh}"}
@@ -358,57 +368,65 @@ def test_revoke_tokens_invalidates_issued_jwts_only(client: httpx.Client, fake: 
 # --------------------------------------------------------------------------- faults
 
 
-def test_fault_status_with_retry_after_stores_nothing(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(status=429, retry_after="7"), Fault(status=503, body=b"upstream down"))
-    assert fake.pending_faults == 2
+def test_fault_status_with_retry_after_stores_nothing(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
+    private_fake.script(
+        Fault(status=429, retry_after="7"), Fault(status=503, body=b"upstream down")
+    )
+    assert private_fake.pending_faults == 2
     limited = client.post("/events/batch", json=batch(event()))  # faults precede auth
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "7"
     assert limited.json() == {"status": "error", "message": "Too Many Requests", "errors": []}
     unavailable = post_batch(client, event())
     assert (unavailable.status_code, unavailable.content) == (503, b"upstream down")
-    assert fake.events == {}
+    assert private_fake.events == {}
     assert post_batch(client, event()).status_code == 200  # the script is used up
-    assert fake.pending_faults == 0
-    assert [r.status for r in fake.batch_requests()] == [429, 503, 200]
+    assert private_fake.pending_faults == 0
+    assert [r.status for r in private_fake.batch_requests()] == [429, 503, 200]
 
 
-def test_fault_delay(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(delay=0.3))
+def test_fault_delay(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.script(Fault(delay=0.3))
     started = time.monotonic()
     response = post_batch(client, event())
     assert time.monotonic() - started >= 0.3
     assert response.status_code == 200
-    assert fake.event_ids() == ["evt_1"]
+    assert private_fake.event_ids() == ["evt_1"]
 
 
-def test_fault_delay_longer_than_client_timeout(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(delay=5.0))
+def test_fault_delay_longer_than_client_timeout(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
+    private_fake.script(Fault(delay=5.0))
     with pytest.raises(httpx.ReadTimeout):
         post_batch(client, event(), timeout=0.2)
 
 
-def test_fault_drop_connection_is_transport_error(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(drop_connection=True))
+def test_fault_drop_connection_is_transport_error(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
+    private_fake.script(Fault(drop_connection=True))
     with pytest.raises(httpx.TransportError):
         post_batch(client, event())
-    assert fake.events == {}
-    assert [r.status for r in fake.batch_requests()] == [0]
+    assert private_fake.events == {}
+    assert [r.status for r in private_fake.batch_requests()] == [0]
     assert post_batch(client, event()).status_code == 200  # the client recovers
 
 
-def test_fault_garbage_body(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(body=b"<html>502 bad gateway</html>"))
+def test_fault_garbage_body(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.script(Fault(body=b"<html>502 bad gateway</html>"))
     response = post_batch(client, event())
     assert response.status_code == 200
     assert response.content == b"<html>502 bad gateway</html>"
     with pytest.raises(json.JSONDecodeError):
         response.json()
-    assert fake.events == {}
+    assert private_fake.events == {}
 
 
-def test_fault_record_status(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.script(Fault(record_status={1: 503, 2: 429}))
+def test_fault_record_status(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.script(Fault(record_status={1: 503, 2: 429}))
     response = post_batch(client, event("a"), event("b"), event("c"))
     failed = response.json()["data"]["failedRecords"]
     assert failed == [
@@ -425,19 +443,21 @@ def test_fault_record_status(fake: FakeEnso, client: httpx.Client) -> None:
             "statusCode": 503,
         },
     ]
-    assert fake.event_ids() == ["a"]
+    assert private_fake.event_ids() == ["a"]
     post_batch(client, event("b"), event("c"))
-    assert fake.event_ids() == ["a", "b", "c"]
+    assert private_fake.event_ids() == ["a", "b", "c"]
 
 
-def test_fail_event_ids_fails_the_next_n_sightings(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.fail_event_ids(["b"], status=500, times=2)
+def test_fail_event_ids_fails_the_next_n_sightings(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
+    private_fake.fail_event_ids(["b"], status=500, times=2)
     for _ in range(2):
         failed = post_batch(client, event("a"), event("b")).json()["data"]["failedRecords"]
         assert [(f["index"], f["statusCode"]) for f in failed] == [(1, 500)]
     assert post_batch(client, event("b")).json()["data"]["failedRecords"] == []
-    assert fake.event_ids() == ["a", "b"]
-    assert fake.duplicates == {"a": 1}
+    assert private_fake.event_ids() == ["a", "b"]
+    assert private_fake.duplicates == {"a": 1}
 
 
 def test_fault_validation() -> None:
@@ -447,23 +467,23 @@ def test_fault_validation() -> None:
         Fault(delay=-1)
 
 
-def test_hang_until_release(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.hang(None)
+def test_hang_until_release(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
-    assert fake.events == {}  # still hanging
-    fake.release()
+    assert private_fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
+    assert private_fake.events == {}  # still hanging
+    private_fake.release()
     thread.join(timeout=5.0)
     assert isinstance(outcome[0], httpx.Response)
     assert outcome[0].status_code == 200
-    assert fake.event_ids() == ["evt_1"]
+    assert private_fake.event_ids() == ["evt_1"]
     started = time.monotonic()
     post_batch(client, event("after"))  # release() also ends the hang for new requests
     assert time.monotonic() - started < 3.0  # prompt, with room for a loaded machine
 
 
-def test_hang_for_seconds(fake: FakeEnso, client: httpx.Client) -> None:
-    fake.hang(0.2)
+def test_hang_for_seconds(private_fake: FakeEnso, client: httpx.Client) -> None:
+    private_fake.hang(0.2)
     started = time.monotonic()
     assert post_batch(client, event()).status_code == 200
     assert time.monotonic() - started >= 0.2
@@ -516,14 +536,14 @@ def test_restart_on_same_port_keeps_data() -> None:
         fake.stop()
 
 
-def test_keep_alive_connection_is_reused(fake: FakeEnso, client: httpx.Client) -> None:
+def test_keep_alive_connection_is_reused(private_fake: FakeEnso, client: httpx.Client) -> None:
     ports = set()
     for i in range(3):
         response = post_batch(client, event(f"e{i}"))
         stream = response.extensions["network_stream"]
         ports.add(stream.get_extra_info("client_addr")[1])
     assert len(ports) == 1
-    assert len(fake.events) == 3
+    assert len(private_fake.events) == 3
 
 
 def test_url_requires_start() -> None:
@@ -533,22 +553,22 @@ def test_url_requires_start() -> None:
     assert "stopped" in repr(fake)
 
 
-def test_wait_for_and_wait_for_events(fake: FakeEnso, client: httpx.Client) -> None:
-    assert not fake.wait_for_events(1, timeout=0.05)
+def test_wait_for_and_wait_for_events(private_fake: FakeEnso, client: httpx.Client) -> None:
+    assert not private_fake.wait_for_events(1, timeout=0.05)
 
     def send() -> None:
         for i in range(3):
             post_batch(client, event(f"bg{i}"))
 
     thread, _ = run_in_thread(send)
-    assert fake.wait_for_events(3, timeout=5.0)
-    assert fake.wait_for(lambda f: len(f.batch_requests()) == 3, timeout=5.0)
+    assert private_fake.wait_for_events(3, timeout=5.0)
+    assert private_fake.wait_for(lambda f: len(f.batch_requests()) == 3, timeout=5.0)
     thread.join(timeout=5.0)
-    assert fake.event_ids() == ["bg0", "bg1", "bg2"]
-    assert not fake.wait_for(lambda f: f.received > 3, timeout=0.05)
+    assert private_fake.event_ids() == ["bg0", "bg1", "bg2"]
+    assert not private_fake.wait_for(lambda f: f.received > 3, timeout=0.05)
 
 
-def test_concurrent_clients_are_all_counted(fake: FakeEnso, client: httpx.Client) -> None:
+def test_concurrent_clients_are_all_counted(private_fake: FakeEnso, client: httpx.Client) -> None:
     def send(worker: int) -> None:
         for i in range(20):
             post_batch(client, event(f"w{worker}_{i}"), event("shared"))
@@ -558,15 +578,15 @@ def test_concurrent_clients_are_all_counted(fake: FakeEnso, client: httpx.Client
         thread.start()
     for thread in threads:
         thread.join(timeout=10.0)
-    assert len(fake.events) == 121
-    assert fake.received == 240
-    assert fake.duplicates == {"shared": 119}
-    assert len(fake.batch_requests()) == 120
+    assert len(private_fake.events) == 121
+    assert private_fake.received == 240
+    assert private_fake.duplicates == {"shared": 119}
+    assert len(private_fake.batch_requests()) == 120
 
 
-def test_recorded_requests(fake: FakeEnso, client: httpx.Client) -> None:
+def test_recorded_requests(private_fake: FakeEnso, client: httpx.Client) -> None:
     post_batch(client, event("r1"), headers={"X-Trace": "abc"})
-    (recorded,) = fake.requests
+    (recorded,) = private_fake.requests
     assert recorded.method == "POST"
     assert recorded.path == "/events/batch"
     assert recorded.headers["x-trace"] == "abc"
@@ -577,19 +597,23 @@ def test_recorded_requests(fake: FakeEnso, client: httpx.Client) -> None:
 
 
 def test_reset_clears_data_and_faults_but_keeps_tokens(
-    fake: FakeEnso, client: httpx.Client
+    private_fake: FakeEnso, client: httpx.Client
 ) -> None:
     token = login(client).json()["data"]["accessToken"]
     post_batch(client, event("a"), event("a"))
-    fake.script(Fault(status=500))
-    fake.fail_event_ids(["b"])
-    fake.reset()
-    assert (fake.events, fake.duplicates, fake.received) == ({}, {}, 0)
-    assert (fake.requests, fake.login_count, fake.pending_faults) == ([], 0, 0)
+    private_fake.script(Fault(status=500))
+    private_fake.fail_event_ids(["b"])
+    private_fake.reset()
+    assert (private_fake.events, private_fake.duplicates, private_fake.received) == ({}, {}, 0)
+    assert (private_fake.requests, private_fake.login_count, private_fake.pending_faults) == (
+        [],
+        0,
+        0,
+    )
     bearer = {"Authorization": f"Bearer {token}"}
     response = client.post("/events/batch", json=batch(event("b")), headers=bearer)
     assert response.status_code == 200
-    assert fake.event_ids() == ["b"]
+    assert private_fake.event_ids() == ["b"]
 
 
 def settings_of(fake: FakeEnso) -> tuple[object, ...]:
@@ -604,17 +628,17 @@ def settings_of(fake: FakeEnso) -> tuple[object, ...]:
 
 
 def test_reset_restores_settings_and_clears_hangs_and_poison(
-    fake: FakeEnso, client: httpx.Client
+    private_fake: FakeEnso, client: httpx.Client
 ) -> None:
-    fake.response_shape = "bare"
-    fake.max_body_bytes = 10
-    fake.known_entities = {"ent_only"}
-    fake.token_lifetime = 0.0
-    fake.client_credentials = {"ck_other": "cs_other"}
-    fake.poison_event_ids(["p"])
-    fake.hang(None)
-    fake.reset()
-    assert settings_of(fake) == (
+    private_fake.response_shape = "bare"
+    private_fake.max_body_bytes = 10
+    private_fake.known_entities = {"ent_only"}
+    private_fake.token_lifetime = 0.0
+    private_fake.client_credentials = {"ck_other": "cs_other"}
+    private_fake.poison_event_ids(["p"])
+    private_fake.hang(None)
+    private_fake.reset()
+    assert settings_of(private_fake) == (
         "wrapped",
         None,
         frozenset({"ent_1", "ent_2"}),  # the constructor's
@@ -625,28 +649,30 @@ def test_reset_restores_settings_and_clears_hangs_and_poison(
     response = post_batch(client, event("p"))  # neither hung, poisoned nor 413
     assert time.monotonic() - started < 2.0
     assert response.json()["data"]["failedRecords"] == []
-    assert fake.event_ids() == ["p"]
+    assert private_fake.event_ids() == ["p"]
 
 
-def test_reset_with_tokens_forgets_issued_tokens(fake: FakeEnso, client: httpx.Client) -> None:
+def test_reset_with_tokens_forgets_issued_tokens(
+    private_fake: FakeEnso, client: httpx.Client
+) -> None:
     bearer = {"Authorization": f"Bearer {login(client).json()['data']['accessToken']}"}
-    fake.reset(tokens=True)
+    private_fake.reset(tokens=True)
     assert client.post("/events/batch", json=batch(event()), headers=bearer).status_code == 401
     assert post_batch(client, event()).is_success  # api keys are configuration, not tokens
 
 
-def test_settings_are_changeable_at_run_time(fake: FakeEnso, client: httpx.Client) -> None:
-    assert fake.api_key == API_KEY
-    fake.known_entities = None
-    fake.client_credentials = {"ck_new": "cs_new"}
+def test_settings_are_changeable_at_run_time(private_fake: FakeEnso, client: httpx.Client) -> None:
+    assert private_fake.api_key == API_KEY
+    private_fake.known_entities = None
+    private_fake.client_credentials = {"ck_new": "cs_new"}
     anything = post_batch(client, event("a", CustomerEntityId="ent_anything"))
     assert anything.json()["data"]["failedRecords"] == []
     assert login(client).status_code == 401  # the old pair is gone
     assert login(client, "ck_new", "cs_new").status_code == 200
     with pytest.raises(TypeError, match="known_entities"):
-        fake.known_entities = "ent_1"
+        private_fake.known_entities = "ent_1"
     with pytest.raises(ValueError, match="token_lifetime"):
-        fake.token_lifetime = -1.0
+        private_fake.token_lifetime = -1.0
     with pytest.raises(RuntimeError, match="api key"):
         _ = FakeEnso(api_keys=()).api_key
 
@@ -686,13 +712,13 @@ def test_defect17_recorded_request_repr_redacts_bearer_and_client_secret() -> No
 
 
 @pytest.fixture
-def mock_client(fake: FakeEnso) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url="https://enso.invalid", transport=fake.transport()) as http:
+def mock_client(private_fake: FakeEnso) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url="https://enso.invalid", transport=private_fake.transport()) as http:
         yield http
 
 
 def test_transport_needs_no_socket_and_shares_state_with_the_server(
-    fake: FakeEnso, mock_client: httpx.Client, client: httpx.Client
+    private_fake: FakeEnso, mock_client: httpx.Client, client: httpx.Client
 ) -> None:
     unstarted = FakeEnso()
     with httpx.Client(base_url="https://x.invalid", transport=unstarted.transport()) as http:
@@ -701,9 +727,9 @@ def test_transport_needs_no_socket_and_shares_state_with_the_server(
     assert not unstarted.running
     assert post_batch(mock_client, event("evt_a")).is_success
     assert post_batch(client, event("evt_a"), event("evt_b")).is_success  # over the socket
-    assert fake.event_ids() == ["evt_a", "evt_b"]
-    assert fake.duplicates == {"evt_a": 1}
-    assert [r.path for r in fake.requests] == ["/events/batch", "/events/batch"]
+    assert private_fake.event_ids() == ["evt_a", "evt_b"]
+    assert private_fake.duplicates == {"evt_a": 1}
+    assert [r.path for r in private_fake.requests] == ["/events/batch", "/events/batch"]
 
 
 def test_transport_status_table_matches_the_socket(mock_client: httpx.Client) -> None:
@@ -718,8 +744,8 @@ def test_transport_status_table_matches_the_socket(mock_client: httpx.Client) ->
     assert login(mock_client).status_code == 200
 
 
-def test_transport_faults(fake: FakeEnso, mock_client: httpx.Client) -> None:
-    fake.script(
+def test_transport_faults(private_fake: FakeEnso, mock_client: httpx.Client) -> None:
+    private_fake.script(
         Fault(status=429, retry_after="3"), Fault(drop_connection=True), Fault(body=b"junk")
     )
     limited = post_batch(mock_client, event())
@@ -727,107 +753,107 @@ def test_transport_faults(fake: FakeEnso, mock_client: httpx.Client) -> None:
     with pytest.raises(httpx.ReadError):
         post_batch(mock_client, event())
     assert post_batch(mock_client, event()).content == b"junk"
-    assert fake.events == {}
-    assert [r.status for r in fake.batch_requests()] == [429, 0, 200]
+    assert private_fake.events == {}
+    assert [r.status for r in private_fake.batch_requests()] == [429, 0, 200]
 
 
 def test_transport_hang_past_read_timeout_is_read_timeout(
-    fake: FakeEnso, mock_client: httpx.Client
+    private_fake: FakeEnso, mock_client: httpx.Client
 ) -> None:
-    fake.hang(None)
+    private_fake.hang(None)
     with pytest.raises(httpx.ReadTimeout):
         post_batch(mock_client, event("evt_late"), timeout=0.1)
-    assert fake.events == {}  # not processed: the client gave up
-    assert [r.status for r in fake.batch_requests()] == [0]
-    fake.script(Fault(delay=30.0))
-    fake.release()
+    assert private_fake.events == {}  # not processed: the client gave up
+    assert [r.status for r in private_fake.batch_requests()] == [0]
+    private_fake.script(Fault(delay=30.0))
+    private_fake.release()
     with pytest.raises(httpx.ReadTimeout):
         post_batch(mock_client, event("evt_late"), timeout=0.1)
     assert post_batch(mock_client, event("evt_late")).is_success
 
 
-def test_transport_hang_until_release(fake: FakeEnso, mock_client: httpx.Client) -> None:
-    fake.hang(None)
+def test_transport_hang_until_release(private_fake: FakeEnso, mock_client: httpx.Client) -> None:
+    private_fake.hang(None)
     thread, outcome = run_in_thread(lambda: post_batch(mock_client, event()))
-    assert fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
-    fake.release()
+    assert private_fake.wait_for(lambda f: f.in_flight == 1, timeout=10.0)
+    private_fake.release()
     thread.join(timeout=5.0)
     assert isinstance(outcome[0], httpx.Response)
     assert outcome[0].status_code == 200
-    assert fake.event_ids() == ["evt_1"]
+    assert private_fake.event_ids() == ["evt_1"]
 
 
 def test_tracker_over_transport_delivers_and_dedups(
-    fake: FakeEnso, make_tracker: TrackerFactory
+    private_fake: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport())
+    t = tracker(base_url="https://enso.invalid", transport=private_fake.transport())
     for _ in range(2):
-        tracker.track("ent_1", "api_calls", 1, event_id="evt_twice")
-        assert tracker.flush(5.0)
-    tracker.track("ent_2", "gb_stored", 2.5)
-    assert tracker.flush(5.0)
-    assert len(fake.events) == 2
-    assert fake.duplicates == {"evt_twice": 1}
-    assert fake.events["evt_twice"]["metric"] == "api_calls"
-    assert tracker.stats().delivered == 3
+        t.track("ent_1", "api_calls", 1, event_id="evt_twice")
+        assert t.flush(5.0)
+    t.track("ent_2", "gb_stored", 2.5)
+    assert t.flush(5.0)
+    assert len(private_fake.events) == 2
+    assert private_fake.duplicates == {"evt_twice": 1}
+    assert private_fake.events["evt_twice"]["metric"] == "api_calls"
+    assert t.stats().delivered == 3
 
 
-def test_tracker_over_transport_logs_in_with_client_credentials(fake: FakeEnso) -> None:
+def test_tracker_over_transport_logs_in_with_client_credentials(private_fake: FakeEnso) -> None:
     ((key, secret),) = CREDENTIALS.items()
     tracker = Tracker(
         client_key=key,
         client_secret=secret,
         base_url="https://enso.invalid",
-        transport=fake.transport(),
+        transport=private_fake.transport(),
     )
     try:
         tracker.track("ent_1", "api_calls", 1, event_id="evt_jwt")
         assert tracker.flush(5.0)
     finally:
         tracker.shutdown(2.0)
-    assert fake.event_ids() == ["evt_jwt"]
-    assert fake.login_count == 1
-    assert fake.batch_requests()[0].headers["authorization"].startswith("Bearer ey")
+    assert private_fake.event_ids() == ["evt_jwt"]
+    assert private_fake.login_count == 1
+    assert private_fake.batch_requests()[0].headers["authorization"].startswith("Bearer ey")
 
 
 def test_tracker_over_transport_gets_2002_for_unknown_entities(
-    fake: FakeEnso, make_tracker: TrackerFactory, drops: DropLog
+    private_fake: FakeEnso, tracker: TrackerFactory, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport())
-    event_id = tracker.track("ent_unknown", "api_calls", 1)
-    assert tracker.flush(5.0)
-    (reason,) = drops.reasons().values()
+    t = tracker(base_url="https://enso.invalid", transport=private_fake.transport())
+    event_id = t.track("ent_unknown", "api_calls", 1)
+    assert t.flush(5.0)
+    (reason,) = drop_recorder.reasons().values()
     assert (reason.kind, reason.code) == ("rejected", 2002)
-    assert list(drops.reasons()) == [event_id]
-    assert fake.events == {}
+    assert list(drop_recorder.reasons()) == [event_id]
+    assert private_fake.events == {}
 
 
 @pytest.mark.slow
 def test_tracker_over_transport_gets_401_for_a_bad_key(
-    fake: FakeEnso, make_tracker: TrackerFactory
+    private_fake: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_tracker(
-        api_key="wrong-key", base_url="https://enso.invalid", transport=fake.transport()
+    t = tracker(
+        api_key="wrong-key", base_url="https://enso.invalid", transport=private_fake.transport()
     )
-    tracker.track("ent_1", "api_calls", 1)
-    assert wait_until(lambda: tracker.stats().auth_state == "unauthorized", timeout=5.0)
-    assert {r.status for r in fake.batch_requests()} == {401}
-    assert fake.events == {}
-    assert tracker.stats().queued + tracker.stats().in_flight == 1  # kept, not dropped
+    t.track("ent_1", "api_calls", 1)
+    assert wait_until(lambda: t.stats().auth_state == "unauthorized", timeout=5.0)
+    assert {r.status for r in private_fake.batch_requests()} == {401}
+    assert private_fake.events == {}
+    assert t.stats().queued + t.stats().in_flight == 1  # kept, not dropped
 
 
 def test_tracker_over_transport_retries_after_a_read_timeout(
-    fake: FakeEnso, make_tracker: TrackerFactory
+    private_fake: FakeEnso, tracker: TrackerFactory
 ) -> None:
-    tracker = make_tracker(base_url="https://enso.invalid", transport=fake.transport(), timeout=0.1)
-    fake.hang(None)
-    tracker.track("ent_1", "api_calls", 1, event_id="evt_slow")
-    assert fake.wait_for(lambda f: len(f.batch_requests()) >= 1, timeout=5.0)
-    fake.release()
-    assert tracker.flush(5.0)
-    assert fake.event_ids() == ["evt_slow"]
-    assert fake.batch_requests()[0].status == 0
-    assert tracker.stats().retried >= 1
+    t = tracker(base_url="https://enso.invalid", transport=private_fake.transport(), timeout=0.1)
+    private_fake.hang(None)
+    t.track("ent_1", "api_calls", 1, event_id="evt_slow")
+    assert private_fake.wait_for(lambda f: len(f.batch_requests()) >= 1, timeout=5.0)
+    private_fake.release()
+    assert t.flush(5.0)
+    assert private_fake.event_ids() == ["evt_slow"]
+    assert private_fake.batch_requests()[0].status == 0
+    assert t.stats().retried >= 1
 
 
 # ------------------------------------------- where it listens (issue #18, finding 8)
@@ -869,11 +895,11 @@ def _has_ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
-def test_it_serves_on_ipv6(drops: DropLog) -> None:
+def test_it_serves_on_ipv6(drop_recorder: DropLog) -> None:
     with FakeEnso(host="::1") as fake:
         assert fake.url.startswith("http://[::1]:")
-        tracker = Tracker(api_key=fake.api_key, base_url=fake.url, on_drop=drops)
+        tracker = Tracker(api_key=fake.api_key, base_url=fake.url, on_drop=drop_recorder)
         ids = [tracker.track("ent", "api_calls", i) for i in range(20)]
         assert tracker.shutdown(10.0)
         assert set(fake.events) == set(ids)
-    assert drops.calls == []
+    assert drop_recorder.calls == []

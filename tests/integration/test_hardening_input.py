@@ -46,15 +46,15 @@ def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
 
 @pytest.mark.parametrize("padding", ["\n", "\r\n", " ", "\t", " \t\r\n"])
 def test_defect1_key_with_surrounding_whitespace_delivers(
-    make_tracker: TrackerFactory, fake: FakeEnso, caplog: pytest.LogCaptureFixture, padding: str
+    tracker: TrackerFactory, fake_enso: FakeEnso, caplog: pytest.LogCaptureFixture, padding: str
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger: httpx, httpcore, h11 included
-    tracker = make_tracker(api_key=padding + API_KEY + padding)
-    event_id = accepted(tracker.track("ent", "api_calls", 1))
-    assert tracker.flush(5.0)
-    stats = tracker.stats()
-    assert list(fake.events) == [event_id]
-    (request,) = fake.batch_requests()
+    t = tracker(api_key=padding + API_KEY + padding)
+    event_id = accepted(t.track("ent", "api_calls", 1))
+    assert t.flush(5.0)
+    stats = t.stats()
+    assert list(fake_enso.events) == [event_id]
+    (request,) = fake_enso.batch_requests()
     assert request.headers["authorization"] == f"Bearer {API_KEY}"  # stripped
     assert stats.last_error is None
     assert stats.failed_requests == 0
@@ -111,14 +111,16 @@ def test_defect1_unsendable_client_credentials_are_refused(argument: str, value:
     assert KEY not in str(info.value)
 
 
-def test_defect1_client_credentials_are_stripped_and_may_be_non_ascii(drops: DropLog) -> None:
+def test_defect1_client_credentials_are_stripped_and_may_be_non_ascii(
+    drop_recorder: DropLog,
+) -> None:
     secret = "cs_test_ünïcødé"  # travels in the JSON body as UTF-8: fine
     with FakeEnso(client_credentials={KEY: secret}) as fake:
         tracker = Tracker(
             client_key=KEY + "\n",
             client_secret=secret + "\r\n",
             base_url=fake.url,
-            on_drop=drops,
+            on_drop=drop_recorder,
             flush_interval=0.05,
         )
         try:
@@ -154,14 +156,14 @@ def test_defect1_from_env_with_invalid_utf8_is_refused(
     assert SECRET not in all_log_text(caplog)
 
 
-def test_defect1_from_env_key_with_trailing_newline_delivers(fake: FakeEnso) -> None:
-    tracker = Tracker.from_env({"ENSO_API_KEY": API_KEY + "\n", "ENSO_BASE_URL": fake.url})
+def test_defect1_from_env_key_with_trailing_newline_delivers(fake_enso: FakeEnso) -> None:
+    tracker = Tracker.from_env({"ENSO_API_KEY": API_KEY + "\n", "ENSO_BASE_URL": fake_enso.url})
     try:
         event_id = accepted(tracker.track("ent", "m", 1))
         assert tracker.flush(5.0)
     finally:
         tracker.shutdown(2.0)
-    assert list(fake.events) == [event_id]
+    assert list(fake_enso.events) == [event_id]
 
 
 def failing_login(exc: Exception) -> tuple[ClientCredentials, httpx.Client]:
@@ -231,11 +233,13 @@ def clock_ahead(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 
 def test_defect13_client_clock_ahead_does_not_log_in_per_batch(
-    monkeypatch: pytest.MonkeyPatch, drops: DropLog
+    monkeypatch: pytest.MonkeyPatch, drop_recorder: DropLog
 ) -> None:
     clock_ahead(monkeypatch, 2 * 3600.0)  # tokens live 1 h: by our clock, born expired
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=3600.0) as fake:
-        tracker = Tracker(client_key=KEY, client_secret=SECRET, base_url=fake.url, on_drop=drops)
+        tracker = Tracker(
+            client_key=KEY, client_secret=SECRET, base_url=fake.url, on_drop=drop_recorder
+        )
         try:
             ids = []
             for i in range(20):
@@ -326,15 +330,15 @@ REFUSED_DECIMALS = [
 
 @pytest.mark.parametrize("value", REFUSED_DECIMALS, ids=lambda d: str(d)[:24])
 def test_defect14_decimal_a_double_cannot_carry_is_refused(
-    make_tracker: TrackerFactory, fake: FakeEnso, value: Decimal
+    tracker: TrackerFactory, fake_enso: FakeEnso, value: Decimal
 ) -> None:
-    tracker = make_tracker()
+    t = tracker()
     with pytest.raises(InvalidEventError) as info:
-        tracker.track("ent", "m", value)
+        t.track("ent", "m", value)
     assert info.value.field == "value"
     assert info.value.value is value
-    assert tracker.stats().accepted == 0
-    assert fake.received == 0
+    assert t.stats().accepted == 0
+    assert fake_enso.received == 0
 
 
 ACCEPTED_DECIMALS = [
@@ -355,19 +359,19 @@ ACCEPTED_DECIMALS = [
 
 
 def test_defect14_decimals_a_double_carries_are_sent_as_written(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker()
+    made = tracker()
     with localcontext() as context:
         context.prec = 3  # the caller's context must not round anything
-        ids = {accepted(tracker.track("ent", "m", Decimal(t))): t for t in ACCEPTED_DECIMALS}
-    assert tracker.flush(5.0)
-    body = b"".join(r.body for r in fake.batch_requests())
+        ids = {accepted(made.track("ent", "m", Decimal(t))): t for t in ACCEPTED_DECIMALS}
+    assert made.flush(5.0)
+    body = b"".join(r.body for r in fake_enso.batch_requests())
     for text in ACCEPTED_DECIMALS:
         assert f'"value":{Decimal(text)}'.encode() in body  # exactly the Decimal's text
-    assert set(fake.events) == set(ids)
+    assert set(fake_enso.events) == set(ids)
     for event_id, text in ids.items():
-        assert fake.events[event_id]["value"] == float(Decimal(text))
+        assert fake_enso.events[event_id]["value"] == float(Decimal(text))
 
 
 # ---------------------------------------------------------------- defect 18: base_url
@@ -451,10 +455,10 @@ def test_defect18_well_formed_base_urls_are_accepted(url: str) -> None:
         tracker.shutdown(0.1)
 
 
-def test_defect18_a_path_prefix_reaches_the_server(drops: DropLog) -> None:
+def test_defect18_a_path_prefix_reaches_the_server(drop_recorder: DropLog) -> None:
     with FakeEnso() as fake:
         tracker = Tracker(
-            api_key=API_KEY, base_url=fake.url + "/api/", on_drop=drops, backoff_base=0.01
+            api_key=API_KEY, base_url=fake.url + "/api/", on_drop=drop_recorder, backoff_base=0.01
         )
         try:
             accepted(tracker.track("ent", "m", 1))

@@ -480,28 +480,28 @@ def test_defect9_every_transport_is_armed(no_proxy_env: pytest.MonkeyPatch, prox
         sender.close()
 
 
-def test_defect9_normal_delivery_still_works(make_tracker: TrackerFactory, fake: FakeEnso) -> None:
-    tracker = make_tracker(timeout=1.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(250)]
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    stats = tracker.stats()
+def test_defect9_normal_delivery_still_works(tracker: TrackerFactory, fake_enso: FakeEnso) -> None:
+    t = tracker(timeout=1.0)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(250)]
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    stats = t.stats()
     assert stats.delivered == 250
     assert stats.failed_requests == 0
     assert stats.balanced
-    sender: Any = tracker._sender
+    sender: Any = t._sender
     assert sender._deadline.at == float("inf")  # no deadline left behind between sends
 
 
 @pytest.mark.slow
-def test_a_later_request_does_not_inherit_an_old_deadline(fake: FakeEnso) -> None:
+def test_a_later_request_does_not_inherit_an_old_deadline(fake_enso: FakeEnso) -> None:
     # Pooled connections outlive a send(): a later send must not inherit an old deadline.
-    sender = sender_for(fake.url, timeout=1.0)
+    sender = sender_for(fake_enso.url, timeout=1.0)
     try:
         first = sender.send(BODY, 1.0)
-        fake.hang(1.5)  # longer than the timeout: this one times out
+        fake_enso.hang(1.5)  # longer than the timeout: this one times out
         second = sender.send(BODY, 1.0)
-        fake.release()
+        fake_enso.release()
         third = sender.send(BODY, 1.0)
     finally:
         sender.close()
@@ -753,10 +753,10 @@ def scripted_tracker(url: str, drops: DropLog, **options: Any) -> Tracker:
 
 @pytest.mark.parametrize("bad", list(BAD_ANSWERS.values()), ids=list(BAD_ANSWERS))
 def test_defect12_an_answer_that_does_not_account_for_the_events_delivers_none(
-    bad: bytes, drops: DropLog
+    bad: bytes, drop_recorder: DropLog
 ) -> None:
     server = ScriptedEnso([bad], gate=True)
-    tracker = scripted_tracker(server.url, drops)
+    tracker = scripted_tracker(server.url, drop_recorder)
     try:
         ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
         # The bad answer, then the resend, now held by the server.
@@ -779,13 +779,13 @@ def test_defect12_an_answer_that_does_not_account_for_the_events_delivers_none(
     assert after.delivered == 3
     assert after.dropped == {}
     assert after.balanced
-    assert drops.calls == []
+    assert drop_recorder.calls == []
 
 
-def test_defect12_unaccounted_events_end_retries_exhausted(drops: DropLog) -> None:
+def test_defect12_unaccounted_events_end_retries_exhausted(drop_recorder: DropLog) -> None:
     bad = BAD_ANSWERS["empty summary"]
     server = ScriptedEnso([bad] * 10)
-    tracker = scripted_tracker(server.url, drops, max_retries=1)
+    tracker = scripted_tracker(server.url, drop_recorder, max_retries=1)
     try:
         ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
         assert tracker.flush(10.0)
@@ -794,8 +794,8 @@ def test_defect12_unaccounted_events_end_retries_exhausted(drops: DropLog) -> No
         tracker.shutdown(2.0)
         server.close()
     assert len(server.batches) == 2  # the first try and max_retries=1 more
-    assert [e.event_id for e in drops.events("retries_exhausted")] == ids
-    reason = drops.reasons()[ids[0]]
+    assert [e.event_id for e in drop_recorder.events("retries_exhausted")] == ids
+    reason = drop_recorder.reasons()[ids[0]]
     assert "does not account" in reason.message
     assert stats.delivered == 0
     assert stats.dropped == {"retries_exhausted": 3}
@@ -804,11 +804,11 @@ def test_defect12_unaccounted_events_end_retries_exhausted(drops: DropLog) -> No
 
 
 def test_counted_but_unlisted_failures_are_resent_and_listed_ones_trusted(
-    drops: DropLog,
+    drop_recorder: DropLog,
 ) -> None:
     # Reconciles (2 + 1 == 3) but lists none of the failures: nothing guessed delivered.
     server = ScriptedEnso([b'{"data":{"summary":{"success":2,"failed":1,"total":3}}}'])
-    tracker = scripted_tracker(server.url, drops)
+    tracker = scripted_tracker(server.url, drop_recorder)
     try:
         ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
         assert tracker.flush(10.0)

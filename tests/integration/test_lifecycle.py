@@ -22,8 +22,8 @@ from enso_tracker.testing import FakeEnso
 from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
 
 
-def test_unused_tracker_is_garbage_collected(fake: FakeEnso) -> None:
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url)
+def test_unused_tracker_is_garbage_collected(fake_enso: FakeEnso) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url)
     ref = weakref.ref(tracker)
     assert tracker in live()
     del tracker
@@ -31,8 +31,8 @@ def test_unused_tracker_is_garbage_collected(fake: FakeEnso) -> None:
     assert ref() is None  # the atexit and fork registries hold it weakly
 
 
-def test_shut_down_tracker_is_garbage_collected(fake: FakeEnso) -> None:
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url)
+def test_shut_down_tracker_is_garbage_collected(fake_enso: FakeEnso) -> None:
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url)
     accepted(tracker.track("e", "m", 1))
     assert tracker.shutdown(5.0)
     thread = tracker._worker.thread
@@ -43,13 +43,13 @@ def test_shut_down_tracker_is_garbage_collected(fake: FakeEnso) -> None:
     del tracker
     gc.collect()
     assert ref() is None
-    assert list(fake.events)  # and its event was delivered on the way out
+    assert list(fake_enso.events)  # and its event was delivered on the way out
 
 
-def test_shutdown_is_idempotent_and_context_manager_shuts_down(fake: FakeEnso) -> None:
-    with Tracker(api_key=API_KEY, base_url=fake.url) as tracker:
+def test_shutdown_is_idempotent_and_context_manager_shuts_down(fake_enso: FakeEnso) -> None:
+    with Tracker(api_key=API_KEY, base_url=fake_enso.url) as tracker:
         event_id = accepted(tracker.track("e", "m", 1))
-    assert list(fake.events) == [event_id]
+    assert list(fake_enso.events) == [event_id]
     assert tracker.shutdown(1.0) is True
     assert tracker.shutdown(1.0) is True
     assert tracker.track("e", "m", 1) is None
@@ -58,10 +58,10 @@ def test_shutdown_is_idempotent_and_context_manager_shuts_down(fake: FakeEnso) -
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_sender_thread_is_restarted_by_the_next_track(
-    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory, fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracker = make_tracker()
-    worker = tracker._worker
+    t = tracker()
+    worker = t._worker
     real_step = worker.step
     calls = {"n": 0}
 
@@ -72,23 +72,23 @@ def test_a_dead_sender_thread_is_restarted_by_the_next_track(
         return real_step()
 
     monkeypatch.setattr(worker, "step", dying_step)
-    first = accepted(tracker.track("e", "m", 1))
+    first = accepted(t.track("e", "m", 1))
     thread = worker.thread
     assert thread is not None
     thread.join(5.0)
     assert not thread.is_alive()
-    second = accepted(tracker.track("e", "m", 2))  # finds the thread dead, restarts it
+    second = accepted(t.track("e", "m", 2))  # finds the thread dead, restarts it
     assert worker.thread is not thread
-    assert tracker.flush(5.0)
-    assert set(fake.events) == {first, second}
-    assert tracker.stats().worker_errors == 1
+    assert t.flush(5.0)
+    assert set(fake_enso.events) == {first, second}
+    assert t.stats().worker_errors == 1
 
 
 def test_an_error_in_the_loop_is_counted_and_survived(
-    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory, fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracker = make_tracker()
-    schedule = tracker._ledger.schedule
+    t = tracker()
+    schedule = t._ledger.schedule
     real_plan = schedule.plan
     calls = {"n": 0}
 
@@ -99,27 +99,30 @@ def test_an_error_in_the_loop_is_counted_and_survived(
         return real_plan(now, queue, **options)
 
     monkeypatch.setattr(schedule, "plan", flaky_plan)
-    ids = [accepted(tracker.track("e", "m", i)) for i in range(10)]
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    stats = tracker.stats()
+    ids = [accepted(t.track("e", "m", i)) for i in range(10)]
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    stats = t.stats()
     assert stats.worker_errors == 1
     assert stats.last_error is not None
     assert "bug in the planner" in stats.last_error
 
 
 def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
+    drop_recorder: DropLog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0)
-    real_encode = tracker._worker.encode
+    t = tracker(flush_interval=10.0)
+    real_encode = t._worker.encode
 
     def encode(item: Any) -> bytes:
         if item[3] == "poison":
             raise OverflowError("cannot encode")
         return real_encode(item)
 
-    encoder_class = type(tracker._worker._encoder)
+    encoder_class = type(t._worker._encoder)
     real_batch = encoder_class.encode_batch
 
     def encode_batch(self: Any, items: Any, prefix: str) -> bytes:  # fails as a whole
@@ -127,17 +130,17 @@ def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
             raise OverflowError("cannot encode")
         return real_batch(self, items, prefix)
 
-    monkeypatch.setattr(tracker._worker, "encode", encode)
+    monkeypatch.setattr(t._worker, "encode", encode)
     monkeypatch.setattr(encoder_class, "encode_batch", encode_batch)
-    good = [accepted(tracker.track("e", "m", i)) for i in range(3)]
-    bad = accepted(tracker.track("e", "poison", 1))
-    assert tracker.flush(5.0)
-    assert set(fake.events) == set(good)
-    assert [e.event_id for e in drops.events("unencodable")] == [bad]
-    assert tracker.stats().balanced
+    good = [accepted(t.track("e", "m", i)) for i in range(3)]
+    bad = accepted(t.track("e", "poison", 1))
+    assert t.flush(5.0)
+    assert set(fake_enso.events) == set(good)
+    assert [e.event_id for e in drop_recorder.events("unencodable")] == [bad]
+    assert t.stats().balanced
 
 
-def test_on_drop_that_raises_does_not_stop_delivery(fake: FakeEnso) -> None:
+def test_on_drop_that_raises_does_not_stop_delivery(fake_enso: FakeEnso) -> None:
     def angry_hook(events: Any, reason: Any) -> None:
         raise ValueError("user bug")
 
@@ -160,54 +163,54 @@ def test_on_drop_that_raises_does_not_stop_delivery(fake: FakeEnso) -> None:
 
 
 def test_fork_that_skipped_the_hooks_is_caught_by_the_pid_check(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(flush_interval=30.0)
+    t = tracker(flush_interval=30.0)
     for i in range(5):
-        accepted(tracker.track("parent", "m", i))
-    tracker._pid = -1  # as if this process were a child forked behind Python's back
-    mine = accepted(tracker.track("child", "m", 1))
-    stats = tracker.stats()
+        accepted(t.track("parent", "m", i))
+    t._pid = -1  # as if this process were a child forked behind Python's back
+    mine = accepted(t.track("child", "m", 1))
+    stats = t.stats()
     assert stats.accepted == 1  # fresh books: the parent's five are the parent's
     assert stats.queued == 1
-    assert tracker.flush(5.0)
-    assert list(fake.events) == [mine]
+    assert t.flush(5.0)
+    assert list(fake_enso.events) == [mine]
 
 
-def test_module_level_api(fake: FakeEnso) -> None:
+def test_module_level_api(fake_enso: FakeEnso) -> None:
     enso_tracker.shutdown()
     with pytest.raises(NotInitializedError):
         enso_tracker.track("e", "m", 1)
-    first = enso_tracker.init(api_key=API_KEY, base_url=fake.url)
-    second = enso_tracker.init(api_key=API_KEY, base_url=fake.url)
+    first = enso_tracker.init(api_key=API_KEY, base_url=fake_enso.url)
+    second = enso_tracker.init(api_key=API_KEY, base_url=fake_enso.url)
     try:
         assert enso_tracker.get_tracker() is second
         assert first.track("e", "m", 1) is None  # the replaced tracker was shut down
         event_id = accepted(enso_tracker.track("e", "m", 1))
         assert enso_tracker.flush(5.0)
         assert enso_tracker.stats().delivered == 1
-        assert list(fake.events) == [event_id]
+        assert list(fake_enso.events) == [event_id]
     finally:
         assert enso_tracker.shutdown(2.0)
     assert enso_tracker.flush(1.0) is True  # nothing to flush: no default tracker
 
 
-def test_init_reads_the_environment(fake: FakeEnso, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_reads_the_environment(fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENSO_API_KEY", API_KEY)
-    monkeypatch.setenv("ENSO_BASE_URL", fake.url)
+    monkeypatch.setenv("ENSO_BASE_URL", fake_enso.url)
     tracker = enso_tracker.init()
     try:
-        assert tracker.config.base_url == fake.url
+        assert tracker.config.base_url == fake_enso.url
         event_id = accepted(enso_tracker.track("e", "m", 1))
         assert enso_tracker.flush(5.0)
-        assert list(fake.events) == [event_id]
+        assert list(fake_enso.events) == [event_id]
     finally:
         enso_tracker.shutdown(2.0)
 
 
-def test_track_from_many_threads_while_shutting_down(fake: FakeEnso) -> None:
+def test_track_from_many_threads_while_shutting_down(fake_enso: FakeEnso) -> None:
     drops = DropLog()
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=0.01, on_drop=drops)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, flush_interval=0.01, on_drop=drops)
     results: list[str | None] = []
     lock = threading.Lock()
     go = threading.Event()
@@ -233,14 +236,14 @@ def test_track_from_many_threads_while_shutting_down(fake: FakeEnso) -> None:
     assert stats.refused.get("closed", 0) == results.count(None)
     assert stats.balanced
     after_acceptance = {e.event_id for e in drops.events() if e.event_id}
-    assert set(fake.events) | after_acceptance == ids
+    assert set(fake_enso.events) | after_acceptance == ids
     refused = [e for e in drops.events("closed")]
     assert len(refused) == results.count(None)
     assert all(e.event_id == "" for e in refused)  # never accepted, so never given an id
 
 
-def test_on_drop_may_call_back_into_the_tracker_on_queue_full(fake: FakeEnso) -> None:
-    fake.hang(None)
+def test_on_drop_may_call_back_into_the_tracker_on_queue_full(fake_enso: FakeEnso) -> None:
+    fake_enso.hang(None)
     seen: list[int] = []
     tracker: Tracker | None = None
 
@@ -249,14 +252,14 @@ def test_on_drop_may_call_back_into_the_tracker_on_queue_full(fake: FakeEnso) ->
         seen.append(tracker.stats().refused.get("queue_full", 0))  # needs the lock
         raise RuntimeError("and then it fails")
 
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url, max_queue_size=1, on_drop=hook)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, max_queue_size=1, on_drop=hook)
     try:
         accepted(tracker.track("e", "m", 1))
         assert tracker.track("e", "m", 2) is None  # no deadlock, no exception
         assert seen == [1]
         assert tracker.stats().hook_errors == 1
     finally:
-        fake.release()
+        fake_enso.release()
         tracker.shutdown(2.0)
 
 
@@ -278,20 +281,20 @@ def test_flush_returns_only_after_on_drop_has_seen_the_drops() -> None:
             tracker.shutdown(2.0)
 
 
-def test_event_ids_do_not_depend_on_the_global_random_seed(fake: FakeEnso) -> None:
+def test_event_ids_do_not_depend_on_the_global_random_seed(fake_enso: FakeEnso) -> None:
     import random
 
     ids = []
     for _ in range(2):
         random.seed(1234)  # an application seeding random for reproducibility
-        tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=30.0)
+        tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, flush_interval=30.0)
         ids.append(accepted(tracker.track("e", "m", 1)))
         tracker.shutdown(2.0)
     assert ids[0] != ids[1]
-    assert set(fake.events) == set(ids)
+    assert set(fake_enso.events) == set(ids)
 
 
-def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: FakeEnso) -> None:
+def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake_enso: FakeEnso) -> None:
     """uWSGI forks workers from C, skipping ``os.register_at_fork``: libc's fork() here.
     The child's shutdown must neither wait for nor report the parent's queued events."""
     script = textwrap.dedent(
@@ -318,7 +321,7 @@ def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: Fake
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, fake.url],
+        [sys.executable, "-c", script, fake_enso.url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -329,14 +332,14 @@ def test_a_fork_that_skips_the_hooks_never_reports_the_parents_events(fake: Fake
     child = msgspec.json.decode(child_line)
     assert child == {"ok": True, "drops": 0, "accepted": 0}
     parent_ids = msgspec.json.decode(parent_line)["parent_ids"]
-    assert set(fake.events) == set(parent_ids)
-    assert not fake.duplicates
+    assert set(fake_enso.events) == set(parent_ids)
+    assert not fake_enso.duplicates
 
 
 def test_refusals_in_a_tight_loop_are_counted_in_the_exit_line_and_the_result(
-    fake: FakeEnso, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url, max_queue_size=5, flush_interval=60)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, max_queue_size=5, flush_interval=60)
     results = [tracker.track("ent", "m", i) for i in range(2_000)]
     refused = results.count(None)
     assert refused > 1_000

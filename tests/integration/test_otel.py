@@ -43,11 +43,11 @@ def exported(reader: InMemoryMetricReader) -> dict[str, tuple[str, dict[tuple[An
     return out
 
 
-def test_every_exported_figure_equals_stats(fake: FakeEnso, tmp_path: Path) -> None:
-    fake.known_entities = ["ent_ok"]
+def test_every_exported_figure_equals_stats(fake_enso: FakeEnso, tmp_path: Path) -> None:
+    fake_enso.known_entities = ["ent_ok"]
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    t = Tracker(API_KEY, base_url=fake.url, spool_dir=tmp_path, handle_sigterm=False)
+    t = Tracker(API_KEY, base_url=fake_enso.url, spool_dir=tmp_path, handle_sigterm=False)
     handle = instrument(t, meter_provider=provider)
     for i in range(30):
         t.track("ent_ok" if i % 3 else "ent_unknown", "api_calls", 1)
@@ -80,8 +80,8 @@ def test_every_exported_figure_equals_stats(fake: FakeEnso, tmp_path: Path) -> N
     provider.shutdown()
 
 
-def test_instrument_without_a_provider_uses_the_global_one(fake: FakeEnso) -> None:
-    t = Tracker(API_KEY, base_url=fake.url, handle_sigterm=False)
+def test_instrument_without_a_provider_uses_the_global_one(fake_enso: FakeEnso) -> None:
+    t = Tracker(API_KEY, base_url=fake_enso.url, handle_sigterm=False)
     handle = instrument(t)  # the API's no-op provider: registers, exports nowhere
     assert handle.stats() == t.stats()
     t.shutdown()
@@ -102,19 +102,19 @@ def histograms(reader: InMemoryMetricReader, name: str) -> dict[str, tuple[int, 
     return out
 
 
-def test_request_histograms_count_every_request_and_its_bytes(fake: FakeEnso) -> None:
+def test_request_histograms_count_every_request_and_its_bytes(fake_enso: FakeEnso) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     t = Tracker(
-        API_KEY, base_url=fake.url, handle_sigterm=False, backoff_base=0.01, backoff_max=0.05
+        API_KEY, base_url=fake_enso.url, handle_sigterm=False, backoff_base=0.01, backoff_max=0.05
     )
     handle = instrument(t, meter_provider=provider)
-    fake.script(Fault(status=503), Fault(status=503))
+    fake_enso.script(Fault(status=503), Fault(status=503))
     for i in range(3):
         for _ in range(10):
             t.track(f"ent_{i}", "api_calls", 1)
         assert t.flush(10)
-    sent = fake.batch_requests()
+    sent = fake_enso.batch_requests()
     stats = t.stats()
     assert stats.requests == len(sent) >= 5  # 2 refused + at least one per flush
     duration = histograms(reader, REQUEST_DURATION)
@@ -137,8 +137,8 @@ def test_request_histograms_count_every_request_and_its_bytes(fake: FakeEnso) ->
     provider.shutdown()
 
 
-def test_a_raising_request_observer_costs_no_event(fake: FakeEnso) -> None:
-    t = Tracker(API_KEY, base_url=fake.url, handle_sigterm=False)
+def test_a_raising_request_observer_costs_no_event(fake_enso: FakeEnso) -> None:
+    t = Tracker(API_KEY, base_url=fake_enso.url, handle_sigterm=False)
 
     def broken(seconds: float, nbytes: int, outcome: object) -> None:
         raise RuntimeError("exporter down")
@@ -149,20 +149,20 @@ def test_a_raising_request_observer_costs_no_event(fake: FakeEnso) -> None:
     assert t.flush(10)
     stats = t.stats()
     assert stats.delivered == 5
-    assert fake.received == 5
+    assert fake_enso.received == 5
     assert stats.hook_errors == stats.requests >= 1
     t.shutdown()
 
 
 def test_spool_backlog_age_grows_while_enso_is_down_and_is_zero_after(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    fake.chaos(p503=1.0)  # Enso unavailable
+    fake_enso.chaos(p503=1.0)  # Enso unavailable
     t = Tracker(
         API_KEY,
-        base_url=fake.url,
+        base_url=fake_enso.url,
         spool_dir=tmp_path,
         handle_sigterm=False,
         backoff_base=0.01,
@@ -182,21 +182,21 @@ def test_spool_backlog_age_grows_while_enso_is_down_and_is_zero_after(
     first = age()
     assert first > 0.0
     assert wait_until(lambda: age() > first)  # it grows while nothing is delivered
-    assert fake.received == 0
+    assert fake_enso.received == 0
 
-    fake.chaos()  # Enso back
+    fake_enso.chaos()  # Enso back
     assert t.flush(10)
-    assert fake.received == 10
+    assert fake_enso.received == 10
     assert age() == 0.0  # delivered: settled rows (even those deleted later) are no backlog
     t.shutdown()
     assert age() == 0.0  # a closed tracker's spool: nothing held open
     provider.shutdown()
 
 
-def test_spool_backlog_age_is_zero_without_a_spool(fake: FakeEnso) -> None:
+def test_spool_backlog_age_is_zero_without_a_spool(fake_enso: FakeEnso) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    t = Tracker(API_KEY, base_url=fake.url, handle_sigterm=False)
+    t = Tracker(API_KEY, base_url=fake_enso.url, handle_sigterm=False)
     handle = instrument(t, meter_provider=provider)
     assert exported(reader)[SPOOL_BACKLOG_AGE] == ("s", {(): 0.0})
     handle.close()
@@ -205,10 +205,12 @@ def test_spool_backlog_age_is_zero_without_a_spool(fake: FakeEnso) -> None:
     provider.shutdown()
 
 
-def test_auth_state_is_exported_as_unauthorized_while_enso_refuses_the_key(fake: FakeEnso) -> None:
+def test_auth_state_is_exported_as_unauthorized_while_enso_refuses_the_key(
+    fake_enso: FakeEnso,
+) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    t = Tracker("not-the-key", base_url=fake.url, handle_sigterm=False, backoff_base=0.01)
+    t = Tracker("not-the-key", base_url=fake_enso.url, handle_sigterm=False, backoff_base=0.01)
     instrument(t, meter_provider=provider)
     t.track("ent_ok", "api_calls", 1)
     assert wait_until(lambda: t.stats().auth_state == "unauthorized")
@@ -218,6 +220,6 @@ def test_auth_state_is_exported_as_unauthorized_while_enso_refuses_the_key(fake:
         (("enso.tracker.auth.state", "unauthorized"),): 1,
     }
     assert histograms(reader, REQUEST_DURATION)["unauthorized"][0] >= 1
-    assert fake.received == 0
+    assert fake_enso.received == 0
     t.shutdown(0.5)
     provider.shutdown()

@@ -22,8 +22,8 @@ def tracker(fake: FakeEnso, tmp_path: Path, **options: Any) -> Tracker:
     return Tracker(API_KEY, base_url=fake.url, handle_sigterm=False, **options)
 
 
-def test_sums_are_exact_for_ints_decimals_and_floats(fake: FakeEnso, tmp_path: Path) -> None:
-    t = tracker(fake, tmp_path, spool_dir=tmp_path)
+def test_sums_are_exact_for_ints_decimals_and_floats(fake_enso: FakeEnso, tmp_path: Path) -> None:
+    t = tracker(fake_enso, tmp_path, spool_dir=tmp_path)
     for _ in range(1000):
         t.track("ent", "dec", Decimal("0.1"), timestamp=TS)
         t.track("ent", "int", 2**53 - 1, timestamp=TS)
@@ -41,10 +41,10 @@ def test_sums_are_exact_for_ints_decimals_and_floats(fake: FakeEnso, tmp_path: P
 
 
 def test_rejected_events_carry_enso_code_and_lookup_finds_them(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
-    fake.known_entities = ["ent_ok"]
-    t = tracker(fake, tmp_path, spool_dir=tmp_path, receipts="events")
+    fake_enso.known_entities = ["ent_ok"]
+    t = tracker(fake_enso, tmp_path, spool_dir=tmp_path, receipts="events")
     ok = t.track("ent_ok", "m", 3, timestamp=TS)
     bad = t.track("ent_gone", "m", 5, timestamp=TS)
     assert ok is not None
@@ -64,12 +64,12 @@ def test_rejected_events_carry_enso_code_and_lookup_finds_them(
     assert missing is None
 
 
-def test_receipts_without_a_spool_need_a_directory(fake: FakeEnso, tmp_path: Path) -> None:
+def test_receipts_without_a_spool_need_a_directory(fake_enso: FakeEnso, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="receipts_dir"):
-        Tracker(API_KEY, base_url=fake.url, receipts=True, handle_sigterm=False)
+        Tracker(API_KEY, base_url=fake_enso.url, receipts=True, handle_sigterm=False)
     with pytest.raises(ConfigurationError, match="receipts="):
-        Tracker(API_KEY, base_url=fake.url, receipts="yes", handle_sigterm=False)
-    t = tracker(fake, tmp_path, receipts=True, receipts_dir=tmp_path)
+        Tracker(API_KEY, base_url=fake_enso.url, receipts="yes", handle_sigterm=False)
+    t = tracker(fake_enso, tmp_path, receipts=True, receipts_dir=tmp_path)
     for _ in range(10):
         t.track("ent", "m", Decimal("1.25"), timestamp=TS)
     assert t.flush(20)  # flush() returns once the receipts are written
@@ -80,24 +80,24 @@ def test_receipts_without_a_spool_need_a_directory(fake: FakeEnso, tmp_path: Pat
 
 
 def test_per_event_receipts_without_a_spool_find_generated_event_ids(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     # Generated eventIds are not stored with queued events (they are rebuilt from the
     # tracker's prefix): the receipt of each must still be found by the id track() gave.
-    t = tracker(fake, tmp_path, receipts="events", receipts_dir=tmp_path)
+    t = tracker(fake_enso, tmp_path, receipts="events", receipts_dir=tmp_path)
     ids = [accepted(t.track("ent", "m", 2, timestamp=TS)) for _ in range(5)]
     assert t.flush(20)
     t.shutdown()
     with Receipts(tmp_path) as r:
         found = [r.lookup(event_id) for event_id in ids]
     assert [(x.outcome, x.value) for x in found if x is not None] == [("delivered", 2)] * 5
-    assert set(ids) == set(fake.event_ids())
+    assert set(ids) == set(fake_enso.event_ids())
 
 
 def test_receipts_default_on_with_a_receipts_dir_and_off_without(
-    fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    off = tracker(fake, tmp_path, receipts=False, receipts_dir=tmp_path)
+    off = tracker(fake_enso, tmp_path, receipts=False, receipts_dir=tmp_path)
     off.track("ent", "m", 1)
     assert off.flush(20)
     off.shutdown()
@@ -105,7 +105,7 @@ def test_receipts_default_on_with_a_receipts_dir_and_off_without(
     # ENSO_RECEIPTS_DIR alone turns them on for from_env trackers: the import CLI's too.
     monkeypatch.setenv("ENSO_RECEIPTS_DIR", str(tmp_path))
     monkeypatch.setenv("ENSO_API_KEY", API_KEY)
-    on = Tracker.from_env(base_url=fake.url, handle_sigterm=False)
+    on = Tracker.from_env(base_url=fake_enso.url, handle_sigterm=False)
     on.track("ent", "m", 4, timestamp=TS)
     assert on.flush(20)
     on.shutdown()
@@ -119,11 +119,11 @@ def test_receipts_refuses_a_directory_without_a_store(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def store(fake: FakeEnso, tmp_path: Path) -> Path:
+def store(fake_enso: FakeEnso, tmp_path: Path) -> Path:
     """A receipts store with two entities over two days, and a rejected event."""
-    fake.known_entities = ["ent_a", "ent_b"]
+    fake_enso.known_entities = ["ent_a", "ent_b"]
     d = tmp_path / "spool"
-    t = tracker(fake, tmp_path, spool_dir=d, receipts="events")
+    t = tracker(fake_enso, tmp_path, spool_dir=d, receipts="events")
     for day, entity, value in [("03", "ent_a", 2), ("03", "ent_b", 1), ("04", "ent_a", 7)]:
         for _ in range(3):
             t.track(entity, "api_calls", value, timestamp=f"2026-11-{day}T10:00:00Z")
@@ -229,9 +229,9 @@ def test_a_move_repeated_after_a_crash_counts_once(tmp_path: Path) -> None:
 
 
 def test_a_store_that_cannot_be_written_never_stops_delivery_and_is_counted(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
-    first = tracker(fake, tmp_path, receipts_dir=tmp_path)
+    first = tracker(fake_enso, tmp_path, receipts_dir=tmp_path)
     first.track("ent", "m", 1)
     assert first.flush(20)
     first.shutdown()
@@ -239,10 +239,10 @@ def test_a_store_that_cannot_be_written_never_stops_delivery_and_is_counted(
     for leftover in tmp_path.glob("receipts-*"):
         leftover.unlink()
     store.mkdir()  # the store's name is taken by something SQLite cannot open
-    t = tracker(fake, tmp_path, receipts_dir=tmp_path)
+    t = tracker(fake_enso, tmp_path, receipts_dir=tmp_path)
     t.track("ent", "m", 2)
     assert t.flush(20)
     stats = t.stats()
     t.shutdown()
     assert (stats.delivered, stats.receipt_errors) == (1, 1)
-    assert len(fake.events) == 2
+    assert len(fake_enso.events) == 2

@@ -50,34 +50,34 @@ def body_of(ids: list[str]) -> bytes:
 
 
 def test_a_doubled_answer_is_never_read_as_the_next_requests_answer(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(max_batch_size=5)
-    fake.script(Fault(answer_twice=True))
-    first = [accepted(tracker.track("ent", "api_calls", i)) for i in range(5)]
-    assert tracker.flush(10.0)
+    t = tracker(max_batch_size=5)
+    fake_enso.script(Fault(answer_twice=True))
+    first = [accepted(t.track("ent", "api_calls", i)) for i in range(5)]
+    assert t.flush(10.0)
     # The next batch's true answer fails one record (503): the stale copy of the first
     # answer says all five succeeded. Read as this batch's answer, it would book the
     # failed event delivered though Enso never stored it.
-    second = [accepted(tracker.track("ent", "api_calls", i)) for i in range(5)]
-    fake.fail_event_ids([second[2]], status=503, times=1)
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(first) | set(second)
-    stats = tracker.stats()
+    second = [accepted(t.track("ent", "api_calls", i)) for i in range(5)]
+    fake_enso.fail_event_ids([second[2]], status=503, times=1)
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(first) | set(second)
+    stats = t.stats()
     assert stats.delivered == 10
     assert stats.balanced
-    sent = [e["eventId"] for r in fake.batch_requests() for e in r.json()["events"]]
+    sent = [e["eventId"] for r in fake_enso.batch_requests() for e in r.json()["events"]]
     assert sent.count(second[2]) == 2  # failed by its own answer, so resent
-    sender: Any = tracker._sender
+    sender: Any = t._sender
     assert sender.discarded == 1
 
 
-def test_a_doubled_answer_on_a_direct_sender_closes_the_connection(fake: FakeEnso) -> None:
-    sender = HttpSender(Config(base_url=fake.url, timeout=5.0), ApiKey(API_KEY))
+def test_a_doubled_answer_on_a_direct_sender_closes_the_connection(fake_enso: FakeEnso) -> None:
+    sender = HttpSender(Config(base_url=fake_enso.url, timeout=5.0), ApiKey(API_KEY))
     try:
-        fake.script(Fault(answer_twice=True))
+        fake_enso.script(Fault(answer_twice=True))
         assert isinstance(sender.send(body_of(["a1", "a2"]), 5.0), Answered)
-        fake.fail_event_ids(["b1"], status=503, times=1)
+        fake_enso.fail_event_ids(["b1"], status=503, times=1)
         outcome = sender.send(body_of(["b1", "b2"]), 5.0)
     finally:
         sender.close()
@@ -192,16 +192,16 @@ def middlebox() -> Iterator[DoublingMiddlebox]:
 
 
 def test_the_request_behind_a_doubled_answer_is_not_booked_by_the_copy(
-    make_tracker: TrackerFactory, middlebox: DoublingMiddlebox
+    tracker: TrackerFactory, middlebox: DoublingMiddlebox
 ) -> None:
-    tracker = make_tracker(base_url=middlebox.url, allow_insecure_http=True, max_batch_size=3)
-    first = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
-    assert tracker.flush(10.0)
-    second = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3)]
-    assert tracker.flush(10.0)
+    t = tracker(base_url=middlebox.url, allow_insecure_http=True, max_batch_size=3)
+    first = [accepted(t.track("ent", "api_calls", i)) for i in range(3)]
+    assert t.flush(10.0)
+    second = [accepted(t.track("ent", "api_calls", i)) for i in range(3)]
+    assert t.flush(10.0)
     # Every event the tracker counts delivered was stored by the server, exactly once.
     assert middlebox.stored == dict.fromkeys(first + second, 1)
-    stats = tracker.stats()
+    stats = t.stats()
     assert stats.delivered == 6
     assert stats.balanced
     assert middlebox.swallowed == 0  # nothing was sent on the connection after the copy
@@ -212,16 +212,16 @@ def test_the_request_behind_a_doubled_answer_is_not_booked_by_the_copy(
 
 
 def test_the_parser_buffer_is_found_on_both_paths(
-    fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pins how the sender sees httpcore's h11 buffer: an upgrade that moves it fails here.
-    fake.script(Fault(answer_twice=True), Fault(answer_twice=True))
+    fake_enso.script(Fault(answer_twice=True), Fault(answer_twice=True))
     seen: list[bytes | None] = []
     for transport in (httpx.HTTPTransport(), None):
         with httpx.Client(transport=transport) as client:
             request = client.build_request(
                 "POST",
-                fake.url + "/events/batch",
+                fake_enso.url + "/events/batch",
                 content=body_of(["x"]),
                 headers={"Authorization": f"Bearer {API_KEY}"},
             )
@@ -275,13 +275,13 @@ def test_bytes_waiting_before_a_reused_connections_request_mark_it_early() -> No
 
 
 def test_an_answer_already_buffered_before_the_request_is_a_retry(
-    fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The parser-buffer check switched off: the stream's own watch still catches the copy.
     monkeypatch.setattr("enso_tracker._http.reuse._parser_buffer", lambda response: None)
-    sender = HttpSender(Config(base_url=fake.url, timeout=5.0), ApiKey(API_KEY))
+    sender = HttpSender(Config(base_url=fake_enso.url, timeout=5.0), ApiKey(API_KEY))
     try:
-        fake.script(Fault(answer_twice=True))
+        fake_enso.script(Fault(answer_twice=True))
         assert isinstance(sender.send(body_of(["a1"]), 5.0), Answered)
         stale = sender.send(body_of(["b1"]), 5.0)
         fresh = sender.send(body_of(["b1"]), 5.0)

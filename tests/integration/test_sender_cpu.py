@@ -77,25 +77,25 @@ def _balanced_to_the_byte(tracker: Tracker) -> None:
 
 
 def test_fresh_batch_wholly_delivered_keeps_exact_books(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(50)]
-    assert tracker.flush(10.0)
-    assert [e["eventId"] for e in fake.batch_requests()[0].json()["events"]] == ids
-    assert tracker.stats().delivered == 50
-    assert tracker.stats().requests == 1
-    _balanced_to_the_byte(tracker)
+    t = tracker(flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(50)]
+    assert t.flush(10.0)
+    assert [e["eventId"] for e in fake_enso.batch_requests()[0].json()["events"]] == ids
+    assert t.stats().delivered == 50
+    assert t.stats().requests == 1
+    _balanced_to_the_byte(t)
 
 
 def test_fresh_batch_partly_failed_is_retried_with_the_same_event_json(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(6)]
-    fake.script(Fault(status=200, record_status={0: 503, 4: 500}), Fault(status=503))
-    assert tracker.flush(10.0)
-    requests = fake.batch_requests()
+    t = tracker(flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(6)]
+    fake_enso.script(Fault(status=200, record_status={0: 503, 4: 500}), Fault(status=503))
+    assert t.flush(10.0)
+    requests = fake_enso.batch_requests()
     first = requests[0].json()["events"]
     assert [e["eventId"] for e in first] == ids
     resent = [e for r in requests[1:] for e in r.json()["events"]]
@@ -103,82 +103,82 @@ def test_fresh_batch_partly_failed_is_retried_with_the_same_event_json(
     by_id = {e["eventId"]: e for e in first}
     assert {e["eventId"] for e in resent} == {ids[0], ids[4]}
     assert all(e == by_id[e["eventId"]] for e in resent)
-    assert set(fake.events) == set(ids)
-    stats = tracker.stats()
+    assert set(fake_enso.events) == set(ids)
+    stats = t.stats()
     assert stats.delivered == 6
-    assert drops.calls == []
-    _balanced_to_the_byte(tracker)
+    assert drop_recorder.calls == []
+    _balanced_to_the_byte(t)
 
 
 def test_fresh_batch_refused_whole_is_dropped_with_its_metadata(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i, metadata={"i": i})) for i in range(3)]
-    fake.script(Fault(status=400))
-    assert tracker.flush(10.0)
-    dropped = drops.events("rejected")
+    t = tracker(flush_interval=10.0)
+    ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(3)]
+    fake_enso.script(Fault(status=400))
+    assert t.flush(10.0)
+    dropped = drop_recorder.events("rejected")
     assert [e.event_id for e in dropped] == ids
     assert [e.metadata for e in dropped] == [{"i": 0}, {"i": 1}, {"i": 2}]
-    _balanced_to_the_byte(tracker)
+    _balanced_to_the_byte(t)
 
 
 def test_fresh_batch_over_the_learned_limit_is_cut_per_event(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    fake.max_body_bytes = 20_000
-    tracker = make_tracker(flush_interval=10.0, max_batch_size=500)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(400)]
-    assert tracker.flush(10.0)
-    assert sorted(fake.events) == sorted(ids)
-    assert all(len(r.body) <= 20_000 for r in fake.batch_requests() if r.status == 200)
-    assert fake.duplicates == {}
-    _balanced_to_the_byte(tracker)
+    fake_enso.max_body_bytes = 20_000
+    t = tracker(flush_interval=10.0, max_batch_size=500)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(400)]
+    assert t.flush(10.0)
+    assert sorted(fake_enso.events) == sorted(ids)
+    assert all(len(r.body) <= 20_000 for r in fake_enso.batch_requests() if r.status == 200)
+    assert fake_enso.duplicates == {}
+    _balanced_to_the_byte(t)
     # Later fresh batches are cut to the learned limit before they are sent.
-    limit = tracker._ledger.schedule.byte_limit
+    limit = t._ledger.schedule.byte_limit
     assert limit <= 20_000
-    fake.reset()
-    more = [accepted(tracker.track("ent", "api_calls", i)) for i in range(400)]
-    assert tracker.flush(10.0)
-    assert sorted(fake.events) == sorted(more)
-    assert all(len(r.body) <= limit for r in fake.batch_requests())
+    fake_enso.reset()
+    more = [accepted(t.track("ent", "api_calls", i)) for i in range(400)]
+    assert t.flush(10.0)
+    assert sorted(fake_enso.events) == sorted(more)
+    assert all(len(r.body) <= limit for r in fake_enso.batch_requests())
 
 
 def test_a_backlog_goes_in_fuller_requests_within_the_byte_limit(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(
+    t = tracker(
         flush_interval=10.0, max_batch_size=50, max_backlog_batch_size=400, max_batch_bytes=40_000
     )
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(1_000)]
-    assert tracker.flush(10.0)
-    requests = fake.batch_requests()
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(1_000)]
+    assert t.flush(10.0)
+    requests = fake_enso.batch_requests()
     sizes = [len(r.json()["events"]) for r in requests]
     assert max(sizes) > 50  # fuller than max_batch_size: it was a backlog
     assert max(sizes) <= 400
     assert all(len(r.body) <= 40_000 for r in requests)
     assert [e["eventId"] for r in requests for e in r.json()["events"]] == ids
-    _balanced_to_the_byte(tracker)
+    _balanced_to_the_byte(t)
 
 
 def test_without_a_backlog_requests_keep_max_batch_size(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0, max_batch_size=50, max_backlog_batch_size=50)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(300)]
-    assert tracker.flush(10.0)
-    sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
+    t = tracker(flush_interval=10.0, max_batch_size=50, max_backlog_batch_size=50)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(300)]
+    assert t.flush(10.0)
+    sizes = [len(r.json()["events"]) for r in fake_enso.batch_requests()]
     assert max(sizes) <= 50
     assert sum(sizes) == len(ids)
     with pytest.raises(ConfigurationError, match="max_backlog_batch_size"):
-        make_tracker(max_backlog_batch_size=0)
+        tracker(max_backlog_batch_size=0)
 
 
 def test_an_error_mid_request_puts_a_fresh_batch_back_with_exact_books(
-    make_tracker: TrackerFactory, fake: FakeEnso, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory, fake_enso: FakeEnso, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracker = make_tracker(flush_interval=10.0)
-    worker = tracker._worker
+    t = tracker(flush_interval=10.0)
+    worker = t._worker
     real_request = worker.request
     calls: list[int] = []
 
@@ -189,30 +189,30 @@ def test_an_error_mid_request_puts_a_fresh_batch_back_with_exact_books(
         return real_request(body, timeout, batch)
 
     monkeypatch.setattr(worker, "request", request)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(20)]
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    assert tracker.stats().worker_errors == 1
-    _balanced_to_the_byte(tracker)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(20)]
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    assert t.stats().worker_errors == 1
+    _balanced_to_the_byte(t)
 
 
 def test_a_backlog_over_a_learned_413_limit_is_cut_and_delivered_once(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    fake.max_body_bytes = 30_000
-    tracker = make_tracker(flush_interval=10.0, max_batch_size=100, max_backlog_batch_size=2_000)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(3_000)]
-    assert tracker.flush(20.0)
-    assert sorted(fake.events) == sorted(ids)
-    assert fake.duplicates == {}
-    requests = fake.batch_requests()
+    fake_enso.max_body_bytes = 30_000
+    t = tracker(flush_interval=10.0, max_batch_size=100, max_backlog_batch_size=2_000)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(3_000)]
+    assert t.flush(20.0)
+    assert sorted(fake_enso.events) == sorted(ids)
+    assert fake_enso.duplicates == {}
+    requests = fake_enso.batch_requests()
     refused = [r for r in requests if r.status == 413]
     # Each 413 halves the limit for good (and its events go back, split): a few, no storm.
     assert 1 <= len(refused) <= 6
     assert all(r.status in (200, 413) for r in requests)
     assert sum(len(r.json()["events"]) for r in requests if r.status == 200) == 3_000
-    assert tracker.stats().dropped == {}
-    _balanced_to_the_byte(tracker)
+    assert t.stats().dropped == {}
+    _balanced_to_the_byte(t)
 
 
 _names = st.text(min_size=1, max_size=30).filter(lambda s: not s.isspace())
@@ -258,21 +258,21 @@ def test_one_call_body_equals_the_per_event_join_for_any_events(events: list[Any
 
 
 def test_full_batches_soon_after_a_request_gather_into_one_fuller_request(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
     # Config.min_request_interval: the first full batch goes at once; the next ones,
     # filled within the gap, wait it out and go together (within max_backlog_batch_size).
-    tracker = make_tracker(flush_interval=10.0, max_batch_size=10, min_request_interval=2.0)
-    first = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
-    assert wait_until(lambda: tracker.stats().delivered == 10)
-    rest = [accepted(tracker.track("ent", "api_calls", i)) for i in range(25)]
-    assert wait_until(lambda: tracker.stats().delivered == 35)
-    sizes = [len(r.json()["events"]) for r in fake.batch_requests()]
+    t = tracker(flush_interval=10.0, max_batch_size=10, min_request_interval=2.0)
+    first = [accepted(t.track("ent", "api_calls", i)) for i in range(10)]
+    assert wait_until(lambda: t.stats().delivered == 10)
+    rest = [accepted(t.track("ent", "api_calls", i)) for i in range(25)]
+    assert wait_until(lambda: t.stats().delivered == 35)
+    sizes = [len(r.json()["events"]) for r in fake_enso.batch_requests()]
     assert sizes == [10, 25]
-    assert sorted(fake.events) == sorted(first + rest)
-    _balanced_to_the_byte(tracker)
+    assert sorted(fake_enso.events) == sorted(first + rest)
+    _balanced_to_the_byte(t)
 
 
-def test_a_negative_min_request_interval_is_refused(make_tracker: TrackerFactory) -> None:
+def test_a_negative_min_request_interval_is_refused(tracker: TrackerFactory) -> None:
     with pytest.raises(ConfigurationError, match=r"min_request_interval=-1\.0"):
-        make_tracker(min_request_interval=-1.0)
+        tracker(min_request_interval=-1.0)

@@ -28,59 +28,59 @@ def spool_names(directory: Path) -> list[str]:
 
 
 def test_delivers_through_the_spool_exactly_once_and_leaves_nothing(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    tracker = make_tracker(spool_dir=spool, max_batch_size=100)
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(1_000)]
-    assert tracker.flush(10.0)
-    assert sorted(fake.events) == sorted(ids)
-    assert fake.duplicates == {}
-    stats = tracker.stats()
+    t = tracker(spool_dir=spool, max_batch_size=100)
+    ids = [accepted(t.track("ent", "m", i)) for i in range(1_000)]
+    assert t.flush(10.0)
+    assert sorted(fake_enso.events) == sorted(ids)
+    assert fake_enso.duplicates == {}
+    stats = t.stats()
     assert stats.durable_seq == 1_000
     assert stats.delivered == 1_000
     assert stats.balanced
     assert oct(os.stat(spool).st_mode & 0o777) == "0o700"
-    assert tracker.shutdown(5.0) is True
+    assert t.shutdown(5.0) is True
     assert spool_names(spool) == []  # drained: db, wal, shm and lock removed
 
 
 def test_events_reach_disk_within_spool_interval_whatever_flush_interval(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    tracker = make_tracker(spool_dir=spool, flush_interval=3600.0, spool_interval=0.05)
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(50)]
-    assert wait_until(lambda: tracker.stats().durable_seq == 50, 10.0)
-    assert fake.batch_requests() == []  # not sent yet: flush_interval is an hour
+    t = tracker(spool_dir=spool, flush_interval=3600.0, spool_interval=0.05)
+    ids = [accepted(t.track("ent", "m", i)) for i in range(50)]
+    assert wait_until(lambda: t.stats().durable_seq == 50, 10.0)
+    assert fake_enso.batch_requests() == []  # not sent yet: flush_interval is an hour
     assert Spool(spool).status().events == 50  # an outside reader sees them on disk
     assert sorted(e.event_id for e in Spool(spool).pending()) == sorted(ids)
-    assert tracker.flush(10.0)
-    assert sorted(fake.events) == sorted(ids)
+    assert t.flush(10.0)
+    assert sorted(fake_enso.events) == sorted(ids)
 
 
 def test_shutdown_with_enso_down_leaves_events_on_disk_for_the_next_start(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
 ) -> None:
     spool = tmp_path / "spool"
-    fake.hang(None)
-    first = make_tracker(spool_dir=spool, timeout=0.5)
+    fake_enso.hang(None)
+    first = tracker(spool_dir=spool, timeout=0.5)
     ids = [accepted(first.track("ent", "m", i)) for i in range(300)]
     assert first.shutdown(1.0) is False  # not delivered...
     stats = first.stats()
     assert stats.left_in_spool == 300
     assert stats.dropped == {}
     assert stats.balanced
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert Spool(spool).status().events == 300
-    fake.release()
-    fake.reset()
-    second = make_tracker(spool_dir=spool)
-    assert fake.wait_for_events(300, 10.0)
-    assert sorted(fake.events) == sorted(ids)  # the same eventIds
+    fake_enso.release()
+    fake_enso.reset()
+    second = tracker(spool_dir=spool)
+    assert fake_enso.wait_for_events(300, 10.0)
+    assert sorted(fake_enso.events) == sorted(ids)  # the same eventIds
     assert wait_until(lambda: second.stats().delivered == 300, 10.0), (
         second.stats(),
-        fake.batch_requests(),
+        fake_enso.batch_requests(),
     )
     assert second.stats().adopted == 300
     assert second.stats().accepted == 0
@@ -89,14 +89,14 @@ def test_shutdown_with_enso_down_leaves_events_on_disk_for_the_next_start(
 
 
 @pytest.mark.slow
-def test_kill_9_after_durable_seq_loses_nothing(fake: FakeEnso, tmp_path: Path) -> None:
+def test_kill_9_after_durable_seq_loses_nothing(fake_enso: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    fake.hang(None)  # nothing gets delivered before the kill
+    fake_enso.hang(None)  # nothing gets delivered before the kill
     script = textwrap.dedent(
         f"""
         import json, sys, time
         from enso_tracker import Tracker
-        t = Tracker({API_KEY!r}, base_url={fake.url!r}, spool_dir={str(spool)!r},
+        t = Tracker({API_KEY!r}, base_url={fake_enso.url!r}, spool_dir={str(spool)!r},
                     handle_sigterm=False, flush_interval=3600.0)
         ids = [t.track("ent", "m", i) for i in range(2000)]
         deadline = time.monotonic() + 20
@@ -114,24 +114,24 @@ def test_kill_9_after_durable_seq_loses_nothing(fake: FakeEnso, tmp_path: Path) 
         child.kill()
         child.wait(10)
     assert report["durable"] == 2000
-    fake.release()
-    fake.reset()
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as heir:
-        assert fake.wait_for_events(2000, 15.0)
+    fake_enso.release()
+    fake_enso.reset()
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False) as heir:
+        assert fake_enso.wait_for_events(2000, 15.0)
         assert wait_until(lambda: heir.stats().adopted == 2000, 5.0)
-    assert sorted(fake.events) == sorted(report["ids"])
-    assert fake.duplicates == {}
+    assert sorted(fake_enso.events) == sorted(report["ids"])
+    assert fake_enso.duplicates == {}
     assert spool_names(spool) == []
 
 
 @pytest.mark.slow
 def test_outage_longer_than_memory_goes_to_disk_and_memory_stays_bounded(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    fake.hang(None)
+    fake_enso.hang(None)
     bound = 256 * 1024
-    tracker = make_tracker(
+    t = tracker(
         spool_dir=spool,
         max_queue_bytes=bound,
         queue_full_policy="block",
@@ -142,33 +142,33 @@ def test_outage_longer_than_memory_goes_to_disk_and_memory_stays_bounded(
     peak = 0
     ids = []
     for i in range(20_000):  # ~20x what memory may hold
-        ids.append(accepted(tracker.track("ent", "m", i, metadata={"i": i})))
+        ids.append(accepted(t.track("ent", "m", i, metadata={"i": i})))
         if i % 500 == 0:
-            peak = max(peak, tracker.stats().queued_bytes)
-    stats = tracker.stats()
+            peak = max(peak, t.stats().queued_bytes)
+    stats = t.stats()
     assert stats.refused == {}
     assert stats.accepted == 20_000
     assert peak <= bound
     assert stats.queued_bytes <= bound
-    assert wait_until(lambda: tracker.stats().durable_seq == 20_000, 20.0)
-    assert tracker.stats().spooled > 15_000  # most of it is on disk only
-    fake.release()
-    assert tracker.flush(60.0)
-    assert sorted(fake.events) == sorted(ids)
-    assert tracker.stats().balanced
+    assert wait_until(lambda: t.stats().durable_seq == 20_000, 20.0)
+    assert t.stats().spooled > 15_000  # most of it is on disk only
+    fake_enso.release()
+    assert t.flush(60.0)
+    assert sorted(fake_enso.events) == sorted(ids)
+    assert t.stats().balanced
 
 
 def test_dead_letters_are_stored_listed_redriven_and_delivered_once(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
 ) -> None:
     spool = tmp_path / "spool"
-    fake.known_entities = {"ent"}
-    tracker = make_tracker(spool_dir=spool)
-    good = [accepted(tracker.track("ent", "m", i)) for i in range(10)]
-    bad = [accepted(tracker.track("ent_new", "m", i, metadata={"n": i})) for i in range(3)]
-    assert tracker.flush(10.0)
-    assert sorted(e.event_id for e in drops.events("rejected")) == sorted(bad)
-    letters = list(tracker.dead_letters(code=2002))
+    fake_enso.known_entities = {"ent"}
+    t = tracker(spool_dir=spool)
+    good = [accepted(t.track("ent", "m", i)) for i in range(10)]
+    bad = [accepted(t.track("ent_new", "m", i, metadata={"n": i})) for i in range(3)]
+    assert t.flush(10.0)
+    assert sorted(e.event_id for e in drop_recorder.events("rejected")) == sorted(bad)
+    letters = list(t.dead_letters(code=2002))
     assert sorted(letter.event.event_id for letter in letters if letter.event) == sorted(bad)
     first = letters[0]
     assert first.reason.kind == "rejected"
@@ -176,44 +176,48 @@ def test_dead_letters_are_stored_listed_redriven_and_delivered_once(
     assert first.event is not None
     assert first.event.entity == "ent_new"
     assert first.event.metadata is not None
-    assert list(tracker.dead_letters(kind="too_large")) == []
-    assert tracker.stats().dead_letters == 3
+    assert list(t.dead_letters(kind="too_large")) == []
+    assert t.stats().dead_letters == 3
     status = Spool(spool).status()
     assert status.dead_letters_by_code == {"2002": 3}
     assert status.dead_letters_by_kind == {"rejected": 3}
 
-    fake.known_entities = {"ent", "ent_new"}  # the customer now exists in Enso
-    assert tracker.redrive(code="2002") == 3
-    assert fake.wait_for_events(13, 10.0)
-    assert sorted(fake.events) == sorted(good + bad)
-    assert fake.duplicates == {}
-    assert list(tracker.dead_letters()) == []
-    assert wait_until(lambda: tracker.stats().adopted == 3, 5.0)
-    assert tracker.stats().balanced
+    fake_enso.known_entities = {"ent", "ent_new"}  # the customer now exists in Enso
+    assert t.redrive(code="2002") == 3
+    assert fake_enso.wait_for_events(13, 10.0)
+    assert sorted(fake_enso.events) == sorted(good + bad)
+    assert fake_enso.duplicates == {}
+    assert list(t.dead_letters()) == []
+    assert wait_until(lambda: t.stats().adopted == 3, 5.0)
+    assert t.stats().balanced
 
 
 def test_purge_and_errors_without_a_spool(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    fake.known_entities = {"ent"}
-    tracker = make_tracker(spool_dir=spool)
-    accepted(tracker.track("nobody", "m", 1))
-    accepted(tracker.track("nobody", "m", 2))
-    assert tracker.flush(10.0)
-    assert tracker.purge_dead_letters(kind="too_large") == 0
-    assert tracker.purge_dead_letters(code="2002") == 2
+    fake_enso.known_entities = {"ent"}
+    t = tracker(spool_dir=spool)
+    accepted(t.track("nobody", "m", 1))
+    accepted(t.track("nobody", "m", 2))
+    assert t.flush(10.0)
+    assert t.purge_dead_letters(kind="too_large") == 0
+    assert t.purge_dead_letters(code="2002") == 2
     assert list(Spool(spool).dead_letters()) == []
-    plain = make_tracker()
+    plain = tracker()
     with pytest.raises(ConfigurationError, match="spool_dir"):
         plain.dead_letters()
     with pytest.raises(ConfigurationError, match="no such directory"):
         Spool(tmp_path / "missing")
 
 
-def test_spool_dir_from_the_environment(fake: FakeEnso, tmp_path: Path) -> None:
+def test_spool_dir_from_the_environment(fake_enso: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "from-env"
-    environ = {"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": fake.url, "ENSO_SPOOL_DIR": str(spool)}
+    environ = {
+        "ENSO_API_KEY": API_KEY,
+        "ENSO_BASE_URL": fake_enso.url,
+        "ENSO_SPOOL_DIR": str(spool),
+    }
     with Tracker.from_env(environ, handle_sigterm=False) as tracker:
         assert tracker.config.spool_dir == str(spool)
         accepted(tracker.track("ent", "m", 1))
@@ -243,56 +247,56 @@ def test_spool_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_dead_letters_are_bounded_oldest_evicted_and_counted(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    fake.known_entities = {"ent"}
+    fake_enso.known_entities = {"ent"}
     cap = 64 * 1024
-    tracker = make_tracker(spool_dir=spool, max_dead_letter_bytes=cap)
+    t = tracker(spool_dir=spool, max_dead_letter_bytes=cap)
     meta = {"pad": "p" * 1000}
-    refused = [accepted(tracker.track("nobody", "m", i, metadata=meta)) for i in range(300)]
-    assert tracker.flush(20.0)
-    stats = tracker.stats()
+    refused = [accepted(t.track("nobody", "m", i, metadata=meta)) for i in range(300)]
+    assert t.flush(20.0)
+    stats = t.stats()
     assert stats.dropped == {"rejected": 300}
     assert stats.dead_letters == 300
     assert stats.dead_letters_evicted > 0
-    kept = [letter.event.event_id for letter in tracker.dead_letters() if letter.event]
+    kept = [letter.event.event_id for letter in t.dead_letters() if letter.event]
     assert 0 < len(kept) < 300
     assert kept == refused[-len(kept) :]  # the newest stay, the oldest went
-    assert sum(len(letter.body) for letter in tracker.dead_letters()) <= cap
+    assert sum(len(letter.body) for letter in t.dead_letters()) <= cap
     assert Spool(spool).status().dead_letters_evicted == stats.dead_letters_evicted
 
 
 def test_durability_sets_sqlite_synchronous(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     for durability, level in (("process", 1), ("power", 2)):  # NORMAL, FULL
-        tracker = make_tracker(spool_dir=tmp_path / durability, durability=durability)
-        accepted(tracker.track("ent", "m", 1))
-        assert tracker.flush(10.0)
-        disk = tracker._worker.disk
+        t = tracker(spool_dir=tmp_path / durability, durability=durability)
+        accepted(t.track("ent", "m", 1))
+        assert t.flush(10.0)
+        disk = t._worker.disk
         assert disk is not None
         assert disk.own is not None
         assert disk.own._db().execute("PRAGMA synchronous").fetchone()[0] == level
 
 
 def test_a_drained_spool_that_grew_large_is_compacted(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from enso_tracker._spool import disk as _spool
 
     monkeypatch.setattr(_spool, "COMPACT_ABOVE", 256 * 1024)
     spool = tmp_path / "spool"
-    fake.hang(None)
-    tracker = make_tracker(spool_dir=spool, timeout=0.3, max_batch_size=100)
+    fake_enso.hang(None)
+    t = tracker(spool_dir=spool, timeout=0.3, max_batch_size=100)
     meta = {"pad": "q" * 500}
-    [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(4000)]
-    assert wait_until(lambda: tracker.stats().durable_seq == 4000, 20.0)
-    disk = tracker._worker.disk
+    [accepted(t.track("ent", "m", i, metadata=meta)) for i in range(4000)]
+    assert wait_until(lambda: t.stats().durable_seq == 4000, 20.0)
+    disk = t._worker.disk
     assert disk is not None
     assert disk.own is not None
     grown = disk.own.size()
     assert grown > 1024 * 1024
-    fake.release()
-    assert tracker.flush(30.0)
+    fake_enso.release()
+    assert t.flush(30.0)
     assert wait_until(lambda: disk.own is not None and disk.own.size() < grown // 4, 10.0)

@@ -25,13 +25,17 @@ META = {"pad": "m" * 4000}
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
 def test_rows_are_cut_at_max_batch_bytes_so_a_small_spool_delivers_everything(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, drops: DropLog, policy: str
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
+    tmp_path: Path,
+    drop_recorder: DropLog,
+    policy: str,
 ) -> None:
     """Finding 5: with a 1 MiB spool, 500-event batches and 4 KB of metadata, the whole
     500-event batch was one row larger than the spool: ``spool_full`` on an empty spool
     (``drop`` lost 500 of 600, ``block`` delivered 0 of 600)."""
     spool = tmp_path / "spool"
-    tracker = make_tracker(
+    t = tracker(
         spool_dir=spool,
         max_spool_bytes=MiB,
         max_batch_bytes=256 * 1024,
@@ -42,17 +46,17 @@ def test_rows_are_cut_at_max_batch_bytes_so_a_small_spool_delivers_everything(
         backoff_base=30.0,
         backoff_max=60.0,
     )
-    ids = [accepted(tracker.track("ent", "m", i, metadata=META)) for i in range(600)]
-    assert tracker.flush(30.0), tracker.stats()
-    assert drops.calls == []
-    stats = tracker.stats()
+    ids = [accepted(t.track("ent", "m", i, metadata=META)) for i in range(600)]
+    assert t.flush(30.0), t.stats()
+    assert drop_recorder.calls == []
+    stats = t.stats()
     assert stats.dropped == {}
     assert stats.delivered == 600
-    assert sorted(fake.event_ids()) == sorted(ids)
-    assert fake.duplicates == {}
+    assert sorted(fake_enso.event_ids()) == sorted(ids)
+    assert fake_enso.duplicates == {}
     assert stats.balanced
     # Every request (and so every row) within max_batch_bytes.
-    assert all(len(r.body) <= 256 * 1024 for r in fake.batch_requests())
+    assert all(len(r.body) <= 256 * 1024 for r in fake_enso.batch_requests())
 
 
 def test_a_max_spool_bytes_that_cannot_hold_one_row_is_refused(tmp_path: Path) -> None:
@@ -121,24 +125,24 @@ def _tracker(spool: Path, fake: FakeEnso, drops: DropLog, **options: Any) -> Tra
 
 
 def test_the_directory_bound_holds_for_all_trackers_together(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """Finding 7: ``max_spool_bytes`` is per file, so N processes could fill N times it.
     Two trackers each well under their own 16 MiB cap, together over the 16 MiB
     directory bound: the second one's newest batches are dropped as ``spool_full``,
     counted. (The files are measured as they are on disk, WAL included.)"""
     spool = tmp_path / "spool"
-    fake.hang(None)  # Enso down: everything stays on disk
+    fake_enso.hang(None)  # Enso down: everything stays on disk
     bounds = {"max_spool_bytes": 16 * MiB, "max_spool_dir_bytes": 16 * MiB}
     first_drops, second_drops = DropLog(), DropLog()
-    first = _tracker(spool, fake, first_drops, **bounds)
+    first = _tracker(spool, fake_enso, first_drops, **bounds)
     second: Tracker | None = None
     try:
         for i in range(1500):  # ~6 MiB
             accepted(first.track("ent", "a", i, metadata=META))
         assert wait_until(lambda: first.stats().durable_seq == 1500, 20.0)
         assert first_drops.calls == []
-        second = _tracker(spool, fake, second_drops, **bounds)
+        second = _tracker(spool, fake_enso, second_drops, **bounds)
         ids = [accepted(second.track("ent", "b", i, metadata=META)) for i in range(3000)]
         assert wait_until(lambda: second is not None and second.stats().durable_seq == 3000, 20.0)
         # Drops are counted under the lock and handed to on_drop just after: wait for both.
@@ -163,53 +167,53 @@ def test_the_directory_bound_holds_for_all_trackers_together(
         assert len(kept) > 500
         assert {e.event_id for e in refused} == set(ids) - set(kept)
         assert stats.spooled == len(kept)
-        fake.release()
+        fake_enso.release()
         assert first.flush(30.0)
         assert second.flush(30.0)
-        assert set(kept) <= set(fake.event_ids())
+        assert set(kept) <= set(fake_enso.event_ids())
         assert first.stats().dropped == {}
     finally:
-        fake.release()
+        fake_enso.release()
         first.shutdown(5.0)
         if second is not None:
             second.shutdown(5.0)
 
 
 def test_block_holds_a_batch_refused_by_the_directory_bound_until_room_is_made(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
 ) -> None:
     spool = tmp_path / "spool"
-    fake.hang(None)
+    fake_enso.hang(None)
     bounds = {"max_spool_bytes": 8 * MiB, "max_spool_dir_bytes": 8 * MiB}
-    first = _tracker(spool, fake, drops, **bounds)
+    first = _tracker(spool, fake_enso, drop_recorder, **bounds)
     second: Tracker | None = None
     try:
         for i in range(1500):  # ~6 MiB (and its WAL): the directory is full
             accepted(first.track("ent", "a", i, metadata=META))
         assert wait_until(lambda: first.stats().durable_seq == 1500, 20.0)
-        second = _tracker(spool, fake, drops, queue_full_policy="block", **bounds)
+        second = _tracker(spool, fake_enso, drop_recorder, queue_full_policy="block", **bounds)
         ids = [accepted(second.track("ent", "b", i, metadata=META)) for i in range(1000)]
         # Held in memory: not durable, not dropped, not sent.
         assert wait_until(lambda: second is not None and second.stats().queued > 0, 10.0)
         assert second.stats().durable_seq < 1000
-        assert drops.calls == []
-        fake.release()
+        assert drop_recorder.calls == []
+        fake_enso.release()
         assert first.flush(30.0)
         assert first.shutdown(5.0)  # its drained file is removed: room again
         assert second.flush(30.0), second.stats()
-        assert set(ids) <= set(fake.event_ids())
-        assert drops.calls == []
+        assert set(ids) <= set(fake_enso.event_ids())
+        assert drop_recorder.calls == []
         assert second.stats().durable_seq == 1000
         assert second.stats().balanced
     finally:
-        fake.release()
+        fake_enso.release()
         first.shutdown(5.0)
         if second is not None:
             second.shutdown(5.0)
 
 
 def test_the_free_space_guard_makes_the_spool_full(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A filesystem with 8 MiB above ``spool_min_free_bytes``: the spool takes at most
     that much, then refuses the newest batches as ``spool_full``, counted."""
@@ -217,35 +221,38 @@ def test_the_free_space_guard_makes_the_spool_full(
     reserve = 100 * MiB
     # A small filesystem: what the spool files use is what it no longer has free.
     monkeypatch.setattr(budget, "free_bytes", lambda _: reserve + 8 * MiB - _dir_bytes(spool))
-    fake.hang(None)
-    tracker = _tracker(spool, fake, drops, spool_min_free_bytes=reserve)
+    fake_enso.hang(None)
+    tracker = _tracker(spool, fake_enso, drop_recorder, spool_min_free_bytes=reserve)
     try:
         ids = [accepted(tracker.track("ent", "m", i, metadata=META)) for i in range(4000)]
         assert wait_until(lambda: tracker.stats().durable_seq == 4000, 20.0)
         # Drops are counted under the lock and handed to on_drop just after: wait for both.
         assert wait_until(
-            lambda: tracker.stats().dropped.get("spool_full", 0) == len(drops.events("spool_full")),
+            lambda: (
+                tracker.stats().dropped.get("spool_full", 0)
+                == len(drop_recorder.events("spool_full"))
+            ),
             20.0,
         )
-        refused = drops.events("spool_full")
+        refused = drop_recorder.events("spool_full")
         assert refused
-        assert all("spool_min_free_bytes=104857600" in r.message for _, r in drops.calls)
+        assert all("spool_min_free_bytes=104857600" in r.message for _, r in drop_recorder.calls)
         kept = ids[: 4000 - len(refused)]
         assert 250 < len(kept) < 2000  # at most 8 MiB of ~4.1 KB events
         # Its database within the guard; its WAL (checkpointed every 4 MiB) on top.
         assert _dir_bytes(spool) <= 8 * MiB + 4 * MiB + 256 * 1024
         assert tracker.stats().dropped == {"spool_full": len(refused)}
         assert tracker.stats().balanced
-        fake.release()
+        fake_enso.release()
         assert tracker.flush(30.0)
-        assert sorted(fake.event_ids()) == sorted(kept)
+        assert sorted(fake_enso.event_ids()) == sorted(kept)
     finally:
-        fake.release()
+        fake_enso.release()
         tracker.shutdown(5.0)
 
 
 def test_a_planted_symlink_does_not_count_toward_the_directory_bound(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
 ) -> None:
     """Measured with lstat: a link named like a spool file, pointing at a large file,
     cannot make the spool full (nor is it ever opened)."""
@@ -255,12 +262,14 @@ def test_a_planted_symlink_does_not_count_toward_the_directory_bound(
     with large.open("wb") as fh:
         fh.truncate(64 * MiB)  # sparse: no disk used
     (spool / "spool-1-aaaaaaaaaaaa.db").symlink_to(large)
-    tracker = _tracker(spool, fake, drops, max_spool_bytes=16 * MiB, max_spool_dir_bytes=16 * MiB)
+    tracker = _tracker(
+        spool, fake_enso, drop_recorder, max_spool_bytes=16 * MiB, max_spool_dir_bytes=16 * MiB
+    )
     try:
         ids = [accepted(tracker.track("ent", "m", i, metadata=META)) for i in range(500)]
         assert tracker.flush(30.0), tracker.stats()
-        assert drops.calls == []
-        assert set(ids) <= set(fake.event_ids())
+        assert drop_recorder.calls == []
+        assert set(ids) <= set(fake_enso.event_ids())
     finally:
         tracker.shutdown(5.0)
     assert large.stat().st_size == 64 * MiB

@@ -57,33 +57,33 @@ def gaps(fake: FakeEnso) -> list[float]:
 
 
 def test_503_storm_then_recovery(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(*[Fault(status=503)] * 6)
-    tracker = make_tracker()
-    ids = track_many(tracker, 250)
-    assert tracker.flush(20.0)
-    check_books(tracker, fake, ids, drops)
-    assert set(fake.events) == set(ids)
-    stats = tracker.stats()
+    fake_enso.script(*[Fault(status=503)] * 6)
+    t = tracker()
+    ids = track_many(t, 250)
+    assert t.flush(20.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert set(fake_enso.events) == set(ids)
+    stats = t.stats()
     assert stats.failed_requests == 6
     assert stats.retried >= 6
 
 
 def test_429_retry_after_seconds_pauses_sending(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(Fault(status=429, retry_after="0.4"))
-    tracker = make_tracker()
-    ids = track_many(tracker, 10)
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, ids, drops)
-    assert len(fake.batch_requests()) == 2
-    assert gaps(fake)[0] >= 0.38  # the retry waited for Retry-After, not the tiny backoff
+    fake_enso.script(Fault(status=429, retry_after="0.4"))
+    t = tracker()
+    ids = track_many(t, 10)
+    assert t.flush(10.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert len(fake_enso.batch_requests()) == 2
+    assert gaps(fake_enso)[0] >= 0.38  # the retry waited for Retry-After, not the tiny backoff
 
 
 def test_429_retry_after_http_date(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     # An HTTP-date has whole seconds: the moment it names is 1-2 s from now, and the
     # first request may reach the fake late on a loaded machine. So the retry is judged
@@ -92,49 +92,49 @@ def test_429_retry_after_http_date(
     wall, mono = time.time(), time.monotonic()
     when = email.utils.formatdate(wall + 2.0, usegmt=True)
     due = mono + (email.utils.parsedate_to_datetime(when).timestamp() - wall)
-    fake.script(Fault(status=429, retry_after=when))
-    tracker = make_tracker()
-    ids = track_many(tracker, 10)
-    assert tracker.flush(30.0)
-    check_books(tracker, fake, ids, drops)
-    times = [r.time - mono for r in fake.batch_requests()]
+    fake_enso.script(Fault(status=429, retry_after=when))
+    t = tracker()
+    ids = track_many(t, 10)
+    assert t.flush(30.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    times = [r.time - mono for r in fake_enso.batch_requests()]
     assert len(times) >= 2
     assert min(times[1:]) >= due - mono - 0.05, (times, due - mono)
 
 
 def test_connections_reset_mid_request(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(*[Fault(drop_connection=True)] * 3)
-    tracker = make_tracker()
-    ids = track_many(tracker, 120)
-    assert tracker.flush(20.0)
-    check_books(tracker, fake, ids, drops)
-    assert set(fake.events) == set(ids)
+    fake_enso.script(*[Fault(drop_connection=True)] * 3)
+    t = tracker()
+    ids = track_many(t, 120)
+    assert t.flush(20.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert set(fake_enso.events) == set(ids)
 
 
 def test_server_slower_than_the_client_timeout(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     # The server still stores the slow request after the client gave up on it: the
     # resend is a duplicate on the wire, absorbed by Enso's dedup, counted once here.
-    fake.script(Fault(delay=1.0))
-    tracker = make_tracker(timeout=0.3)
-    ids = track_many(tracker, 20)
-    assert tracker.flush(20.0)
-    assert fake.wait_for(lambda f: f.in_flight == 0, 5.0)
-    check_books(tracker, fake, ids, drops)
-    assert set(fake.events) == set(ids)
-    assert sum(fake.duplicates.values()) == 20
-    assert tracker.stats().delivered == 20
+    fake_enso.script(Fault(delay=1.0))
+    t = tracker(timeout=0.3)
+    ids = track_many(t, 20)
+    assert t.flush(20.0)
+    assert fake_enso.wait_for(lambda f: f.in_flight == 0, 5.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert set(fake_enso.events) == set(ids)
+    assert sum(fake_enso.duplicates.values()) == 20
+    assert t.stats().delivered == 20
 
 
-def test_per_record_5xx_mixed_with_per_record_4xx(drops: DropLog) -> None:
+def test_per_record_5xx_mixed_with_per_record_4xx(drop_recorder: DropLog) -> None:
     with FakeEnso(known_entities={"ent_a", "ent_b"}) as fake:
         tracker = Tracker(
             api_key=API_KEY,
             base_url=fake.url,
-            on_drop=drops,
+            on_drop=drop_recorder,
             flush_interval=10.0,
             backoff_base=0.01,
             backoff_max=0.1,
@@ -147,169 +147,171 @@ def test_per_record_5xx_mixed_with_per_record_4xx(drops: DropLog) -> None:
             fake.script(Fault(status=200, record_status={0: 503, 2: 500, 3: 429}))
             fake.fail_event_ids([ids[5]], status=502, times=2)
             assert tracker.flush(10.0)
-            check_books(tracker, fake, ids, drops)
+            check_books(tracker, fake, ids, drop_recorder)
         finally:
             tracker.shutdown(2.0)
     assert set(fake.events) == {ids[0], ids[2], ids[3], ids[5]}
-    rejected = drops.reasons()
+    rejected = drop_recorder.reasons()
     assert set(rejected) == {ids[1], ids[4]}
     assert {(r.code, r.status) for r in rejected.values()} == {(2002, 404)}
 
 
 def test_413_splits_batches_and_learns_the_limit(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.max_body_bytes = 4_000
-    tracker = make_tracker(flush_interval=10.0)
-    ids = track_many(tracker, 100)
-    big = accepted(tracker.track("ent", "api_calls", 1, metadata={"blob": "x" * 5_000}))
-    assert tracker.flush(20.0)
-    check_books(tracker, fake, [*ids, big], drops)
-    assert set(fake.events) == set(ids)
-    assert [e.event_id for e in drops.events("too_large")] == [big]
-    accepted_bodies = [len(r.body) for r in fake.batch_requests() if r.status == 200]
+    fake_enso.max_body_bytes = 4_000
+    t = tracker(flush_interval=10.0)
+    ids = track_many(t, 100)
+    big = accepted(t.track("ent", "api_calls", 1, metadata={"blob": "x" * 5_000}))
+    assert t.flush(20.0)
+    check_books(t, fake_enso, [*ids, big], drop_recorder)
+    assert set(fake_enso.events) == set(ids)
+    assert [e.event_id for e in drop_recorder.events("too_large")] == [big]
+    accepted_bodies = [len(r.body) for r in fake_enso.batch_requests() if r.status == 200]
     assert max(accepted_bodies) <= 4_000
     # Once learned, later batches are cut small from the start: no new 413s.
-    before = len([r for r in fake.batch_requests() if r.status == 413])
-    more = track_many(tracker, 100)
-    assert tracker.flush(20.0)
-    assert len([r for r in fake.batch_requests() if r.status == 413]) == before
-    assert set(more) <= set(fake.events)
+    before = len([r for r in fake_enso.batch_requests() if r.status == 413])
+    more = track_many(t, 100)
+    assert t.flush(20.0)
+    assert len([r for r in fake_enso.batch_requests() if r.status == 413]) == before
+    assert set(more) <= set(fake_enso.events)
 
 
 def test_server_stopped_and_restarted_on_the_same_port(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, private_fake: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker()
-    first = track_many(tracker, 50)
-    assert tracker.flush(10.0)
-    fake.stop()
-    during = track_many(tracker, 50)
+    t = tracker(base_url=private_fake.url)
+    first = track_many(t, 50)
+    assert t.flush(10.0)
+    private_fake.stop()
+    during = track_many(t, 50)
     # Wait until the tracker has really failed against the stopped server.
     deadline = time.monotonic() + 10.0
-    while tracker.stats().failed_requests < 2 and time.monotonic() < deadline:
-        tracker.flush(0.05)
-    assert tracker.stats().failed_requests >= 2
-    fake.start()
-    after = track_many(tracker, 50)
-    assert tracker.flush(20.0)
+    while t.stats().failed_requests < 2 and time.monotonic() < deadline:
+        t.flush(0.05)
+    assert t.stats().failed_requests >= 2
+    private_fake.start()
+    after = track_many(t, 50)
+    assert t.flush(20.0)
     ids = first + during + after
-    check_books(tracker, fake, ids, drops)
-    assert set(fake.events) == set(ids)
+    check_books(t, private_fake, ids, drop_recorder)
+    assert set(private_fake.events) == set(ids)
 
 
 def test_permanent_403_is_reported_not_retried(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(Fault(status=403, body=b'{"status":"error","message":"Forbidden","errors":[]}'))
-    tracker = make_tracker()
-    ids = track_many(tracker, 5)
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, ids, drops)
-    assert {e.event_id for e in drops.events("rejected")} == set(ids)
-    (reason,) = {r for _, r in drops.calls}
+    fake_enso.script(
+        Fault(status=403, body=b'{"status":"error","message":"Forbidden","errors":[]}')
+    )
+    t = tracker()
+    ids = track_many(t, 5)
+    assert t.flush(10.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert {e.event_id for e in drop_recorder.events("rejected")} == set(ids)
+    (reason,) = {r for _, r in drop_recorder.calls}
     assert reason.status == 403
     assert "Forbidden" in reason.message
-    assert len(fake.batch_requests()) == 1
+    assert len(fake_enso.batch_requests()) == 1
 
 
 def test_retry_budget_runs_out(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(*[Fault(status=503)] * 50)
-    tracker = make_tracker(max_retries=3)
-    ids = track_many(tracker, 7)
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, ids, drops)
-    assert {e.event_id for e in drops.events("retries_exhausted")} == set(ids)
+    fake_enso.script(*[Fault(status=503)] * 50)
+    t = tracker(max_retries=3)
+    ids = track_many(t, 7)
+    assert t.flush(10.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert {e.event_id for e in drop_recorder.events("retries_exhausted")} == set(ids)
     for event_id in ids:  # each event: the first try and three retries, no more
-        assert sum(event_id in sent_ids(r.body) for r in fake.batch_requests()) == 4
+        assert sum(event_id in sent_ids(r.body) for r in fake_enso.batch_requests()) == 4
 
 
 def test_event_age_budget_runs_out(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(*[Fault(status=503)] * 1000)
-    tracker = make_tracker(max_event_age=0.3, backoff_max=0.05)
-    ids = track_many(tracker, 3)
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, ids, drops)
-    assert len(drops.events("retries_exhausted")) == 3
+    fake_enso.script(*[Fault(status=503)] * 1000)
+    t = tracker(max_event_age=0.3, backoff_max=0.05)
+    ids = track_many(t, 3)
+    assert t.flush(10.0)
+    check_books(t, fake_enso, ids, drop_recorder)
+    assert len(drop_recorder.events("retries_exhausted")) == 3
 
 
 def test_queue_is_bounded_during_an_outage(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.hang(None)
-    tracker = make_tracker(max_queue_size=50, max_batch_size=10)
-    results = [tracker.track("ent", "api_calls", i) for i in range(80)]
+    fake_enso.hang(None)
+    t = tracker(max_queue_size=50, max_batch_size=10)
+    results = [t.track("ent", "api_calls", i) for i in range(80)]
     ids = [r for r in results if r is not None]
     assert len(ids) == 50
     assert results[50:] == [None] * 30
-    stats = tracker.stats()
+    stats = t.stats()
     assert stats.refused == {"queue_full": 30}
     assert stats.pending == 50
-    assert len(drops.events("queue_full")) == 30
-    fake.release()
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
+    assert len(drop_recorder.events("queue_full")) == 30
+    fake_enso.release()
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
 
 
-def test_queue_bytes_bound(make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog) -> None:
-    fake.hang(None)
-    tracker = make_tracker(max_queue_bytes=20_000, max_batch_size=1)
-    results = [tracker.track("ent", "m", 1, metadata={"pad": "x" * 900}) for _ in range(40)]
+def test_queue_bytes_bound(
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+) -> None:
+    fake_enso.hang(None)
+    t = tracker(max_queue_bytes=20_000, max_batch_size=1)
+    results = [t.track("ent", "m", 1, metadata={"pad": "x" * 900}) for _ in range(40)]
     refused = results.count(None)
     assert 10 <= refused < 40
-    stats = tracker.stats()
+    stats = t.stats()
     assert stats.queued_bytes <= 20_000
     assert stats.refused == {"queue_full": refused}
-    assert len(drops.events("queue_full")) == refused
-    fake.release()
+    assert len(drop_recorder.events("queue_full")) == refused
+    fake_enso.release()
 
 
-def test_block_policy_waits_for_room(make_tracker: TrackerFactory, fake: FakeEnso) -> None:
-    fake.hang(None)
-    tracker = make_tracker(
-        max_queue_size=5, max_batch_size=5, queue_full_policy="block", block_timeout=30.0
-    )
-    first = track_many(tracker, 5)
+def test_block_policy_waits_for_room(tracker: TrackerFactory, fake_enso: FakeEnso) -> None:
+    fake_enso.hang(None)
+    t = tracker(max_queue_size=5, max_batch_size=5, queue_full_policy="block", block_timeout=30.0)
+    first = track_many(t, 5)
     result: list[str | None] = []
-    blocked = threading.Thread(target=lambda: result.append(tracker.track("ent", "m", 99)))
+    blocked = threading.Thread(target=lambda: result.append(t.track("ent", "m", 99)))
     blocked.start()
     blocked.join(0.2)
     assert blocked.is_alive()  # still waiting for room: nothing was refused
-    fake.release()
+    fake_enso.release()
     blocked.join(10.0)
     assert not blocked.is_alive()
     assert result[0] is not None
-    assert tracker.flush(10.0)
-    assert set(fake.events) == {*first, result[0]}
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == {*first, result[0]}
 
 
 def test_block_policy_gives_up_after_block_timeout(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.hang(None)
-    tracker = make_tracker(max_queue_size=2, queue_full_policy="block", block_timeout=0.2)
-    track_many(tracker, 2)
+    fake_enso.hang(None)
+    t = tracker(max_queue_size=2, queue_full_policy="block", block_timeout=0.2)
+    track_many(t, 2)
     started = time.monotonic()
-    assert tracker.track("ent", "m", 1) is None
+    assert t.track("ent", "m", 1) is None
     assert time.monotonic() - started >= 0.19
-    assert tracker.stats().refused == {"queue_full": 1}
-    fake.release()
+    assert t.stats().refused == {"queue_full": 1}
+    fake_enso.release()
 
 
-def test_shutdown_returns_by_its_deadline_when_the_server_is_down(drops: DropLog) -> None:
+def test_shutdown_returns_by_its_deadline_when_the_server_is_down(drop_recorder: DropLog) -> None:
     with FakeEnso() as fake:
         url = fake.url
     # Nothing listens on that port now: every connection is refused.
-    tracker = Tracker(api_key=API_KEY, base_url=url, on_drop=drops, backoff_base=0.5)
+    tracker = Tracker(api_key=API_KEY, base_url=url, on_drop=drop_recorder, backoff_base=0.5)
     ids = track_many(tracker, 30)
     started = time.monotonic()
     assert tracker.shutdown(1.0) is False
     assert time.monotonic() - started < 3.0  # 1 s deadline, slack for a loaded machine
-    assert {e.event_id for e in drops.events("shutdown")} == set(ids)
+    assert {e.event_id for e in drop_recorder.events("shutdown")} == set(ids)
     assert tracker.stats().balanced
 
 
@@ -342,16 +344,16 @@ def test_process_exits_within_its_deadline_while_the_server_is_down() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_in_the_middle_of_traffic(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(flush_interval=30.0)  # keep the parent's events queued at fork
-    before = track_many(tracker, 40, "parent")
+    t = tracker(flush_interval=30.0)  # keep the parent's events queued at fork
+    before = track_many(t, 40, "parent")
     stop = threading.Event()
     during: list[str] = []
 
     def parent_traffic() -> None:
         while not stop.is_set() and len(during) < 5_000:
-            during.append(accepted(tracker.track("parent", "api_calls", 1)))
+            during.append(accepted(t.track("parent", "api_calls", 1)))
 
     traffic = threading.Thread(target=parent_traffic)
     traffic.start()
@@ -360,9 +362,9 @@ def test_fork_in_the_middle_of_traffic(
     if pid == 0:  # the child: only its own events, never the parent's
         try:
             os.close(read_fd)
-            ids = [tracker.track("child", "api_calls", i) for i in range(300)]
-            ok = tracker.flush(10.0) and None not in ids
-            s = tracker.stats()
+            ids = [t.track("child", "api_calls", i) for i in range(300)]
+            ok = t.flush(10.0) and None not in ids
+            s = t.stats()
             ok = ok and s.accepted == 300 and s.delivered == 300
             os.write(write_fd, ("\n".join(i or "" for i in ids) if ok else "FAIL").encode())
         finally:
@@ -378,14 +380,14 @@ def test_fork_in_the_middle_of_traffic(
     child_ids = b"".join(chunks).decode().split()
     assert child_ids != ["FAIL"]
     assert len(child_ids) == 300
-    after = track_many(tracker, 40, "parent")
-    assert tracker.flush(20.0)
+    after = track_many(t, 40, "parent")
+    assert t.flush(20.0)
     parent_ids = before + during + after
     assert not set(parent_ids) & set(child_ids)
-    assert set(fake.events) == set(parent_ids) | set(child_ids)
-    assert fake.duplicates == {}  # nothing the parent had queued was sent by the child
-    assert drops.calls == []
-    stats = tracker.stats()  # the parent's books hold the parent's events only
+    assert set(fake_enso.events) == set(parent_ids) | set(child_ids)
+    assert fake_enso.duplicates == {}  # nothing the parent had queued was sent by the child
+    assert drop_recorder.calls == []
+    stats = t.stats()  # the parent's books hold the parent's events only
     assert stats.accepted == stats.delivered == len(parent_ids)
     assert stats.balanced
     assert stats.pending == 0
@@ -405,93 +407,93 @@ def _child_uses_inherited(tracker: Tracker, n: int) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_multiprocessing_children_deliver_at_exit(
-    fake: FakeEnso, method: Literal["fork", "spawn"]
+    fake_enso: FakeEnso, method: Literal["fork", "spawn"]
 ) -> None:
     import multiprocessing
 
     context: Any = multiprocessing.get_context(method)  # typeshed: BaseContext lacks Process
-    child = context.Process(target=_child_tracks, args=(fake.url, 250))
+    child = context.Process(target=_child_tracks, args=(fake_enso.url, 250))
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    assert len(fake.events) == 250
-    assert {e["CustomerEntityId"] for e in fake.events.values()} == {"mp-child"}
+    assert len(fake_enso.events) == 250
+    assert {e["CustomerEntityId"] for e in fake_enso.events.values()} == {"mp-child"}
 
 
 def test_multiprocessing_fork_child_with_an_inherited_tracker(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     import multiprocessing
 
-    tracker = make_tracker(flush_interval=60.0)
-    parent_ids = track_many(tracker, 30, "parent")  # queued in the parent at fork time
-    child = multiprocessing.get_context("fork").Process(
-        target=_child_uses_inherited, args=(tracker, 40)
-    )
+    t = tracker(flush_interval=60.0)
+    parent_ids = track_many(t, 30, "parent")  # queued in the parent at fork time
+    child = multiprocessing.get_context("fork").Process(target=_child_uses_inherited, args=(t, 40))
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    children = [e for e in fake.events.values() if e["CustomerEntityId"] == "mp-inherited"]
+    children = [e for e in fake_enso.events.values() if e["CustomerEntityId"] == "mp-inherited"]
     assert len(children) == 40
-    assert tracker.flush(10.0)
-    assert set(parent_ids) <= set(fake.events)
-    assert fake.duplicates == {}
-    assert len(fake.events) == 70
+    assert t.flush(10.0)
+    assert set(parent_ids) <= set(fake_enso.events)
+    assert fake_enso.duplicates == {}
+    assert len(fake_enso.events) == 70
 
 
 def test_a_poison_event_does_not_hold_up_the_others(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     # Every request that carries the poison event fails as a whole (a server bug set off
     # by one record). The others must get through around it, not queue behind it.
-    tracker = make_tracker(max_retries=1_000, backoff_base=0.02, backoff_max=0.2)
-    poison = accepted(tracker.track("ent", "api_calls", 0))
-    fake.poison_event_ids([poison])
-    others = track_many(tracker, 300)
-    assert fake.wait_for(lambda f: set(others) <= set(f.events), 15.0)
-    assert wait_until(lambda: tracker.stats().pending == 1)  # only the poison, retrying
-    assert poison not in fake.events
-    fake.poison_event_ids([])  # the server is fixed: the poison goes through too
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, [poison, *others], drops)
-    assert set(fake.events) == {poison, *others}
+    t = tracker(max_retries=1_000, backoff_base=0.02, backoff_max=0.2)
+    poison = accepted(t.track("ent", "api_calls", 0))
+    fake_enso.poison_event_ids([poison])
+    others = track_many(t, 300)
+    assert fake_enso.wait_for(lambda f: set(others) <= set(f.events), 15.0)
+    assert wait_until(lambda: t.stats().pending == 1)  # only the poison, retrying
+    assert poison not in fake_enso.events
+    fake_enso.poison_event_ids([])  # the server is fixed: the poison goes through too
+    assert t.flush(10.0)
+    check_books(t, fake_enso, [poison, *others], drop_recorder)
+    assert set(fake_enso.events) == {poison, *others}
 
 
 def test_a_poison_event_exhausts_its_own_budget(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker(max_retries=12, backoff_base=0.01, backoff_max=0.05)
-    poison = accepted(tracker.track("ent", "api_calls", 0))
-    fake.poison_event_ids([poison])
-    others = track_many(tracker, 150)
-    assert tracker.flush(15.0)
-    check_books(tracker, fake, [poison, *others], drops)
-    assert set(fake.events) == set(others)  # bisection isolated it within the budget
-    assert [e.event_id for e in drops.events("retries_exhausted")] == [poison]
-    sent_with_poison = [r for r in fake.batch_requests() if poison in sent_ids(r.body)]
+    t = tracker(max_retries=12, backoff_base=0.01, backoff_max=0.05)
+    poison = accepted(t.track("ent", "api_calls", 0))
+    fake_enso.poison_event_ids([poison])
+    others = track_many(t, 150)
+    assert t.flush(15.0)
+    check_books(t, fake_enso, [poison, *others], drop_recorder)
+    assert set(fake_enso.events) == set(others)  # bisection isolated it within the budget
+    assert [e.event_id for e in drop_recorder.events("retries_exhausted")] == [poison]
+    sent_with_poison = [r for r in fake_enso.batch_requests() if poison in sent_ids(r.body)]
     assert len(sent_with_poison) == 13  # the first try and its twelve retries
 
 
 def test_retries_are_not_starved_by_fresh_traffic_during_an_outage(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
-    fake.script(*[Fault(status=503)] * 8)
-    tracker = make_tracker(max_batch_size=10, backoff_base=0.005, backoff_max=0.02)
-    first = track_many(tracker, 10)
-    assert fake.wait_for(lambda f: len(f.batch_requests()) >= 1, 5.0)
+    fake_enso.script(*[Fault(status=503)] * 8)
+    t = tracker(max_batch_size=10, backoff_base=0.005, backoff_max=0.02)
+    first = track_many(t, 10)
+    assert fake_enso.wait_for(lambda f: len(f.batch_requests()) >= 1, 5.0)
     later: list[str] = []
-    while len(fake.batch_requests()) < 8:  # fresh traffic all through the outage
-        later += track_many(tracker, 10)
-        tracker.flush(0.01)
-    retried_first = [r for r in fake.batch_requests()[1:8] if set(sent_ids(r.body)) & set(first)]
+    while len(fake_enso.batch_requests()) < 8:  # fresh traffic all through the outage
+        later += track_many(t, 10)
+        t.flush(0.01)
+    retried_first = [
+        r for r in fake_enso.batch_requests()[1:8] if set(sent_ids(r.body)) & set(first)
+    ]
     assert len(retried_first) >= 2  # the first batch had its turns while fresh ones came
-    assert tracker.flush(10.0)
-    check_books(tracker, fake, first + later, drops)
-    assert set(fake.events) == set(first + later)
+    assert t.flush(10.0)
+    check_books(t, fake_enso, first + later, drop_recorder)
+    assert set(fake_enso.events) == set(first + later)
 
 
 def test_unvouched_answers_and_hostile_hooks_keep_the_books(
-    make_tracker: TrackerFactory, fake: FakeEnso, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
 ) -> None:
     """2xx answers that account for nothing, mixed with outages, while a logging handler
     raises and ``on_drop`` calls back into the tracker: nothing counted delivered that
@@ -503,14 +505,14 @@ def test_unvouched_answers_and_hostile_hooks_keep_the_books(
 
     handler = Raising(logging.DEBUG)
     logging.getLogger("enso_tracker").addHandler(handler)
-    fake.known_entities = {"ent"}
+    fake_enso.known_entities = {"ent"}
     unvouched = [
         b'{"data":{"summary":{}}}',
         b'{"status":"error","data":{"summary":{"success":5,"failed":0,"total":5}}}',
         b'{"summary":{"success":0,"failed":0,"total":0},"failedRecords":[]}',
         b'{"data":{"summary":{"success":1,"failed":0,"total":3},"failedRecords":[]}}',
     ]
-    fake.script(
+    fake_enso.script(
         *(Fault(status=200, body=body) for body in unvouched),
         Fault(status=503),
         Fault(drop_connection=True),
@@ -519,19 +521,19 @@ def test_unvouched_answers_and_hostile_hooks_keep_the_books(
     holder: list[Tracker] = []
 
     def on_drop(events: Any, reason: Any) -> None:
-        drops(events, reason)
+        drop_recorder(events, reason)
         holder[0].stats()
         holder[0].flush(0.01)  # from the sender thread: returns at once
 
     try:
-        tracker = make_tracker(on_drop=on_drop, max_batch_size=20)
-        holder.append(tracker)
-        ids = track_many(tracker, 150)
-        ids += track_many(tracker, 10, entity="ent_unknown")  # rejected 2002
-        assert tracker.flush(20.0)
-        check_books(tracker, fake, ids, drops)
-        assert {e.event_id for e in drops.events("rejected")} == set(ids[150:])
-        assert set(fake.events) == set(ids[:150])
-        assert tracker.stats().hook_errors >= 1
+        t = tracker(on_drop=on_drop, max_batch_size=20)
+        holder.append(t)
+        ids = track_many(t, 150)
+        ids += track_many(t, 10, entity="ent_unknown")  # rejected 2002
+        assert t.flush(20.0)
+        check_books(t, fake_enso, ids, drop_recorder)
+        assert {e.event_id for e in drop_recorder.events("rejected")} == set(ids[150:])
+        assert set(fake_enso.events) == set(ids[:150])
+        assert t.stats().hook_errors >= 1
     finally:
         logging.getLogger("enso_tracker").removeHandler(handler)

@@ -38,32 +38,34 @@ def _serve_then_stop(
     return ids, pids, status
 
 
-def test_standalone_uvicorn_delivers_the_tail_on_sigterm(fake: FakeEnso, tmp_path: Path) -> None:
-    ids, _, status = _serve_then_stop(fake, tmp_path, workers=1, integrations=True)
+def test_standalone_uvicorn_delivers_the_tail_on_sigterm(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
+    ids, _, status = _serve_then_stop(fake_enso, tmp_path, workers=1, integrations=True)
     # uvicorn restored the tracker's SIGTERM handler and raised SIGTERM again: the
     # handler shut the tracker down, then let the signal kill the process.
     assert status == -signal.SIGTERM
     assert None not in ids
     assert len(set(ids)) == len(ids) >= REQUESTS
-    assert set(fake.events) == set(ids)
-    assert not fake.duplicates
+    assert set(fake_enso.events) == set(ids)
+    assert not fake_enso.duplicates
 
 
-def test_uvicorn_workers_deliver_the_tail_on_sigterm(fake: FakeEnso, tmp_path: Path) -> None:
-    ids, pids, status = _serve_then_stop(fake, tmp_path, workers=2, integrations=True)
+def test_uvicorn_workers_deliver_the_tail_on_sigterm(fake_enso: FakeEnso, tmp_path: Path) -> None:
+    ids, pids, status = _serve_then_stop(fake_enso, tmp_path, workers=2, integrations=True)
     assert status == 0
     assert len(pids) == 2
     assert len(set(ids)) == len(ids) >= REQUESTS
-    assert set(fake.events) == set(ids)
-    assert not fake.duplicates
+    assert set(fake_enso.events) == set(ids)
+    assert not fake_enso.duplicates
 
 
 def test_uvicorn_workers_lose_the_tail_without_the_integration(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """The control: a worker imports the app inside uvicorn's signal capture, so the
     tracker's own handler is never installed, and the re-raised SIGTERM kills it."""
-    ids, _, status = _serve_then_stop(fake, tmp_path, workers=2, integrations=False)
+    ids, _, status = _serve_then_stop(fake_enso, tmp_path, workers=2, integrations=False)
     assert status == 0
     assert len(set(ids)) == len(ids) >= REQUESTS
-    assert not fake.events
+    assert not fake_enso.events

@@ -45,9 +45,9 @@ def _run_worker(fake: FakeEnso, tmp_path: Path, integrations: bool) -> list[dict
 
 
 def test_recycled_and_stopped_prefork_children_deliver_every_event(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
-    records = _run_worker(fake, tmp_path, integrations=True)
+    records = _run_worker(fake_enso, tmp_path, integrations=True)
     tasks = [r for r in records if r["role"] == "task"]
     (master,) = [r for r in records if r["role"] == "master"]
     assert len(tasks) == TASKS
@@ -56,16 +56,16 @@ def test_recycled_and_stopped_prefork_children_deliver_every_event(
     ids = {r["id"] for r in records}
     assert None not in ids
     assert len(ids) == TASKS + 1
-    assert fake.wait_for(lambda f: len(f.events) >= TASKS + 1, 10.0)
-    assert set(fake.events) == ids  # the master's event too, sent once, by the master
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= TASKS + 1, 10.0)
+    assert set(fake_enso.events) == ids  # the master's event too, sent once, by the master
+    assert not fake_enso.duplicates
 
 
 def test_without_the_integration_the_childrens_events_are_lost(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """The control: billiard's os._exit() skips atexit, so the test above can fail."""
-    records = _run_worker(fake, tmp_path, integrations=False)
+    records = _run_worker(fake_enso, tmp_path, integrations=False)
     (master,) = [r for r in records if r["role"] == "master"]
     assert len([r for r in records if r["role"] == "task"]) == TASKS
-    assert set(fake.events) == {master["id"]}  # the worker has exited: nothing else comes
+    assert set(fake_enso.events) == {master["id"]}  # the worker has exited: nothing else comes

@@ -48,36 +48,36 @@ def _start(
 
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_an_idle_program_delivers_everything_on_sigterm(
-    fake: FakeEnso, tmp_path: Path, library: str
+    fake_enso: FakeEnso, tmp_path: Path, library: str
 ) -> None:
-    argv, env, _ = _start(library, "idle", fake, tmp_path)
+    argv, env, _ = _start(library, "idle", fake_enso, tmp_path)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_for_lines(tmp_path / "progress.jsonl", 1, 20.0), app.output()
-        assert not fake.events  # flush_interval is a minute: all of it is the unsent tail
+        assert not fake_enso.events  # flush_interval is a minute: all of it is the unsent tail
         assert app.stop(signal.SIGTERM, 30.0) == -signal.SIGTERM, app.output()
         log = app.output()
-    assert set(fake.events) == {f"idle-{i}" for i in range(IDLE_EVENTS)}, log
-    assert not fake.duplicates
+    assert set(fake_enso.events) == {f"idle-{i}" for i in range(IDLE_EVENTS)}, log
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
     assert "Error" not in log  # no BlockingSwitchOutError, nothing logged as failed
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_a_busy_program_delivers_or_reports_every_event_on_sigterm(
-    fake: FakeEnso, tmp_path: Path, library: str
+    fake_enso: FakeEnso, tmp_path: Path, library: str
 ) -> None:
     """It keeps tracking while the stop runs: what it tracks after the shutdown began is
     refused and reported (``closed``); everything else is delivered."""
-    argv, env, _ = _start(library, "busy", fake, tmp_path)
+    argv, env, _ = _start(library, "busy", fake_enso, tmp_path)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_for_lines(tmp_path / "progress.jsonl", 5, 20.0), app.output()
         assert app.stop(signal.SIGTERM, 30.0) == -signal.SIGTERM, app.output()
         log = app.output()
     tracked = read_jsonl(tmp_path / "progress.jsonl")[-1]["n"]
     drops = read_jsonl(tmp_path / "drops.jsonl")
-    delivered, dropped = set(fake.events), {d["id"] for d in drops}
+    delivered, dropped = set(fake_enso.events), {d["id"] for d in drops}
     assert not delivered & dropped
-    assert not fake.duplicates
+    assert not fake_enso.duplicates
     assert {d["kind"] for d in drops} <= {"closed"}, drops[:3]
     # every event tracked, up to the last before the process died, is accounted for
     accounted = delivered | dropped
@@ -88,28 +88,28 @@ def test_a_busy_program_delivers_or_reports_every_event_on_sigterm(
 
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_the_librarys_wsgi_server_delivers_the_tail_on_sigterm(
-    fake: FakeEnso, tmp_path: Path, library: str
+    fake_enso: FakeEnso, tmp_path: Path, library: str
 ) -> None:
-    argv, env, port = _start(library, "wsgi", fake, tmp_path)
+    argv, env, port = _start(library, "wsgi", fake_enso, tmp_path)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_until(lambda: listening(port), 20.0), app.output()
         ids, _ = track_over_http(port, 20, workers=1)
-        assert not fake.events
+        assert not fake_enso.events
         assert app.stop(signal.SIGTERM, 30.0) == -signal.SIGTERM, app.output()
     assert None not in ids
-    assert set(fake.events) == set(ids)
+    assert set(fake_enso.events) == set(ids)
     assert len(ids) == 20
-    assert not fake.duplicates
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_without_the_handler_an_idle_program_loses_its_tail(
-    fake: FakeEnso, tmp_path: Path, library: str
+    fake_enso: FakeEnso, tmp_path: Path, library: str
 ) -> None:
     """The control: SIGTERM's default action kills the process with its queue."""
-    argv, env, _ = _start(library, "idle", fake, tmp_path, handler=False)
+    argv, env, _ = _start(library, "idle", fake_enso, tmp_path, handler=False)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_for_lines(tmp_path / "progress.jsonl", 1, 20.0), app.output()
         assert app.stop(signal.SIGTERM, 30.0) == -signal.SIGTERM, app.output()
-    assert not fake.events
+    assert not fake_enso.events

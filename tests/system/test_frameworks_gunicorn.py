@@ -32,11 +32,11 @@ def _argv(port: int, worker_class: str, *options: str) -> list[str]:
 @pytest.mark.parametrize("preload", [False, True], ids=["per-worker", "preload"])
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_recycled_and_stopped_workers_deliver_every_event(
-    fake: FakeEnso, tmp_path: Path, worker_class: str, preload: bool
+    fake_enso: FakeEnso, tmp_path: Path, worker_class: str, preload: bool
 ) -> None:
     port = free_port()
     argv = _argv(port, worker_class, "--max-requests", "4", *(["--preload"] if preload else []))
-    env = {"ENSO_BASE_URL": fake.url, "ENSO_TEST_DIR": str(tmp_path)}
+    env = {"ENSO_BASE_URL": fake_enso.url, "ENSO_TEST_DIR": str(tmp_path)}
     with run(argv, env, tmp_path / "gunicorn.log") as server:
         assert wait_until(lambda: listening(port), 20.0), server.output()
         ids, pids = track_over_http(port, REQUESTS, workers=2)
@@ -53,9 +53,9 @@ def test_recycled_and_stopped_workers_deliver_every_event(
     expected = set(ids) | {r["id"] for r in imports}
     assert None not in expected
     assert len(expected) == len(ids) + len(imports)
-    assert fake.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
-    assert set(fake.events) == expected
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
+    assert set(fake_enso.events) == expected
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
 
 
@@ -63,7 +63,7 @@ def test_recycled_and_stopped_workers_deliver_every_event(
     ("shutdown_timeout", "reported"), [(1.0, True), (5.0, False)], ids=["shorter", "longer"]
 )
 def test_shutdown_timeout_must_be_shorter_than_the_graceful_timeout(
-    fake: FakeEnso, tmp_path: Path, shutdown_timeout: float, reported: bool
+    fake_enso: FakeEnso, tmp_path: Path, shutdown_timeout: float, reported: bool
 ) -> None:
     """Enso hangs. With shutdown_timeout under --graceful-timeout, each worker reports
     what it could not deliver, then exits; with the default 5 s over it, gunicorn's
@@ -71,11 +71,11 @@ def test_shutdown_timeout_must_be_shorter_than_the_graceful_timeout(
     port = free_port()
     argv = _argv(port, "sync", "--graceful-timeout", "2")
     env = {
-        "ENSO_BASE_URL": fake.url,
+        "ENSO_BASE_URL": fake_enso.url,
         "ENSO_TEST_DIR": str(tmp_path),
         "ENSO_TEST_SHUTDOWN_TIMEOUT": str(shutdown_timeout),
     }
-    fake.hang(None)
+    fake_enso.hang(None)
     try:
         with run(argv, env, tmp_path / "gunicorn.log") as server:
             assert wait_until(lambda: listening(port), 20.0), server.output()
@@ -83,7 +83,7 @@ def test_shutdown_timeout_must_be_shorter_than_the_graceful_timeout(
             assert server.stop(signal.SIGTERM, 30.0) == 0, server.output()
             log = server.output()
     finally:
-        fake.release()
+        fake_enso.release()
     worker_ids = set(ids) | {r["id"] for r in read_jsonl(tmp_path / "ids.jsonl")}
     drops = read_jsonl(tmp_path / "drops.jsonl")
     if reported:
@@ -97,19 +97,19 @@ def test_shutdown_timeout_must_be_shorter_than_the_graceful_timeout(
         # lost, and nothing is reported anywhere
         assert not drops
         assert "enso-tracker shut down" not in log
-    assert not fake.duplicates
+    assert not fake_enso.duplicates
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["per-worker", "preload"])
 def test_gevent_workers_deliver_every_event_on_sigterm(
-    fake: FakeEnso, tmp_path: Path, preload: bool
+    fake_enso: FakeEnso, tmp_path: Path, preload: bool
 ) -> None:
     """gevent workers (not recycled here: their --max-requests stop is not prompt enough
     to count on). With --preload the worker patches threading after the fork: the
     gunicorn integration rebuilds the tracker's state there with gevent's locks."""
     port = free_port()
     argv = _argv(port, "gevent", *(["--preload"] if preload else []))
-    env = {"ENSO_BASE_URL": fake.url, "ENSO_TEST_DIR": str(tmp_path)}
+    env = {"ENSO_BASE_URL": fake_enso.url, "ENSO_TEST_DIR": str(tmp_path)}
     with run(argv, env, tmp_path / "gunicorn.log") as server:
         assert wait_until(lambda: listening(port), 20.0), server.output()
         ids, pids = track_over_http(port, REQUESTS, workers=2)
@@ -120,14 +120,14 @@ def test_gevent_workers_deliver_every_event_on_sigterm(
     expected = set(ids) | {r["id"] for r in imports}
     assert None not in expected
     assert len(expected) == len(ids) + len(imports)
-    assert fake.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
-    assert set(fake.events) == expected
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
+    assert set(fake_enso.events) == expected
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
 
 
 def test_preloaded_gevent_workers_deliver_even_without_the_integration(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """gevent with --preload and the integrations off: the worker patches threading after
     the fork and its sender (a greenlet waiting on the real locks the fork hook made)
@@ -139,7 +139,7 @@ def test_preloaded_gevent_workers_deliver_even_without_the_integration(
     port = free_port()
     argv = _argv(port, "gevent", "--preload", "--graceful-timeout", "20")
     env = {
-        "ENSO_BASE_URL": fake.url,
+        "ENSO_BASE_URL": fake_enso.url,
         "ENSO_TEST_DIR": str(tmp_path),
         "ENSO_TEST_INTEGRATIONS": "0",
     }
@@ -153,6 +153,6 @@ def test_preloaded_gevent_workers_deliver_even_without_the_integration(
     assert "SIGKILL" not in log
     (master,) = read_jsonl(tmp_path / "ids.jsonl")
     expected = set(ids) | {master["id"]}
-    assert fake.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
-    assert set(fake.events) == expected
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= len(expected), 10.0)
+    assert set(fake_enso.events) == expected
+    assert not fake_enso.duplicates

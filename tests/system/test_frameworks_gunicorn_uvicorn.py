@@ -49,24 +49,24 @@ def _serve_then_stop(
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_preloaded_uvicorn_workers_deliver_the_tail_on_sigterm(
-    fake: FakeEnso, tmp_path: Path, worker_class: str
+    fake_enso: FakeEnso, tmp_path: Path, worker_class: str
 ) -> None:
-    ids, pids = _serve_then_stop(fake, tmp_path, worker_class, integrations=True)
+    ids, pids = _serve_then_stop(fake_enso, tmp_path, worker_class, integrations=True)
     assert len(pids) == 2
     assert None not in ids
     assert len(set(ids)) == len(ids) >= REQUESTS
-    assert fake.wait_for(lambda f: len(f.events) >= len(ids), 10.0)
-    assert set(fake.events) == set(ids)
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= len(ids), 10.0)
+    assert set(fake_enso.events) == set(ids)
+    assert not fake_enso.duplicates
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_preloaded_uvicorn_workers_lose_the_tail_without_the_integration(
-    fake: FakeEnso, tmp_path: Path, worker_class: str
+    fake_enso: FakeEnso, tmp_path: Path, worker_class: str
 ) -> None:
     """The control: the worker class reset SIGTERM to the default action, uvicorn
     restores that and raises SIGTERM again, and the worker dies with its queue."""
-    ids, pids = _serve_then_stop(fake, tmp_path, worker_class, integrations=False)
+    ids, pids = _serve_then_stop(fake_enso, tmp_path, worker_class, integrations=False)
     assert len(pids) == 2
     assert len(set(ids)) == len(ids) >= REQUESTS
-    assert not fake.events
+    assert not fake_enso.events

@@ -58,24 +58,26 @@ def _start(fake: FakeEnso, tmp_path: Path, *, handler: bool) -> tuple[list[str],
     return argv, env
 
 
-def test_pid_1_delivers_everything_and_exits_on_sigterm(fake: FakeEnso, tmp_path: Path) -> None:
-    argv, env = _start(fake, tmp_path, handler=True)
+def test_pid_1_delivers_everything_and_exits_on_sigterm(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
+    argv, env = _start(fake_enso, tmp_path, handler=True)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_for_lines(tmp_path / "ready.jsonl", 1, 20.0), app.output()
         assert read_jsonl(tmp_path / "ready.jsonl") == [{"pid": 1}]
-        assert not fake.events
+        assert not fake_enso.events
         os.kill(_child_pid(app.process.pid), signal.SIGTERM)
         # unshare exits with its child's status
         assert app.process.wait(30.0) == 128 + signal.SIGTERM, app.output()
-    assert set(fake.events) == {f"pid1-{i}" for i in range(EVENTS)}
-    assert not fake.duplicates
+    assert set(fake_enso.events) == {f"pid1-{i}" for i in range(EVENTS)}
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
 
 
-def test_without_the_handler_pid_1_ignores_sigterm(fake: FakeEnso, tmp_path: Path) -> None:
+def test_without_the_handler_pid_1_ignores_sigterm(fake_enso: FakeEnso, tmp_path: Path) -> None:
     """The control: SIGTERM's default action does nothing to PID 1 (so the test above
     runs as PID 1); a ``docker stop`` would SIGKILL it later, with its queue."""
-    argv, env = _start(fake, tmp_path, handler=False)
+    argv, env = _start(fake_enso, tmp_path, handler=False)
     with run(argv, env, tmp_path / "app.log") as app:
         assert wait_for_lines(tmp_path / "ready.jsonl", 1, 20.0), app.output()
         os.kill(_child_pid(app.process.pid), signal.SIGTERM)
@@ -83,4 +85,4 @@ def test_without_the_handler_pid_1_ignores_sigterm(fake: FakeEnso, tmp_path: Pat
             app.process.wait(2.0)
         os.kill(_child_pid(app.process.pid), signal.SIGKILL)
         assert app.process.wait(10.0) != 0  # unshare reports a killed child as 1
-    assert not fake.events
+    assert not fake_enso.events

@@ -89,12 +89,12 @@ def _work(
     ],
 )
 def test_every_horse_delivers_its_jobs_events(
-    fake: FakeEnso, tmp_path: Path, redis_url: str, worker_class: str, made: str
+    fake_enso: FakeEnso, tmp_path: Path, redis_url: str, worker_class: str, made: str
 ) -> None:
     options = ["-w", worker_class]
     if made == "before-the-fork":
         options += ["-c", "tests.apps.rq_settings"]
-    records, log = _work(fake, tmp_path, redis_url, *options)
+    records, log = _work(fake_enso, tmp_path, redis_url, *options)
     ids = {r["id"] for r in records}
     horses = {r["pid"] for r in records}
     imports = {r["pid"] for r in read_jsonl(tmp_path / "imports.jsonl")}
@@ -106,18 +106,18 @@ def test_every_horse_delivers_its_jobs_events(
         assert main not in horses
     assert ids == {f"job-{i}" for i in range(JOBS)}
     assert log.count("job 1 failed after tracking") >= 1  # the failure path ran
-    assert fake.wait_for(lambda f: len(f.events) >= JOBS, 10.0), log
-    assert set(fake.events) == ids
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= JOBS, 10.0), log
+    assert set(fake_enso.events) == ids
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
 
 
 def test_without_the_integration_every_horses_events_are_lost(
-    fake: FakeEnso, tmp_path: Path, redis_url: str
+    fake_enso: FakeEnso, tmp_path: Path, redis_url: str
 ) -> None:
     """The control: the horse's os._exit() skips atexit, so the test above can fail."""
     records, _ = _work(
-        fake, tmp_path, redis_url, "-w", "tests.apps.rq_workers.Worker", integrations=False
+        fake_enso, tmp_path, redis_url, "-w", "tests.apps.rq_workers.Worker", integrations=False
     )
     assert {r["id"] for r in records} == {f"job-{i}" for i in range(JOBS)}
-    assert not fake.events
+    assert not fake_enso.events

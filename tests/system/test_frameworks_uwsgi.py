@@ -34,10 +34,12 @@ def _uwsgi(port: int, *options: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_workers_forked_from_c_keep_to_their_own_events(fake: FakeEnso, tmp_path: Path) -> None:
+def test_workers_forked_from_c_keep_to_their_own_events(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     port = free_port()
     env = {
-        "ENSO_BASE_URL": fake.url,
+        "ENSO_BASE_URL": fake_enso.url,
         "ENSO_TEST_DIR": str(tmp_path),
         "ENSO_TEST_FLUSH_AT_IMPORT": "1",
         "ENSO_TEST_TRACKING_WORKER": "1",
@@ -47,7 +49,7 @@ def test_workers_forked_from_c_keep_to_their_own_events(fake: FakeEnso, tmp_path
         assert wait_until(lambda: listening(port), 20.0), server.output()
         (master,) = read_jsonl(tmp_path / "ids.jsonl")
         # flushed at import, before the fork
-        assert fake.wait_for(lambda f: set(f.events) == {master["id"]}, 10.0)
+        assert fake_enso.wait_for(lambda f: set(f.events) == {master["id"]}, 10.0)
         ids: list[str] = []
         stats: dict[int, dict[str, Any]] = {}
         for _ in range(400):  # until both workers have answered /flush (uWSGI picks)
@@ -65,8 +67,8 @@ def test_workers_forked_from_c_keep_to_their_own_events(fake: FakeEnso, tmp_path
         assert server.stop(signal.SIGTERM, 30.0) == 0, server.output()
         log = server.output()
     assert master["pid"] not in {s["pid"] for s in stats.values()}
-    assert fake.wait_for(lambda f: len(f.events) >= len(ids) + 1, 10.0)
-    assert set(fake.events) == {master["id"], *ids}
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= len(ids) + 1, 10.0)
+    assert set(fake_enso.events) == {master["id"], *ids}
+    assert not fake_enso.duplicates
     assert not read_jsonl(tmp_path / "drops.jsonl")
     assert "enso-tracker" not in log  # no warning from any process: nothing dropped

@@ -78,16 +78,14 @@ class Plan(enum.StrEnum):
 
 
 def test_defect2_str_enum_names_and_ids_go_out_as_their_values(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker()
-    event_id = accepted(
-        tracker.track(Plan.PRO, Metric.API_CALLS, 1, event_id=Plan.PRO, job_id=Plan.PRO)
-    )
+    t = tracker()
+    event_id = accepted(t.track(Plan.PRO, Metric.API_CALLS, 1, event_id=Plan.PRO, job_id=Plan.PRO))
     assert event_id == "plan_pro"
     assert type(event_id) is str
-    assert tracker.flush(10.0)
-    sent = fake.events["plan_pro"]
+    assert t.flush(10.0)
+    sent = fake_enso.events["plan_pro"]
     assert sent["CustomerEntityId"] == "plan_pro"
     assert sent["metric"] == "api_calls"
     assert sent["JobId"] == "plan_pro"
@@ -97,7 +95,7 @@ def test_defect2_str_enum_names_and_ids_go_out_as_their_values(
 
 
 def test_defect3_a_blocking_log_handler_does_not_hold_the_tracker_lock(
-    make_tracker: TrackerFactory, fake: FakeEnso, tracker_log: logging.Logger
+    tracker: TrackerFactory, fake_enso: FakeEnso, tracker_log: logging.Logger
 ) -> None:
     inside = threading.Event()
     release = threading.Event()
@@ -109,16 +107,16 @@ def test_defect3_a_blocking_log_handler_does_not_hold_the_tracker_lock(
                 release.wait(30.0)
 
     tracker_log.addHandler(Blocking(logging.WARNING))
-    fake.script(Fault(status=503))
-    tracker = make_tracker()
-    first = accepted(tracker.track("ent", "m", 1))
+    fake_enso.script(Fault(status=503))
+    t = tracker()
+    first = accepted(t.track("ent", "m", 1))
     assert inside.wait(10.0)  # the sender thread is stuck in the handler now
     done = threading.Event()
     second: list[str | None] = []
 
     def call_the_tracker() -> None:
-        second.append(tracker.track("ent", "m", 2))
-        tracker.stats()
+        second.append(t.track("ent", "m", 2))
+        t.stats()
         done.set()
 
     threading.Thread(target=call_the_tracker, daemon=True).start()
@@ -126,12 +124,12 @@ def test_defect3_a_blocking_log_handler_does_not_hold_the_tracker_lock(
         assert done.wait(10.0), "track()/stats() waited on a logging handler"
     finally:
         release.set()
-    assert tracker.flush(10.0)
-    assert set(fake.events) == {first, accepted(second[0])}
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == {first, accepted(second[0])}
 
 
 def test_defect3_a_log_handler_calling_back_into_the_tracker_does_not_deadlock(
-    make_tracker: TrackerFactory, fake: FakeEnso, tracker_log: logging.Logger
+    tracker: TrackerFactory, fake_enso: FakeEnso, tracker_log: logging.Logger
 ) -> None:
     seen: list[int] = []
     holder: list[Tracker] = []
@@ -143,14 +141,14 @@ def test_defect3_a_log_handler_calling_back_into_the_tracker_does_not_deadlock(
                 holder[0].flush(0.01)
 
     tracker_log.addHandler(Reentrant(logging.WARNING))
-    fake.script(Fault(status=503), Fault(status=503))
-    tracker = make_tracker()
-    holder.append(tracker)
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(5)]
-    assert tracker.flush(10.0)
+    fake_enso.script(Fault(status=503), Fault(status=503))
+    t = tracker()
+    holder.append(t)
+    ids = [accepted(t.track("ent", "m", i)) for i in range(5)]
+    assert t.flush(10.0)
     assert seen  # the handler ran on the sender thread and called back in
-    assert set(fake.events) == set(ids)
-    assert tracker.stats().balanced
+    assert set(fake_enso.events) == set(ids)
+    assert t.stats().balanced
 
 
 # -- 4. a raising handler or hook loses nothing and escapes nothing ------------------------
@@ -161,14 +159,16 @@ class _Raising(logging.Handler):
         raise RuntimeError("this handler is broken")
 
 
-def test_defect4_a_raising_log_handler_loses_no_batch(fake: FakeEnso, drops: DropLog) -> None:
+def test_defect4_a_raising_log_handler_loses_no_batch(
+    fake_enso: FakeEnso, drop_recorder: DropLog
+) -> None:
     logger = logging.getLogger("enso_tracker")
     handler = _Raising(logging.DEBUG)
     logger.addHandler(handler)
     tracker = Tracker(
         api_key="wrong-key",  # 401: the branch whose log line used to make the batch vanish
-        base_url=fake.url,
-        on_drop=drops,
+        base_url=fake_enso.url,
+        on_drop=drop_recorder,
         max_retries=2,
         backoff_base=0.01,
         backoff_max=0.05,
@@ -181,7 +181,7 @@ def test_defect4_a_raising_log_handler_loses_no_batch(fake: FakeEnso, drops: Dro
         assert stats.balanced
         assert stats.pending == 0
         assert stats.dropped == {"retries_exhausted": 10}
-        assert {e.event_id for e in drops.events("retries_exhausted")} == set(ids)
+        assert {e.event_id for e in drop_recorder.events("retries_exhausted")} == set(ids)
         assert stats.hook_errors >= 1
         assert stats.auth_state == "unauthorized"
     finally:
@@ -190,7 +190,7 @@ def test_defect4_a_raising_log_handler_loses_no_batch(fake: FakeEnso, drops: Dro
 
 
 def test_defect4_a_raising_handler_and_on_drop_never_escape_track(
-    fake: FakeEnso, tracker_log: logging.Logger
+    fake_enso: FakeEnso, tracker_log: logging.Logger
 ) -> None:
     tracker_log.addHandler(_Raising(logging.DEBUG))
     calls: list[DropReason] = []
@@ -199,7 +199,7 @@ def test_defect4_a_raising_handler_and_on_drop_never_escape_track(
         calls.append(reason)
         raise ValueError("hook is broken too")
 
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url, max_queue_size=1, on_drop=on_drop)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, max_queue_size=1, on_drop=on_drop)
     try:
         accepted(tracker.track("ent", "m", 1))
         assert tracker.track("ent", "m", 2) is None  # queue_full: reported, never raised
@@ -214,7 +214,7 @@ def test_defect4_a_raising_handler_and_on_drop_never_escape_track(
 # -- 5. an application's exit handler may still track --------------------------------------
 
 
-def test_defect5_an_atexit_handler_registered_after_import_can_track(fake: FakeEnso) -> None:
+def test_defect5_an_atexit_handler_registered_after_import_can_track(fake_enso: FakeEnso) -> None:
     result = _run_script(
         """
         import atexit, sys
@@ -227,11 +227,11 @@ def test_defect5_an_atexit_handler_registered_after_import_can_track(fake: FakeE
         tracker = enso_tracker.Tracker(api_key="test-api-key", base_url=sys.argv[1])
         tracker.track("ent", "m", 1, event_id="evt_from_main")
         """,
-        fake.url,
+        fake_enso.url,
     )
     assert result.returncode == 0, result.stderr
-    assert fake.wait_for(lambda f: len(f.events) == 2, 10.0)
-    assert set(fake.events) == {"evt_from_main", "evt_from_atexit"}
+    assert fake_enso.wait_for(lambda f: len(f.events) == 2, 10.0)
+    assert set(fake_enso.events) == {"evt_from_main", "evt_from_atexit"}
 
 
 # -- 6. infinite and huge timeouts ---------------------------------------------------------
@@ -239,23 +239,23 @@ def test_defect5_an_atexit_handler_registered_after_import_can_track(fake: FakeE
 
 @pytest.mark.parametrize("timeout", [math.inf, 1e10, 1e300])
 def test_defect6_infinite_and_huge_timeouts_mean_no_limit(
-    make_tracker: TrackerFactory, fake: FakeEnso, timeout: float
+    tracker: TrackerFactory, fake_enso: FakeEnso, timeout: float
 ) -> None:
-    tracker = make_tracker()
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(3)]
-    assert tracker.flush(timeout) is True
-    assert tracker.shutdown(timeout) is True
-    assert set(fake.events) == set(ids)
-    assert repr(tracker).startswith("<Tracker closed")
+    t = tracker()
+    ids = [accepted(t.track("ent", "m", i)) for i in range(3)]
+    assert t.flush(timeout) is True
+    assert t.shutdown(timeout) is True
+    assert set(fake_enso.events) == set(ids)
+    assert repr(t).startswith("<Tracker closed")
 
 
-def test_defect6_nan_and_negative_timeouts_do_not_wait(make_tracker: TrackerFactory) -> None:
-    tracker = make_tracker(sender=_Down(), api_key=None, base_url="https://enso.test")
-    accepted(tracker.track("ent", "m", 1))
-    assert tracker.flush(math.nan) is False
-    assert tracker.flush(-1.0) is False
-    assert tracker.shutdown(math.nan) is False
-    assert tracker.stats().dropped == {"shutdown": 1}
+def test_defect6_nan_and_negative_timeouts_do_not_wait(tracker: TrackerFactory) -> None:
+    t = tracker(sender=_Down(), api_key=None, base_url="https://enso.test")
+    accepted(t.track("ent", "m", 1))
+    assert t.flush(math.nan) is False
+    assert t.flush(-1.0) is False
+    assert t.shutdown(math.nan) is False
+    assert t.stats().dropped == {"shutdown": 1}
 
 
 # -- 7. `with Pool() as p:` delivers the workers' events -----------------------------------
@@ -285,13 +285,13 @@ if __name__ == "__main__":
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_defect7_pool_terminate_delivers_the_workers_events(
-    fake: FakeEnso, tmp_path: Path, method: str
+    fake_enso: FakeEnso, tmp_path: Path, method: str
 ) -> None:
     script = tmp_path / "pool_app.py"
     script.write_text(_POOL_SCRIPT)
     env = {
         **os.environ,
-        "ENSO_BASE_URL": fake.url,
+        "ENSO_BASE_URL": fake_enso.url,
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     result = subprocess.run(
@@ -306,12 +306,12 @@ def test_defect7_pool_terminate_delivers_the_workers_events(
     ids = json.loads(result.stdout)
     assert len(ids) == 200
     assert None not in ids
-    assert fake.wait_for(lambda f: len(f.events) >= 200, 10.0)
-    assert set(fake.events) == set(ids)
-    assert not fake.duplicates
+    assert fake_enso.wait_for(lambda f: len(f.events) >= 200, 10.0)
+    assert set(fake_enso.events) == set(ids)
+    assert not fake_enso.duplicates
 
 
-def test_defect7_sigterm_is_a_graceful_stop_and_still_kills(fake: FakeEnso) -> None:
+def test_defect7_sigterm_is_a_graceful_stop_and_still_kills(fake_enso: FakeEnso) -> None:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -328,7 +328,7 @@ def test_defect7_sigterm_is_a_graceful_stop_and_still_kills(fake: FakeEnso) -> N
                 time.sleep(60)
                 """
             ),
-            fake.url,
+            fake_enso.url,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -337,12 +337,12 @@ def test_defect7_sigterm_is_a_graceful_stop_and_still_kills(fake: FakeEnso) -> N
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
-        assert not fake.events  # nothing sent yet: flush_interval is a minute
+        assert not fake_enso.events  # nothing sent yet: flush_interval is a minute
         process.terminate()
         assert process.wait(30) == -15  # still "killed by SIGTERM" for the platform
     finally:
         process.kill()
-    assert set(fake.events) == {f"evt_sigterm_{i}" for i in range(50)}
+    assert set(fake_enso.events) == {f"evt_sigterm_{i}" for i in range(50)}
 
 
 def test_defect7_an_application_sigterm_handler_is_left_alone() -> None:
@@ -367,7 +367,7 @@ def test_defect7_an_application_sigterm_handler_is_left_alone() -> None:
 
 
 def test_defect10_shutdown_and_flush_from_on_drop_do_not_wait_for_themselves(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     answers: list[tuple[str, bool]] = []
     holder: list[Tracker] = []
@@ -513,14 +513,14 @@ def test_defect15_flush_reads_the_low_water_mark_without_scanning() -> None:
 
 
 def test_defect15_flush_still_waits_for_out_of_order_retries(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker(max_batch_size=10)
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(30)]
-    fake.fail_event_ids([ids[3], ids[17]], status=503, times=3)  # retried out of order
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    stats = tracker.stats()
+    t = tracker(max_batch_size=10)
+    ids = [accepted(t.track("ent", "m", i)) for i in range(30)]
+    fake_enso.fail_event_ids([ids[3], ids[17]], status=503, times=3)  # retried out of order
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    stats = t.stats()
     assert stats.pending == 0
     assert stats.retried >= 2
 
@@ -533,19 +533,19 @@ def _sender_threads() -> int:
 
 
 @pytest.mark.slow
-def test_defect16_a_dropped_tracker_delivers_then_is_collected(fake: FakeEnso) -> None:
+def test_defect16_a_dropped_tracker_delivers_then_is_collected(fake_enso: FakeEnso) -> None:
     gc.collect()
     threads_before = _sender_threads()
     fds_before = len(os.listdir("/proc/self/fd"))
     refs = []
     ids = []
     for i in range(20):
-        tracker = Tracker(api_key=API_KEY, base_url=fake.url, flush_interval=0.01)
+        tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, flush_interval=0.01)
         ids.append(accepted(tracker.track("ent", "m", i)))
         refs.append(weakref.ref(tracker))
         del tracker
-    assert fake.wait_for(lambda f: len(f.events) == 20, 15.0)  # delivered first
-    assert set(fake.events) == set(ids)
+    assert fake_enso.wait_for(lambda f: len(f.events) == 20, 15.0)  # delivered first
+    assert set(fake_enso.events) == set(ids)
 
     def all_gone() -> bool:
         gc.collect()

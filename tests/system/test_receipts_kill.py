@@ -69,30 +69,30 @@ def stored_totals(fake: FakeEnso) -> dict[tuple[str, str, str], tuple[int, int |
 
 
 @pytest.mark.timeout(120)
-def test_receipts_equal_what_enso_stored_after_kill_9s(fake: FakeEnso, tmp_path: Path) -> None:
+def test_receipts_equal_what_enso_stored_after_kill_9s(fake_enso: FakeEnso, tmp_path: Path) -> None:
     print(f"seed={SEED}")
     rng = random.Random(SEED)
     spool, logs = tmp_path / "spool", tmp_path / "logs"
     logs.mkdir()
-    fake.known_entities = KNOWN
-    fake.chaos(p503=0.1, p_store_then_drop=0.05, seed=SEED)
+    fake_enso.known_entities = KNOWN
+    fake_enso.chaos(p503=0.1, p_store_then_drop=0.05, seed=SEED)
     made = 0
     live = []
     for _ in range(2):
-        live.append(start(fake, spool, logs, made))
+        live.append(start(fake_enso, spool, logs, made))
         made += 1
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.05, 0.8))  # the kill schedule itself, not a wait
         kill(live.pop(rng.randrange(len(live))), logs)
-        live.append(start(fake, spool, logs, made))
+        live.append(start(fake_enso, spool, logs, made))
         made += 1
     time.sleep(rng.uniform(0.05, 0.8))
     for process in live:
         kill(process, logs)
-    fake.chaos()  # faults off: the final drain
+    fake_enso.chaos()  # faults off: the final drain
 
     heir = Tracker(
-        API_KEY, base_url=fake.url, spool_dir=spool, receipts="events", handle_sigterm=False
+        API_KEY, base_url=fake_enso.url, spool_dir=spool, receipts="events", handle_sigterm=False
     )
     heir.shutdown(60.0)  # False: some events were rejected, as they should be
     stats = heir.stats()
@@ -110,13 +110,14 @@ def test_receipts_equal_what_enso_stored_after_kill_9s(fake: FakeEnso, tmp_path:
         others = [
             t for t in receipts.totals(by="hour") if t.outcome != "delivered" and t not in rejected
         ]
-        expected = stored_totals(fake)
+        expected = stored_totals(fake_enso)
         summary = (
-            f"seed={SEED} stored={len(fake.events)} duplicates={sum(fake.duplicates.values())} "
+            f"seed={SEED} stored={len(fake_enso.events)} "
+            f"duplicates={sum(fake_enso.duplicates.values())} "
             f"receipted={sum(c for c, _ in delivered.values())}"
         )
         print(summary)
-        assert len(fake.events) > 1000, summary
+        assert len(fake_enso.events) > 1000, summary
         assert delivered == expected, summary
         assert others == [], others  # nothing dropped for another reason
         assert rejected, "no rejected receipts: the unknown entity was never refused"
@@ -126,7 +127,7 @@ def test_receipts_equal_what_enso_stored_after_kill_9s(fake: FakeEnso, tmp_path:
             "SELECT outcome, count(*) FROM events GROUP BY outcome"
         ).fetchall()
         assert dict(events) == {
-            "delivered": len(fake.events),
+            "delivered": len(fake_enso.events),
             "rejected:2002": sum(t.count for t in rejected),
         }
         some_rejected = receipts._conn.execute(
@@ -135,7 +136,7 @@ def test_receipts_equal_what_enso_stored_after_kill_9s(fake: FakeEnso, tmp_path:
         found = receipts.lookup(some_rejected)
         assert found is not None
         assert (found.entity, found.code, found.status) == ("ent_unknown", "2002", 404)
-        some_delivered = next(iter(fake.events))
+        some_delivered = next(iter(fake_enso.events))
         looked = receipts.lookup(some_delivered)
         assert looked is not None
         assert looked.outcome == "delivered"

@@ -108,37 +108,39 @@ def freeze_after_return(fake: FakeEnso, mode: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("mode", ["sync", "raises", "async", "with"])
-def test_events_are_at_enso_before_the_frozen_handler_returns(fake: FakeEnso, mode: str) -> None:
-    events = freeze_after_return(fake, mode)
+def test_events_are_at_enso_before_the_frozen_handler_returns(
+    fake_enso: FakeEnso, mode: str
+) -> None:
+    events = freeze_after_return(fake_enso, mode)
     assert sorted(events) == sorted(f"evt_{i}" for i in range(N))
 
 
-def test_control_without_flush_after_the_freeze_strands_the_events(fake: FakeEnso) -> None:
+def test_control_without_flush_after_the_freeze_strands_the_events(fake_enso: FakeEnso) -> None:
     """Shows the freeze test can fail: the same handler without flush_after."""
-    assert freeze_after_return(fake, "plain") == {}
+    assert freeze_after_return(fake_enso, "plain") == {}
 
 
 # --------------------------------------------------------------------------- in process
 
 
 @pytest.fixture
-def make_async(fake: FakeEnso, drops: DropLog) -> Iterator[Callable[..., Tracker]]:
+def make_async(fake_enso: FakeEnso, drop_recorder: DropLog) -> Iterator[Callable[..., Tracker]]:
     made: list[Tracker] = []
 
     def make(**options: Any) -> Tracker:
         options.setdefault("flush_interval", 60.0)  # only an explicit flush sends
-        tracker = Tracker(api_key=API_KEY, base_url=fake.url, on_drop=drops, **options)
+        tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, on_drop=drop_recorder, **options)
         made.append(tracker)
         return tracker
 
     yield make
-    fake.release()
+    fake_enso.release()
     for tracker in made:
         tracker.shutdown(2.0)
 
 
 def test_decorator_keeps_the_handler_result_name_and_exception(
-    fake: FakeEnso, make_async: Callable[..., Tracker]
+    fake_enso: FakeEnso, make_async: Callable[..., Tracker]
 ) -> None:
     tracker = make_async()
 
@@ -151,15 +153,15 @@ def test_decorator_keeps_the_handler_result_name_and_exception(
         return {"statusCode": 200}
 
     assert handler({"n": 1}, None) == {"statusCode": 200}
-    assert fake.event_ids() == ["evt_1"]
+    assert fake_enso.event_ids() == ["evt_1"]
     with pytest.raises(KeyError, match="boom"):
         handler({"n": 2}, None)
-    assert fake.event_ids() == ["evt_1", "evt_2"]
+    assert fake_enso.event_ids() == ["evt_1", "evt_2"]
     assert (handler.__name__, handler.__doc__) == ("handler", "Docstring kept.")
 
 
 def test_async_handler_flushes_without_blocking_the_loop(
-    fake: FakeEnso, make_async: Callable[..., Tracker]
+    fake_enso: FakeEnso, make_async: Callable[..., Tracker]
 ) -> None:
     tracker = make_async()
 
@@ -173,12 +175,12 @@ def test_async_handler_flushes_without_blocking_the_loop(
 
         async def ticker() -> None:
             nonlocal ticks
-            while fake.in_flight == 0:  # the flush's request reached Enso and hangs
+            while fake_enso.in_flight == 0:  # the flush's request reached Enso and hangs
                 await asyncio.sleep(0.005)
             for _ in range(20):
                 await asyncio.sleep(0.005)
                 ticks += 1
-            fake.release()  # only a loop that kept running gets here
+            fake_enso.release()  # only a loop that kept running gets here
 
         beat = asyncio.create_task(ticker())
         result = await handler()
@@ -187,16 +189,16 @@ def test_async_handler_flushes_without_blocking_the_loop(
         await beat
         return result, ticks
 
-    fake.hang(None)
+    fake_enso.hang(None)
     assert asyncio.run(asyncio.wait_for(main(), timeout=20.0)) == ("done", 20)
-    assert fake.event_ids() == ["evt_a", "evt_b"]
+    assert fake_enso.event_ids() == ["evt_a", "evt_b"]
 
 
 def test_a_flush_that_times_out_is_logged(
-    fake: FakeEnso, make_async: Callable[..., Tracker], caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, make_async: Callable[..., Tracker], caplog: pytest.LogCaptureFixture
 ) -> None:
     tracker = make_async()
-    fake.hang(None)
+    fake_enso.hang(None)
     with caplog.at_level(logging.WARNING, logger="enso_tracker"):
         with tracker.flush_after(timeout=0.1):
             tracker.track("ent_1", "api_calls", 1)
@@ -229,7 +231,7 @@ class AsyncCallable:
 
 @pytest.mark.parametrize("shape", ["async_callable_object", "async_def_behind_a_decorator"])
 def test_hidden_async_handlers_flush_after_they_ran_without_blocking_the_loop(
-    fake: FakeEnso, make_async: Callable[..., Tracker], shape: str
+    fake_enso: FakeEnso, make_async: Callable[..., Tracker], shape: str
 ) -> None:
     tracker = make_async()
     if shape == "async_callable_object":
@@ -249,25 +251,25 @@ def test_hidden_async_handlers_flush_after_they_ran_without_blocking_the_loop(
 
         async def ticker() -> None:
             nonlocal ticks
-            while fake.in_flight == 0:  # the flush's request reached Enso and hangs
+            while fake_enso.in_flight == 0:  # the flush's request reached Enso and hangs
                 await asyncio.sleep(0.005)
             for _ in range(20):
                 await asyncio.sleep(0.005)
                 ticks += 1
-            fake.release()  # only a loop that kept running gets here
+            fake_enso.release()  # only a loop that kept running gets here
 
         beat = asyncio.create_task(ticker())
         result = await handler()
         await beat
         return result, ticks
 
-    fake.hang(None)
+    fake_enso.hang(None)
     assert asyncio.run(asyncio.wait_for(main(), timeout=10.0)) == ("done", 20)
-    assert fake.event_ids() == ["evt_a"]  # flushed after the body ran, not before
+    assert fake_enso.event_ids() == ["evt_a"]  # flushed after the body ran, not before
 
 
 def test_a_sync_facade_over_async_code_stays_a_sync_handler(
-    fake: FakeEnso, make_async: Callable[..., Tracker]
+    fake_enso: FakeEnso, make_async: Callable[..., Tracker]
 ) -> None:
     tracker = make_async()
 
@@ -281,4 +283,4 @@ def test_a_sync_facade_over_async_code_stays_a_sync_handler(
         return asyncio.run(work())
 
     assert handler() == "done"  # called plainly, it returns the value, not a coroutine
-    assert fake.event_ids() == ["evt_a"]
+    assert fake_enso.event_ids() == ["evt_a"]

@@ -39,7 +39,7 @@ def run(source: str, fake: FakeEnso) -> dict[str, Any]:
     return report
 
 
-def test_keyboard_interrupt_anywhere_in_track_leaves_exact_books(fake: FakeEnso) -> None:
+def test_keyboard_interrupt_anywhere_in_track_leaves_exact_books(fake_enso: FakeEnso) -> None:
     report = run(
         """
         import json, signal, sys, time
@@ -76,7 +76,7 @@ def test_keyboard_interrupt_anywhere_in_track_leaves_exact_books(fake: FakeEnso)
             "pending": stats.pending, "balanced": stats.balanced, "dropped": stats.dropped,
         }))
         """,
-        fake,
+        fake_enso,
     )
     assert report["interrupts"] >= 100
     assert report["settled"] is True
@@ -85,14 +85,14 @@ def test_keyboard_interrupt_anywhere_in_track_leaves_exact_books(fake: FakeEnso)
     assert report["dropped"] == {}
     # No phantom: every accepted event is on the server, once; an interruption after
     # acceptance may have kept its id from the caller, never the event from Enso.
-    assert fake.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
-    assert report["delivered"] == report["accepted"] == len(fake.events)
+    assert fake_enso.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
+    assert report["delivered"] == report["accepted"] == len(fake_enso.events)
     assert None not in report["ids"]
-    assert set(report["ids"]) <= set(fake.events)
-    assert not fake.duplicates
+    assert set(report["ids"]) <= set(fake_enso.events)
+    assert not fake_enso.duplicates
 
 
-def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake: FakeEnso) -> None:
+def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake_enso: FakeEnso) -> None:
     report = run(
         """
         import json, signal, sys, time
@@ -134,7 +134,7 @@ def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake: FakeEns
             "dropped": stats.dropped, "pending": stats.pending,
         }))
         """,
-        fake,
+        fake_enso,
     )
     assert report["calls"] >= 300  # the shutdown call came from the handler
     assert report["slowest"] < 6.0  # each call honoured its timeout (5 s at most)
@@ -143,12 +143,12 @@ def test_flush_stats_and_shutdown_from_a_signal_handler_never_hang(fake: FakeEns
     assert report["pending"] == 0
     assert report["dropped"] == {}
     assert report["delivered"] == report["accepted"] == len(report["ids"])
-    assert fake.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
-    assert set(report["ids"]) == set(fake.events)
+    assert fake_enso.wait_for(lambda f: len(f.events) == report["accepted"], 10.0)
+    assert set(report["ids"]) == set(fake_enso.events)
 
 
 def test_the_sender_gets_its_turn_while_another_thread_tracks_in_a_tight_loop(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     report = run(
         """
@@ -181,7 +181,7 @@ def test_the_sender_gets_its_turn_while_another_thread_tracks_in_a_tight_loop(
                           "delivered": s.delivered, "dropped": s.dropped,
                           "refused": s.refused}))
         """,
-        fake,
+        fake_enso,
     )
     assert report["requests"] >= 1  # delivered while the loop was still running
     assert report["tracked"] > 0

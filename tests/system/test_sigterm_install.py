@@ -123,7 +123,7 @@ def test_the_handler_is_put_back_after_a_fork_only_where_it_was_ours() -> None:
 
 
 def test_a_sigterm_inside_the_tracker_with_no_thread_to_spare_still_stops_and_delivers(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     # The handler hands the stop to a thread when the signal interrupted the tracker's own
     # code; when no thread can start, it must stop in place, never raise out of the handler.
@@ -133,7 +133,7 @@ def test_a_sigterm_inside_the_tracker_with_no_thread_to_spare_still_stops_and_de
         from enso_tracker import Tracker
         from enso_tracker import _lifecycle
 
-        tracker = Tracker(api_key="{API_KEY}", base_url="{fake.url}", flush_interval=3600.0)
+        tracker = Tracker(api_key="{API_KEY}", base_url="{fake_enso.url}", flush_interval=3600.0)
         for i in range(50):
             tracker.track("ent", "m", 1, event_id=f"e{{i}}")
 
@@ -151,4 +151,4 @@ def test_a_sigterm_inside_the_tracker_with_no_thread_to_spare_still_stops_and_de
     )
     assert result.returncode == -signal.SIGTERM, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert sorted(fake.event_ids()) == sorted(f"e{i}" for i in range(50))
+    assert sorted(fake_enso.event_ids()) == sorted(f"e{i}" for i in range(50))

@@ -120,7 +120,11 @@ def flip_one_bit(db: Path, how: str, inside: str) -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("how", ["sql", "in place"])
 def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog, caplog: pytest.LogCaptureFixture, how: str
+    fake_enso: FakeEnso,
+    tmp_path: Path,
+    drop_recorder: DropLog,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
 ) -> None:
     spool = tmp_path / "spool"
     ids = leave_behind(spool, 300, batch=100)
@@ -128,7 +132,7 @@ def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
     body, damaged = flip_one_bit(db, how, ids[150])  # the middle one of three batches
     assert body != damaged
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake, on_drop=drops) as tracker:
+    with heir(spool, fake_enso, on_drop=drop_recorder) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
         stats = tracker.stats()
         assert stats.adopted == 300
@@ -141,11 +145,11 @@ def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
     assert letters[0].reason.kind == "corrupt"
     assert letters[0].body == damaged
     # The batches on either side of it, in the order they were tracked, once each.
-    assert fake.event_ids() == ids[:100] + ids[200:]
-    assert fake.duplicates == {}
+    assert fake_enso.event_ids() == ids[:100] + ids[200:]
+    assert fake_enso.duplicates == {}
     # Nothing in a corrupt record can be trusted, so no Event reaches on_drop: the loss
     # is logged at ERROR and kept as a dead letter.
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert any(
         r.levelno == logging.ERROR and "lost a spool record" in r.getMessage()
         for r in caplog.records
@@ -158,7 +162,7 @@ def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
 
 
 def test_a_truncated_db_is_set_aside_what_is_readable_delivered(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     ids = leave_behind(spool, 20_000, batch=500, metadata=True)
@@ -167,17 +171,17 @@ def test_a_truncated_db_is_set_aside_what_is_readable_delivered(
     with open(db, "r+b") as f:
         f.truncate(size // 2)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
         recovered = tracker.stats().adopted
         fresh = accepted(tracker.track("ent", "m", 1))  # the tracker works on
         assert tracker.flush(10.0)
         assert tracker.stats().balanced
-    on_server = fake.event_ids()
+    on_server = fake_enso.event_ids()
     assert set(on_server) <= {*ids, fresh}
     assert fresh in on_server
     assert len(on_server) == recovered + 1  # everything recovered was delivered, once
-    assert fake.duplicates == {}
+    assert fake_enso.duplicates == {}
     aside = [n for n in os.listdir(spool) if ".corrupt-" in n and not n.endswith(("-wal", "-shm"))]
     assert len(aside) == 1, os.listdir(spool)
     assert re.fullmatch(re.escape(db.name) + r"\.corrupt-\d+", aside[0])
@@ -228,7 +232,7 @@ def test_a_damaged_file_of_another_identity_is_neither_sent_nor_renamed(
 
 
 def test_a_zeroed_header_is_set_aside_and_a_fresh_start_works(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     leave_behind(spool, 200)
@@ -236,13 +240,13 @@ def test_a_zeroed_header_is_set_aside_and_a_fresh_start_works(
     with open(db, "r+b") as f:
         f.write(b"\0" * 100)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: not db.exists(), 10.0)
         fresh = [accepted(tracker.track("ent", "m", i)) for i in range(10)]
         assert tracker.flush(10.0)
         assert tracker.stats().adopted == 0
         assert tracker.stats().balanced
-    assert sorted(fake.event_ids()) == sorted(fresh)
+    assert sorted(fake_enso.event_ids()) == sorted(fresh)
     (aside,) = [
         n for n in os.listdir(spool) if ".corrupt-" in n and not n.endswith(("-wal", "-shm"))
     ]
@@ -258,7 +262,7 @@ def test_a_zeroed_header_is_set_aside_and_a_fresh_start_works(
 
 
 def test_a_zeroed_db_header_under_a_wal_that_holds_page_one_loses_nothing(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """A young file of a killed process keeps its newest page 1 in the WAL, and SQLite
     reads it from there: the zeroed copy in the db file is never looked at. Everything
@@ -268,12 +272,12 @@ def test_a_zeroed_db_header_under_a_wal_that_holds_page_one_loses_nothing(
     db = only_db(spool)
     with open(db, "r+b") as f:
         f.write(b"\0" * 100)
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
         assert tracker.stats().adopted == 200
         assert tracker.stats().balanced
-    assert sorted(fake.event_ids()) == sorted(ids)
-    assert fake.duplicates == {}
+    assert sorted(fake_enso.event_ids()) == sorted(ids)
+    assert fake_enso.duplicates == {}
     assert not_receipts(spool) == []
 
 
@@ -317,7 +321,7 @@ def killed_writer(spool: Path, n: int, *, metadata: bool = False) -> list[str]:
     ],
 )
 def test_a_damaged_wal_never_crashes_and_nothing_is_sent_twice(
-    fake: FakeEnso, tmp_path: Path, damage: str, big: bool, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, damage: str, big: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
     ids = killed_writer(spool, 20_000 if big else 2000, metadata=big)
@@ -330,15 +334,15 @@ def test_a_damaged_wal_never_crashes_and_nothing_is_sent_twice(
         with open(wal, "r+b") as f:
             f.truncate(wal.stat().st_size // 2)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
         survived = tracker.stats().adopted
         assert tracker.stats().balanced
-    on_server = fake.event_ids()
+    on_server = fake_enso.event_ids()
     # What survived is the oldest part (the checkpointed db, then whole WAL commits),
     # delivered exactly once.
     assert sorted(on_server) == sorted(ids[:survived])
-    assert fake.duplicates == {}
+    assert fake_enso.duplicates == {}
     if big:
         assert survived > 0
     else:
@@ -367,7 +371,7 @@ def wal_commit_ends(wal: Path) -> list[int]:
 
 
 def test_a_wal_cut_after_any_commit_delivers_that_prefix_and_leaves_nothing(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A process killed while its file is young (everything still in the WAL) or a WAL
     cut on a commit boundary: the file holds exactly the first k commits, among them
@@ -385,16 +389,19 @@ def test_a_wal_cut_after_any_commit_delivers_that_prefix_and_leaves_nothing(
         shutil.copytree(original, spool)
         with open(spool / wal_name, "r+b") as f:
             f.truncate(end)
-        fake.reset()
+        fake_enso.reset()
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="enso_tracker"), heir(spool, fake) as tracker:
+        with (
+            caplog.at_level(logging.ERROR, logger="enso_tracker"),
+            heir(spool, fake_enso) as tracker,
+        ):
             assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
             stats = tracker.stats()
             assert stats.balanced
             assert stats.delivered == stats.adopted
         survived.append(stats.adopted)
-        assert sorted(fake.event_ids()) == sorted(ids[: stats.adopted]), k
-        assert fake.duplicates == {}
+        assert sorted(fake_enso.event_ids()) == sorted(ids[: stats.adopted]), k
+        assert fake_enso.duplicates == {}
         left = [n for n in not_receipts(spool) if not n.startswith("dead-letters.db")]
         if left:
             leftovers[f"after commit {k + 1} of {len(ends)}"] = [
@@ -430,7 +437,7 @@ def test_an_unreadable_dead_letter_store_is_reported_by_spool_status(tmp_path: P
 
 
 def test_an_unreadable_dead_letter_store_is_set_aside_and_a_new_one_used(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Like an unreadable spool file: renamed ``*.corrupt-<time>``, reported, and the
     tracker starts a fresh store, so new dead letters are kept rather than lost."""
@@ -439,7 +446,7 @@ def test_an_unreadable_dead_letter_store_is_set_aside_and_a_new_one_used(
     _, damaged = flip_one_bit(only_db(spool), "sql", ids[150])
     path = broken_dead_letters(spool)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 200, 10.0)
         assert tracker.flush(5.0)
         assert tracker.stats().dropped == {"corrupt": 100}
@@ -456,18 +463,18 @@ def test_an_unreadable_dead_letter_store_is_set_aside_and_a_new_one_used(
 
 
 def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
-    fake: FakeEnso, tmp_path: Path, drops: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
 ) -> None:
     spool = tmp_path / "spool"
-    fake.hang(None)
+    fake_enso.hang(None)
     tracker = heir(
         spool,
-        fake,
+        fake_enso,
         max_spool_bytes=1024 * 1024,  # the least allowed
         max_batch_bytes=256 * 1024,  # a spool must hold a row of it and 256 KiB
         queue_full_policy="drop",
         timeout=0.3,
-        on_drop=drops,
+        on_drop=drop_recorder,
         max_batch_size=100,
     )
     try:
@@ -477,9 +484,9 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         # Drops are counted under the lock and handed to on_drop just after: wait for the
         # hook to have seen every one the books count.
         assert wait_until(
-            lambda: len(drops.events()) == sum(tracker.stats().dropped.values()), 20.0
+            lambda: len(drop_recorder.events()) == sum(tracker.stats().dropped.values()), 20.0
         )
-        refused = {e.event_id for e in drops.events("spool_full")}
+        refused = {e.event_id for e in drop_recorder.events("spool_full")}
         assert refused, tracker.stats()
         assert tracker.stats().dropped == {"spool_full": len(refused)}
         kept = [i for i in ids if i not in refused]
@@ -487,34 +494,36 @@ def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
         # The newest are dropped, not the oldest: with nothing deleted (Enso hung), once
         # a batch did not fit, none after it did.
         assert kept == ids[: len(kept)]
-        assert {r.kind for _, r in drops.calls} == {"spool_full"}
-        assert all("max_spool_bytes=1048576" in r.message for _, r in drops.calls)
+        assert {r.kind for _, r in drop_recorder.calls} == {"spool_full"}
+        assert all("max_spool_bytes=1048576" in r.message for _, r in drop_recorder.calls)
         assert tracker.stats().balanced
         assert Spool(spool).status().events == len(kept)  # on disk, every one kept
-        fake.release()
+        fake_enso.release()
         assert tracker.flush(30.0)
-        assert sorted(fake.event_ids()) == sorted(kept)
+        assert sorted(fake_enso.event_ids()) == sorted(kept)
         # Deleted from the file at its cap: drained while the tracker lives.
         assert Spool(spool).status().events == 0
         assert tracker.stats().spooled == 0
         more = [accepted(tracker.track("ent", "m", i, metadata=meta)) for i in range(200)]
         assert tracker.flush(30.0)  # room again: the drained spool takes new batches
-        assert set(more) <= set(fake.event_ids())
+        assert set(more) <= set(fake_enso.event_ids())
         assert tracker.stats().dropped == {"spool_full": len(refused)}
-        assert fake.duplicates == {}
+        assert fake_enso.duplicates == {}
         assert tracker.stats().balanced
     finally:
         tracker.shutdown(5.0)
     assert spool_files(spool) == []
 
 
-def test_spool_bytes_follows_the_file_while_enso_is_down(fake: FakeEnso, tmp_path: Path) -> None:
+def test_spool_bytes_follows_the_file_while_enso_is_down(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     """``stats().spool_bytes`` is how a user watches a spool fill during an outage (how
     near ``max_spool_bytes`` it is): it must grow with the file, not only when something
     is delivered."""
     spool = tmp_path / "spool"
-    fake.hang(None)
-    tracker = heir(spool, fake, timeout=0.3, max_batch_size=100)
+    fake_enso.hang(None)
+    tracker = heir(spool, fake_enso, timeout=0.3, max_batch_size=100)
     try:
         for i in range(1000):
             accepted(tracker.track("ent", "m", i, metadata={"pad": "y" * 200}))
@@ -528,7 +537,7 @@ def test_spool_bytes_follows_the_file_while_enso_is_down(fake: FakeEnso, tmp_pat
             disk_size(db),
         )
     finally:
-        fake.release()
+        fake_enso.release()
         tracker.shutdown(5.0)
 
 
@@ -585,7 +594,7 @@ def refused_writes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survives(
-    fake: FakeEnso, refused_writes: tuple[Path, dict[str, Any], int]
+    fake_enso: FakeEnso, refused_writes: tuple[Path, dict[str, Any], int]
 ) -> None:
     spool, report, _ = refused_writes
     full, after = report["full"], report["after"]
@@ -598,17 +607,17 @@ def test_a_filesystem_refusing_writes_is_reported_and_what_was_committed_survive
     assert full["errors"] == 0, full
     assert full["durable"] == len(report["ids"])  # each one on disk or dropped
     assert after["alive"], after
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().pending == 0, 20.0)
         assert tracker.stats().balanced
     committed = set(report["ids"][: full["durable"]]) - set(full["dropped"])
-    on_server = set(fake.event_ids())
+    on_server = set(fake_enso.event_ids())
     assert committed <= on_server, len(committed - on_server)
     # Once the disk takes writes again, new events are spooled again (durably: they
     # survived the SIGKILL).
     assert set(report["later"]) <= on_server, len(set(report["later"]) - on_server)
     assert on_server <= {*report["ids"], *report["later"]}
-    assert fake.duplicates == {}
+    assert fake_enso.duplicates == {}
     assert [n for n in spool_files(spool) if ".corrupt-" not in n] == []
 
 
@@ -663,7 +672,7 @@ def foreign_spool(path: Path, version: int) -> None:
 
 @pytest.mark.parametrize("version", [0, 1, 99])
 def test_a_file_of_another_format_is_left_alone_and_reported(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
     spool = tmp_path / "spool"
     ids = leave_behind(spool, 50)
@@ -671,7 +680,7 @@ def test_a_file_of_another_format_is_left_alone_and_reported(
     foreign_spool(foreign, version)
     before = foreign.read_bytes()
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert wait_until(lambda: tracker.stats().delivered == 50, 10.0)
         # The periodic scan passes it over without a word: reported once, never a loop.
         tracker._worker.disk.next_scan = 0.0  # type: ignore[union-attr]  # the 60 s scan, now
@@ -680,7 +689,7 @@ def test_a_file_of_another_format_is_left_alone_and_reported(
         stats = tracker.stats()
         assert stats.adopted == 50
         assert stats.balanced
-    assert sorted(fake.event_ids()) == sorted(ids)  # the valid orphan beside it: adopted
+    assert sorted(fake_enso.event_ids()) == sorted(ids)  # the valid orphan beside it: adopted
     assert foreign.read_bytes() == before  # refused, untouched
     assert not Path(f"{foreign}-wal").exists()
     said = [r for r in caplog.records if "not an enso-tracker spool" in r.getMessage()]
@@ -694,11 +703,11 @@ def test_a_file_of_another_format_is_left_alone_and_reported(
     assert status.events == 0  # its contents are not ours to count
     assert list(Spool(spool).pending()) == []
     # The next tracker on the directory leaves it alone as well.
-    with heir(spool, fake) as tracker:
+    with heir(spool, fake_enso) as tracker:
         assert tracker.flush(5.0)
         assert tracker.stats().adopted == 0
     assert foreign.read_bytes() == before
-    assert "new-format" not in fake.event_ids()
+    assert "new-format" not in fake_enso.event_ids()
 
 
 def test_bad_directories_are_refused_at_construction(
@@ -757,12 +766,12 @@ def fork_child(tracker: Tracker, spool: Path, k: int) -> int:
 
 
 def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    tracker = make_tracker(spool_dir=spool, spool_interval=0.01)
-    before = [accepted(tracker.track("ent", "parent", i)) for i in range(100)]
-    assert tracker.flush(10.0)
+    t = tracker(spool_dir=spool, spool_interval=0.01)
+    before = [accepted(t.track("ent", "parent", i)) for i in range(100)]
+    assert t.flush(10.0)
     (parent_file,) = [n for n in spool_files(spool) if n.endswith(".db")]
     # The parent keeps tracking while it forks, so its spooler and sender are busy
     # writing and deleting rows at the moment of each fork (a pre-forking server whose
@@ -774,9 +783,9 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
         for i in range(200_000):
             if stop.is_set():
                 return
-            during.append(accepted(tracker.track("ent", "parent", i, metadata={"p": "q" * 100})))
+            during.append(accepted(t.track("ent", "parent", i, metadata={"p": "q" * 100})))
             if i % 1000 == 999:
-                tracker.flush(10.0)  # keeps memory bounded and requests going
+                t.flush(10.0)  # keeps memory bounded and requests going
 
     pumping = threading.Thread(target=pump)
     pumping.start()
@@ -785,15 +794,15 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
         assert wait_until(lambda: len(during) >= 2000, 10.0)
         for k in range(5):
             # Right after a flush() returned, its batches' rows are being deleted.
-            assert tracker.flush(10.0)
-            _, status = os.waitpid(fork_child(tracker, spool, k), 0)
+            assert t.flush(10.0)
+            _, status = os.waitpid(fork_child(t, spool, k), 0)
             codes.append(os.waitstatus_to_exitcode(status))
     finally:
         stop.set()
         pumping.join(30.0)
     # 1: the child's flush timed out (e.g. its spooler hung opening its own file).
     assert codes == [0] * 5
-    assert tracker.flush(10.0)
+    assert t.flush(10.0)
     assert parent_file in os.listdir(spool)  # the parent's file is still its own
     # ... and still sound (db and WAL), read by another connection meanwhile.
     check = sqlite3.connect(f"file:{spool / parent_file}?mode=ro", uri=True)
@@ -804,27 +813,27 @@ def test_a_forked_child_uses_its_own_file_and_never_touches_the_parents(
         check.close()
     # The children are gone: the parent's next scan takes their files over and removes
     # them (rows a child had not deleted yet are resent: Enso dedups them).
-    tracker._worker.disk.next_scan = 0.0  # type: ignore[union-attr]  # the 60 s scan, now
-    tracker._worker.kick()
+    t._worker.disk.next_scan = 0.0  # type: ignore[union-attr]  # the 60 s scan, now
+    t._worker.kick()
     assert wait_until(
         lambda: [n for n in spool_files(spool) if n.endswith(".db")] == [parent_file], 10.0
     ), os.listdir(spool)
-    assert tracker.flush(10.0)
-    on_server = set(fake.event_ids())
+    assert t.flush(10.0)
+    on_server = set(fake_enso.event_ids())
     parent = before + during
     assert set(parent) <= on_server
-    assert set(parent).isdisjoint(fake.duplicates)  # the parent's events exactly once
+    assert set(parent).isdisjoint(fake_enso.duplicates)  # the parent's events exactly once
     assert {f"child-{k}-{i}" for k in range(5) for i in range(20)} <= on_server
     # A child's flush() returned with its delivered rows off its disk: adopting the
     # file it left resent none of them.
-    assert fake.duplicates == {}
+    assert fake_enso.duplicates == {}
     assert on_server == set(parent) | {f"child-{k}-{i}" for k in range(5) for i in range(20)}
-    assert tracker.shutdown(5.0)
+    assert t.shutdown(5.0)
     assert spool_files(spool) == []
 
 
 def test_rows_flush_reported_delivered_are_off_the_disk_when_it_returns(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process may end right after flush() (a forked worker's os._exit, a serverless
     freeze): a batch flush() reported delivered must not still be on disk then, or the
@@ -839,21 +848,21 @@ def test_rows_flush_reported_delivered_are_off_the_disk_when_it_returns(
 
     monkeypatch.setattr(DiskSpool, "settle", late_settle)
     spool = tmp_path / "spool"
-    tracker = make_tracker(spool_dir=spool)
-    ids = [accepted(tracker.track("ent", "m", i)) for i in range(20)]
-    assert tracker.flush(10.0)
+    t = tracker(spool_dir=spool)
+    ids = [accepted(t.track("ent", "m", i)) for i in range(20)]
+    assert t.flush(10.0)
     on_disk = Spool(spool).status().events
     gate.set()
-    assert sorted(fake.event_ids()) == sorted(ids)
+    assert sorted(fake_enso.event_ids()) == sorted(ids)
     assert on_disk == 0
 
 
 def test_two_trackers_on_one_directory_then_one_adopts_what_the_other_left(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = make_tracker(spool_dir=spool)
-    second = make_tracker(spool_dir=spool, timeout=0.3)
+    first = tracker(spool_dir=spool)
+    second = tracker(spool_dir=spool, timeout=0.3)
     a = [accepted(first.track("ent", "a", i)) for i in range(200)]
     b = [accepted(second.track("ent", "b", i)) for i in range(200)]
     assert first.flush(10.0)
@@ -872,7 +881,7 @@ def test_two_trackers_on_one_directory_then_one_adopts_what_the_other_left(
     assert second.stats().adopted == 0
     assert sorted(n for n in spool_files(spool) if n.endswith(".db")) == files
     assert Spool(spool).status().live_files == 2
-    fake.hang(None)
+    fake_enso.hang(None)
     left = [accepted(second.track("ent", "left", i)) for i in range(150)]
     assert second.shutdown(1.0) is False
     assert second.stats().left_in_spool == 150
@@ -880,21 +889,21 @@ def test_two_trackers_on_one_directory_then_one_adopts_what_the_other_left(
     assert sorted(n for n in spool_files(spool) if n.endswith(".db")) == files  # kept
     # (The requests that hung are stored by the fake once released, though their client
     # gave up: those copies of ``left`` are not the tracker's doing.)
-    fake.release()
+    fake_enso.release()
     first._worker.disk.next_scan = 0.0  # type: ignore[union-attr]
     first._worker.kick()
     assert wait_until(lambda: first.stats().adopted == 150, 10.0)
     assert wait_until(lambda: first.stats().pending == 0, 10.0)
-    on_server = fake.event_ids()
+    on_server = fake_enso.event_ids()
     assert set(a + b + left) == set(on_server)
-    assert set(a + b).isdisjoint(fake.duplicates)  # exactly once
+    assert set(a + b).isdisjoint(fake_enso.duplicates)  # exactly once
     assert first.stats().delivered == 350  # its 200 and the 150 it adopted
     assert first.stats().balanced
     assert first.shutdown(5.0)
     assert spool_files(spool) == []
 
 
-def test_leftovers_of_killed_processes_are_cleaned_up(fake: FakeEnso, tmp_path: Path) -> None:
+def test_leftovers_of_killed_processes_are_cleaned_up(fake_enso: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     # Killed between removing its db and its -wal/-shm (no lock left either):
@@ -907,6 +916,6 @@ def test_leftovers_of_killed_processes_are_cleaned_up(fake: FakeEnso, tmp_path: 
     os.utime(stale, (0, 0))
     fresh = spool / ".tmp-spool-redrive-busy.db"  # maybe being written right now: kept
     fresh.write_bytes(b"x")
-    with heir(spool, fake):
+    with heir(spool, fake_enso):
         pass
     assert sorted(not_receipts(spool)) == [".tmp-spool-redrive-busy.db"]

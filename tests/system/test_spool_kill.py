@@ -53,51 +53,53 @@ def batch(*ids: str) -> dict[str, object]:
     }
 
 
-def test_store_then_drop_stores_the_batch_and_loses_the_answer(fake: FakeEnso) -> None:
-    fake.script(Fault(store_then_drop=True))
+def test_store_then_drop_stores_the_batch_and_loses_the_answer(fake_enso: FakeEnso) -> None:
+    fake_enso.script(Fault(store_then_drop=True))
     with pytest.raises(httpx.TransportError):  # over the socket: reset, no status line
-        httpx.post(f"{fake.url}/events/batch", json=batch("kept"), headers=HEADERS, timeout=5.0)
-    assert fake.event_ids() == ["kept"]
-    fake.script(Fault(store_then_drop=True))
-    with httpx.Client(transport=fake.transport()) as client:
+        httpx.post(
+            f"{fake_enso.url}/events/batch", json=batch("kept"), headers=HEADERS, timeout=5.0
+        )
+    assert fake_enso.event_ids() == ["kept"]
+    fake_enso.script(Fault(store_then_drop=True))
+    with httpx.Client(transport=fake_enso.transport()) as client:
         with pytest.raises(httpx.ReadError):
             client.post("http://fake/events/batch", json=batch("kept-too"), headers=HEADERS)
         # The retry of a batch whose answer was lost: stored once, counted as a duplicate.
         answer = client.post("http://fake/events/batch", json=batch("kept-too"), headers=HEADERS)
     assert answer.status_code == 200
-    assert fake.event_ids() == ["kept", "kept-too"]
-    assert fake.duplicates == {"kept-too": 1}
+    assert fake_enso.event_ids() == ["kept", "kept-too"]
+    assert fake_enso.duplicates == {"kept-too": 1}
 
 
-def test_chaos_fails_a_share_of_requests_reproducibly(fake: FakeEnso) -> None:
+def test_chaos_fails_a_share_of_requests_reproducibly(fake_enso: FakeEnso) -> None:
     runs = []
     for _ in range(2):
-        fake.reset()
-        fake.chaos(p503=0.5, seed=1)
-        with httpx.Client(transport=fake.transport()) as client:
+        fake_enso.reset()
+        fake_enso.chaos(p503=0.5, seed=1)
+        with httpx.Client(transport=fake_enso.transport()) as client:
             statuses = [
                 client.post(
                     "http://fake/events/batch", json=batch(f"e{i}"), headers=HEADERS
                 ).status_code
                 for i in range(40)
             ]
-        runs.append((statuses, fake.event_ids()))
+        runs.append((statuses, fake_enso.event_ids()))
     statuses, stored = runs[0]
     assert runs[0] == runs[1]  # the same seed, the same faults
     assert 5 < statuses.count(503) < 35  # about half; the rest reach the API
     assert set(statuses) == {200, 503}
     assert len(stored) == statuses.count(200)  # a 503 stores nothing
 
-    fake.chaos(p_store_then_drop=1.0, seed=2)
-    with httpx.Client(transport=fake.transport()) as client:
+    fake_enso.chaos(p_store_then_drop=1.0, seed=2)
+    with httpx.Client(transport=fake_enso.transport()) as client:
         with pytest.raises(httpx.ReadError):
             client.post("http://fake/events/batch", json=batch("lost-answer"), headers=HEADERS)
-        fake.chaos()  # off: answered again
+        fake_enso.chaos()  # off: answered again
         answer = client.post("http://fake/events/batch", json=batch("after"), headers=HEADERS)
     assert answer.status_code == 200
-    assert fake.event_ids()[-2:] == ["lost-answer", "after"]
+    assert fake_enso.event_ids()[-2:] == ["lost-answer", "after"]
     with pytest.raises(ValueError, match="probabilities"):
-        fake.chaos(p503=0.8, p_store_then_drop=0.5)
+        fake_enso.chaos(p503=0.8, p_store_then_drop=0.5)
 
 
 @dataclass
@@ -151,39 +153,41 @@ def kill(producer: Producer) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_kill_9_at_random_moments_loses_no_committed_event(fake: FakeEnso, tmp_path: Path) -> None:
+def test_kill_9_at_random_moments_loses_no_committed_event(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     print(f"seed={SEED}")
     rng = random.Random(SEED)
     spool = tmp_path / "spool"
     reports = tmp_path / "reports"
     reports.mkdir()
-    fake.chaos(p503=0.1, p_store_then_drop=0.05, seed=SEED)
+    fake_enso.chaos(p503=0.1, p_store_then_drop=0.05, seed=SEED)
     made = 0
     live: list[Producer] = []
     dead: list[Producer] = []
     for _ in range(2):
-        live.append(start(fake, spool, reports, made))
+        live.append(start(fake_enso, spool, reports, made))
         made += 1
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.05, 1.5))  # the kill schedule itself, not a wait for a thread
         victim = live.pop(rng.randrange(len(live)))
         kill(victim)
         dead.append(victim)
-        live.append(start(fake, spool, reports, made))
+        live.append(start(fake_enso, spool, reports, made))
         made += 1
     time.sleep(rng.uniform(0.05, 1.5))
     for producer in live:
         kill(producer)
         dead.append(producer)
-    fake.chaos()  # faults off: the final drain
+    fake_enso.chaos()  # faults off: the final drain
 
-    heir = Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False)
+    heir = Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False)
     drained = heir.shutdown(60.0)
     stats = heir.stats()
 
     pids = [producer.process.pid for producer in dead]
-    on_server = set(fake.event_ids())
-    duplicates = sum(fake.duplicates.values())
+    on_server = set(fake_enso.event_ids())
+    duplicates = sum(fake_enso.duplicates.values())
     committed = 0
     lost: list[str] = []
     durable: dict[int, int] = {}

@@ -102,12 +102,14 @@ time.sleep(120)
 
 
 @pytest.fixture
-def owner(fake: FakeEnso, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+def owner(
+    private_fake: FakeEnso, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
     """A live process with key A whose 20 events are durable (``durable_seq``) in
-    ``tmp_path/spool`` and undelivered: A's Enso (``fake``) is stopped meanwhile."""
+    ``tmp_path/spool`` and undelivered: A's Enso (``private_fake``) is stopped meanwhile."""
     spool = tmp_path / "spool"
-    fake.stop()
-    script = KILLED_WRITER.format(key=API_KEY, url=fake.url, spool=str(spool), n=20)
+    private_fake.stop()
+    script = KILLED_WRITER.format(key=API_KEY, url=private_fake.url, spool=str(spool), n=20)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
@@ -129,7 +131,7 @@ def owner(fake: FakeEnso, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str
 
 @pytest.mark.parametrize("other_key", ["key-b", API_KEY], ids=["another key", "another Enso"])
 def test_a_tracker_of_another_identity_never_sends_a_killed_process_events(
-    fake: FakeEnso,
+    private_fake: FakeEnso,
     tmp_path: Path,
     owner: tuple[subprocess.Popen[str], list[str]],
     other_key: str,
@@ -149,7 +151,7 @@ def test_a_tracker_of_another_identity_never_sends_a_killed_process_events(
             assert stats.adopted == 0
             assert stats.foreign_spool_files == 1
             status = Spool(spool).status()
-            assert status.events_by_identity[short(identity(fake.url))] == 20
+            assert status.events_by_identity[short(identity(private_fake.url))] == 20
         finally:
             assert b.shutdown(5.0) is True
         assert other.event_ids() == [mine]  # none of A's
@@ -159,14 +161,14 @@ def test_a_tracker_of_another_identity_never_sends_a_killed_process_events(
     said = [r for r in caplog.records if "written for another destination" in r.getMessage()]
     assert len(said) == 1  # once, however often the directory is scanned
     assert said[0].levelno == logging.ERROR
-    assert f"identity {short(identity(fake.url))}" in said[0].getMessage()
-    fake.start()  # A's Enso is back, on its port: tracker A delivers all, once
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as a:
-        assert fake.wait_for_events(20, 15.0)
+    assert f"identity {short(identity(private_fake.url))}" in said[0].getMessage()
+    private_fake.start()  # A's Enso is back, on its port: tracker A delivers all, once
+    with Tracker(API_KEY, base_url=private_fake.url, spool_dir=spool, handle_sigterm=False) as a:
+        assert private_fake.wait_for_events(20, 15.0)
         assert wait_until(lambda: a.stats().adopted == 20, 5.0)
         assert a.stats().foreign_spool_files == 0
-    assert sorted(fake.event_ids()) == sorted(ids)
-    assert fake.duplicates == {}
+    assert sorted(private_fake.event_ids()) == sorted(ids)
+    assert private_fake.duplicates == {}
     assert spool_names(spool) == []
 
 
@@ -185,11 +187,11 @@ def test_the_fingerprint_is_stable_normalized_and_never_the_key() -> None:
 
 
 def test_redrive_writes_each_dead_letter_back_for_its_own_identity(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
-    a, b = identity(fake.url), identity(fake.url, "key-b")
+    a, b = identity(fake_enso.url), identity(fake_enso.url, "key-b")
     for who, prefix in ((a, "a"), (b, "b"), (None, "legacy")):
         store = DeadLetterStore(str(spool), origin=who)
         reason = DropReason(kind="rejected", message="entity unknown", code=2002, status=200)
@@ -197,10 +199,10 @@ def test_redrive_writes_each_dead_letter_back_for_its_own_identity(
         store.close()
     # A tracker redrives only its own letters; the letters of B and those of no recorded
     # identity stay where they are.
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as t:
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False) as t:
         assert t.redrive() == 3
-        assert fake.wait_for_events(3, 10.0)
-    assert sorted(fake.event_ids()) == ["a-0", "a-1", "a-2"]
+        assert fake_enso.wait_for_events(3, 10.0)
+    assert sorted(fake_enso.event_ids()) == ["a-0", "a-1", "a-2"]
     assert Spool(spool).redrive() == 3  # B's, into a file for B (the legacy ones stay)
     (name,) = spool_names(spool)
     with sqlite3.connect(spool / name) as conn:
@@ -216,46 +218,48 @@ def test_redrive_writes_each_dead_letter_back_for_its_own_identity(
 # ---------------------------------------------------------------- directory trust
 
 
-def test_a_directory_others_can_write_in_is_refused(fake: FakeEnso, tmp_path: Path) -> None:
+def test_a_directory_others_can_write_in_is_refused(fake_enso: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     os.chmod(spool, 0o777)
-    plant_orphans(spool, 1, identity(fake.url))
+    plant_orphans(spool, 1, identity(fake_enso.url))
     with pytest.raises(ConfigurationError, match=r"writable by group or others.*chmod 700"):
-        Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False)
+        Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False)
     os.chmod(spool, 0o770)
     with pytest.raises(ConfigurationError, match="writable by group"):
-        Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False)
-    assert fake.event_ids() == []
+        Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False)
+    assert fake_enso.event_ids() == []
     os.chmod(spool, 0o700)  # fixed as the message says: now it is used
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
-        assert fake.wait_for_events(1, 10.0)
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False):
+        assert fake_enso.wait_for_events(1, 10.0)
 
 
 @as_root
-def test_a_directory_owned_by_another_user_is_refused(fake: FakeEnso, tmp_path: Path) -> None:
+def test_a_directory_owned_by_another_user_is_refused(fake_enso: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    plant_orphans(spool, 1, identity(fake.url))
+    plant_orphans(spool, 1, identity(fake_enso.url))
     os.chown(spool, NOBODY, NOBODY)
     with pytest.raises(ConfigurationError, match=r"owned by uid 65534, not by this user"):
-        Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False)
-    assert fake.event_ids() == []
+        Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False)
+    assert fake_enso.event_ids() == []
 
 
-def test_every_file_is_private_whatever_the_umask(fake: FakeEnso, tmp_path: Path) -> None:
+def test_every_file_is_private_whatever_the_umask(private_fake: FakeEnso, tmp_path: Path) -> None:
     spool = tmp_path / "deep" / "spool"
-    fake.known_entities = {"ent"}
+    private_fake.known_entities = {"ent"}
     old = os.umask(0)
     try:
-        with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as t:
+        with Tracker(
+            API_KEY, base_url=private_fake.url, spool_dir=spool, handle_sigterm=False
+        ) as t:
             accepted(t.track("nobody-knows-me", "m", 1))  # refused by Enso: a dead letter
             t.flush(10.0)
-            fake.stop()
+            private_fake.stop()
             accepted(t.track("ent", "m", 1))
             assert wait_until(lambda: t.stats().durable_seq == 2, 10.0)
             assert wait_until(lambda: t.stats().dead_letters == 1, 10.0)
             modes = {n: stat.S_IMODE(os.lstat(spool / n).st_mode) for n in os.listdir(spool)}
-            fake.start()
+            private_fake.start()
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(spool).st_mode) == 0o700
@@ -265,7 +269,7 @@ def test_every_file_is_private_whatever_the_umask(fake: FakeEnso, tmp_path: Path
 
 
 def test_a_symlinked_dead_letter_store_is_never_written_through(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     app_db = tmp_path / "application.db"
     with sqlite3.connect(app_db) as conn:
@@ -275,8 +279,8 @@ def test_a_symlinked_dead_letter_store_is_never_written_through(
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     (spool / "dead-letters.db").symlink_to(app_db)
-    fake.known_entities = {"ent"}
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as t:
+    fake_enso.known_entities = {"ent"}
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False) as t:
         accepted(t.track("nobody-knows-me", "m", 1))  # refused by Enso: a dead letter
         t.flush(10.0)
         assert t.stats().dropped == {"rejected": 1}
@@ -286,11 +290,13 @@ def test_a_symlinked_dead_letter_store_is_never_written_through(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["application.db", "spool"]
 
 
-def test_a_symlinked_spool_file_and_lock_are_never_followed(fake: FakeEnso, tmp_path: Path) -> None:
+def test_a_symlinked_spool_file_and_lock_are_never_followed(
+    fake_enso: FakeEnso, tmp_path: Path
+) -> None:
     # A real orphan of this very identity, outside the directory, linked in: adopting it
     # would bill what a planter put there.
     elsewhere = tmp_path / "elsewhere"
-    plant_orphans(elsewhere, 1, identity(fake.url), prefix="planted")
+    plant_orphans(elsewhere, 1, identity(fake_enso.url), prefix="planted")
     (target,) = spool_names(elsewhere)
     before = (elsewhere / target).read_bytes()
     spool = tmp_path / "spool"
@@ -299,14 +305,14 @@ def test_a_symlinked_spool_file_and_lock_are_never_followed(fake: FakeEnso, tmp_
     # Lock names of format 1 pointing where a file must never be created.
     (spool / "spool-2-gone.lock").symlink_to(tmp_path / "created-through-lock")
     (spool / ".tmp-spool-3-x.lock").symlink_to(tmp_path / "created-through-temp-lock")
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as t:
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False) as t:
         mine = accepted(t.track("ent", "m", 1))
         assert t.flush(10.0)
         stats = t.stats()
         assert stats.adopted == 0
         assert stats.skipped_spool_files == 1
         assert "symlink" in (stats.last_error or "")
-    assert fake.event_ids() == [mine]
+    assert fake_enso.event_ids() == [mine]
     assert (elsewhere / target).read_bytes() == before
     assert not (tmp_path / "created-through-lock").exists()
     assert not (tmp_path / "created-through-temp-lock").exists()
@@ -316,32 +322,32 @@ def test_a_symlinked_spool_file_and_lock_are_never_followed(fake: FakeEnso, tmp_
 
 @as_root
 def test_a_spool_file_owned_by_another_user_is_skipped_and_reported(
-    fake: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake_enso: FakeEnso, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
-    ids = plant_orphans(spool, 1, identity(fake.url))
+    ids = plant_orphans(spool, 1, identity(fake_enso.url))
     (name,) = spool_names(spool)
     os.chown(spool / name, NOBODY, NOBODY)
     caplog.set_level(logging.ERROR, logger="enso_tracker")
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as t:
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False) as t:
         assert t.stats().skipped_spool_files == 1
         assert t.stats().adopted == 0
-    assert fake.event_ids() == []
+    assert fake_enso.event_ids() == []
     assert spool_names(spool) == [name]  # left as it is: not quarantined, not removed
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "owned by another user (uid 65534)" in said
     assert "corrupt" not in said
     os.chown(spool / name, 0, 0)  # given back: the next tracker delivers it
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
-        assert fake.wait_for_events(1, 10.0)
-    assert fake.event_ids() == ids
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False):
+        assert fake_enso.wait_for_events(1, 10.0)
+    assert fake_enso.event_ids() == ids
 
 
 # ---------------------------------------------------------------- locks
 
 
 def test_a_live_owner_file_is_never_adopted_and_survives_its_kill(
-    fake: FakeEnso, tmp_path: Path, owner: tuple[subprocess.Popen[str], list[str]]
+    private_fake: FakeEnso, tmp_path: Path, owner: tuple[subprocess.Popen[str], list[str]]
 ) -> None:
     child, ids = owner
     spool = tmp_path / "spool"
@@ -350,20 +356,20 @@ def test_a_live_owner_file_is_never_adopted_and_survives_its_kill(
     # The flock is on the database itself: no lock file exists that could be removed.
     assert names == [db, db + "-shm", db + "-wal"]
     os.unlink(spool / (db + "-shm"))  # what lies beside it, removed under the live owner
-    fake.start()
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as heir:
+    private_fake.start()
+    with Tracker(API_KEY, base_url=private_fake.url, spool_dir=spool, handle_sigterm=False) as heir:
         mine = accepted(heir.track("ent", "m", 1))
         assert heir.flush(10.0)
         assert heir.stats().adopted == 0  # the owner lives: its file is not ours
     assert (spool / db).exists()
-    assert fake.event_ids() == [mine]
+    assert private_fake.event_ids() == [mine]
     child.kill()  # kill -9 of the owner
     child.wait(10)
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False) as late:
-        assert fake.wait_for_events(21, 15.0)
+    with Tracker(API_KEY, base_url=private_fake.url, spool_dir=spool, handle_sigterm=False) as late:
+        assert private_fake.wait_for_events(21, 15.0)
         assert wait_until(lambda: late.stats().adopted == 20, 5.0)
-    assert sorted(fake.event_ids()) == sorted([*ids, mine])
-    assert fake.duplicates == {}
+    assert sorted(private_fake.event_ids()) == sorted([*ids, mine])
+    assert private_fake.duplicates == {}
     assert spool_names(spool) == []
 
 
@@ -371,16 +377,16 @@ def test_a_live_owner_file_is_never_adopted_and_survives_its_kill(
 
 
 def test_four_hundred_orphans_under_256_descriptors_are_all_delivered(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    ids = plant_orphans(spool, 400, identity(fake.url))
+    ids = plant_orphans(spool, 400, identity(fake_enso.url))
     report = run_child(
         f"""
         import json, os, resource, time
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         from enso_tracker import Tracker
-        t = Tracker({API_KEY!r}, base_url={fake.url!r}, spool_dir={str(spool)!r},
+        t = Tracker({API_KEY!r}, base_url={fake_enso.url!r}, spool_dir={str(spool)!r},
                     handle_sigterm=False)
         peak = 0
         deadline = time.monotonic() + 90
@@ -400,14 +406,14 @@ def test_four_hundred_orphans_under_256_descriptors_are_all_delivered(
     assert report["adopted"] == 400
     assert report["skipped"] == 0
     assert report["peak"] < 128  # bounded by the files held at a time, not by 400
-    assert sorted(fake.event_ids()) == sorted(ids)
-    assert fake.duplicates == {}
+    assert sorted(fake_enso.event_ids()) == sorted(ids)
+    assert fake_enso.duplicates == {}
     assert not [n for n in os.listdir(spool) if ".corrupt-" in n]
     assert spool_names(spool) == []
 
 
 def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
@@ -418,10 +424,10 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
         from enso_tracker._spool.format import write_unowned
         from enso_tracker._spool.identity import fingerprint
         from enso_tracker._wire import join_batch
-        t = Tracker({API_KEY!r}, base_url={fake.url!r}, spool_dir={str(spool)!r},
+        t = Tracker({API_KEY!r}, base_url={fake_enso.url!r}, spool_dir={str(spool)!r},
                     handle_sigterm=False)
         body = join_batch([{event("late-1")!r}])
-        write_unowned({str(spool)!r}, [(body, 1)], fingerprint({fake.url!r}, "api_key",
+        write_unowned({str(spool)!r}, [(body, 1)], fingerprint({fake_enso.url!r}, "api_key",
                       {API_KEY!r}))
         disk = t._worker.disk
         # Every descriptor but the ones in use taken: the scan cannot open the file.
@@ -450,12 +456,12 @@ def test_out_of_descriptors_leaves_the_file_and_the_next_scan_delivers_it(
     assert "tried again later" in why
     assert not [n for n in report["names"] if ".corrupt-" in n]
     assert report["delivered"] == 1
-    assert fake.event_ids() == ["late-1"]
+    assert fake_enso.event_ids() == ["late-1"]
 
 
 @as_root
 def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     # Outside pytest's root-only tmp_path: the second user must reach the directory.
     base = Path(tempfile.mkdtemp(prefix="enso-trust-"))
@@ -464,7 +470,7 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
         spool = base / "spool"
         spool.mkdir(mode=0o700)
         os.chown(spool, NOBODY, NOBODY)
-        ids = plant_orphans(spool, 5, identity(fake.url), prefix="root")
+        ids = plant_orphans(spool, 5, identity(fake_enso.url), prefix="root")
         names = spool_names(spool)
         assert all(os.stat(spool / n).st_uid == 0 for n in names)
         report = run_child(
@@ -472,7 +478,7 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
             import json, logging, os
             from enso_tracker import Tracker
             # Everything loaded as root (the interpreter's files are root's), then: nobody.
-            with Tracker({API_KEY!r}, base_url={fake.url!r}, handle_sigterm=False) as w:
+            with Tracker({API_KEY!r}, base_url={fake_enso.url!r}, handle_sigterm=False) as w:
                 w.track("ent", "m", 1, event_id="warmup")
                 w.flush(10.0)
             said = []
@@ -481,7 +487,7 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
                     said.append(record.getMessage())
             logging.getLogger("enso_tracker").addHandler(Keep())
             os.setgid({NOBODY}); os.setuid({NOBODY})
-            t = Tracker({API_KEY!r}, base_url={fake.url!r}, spool_dir={str(spool)!r},
+            t = Tracker({API_KEY!r}, base_url={fake_enso.url!r}, spool_dir={str(spool)!r},
                         handle_sigterm=False)
             stats = t.stats()
             t.shutdown(5.0)
@@ -496,12 +502,12 @@ def test_a_root_owned_redrive_file_is_reported_never_quarantined_by_another_user
         assert "corrupt" not in said
         assert "renamed" not in said
         assert spool_names(spool) == names  # all five left as they were
-        assert sorted(fake.event_ids()) == ["warmup"]
+        assert sorted(fake_enso.event_ids()) == ["warmup"]
         # Their owner's tracker delivers them.
         os.chown(spool, 0, 0)
-        with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
-            assert fake.wait_for_events(6, 10.0)
-        assert sorted(fake.event_ids()) == sorted([*ids, "warmup"])
+        with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False):
+            assert fake_enso.wait_for_events(6, 10.0)
+        assert sorted(fake_enso.event_ids()) == sorted([*ids, "warmup"])
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
@@ -524,21 +530,21 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cli_sends_none_of_another_identity_and_doctor_says_whose_they_are(
-    fake: FakeEnso, tmp_path: Path
+    fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    mine = plant_orphans(spool, 2, identity(fake.url), prefix="mine")
-    plant_orphans(spool, 3, identity(fake.url, "key-b"), prefix="theirs")
+    mine = plant_orphans(spool, 2, identity(fake_enso.url), prefix="mine")
+    plant_orphans(spool, 3, identity(fake_enso.url, "key-b"), prefix="theirs")
     names = spool_names(spool)
-    env = {"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": fake.url, "ENSO_SPOOL_DIR": str(spool)}
+    env = {"ENSO_API_KEY": API_KEY, "ENSO_BASE_URL": fake_enso.url, "ENSO_SPOOL_DIR": str(spool)}
     # `send` never borrows the application's spool (ENSO_SPOOL_DIR): it sends its own event only.
     sent = run_cli("send", "ent", "m", "1", "--event-id", "cli-1", **env)
     assert sent.returncode == 0, sent.stderr
-    assert sorted(fake.event_ids()) == ["cli-1"]
+    assert sorted(fake_enso.event_ids()) == ["cli-1"]
     assert spool_names(spool) == names
     status = json.loads(run_cli("spool", "status", "--dir", str(spool), "--json").stdout)
-    theirs = short(identity(fake.url, "key-b"))
-    assert status["events_by_identity"] == {short(identity(fake.url)): 2, theirs: 3}
+    theirs = short(identity(fake_enso.url, "key-b"))
+    assert status["events_by_identity"] == {short(identity(fake_enso.url)): 2, theirs: 3}
     human = run_cli("spool", "status", "--dir", str(spool)).stdout
     assert f"{theirs}: 3" in human
     doctor = run_cli("doctor", "--json", **env)
@@ -550,7 +556,7 @@ def test_the_cli_sends_none_of_another_identity_and_doctor_says_whose_they_are(
     assert API_KEY not in doctor.stdout
     assert "key-b" not in doctor.stdout
     # A tracker of this identity on the directory adopts its own files, none of theirs.
-    with Tracker(API_KEY, base_url=fake.url, spool_dir=spool, handle_sigterm=False):
-        assert fake.wait_for_events(3, 10.0)
-    assert sorted(fake.event_ids()) == sorted([*mine, "cli-1"])
+    with Tracker(API_KEY, base_url=fake_enso.url, spool_dir=spool, handle_sigterm=False):
+        assert fake_enso.wait_for_events(3, 10.0)
+    assert sorted(fake_enso.event_ids()) == sorted([*mine, "cli-1"])
     assert len(spool_names(spool)) == 3

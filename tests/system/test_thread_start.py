@@ -72,91 +72,91 @@ def tracker_threads(besides: frozenset[threading.Thread] = frozenset()) -> list[
 
 @pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
 def test_flush_and_shutdown_deliver_in_the_callers_thread(
-    make_tracker: TrackerFactory,
-    fake: FakeEnso,
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
     no_threads: StartFailures,
-    drops: DropLog,
+    drop_recorder: DropLog,
     tmp_path: Path,
     spool: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     options = {"spool_dir": str(tmp_path / "spool")} if spool else {}
     others = frozenset(threading.enumerate())
-    tracker = make_tracker(max_batch_size=40, **options)
+    t = tracker(max_batch_size=40, **options)
     with caplog.at_level(logging.ERROR, logger="enso_tracker"):
-        ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(100)]
+        ids = [accepted(t.track("ent", "api_calls", i)) for i in range(100)]
     assert tracker_threads(others) == []
-    assert tracker.stats().queued + tracker.stats().spooled >= 100 - tracker.stats().delivered
+    assert t.stats().queued + t.stats().spooled >= 100 - t.stats().delivered
     assert "cannot start the enso-tracker" in caplog.text
     assert "died" not in caplog.text  # it never ran: nothing died
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    more = [accepted(tracker.track("ent", "api_calls", i)) for i in range(30)]
-    assert tracker.shutdown(10.0) is True  # no RuntimeError from joining an unstarted thread
-    assert set(fake.events) == set(ids + more)
-    stats = tracker.stats()
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    more = [accepted(t.track("ent", "api_calls", i)) for i in range(30)]
+    assert t.shutdown(10.0) is True  # no RuntimeError from joining an unstarted thread
+    assert set(fake_enso.events) == set(ids + more)
+    stats = t.stats()
     assert stats.delivered == 130
     assert stats.balanced
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert tracker_threads(others) == []
 
 
 def test_shutdown_reports_every_event_it_cannot_deliver(
-    make_tracker: TrackerFactory,
-    fake: FakeEnso,
+    tracker: TrackerFactory,
+    private_fake: FakeEnso,
     no_threads: StartFailures,
-    drops: DropLog,
+    drop_recorder: DropLog,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    tracker = make_tracker()
-    fake.stop()  # nothing can be delivered
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(25)]
+    t = tracker(base_url=private_fake.url)
+    private_fake.stop()  # nothing can be delivered
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(25)]
     with caplog.at_level(logging.INFO, logger="enso_tracker"):
-        assert tracker.shutdown(0.5) is False
-    assert sorted(e.event_id for e in drops.events("shutdown")) == sorted(ids)
-    stats = tracker.stats()
+        assert t.shutdown(0.5) is False
+    assert sorted(e.event_id for e in drop_recorder.events("shutdown")) == sorted(ids)
+    stats = t.stats()
     assert stats.dropped == {"shutdown": 25}
     assert stats.balanced
     assert "shut down: 0 delivered, 25 dropped" in caplog.text
 
 
 def test_a_failed_start_is_retried_with_backoff_not_on_every_track(
-    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures
 ) -> None:
-    tracker = make_tracker(backoff_base=1.0, backoff_max=2.0)
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(2000)]
+    t = tracker(backoff_base=1.0, backoff_max=2.0)
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(2000)]
     assert 1 <= no_threads.attempts <= 3  # not 2,000 tries: the backoff holds them back
-    assert fake.received == 0
+    assert fake_enso.received == 0
     no_threads.failing = False
 
     def track_one_more() -> bool:
-        ids.append(accepted(tracker.track("ent", "api_calls", 1)))
-        return fake.received > 0
+        ids.append(accepted(t.track("ent", "api_calls", 1)))
+        return fake_enso.received > 0
 
     # Once starting works again, a later track() starts the thread, which delivers by
     # itself (no flush).
     assert wait_until(track_one_more)
     assert "enso-tracker-sender" in tracker_threads()
-    assert tracker.flush(10.0)
-    assert set(fake.events) == set(ids)
-    assert tracker.stats().delivered == len(ids)
+    assert t.flush(10.0)
+    assert set(fake_enso.events) == set(ids)
+    assert t.stats().delivered == len(ids)
 
 
 def test_a_flush_without_a_thread_keeps_its_deadline(
-    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures
 ) -> None:
-    tracker = make_tracker(timeout=5.0)
-    fake.hang(None)
-    accepted(tracker.track("ent", "api_calls", 1))
+    t = tracker(timeout=5.0)
+    fake_enso.hang(None)
+    accepted(t.track("ent", "api_calls", 1))
     started = time.monotonic()
     try:
-        assert tracker.flush(0.5) is False
+        assert t.flush(0.5) is False
     finally:
-        fake.release()
+        fake_enso.release()
     elapsed = time.monotonic() - started
     assert elapsed < 3.0, f"flush(0.5) took {elapsed:.1f} s with timeout=5.0"
-    assert tracker.flush(10.0)
-    assert len(fake.events) == 1
+    assert t.flush(10.0)
+    assert len(fake_enso.events) == 1
 
 
 # ------------------------------------------------ a real failure, in a subprocess
@@ -194,10 +194,12 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("mode", ["kept", "dropped"])
-def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso, mode: str) -> None:
+def test_a_process_that_cannot_start_threads_delivers_everything(
+    fake_enso: FakeEnso, mode: str
+) -> None:
     env = {**os.environ, "PYTHONPATH": child_path()}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, fake.url, API_KEY, mode],
+        [sys.executable, "-c", CHILD, fake_enso.url, API_KEY, mode],
         capture_output=True,
         text=True,
         timeout=60,
@@ -208,7 +210,7 @@ def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso,
     assert report["started"] is False  # the limit is real: no thread can start
     assert report["threads"] == ["MainThread"]
     assert report["flushed"] is True
-    assert set(fake.events) == set(report["ids"])  # the 20 after the flush: at exit
+    assert set(fake_enso.events) == set(report["ids"])  # the 20 after the flush: at exit
     assert "cannot start the enso-tracker sender thread" in result.stderr
     assert "shut down: 70 delivered, 0 dropped, 0 refused" in result.stderr
     if mode == "dropped":  # the tracker dropped at once still delivered at exit
@@ -217,38 +219,38 @@ def test_a_process_that_cannot_start_threads_delivers_everything(fake: FakeEnso,
 
 
 def test_aflush_and_ashutdown_deliver_when_no_thread_can_start(
-    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures
 ) -> None:
-    tracker = make_tracker()
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
+    t = tracker()
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(10)]
 
     async def main() -> tuple[bool, bool]:
-        flushed = await tracker.aflush(10.0)
-        ids.append(accepted(tracker.track("ent", "api_calls", 10)))
-        return flushed, await tracker.ashutdown(10.0)
+        flushed = await t.aflush(10.0)
+        ids.append(accepted(t.track("ent", "api_calls", 10)))
+        return flushed, await t.ashutdown(10.0)
 
     # (The awaiting helper, "enso-tracker-await", cannot start either.)
     assert asyncio.run(main()) == (True, True)
-    assert set(fake.events) == set(ids)
+    assert set(fake_enso.events) == set(ids)
     assert no_threads.attempts >= 2
 
 
 def test_a_shutdown_during_another_threads_flush_waits_and_delivers_the_rest(
-    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures, drops: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures, drop_recorder: DropLog
 ) -> None:
-    tracker = make_tracker()
-    ids = [accepted(tracker.track("ent", "api_calls", i)) for i in range(10)]
-    fake.script(Fault(delay=0.5))  # the flush's request is in flight for a while
+    t = tracker()
+    ids = [accepted(t.track("ent", "api_calls", i)) for i in range(10)]
+    fake_enso.script(Fault(delay=0.5))  # the flush's request is in flight for a while
     flushed: list[bool] = []
-    flusher = threading.Thread(target=lambda: flushed.append(tracker.flush(10.0)))
+    flusher = threading.Thread(target=lambda: flushed.append(t.flush(10.0)))
     flusher.start()
-    assert wait_until(lambda: fake.in_flight == 1)
-    ids += [accepted(tracker.track("ent", "api_calls", i)) for i in range(5)]
-    assert tracker.shutdown(10.0) is True  # not "dropped at once": it waited its turn
+    assert wait_until(lambda: fake_enso.in_flight == 1)
+    ids += [accepted(t.track("ent", "api_calls", i)) for i in range(5)]
+    assert t.shutdown(10.0) is True  # not "dropped at once": it waited its turn
     flusher.join(10.0)
     assert flushed == [True]
-    assert set(fake.events) == set(ids)
-    assert drops.calls == []
+    assert set(fake_enso.events) == set(ids)
+    assert drop_recorder.calls == []
 
 
 GH_113964 = textwrap.dedent(
@@ -276,13 +278,13 @@ GH_113964 = textwrap.dedent(
     reason="CPython gh-113964 exists on 3.12.0-3.12.2 only (make test-all runs one)",
 )
 def test_events_tracked_after_the_main_thread_returned_on_cpython_3_12_early(
-    fake: FakeEnso,
+    fake_enso: FakeEnso,
 ) -> None:
     # On these versions no thread can start once the main thread returned: the sender
     # never runs, and the exit hook delivers in its own thread.
     env = {**os.environ, "PYTHONPATH": child_path()}
     result = subprocess.run(
-        [sys.executable, "-c", GH_113964, fake.url, API_KEY],
+        [sys.executable, "-c", GH_113964, fake_enso.url, API_KEY],
         capture_output=True,
         text=True,
         timeout=60,
@@ -291,24 +293,24 @@ def test_events_tracked_after_the_main_thread_returned_on_cpython_3_12_early(
     assert result.returncode == 0, result.stderr
     assert "can't create new thread at interpreter shutdown" in result.stderr
     assert "shut down: 300 delivered, 0 dropped, 0 refused" in result.stderr
-    assert len(fake.events) == 300
+    assert len(fake_enso.events) == 300
 
 
 def test_shutdown_from_on_drop_during_caller_run_delivery_does_not_stall(
-    make_tracker: TrackerFactory, fake: FakeEnso, no_threads: StartFailures
+    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures
 ) -> None:
     outcomes: list[bool] = []
 
     def on_drop(events: object, reason: object) -> None:
-        outcomes.append(tracker.shutdown(5.0))  # runs in flush()'s own thread here
+        outcomes.append(t.shutdown(5.0))  # runs in flush()'s own thread here
 
-    tracker = make_tracker(on_drop=on_drop)
-    fake.script(Fault(status=400))  # the batch is refused: on_drop runs
-    accepted(tracker.track("ent", "api_calls", 1))
+    t = tracker(on_drop=on_drop)
+    fake_enso.script(Fault(status=400))  # the batch is refused: on_drop runs
+    accepted(t.track("ent", "api_calls", 1))
     started = time.monotonic()
-    tracker.flush(5.0)
+    t.flush(5.0)
     elapsed = time.monotonic() - started
     assert outcomes == [False]  # from on_drop: it cannot wait for the rounds it is in
-    assert tracker.stats().dropped == {"rejected": 1}
-    assert repr(tracker).startswith("<Tracker closed")
+    assert t.stats().dropped == {"rejected": 1}
+    assert repr(t).startswith("<Tracker closed")
     assert elapsed < 3.0, f"flush(5.0) took {elapsed:.1f} s: the shutdown waited on itself"

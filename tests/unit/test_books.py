@@ -28,22 +28,17 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def fake() -> FakeEnso:
+def socketless_fake() -> FakeEnso:
     """Served through ``transport()`` only: never started, no socket."""
     return FakeEnso()
 
 
 @pytest.fixture
-def drops() -> DropRecorder:
-    return DropRecorder()
-
-
-@pytest.fixture
-def make(fake: FakeEnso, drops: DropRecorder) -> Iterator[Make]:
+def make(socketless_fake: FakeEnso, drop_recorder: DropRecorder) -> Iterator[Make]:
     made: list[Tracker] = []
 
     def build(transport: httpx.BaseTransport | None = None, **options: Any) -> Tracker:
-        options.setdefault("on_drop", drops)
+        options.setdefault("on_drop", drop_recorder)
         options.setdefault("backoff_base", 0.001)
         options.setdefault("backoff_max", 0.01)
         options.setdefault("flush_interval", 0.05)
@@ -51,7 +46,7 @@ def make(fake: FakeEnso, drops: DropRecorder) -> Iterator[Make]:
         tracker = Tracker(
             api_key=API_KEY,
             base_url=BASE_URL,
-            transport=transport or fake.transport(),
+            transport=transport or socketless_fake.transport(),
             **options,
         )
         made.append(tracker)
@@ -120,18 +115,18 @@ def track3(tracker: Tracker) -> list[str]:
     ids=["absent", "null", "not a number", "400", "499"],
 )
 def test_a_failed_record_without_a_retryable_status_is_rejected_once_not_resent(
-    make: Make, fake: FakeEnso, drops: DropRecorder, record: dict[str, Any]
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, record: dict[str, Any]
 ) -> None:
     body = answer(2, 1, [record], bare=False)
-    transport, seen = first_answers(fake, lambda: httpx.Response(200, content=body))
+    transport, seen = first_answers(socketless_fake, lambda: httpx.Response(200, content=body))
     tracker = make(transport)
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert len(seen) == 1  # nothing resent: the answer vouched for all three
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped, stats.retried) == (2, {"rejected": 1}, 0)
-    assert [e.event_id for e in drops.events("rejected")] == [ids[1]]
-    reason = drops.reasons()[ids[1]]
+    assert [e.event_id for e in drop_recorder.events("rejected")] == [ids[1]]
+    reason = drop_recorder.reasons()[ids[1]]
     status = record.get("statusCode")
     assert (reason.code, reason.message) == (2003, "bad event")
     assert reason.status == (status if isinstance(status, int) else None)
@@ -140,19 +135,19 @@ def test_a_failed_record_without_a_retryable_status_is_rejected_once_not_resent(
 
 @pytest.mark.parametrize("status", [500, 503, "503", 408, 425, 429])
 def test_a_failed_record_with_a_retryable_status_is_resent_alone_and_delivered_once(
-    make: Make, fake: FakeEnso, drops: DropRecorder, status: int | str
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, status: int | str
 ) -> None:
     record = {"index": 2, "error": "busy", "code": "transient", "statusCode": status}
     body = answer(2, 1, [record], bare=False)
-    transport, seen = first_answers(fake, lambda: httpx.Response(200, content=body))
+    transport, seen = first_answers(socketless_fake, lambda: httpx.Response(200, content=body))
     tracker = make(transport)
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert [ids_in(r) for r in seen] == [ids, [ids[2]]]
-    assert fake.event_ids() == [ids[2]]  # the first answer was canned: only the resend
+    assert socketless_fake.event_ids() == [ids[2]]  # the first answer was canned: only the resend
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped, stats.retried) == (3, {}, 1)
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert audit(tracker).events == 0
 
 
@@ -161,21 +156,21 @@ def test_a_failed_record_with_a_retryable_status_is_resent_alone_and_delivered_o
 
 @pytest.mark.parametrize("max_retries", [0, 1, 3])
 def test_an_event_failing_alone_per_record_ends_retries_exhausted_after_its_budget(
-    make: Make, fake: FakeEnso, drops: DropRecorder, max_retries: int
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, max_retries: int
 ) -> None:
     tracker = make(max_retries=max_retries)
-    fake.fail_event_ids(["e1"], status=503, times=1000)
+    socketless_fake.fail_event_ids(["e1"], status=503, times=1000)
     ids = track3(tracker)
     assert tracker.flush(10.0)  # a budget-spent event that vanished would hang here
-    sent = [ids_in(r).count("e1") for r in fake.batch_requests()]
+    sent = [ids_in(r).count("e1") for r in socketless_fake.batch_requests()]
     assert sum(sent) == max_retries + 1  # the first try, then max_retries retries
     stats = tracker.stats()
     assert stats.delivered == 2
     assert stats.dropped == {"retries_exhausted": 1}
     assert stats.retried == max_retries
-    [event] = drops.events("retries_exhausted")
+    [event] = drop_recorder.events("retries_exhausted")
     assert event.event_id == ids[1]
-    message = drops.reasons()[ids[1]].message
+    message = drop_recorder.reasons()[ids[1]].message
     assert message.startswith(f"gave up after {max_retries + 1} attempts over ")
     # its own failure, as Enso answered it for this record
     assert message.endswith(
@@ -186,17 +181,17 @@ def test_an_event_failing_alone_per_record_ends_retries_exhausted_after_its_budg
 
 
 def test_a_retries_exhausted_drop_names_its_own_records_failure_not_another_ones(
-    make: Make, fake: FakeEnso, drops: DropRecorder
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # One batch: "gone" rejected (unknown customer, 2002), "flaky" failing 503 on its own.
     # The budget-spent "flaky" once named the ledger-wide last error: "gone"'s rejection.
-    fake.known_entities = ["ent_1"]
-    fake.fail_event_ids(["flaky"], status=503, times=1000)
+    socketless_fake.known_entities = ["ent_1"]
+    socketless_fake.fail_event_ids(["flaky"], status=503, times=1000)
     tracker = make(max_retries=0)
     accepted(tracker.track("ent_missing", "api_calls", 1, event_id="gone"))
     accepted(tracker.track("ent_1", "api_calls", 2, event_id="flaky"))
     assert tracker.flush(10.0)
-    reasons = drops.reasons()
+    reasons = drop_recorder.reasons()
     assert (reasons["gone"].kind, reasons["gone"].code) == ("rejected", 2002)
     assert reasons["flaky"].kind == "retries_exhausted"
     assert reasons["flaky"].message.endswith(
@@ -208,23 +203,23 @@ def test_a_retries_exhausted_drop_names_its_own_records_failure_not_another_ones
 
 @pytest.mark.parametrize("max_retries", [0, 2])
 def test_a_lone_event_whose_requests_fail_ends_retries_exhausted_after_its_budget(
-    make: Make, fake: FakeEnso, drops: DropRecorder, max_retries: int
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, max_retries: int
 ) -> None:
-    fake.script(*[Fault(status=503)] * 50)
+    socketless_fake.script(*[Fault(status=503)] * 50)
     tracker = make(max_retries=max_retries)
     event_id = accepted(tracker.track("ent_1", "api_calls", 1, event_id="alone"))
     assert tracker.flush(10.0)
-    assert len(fake.batch_requests()) == max_retries + 1
+    assert len(socketless_fake.batch_requests()) == max_retries + 1
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped) == (0, {"retries_exhausted": 1})
-    assert [e.event_id for e in drops.events("retries_exhausted")] == [event_id]
-    assert "HTTP 503" in drops.reasons()[event_id].message
+    assert [e.event_id for e in drop_recorder.events("retries_exhausted")] == [event_id]
+    assert "HTTP 503" in drop_recorder.reasons()[event_id].message
     assert audit(tracker).events == 0
     # The tracker is not stuck: the next event goes through.
-    fake.reset()
+    socketless_fake.reset()
     later = accepted(tracker.track("ent_1", "api_calls", 1))
     assert tracker.flush(10.0)
-    assert fake.event_ids() == [later]
+    assert socketless_fake.event_ids() == [later]
 
 
 # -------------------------------------------------- answers in a compressed encoding
@@ -252,21 +247,21 @@ def _truncated_gzip() -> bytes:
     ids=["gzip garbage", "gzip cut", "not gzip", "deflate garbage", "deflate cut", "empty"],
 )
 def test_an_undecodable_answer_is_retried_never_decoded_forever(
-    make: Make, fake: FakeEnso, drops: DropRecorder, encoding: str, body: bytes
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, encoding: str, body: bytes
 ) -> None:
     headers = {"Content-Encoding": encoding}
     transport, seen = first_answers(
-        fake, lambda: httpx.Response(200, content=body, headers=headers)
+        socketless_fake, lambda: httpx.Response(200, content=body, headers=headers)
     )
     tracker = make(transport)
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert ids_in(seen[0]) == ids
     assert resent(seen) == ids  # each resent once (maybe bisected: a suspect failure)
-    assert sorted(fake.event_ids()) == ids
+    assert sorted(socketless_fake.event_ids()) == ids
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped, stats.failed_requests) == (3, {}, 1)
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert audit(tracker).events == 0
 
 
@@ -281,12 +276,12 @@ def test_an_undecodable_answer_is_retried_never_decoded_forever(
     ids=["gzip", "deflate zlib", "deflate raw", "gzip listed oddly"],
 )
 def test_a_compressed_answer_vouches_like_a_plain_one(
-    make: Make, fake: FakeEnso, encoding: str, compress: Callable[[bytes], bytes]
+    make: Make, socketless_fake: FakeEnso, encoding: str, compress: Callable[[bytes], bytes]
 ) -> None:
     body = compress(answer(2, 1, [{"index": 0, "error": "no", "code": 2002}], bare=False))
     headers = {"Content-Encoding": encoding}
     transport, seen = first_answers(
-        fake, lambda: httpx.Response(200, content=body, headers=headers)
+        socketless_fake, lambda: httpx.Response(200, content=body, headers=headers)
     )
     tracker = make(transport)
     track3(tracker)
@@ -302,10 +297,10 @@ def test_a_compressed_answer_vouches_like_a_plain_one(
 
 @pytest.mark.parametrize("bare", [True, False], ids=["bare", "wrapped"])
 def test_a_summary_without_failed_records_that_counts_none_delivers_all(
-    make: Make, fake: FakeEnso, drops: DropRecorder, bare: bool
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, bare: bool
 ) -> None:
     body = answer(3, 0, None, bare=bare)
-    transport, seen = first_answers(fake, lambda: httpx.Response(200, content=body))
+    transport, seen = first_answers(socketless_fake, lambda: httpx.Response(200, content=body))
     tracker = make(transport)
     track3(tracker)
     assert tracker.flush(10.0)
@@ -317,18 +312,18 @@ def test_a_summary_without_failed_records_that_counts_none_delivers_all(
 
 @pytest.mark.parametrize("bare", [True, False], ids=["bare", "wrapped"])
 def test_a_summary_counting_a_failure_it_does_not_list_resends_every_unlisted_event(
-    make: Make, fake: FakeEnso, drops: DropRecorder, bare: bool
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, bare: bool
 ) -> None:
     body = answer(2, 1, None, bare=bare)
-    transport, seen = first_answers(fake, lambda: httpx.Response(200, content=body))
+    transport, seen = first_answers(socketless_fake, lambda: httpx.Response(200, content=body))
     tracker = make(transport)
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert resent(seen) == ids  # all three resent: which one failed is unknown
-    assert sorted(fake.event_ids()) == ids
+    assert sorted(socketless_fake.event_ids()) == ids
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped) == (3, {})
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert "leaves events unaccounted for" in (stats.last_error or "")
     assert audit(tracker).events == 0
 
@@ -360,32 +355,32 @@ def test_a_summary_counting_a_failure_it_does_not_list_resends_every_unlisted_ev
     ],
 )
 def test_an_answer_that_does_not_add_up_delivers_and_rejects_nothing(
-    make: Make, fake: FakeEnso, drops: DropRecorder, body: bytes
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder, body: bytes
 ) -> None:
-    transport, seen = first_answers(fake, lambda: httpx.Response(200, content=body))
+    transport, seen = first_answers(socketless_fake, lambda: httpx.Response(200, content=body))
     tracker = make(transport)
     ids = track3(tracker)
     assert tracker.flush(10.0)
     assert resent(seen) == ids
     if b"summary" in body:  # parsed, but it does not add up: no sign the batch is at fault
         assert [ids_in(r) for r in seen] == [ids, ids]  # so resent whole, not bisected
-    assert sorted(fake.event_ids()) == ids
+    assert sorted(socketless_fake.event_ids()) == ids
     stats = tracker.stats()
     assert (stats.delivered, stats.dropped, stats.failed_requests) == (3, {}, 1)
-    assert drops.calls == []
+    assert drop_recorder.calls == []
     assert audit(tracker).events == 0
 
 
 # ------------------------------------------------------------------- byte accounting
 
 
-def test_partly_failed_batches_give_back_every_byte(make: Make, fake: FakeEnso) -> None:
+def test_partly_failed_batches_give_back_every_byte(make: Make, socketless_fake: FakeEnso) -> None:
     # Each round: one event rejected, one retried alone, the rest delivered. A byte of
     # theirs kept after settling would add up round after round to a full queue.
     tracker = make(max_queue_bytes=40_000, max_batch_size=10)
-    fake.known_entities = ["ent_1"]
+    socketless_fake.known_entities = ["ent_1"]
     for round_ in range(30):
-        fake.script(Fault(record_status={3: 503}))
+        socketless_fake.script(Fault(record_status={3: 503}))
         for i in range(10):
             entity = "ent_gone" if i == 7 else "ent_1"
             accepted(tracker.track(entity, "api_calls", i, metadata={"pad": "x" * 500}))
@@ -397,19 +392,21 @@ def test_partly_failed_batches_give_back_every_byte(make: Make, fake: FakeEnso) 
     assert (stats.delivered, stats.dropped) == (270, {"rejected": 30})
 
 
-def test_bytes_held_while_a_batch_is_in_flight_match_the_books(make: Make, fake: FakeEnso) -> None:
-    fake.hang(None)
+def test_bytes_held_while_a_batch_is_in_flight_match_the_books(
+    make: Make, socketless_fake: FakeEnso
+) -> None:
+    socketless_fake.hang(None)
     tracker = make(max_batch_size=5)
     for i in range(12):
         tracker.track("ent_1", "api_calls", i, metadata={"n": i})
-    assert fake.wait_for(lambda f: f.in_flight >= 1, 10.0)
+    assert socketless_fake.wait_for(lambda f: f.in_flight >= 1, 10.0)
     during = audit(tracker)  # a fresh batch in flight (its body too), the rest queued
     assert during.events == 12
     stats = tracker.stats()
     assert stats.in_flight >= 5
     assert stats.in_flight + stats.queued == 12
     assert stats.durable_seq == 0  # without a spool: settled, and nothing is yet
-    fake.release()
+    socketless_fake.release()
     assert tracker.flush(10.0)
     assert audit(tracker).events == 0
     stats = tracker.stats()
@@ -432,42 +429,42 @@ def _one_event_body(fake: FakeEnso, make: Make, entity: str) -> int:
 
 
 def test_an_event_exactly_at_max_batch_bytes_is_sent_and_one_byte_more_is_too_large(
-    make: Make, fake: FakeEnso, drops: DropRecorder
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     limit = 16 * 1024  # the smallest max_batch_bytes
-    entity = "e" * (limit - _one_event_body(fake, make, "e" * 1000) + 1000)
-    assert _one_event_body(fake, make, entity) == limit
-    fake.reset()
+    entity = "e" * (limit - _one_event_body(socketless_fake, make, "e" * 1000) + 1000)
+    assert _one_event_body(socketless_fake, make, entity) == limit
+    socketless_fake.reset()
     tracker = make(max_batch_bytes=limit, max_name_length=50_000)
     fits = accepted(tracker.track(entity, "m", 1, event_id="fits1", timestamp=WHEN))
     over = accepted(tracker.track(entity + "e", "m", 1, event_id="over1", timestamp=WHEN))
     assert tracker.flush(10.0)
-    assert fake.event_ids() == [fits]
-    assert [len(r.body) for r in fake.batch_requests()] == [limit]
-    assert [e.event_id for e in drops.events("too_large")] == [over]
+    assert socketless_fake.event_ids() == [fits]
+    assert [len(r.body) for r in socketless_fake.batch_requests()] == [limit]
+    assert [e.event_id for e in drop_recorder.events("too_large")] == [over]
     assert tracker.stats().dropped == {"too_large": 1}
     assert audit(tracker).events == 0
 
 
 @pytest.mark.parametrize(("short", "requests"), [(0, 1), (1, 2)])
 def test_two_events_filling_max_batch_bytes_exactly_go_in_one_request(
-    make: Make, fake: FakeEnso, short: int, requests: int
+    make: Make, socketless_fake: FakeEnso, short: int, requests: int
 ) -> None:
     overhead = len(b'{"events":[]}')
-    event = _one_event_body(fake, make, "e" * 1000) - overhead  # with a 1000-char entity
+    event = _one_event_body(socketless_fake, make, "e" * 1000) - overhead  # with a 1000-char entity
     # Two events in one body: overhead + 2 * event + 1 (the comma); one byte short of it
     # must still be a valid max_batch_bytes (16 KiB at least).
     pad = -(-(16 * 1024 + 1 - overhead - 1) // 2) - event
     size = overhead + 2 * (event + pad) + 1
-    fake.reset()
+    socketless_fake.reset()
     tracker = make(max_batch_bytes=size - short, max_name_length=50_000, flush_interval=10.0)
     for n in range(2):
         tracker.track("e" * (1000 + pad), "m", 1, event_id=f"two{n}{short}", timestamp=WHEN)
     assert tracker.flush(10.0)
-    bodies = [len(r.body) for r in fake.batch_requests()]
+    bodies = [len(r.body) for r in socketless_fake.batch_requests()]
     assert len(bodies) == requests, bodies
     assert sum(bodies) == size + (requests - 1) * (overhead - 1)
-    assert len(fake.events) == 2
+    assert len(socketless_fake.events) == 2
     assert audit(tracker).events == 0
 
 
@@ -490,21 +487,23 @@ def test_max_queue_bytes_admits_an_event_that_fills_it_exactly(
     assert audit(tracker).events == 2 - short
 
 
-def test_max_queue_size_admits_exactly_that_many(make: Make, fake: FakeEnso) -> None:
+def test_max_queue_size_admits_exactly_that_many(make: Make, socketless_fake: FakeEnso) -> None:
     tracker = make(max_queue_size=3, flush_interval=10.0)
     results = [tracker.track("ent_1", "api_calls", i) for i in range(4)]
     assert [r is not None for r in results] == [True, True, True, False]
     assert tracker.stats().refused == {"queue_full": 1}
     assert audit(tracker).events == 3
     assert tracker.flush(10.0)
-    assert len(fake.events) == 3
+    assert len(socketless_fake.events) == 3
     assert tracker.track("ent_1", "api_calls", 9) is not None  # room again
 
 
-def test_a_disabled_tracker_lets_events_go_with_their_bytes(drops: DropRecorder) -> None:
+def test_a_disabled_tracker_lets_events_go_with_their_bytes(drop_recorder: DropRecorder) -> None:
     # Validated, counted as disabled, never sent: nothing stays held, not even a byte,
     # however many events (a byte kept per event would fill max_queue_bytes).
-    tracker = Tracker(disabled=True, max_queue_bytes=4096, on_drop=drops, handle_sigterm=False)
+    tracker = Tracker(
+        disabled=True, max_queue_bytes=4096, on_drop=drop_recorder, handle_sigterm=False
+    )
     try:
         for i in range(200):
             accepted(tracker.track("ent_1", "api_calls", i, metadata={"pad": "x" * 900}))
@@ -514,20 +513,20 @@ def test_a_disabled_tracker_lets_events_go_with_their_bytes(drops: DropRecorder)
         assert (stats.disabled, stats.refused, stats.queued_bytes) == (200, {}, 0)
     finally:
         assert tracker.shutdown(5.0)
-    assert drops.calls == []
+    assert drop_recorder.calls == []
 
 
 def test_an_exhausted_event_names_its_cause_not_a_previous_exhaustion(
-    make: Make, fake: FakeEnso, drops: DropRecorder
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # The second event to run out of retries finds the first one's retries_exhausted
     # text in last_error: the cause is its own record's failure, never that text nested.
     tracker = make(max_retries=1)
-    fake.fail_event_ids(["first", "second"], status=503, times=1000)
+    socketless_fake.fail_event_ids(["first", "second"], status=503, times=1000)
     for event_id in ("first", "second"):
         accepted(tracker.track("ent_1", "api_calls", 1, event_id=event_id))
         assert tracker.flush(10.0)
-    messages = [drops.reasons()[event_id].message for event_id in ("first", "second")]
+    messages = [drop_recorder.reasons()[event_id].message for event_id in ("first", "second")]
     for message in messages:
         assert message.startswith("gave up after 2 attempts over ")
         assert message.endswith(
@@ -553,19 +552,19 @@ def test_block_policy_refuses_once_block_timeout_passes_without_room(make: Make)
 
 
 def test_a_dropped_event_is_reported_with_its_generated_id_and_its_metadata(
-    make: Make, fake: FakeEnso, drops: DropRecorder
+    make: Make, socketless_fake: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
-    fake.known_entities = ["ent_1"]
+    socketless_fake.known_entities = ["ent_1"]
     tracker = make()
     gone = accepted(tracker.track("ent_gone", "api_calls", 5, metadata={"region": "eu"}))
     kept = accepted(tracker.track("ent_1", "api_calls", 1, metadata={"region": "us"}))
     assert tracker.flush(10.0)
-    [event] = drops.events("rejected")
+    [event] = drop_recorder.events("rejected")
     assert (event.event_id, event.entity, event.value, event.metadata) == (
         gone,
         "ent_gone",
         5,
         {"region": "eu"},
     )
-    assert fake.event_ids() == [kept]
+    assert socketless_fake.event_ids() == [kept]
     assert audit(tracker).events == 0

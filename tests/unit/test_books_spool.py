@@ -21,12 +21,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def fake() -> FakeEnso:
+def socketless_fake() -> FakeEnso:
     return FakeEnso(known_entities=["ent_1"])  # through transport() only: no socket
 
 
 @pytest.fixture
-def trackers(fake: FakeEnso, tmp_path: Path) -> Iterator[list[Tracker]]:
+def trackers(socketless_fake: FakeEnso, tmp_path: Path) -> Iterator[list[Tracker]]:
     made: list[Tracker] = []
     yield made
     for tracker in made:
@@ -52,11 +52,13 @@ def spooled_tracker(fake: FakeEnso, spool: Path, made: list[Tracker], **options:
 
 @pytest.mark.parametrize("max_retries", [0, 5])
 def test_rows_are_released_once_their_events_are_delivered_or_dead_lettered(
-    fake: FakeEnso, tmp_path: Path, trackers: list[Tracker], max_retries: int
+    socketless_fake: FakeEnso, tmp_path: Path, trackers: list[Tracker], max_retries: int
 ) -> None:
     drops = DropRecorder()
-    tracker = spooled_tracker(fake, tmp_path, trackers, on_drop=drops, max_retries=max_retries)
-    fake.fail_event_ids(["flaky"], status=503, times=1)
+    tracker = spooled_tracker(
+        socketless_fake, tmp_path, trackers, on_drop=drops, max_retries=max_retries
+    )
+    socketless_fake.fail_event_ids(["flaky"], status=503, times=1)
     ids = [accepted(tracker.track("ent_1", "api_calls", i, event_id=f"ok{i}")) for i in range(8)]
     flaky = accepted(tracker.track("ent_1", "api_calls", 1, event_id="flaky"))
     gone = accepted(tracker.track("ent_gone", "api_calls", 1, event_id="gone"))
@@ -65,7 +67,7 @@ def test_rows_are_released_once_their_events_are_delivered_or_dead_lettered(
     assert wait_until(lambda: spool.status().events == 0, 10.0), spool.status()
     exhausted = max_retries == 0  # the flaky event's one failure spends a zero budget
     delivered = [*ids, *([] if exhausted else [flaky])]
-    assert sorted(fake.event_ids()) == sorted(delivered)
+    assert sorted(socketless_fake.event_ids()) == sorted(delivered)
     kinds = {"rejected": 1, **({"retries_exhausted": 1} if exhausted else {})}
     status = spool.status()
     assert status.dead_letters_by_kind == kinds
@@ -78,29 +80,29 @@ def test_rows_are_released_once_their_events_are_delivered_or_dead_lettered(
     after = tracker.stats()
     assert (after.left_in_spool, after.dropped, after.delivered) == (0, kinds, len(delivered))
     # The next tracker on the directory finds nothing to send again.
-    heir = spooled_tracker(fake, tmp_path, trackers)
+    heir = spooled_tracker(socketless_fake, tmp_path, trackers)
     assert heir.flush(5.0)
     assert heir.stats().adopted == 0
-    assert fake.duplicates == {}
+    assert socketless_fake.duplicates == {}
     assert Spool(tmp_path).status().events == 0
 
 
 def test_rows_of_a_batch_in_flight_at_shutdown_stay_for_the_next_tracker(
-    fake: FakeEnso, tmp_path: Path, trackers: list[Tracker]
+    socketless_fake: FakeEnso, tmp_path: Path, trackers: list[Tracker]
 ) -> None:
-    fake.hang(None)  # the request never returns before the deadline
-    tracker = spooled_tracker(fake, tmp_path, trackers)
+    socketless_fake.hang(None)  # the request never returns before the deadline
+    tracker = spooled_tracker(socketless_fake, tmp_path, trackers)
     ids = [accepted(tracker.track("ent_1", "api_calls", i)) for i in range(5)]
-    assert fake.wait_for(lambda f: f.in_flight >= 1, 10.0)
+    assert socketless_fake.wait_for(lambda f: f.in_flight >= 1, 10.0)
     assert wait_until(lambda: tracker.stats().durable_seq == 5, 10.0)
     assert tracker.shutdown(0.5) is False
     stats = tracker.stats()
     assert (stats.left_in_spool, stats.dropped, stats.delivered) == (5, {}, 0)
     assert Spool(tmp_path).status().events == 5  # kept: not known to be delivered
-    fake.reset()  # ends the hang: the stuck request is answered with an error
-    heir = spooled_tracker(fake, tmp_path, trackers)
+    socketless_fake.reset()  # ends the hang: the stuck request is answered with an error
+    heir = spooled_tracker(socketless_fake, tmp_path, trackers)
     assert heir.flush(10.0)
     assert heir.stats().adopted == 5
-    assert sorted(fake.event_ids()) == sorted(ids)
+    assert sorted(socketless_fake.event_ids()) == sorted(ids)
     assert wait_until(lambda: Spool(tmp_path).status().events == 0, 10.0)
     assert audit(heir).events == 0

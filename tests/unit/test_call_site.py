@@ -20,16 +20,16 @@ GOOD: dict[str, Any] = {"entity": "ent_1", "metric": "api_calls", "value": 1}
 
 
 @pytest.fixture
-def fake() -> FakeEnso:
+def socketless_fake() -> FakeEnso:
     return FakeEnso()  # through transport() only: no socket
 
 
 @pytest.fixture
-def tracker(fake: FakeEnso) -> Iterator[Tracker]:
+def socketless_tracker(socketless_fake: FakeEnso) -> Iterator[Tracker]:
     made = Tracker(
         api_key=API_KEY,
         base_url="https://enso.test",
-        transport=fake.transport(),
+        transport=socketless_fake.transport(),
         handle_sigterm=False,
         flush_interval=0.05,
     )
@@ -115,23 +115,23 @@ REFUSED: list[tuple[dict[str, Any], type[InvalidEventError], str]] = [
 
 @pytest.mark.parametrize(("change", "error", "message"), REFUSED)
 def test_a_refusal_names_the_field_the_value_and_the_problem_exactly(
-    tracker: Tracker,
-    fake: FakeEnso,
+    socketless_tracker: Tracker,
+    socketless_fake: FakeEnso,
     change: dict[str, Any],
     error: type[InvalidEventError],
     message: str,
 ) -> None:
     args = {**GOOD, **change}
     with pytest.raises(error, match=f"^{re.escape(message)}$") as raised:
-        tracker.track(args.pop("entity"), args.pop("metric"), args.pop("value"), **args)
+        socketless_tracker.track(args.pop("entity"), args.pop("metric"), args.pop("value"), **args)
     assert type(raised.value) is error
     [field] = change
     assert raised.value.field == field
     given = change[field]
     assert raised.value.value is given or raised.value.value == given  # NaN: itself
-    assert tracker.stats().accepted == 0  # nothing queued
-    assert tracker.flush(5.0)
-    assert fake.batch_requests() == []
+    assert socketless_tracker.stats().accepted == 0  # nothing queued
+    assert socketless_tracker.flush(5.0)
+    assert socketless_fake.batch_requests() == []
 
 
 ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
@@ -151,11 +151,16 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("change", "sent"), ACCEPTED)
 def test_a_value_exactly_at_a_limit_is_accepted_and_sent_as_given(
-    tracker: Tracker, fake: FakeEnso, change: dict[str, Any], sent: dict[str, Any]
+    socketless_tracker: Tracker,
+    socketless_fake: FakeEnso,
+    change: dict[str, Any],
+    sent: dict[str, Any],
 ) -> None:
     args = {**GOOD, **change}
-    event_id = tracker.track(args.pop("entity"), args.pop("metric"), args.pop("value"), **args)
+    event_id = socketless_tracker.track(
+        args.pop("entity"), args.pop("metric"), args.pop("value"), **args
+    )
     assert event_id is not None
-    assert tracker.flush(5.0)
-    on_wire = fake.events[event_id]
+    assert socketless_tracker.flush(5.0)
+    on_wire = socketless_fake.events[event_id]
     assert {key: on_wire.get(key) for key in sent} == sent

@@ -89,12 +89,12 @@ def test_the_real_socks_check_matches_what_httpx_needs(env: pytest.MonkeyPatch) 
 
 
 def test_an_unused_proxy_setting_does_not_stop_delivery(
-    env: pytest.MonkeyPatch, fake: FakeEnso
+    env: pytest.MonkeyPatch, fake_enso: FakeEnso
 ) -> None:
     # A valid proxy bypassed by NO_PROXY: the tracker builds and delivers directly.
     env.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     env.setenv("NO_PROXY", "127.0.0.1")
-    tracker = Tracker(api_key=API_KEY, base_url=fake.url)
+    tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url)
     assert tracker.track("ent", "api_calls", 1) is not None
     assert tracker.shutdown(10.0)
-    assert len(fake.events) == 1
+    assert len(fake_enso.events) == 1

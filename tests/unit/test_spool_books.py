@@ -248,17 +248,17 @@ def test_close_leaves_what_is_on_disk_for_the_next_tracker(tmp_path: Path) -> No
 
 
 def test_the_spool_stage_exists_only_with_a_spool(
-    make_tracker: TrackerFactory, fake: FakeEnso, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path
 ) -> None:
     """Without a spool no spool code runs, by structure: no books, no spooler, no
     spooler thread; with one, both, and the spooler thread runs beside the sender."""
-    plain = make_tracker()
+    plain = tracker()
     accepted(plain.track("ent", "m", 1))
     assert plain.flush(10.0)
     assert plain._ledger.spool is None
     assert plain._worker.spooler is None
     assert "enso-tracker-spooler" not in {t.name for t in threading.enumerate()}
-    spooled = make_tracker(spool_dir=tmp_path / "spool")
+    spooled = tracker(spool_dir=tmp_path / "spool")
     accepted(spooled.track("ent", "m", 2))
     assert spooled.flush(10.0)
     spooler = spooled._worker.spooler
@@ -267,4 +267,4 @@ def test_the_spool_stage_exists_only_with_a_spool(
     assert spooler.thread is not None
     assert spooler.thread.is_alive()
     assert spooler.thread.name == "enso-tracker-spooler"
-    assert len(fake.event_ids()) == 2
+    assert len(fake_enso.event_ids()) == 2

@@ -61,31 +61,31 @@ BAD_CASES: list[tuple[str, dict[str, Any], type[Exception]]] = [
 
 @pytest.mark.parametrize(("field", "change", "error"), BAD_CASES)
 def test_bad_argument_is_refused_and_never_sent(
-    make_tracker: TrackerFactory,
-    fake: FakeEnso,
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
     field: str,
     change: dict[str, Any],
     error: type[Exception],
 ) -> None:
-    tracker = make_tracker()
+    t = tracker()
     args = {**GOOD, **change}
     entity, metric, value = args.pop("entity"), args.pop("metric"), args.pop("value")
     with pytest.raises(error) as info:
-        tracker.track(entity, metric, value, **args)
+        t.track(entity, metric, value, **args)
     assert info.value.field == field  # type: ignore[attr-defined]
     assert str(info.value).startswith(f"{field}=")
     # The refused call left no trace: only the good event reaches the server.
-    good_id = tracker.track("ent_ok", "api_calls", 1)
-    assert tracker.flush(5.0)
-    assert list(fake.events) == [good_id]
-    stats = tracker.stats()
+    good_id = t.track("ent_ok", "api_calls", 1)
+    assert t.flush(5.0)
+    assert list(fake_enso.events) == [good_id]
+    stats = t.stats()
     assert stats.accepted == 1
     assert stats.refused == {}
 
 
-def test_naive_datetime_message_says_how_to_fix(make_tracker: TrackerFactory) -> None:
+def test_naive_datetime_message_says_how_to_fix(tracker: TrackerFactory) -> None:
     with pytest.raises(InvalidEventError, match=r"timezone\.utc"):
-        make_tracker().track("e", "m", 1, timestamp=datetime(2026, 1, 1))
+        tracker().track("e", "m", 1, timestamp=datetime(2026, 1, 1))
 
 
 class Plan(enum.StrEnum):
@@ -151,40 +151,40 @@ GOOD_VALUES: list[tuple[dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("kwargs", "expected"), GOOD_VALUES)
 def test_good_arguments_reach_the_wire_normalised(
-    make_tracker: TrackerFactory, fake: FakeEnso, kwargs: dict[str, Any], expected: dict[str, Any]
+    tracker: TrackerFactory, fake_enso: FakeEnso, kwargs: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    tracker = make_tracker()
+    t = tracker()
     args = {**GOOD, **kwargs}
     entity, metric, value = args.pop("entity"), args.pop("metric"), args.pop("value")
-    event_id = tracker.track(entity, metric, value, **args)
+    event_id = t.track(entity, metric, value, **args)
     assert event_id is not None
-    assert tracker.flush(5.0)
-    sent = fake.events[event_id]
+    assert t.flush(5.0)
+    sent = fake_enso.events[event_id]
     for key, want in expected.items():
         assert sent[key] == want
         assert type(sent[key]) is type(want)
 
 
 def test_metadata_is_snapshotted_at_track_time(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker()
+    t = tracker()
     metadata = {"region": "eu"}
-    event_id = tracker.track("e", "m", 1, metadata=metadata)
+    event_id = t.track("e", "m", 1, metadata=metadata)
     metadata["region"] = "us"  # the caller reuses its dict
     assert event_id is not None
-    assert tracker.flush(5.0)
-    assert fake.events[event_id]["metadata"] == {"region": "eu"}
+    assert t.flush(5.0)
+    assert fake_enso.events[event_id]["metadata"] == {"region": "eu"}
 
 
 def test_default_timestamp_is_the_time_of_the_call(
-    make_tracker: TrackerFactory, fake: FakeEnso
+    tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
-    tracker = make_tracker()
+    t = tracker()
     before = datetime.now(UTC) - timedelta(milliseconds=1)
-    event_id = tracker.track("e", "m", 1)
+    event_id = t.track("e", "m", 1)
     after = datetime.now(UTC) + timedelta(milliseconds=1)
     assert event_id is not None
-    assert tracker.flush(5.0)
-    sent = datetime.fromisoformat(fake.events[event_id]["timestamp"])
+    assert t.flush(5.0)
+    sent = datetime.fromisoformat(fake_enso.events[event_id]["timestamp"])
     assert before <= sent <= after
