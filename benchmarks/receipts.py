@@ -18,12 +18,13 @@ import os
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import cast
 
 from enso_tracker import Tracker
 from enso_tracker._receipts import SpoolReceipts
 from enso_tracker._receipts_store import Level, ReceiptStore
 from enso_tracker._record import Pending
+from enso_tracker._spool.files import SpoolFile, StoredBatch
 from enso_tracker._wire import EventEncoder
 
 from ._common import API_KEY, Row, Section, Sizes, Summary, progress
@@ -33,10 +34,6 @@ __all__ = ["run"]
 
 RATE = 20_000.0
 BATCH = 500
-
-
-class _Row:
-    receipt: Any = None
 
 
 def fold_cost(level: Level, n: int) -> float:
@@ -50,7 +47,7 @@ def fold_cost(level: Level, n: int) -> float:
             i,
             (i, f"evt_{i}", f"ent_{i % 50}", "api_calls", i % 9, base, None, None, 0),
             bytes(enc.encode(f"evt_{i}", f"ent_{i % 50}", "api_calls", i % 9, base, None, None)),
-            row=_Row(),
+            row=StoredBatch(cast("SpoolFile", None), i, 1, 0, 0.0, 0),  # its fold only
         )
         for i in range(n)
     ]

@@ -18,11 +18,12 @@ import dataclasses
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._config_checks import check_int, check_seconds, check_url
 from ._errors import ConfigurationError
 from ._http.compress import Compression
+from ._spool.sqlite import Durability
 
 if TYPE_CHECKING:
     from ._model import DropReason, Event
@@ -35,7 +36,6 @@ OnDrop = Callable[[Sequence["Event"], "DropReason"], None]
 """``on_drop(events, reason)``: called once per group of events that will never be delivered."""
 
 QueueFullPolicy = Literal["drop", "block"]
-Durability = Literal["process", "power"]
 
 #: Upper bound of every duration option but ``max_event_age``: longer is surely a mistake
 #: (a unit slip, ``float("inf")``), and well inside what ``threading`` waits accept
@@ -200,7 +200,7 @@ class Config:
                 raise ConfigurationError(f"spool_dir={self.spool_dir!r}: must be a directory path")
             object.__setattr__(self, "spool_dir", os.fspath(self.spool_dir))
         check_seconds("spool_interval", self.spool_interval, positive=True, maximum=DAY)
-        if self.durability not in ("process", "power"):
+        if self.durability not in get_args(Durability):
             raise ConfigurationError(
                 f"durability={self.durability!r}: must be 'process' or 'power'"
             )

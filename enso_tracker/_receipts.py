@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -54,6 +54,9 @@ from ._receipts_store import (
     text_of,
 )
 from ._record import Pending, fold_facts
+
+if TYPE_CHECKING:
+    from ._spool.files import SpoolFile, StoredBatch
 
 __all__ = [
     "DELIVERED",
@@ -203,10 +206,10 @@ class SpoolReceipts:
             row = p.row
             if row is None:
                 target = loose
+            elif (held := row.receipt) is not None:
+                target = held
             else:
-                target = row.receipt
-                if target is None:
-                    target = row.receipt = {}
+                target = row.receipt = {}
             key = (entity, metric, hour, outcome)
             slot = target.get(key)
             if slot is None:
@@ -242,7 +245,7 @@ class SpoolReceipts:
 
     # -------------------------------------------------------------- in spool files
 
-    def release(self, file: Any, db: sqlite3.Connection, rows: list[Any]) -> None:
+    def release(self, file: SpoolFile, db: sqlite3.Connection, rows: list[StoredBatch]) -> None:
         """Inside the transaction that deletes ``rows`` from ``file``: their totals, as
         pending rows of the same file. Never fails the transaction: should the insert
         fail (the statement alone is undone), the rows go without their receipt, logged."""
@@ -275,7 +278,7 @@ class SpoolReceipts:
             self.store.errors += 1
             _log.error("enso-tracker receipts: cannot write receipts in %s: %s", file.path, exc)
 
-    def move(self, file: Any, db: sqlite3.Connection) -> bool:
+    def move(self, file: SpoolFile, db: sqlite3.Connection) -> bool:
         """Move ``file``'s pending totals to the store. True if some are left (the store
         could not take them now: the file must not be removed)."""
         try:
@@ -326,7 +329,7 @@ class SpoolReceipts:
             with ledger.lock:
                 ledger.end_commit_locked()
 
-    def move_due(self, files: list[Any], *, now: float, force: bool = False) -> None:
+    def move_due(self, files: list[SpoolFile], *, now: float, force: bool = False) -> None:
         if not force and now < self.next_move:
             return
         self.next_move = now + MOVE_INTERVAL

@@ -31,6 +31,7 @@ from ._model import Event
 from ._wire.codec import body_event_id, event_of, metadata_of
 
 if TYPE_CHECKING:
+    from ._spool.files import StoredBatch
     from ._wire.codec import EventEncoder
 
 __all__ = [
@@ -143,7 +144,9 @@ class Pending(msgspec.Struct, order=True, gc=False):
     #: alone.
     group: int = 1 << 30
     #: With a spool: the ``StoredBatch`` (row on disk) holding this event, until settled.
-    row: Any = None
+    #: (Imported for type checking only: msgspec resolves a field's type only to decode
+    #: or inspect, and a ``Pending`` is never decoded.)
+    row: StoredBatch | None = None
     #: Receipts (``_receipts``): the ``DropReason`` of a dropped event (None: delivered),
     #: then ``FOLDED`` once its receipt is counted.
     receipt: Any = None
@@ -185,7 +188,7 @@ def pending_of(item: QueuedEvent, body: bytes) -> Pending:
     return Pending(0.0, item[SEQ], item, body, size)
 
 
-def spooled(bodies: list[bytes], seqs: Iterable[int], row: Any) -> list[Pending]:
+def spooled(bodies: list[bytes], seqs: Iterable[int], row: StoredBatch | None) -> list[Pending]:
     """``Pending``s for the events of a spool row (``row``: its ``StoredBatch``), their
     bodies as they were sent and no tuple (``item`` None): everything but the sequence is
     read back from the body if the event is ever reported. Counted as an encoded event

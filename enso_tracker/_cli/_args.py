@@ -27,6 +27,7 @@ __all__ = [
     "connection_options_of",
     "in_env_terms",
     "make_tracker",
+    "positive",
 ]
 
 ENV_VARS = ("ENSO_API_KEY", "ENSO_CLIENT_KEY", "ENSO_CLIENT_SECRET", "ENSO_BASE_URL")
@@ -190,3 +191,15 @@ def in_env_terms(exc: ConfigurationError) -> str:
         if text.startswith((f"{keyword} ", f"{keyword}=")):
             return variable + text[len(keyword) :]
     return text
+
+
+def positive(text: str) -> int:
+    """``type=`` of a count flag: a whole number of at least 1 (argparse names the flag
+    in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return n

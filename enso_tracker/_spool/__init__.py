@@ -35,7 +35,7 @@ Modules, by role (after Vector's ``disk_v2``):
 ``backlog``               its rounds that read from disk (adopt, load, lose a file)
 ``books``                 ``SpoolBooks``: the spool's part of the ledger's books
 ``disk``                  ``DiskSpool``: the spool's files as the stage sees them (write,
-                          load, settle, close)
+                          load, release rows, close)
 ``adoption``              taking over the files of processes that are gone
 ``files``                 ``SpoolFile`` (one database held open), ``StoredBatch``
 ``format``                the file format and the four ways a file is opened

@@ -78,7 +78,7 @@ class Adoption:
     lock: threading.RLock
     receipts: SpoolReceipts | None
 
-    def _adopt_unlocked(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
+    def _adopt_locked(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         """Take over spool files whose owner is gone and that were written for this
         tracker's identity, at most ``MAX_ADOPTED_FILES`` held at a time.
 
@@ -203,7 +203,7 @@ class Adoption:
             f"{len(kept)} intact batches recovered from it",
         )
 
-    def _read_adopted_unlocked(
+    def _read_adopted_locked(
         self, limit: int
     ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int, list[Problem]]:
         """The next (up to ``limit``) rows of the adopted files, in order; the files

@@ -33,8 +33,9 @@ __all__ = ["DEAD_KINDS", "FILE_NAME", "DeadLetterStore"]
 FILE_NAME: Final = "dead-letters.db"
 #: Drop kinds worth keeping: Enso's refusals and what could never be sent. ``shutdown``
 #: never happens with a spool (undelivered events stay spooled), and queue/spool-full
-#: refusals are the caller's to retry.
-DEAD_KINDS: Final = frozenset({"rejected", "too_large", "retries_exhausted", "corrupt"})
+#: refusals are the caller's to retry. In this order, the ``spool dead-letters --kind``
+#: choices.
+DEAD_KINDS: Final = ("rejected", "too_large", "retries_exhausted", "corrupt")
 #: Bytes a row costs beyond its body and message (columns, b-tree cell, index entry).
 _ROW_OVERHEAD: Final = 96
 

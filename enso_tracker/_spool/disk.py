@@ -1,16 +1,22 @@
-"""``DiskSpool``: the durable spool as the pipeline sees it: write, load, settle, close.
+"""``DiskSpool``: the durable spool as the pipeline sees it: write, load, release rows,
+close.
 
 This process's spool file (created at the first write), the files it adopted
 (``adoption``) and the dead-letter store. The spooler thread writes, adopts and loads;
-the sender thread settles; both with the ledger's lock released, one at a time
-(``lock``). The invariants are listed in ``enso_tracker._spool``.
+either thread releases the rows of settled events (``Spooler.commit``); both with the
+ledger's lock released, one at a time (``lock``). The invariants are listed in
+``enso_tracker._spool``.
 
 * A write commits one batch as one row (``SpoolFull`` past a bound, our file set aside
   and a new one started if it goes bad under us).
-* A settled event counts down its row; a row with nothing left is deleted (our own
-  file: deferred to the next insert or idle moment; an adopted one: at once, and the
-  file removed once drained).
+* A settled event counts down its row (``release_rows``); a row with nothing left is
+  deleted (our own file: deferred to the next insert or idle moment; an adopted one: at
+  once, and the file removed once drained).
 * At shutdown, files with rows left stay for the next tracker on the directory.
+
+Lock suffix (the house convention, as ``Ledger``'s and ``SpoolFile``'s): a method named
+``_..._locked`` expects its caller to hold ``DiskSpool.lock`` (the entry points take it,
+then call their ``_locked`` twin; ``Adoption``'s are named alike).
 """
 
 from __future__ import annotations
@@ -92,37 +98,37 @@ class DiskSpool(Adoption):
 
     def write(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
         with self.lock:
-            return self._write_unlocked(body, n, first_seq)
+            return self._write_locked(body, n, first_seq)
 
     def adopt(self, now: float) -> tuple[int, list[bytes], list[Problem]]:
         with self.lock:
-            return self._adopt_unlocked(now)
+            return self._adopt_locked(now)
 
     def read_adopted(
         self, limit: int
     ) -> tuple[list[StoredBatch], list[tuple[SpoolFile, str]], int, list[Problem]]:
         with self.lock:
-            return self._read_adopted_unlocked(limit)
+            return self._read_adopted_locked(limit)
 
     def load(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
         with self.lock:
-            return self._load_unlocked(row)
+            return self._load_locked(row)
 
-    def settle(self, settled: list[Pending]) -> list[Problem]:
+    def release_rows(self, settled: list[Pending]) -> list[Problem]:
         with self.lock:
-            return self._settle_unlocked(settled)
+            return self._release_rows_locked(settled)
 
     def delete(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
         with self.lock:
-            return self._delete_unlocked(file, rows)
+            return self._delete_locked(file, rows)
 
     def close(self) -> None:
         with self.lock:
-            self._close_unlocked()
+            self._close_locked()
 
     # ------------------------------------------------------------------ writing
 
-    def _write_unlocked(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
+    def _write_locked(self, body: bytes, n: int, first_seq: int) -> StoredBatch:
         """Commit one batch (``SpoolFull``, ``SpoolCorrupt`` or an OS/SQLite error)."""
         if self.closed:
             raise SpoolClosed("the spool is closed (shutdown)")
@@ -186,7 +192,7 @@ class DiskSpool(Adoption):
 
     # ------------------------------------------------------------------ loading
 
-    def _load_unlocked(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
+    def _load_locked(self, row: StoredBatch) -> tuple[list[bytes] | None, bytes]:
         """A row's events (their exact bodies), or None if the row failed its CRC or
         does not parse (then the raw bytes, for the dead letter). ``SpoolCorrupt`` if
         its file cannot be read any more."""
@@ -200,7 +206,7 @@ class DiskSpool(Adoption):
 
     # ------------------------------------------------------------------ settling
 
-    def _settle_unlocked(self, settled: list[Pending]) -> list[Problem]:
+    def _release_rows_locked(self, settled: list[Pending]) -> list[Problem]:
         """These events are settled: rows all of whose events are settled are deleted,
         and adopted files left empty are removed."""
         done: dict[SpoolFile, list[StoredBatch]] = {}
@@ -219,7 +225,7 @@ class DiskSpool(Adoption):
         if receipts is not None:
             problems.extend(receipts.commit())  # per-event rows before their rows go
         for file, rows in done.items():
-            problems.extend(self._delete_unlocked(file, rows))
+            problems.extend(self._delete_locked(file, rows))
         if receipts is not None and not self.closed:
             receipts.move_due(self.files(), now=time.monotonic())
         return problems
@@ -228,7 +234,7 @@ class DiskSpool(Adoption):
         """The files held open: our own, then the adopted ones."""
         return [*([self.own] if self.own is not None else []), *self.adopted]
 
-    def _delete_unlocked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
+    def _delete_locked(self, file: SpoolFile, rows: list[StoredBatch]) -> list[Problem]:
         problems: list[Problem] = []
         if not file.adopted:
             file.defer_delete(rows)  # with the next insert, or when the spooler idles
@@ -282,8 +288,8 @@ class DiskSpool(Adoption):
 
     # ------------------------------------------------------------------ closing
 
-    def _close_unlocked(self) -> None:
-        """Shutdown: files with rows left stay for the next tracker (our lock released)."""
+    def _close_locked(self) -> None:
+        """Shutdown: files with rows left stay for the next tracker (their flocks released)."""
         if self.closed:
             return
         self.closed = True

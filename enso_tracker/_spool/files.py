@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .directory import quarantine, remove_files
 from .errors import SpoolClosed, SpoolCorrupt, SpoolFull
@@ -29,6 +29,9 @@ from .errors import unreadable as _unreadable
 from .sqlite import PAGE_SIZE, abandon, disk_size, is_corrupt, transaction
 from .sqlite import is_full as _is_full
 from .trust import hold, release
+
+if TYPE_CHECKING:
+    from .._receipts import SpoolReceipts
 
 __all__ = ["SpoolFile", "StoredBatch"]
 
@@ -76,7 +79,7 @@ class SpoolFile:
         self._deferred: list[StoredBatch] = []  # settled rows, deleted with the next insert
         #: ``_receipts.SpoolReceipts``: writes the receipts of deleted rows in the same
         #: transaction as their delete, and moves them out before the file is removed.
-        self.receipts: Any = None
+        self.receipts: SpoolReceipts | None = None
         if lock_fd is not None:
             hold(lock_fd)
         if max_bytes is not None:

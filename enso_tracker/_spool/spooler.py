@@ -276,7 +276,7 @@ class Spooler(BacklogRounds):
                         problems.append(
                             ("corrupt", f"unreadable dead-letter store renamed to {aside}")
                         )
-                problems.extend(disk.settle(finished))
+                problems.extend(disk.release_rows(finished))
                 if ledger.flush_waiters or ledger.state is not State.OPEN:
                     # Someone waits: the delivered rows leave the disk before it returns
                     # (a process that flushes and exits must not leave them to resend).

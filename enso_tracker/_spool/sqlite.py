@@ -46,6 +46,8 @@ __all__ = [
     "transaction",
 ]
 
+#: What a commit survives: process death (``synchronous=NORMAL``) or power loss
+#: (``FULL``). Defined here, the lower layer; ``Config.durability`` is typed with it.
 Durability = Literal["process", "power"]
 
 PAGE_SIZE: Final = 65536

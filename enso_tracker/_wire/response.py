@@ -118,6 +118,9 @@ class Verdict(msgspec.Struct, frozen=True):
     * ``failures`` (by batch index) are trusted only when the counts reconcile
       (``reconciled``); an answer whose counts do not add up has no ``failures``:
       everything is resent, and the request counts as failed.
+
+    Made by one of its three constructors, one per case: ``untrusted(problem)``,
+    ``partial(failures, problem)``, ``full(failures)``.
     """
 
     vouched: bool
@@ -126,6 +129,22 @@ class Verdict(msgspec.Struct, frozen=True):
     failures: dict[int, FailedRecord]
     #: What did not add up, for humans (numbers and Enso's status only: no body text).
     problem: str | None = None
+
+    @classmethod
+    def untrusted(cls, problem: str) -> Verdict:
+        """The answer proves nothing: no failure trusted, the whole batch resent."""
+        return cls(vouched=False, reconciled=False, failures={}, problem=problem)
+
+    @classmethod
+    def partial(cls, failures: dict[int, FailedRecord], problem: str) -> Verdict:
+        """The counts add up but fewer failures are listed than counted: the listed
+        ``failures`` are trusted, the other events resent."""
+        return cls(vouched=False, reconciled=True, failures=failures, problem=problem)
+
+    @classmethod
+    def full(cls, failures: dict[int, FailedRecord]) -> Verdict:
+        """The answer accounts for every event: those not in ``failures`` are delivered."""
+        return cls(vouched=True, reconciled=True, failures=failures)
 
 
 def reconcile(answer: BatchAnswer, n: int) -> Verdict:
@@ -142,45 +161,36 @@ def reconcile(answer: BatchAnswer, n: int) -> Verdict:
     """
     status = answer.status
     if status is not None and not (isinstance(status, str) and status.lower() == "success"):
-        return Verdict(False, False, {}, f"the answer's status is {short_repr(status)}")
+        return Verdict.untrusted(f"the answer's status is {short_repr(status)}")
     success, failed, total = answer.summary_success, answer.summary_failed, answer.summary_total
     if success is None or failed is None or total is None:
-        return Verdict(False, False, {}, "the summary lacks success, failed or total")
+        return Verdict.untrusted("the summary lacks success, failed or total")
     if success < 0 or failed < 0 or total < 0:
-        return Verdict(False, False, {}, "the summary holds a negative count")
+        return Verdict.untrusted("the summary holds a negative count")
     if total != n:
-        return Verdict(False, False, {}, f"the summary counts {total} events for a batch of {n}")
+        return Verdict.untrusted(f"the summary counts {total} events for a batch of {n}")
     if success + failed != total:
-        return Verdict(
-            False,
-            False,
-            {},
-            f"the summary's success ({success}) + failed ({failed}) != total ({total})",
+        return Verdict.untrusted(
+            f"the summary's success ({success}) + failed ({failed}) != total ({total})"
         )
     failures: dict[int, FailedRecord] = {}
     for record in answer.failed:
         if not 0 <= record.index < n:
-            return Verdict(
-                False,
-                False,
-                {},
-                f"a failure is listed at index {record.index} of a {n}-event batch",
+            return Verdict.untrusted(
+                f"a failure is listed at index {record.index} of a {n}-event batch"
             )
         if record.index in failures:
-            return Verdict(False, False, {}, f"index {record.index} is listed twice as failed")
+            return Verdict.untrusted(f"index {record.index} is listed twice as failed")
         failures[record.index] = record
     if len(failures) > failed:
-        return Verdict(
-            False, False, {}, f"{len(failures)} failures are listed but the summary counts {failed}"
+        return Verdict.untrusted(
+            f"{len(failures)} failures are listed but the summary counts {failed}"
         )
     if len(failures) < failed:
-        return Verdict(
-            False,
-            True,
-            failures,
-            f"the summary counts {failed} failures but lists {len(failures)}",
+        return Verdict.partial(
+            failures, f"the summary counts {failed} failures but lists {len(failures)}"
         )
-    return Verdict(True, True, failures)
+    return Verdict.full(failures)
 
 
 class _ErrorBody(msgspec.Struct):

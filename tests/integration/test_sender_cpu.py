@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enso_tracker import ConfigurationError, Tracker
-from enso_tracker._record import QueuedEvent, event_id_of
+from enso_tracker._record import QueuedEvent, encode_record, event_id_of, seq_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
 from enso_tracker.testing import FakeEnso, Fault
@@ -50,7 +50,7 @@ def test_batch_encoded_in_one_call_equals_the_per_event_join() -> None:
     items = _items()
     one = EventEncoder().encode_batch(items, "evt_a_")
     each = EventEncoder()
-    joined = join_batch([each.encode(event_id_of(item, "evt_a_"), *item[2:8]) for item in items])
+    joined = join_batch([encode_record(each, item, "evt_a_") for item in items])
     assert one == joined
     events = json.loads(one)["events"]
     assert [e["eventId"] for e in events] == ["evt_a_0x1", "custom-id", "evt_a_0x3", "evt_a_0x4"]
@@ -63,7 +63,7 @@ def test_take_removes_the_head_in_order() -> None:
     queue: deque[QueuedEvent] = deque(_items())
     taken = take(queue, 3)
     assert taken == _items()[:3]
-    assert [item[0] for item in queue] == [4]
+    assert [seq_of(item) for item in queue] == [4]
     assert take(queue, 0) == []
 
 
@@ -251,7 +251,7 @@ def test_one_call_body_equals_the_per_event_join_for_any_events(events: list[Any
         items.append((seq, given_id, entity, metric, value, ts, meta, job, 0))
     one = EventEncoder().encode_batch(items, "evt_p_")
     each = EventEncoder()
-    joined = join_batch([each.encode(event_id_of(item, "evt_p_"), *item[2:8]) for item in items])
+    joined = join_batch([encode_record(each, item, "evt_p_") for item in items])
     assert one == joined
     decoded = msgspec.json.decode(one)["events"]
     assert [e["eventId"] for e in decoded] == [event_id_of(item, "evt_p_") for item in items]

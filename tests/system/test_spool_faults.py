@@ -840,13 +840,13 @@ def test_rows_flush_reported_delivered_are_off_the_disk_when_it_returns(
     next tracker on the directory sends it again. The sender thread is made to delete
     its rows a moment late, to see whether flush() waits for that."""
     gate = threading.Event()
-    settle = DiskSpool.settle
+    release_rows = DiskSpool.release_rows
 
-    def late_settle(self: DiskSpool, settled: list[Any]) -> Any:
+    def late_release(self: DiskSpool, settled: list[Any]) -> Any:
         gate.wait(0.5)
-        return settle(self, settled)
+        return release_rows(self, settled)
 
-    monkeypatch.setattr(DiskSpool, "settle", late_settle)
+    monkeypatch.setattr(DiskSpool, "release_rows", late_release)
     spool = tmp_path / "spool"
     t = tracker(spool_dir=spool)
     ids = [accepted(t.track("ent", "m", i)) for i in range(20)]

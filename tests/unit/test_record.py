@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -29,6 +29,7 @@ from enso_tracker._record import (
     spooled,
     unencoded,
 )
+from enso_tracker._spool.files import StoredBatch
 from enso_tracker._wire import (
     BODY_OVERHEAD,
     EventEncoder,
@@ -107,7 +108,7 @@ def test_a_spool_row_takes_exactly_one_sequence_per_event_and_keeps_no_tuple() -
     encoder = EventEncoder()
     bodies = [encode_record(encoder, _item(i, f"id{i}"), PREFIX) for i in (1, 2)]
     adopted_seq = itertools.count(100)
-    row = object()
+    row = cast(StoredBatch, object())  # only its identity is checked
     pendings = spooled(bodies, adopted_seq, row)
     assert next(adopted_seq) == 102  # the endless sequence lent two numbers, no more
     assert [(p.seq, p.item, p.body, p.row) for p in pendings] == [

@@ -11,6 +11,7 @@ import sys
 from types import FrameType
 
 from ..._errors import ConfigurationError
+from .._args import positive
 from .._output import EXIT_USAGE, route_logs, stderr_line
 from ..importer.checks import check
 from ..importer.engine import Importer
@@ -37,12 +38,6 @@ def _zone(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return int(text)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +120,7 @@ input is split, ordered or sharded, and on any machine:
     )
     ids.add_argument(
         "--max-distinct",
-        type=_positive,
+        type=positive,
         default=20_000_000,
         metavar="N",
         help="distinct events one process counts at most, ~100 bytes each (default "
@@ -161,15 +156,15 @@ input is split, ordered or sharded, and on any machine:
     )
     run.add_argument(
         "--max-line-bytes",
-        type=_positive,
+        type=positive,
         default=DEFAULT_MAX_LINE_BYTES,
         metavar="N",
         help="a longer line is an error row, skipped without being held in memory "
         f"(default: {DEFAULT_MAX_LINE_BYTES:,})",
     )
-    run.add_argument("--batch-size", type=_positive, default=1000, help="events per request")
+    run.add_argument("--batch-size", type=positive, default=1000, help="events per request")
     run.add_argument(
-        "--max-queue", type=_positive, default=10_000, help="events held in memory at most"
+        "--max-queue", type=positive, default=10_000, help="events held in memory at most"
     )
     run.add_argument(
         "--stall-timeout",

@@ -8,26 +8,22 @@ from collections.abc import Callable
 from typing import Final
 
 from .... import Spool
+from ...._spool.dead_letters import DEAD_KINDS
 from ..._output import EXIT_USAGE, stderr_line
 from ...format import printable
 
 __all__ = [
     "EXIT_UNREADABLE",
-    "KINDS",
     "Action",
     "action_parser",
     "add_filters",
     "described",
     "os_error",
-    "positive",
     "usage",
 ]
 
 #: What an action runs: (its parsed flags, the spool, the directory as given) -> exit code.
 Action = Callable[[argparse.Namespace, Spool, str], int]
-
-KINDS: Final = ("rejected", "too_large", "retries_exhausted", "corrupt")
-
 
 EXIT_UNREADABLE: Final = 3
 
@@ -43,18 +39,8 @@ exit codes:
   130  interrupted"""
 
 
-def positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
 def add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=KINDS, help="only dead letters of this kind")
+    parser.add_argument("--kind", choices=DEAD_KINDS, help="only dead letters of this kind")
     parser.add_argument(
         "--code",
         metavar="CODE",

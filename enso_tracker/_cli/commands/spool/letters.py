@@ -8,9 +8,10 @@ import sys
 from typing import Any
 
 from .... import DeadLetter, Spool
+from ..._args import positive
 from ..._output import EXIT_OK, json_line, print_json, stderr_line
 from ...format import iso, plural, printable
-from .common import action_parser, add_filters, described, positive, usage
+from .common import action_parser, add_filters, described, usage
 from .export import export_row
 
 __all__ = ["add_dead_letters", "add_purge", "add_redrive"]
