@@ -8,7 +8,7 @@ a behaviour nothing checks, or an equivalent mutant (same behaviour), which a pe
 judges. The score the project targets (issue #22) is over non-equivalent mutants.
 
     python -m tests.mutation enso_tracker/_schedule.py -- tests/unit/test_schedule.py
-    python -m tests.mutation enso_tracker/_wire/response.py --function reconcile --jobs 2 -- tests/unit
+    python -m tests.mutation enso_tracker/_wire/response.py --function reconcile -- tests/unit
 
 Mutants are produced from the module's AST and written back with ``ast.unparse``
 (comments are lost in the mutant, which does not matter to its behaviour). Docstrings,
@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     tests = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
-    parser.add_argument("module", help="path of the module to mutate, e.g. enso_tracker/_schedule.py")
+    parser.add_argument(
+        "module", help="path of the module to mutate, e.g. enso_tracker/_schedule.py"
+    )
     parser.add_argument("--function", action="append", default=[], help="only in this def/class")
     parser.add_argument("--sample", type=int, default=0, help="at most this many, at random")
     parser.add_argument("--seed", type=int, default=1)
