@@ -304,6 +304,26 @@ def test_min_unsettled_follows_queue_inflight_and_schedule() -> None:
     assert not led.settled_locked(5)
 
 
+def test_a_retried_event_delivered_by_a_partly_failed_answer_is_settled() -> None:
+    # Retried events are noted out of order (the low-water heap); one delivered by an
+    # answer that rejects another must leave it, or flush() waits for it forever.
+    led = ledger()
+    accept(led, 2)
+    settle(led, take(led), Retry("HTTP 429", 429))  # both back in line, noted
+    led.schedule.gate_until = 0.0
+    batch = take(led)
+    assert [p.seq for p in batch] == [1, 2]
+    reports, _ = settle(
+        led, batch, answer(2, FailedRecord(index=1, error="bad", code=2001, statusCode=400))
+    )
+    assert (led.counters.delivered, led.counters.dropped) == (1, {"rejected": 1})
+    assert led.min_unsettled_locked() == NO_SEQ
+    assert not led.settled_locked(2)  # until the drop is reported
+    led.handed_over(len(reports))
+    assert led.settled_locked(2)
+    assert balanced(led)
+
+
 def test_close_drops_everything_left_as_shutdown() -> None:
     led = ledger()
     accept(led, 6)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 
 from enso_tracker import Retry
-from enso_tracker._items import SEQ, Pending
+from enso_tracker._items import SEQ, Pending, held
+from enso_tracker._log import DeferredLog, ErrorCounter
+from enso_tracker._reporting import Reports
 from tests.unit.audit import audit
-from tests.unit.test_ledger import accept, ledger, settle, take
+from tests.unit.test_ledger import accept, answer, ledger, settle, take
 
 pytestmark = pytest.mark.timeout(30)  # a planning loop that never ends fails, not hangs
 
@@ -44,3 +46,31 @@ def test_three_retries_and_fresh_events_split_where_the_retries_end() -> None:
     assert [p.seq for p in led.inflight] == [1, 2, 3]
     assert [item[SEQ] for item in led.inflight_raw] == [4]
     assert audit(led).events == 5
+
+
+def test_a_mixed_batch_once_encoded_is_in_flight_once_and_settles_whole() -> None:
+    # The sender encodes the fresh part and hands the whole batch back to the ledger
+    # (begin_send_locked): from then on each event is in flight once, as a Pending; the
+    # raw items it was taken as are no longer held, so a delivery settles all of it.
+    led = ledger()
+    accept(led, 2)
+    settle(led, take(led), Retry("HTTP 429", 429))
+    led.schedule.gate_until = 0.0
+    accept(led, 2)
+    with led.lock:
+        taken, _ = led.plan_locked(100.0)
+    encoded = [
+        e if isinstance(e, Pending) else Pending(0.0, e[SEQ], e, b"{}", held(e)) for e in taken
+    ]
+    with led.lock:
+        batch, too_large = led.begin_send_locked(encoded, 0)
+    assert ([p.seq for p in batch], too_large) == ([1, 2, 3, 4], [])
+    assert led.inflight_raw == []
+    assert sorted(audit(led).seqs) == [1, 2, 3, 4]  # each once
+    assert led.snapshot(0, 0).in_flight == 4
+    reports: Reports = []
+    with led.lock:
+        led.finish_send_locked(batch, answer(4), 101.0, reports, DeferredLog(ErrorCounter()))
+        assert led.settled_locked(4)
+    assert (led.counters.delivered, led.outstanding, reports) == (4, 0, [])
+    assert audit(led).events == 0
