@@ -15,7 +15,7 @@ event can be held in memory and checks the ledger's counts against it:
 
 This is the one place in the tests that reads the ledger's private state: when the
 ledger's fields change, this function changes with them, not every test. (So is
-:func:`watch_room`, which lets a test see that a ``track()`` is blocked for room.)
+:func:`watch_waits`, which lets a test see that a caller waits on the ledger.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from enso_tracker import Tracker
 from enso_tracker._items import SEQ, Pending, held
@@ -96,11 +96,16 @@ class _WatchedCondition(threading.Condition):
         return super().wait(timeout)
 
 
-def watch_room(subject: Ledger | Tracker) -> threading.Event:
-    """An event set once a ``track()`` blocked for room (``queue_full_policy="block"``)
-    waits on the ledger: a test frees room only then, so that what it checks is that
-    the move which frees room wakes the caller, not that the caller looked late."""
+def watch_waits(subject: Ledger | Tracker, on: Literal["room", "settled"]) -> threading.Event:
+    """An event set once a caller waits on the ledger's condition ``on``: ``room``, a
+    ``track()`` blocked for room (``queue_full_policy="block"``); ``settled``, a
+    ``flush()`` waiting for its events. A test moves the books only then, so that what
+    it checks is that the move wakes the caller, not that the caller looked late."""
     ledger: Any = _ledger_of(subject)
     waiting = threading.Event()
-    ledger._room = _WatchedCondition(ledger.lock, waiting)
+    watched = _WatchedCondition(ledger.lock, waiting)
+    if on == "room":
+        ledger._room = watched
+    else:
+        ledger._settled = watched
     return waiting

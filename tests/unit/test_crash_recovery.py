@@ -10,6 +10,7 @@ FakeEnso's socketless transport, each with one injected crash.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from enso_tracker._items import SEQ, Pending, held
 from enso_tracker._settle import settle_locked
 from enso_tracker._worker import Worker
 from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, accepted
+from tests.conftest import API_KEY, accepted, wait_until
 from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, answer, ledger, settle, take
 
@@ -150,4 +151,30 @@ def test_a_spooler_crash_before_writing_loses_nothing(
     assert (stats.delivered, stats.dropped, stats.worker_errors) == (3, {}, 1)
     assert sorted(fake.event_ids()) == sorted(ids)
     assert fake.duplicates == {}  # taken back before anything was written or sent
+    assert audit(t).events == 0
+
+
+def test_a_sender_thread_that_could_not_start_is_started_by_the_next_track(
+    monkeypatch: pytest.MonkeyPatch, made: list[Tracker]
+) -> None:
+    fake = FakeEnso()
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start_fails_once(self: threading.Thread) -> None:
+        if not refused and self.name == "enso-tracker-sender":
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")  # as under a thread limit
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start_fails_once)
+    t = tracker(fake, made)
+    first = accepted(t.track("ent_1", "api_calls", 1))  # its kick cannot start the sender
+    assert refused == ["enso-tracker-sender"]
+    # A failed start is retried after a backoff (backoff_base=0.001 s), by the next
+    # track(): let that known delay pass (a deadline, not a race with a thread).
+    time.sleep(0.01)
+    second = accepted(t.track("ent_1", "api_calls", 2))  # not a batch boundary: kicks anyway
+    assert wait_until(lambda: len(fake.event_ids()) == 2, 10.0), t.stats()
+    assert sorted(fake.event_ids()) == sorted([first, second])
     assert audit(t).events == 0

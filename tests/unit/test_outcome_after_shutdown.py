@@ -30,6 +30,7 @@ def test_the_outcome_of_a_request_running_at_close_is_ignored(outcome: object) -
     with led.lock:
         assert len(led.close_locked(closing)) == 3
     assert led.counters.dropped == {"shutdown": 3}
+    assert audit(led).events == 0  # no longer in flight: dropped
     reports: Reports = []
     with led.lock:
         led.finish_send_locked(batch, outcome, 101.0, reports, DeferredLog(ErrorCounter()))  # type: ignore[arg-type]
@@ -57,6 +58,7 @@ def test_a_fresh_batch_whose_unsure_answer_comes_after_close_is_not_taken_back()
         led.begin_fresh_locked(400)
         led.close_locked([])
     assert (led.outstanding, led.outstanding_bytes) == (0, 400)  # the body, until it ends
+    assert audit(led).events == 0  # its events dropped, no longer in flight
     pendings = [Pending(0.0, q[SEQ], q, b'{"e":1}', held(q) + 7) for q in items]
     with led.lock:
         assert led.fresh_unsure_locked(400, pendings, grown=3 * 7) is False
