@@ -41,7 +41,8 @@ SIZE = 500  # what tests.unit.test_ledger.accept and test_spool_books.accept hol
 
 
 def blocking_ledger(**options: object) -> Ledger:
-    config = Config(queue_full_policy="block", block_timeout=BLOCK_TIMEOUT, **options)  # type: ignore[arg-type]
+    options.setdefault("queue_full_policy", "block")
+    config = Config(block_timeout=BLOCK_TIMEOUT, **options)  # type: ignore[arg-type]
     policy = RetryPolicy(max_retries=2, max_event_age=100.0, backoff_base=1.0, backoff_max=4.0)
     schedule = Schedule(
         policy, batch_size=4, byte_limit=10_000, flush_interval=1.0, rng=random.Random(3)
@@ -187,3 +188,30 @@ def test_a_waiting_flush_returns_when_shutdown_leaves_its_events_in_the_spool(
     assert not flush.is_alive(), "flush() still waiting: nothing woke it"
     assert led.snapshot(0, 0).left_in_spool == 4
     audit(led)
+
+
+@pytest.mark.parametrize(
+    ("policy", "may_block"),
+    [("drop", True), ("block", False)],
+    ids=["drop policy", "block policy on the sender thread"],
+)
+def test_a_full_queue_refuses_at_once_where_the_caller_may_not_block(
+    policy: str, may_block: bool
+) -> None:
+    # Only "block", and never on the sender thread (which is what frees room), waits.
+    led = blocking_ledger(max_queue_size=2, queue_full_policy=policy)
+    accept(led, 2)
+    result: list[DropReason | None] = []
+
+    def admit() -> None:
+        with led.lock:
+            result.append(led.refuse_locked(SIZE, may_block=may_block))
+
+    caller = threading.Thread(target=admit, name="full-queue-track", daemon=True)
+    caller.start()
+    caller.join(DEADLINE)
+    assert not caller.is_alive(), "track() waited for room"
+    [reason] = result
+    assert reason is not None
+    assert reason.kind == "queue_full"
+    assert led.counters.refused == {"queue_full": 1}
