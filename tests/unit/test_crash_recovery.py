@@ -124,6 +124,7 @@ def test_a_sender_crash_while_settling_loses_nothing_and_bills_once(
     stats = t.stats()
     assert (stats.delivered, stats.dropped, stats.worker_errors) == (3, {}, 1)
     assert stats.last_error is not None
+    assert "injected crash while settling" in stats.last_error  # the worker error's text
     assert sorted(fake.event_ids()) == sorted(ids)  # each once, after Enso's dedup
     assert audit(t).events == 0
 
@@ -148,6 +149,8 @@ def test_a_spooler_crash_before_writing_loses_nothing(
     assert crashes == ["spooler"]
     stats = t.stats()
     assert (stats.delivered, stats.dropped, stats.worker_errors) == (3, {}, 1)
+    assert stats.last_error is not None
+    assert "injected crash while encoding" in stats.last_error
     assert sorted(fake.event_ids()) == sorted(ids)
     assert fake.duplicates == {}  # taken back before anything was written or sent
     assert audit(t).events == 0
@@ -180,5 +183,31 @@ def test_a_sender_thread_that_could_not_start_is_started_by_the_next_track(
 
     assert wait_until(sent_after_another_track, 5.0), t.stats()
     assert t.flush(10.0)
+    assert sorted(fake.event_ids()) == sorted(ids)
+    assert audit(t).events == 0
+
+
+def test_flush_without_a_sender_thread_delivers_in_its_own_and_returns_once_settled(
+    monkeypatch: pytest.MonkeyPatch, made: list[Tracker]
+) -> None:
+    fake = FakeEnso()
+    real_start = threading.Thread.start
+
+    def sender_never_starts(self: threading.Thread) -> None:
+        if self.name == "enso-tracker-sender":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", sender_never_starts)
+    t = tracker(fake, made)
+    ids = [accepted(t.track("ent_1", "api_calls", i)) for i in range(3)]
+    result: list[bool] = []
+    # flush(60) runs the rounds in the caller's thread: it must stop once its events
+    # are settled, not run them until its timeout.
+    caller = threading.Thread(target=lambda: result.append(t.flush(60.0)), name="flushing")
+    caller.start()
+    caller.join(10.0)
+    assert not caller.is_alive(), "flush() went on after its events were delivered"
+    assert result == [True]
     assert sorted(fake.event_ids()) == sorted(ids)
     assert audit(t).events == 0

@@ -4,14 +4,22 @@ what it is (encoded retries, raw fresh events); the audit checks the books each 
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 
-from enso_tracker import Retry
+from enso_tracker import Config, Retry
 from enso_tracker._items import SEQ, Pending, held
+from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
+from enso_tracker._retry import RetryPolicy
+from enso_tracker._schedule import Schedule
 from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, answer, ledger, settle, take
+from tests.unit.test_settled_events_released import as_pendings
+from tests.unit.test_spool_books import encoded, row_of
 
 pytestmark = pytest.mark.timeout(30)  # a planning loop that never ends fails, not hangs
 
@@ -74,3 +82,58 @@ def test_a_mixed_batch_once_encoded_is_in_flight_once_and_settles_whole() -> Non
         assert led.settled_locked(4)
     assert (led.counters.delivered, led.outstanding, reports) == (4, 0, [])
     assert audit(led).events == 0
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["queue", "spool"])
+def test_a_full_batch_is_held_for_a_fuller_request_from_the_queue_never_from_the_spool(
+    spooled: bool, tmp_path: Path
+) -> None:
+    # min_request_interval: a full batch taken soon after the last take waits to gather
+    # more, if at the rate the queue fills that leaves room in memory. Staged spool rows
+    # are stored batches: holding them would only slow the drain.
+    config = Config(
+        max_queue_size=10,
+        max_queue_bytes=100_000,
+        max_batch_size=4,
+        spool_dir=str(tmp_path) if spooled else None,
+    )
+    policy = RetryPolicy(max_retries=2, max_event_age=100.0, backoff_base=1.0, backoff_max=4.0)
+    schedule = Schedule(
+        policy,
+        batch_size=4,
+        backlog_size=16,
+        byte_limit=10_000,
+        flush_interval=10.0,
+        min_request_interval=5.0,
+        rng=random.Random(3),
+    )
+    led = Ledger(config, schedule, "evt_test_")
+
+    def arrive(n: int) -> None:
+        accept(led, n)
+        if led.spool is not None:  # the spooler writes them to a row: staged
+            with led.lock:
+                raw = led.take_queued_locked(n)
+                written = encoded(raw)
+                led.spool.stage_locked(written, row_of(written))
+
+    def plan(now: float) -> tuple[list[int], float | None]:
+        with led.lock:
+            taken, wait = led.plan_locked(now)
+        return [p.seq if isinstance(p, Pending) else p[SEQ] for p in taken], wait
+
+    arrive(4)
+    assert plan(100.0) == ([1, 2, 3, 4], 0.0)  # the first full batch goes at once
+    with led.lock:
+        batch, _ = led.begin_send_locked(as_pendings([*led.inflight, *led.inflight_raw]), 0)
+        led.finish_send_locked(batch, answer(4), 100.0, [], DeferredLog(ErrorCounter()))
+    arrive(1)
+    assert plan(101.0) == ([], 10.0)  # one event: flush_interval
+    arrive(3)
+    taken, wait = plan(104.5)  # full again, 4.5 s after the last take
+    if spooled:
+        assert (taken, wait) == ([5, 6, 7, 8], 0.0)
+    else:
+        assert (taken, wait) == ([], 0.5)  # held until 5 s after the last take
+        assert plan(105.0) == ([5, 6, 7, 8], 0.0)
+    audit(led)

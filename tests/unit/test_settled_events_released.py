@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enso_tracker import FailedRecord
+from enso_tracker import FailedRecord, Receipts, Tracker
 from enso_tracker._items import SEQ, Pending, QueuedEvent, held
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
+from enso_tracker.testing import FakeEnso
+from tests.conftest import API_KEY, accepted
 from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, answer, dropped_seqs, ledger
 from tests.unit.test_spool_books import encoded, row_of
@@ -136,3 +138,31 @@ def test_without_a_spool_or_receipts_nothing_is_kept_for_release() -> None:
     assert led.take_finished_locked() == ([], [])  # no row, no receipt: nothing to hold
     assert led.counters.delivered == 1
     audit(led)
+
+
+def test_receipts_record_a_dropped_event_as_dropped_not_delivered(tmp_path: Path) -> None:
+    # A real tracker with per-event receipts and no spool: the sender folds what the
+    # ledger hands it; a drop's receipt is its reason, a delivery's none.
+    fake = FakeEnso(known_entities=["ent_1"])
+    tracker = Tracker(
+        api_key=API_KEY,
+        base_url="https://enso.test",
+        transport=fake.transport(),
+        handle_sigterm=False,
+        flush_interval=0.05,
+        receipts="events",
+        receipts_dir=str(tmp_path),
+    )
+    try:
+        accepted(tracker.track("ent_1", "api_calls", 3, event_id="ok"))
+        accepted(tracker.track("ent_gone", "api_calls", 4, event_id="gone"))
+        assert tracker.flush(10.0)
+        assert tracker.stats().dropped == {"rejected": 1}
+    finally:
+        tracker.shutdown(5.0)
+    with Receipts(tmp_path) as receipts:
+        ok, gone = receipts.lookup("ok"), receipts.lookup("gone")
+    assert ok is not None
+    assert gone is not None
+    assert (ok.outcome, ok.value) == ("delivered", 3)
+    assert (gone.outcome, gone.code, gone.status, gone.value) == ("rejected:2002", "2002", 404, 4)
