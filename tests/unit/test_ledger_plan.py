@@ -137,3 +137,30 @@ def test_a_full_batch_is_held_for_a_fuller_request_from_the_queue_never_from_the
         assert (taken, wait) == ([], 0.5)  # held until 5 s after the last take
         assert plan(105.0) == ([5, 6, 7, 8], 0.0)
     audit(led)
+
+
+def test_queued_events_go_at_once_while_a_flush_waits_and_wait_again_once_it_left() -> None:
+    led = ledger()  # batch_size=4, flush_interval=1.0
+    accept(led, 1)
+    with led.lock:
+        assert led.plan_locked(100.0) == ([], 1.0)  # alone: waits for flush_interval
+        led.add_flush_waiter_locked()
+        taken, _ = led.plan_locked(100.0)
+    assert taken == list(led.inflight_raw)  # a flush() waits: sent now
+    assert [item[SEQ] for item in led.inflight_raw] == [1]
+    led.flush_waiter_gone()
+    settle(led, take_in_flight(led), answer(1))
+    accept(led, 1)
+    with led.lock:
+        assert led.plan_locked(100.5) == ([], 1.0)  # no flush() waits any more
+    assert led.flush_waiters == 0
+    audit(led)
+
+
+def take_in_flight(led: Ledger) -> list[Pending]:
+    """What plan_locked put in flight, encoded and cut as the sender does."""
+    with led.lock:
+        batch, _ = led.begin_send_locked(as_pendings([*led.inflight, *led.inflight_raw]), 0)
+    for p in batch:
+        p.attempts, p.first_sent = 1, 100.0
+    return batch

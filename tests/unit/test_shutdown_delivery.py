@@ -30,7 +30,10 @@ def made() -> Iterator[list[Tracker]]:
         tracker.shutdown(5.0)
 
 
-def test_shutdown_delivers_what_is_queued_then_returns_true(made: list[Tracker]) -> None:
+def test_shutdown_delivers_what_is_queued_then_returns_true(
+    made: list[Tracker], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="enso_tracker")
     fake = FakeEnso()
     tracker = Tracker(
         api_key=API_KEY,
@@ -46,6 +49,11 @@ def test_shutdown_delivers_what_is_queued_then_returns_true(made: list[Tracker])
     assert (stats.delivered, stats.dropped, stats.pending) == (3, {}, 0)
     assert sorted(fake.event_ids()) == sorted(ids)
     audit(tracker)
+    # Idempotent: a second call finds it closed; nothing begins or ends again.
+    assert tracker.shutdown(10.0) is True
+    assert caplog.text.count("enso-tracker shut down") == 1
+    assert tracker.track("ent_1", "api_calls", 1) is None
+    assert tracker.stats().refused == {"closed": 1}
 
 
 def test_shutdown_from_on_drop_is_finished_by_the_sender_thread(
