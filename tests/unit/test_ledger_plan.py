@@ -20,6 +20,7 @@ from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, answer, ledger, settle, take
 from tests.unit.test_settled_events_released import as_pendings
 from tests.unit.test_spool_books import encoded, row_of
+from tests.unit.test_spool_books import ledger as spool_ledger
 
 pytestmark = pytest.mark.timeout(30)  # a planning loop that never ends fails, not hangs
 
@@ -164,3 +165,75 @@ def take_in_flight(led: Ledger) -> list[Pending]:
     for p in batch:
         p.attempts, p.first_sent = 1, 100.0
     return batch
+
+
+@pytest.mark.parametrize(
+    ("max_queue_bytes", "arriving"),
+    [(100_000, 4), (4096, 3)],
+    ids=["half the queue by count", "half the queue by bytes"],
+)
+def test_a_full_batch_goes_at_once_when_holding_it_could_fill_half_the_queue(
+    max_queue_bytes: int, arriving: int
+) -> None:
+    # As above, but memory is at half of max_queue_size (5 of 10 events), or of
+    # max_queue_bytes (4 events of 500 bytes, 2,048 the half): holding the batch could
+    # push track() into queue_full, so it goes now.
+    config = Config(max_queue_size=10, max_queue_bytes=max_queue_bytes, max_batch_size=4)
+    policy = RetryPolicy(max_retries=2, max_event_age=100.0, backoff_base=1.0, backoff_max=4.0)
+    schedule = Schedule(
+        policy,
+        batch_size=4,
+        backlog_size=16,
+        byte_limit=10_000,
+        flush_interval=10.0,
+        min_request_interval=5.0,
+        rng=random.Random(3),
+    )
+    led = Ledger(config, schedule, "evt_test_")
+    accept(led, 4)
+    with led.lock:
+        led.plan_locked(100.0)  # the first full batch: the last take at 100.0
+    settle(led, take_in_flight(led), answer(4))
+    accept(led, 1)
+    with led.lock:
+        assert led.plan_locked(101.0) == ([], 10.0)
+    accept(led, arriving)
+    with led.lock:
+        taken, wait = led.plan_locked(104.5)
+    assert wait == 0.0
+    assert len(taken) == 1 + arriving
+    audit(led)
+
+
+def test_a_prompt_send_asked_on_the_sender_thread_lasts_until_the_queue_is_empty() -> None:
+    led = ledger()  # flush_interval=1.0
+    accept(led, 1)
+    with led.lock:
+        led.ask_prompt_send_locked()  # flush() from on_drop
+        taken, _ = led.plan_locked(100.0)
+    assert len(taken) == 1
+    settle(led, take_in_flight(led), answer(1))
+    accept(led, 1)
+    with led.lock:  # asked for what was queued then, not for every later event
+        assert led.plan_locked(100.5) == ([], 1.0)
+    audit(led)
+
+
+def test_with_a_spool_a_prompt_send_lasts_while_events_wait_to_be_written(tmp_path: Path) -> None:
+    led = spool_ledger(tmp_path)  # max_batch_size=4, spool_interval=1.0
+    spool = led.spool
+    assert spool is not None
+    accept(led, 4)
+    with led.lock:
+        raw = led.take_queued_locked(4)
+        written = encoded(raw)
+        spool.stage_locked(written, row_of(written))
+    accept(led, 2)  # still in the queue, not yet written
+    with led.lock:
+        led.ask_prompt_send_locked()
+        taken, _ = led.plan_locked(100.0)
+        assert taken == written  # the staged row goes
+        # The two queued are still asked for: the spooler writes them now, not after
+        # spool_interval.
+        raw, wait = spool.plan_locked(100.0)
+    assert ([q[SEQ] for q in raw], wait) == ([5, 6], 0.0)

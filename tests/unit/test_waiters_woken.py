@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from enso_tracker import Config, DropReason
+from enso_tracker import Config, DropReason, FailedRecord
 from enso_tracker._ledger import Ledger
 from enso_tracker._log import DeferredLog, ErrorCounter
 from enso_tracker._reporting import Reports
@@ -215,3 +215,26 @@ def test_a_full_queue_refuses_at_once_where_the_caller_may_not_block(
     assert reason is not None
     assert reason.kind == "queue_full"
     assert led.counters.refused == {"queue_full": 1}
+
+
+def test_a_blocked_track_is_admitted_when_the_room_freed_fits_it_exactly() -> None:
+    led = blocking_ledger(max_queue_bytes=4 * SIZE)  # 2,000 bytes
+    accept(led, 4)
+    blocked = BlockedTrack(led, SIZE)  # 2,000 + 500 > 2,000: waits
+    batch = take(led)
+    assert len(batch) == 4
+    reports: Reports = []
+    with led.lock:  # one event delivered, three back in line: 1,500 + 500 == 2,000
+        led.finish_send_locked(
+            batch,
+            answer(
+                4,
+                *(FailedRecord(index=i, error="busy", code="t", statusCode=503) for i in (1, 2, 3)),
+            ),
+            100.0,
+            reports,
+            DeferredLog(ErrorCounter()),
+        )
+        assert led.outstanding_bytes == 3 * SIZE
+    assert blocked.admitted()
+    audit(led)
