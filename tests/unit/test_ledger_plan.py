@@ -237,3 +237,20 @@ def test_with_a_spool_a_prompt_send_lasts_while_events_wait_to_be_written(tmp_pa
         # spool_interval.
         raw, wait = spool.plan_locked(100.0)
     assert ([q[SEQ] for q in raw], wait) == ([5, 6], 0.0)
+
+
+def test_a_batch_of_retries_only_is_in_flight_from_the_plan_on() -> None:
+    # Between the plan and the request the sender works outside the lock: what it took
+    # must be counted in flight (flush() must not see it settled, the audit held once).
+    led = ledger()
+    accept(led, 3)
+    settle(led, take(led), Retry("HTTP 429", 429))
+    led.schedule.gate_until = 0.0
+    with led.lock:
+        taken, _ = led.plan_locked(100.0)
+    assert [p.seq for p in led.inflight] == [1, 2, 3]
+    assert led.inflight == taken
+    assert led.inflight_raw == []
+    assert sorted(audit(led).seqs) == [1, 2, 3]
+    assert led.min_unsettled_locked() == 1
+    assert not led.settled_locked(1)
