@@ -238,3 +238,19 @@ def test_a_blocked_track_is_admitted_when_the_room_freed_fits_it_exactly() -> No
         assert led.outstanding_bytes == 3 * SIZE
     assert blocked.admitted()
     audit(led)
+
+
+def test_a_waiting_flush_gives_up_at_its_deadline_with_false() -> None:
+    led = blocking_ledger()
+    accept(led, 1)  # never sent: nothing settles it
+    result: list[bool] = []
+    flush = threading.Thread(
+        target=lambda: result.append(led.wait_settled(1, time.monotonic() + 0.05)),
+        name="waiting-flush",
+        daemon=True,
+    )
+    flush.start()
+    flush.join(DEADLINE)
+    assert not flush.is_alive(), "flush() went on waiting past its deadline"
+    assert result == [False]
+    assert led.outstanding == 1
