@@ -92,9 +92,11 @@ def test_a_full_batch_is_held_for_a_fuller_request_from_the_queue_never_from_the
     # min_request_interval: a full batch taken soon after the last take waits to gather
     # more, if at the rate the queue fills that leaves room in memory. Staged spool rows
     # are stored batches: holding them would only slow the drain.
+    # Memory holds 4 events of 500 bytes: below half of max_queue_size (5) and of
+    # max_queue_bytes (2,500), so at that rate there is room to gather more.
     config = Config(
         max_queue_size=10,
-        max_queue_bytes=100_000,
+        max_queue_bytes=5_000,
         max_batch_size=4,
         spool_dir=str(tmp_path) if spooled else None,
     )
@@ -254,3 +256,16 @@ def test_a_batch_of_retries_only_is_in_flight_from_the_plan_on() -> None:
     assert sorted(audit(led).seqs) == [1, 2, 3]
     assert led.min_unsettled_locked() == 1
     assert not led.settled_locked(1)
+
+
+def test_one_retry_then_fresh_events_split_after_the_retry() -> None:
+    led = ledger()
+    accept(led, 1)
+    settle(led, take(led), Retry("HTTP 429", 429))  # alone: on its own backoff (< 4 s)
+    led.schedule.gate_until = 0.0
+    accept(led, 3)
+    with led.lock:
+        led.plan_locked(110.0)  # the retry is due; with it, a full batch
+    assert [p.seq for p in led.inflight] == [1]
+    assert [item[SEQ] for item in led.inflight_raw] == [2, 3, 4]
+    assert audit(led).events == 4

@@ -42,7 +42,8 @@ SIZE = 500  # what tests.unit.test_ledger.accept and test_spool_books.accept hol
 
 def blocking_ledger(**options: object) -> Ledger:
     options.setdefault("queue_full_policy", "block")
-    config = Config(block_timeout=BLOCK_TIMEOUT, **options)  # type: ignore[arg-type]
+    options.setdefault("block_timeout", BLOCK_TIMEOUT)
+    config = Config(**options)  # type: ignore[arg-type]
     policy = RetryPolicy(max_retries=2, max_event_age=100.0, backoff_base=1.0, backoff_max=4.0)
     schedule = Schedule(
         policy, batch_size=4, byte_limit=10_000, flush_interval=1.0, rng=random.Random(3)
@@ -243,6 +244,7 @@ def test_a_blocked_track_is_admitted_when_the_room_freed_fits_it_exactly() -> No
 def test_a_waiting_flush_gives_up_at_its_deadline_with_false() -> None:
     led = blocking_ledger()
     accept(led, 1)  # never sent: nothing settles it
+    waiting = watch_waits(led, "settled")
     result: list[bool] = []
     flush = threading.Thread(
         target=lambda: result.append(led.wait_settled(1, time.monotonic() + 0.05)),
@@ -253,4 +255,15 @@ def test_a_waiting_flush_gives_up_at_its_deadline_with_false() -> None:
     flush.join(DEADLINE)
     assert not flush.is_alive(), "flush() went on waiting past its deadline"
     assert result == [False]
+    assert waiting.is_set()  # it did wait (a timeout under a second is one too)
     assert led.outstanding == 1
+
+
+def test_a_block_timeout_under_a_second_is_waited_out_then_refused() -> None:
+    led = blocking_ledger(max_queue_size=2, block_timeout=0.05)
+    accept(led, 2)
+    blocked = BlockedTrack(led, SIZE)  # it waits (asserted), though not for long
+    reason = blocked.answer()
+    assert reason is not None
+    assert reason.kind == "queue_full"
+    assert led.counters.refused == {"queue_full": 1}
