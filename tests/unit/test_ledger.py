@@ -234,6 +234,22 @@ def test_exhausted_events_name_the_cause_once_however_many_and_however_often() -
     assert balanced(led)
 
 
+def test_an_exhausted_event_names_the_requests_error_whole_whatever_it_says() -> None:
+    # Enso's text is quoted as it came, even if it reads like one of our own causes.
+    led = ledger()
+    accept(led, 1)
+    message = "HTTP 503: proxy said; last error: upstream reset"
+    for _ in range(3):  # max_retries=2
+        led.schedule.gate_until = 0.0
+        for p in led.schedule.retry:
+            p.due = 0.0
+        reports, _ = settle(led, take(led), Retry(message, 503))
+    [(_, reason)] = reports
+    assert reason.kind == "retries_exhausted"
+    assert reason.message.endswith(f"s; last error: {message}")
+    assert balanced(led)
+
+
 def test_a_failed_record_without_a_status_is_rejected_never_resent() -> None:
     # RetryPolicy.is_retryable_status(None) is False: resending it would loop forever.
     led = ledger()
