@@ -100,3 +100,48 @@ def test_a_backlog_request_takes_as_many_events_as_fit_nine_tenths_of_the_byte_l
     taken, _ = s.plan(0.0, q, urgent=True)
     assert seqs(taken) == list(range(1, 14))
     assert len(q) == 7
+
+
+def test_holding_a_full_batch_stops_exactly_where_the_queue_would_fill_the_room() -> None:
+    # Seen at 10.0 right after a take, full at 10.5: 4 events in 0.5 s; holding until
+    # 11.0 would bring 4 more, exactly the room of 4: not less than it, so it goes.
+    s = Schedule(
+        POLICY,
+        batch_size=4,
+        backlog_size=16,
+        byte_limit=10_000,
+        flush_interval=4.0,
+        min_request_interval=1.0,
+        rng=random.Random(7),
+    )
+    assert seqs(s.plan(10.0, queue(1, 2, 3, 4), urgent=False, room=4)[0]) == [1, 2, 3, 4]
+    q = queue(5)
+    assert s.plan(10.0, q, urgent=False, room=4) == ([], 4.0)
+    q.extend(queue(6, 7, 8))
+    assert seqs(s.plan(10.5, q, urgent=False, room=4)[0]) == [5, 6, 7, 8]
+
+
+def test_a_queue_emptied_elsewhere_leaves_nothing_to_wait_for() -> None:
+    s = schedule()
+    q = queue(1)
+    assert s.plan(0.0, q, urgent=False) == ([], 1.0)
+    q.clear()  # taken by someone else (a shutdown, a disabled tracker letting go)
+    assert s.plan(0.5, q, urgent=False) == ([], None)
+
+
+def test_ready_retries_fill_at_most_one_batch() -> None:
+    s = schedule()  # batch_size=4
+    s.put_back([pending(i) for i in range(1, 7)])
+    assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [1, 2, 3, 4]
+    assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [5, 6]
+
+
+def test_an_event_of_a_bisected_half_never_joins_a_batch_larger_than_its_half() -> None:
+    s = schedule(batch_size=8)
+    whole = [pending(1), pending(2)]  # put back whole (a rate limit)
+    half = [pending(3), pending(4)]
+    for p in half:
+        p.group = 2  # a suspect batch of 4 was cut in two
+    s.put_back(whole + half)
+    assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [1, 2]  # 3 would make a third
+    assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [3, 4]
