@@ -145,3 +145,14 @@ def test_an_event_of_a_bisected_half_never_joins_a_batch_larger_than_its_half() 
     s.put_back(whole + half)
     assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [1, 2]  # 3 would make a third
     assert seqs(s.plan(0.0, deque(), urgent=True)[0]) == [3, 4]
+
+
+def test_events_filling_the_byte_limit_exactly_go_in_one_body() -> None:
+    # '{"events":[' + body + ',' + body + ']}': the limit to the byte, then one byte less.
+    exact = BODY_OVERHEAD + 10 + 1 + 10
+    s = schedule(byte_limit=exact)
+    batch, too_large = s.cut([pending(1, body=10), pending(2, body=10)], exact)
+    assert (seqs(list(batch)), too_large, list(s.ready)) == ([1, 2], [], [])
+    s = schedule(byte_limit=exact - 1)
+    batch, too_large = s.cut([pending(1, body=10), pending(2, body=10)], exact)
+    assert (seqs(list(batch)), too_large, [p.seq for p in s.ready]) == ([1], [], [2])
