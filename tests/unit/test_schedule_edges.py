@@ -156,3 +156,15 @@ def test_events_filling_the_byte_limit_exactly_go_in_one_body() -> None:
     s = schedule(byte_limit=exact - 1)
     batch, too_large = s.cut([pending(1, body=10), pending(2, body=10)], exact)
     assert (seqs(list(batch)), too_large, [p.seq for p in s.ready]) == ([1], [], [2])
+
+
+def test_events_enqueued_ready_are_unsettled_until_settled() -> None:
+    # Sent from memory after the disk refused them (or loaded from the spool): in line
+    # like retries, and flush() must wait for them.
+    s = schedule()
+    a, b = pending(5), pending(7)
+    s.enqueue([a, b])
+    assert [p.seq for p in s.ready] == [5, 7]
+    assert s.low_water() == 5
+    a.done = True
+    assert s.low_water() == 7
