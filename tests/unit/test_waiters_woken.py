@@ -93,6 +93,24 @@ def test_a_blocked_track_is_admitted_as_soon_as_a_delivery_frees_room() -> None:
     audit(led)
 
 
+def test_a_blocked_track_is_admitted_as_soon_as_a_fresh_batch_is_delivered_whole() -> None:
+    # The common case: the queue's events go as one body and Enso vouches for them all.
+    led = blocking_ledger(max_queue_size=2)
+    accept(led, 2)
+    led.flush_asked = True
+    with led.lock:
+        led.plan_locked(100.0)
+        items = list(led.inflight_raw)
+        led.begin_fresh_locked(300)
+    assert len(items) == 2
+    blocked = BlockedTrack(led, SIZE)
+    with led.lock:
+        led.fresh_delivered_locked(items, 300, 2 * SIZE)
+    assert blocked.admitted()
+    assert (led.counters.delivered, led.counters.refused) == (2, {})
+    audit(led)
+
+
 def test_a_blocked_track_is_admitted_as_soon_as_the_spooler_leaves_events_on_disk(
     tmp_path: Path,
 ) -> None:
