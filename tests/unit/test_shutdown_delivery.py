@@ -3,12 +3,12 @@ sender, it does not hold it off). Called from ``on_drop`` it runs on the sender 
 which cannot wait for itself: it returns at once, and the sender thread finishes the
 shutdown on its own once nothing is left (``Ledger.finish_on_worker``): the summary is
 logged, later events are refused as ``closed``, and nothing is lost or sent twice.
-Over FakeEnso's socketless transport."""
+Over FakeEnso's socketless transport. (A forked child of a shut-down tracker:
+``tests/integration/test_fork_after_shutdown.py``, a fork being a process of its own.)"""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,24 +168,3 @@ def test_flush_from_on_drop_sends_what_is_queued_without_waiting_flush_interval(
     assert wait_until(lambda: "late" in fake.event_ids(), 10.0), fake.event_ids()
     assert answers == [False]
     assert sorted(fake.event_ids()) == ["first", "late"]
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_of_a_shut_down_tracker_stays_shut_down(made: list[Tracker]) -> None:
-    fake = FakeEnso()
-    t = tracker(made, fake, flush_interval=0.05)
-    accepted(t.track("ent_1", "api_calls", 1))
-    assert t.shutdown(5.0) is True
-    pid = os.fork()
-    if pid == 0:  # the child: fresh books, still closed; never returns into pytest
-        code = 1
-        try:
-            refused = t.track("ent_1", "api_calls", 2) is None
-            stats = t.stats()
-            if refused and (stats.accepted, stats.refused) == (0, {"closed": 1}):
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child accepted an event"
-    assert len(fake.event_ids()) == 1  # the parent's one event, sent once
