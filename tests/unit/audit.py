@@ -14,14 +14,16 @@ event can be held in memory and checks the ledger's counts against it:
   its ``queued_bytes`` is what the events not in flight hold.
 
 This is the one place in the tests that reads the ledger's private state: when the
-ledger's fields change, this function changes with them, not every test.
+ledger's fields change, this function changes with them, not every test. (So is
+:func:`watch_waits`, which lets a test see that a caller waits on the ledger.)
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from enso_tracker import Tracker
 from enso_tracker._ledger import Ledger
@@ -79,3 +81,31 @@ def audit(subject: Ledger | Tracker) -> Holdings:
     assert stats.queued_bytes == held_now.waiting_bytes, (stats.queued_bytes, held_now)
     assert stats.pending == books[0] + on_disk, (stats.pending, books[0], on_disk)
     return held_now
+
+
+class _WatchedCondition(threading.Condition):
+    """A condition that sets ``waiting`` each time a caller starts to wait on it (with
+    the lock still held: whoever takes the lock next finds the caller waiting)."""
+
+    def __init__(self, lock: threading.Lock, waiting: threading.Event) -> None:
+        super().__init__(lock)
+        self._waiting = waiting
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._waiting.set()
+        return super().wait(timeout)
+
+
+def watch_waits(subject: Ledger | Tracker, on: Literal["room", "settled"]) -> threading.Event:
+    """An event set once a caller waits on the ledger's condition ``on``: ``room``, a
+    ``track()`` blocked for room (``queue_full_policy="block"``); ``settled``, a
+    ``flush()`` waiting for its events. A test moves the books only then, so that what
+    it checks is that the move wakes the caller, not that the caller looked late."""
+    ledger: Any = _ledger_of(subject)
+    waiting = threading.Event()
+    watched = _WatchedCondition(ledger.lock, waiting)
+    if on == "room":
+        ledger._room = watched
+    else:
+        ledger._settled = watched
+    return waiting

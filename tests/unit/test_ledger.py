@@ -234,6 +234,22 @@ def test_exhausted_events_name_the_cause_once_however_many_and_however_often() -
     assert balanced(led)
 
 
+def test_an_exhausted_event_names_the_requests_error_whole_whatever_it_says() -> None:
+    # Enso's text is quoted as it came, even if it reads like one of our own causes.
+    led = ledger()
+    accept(led, 1)
+    message = "HTTP 503: proxy said; last error: upstream reset"
+    for _ in range(3):  # max_retries=2
+        led.schedule.gate_until = 0.0
+        for p in led.schedule.retry:
+            p.due = 0.0
+        reports, _ = settle(led, take(led), Retry(message, 503))
+    [(_, reason)] = reports
+    assert reason.kind == "retries_exhausted"
+    assert reason.message.endswith(f"s; last error: {message}")
+    assert balanced(led)
+
+
 def test_a_failed_record_without_a_status_is_rejected_never_resent() -> None:
     # RetryPolicy.is_retryable_status(None) is False: resending it would loop forever.
     led = ledger()
@@ -302,6 +318,26 @@ def test_min_unsettled_follows_queue_inflight_and_schedule() -> None:
     assert led.min_unsettled_locked() == 5
     assert led.settled_locked(4)
     assert not led.settled_locked(5)
+
+
+def test_a_retried_event_delivered_by_a_partly_failed_answer_is_settled() -> None:
+    # Retried events are noted out of order (the low-water heap); one delivered by an
+    # answer that rejects another must leave it, or flush() waits for it forever.
+    led = ledger()
+    accept(led, 2)
+    settle(led, take(led), Retry("HTTP 429", 429))  # both back in line, noted
+    led.schedule.gate_until = 0.0
+    batch = take(led)
+    assert [p.seq for p in batch] == [1, 2]
+    reports, _ = settle(
+        led, batch, answer(2, FailedRecord(index=1, error="bad", code=2001, statusCode=400))
+    )
+    assert (led.counters.delivered, led.counters.dropped) == (1, {"rejected": 1})
+    assert led.min_unsettled_locked() == NO_SEQ
+    assert not led.settled_locked(2)  # until the drop is reported
+    led.handed_over(len(reports))
+    assert led.settled_locked(2)
+    assert balanced(led)
 
 
 def test_close_drops_everything_left_as_shutdown() -> None:

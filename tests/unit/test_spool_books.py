@@ -182,6 +182,8 @@ def test_adopted_rows_are_counted_read_in_chunks_and_lost_if_unreadable(tmp_path
     assert spool.unread_adopted == 0
     assert led._reporting == 1
     assert reports[0][1].kind == "corrupt"
+    # stats() names the loss (an operator's first clue), though no Pending was dropped.
+    assert led.snapshot(0, 0).last_error == "corrupt: the file became unreadable"
     audit(led)
     spool.corrupt_locked(rows[0], False, b"\x00raw", "a record failed its CRC check", reports)
     assert led.counters.dropped == {"corrupt": 7}
