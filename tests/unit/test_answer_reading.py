@@ -1,0 +1,247 @@
+"""Reading an answer (``_http.answer.read_answer``): never more than the bound, before or
+after decompression; a body past it or one that does not decode is an ``AnswerError``
+(never a partial answer read as whole); a corrupt gzip or deflate body ends, never loops.
+
+Each answer is an ``httpx.Response`` over a stream that counts what was pulled from it,
+so "stops reading" is checked, not assumed. No socket, no server."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from enso_tracker._http.answer import (
+    ANSWER_BASE_BYTES,
+    ANSWER_BYTES_PER_BODY_BYTE,
+    AnswerError,
+    answer_limit,
+    read_answer,
+)
+
+#: A corrupt body must end in an AnswerError; a decode loop fails the test, not the suite.
+pytestmark = pytest.mark.timeout(20)
+
+
+class Chunks(httpx.SyncByteStream):
+    """A response body given in these chunks, counting how many were pulled."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+def response(
+    chunks: list[bytes], encoding: str | None = None, length: int | None = None
+) -> tuple[httpx.Response, Chunks]:
+    headers = {}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    stream = Chunks(chunks)
+    return httpx.Response(200, headers=headers, stream=stream), stream
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def raw_deflate(data: bytes) -> bytes:
+    return zlib.compress(data, wbits=-zlib.MAX_WBITS)
+
+
+# ------------------------------------------------------------------ the bound, plain
+
+
+def test_the_limit_of_a_2xx_answer_grows_with_the_body_sent() -> None:
+    assert answer_limit(b"") == ANSWER_BASE_BYTES == 1024 * 1024
+    assert answer_limit(b"x" * 1000) == 1024 * 1024 + 16 * 1000
+    assert ANSWER_BYTES_PER_BODY_BYTE == 16
+
+
+@pytest.mark.parametrize("size", [0, 1, 99, 100])
+def test_a_plain_answer_up_to_the_limit_is_read_whole(size: int) -> None:
+    body = bytes(range(256)) * 2
+    answer, stream = response(pieces(body[:size], 7))
+    assert read_answer(answer, 100) == body[:size]
+    assert stream.pulled == len(stream.chunks)
+
+
+def test_a_plain_answer_one_byte_past_the_limit_is_refused_and_not_read_further() -> None:
+    answer, stream = response([b"a" * 60, b"b" * 41, b"c" * 1000, b"d" * 1000])
+    with pytest.raises(AnswerError, match=r"^answer is over the 100-byte limit; not read further$"):
+        read_answer(answer, 100)
+    assert stream.pulled == 2  # stopped at the chunk that passed the bound
+
+
+def test_an_error_answer_past_the_limit_is_cut_to_the_limit() -> None:
+    answer, stream = response([b"a" * 60, b"b" * 60, b"c" * 1000])
+    assert read_answer(answer, 100, truncate=True) == b"a" * 60 + b"b" * 40
+    assert stream.pulled == 2
+
+
+def test_a_declared_length_past_the_limit_is_refused_before_any_byte_is_read() -> None:
+    answer, stream = response([b"x" * 101], length=101)
+    with pytest.raises(AnswerError, match=r"^answer of 101 bytes is over the 100-byte limit$"):
+        read_answer(answer, 100)
+    assert stream.pulled == 0
+
+
+def test_a_declared_length_at_the_limit_is_read() -> None:
+    answer, _ = response([b"x" * 100], length=100)
+    assert read_answer(answer, 100) == b"x" * 100
+
+
+def test_a_declared_length_past_the_limit_of_an_error_answer_is_read_and_cut() -> None:
+    answer, _ = response([b"x" * 150], length=150)
+    assert read_answer(answer, 100, truncate=True) == b"x" * 100
+
+
+def test_an_asynchronous_stream_is_refused() -> None:
+    class Async(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"{}"
+
+    answer = httpx.Response(200, stream=Async())
+    with pytest.raises(AnswerError, match=r"^answer is not a synchronous stream$"):
+        read_answer(answer, 100)
+
+
+# ---------------------------------------------------------- encodings that are inflated
+
+
+BODY = b'{"summary":{"success":3,"failed":0,"total":3},"failedRecords":[]}' * 20
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("GZIP", gzip.compress),
+        (" gzip , identity", gzip.compress),
+        ("identity, deflate", zlib.compress),  # zlib-wrapped, as the RFC says
+        ("deflate", raw_deflate),  # raw, as some servers send it
+    ],
+)
+# Chunks of 2 bytes at least: a raw deflate body whose first read is 1 byte is not
+# recognised as raw (nor is it by httpx's own decoder); a network read is never that short.
+@pytest.mark.parametrize("chunk", [2, 5, 64, 100_000], ids=lambda n: f"chunks of {n}")
+def test_a_compressed_answer_is_inflated_whole_whatever_its_chunks(
+    encoding: str, compress: object, chunk: int
+) -> None:
+    data = compress(BODY)  # type: ignore[operator]
+    answer, stream = response(pieces(data, chunk), encoding)
+    assert read_answer(answer, len(BODY)) == BODY
+    assert stream.pulled == len(stream.chunks)
+
+
+@pytest.mark.parametrize("encoding", ["", "identity", "Identity , "])
+def test_an_identity_answer_is_read_as_sent(encoding: str) -> None:
+    data = gzip.compress(BODY)  # bytes that look compressed are not inflated unasked
+    answer, _ = response([data], encoding)
+    assert read_answer(answer, len(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("encoding", "named"),
+    [("br", "'br'"), ("zstd", "'zstd'"), ("gzip, gzip", "'gzip,gzip'"), ("gzip, br", "'gzip,br'")],
+)
+def test_an_encoding_not_advertised_is_refused(encoding: str, named: str) -> None:
+    answer, stream = response([gzip.compress(BODY)], encoding)
+    with pytest.raises(AnswerError, match=rf"^answer in an unsupported Content-Encoding {named}$"):
+        read_answer(answer, len(BODY))
+    assert stream.pulled == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_answer_inflating_exactly_to_the_limit_is_read(encoding: str) -> None:
+    data = (gzip.compress if encoding == "gzip" else zlib.compress)(BODY)
+    answer, _ = response(pieces(data, 16), encoding)
+    assert read_answer(answer, len(BODY)) == BODY
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("chunk", [16, 100_000], ids=lambda n: f"chunks of {n}")
+def test_a_compressed_answer_one_byte_past_the_limit_is_refused(encoding: str, chunk: int) -> None:
+    data = (gzip.compress if encoding == "gzip" else zlib.compress)(BODY)
+    answer, _ = response(pieces(data, chunk), encoding)
+    limit = len(BODY) - 1
+    with pytest.raises(AnswerError, match=rf"^answer is over the {limit}-byte limit"):
+        read_answer(answer, limit)
+
+
+def test_an_error_answer_inflating_past_the_limit_is_cut_to_the_limit() -> None:
+    answer, _ = response(pieces(gzip.compress(BODY), 16), "gzip")
+    assert read_answer(answer, 100, truncate=True) == BODY[:100]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_abandoned_at_the_bound_without_reading_on(encoding: str) -> None:
+    # 4 MiB of zeros compress to ~4 KiB: read in 1 KiB chunks, the bound (1 KiB inflated)
+    # is passed within the first chunk; nothing more is pulled from the network.
+    bomb = (gzip.compress if encoding == "gzip" else zlib.compress)(bytes(4 * 1024 * 1024))
+    answer, stream = response(pieces(bomb, 1024), encoding)
+    with pytest.raises(AnswerError, match=r"^answer is over the 1024-byte limit"):
+        read_answer(answer, 1024)
+    assert stream.pulled == 1
+    answer, stream = response(pieces(bomb, 1024), encoding)
+    assert read_answer(answer, 1024, truncate=True) == bytes(1024)
+    assert stream.pulled == 1
+
+
+def test_the_raw_bytes_count_against_the_bound_too() -> None:
+    # A gzip body whose compressed bytes pass the bound before its inflated ones do
+    # (random bytes do not compress): refused on the raw count.
+    import random
+
+    noise = random.Random(7).randbytes(4000)
+    data = gzip.compress(noise)
+    assert len(data) > len(noise)
+    answer, _ = response(pieces(data, 1000), "gzip")
+    with pytest.raises(AnswerError, match=r"^answer is over the 4000-byte limit"):
+        read_answer(answer, 4000)
+
+
+# --------------------------------------------------- corrupt bodies end, never loop
+
+
+def _gzip_garbage() -> bytes:
+    return b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"\xff" * 40  # a gzip header, then garbage
+
+
+CORRUPT: list[tuple[str, list[bytes]]] = [
+    ("gzip", [_gzip_garbage()]),
+    ("gzip", pieces(_gzip_garbage(), 3)),
+    ("gzip", [b"not gzip at all"]),
+    ("deflate", [b"\xff\xff\xff\xff" * 10]),  # neither zlib-wrapped nor raw deflate
+    ("deflate", pieces(b"\xff\xff\xff\xff" * 10, 3)),
+]
+
+
+@pytest.mark.parametrize(("encoding", "chunks"), CORRUPT)
+@pytest.mark.parametrize("truncate", [False, True], ids=["answer", "error answer"])
+def test_a_corrupt_compressed_answer_is_an_answer_error_not_a_loop(
+    encoding: str, chunks: list[bytes], truncate: bool
+) -> None:
+    answer, _ = response(chunks, encoding)
+    with pytest.raises(AnswerError, match=r"^answer's compressed body is corrupt$"):
+        read_answer(answer, 10_000, truncate=truncate)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_corrupt_body_is_refused_even_past_what_the_bound_would_allow(encoding: str) -> None:
+    # The first chunk decodes well and stays within the bound; the corruption comes later.
+    data = (gzip.compress if encoding == "gzip" else zlib.compress)(BODY)
+    answer, _ = response([data[: len(data) // 2], b"\x00\xff" * 50], encoding)
+    with pytest.raises(AnswerError, match=r"^answer's compressed body is corrupt$"):
+        read_answer(answer, 10 * len(BODY))
