@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from enso_tracker import Config
 from enso_tracker._http.answer import (
     ANSWER_BASE_BYTES,
     ANSWER_BYTES_PER_BODY_BYTE,
@@ -21,6 +22,8 @@ from enso_tracker._http.answer import (
     answer_limit,
     read_answer,
 )
+from enso_tracker._http.auth import ApiKey
+from enso_tracker._http.sender import HttpSender, Retry
 
 #: A corrupt body must end in an AnswerError; a decode loop fails the test, not the suite.
 pytestmark = pytest.mark.timeout(20)
@@ -245,3 +248,64 @@ def test_a_corrupt_body_is_refused_even_past_what_the_bound_would_allow(encoding
     answer, _ = response([data[: len(data) // 2], b"\x00\xff" * 50], encoding)
     with pytest.raises(AnswerError, match=r"^answer's compressed body is corrupt$"):
         read_answer(answer, 10 * len(BODY))
+
+
+# ------------------------------------ a body cut short is incomplete, not an answer
+
+
+INCOMPLETE: list[tuple[str, bytes]] = [
+    ("gzip", gzip.compress(BODY)[:-8]),  # every byte of the answer, but no checksum
+    ("gzip", gzip.compress(BODY)[:-1]),
+    ("gzip", gzip.compress(BODY)[: len(gzip.compress(BODY)) // 2]),
+    ("deflate", zlib.compress(BODY)[:-4]),  # every byte, but no Adler-32
+    ("deflate", raw_deflate(BODY)[:-1]),  # its final block unfinished
+    ("gzip", gzip.compress(BODY)[:20] + b"\xff" * 100),  # garbage inflating as literals
+    ("deflate", zlib.compress(BODY)[:30] + b"\xff" * 100),
+]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data"),
+    INCOMPLETE,
+    ids=[
+        "gzip without checksum",
+        "gzip cut by 1",
+        "gzip cut by half",
+        "zlib without Adler-32",
+        "raw deflate cut by 1",
+        "gzip then garbage",
+        "zlib then garbage",
+    ],
+)
+@pytest.mark.parametrize("truncate", [False, True], ids=["answer", "error answer"])
+def test_a_compressed_body_that_stops_before_its_end_is_incomplete(
+    encoding: str, data: bytes, truncate: bool
+) -> None:
+    # Before the fix, each of these was read as a whole answer: the first four inflate
+    # to every byte of BODY, vouching for a batch with the checksum never checked.
+    answer, _ = response(pieces(data, 64), encoding)
+    with pytest.raises(AnswerError, match=r"^answer's compressed body is incomplete$"):
+        read_answer(answer, 10 * len(BODY), truncate=truncate)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate"])
+def test_an_empty_body_in_a_compressed_encoding_is_empty(encoding: str) -> None:
+    answer, _ = response([], encoding)  # nothing compressed, so nothing cut short
+    assert read_answer(answer, 100) == b""
+
+
+def test_the_sender_resends_a_batch_whose_gzip_answer_lacks_its_checksum() -> None:
+    whole = (
+        b'{"status":"success","message":"Success",'
+        b'"data":{"summary":{"success":1,"failed":0,"total":1},"failedRecords":[]}}'
+    )
+    cut = gzip.compress(whole)[:-8]
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, content=cut, headers={"Content-Encoding": "gzip"})
+    )
+    sender = HttpSender(Config(base_url="https://enso.test"), ApiKey("k"), transport=transport)
+    try:
+        outcome = sender.send(b'{"events":[{"eventId":"e1"}]}', 5.0)
+    finally:
+        sender.close()
+    assert outcome == Retry("HTTP 200: answer's compressed body is incomplete")
