@@ -8,6 +8,7 @@ so "stops reading" is checked, not assumed. No socket, no server."""
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,11 +19,13 @@ from enso_tracker import Config
 from enso_tracker._http.answer import (
     ANSWER_BASE_BYTES,
     ANSWER_BYTES_PER_BODY_BYTE,
+    ERROR_ANSWER_BYTES,
+    LOGIN_ANSWER_BYTES,
     AnswerError,
     answer_limit,
     read_answer,
 )
-from enso_tracker._http.auth import ApiKey
+from enso_tracker._http.auth import ApiKey, AuthFailure, ClientCredentials
 from enso_tracker._http.sender import HttpSender, Retry
 
 #: A corrupt body must end in an AnswerError; a decode loop fails the test, not the suite.
@@ -309,3 +312,103 @@ def test_the_sender_resends_a_batch_whose_gzip_answer_lacks_its_checksum() -> No
     finally:
         sender.close()
     assert outcome == Retry("HTTP 200: answer's compressed body is incomplete")
+
+
+# --------------------------------------------------------- memory, and the checksum
+
+
+def _zeros_gzipped(mib: int) -> bytes:
+    """``mib`` MiB of zeros, gzipped (~230:1 at level 1)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return b"".join([packer.compress(bytes(1024 * 1024)) for _ in range(mib)]) + packer.flush()
+
+
+def _peak(answer: httpx.Response, limit: int) -> float:
+    """The most memory ``read_answer`` held, in multiples of ``limit``; it must refuse."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(AnswerError, match=rf"^answer is over the {limit}-byte limit"):
+            read_answer(answer, limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / limit
+
+
+def test_a_bomb_in_one_network_read_is_never_inflated_past_the_bound() -> None:
+    # 8 MiB of zeros in one ~36 KiB read: inflated whole, it would be held at once.
+    answer, _ = response([_zeros_gzipped(8)], "gzip")
+    assert _peak(answer, 64 * 1024) < 8  # ~2: what was inflated, and the join of it
+
+
+def test_a_bomb_after_a_modest_first_read_is_held_to_the_bound_too() -> None:
+    # The first read inflates to ~half the bound; the second could inflate to 8 MiB and
+    # may give only what is left of the bound (not the bound again on top of it).
+    bomb = _zeros_gzipped(8)
+    answer, _ = response([bomb[:2048], bomb[2048:]], "gzip")
+    assert _peak(answer, 1024 * 1024) < 3  # ~2 held; ~4 if the room were not shrunk
+
+
+def test_a_deflate_answer_whose_checksum_fails_is_corrupt_however_the_rest_reads() -> None:
+    # The zlib stream inflates well, then its Adler-32 does not match: corrupt. The bytes
+    # that fail it happen to be a whole raw deflate stream: read as one, they would
+    # append text of their own to an answer whose checksum failed.
+    head = zlib.compress(BODY)[:-4]
+    tail = raw_deflate(b', "extra": 1')
+    assert tail[:4] != zlib.compress(BODY)[-4:]
+    answer, _ = response([head, tail], "deflate")
+    with pytest.raises(AnswerError, match=r"^answer's compressed body is corrupt$"):
+        read_answer(answer, 10 * len(BODY))
+
+
+# ------------------------------------------- the other bounds: error and login answers
+
+
+def test_an_error_answer_is_read_up_to_64_kib_and_no_further() -> None:
+    assert ERROR_ANSWER_BYTES == 64 * 1024
+    body = b'{"message":"busy"}' + b" " * (200 * 1024)
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, content=body))
+    sender = HttpSender(Config(base_url="https://enso.test"), ApiKey("k"), transport=transport)
+    seen: list[bytes] = []
+    sender.on_answer = lambda response, content: seen.append(content)
+    try:
+        outcome = sender.send(b'{"events":[{"eventId":"e1"}]}', 5.0)
+    finally:
+        sender.close()
+    assert isinstance(outcome, Retry)
+    assert outcome.message == "HTTP 503: busy"
+    assert seen == [body[:ERROR_ANSWER_BYTES]]
+
+
+def _login_answer(size: int) -> bytes:
+    answer = b'{"data":{"accessToken":"a.b.c"}}'
+    return answer + b" " * (size - len(answer))
+
+
+@pytest.mark.parametrize("size", [LOGIN_ANSWER_BYTES - 1, LOGIN_ANSWER_BYTES])
+def test_a_login_answer_up_to_1_mib_is_read(size: int) -> None:
+    assert LOGIN_ANSWER_BYTES == 1024 * 1024
+    body = _login_answer(size)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    credentials = ClientCredentials("key", "secret", "https://enso.test")
+    with httpx.Client(transport=transport) as client:
+        assert credentials.authorization(client, 5.0) == "Bearer a.b.c"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "chunked"])
+def test_a_login_answer_past_1_mib_is_refused_unread(declared: bool) -> None:
+    body = _login_answer(LOGIN_ANSWER_BYTES + 1)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if declared:
+            return httpx.Response(200, content=body)
+        return httpx.Response(200, stream=Chunks(pieces(body, 64 * 1024)))
+
+    credentials = ClientCredentials("key", "secret", "https://enso.test")
+    with (
+        httpx.Client(transport=httpx.MockTransport(answer)) as client,
+        pytest.raises(AuthFailure) as raised,
+    ):
+        credentials.authorization(client, 5.0)
+    assert str(raised.value) == "login answer is over 1048576 bytes or undecodable; not read"
+    assert raised.value.retryable
