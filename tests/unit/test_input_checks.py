@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import numbers
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -125,6 +126,14 @@ def nested(depth: int) -> dict[str, Any]:
     for _ in range(depth):
         value = {"a": value}
     return value  # type: ignore[no-any-return]
+
+
+def nested_lists(depth: int) -> dict[str, Any]:
+    """A dict holding lists whose leaf is ``depth`` levels down (the dict is the first)."""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"a": value}
 
 
 NAIVE = (
@@ -277,6 +286,7 @@ REFUSED: list[tuple[dict[str, Any], type[InvalidEventError], str]] = [
     ({"metadata": ["a"]}, T, "metadata=['a']: must be a mapping, not list"),
     ({"metadata": "{}"}, T, "metadata='{}': must be a mapping, not str"),
     ({"metadata": nested(33)}, E, "metadata=1: nested deeper than 32 levels"),
+    ({"metadata": nested_lists(33)}, E, "metadata=1: nested deeper than 32 levels"),
     ({"metadata": {"a": [1, float("inf")]}}, E, "metadata=inf: holds a NaN or infinite float"),
     ({"metadata": {"a": (1, float("nan"))}}, E, "metadata=nan: holds a NaN or infinite float"),
     (
@@ -295,6 +305,11 @@ REFUSED: list[tuple[dict[str, Any], type[InvalidEventError], str]] = [
     ({"event_id": 7}, T, "event_id=7: must be a str, not int"),
     ({"event_id": "evt\x00"}, E, rf"event_id='evt\x00': {ID_CHARS}"),
     ({"event_id": "evt\t1"}, E, rf"event_id='evt\t1': {ID_CHARS}"),
+    (  # as long as allowed, but with a space: the space is what is wrong
+        {"event_id": "x" * 127 + " "},
+        E,
+        f"event_id='{'x' * 76}...: {ID_CHARS}",
+    ),
     ({"job_id": b"job"}, T, "job_id=b'job': must be a str, not bytes"),
     ({"job_id": "job 1"}, E, f"job_id='job 1': {ID_CHARS}"),
     ({"job_id": "jöb"}, E, f"job_id='jöb': {ID_CHARS}"),
@@ -375,6 +390,7 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"timestamp": "2026-04-01T12:00:00.9999999+01:00"}, {"timestamp": "2026-04-01T11:00:00.999Z"}),
     ({"timestamp": "2026-04-01T12:00:00.5z"}, {"timestamp": "2026-04-01T12:00:00.500Z"}),
     ({"metadata": nested(32)}, {"metadata": nested(32)}),
+    ({"metadata": nested_lists(32)}, {"metadata": nested_lists(32)}),
     ({"metadata": MappingProxyType({"a": 1})}, {"metadata": {"a": 1}}),
     ({"metadata": Attributes(a=[1, (2, 3)], b=None)}, {"metadata": {"a": [1, [2, 3]], "b": None}}),
     (
@@ -383,6 +399,9 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ),
     ({"event_id": Plan.PRO}, {"eventId": "plan_pro"}),
     ({"event_id": "e"}, {"eventId": "e"}),
+    ({"event_id": "x" * 128}, {"eventId": "x" * 128}),
+    ({"job_id": "j"}, {"JobId": "j", "jobId": "j"}),
+    ({"job_id": "j" * 128}, {"JobId": "j" * 128, "jobId": "j" * 128}),
     ({"event_id": "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"}, {"eventId": "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"}),
     ({"job_id": Plan.PRO}, {"JobId": "plan_pro", "jobId": "plan_pro"}),
 ]
@@ -497,3 +516,45 @@ def test_send_events_limits_are_the_configs() -> None:
 
 def config_meta() -> Config:
     return Config(max_metadata_bytes=16)
+
+
+# ------------------------------------- what an accepted name is counted at (max_queue_bytes)
+
+
+def _queued_bytes(fake: FakeEnso, entity: Any, metric: Any) -> int:
+    """``stats().queued_bytes`` of one event held in the queue (not yet sent)."""
+    tracker = Tracker(
+        api_key=API_KEY,
+        base_url="https://enso.test",
+        transport=fake.transport(),
+        handle_sigterm=False,
+        flush_interval=3600.0,  # held until shutdown: nothing leaves the queue meanwhile
+    )
+    try:
+        tracker.track(entity, metric, 1, event_id="evt_1")
+        return tracker.stats().queued_bytes
+    finally:
+        tracker.shutdown(5.0)
+
+
+def fresh(text: str) -> str:
+    """A new str of ``text``'s characters: one msgspec never encoded (an encoded str
+    caches its UTF-8 copy inside it, which ``sys.getsizeof`` then includes)."""
+    return "".join([text[:1], text[1:]])
+
+
+@pytest.mark.parametrize("char", ["é", "€", "\U0001d11e"], ids=["latin-1", "BMP", "astral"])
+def test_a_wide_name_is_counted_at_what_its_str_really_holds(fake: FakeEnso, char: str) -> None:
+    # A non-ASCII str has a larger header and wider code units than an ASCII one of the
+    # same length (sys.getsizeof says how much), and once msgspec encodes it, CPython
+    # caches its UTF-8 copy inside it: both count against max_queue_bytes.
+    wide, narrow = char * 100, "x" * 100
+    extra = sys.getsizeof(fresh(wide)) - sys.getsizeof(narrow) + len(wide.encode("utf-8"))
+    base = _queued_bytes(fake, narrow, narrow)
+    assert _queued_bytes(fake, fresh(wide), narrow) == base + extra
+    assert _queued_bytes(fake, narrow, fresh(wide)) == base + extra
+    assert _queued_bytes(fake, fresh(wide), fresh(wide)) == base + 2 * extra
+
+
+def test_a_str_enum_name_is_counted_as_its_plain_str(fake: FakeEnso) -> None:
+    assert _queued_bytes(fake, Plan.PRO, Plan.PRO) == _queued_bytes(fake, "plan_pro", "plan_pro")
