@@ -367,6 +367,9 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"metric": " calls "}, {"metric": " calls "}),  # sent as given: not stripped
     ({"value": Big.HUGE - 1}, {"value": MAX}),
     ({"value": Int64(-MAX)}, {"value": -MAX}),
+    ({"value": Int64(MAX)}, {"value": MAX}),
+    ({"value": MAX}, {"value": MAX}),
+    ({"value": -MAX}, {"value": -MAX}),
     ({"value": Float32(0.5)}, {"value": 0.5}),
     ({"value": -0.0}, {"value": -0.0}),
     ({"value": Decimal("0E-1000")}, {"value": 0.0}),
