@@ -12,7 +12,10 @@ Invariants:
 
 * No more than the bound is ever held, compressed or inflated.
 * An answer past its bound, or one that does not decode, is an :class:`AnswerError`
-  (or, with ``truncate``, its first bytes): never a partial answer read as whole.
+  (or, with ``truncate``, its first bytes): never a partial answer read as whole. A
+  compressed body must reach its end (deflate's final block; gzip's, then its
+  checksum): one that stops before, however well its first bytes inflated, is
+  incomplete.
 * Only gzip and deflate (what the sender advertises) are inflated; any other
   ``Content-Encoding`` is an :class:`AnswerError`.
 """
@@ -100,6 +103,11 @@ class _Inflater:
     def finish(self) -> bytes:
         return self._zlib.flush()
 
+    @property
+    def complete(self) -> bool:
+        """The compressed stream reached its end (gzip: its checksum checked)."""
+        return self._zlib.eof
+
 
 def _decoder(response: httpx.Response) -> _Inflater | None:
     names = [
@@ -151,6 +159,8 @@ def read_answer(response: httpx.Response, limit: int, *, truncate: bool = False)
             tail = inflater.finish()
         except zlib.error:
             raise AnswerError("answer's compressed body is corrupt") from None
+        if raw and not inflater.complete:  # a cut stream inflates to a prefix of the answer
+            raise AnswerError("answer's compressed body is incomplete")
         chunks.append(tail)
         size += len(tail)
         over = size > limit
