@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker.testing import DropRecorder, FakeEnso
+from enso_tracker.testing import FakeEnso
 
 pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
 
-__all__ = ["API_KEY", "DropLog", "TrackerFactory", "accepted", "wait_until"]
+__all__ = ["API_KEY", "TrackerFactory", "accepted", "wait_until"]
 
 API_KEY = "test-api-key"
 
@@ -35,10 +35,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         time.sleep(0.005)
     return True
 
-
-#: The suite's name for the public recorder (``enso_tracker.testing.DropRecorder``), as test
-#: modules import it; the recorder itself is the plugin's ``drop_recorder`` fixture.
-DropLog = DropRecorder
 
 #: ``enso_tracker.testing.pytest_plugin.TrackerFactory``, spelt out: importing the plugin
 #: here, before pytest loads it, would keep pytest from rewriting its asserts.

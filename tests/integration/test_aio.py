@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, wait_until
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -88,7 +88,7 @@ def test_aflush_and_ashutdown_return_what_flush_and_shutdown_return(
     assert t.stats().dropped == {"shutdown": 1}
 
 
-def test_async_with_shuts_down_on_exit(fake_enso: FakeEnso, drop_recorder: DropLog) -> None:
+def test_async_with_shuts_down_on_exit(fake_enso: FakeEnso, drop_recorder: DropRecorder) -> None:
     async def main() -> Tracker:
         async with Tracker(
             api_key=API_KEY, base_url=fake_enso.url, on_drop=drop_recorder

@@ -14,13 +14,13 @@ import pytest
 
 from enso_tracker import ConfigurationError, Tracker
 from enso_tracker._http.auth import FALLBACK_TOKEN_TTL, AuthFailure, ClientCredentials, jwt_lifetime
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import DropLog, accepted
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import accepted
 
 KEY, SECRET = "ck_test_abc", "cs_test_very-secret-value"
 
 
-def credential_tracker(fake: FakeEnso, drops: DropLog, **options: Any) -> Tracker:
+def credential_tracker(fake: FakeEnso, drops: DropRecorder, **options: Any) -> Tracker:
     options.setdefault("flush_interval", 0.05)
     options.setdefault("backoff_base", 0.02)
     options.setdefault("backoff_max", 0.2)
@@ -34,7 +34,9 @@ def credential_tracker(fake: FakeEnso, drops: DropLog, **options: Any) -> Tracke
 
 
 @pytest.mark.slow
-def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drop_recorder: DropLog) -> None:
+def test_short_lived_tokens_are_renewed_without_losing_or_doubling(
+    drop_recorder: DropRecorder,
+) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=2.0) as fake:
         tracker = credential_tracker(fake, drop_recorder)
         try:
@@ -60,7 +62,7 @@ def test_short_lived_tokens_are_renewed_without_losing_or_doubling(drop_recorder
         assert login.json() == {"clientKey": KEY, "clientSecret": SECRET}
 
 
-def test_revoked_token_means_one_relogin_and_a_replay(drop_recorder: DropLog) -> None:
+def test_revoked_token_means_one_relogin_and_a_replay(drop_recorder: DropRecorder) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         tracker = credential_tracker(fake, drop_recorder)
         try:
@@ -85,7 +87,7 @@ def test_revoked_token_means_one_relogin_and_a_replay(drop_recorder: DropLog) ->
 
 
 @pytest.mark.slow
-def test_wrong_credentials_keep_events_and_do_not_storm(drop_recorder: DropLog) -> None:
+def test_wrong_credentials_keep_events_and_do_not_storm(drop_recorder: DropRecorder) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         tracker = credential_tracker(
             fake, drop_recorder, client_secret="cs_test_wrong", backoff_base=0.05, backoff_max=0.5
@@ -107,7 +109,9 @@ def test_wrong_credentials_keep_events_and_do_not_storm(drop_recorder: DropLog) 
     assert {e.event_id for e in drop_recorder.events("shutdown")} == set(ids)
 
 
-def test_unknown_api_key_is_unauthorized_and_events_stay_queued(drop_recorder: DropLog) -> None:
+def test_unknown_api_key_is_unauthorized_and_events_stay_queued(
+    drop_recorder: DropRecorder,
+) -> None:
     with FakeEnso() as fake:
         tracker = Tracker(
             api_key="not-a-key", base_url=fake.url, on_drop=drop_recorder, backoff_base=0.05
@@ -124,7 +128,7 @@ def test_unknown_api_key_is_unauthorized_and_events_stay_queued(drop_recorder: D
 
 
 def test_second_401_right_after_a_fresh_login_is_unauthorized_then_recovers(
-    drop_recorder: DropLog, caplog: pytest.LogCaptureFixture
+    drop_recorder: DropRecorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FakeEnso(client_credentials={KEY: SECRET}) as fake:
         fake.script(Fault(status=401), Fault(status=401))
@@ -147,7 +151,7 @@ def test_second_401_right_after_a_fresh_login_is_unauthorized_then_recovers(
 
 
 def test_secrets_never_reach_logs_reprs_or_stats(
-    caplog: pytest.LogCaptureFixture, drop_recorder: DropLog
+    caplog: pytest.LogCaptureFixture, drop_recorder: DropRecorder
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=1.0) as fake:

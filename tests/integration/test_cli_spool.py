@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
@@ -76,7 +76,7 @@ def fake_enso(fake_enso: FakeEnso) -> FakeEnso:
 
 @pytest.fixture
 def dead(
-    tmp_path: Path, fake_enso: FakeEnso, tracker: TrackerFactory, drop_recorder: DropLog
+    tmp_path: Path, fake_enso: FakeEnso, tracker: TrackerFactory, drop_recorder: DropRecorder
 ) -> Path:
     """A spool directory whose tracker dead-lettered three 2002s for an unknown entity and
     one event whose batches Enso kept failing, and delivered two others."""

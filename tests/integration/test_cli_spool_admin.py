@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from enso_tracker import Spool, Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory
 
 from .test_cli_spool import (
     POISONED,
@@ -67,7 +67,7 @@ def reject_more(spool_dir: Path, fake: FakeEnso, ids: list[str]) -> None:
         spool_dir=str(spool_dir),
         handle_sigterm=False,
         backoff_base=0.01,
-        on_drop=DropLog(),
+        on_drop=DropRecorder(),
     )
     for i, event_id in enumerate(ids):
         tracker.track("ent_nobody", "api_calls", 100 + i, timestamp=TS, event_id=event_id)

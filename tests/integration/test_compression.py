@@ -19,8 +19,8 @@ from enso_tracker import Config, ConfigurationError, Tracker
 from enso_tracker._http.auth import make_credentials
 from enso_tracker._http.compress import gzip_body
 from enso_tracker._http.probe import probe_compression
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import DropLog, TrackerFactory, accepted
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import TrackerFactory, accepted
 
 
 def _ids(request_json: object) -> list[str]:
@@ -49,7 +49,7 @@ def test_gzip_body_is_standard_gzip() -> None:
 
 
 def test_bodies_go_gzipped_when_asked(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(compression="gzip", flush_interval=10.0)
     ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(40)]
@@ -76,7 +76,7 @@ def test_off_by_default(tracker: TrackerFactory, fake_enso: FakeEnso) -> None:
 def test_415_turns_gzip_off_and_resends_the_same_events_plain(
     tracker: TrackerFactory,
     fake_enso: FakeEnso,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake_enso.accept_gzip = False
@@ -107,7 +107,7 @@ def test_415_turns_gzip_off_and_resends_the_same_events_plain(
 
 
 def test_400_to_gzip_then_2xx_plain_turns_gzip_off(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # A server that ignores Content-Encoding: it cannot parse the gzip bytes (400).
     fake_enso.script(Fault(status=400))
@@ -126,7 +126,7 @@ def test_400_to_gzip_then_2xx_plain_turns_gzip_off(
 
 
 def test_a_genuine_400_is_a_rejection_and_gzip_stays_on(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(Fault(status=400), Fault(status=400))
     t = tracker(compression="gzip", flush_interval=10.0)
@@ -198,7 +198,7 @@ def test_probe_compression_says_whether_enso_reads_gzip() -> None:
 
 
 def test_with_a_spool_the_415_fallback_sends_the_exact_rows_plain(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog, tmp_path: Path
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder, tmp_path: Path
 ) -> None:
     fake_enso.accept_gzip = False
     t = tracker(compression="gzip", spool_dir=str(tmp_path / "spool"))

@@ -13,8 +13,8 @@ import pytest
 
 from enso_tracker import Tracker
 from enso_tracker._http.sender import HttpSender, Outcome
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import API_KEY, TrackerFactory, accepted
 
 
 def test_many_threads_every_event_delivered_exactly_once(
@@ -106,7 +106,9 @@ class CorruptingSender(HttpSender):
 
 
 @pytest.mark.parametrize("shape", ["wrapped", "bare"])
-def test_per_record_failures_reach_on_drop_with_codes(shape: str, drop_recorder: DropLog) -> None:
+def test_per_record_failures_reach_on_drop_with_codes(
+    shape: str, drop_recorder: DropRecorder
+) -> None:
     from enso_tracker import Config
     from enso_tracker._http.auth import ApiKey
 
@@ -138,7 +140,7 @@ def test_per_record_failures_reach_on_drop_with_codes(shape: str, drop_recorder:
 
 
 def test_per_record_5xx_is_retried_with_the_same_event_id(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(flush_interval=10.0)
     ids = [accepted(t.track("ent", "api_calls", i)) for i in range(4)]
@@ -212,7 +214,7 @@ def test_module_level_default_tracker_delivers_at_exit(fake_enso: FakeEnso) -> N
 
 
 def test_flush_and_shutdown_honour_their_timeout_when_the_server_hangs(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.hang(None)
     t = tracker(timeout=30.0)
@@ -255,7 +257,7 @@ def test_process_exit_is_bounded_when_the_server_hangs(fake_enso: FakeEnso) -> N
     assert "0 delivered, 100 dropped" in result.stderr
 
 
-def test_redrive_dropped_events_with_their_ids(drop_recorder: DropLog) -> None:
+def test_redrive_dropped_events_with_their_ids(drop_recorder: DropRecorder) -> None:
     # Enso answers 2002 until the customer entity exists; once it does, the README's
     # redrive recipe re-tracks the dropped events with their original eventIds.
     with FakeEnso(known_entities={"ent_old"}) as before:

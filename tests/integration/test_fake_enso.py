@@ -21,11 +21,12 @@ import pytest
 from enso_tracker import Tracker
 from enso_tracker.testing import (
     CLICKHOUSE_TIMESTAMP_ERROR,
+    DropRecorder,
     FakeEnso,
     Fault,
     derive_event_id,
 )
-from tests.conftest import DropLog, TrackerFactory, wait_until
+from tests.conftest import TrackerFactory, wait_until
 
 API_KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -817,7 +818,7 @@ def test_tracker_over_transport_logs_in_with_client_credentials(private_fake: Fa
 
 
 def test_tracker_over_transport_gets_2002_for_unknown_entities(
-    private_fake: FakeEnso, tracker: TrackerFactory, drop_recorder: DropLog
+    private_fake: FakeEnso, tracker: TrackerFactory, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(base_url="https://enso.invalid", transport=private_fake.transport())
     event_id = t.track("ent_unknown", "api_calls", 1)
@@ -895,7 +896,7 @@ def _has_ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
-def test_it_serves_on_ipv6(drop_recorder: DropLog) -> None:
+def test_it_serves_on_ipv6(drop_recorder: DropRecorder) -> None:
     with FakeEnso(host="::1") as fake:
         assert fake.url.startswith("http://[::1]:")
         tracker = Tracker(api_key=fake.api_key, base_url=fake.url, on_drop=drop_recorder)

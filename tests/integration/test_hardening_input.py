@@ -29,8 +29,8 @@ from enso_tracker._http.auth import (
     jwt_lifetime,
     make_credentials,
 )
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted
 
 KEY, SECRET = "ck_test_hardening", "cs_test_s3cr3t-hardening-value"
 #: A distinctive core: whatever surrounds it, it must never be seen in any text.
@@ -112,7 +112,7 @@ def test_defect1_unsendable_client_credentials_are_refused(argument: str, value:
 
 
 def test_defect1_client_credentials_are_stripped_and_may_be_non_ascii(
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
 ) -> None:
     secret = "cs_test_ünïcødé"  # travels in the JSON body as UTF-8: fine
     with FakeEnso(client_credentials={KEY: secret}) as fake:
@@ -233,7 +233,7 @@ def clock_ahead(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 
 def test_defect13_client_clock_ahead_does_not_log_in_per_batch(
-    monkeypatch: pytest.MonkeyPatch, drop_recorder: DropLog
+    monkeypatch: pytest.MonkeyPatch, drop_recorder: DropRecorder
 ) -> None:
     clock_ahead(monkeypatch, 2 * 3600.0)  # tokens live 1 h: by our clock, born expired
     with FakeEnso(client_credentials={KEY: SECRET}, token_lifetime=3600.0) as fake:
@@ -455,7 +455,7 @@ def test_defect18_well_formed_base_urls_are_accepted(url: str) -> None:
         tracker.shutdown(0.1)
 
 
-def test_defect18_a_path_prefix_reaches_the_server(drop_recorder: DropLog) -> None:
+def test_defect18_a_path_prefix_reaches_the_server(drop_recorder: DropRecorder) -> None:
     with FakeEnso() as fake:
         tracker = Tracker(
             api_key=API_KEY, base_url=fake.url + "/api/", on_drop=drop_recorder, backoff_base=0.01

@@ -29,8 +29,8 @@ from enso_tracker._http.auth import ApiKey, ClientCredentials
 from enso_tracker._http.deadline import DeadlineBackend
 from enso_tracker._http.sender import Answered, HttpSender, Outcome, Rejected, Retry
 from enso_tracker._wire import BatchAnswer, parse_batch_answer, reconcile
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted
 
 MiB = 1024 * 1024
 BODY = b'{"events":[{"eventId":"e1"}]}'
@@ -738,7 +738,7 @@ BAD_ANSWERS: dict[str, bytes] = {
 }
 
 
-def scripted_tracker(url: str, drops: DropLog, **options: Any) -> Tracker:
+def scripted_tracker(url: str, drops: DropRecorder, **options: Any) -> Tracker:
     return Tracker(
         api_key=API_KEY,
         base_url=url,
@@ -753,7 +753,7 @@ def scripted_tracker(url: str, drops: DropLog, **options: Any) -> Tracker:
 
 @pytest.mark.parametrize("bad", list(BAD_ANSWERS.values()), ids=list(BAD_ANSWERS))
 def test_defect12_an_answer_that_does_not_account_for_the_events_delivers_none(
-    bad: bytes, drop_recorder: DropLog
+    bad: bytes, drop_recorder: DropRecorder
 ) -> None:
     server = ScriptedEnso([bad], gate=True)
     tracker = scripted_tracker(server.url, drop_recorder)
@@ -782,7 +782,7 @@ def test_defect12_an_answer_that_does_not_account_for_the_events_delivers_none(
     assert drop_recorder.calls == []
 
 
-def test_defect12_unaccounted_events_end_retries_exhausted(drop_recorder: DropLog) -> None:
+def test_defect12_unaccounted_events_end_retries_exhausted(drop_recorder: DropRecorder) -> None:
     bad = BAD_ANSWERS["empty summary"]
     server = ScriptedEnso([bad] * 10)
     tracker = scripted_tracker(server.url, drop_recorder, max_retries=1)
@@ -804,7 +804,7 @@ def test_defect12_unaccounted_events_end_retries_exhausted(drop_recorder: DropLo
 
 
 def test_counted_but_unlisted_failures_are_resent_and_listed_ones_trusted(
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
 ) -> None:
     # Reconciles (2 + 1 == 3) but lists none of the failures: nothing guessed delivered.
     server = ScriptedEnso([b'{"data":{"summary":{"success":2,"failed":1,"total":3}}}'])

@@ -18,8 +18,8 @@ import enso_tracker
 from enso_tracker import NotInitializedError, Tracker
 from enso_tracker._lifecycle import live
 from enso_tracker._log import DeferredLog, ErrorCounter
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 
 def test_unused_tracker_is_garbage_collected(fake_enso: FakeEnso) -> None:
@@ -111,7 +111,7 @@ def test_an_error_in_the_loop_is_counted_and_survived(
 def test_an_event_that_cannot_be_encoded_is_reported_not_lost(
     tracker: TrackerFactory,
     fake_enso: FakeEnso,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     t = tracker(flush_interval=10.0)
@@ -209,7 +209,7 @@ def test_init_reads_the_environment(fake_enso: FakeEnso, monkeypatch: pytest.Mon
 
 
 def test_track_from_many_threads_while_shutting_down(fake_enso: FakeEnso) -> None:
-    drops = DropLog()
+    drops = DropRecorder()
     tracker = Tracker(api_key=API_KEY, base_url=fake_enso.url, flush_interval=0.01, on_drop=drops)
     results: list[str | None] = []
     lock = threading.Lock()

@@ -22,8 +22,8 @@ from enso_tracker import ConfigurationError, Tracker
 from enso_tracker._record import QueuedEvent, encode_record, event_id_of, seq_of
 from enso_tracker._schedule import take
 from enso_tracker._wire import EventEncoder, join_batch
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import TrackerFactory, accepted, wait_until
 
 
 def _items() -> list[QueuedEvent]:
@@ -89,7 +89,7 @@ def test_fresh_batch_wholly_delivered_keeps_exact_books(
 
 
 def test_fresh_batch_partly_failed_is_retried_with_the_same_event_json(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(flush_interval=10.0)
     ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(6)]
@@ -111,7 +111,7 @@ def test_fresh_batch_partly_failed_is_retried_with_the_same_event_json(
 
 
 def test_fresh_batch_refused_whole_is_dropped_with_its_metadata(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(flush_interval=10.0)
     ids = [accepted(t.track("ent", "api_calls", i, metadata={"i": i})) for i in range(3)]

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from enso_tracker import ConfigurationError, Spool, Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 
 def spool_names(directory: Path) -> list[str]:
@@ -60,7 +60,7 @@ def test_events_reach_disk_within_spool_interval_whatever_flush_interval(
 
 
 def test_shutdown_with_enso_down_leaves_events_on_disk_for_the_next_start(
-    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropRecorder
 ) -> None:
     spool = tmp_path / "spool"
     fake_enso.hang(None)
@@ -159,7 +159,7 @@ def test_outage_longer_than_memory_goes_to_disk_and_memory_stays_bounded(
 
 
 def test_dead_letters_are_stored_listed_redriven_and_delivered_once(
-    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropRecorder
 ) -> None:
     spool = tmp_path / "spool"
     fake_enso.known_entities = {"ent"}

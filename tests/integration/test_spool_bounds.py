@@ -15,8 +15,8 @@ from enso_tracker import ConfigurationError, Tracker
 from enso_tracker._spool import budget
 from enso_tracker._spool.directory import spool_files
 from enso_tracker._spool.sqlite import disk_size
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 MiB = 1024 * 1024
 #: ~4 KB of metadata: 600 such events are ~2.5 MB, more than a 1 MiB spool holds.
@@ -28,7 +28,7 @@ def test_rows_are_cut_at_max_batch_bytes_so_a_small_spool_delivers_everything(
     tracker: TrackerFactory,
     fake_enso: FakeEnso,
     tmp_path: Path,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     policy: str,
 ) -> None:
     """Finding 5: with a 1 MiB spool, 500-event batches and 4 KB of metadata, the whole
@@ -108,7 +108,7 @@ def _dir_bytes(spool: Path) -> int:
     return sum(disk_size(p) for p in spool_files(str(spool)))
 
 
-def _tracker(spool: Path, fake: FakeEnso, drops: DropLog, **options: Any) -> Tracker:
+def _tracker(spool: Path, fake: FakeEnso, drops: DropRecorder, **options: Any) -> Tracker:
     options.setdefault("backoff_base", 0.01)
     options.setdefault("backoff_max", 0.2)
     return Tracker(
@@ -134,7 +134,7 @@ def test_the_directory_bound_holds_for_all_trackers_together(
     spool = tmp_path / "spool"
     fake_enso.hang(None)  # Enso down: everything stays on disk
     bounds = {"max_spool_bytes": 16 * MiB, "max_spool_dir_bytes": 16 * MiB}
-    first_drops, second_drops = DropLog(), DropLog()
+    first_drops, second_drops = DropRecorder(), DropRecorder()
     first = _tracker(spool, fake_enso, first_drops, **bounds)
     second: Tracker | None = None
     try:
@@ -180,7 +180,7 @@ def test_the_directory_bound_holds_for_all_trackers_together(
 
 
 def test_block_holds_a_batch_refused_by_the_directory_bound_until_room_is_made(
-    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropRecorder
 ) -> None:
     spool = tmp_path / "spool"
     fake_enso.hang(None)
@@ -213,7 +213,10 @@ def test_block_holds_a_batch_refused_by_the_directory_bound_until_room_is_made(
 
 
 def test_the_free_space_guard_makes_the_spool_full(
-    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog, monkeypatch: pytest.MonkeyPatch
+    fake_enso: FakeEnso,
+    tmp_path: Path,
+    drop_recorder: DropRecorder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A filesystem with 8 MiB above ``spool_min_free_bytes``: the spool takes at most
     that much, then refuses the newest batches as ``spool_full``, counted."""
@@ -252,7 +255,7 @@ def test_the_free_space_guard_makes_the_spool_full(
 
 
 def test_a_planted_symlink_does_not_count_toward_the_directory_bound(
-    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropRecorder
 ) -> None:
     """Measured with lstat: a link named like a spool file, pointing at a large file,
     cannot make the spool full (nor is it ever opened)."""

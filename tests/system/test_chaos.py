@@ -23,13 +23,13 @@ import msgspec
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
 
-def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropLog) -> None:
+def check_books(tracker: Tracker, fake: FakeEnso, ids: list[str], drops: DropRecorder) -> None:
     stats = tracker.stats()
     assert stats.pending == 0, stats
     assert stats.balanced, stats
@@ -57,7 +57,7 @@ def gaps(fake: FakeEnso) -> list[float]:
 
 
 def test_503_storm_then_recovery(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(*[Fault(status=503)] * 6)
     t = tracker()
@@ -71,7 +71,7 @@ def test_503_storm_then_recovery(
 
 
 def test_429_retry_after_seconds_pauses_sending(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(Fault(status=429, retry_after="0.4"))
     t = tracker()
@@ -83,7 +83,7 @@ def test_429_retry_after_seconds_pauses_sending(
 
 
 def test_429_retry_after_http_date(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # An HTTP-date has whole seconds: the moment it names is 1-2 s from now, and the
     # first request may reach the fake late on a loaded machine. So the retry is judged
@@ -103,7 +103,7 @@ def test_429_retry_after_http_date(
 
 
 def test_connections_reset_mid_request(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(*[Fault(drop_connection=True)] * 3)
     t = tracker()
@@ -114,7 +114,7 @@ def test_connections_reset_mid_request(
 
 
 def test_server_slower_than_the_client_timeout(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # The server still stores the slow request after the client gave up on it: the
     # resend is a duplicate on the wire, absorbed by Enso's dedup, counted once here.
@@ -129,7 +129,7 @@ def test_server_slower_than_the_client_timeout(
     assert t.stats().delivered == 20
 
 
-def test_per_record_5xx_mixed_with_per_record_4xx(drop_recorder: DropLog) -> None:
+def test_per_record_5xx_mixed_with_per_record_4xx(drop_recorder: DropRecorder) -> None:
     with FakeEnso(known_entities={"ent_a", "ent_b"}) as fake:
         tracker = Tracker(
             api_key=API_KEY,
@@ -157,7 +157,7 @@ def test_per_record_5xx_mixed_with_per_record_4xx(drop_recorder: DropLog) -> Non
 
 
 def test_413_splits_batches_and_learns_the_limit(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.max_body_bytes = 4_000
     t = tracker(flush_interval=10.0)
@@ -178,7 +178,7 @@ def test_413_splits_batches_and_learns_the_limit(
 
 
 def test_server_stopped_and_restarted_on_the_same_port(
-    tracker: TrackerFactory, private_fake: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, private_fake: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(base_url=private_fake.url)
     first = track_many(t, 50)
@@ -199,7 +199,7 @@ def test_server_stopped_and_restarted_on_the_same_port(
 
 
 def test_permanent_403_is_reported_not_retried(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(
         Fault(status=403, body=b'{"status":"error","message":"Forbidden","errors":[]}')
@@ -216,7 +216,7 @@ def test_permanent_403_is_reported_not_retried(
 
 
 def test_retry_budget_runs_out(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(*[Fault(status=503)] * 50)
     t = tracker(max_retries=3)
@@ -229,7 +229,7 @@ def test_retry_budget_runs_out(
 
 
 def test_event_age_budget_runs_out(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(*[Fault(status=503)] * 1000)
     t = tracker(max_event_age=0.3, backoff_max=0.05)
@@ -240,7 +240,7 @@ def test_event_age_budget_runs_out(
 
 
 def test_queue_is_bounded_during_an_outage(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.hang(None)
     t = tracker(max_queue_size=50, max_batch_size=10)
@@ -258,7 +258,7 @@ def test_queue_is_bounded_during_an_outage(
 
 
 def test_queue_bytes_bound(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.hang(None)
     t = tracker(max_queue_bytes=20_000, max_batch_size=1)
@@ -290,7 +290,7 @@ def test_block_policy_waits_for_room(tracker: TrackerFactory, fake_enso: FakeEns
 
 
 def test_block_policy_gives_up_after_block_timeout(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.hang(None)
     t = tracker(max_queue_size=2, queue_full_policy="block", block_timeout=0.2)
@@ -302,7 +302,9 @@ def test_block_policy_gives_up_after_block_timeout(
     fake_enso.release()
 
 
-def test_shutdown_returns_by_its_deadline_when_the_server_is_down(drop_recorder: DropLog) -> None:
+def test_shutdown_returns_by_its_deadline_when_the_server_is_down(
+    drop_recorder: DropRecorder,
+) -> None:
     with FakeEnso() as fake:
         url = fake.url
     # Nothing listens on that port now: every connection is refused.
@@ -344,7 +346,7 @@ def test_process_exits_within_its_deadline_while_the_server_is_down() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_in_the_middle_of_traffic(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(flush_interval=30.0)  # keep the parent's events queued at fork
     before = track_many(t, 40, "parent")
@@ -421,7 +423,7 @@ def test_multiprocessing_children_deliver_at_exit(
 
 
 def test_multiprocessing_fork_child_with_an_inherited_tracker(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     import multiprocessing
 
@@ -440,7 +442,7 @@ def test_multiprocessing_fork_child_with_an_inherited_tracker(
 
 
 def test_a_poison_event_does_not_hold_up_the_others(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     # Every request that carries the poison event fails as a whole (a server bug set off
     # by one record). The others must get through around it, not queue behind it.
@@ -458,7 +460,7 @@ def test_a_poison_event_does_not_hold_up_the_others(
 
 
 def test_a_poison_event_exhausts_its_own_budget(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     t = tracker(max_retries=12, backoff_base=0.01, backoff_max=0.05)
     poison = accepted(t.track("ent", "api_calls", 0))
@@ -473,7 +475,7 @@ def test_a_poison_event_exhausts_its_own_budget(
 
 
 def test_retries_are_not_starved_by_fresh_traffic_during_an_outage(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     fake_enso.script(*[Fault(status=503)] * 8)
     t = tracker(max_batch_size=10, backoff_base=0.005, backoff_max=0.02)
@@ -493,7 +495,7 @@ def test_retries_are_not_starved_by_fresh_traffic_during_an_outage(
 
 
 def test_unvouched_answers_and_hostile_hooks_keep_the_books(
-    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropLog
+    tracker: TrackerFactory, fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     """2xx answers that account for nothing, mixed with outages, while a logging handler
     raises and ``on_drop`` calls back into the tracker: nothing counted delivered that

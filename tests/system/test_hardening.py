@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from enso_tracker import DropReason, Event, Outcome, Retry, Tracker
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 
 class _Down:
@@ -160,7 +160,7 @@ class _Raising(logging.Handler):
 
 
 def test_defect4_a_raising_log_handler_loses_no_batch(
-    fake_enso: FakeEnso, drop_recorder: DropLog
+    fake_enso: FakeEnso, drop_recorder: DropRecorder
 ) -> None:
     logger = logging.getLogger("enso_tracker")
     handler = _Raising(logging.DEBUG)

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from enso_tracker import Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 50  # below max_batch_size: nothing goes out before flush_interval unless flushed
@@ -124,7 +124,9 @@ def test_control_without_flush_after_the_freeze_strands_the_events(fake_enso: Fa
 
 
 @pytest.fixture
-def make_async(fake_enso: FakeEnso, drop_recorder: DropLog) -> Iterator[Callable[..., Tracker]]:
+def make_async(
+    fake_enso: FakeEnso, drop_recorder: DropRecorder
+) -> Iterator[Callable[..., Tracker]]:
     made: list[Tracker] = []
 
     def make(**options: Any) -> Tracker:

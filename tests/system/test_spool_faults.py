@@ -29,8 +29,8 @@ from enso_tracker._spool import format as spool_format
 from enso_tracker._spool.dead_letters import DeadLetterStore
 from enso_tracker._spool.disk import DiskSpool
 from enso_tracker._spool.sqlite import disk_size
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 pytestmark = pytest.mark.slow  # subprocesses or real servers: `make test`, not `make check`
 
@@ -122,7 +122,7 @@ def flip_one_bit(db: Path, how: str, inside: str) -> tuple[bytes, bytes]:
 def test_a_flipped_byte_quarantines_that_batch_and_delivers_the_rest(
     fake_enso: FakeEnso,
     tmp_path: Path,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     caplog: pytest.LogCaptureFixture,
     how: str,
 ) -> None:
@@ -463,7 +463,7 @@ def test_an_unreadable_dead_letter_store_is_set_aside_and_a_new_one_used(
 
 
 def test_a_full_spool_drops_the_newest_then_drains_and_recovers(
-    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropLog
+    fake_enso: FakeEnso, tmp_path: Path, drop_recorder: DropRecorder
 ) -> None:
     spool = tmp_path / "spool"
     fake_enso.hang(None)

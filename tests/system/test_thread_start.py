@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from enso_tracker.testing import FakeEnso, Fault
-from tests.conftest import API_KEY, DropLog, TrackerFactory, accepted, wait_until
+from enso_tracker.testing import DropRecorder, FakeEnso, Fault
+from tests.conftest import API_KEY, TrackerFactory, accepted, wait_until
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or frameworks: `make test`
 
@@ -75,7 +75,7 @@ def test_flush_and_shutdown_deliver_in_the_callers_thread(
     tracker: TrackerFactory,
     fake_enso: FakeEnso,
     no_threads: StartFailures,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     tmp_path: Path,
     spool: bool,
     caplog: pytest.LogCaptureFixture,
@@ -105,7 +105,7 @@ def test_shutdown_reports_every_event_it_cannot_deliver(
     tracker: TrackerFactory,
     private_fake: FakeEnso,
     no_threads: StartFailures,
-    drop_recorder: DropLog,
+    drop_recorder: DropRecorder,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     t = tracker(base_url=private_fake.url)
@@ -236,7 +236,10 @@ def test_aflush_and_ashutdown_deliver_when_no_thread_can_start(
 
 
 def test_a_shutdown_during_another_threads_flush_waits_and_delivers_the_rest(
-    tracker: TrackerFactory, fake_enso: FakeEnso, no_threads: StartFailures, drop_recorder: DropLog
+    tracker: TrackerFactory,
+    fake_enso: FakeEnso,
+    no_threads: StartFailures,
+    drop_recorder: DropRecorder,
 ) -> None:
     t = tracker()
     ids = [accepted(t.track("ent", "api_calls", i)) for i in range(10)]

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enso_tracker import InvalidEventError, Tracker
-from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, DropLog
+from enso_tracker.testing import DropRecorder, FakeEnso
+from tests.conftest import API_KEY
 
 json_leaf = st.one_of(
     st.none(),
@@ -93,7 +93,7 @@ def same_number(sent: Any, wanted: Any) -> bool:
 
 
 def test_arbitrary_arguments_are_refused_or_delivered_intact() -> None:
-    drops = DropLog()
+    drops = DropRecorder()
     accepted: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
     refused: list[str] = []
