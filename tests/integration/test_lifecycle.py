@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -166,8 +167,8 @@ def test_fork_that_skipped_the_hooks_is_caught_by_the_pid_check(
     tracker: TrackerFactory, fake_enso: FakeEnso
 ) -> None:
     t = tracker(flush_interval=30.0)
-    for i in range(5):
-        accepted(t.track("parent", "m", i))
+    parents = [accepted(t.track("parent", "m", i)) for i in range(5)]
+    parent = t._worker  # in a real fork, the parent process's pipeline
     t._pid = -1  # as if this process were a child forked behind Python's back
     mine = accepted(t.track("child", "m", 1))
     stats = t.stats()
@@ -175,6 +176,12 @@ def test_fork_that_skipped_the_hooks_is_caught_by_the_pid_check(
     assert stats.queued == 1
     assert t.flush(5.0)
     assert list(fake_enso.events) == [mine]
+    # The "parent" (here, the same process) still holds its five and delivers them when
+    # it stops: left running, its thread would send them into a later test's server.
+    deadline = time.monotonic() + 5.0
+    parent.begin_shutdown(deadline)
+    assert parent.finish_shutdown(deadline)
+    assert sorted(fake_enso.events) == sorted([*parents, mine])
 
 
 def test_module_level_api(fake_enso: FakeEnso) -> None:
