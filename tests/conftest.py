@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from enso_tracker.testing import FakeEnso
 
 pytest_plugins = ["enso_tracker.testing.pytest_plugin"]
 
-__all__ = ["API_KEY", "TrackerFactory", "accepted", "wait_until"]
+__all__ = ["API_KEY", "Socketless", "TrackerFactory", "accepted", "wait_until"]
 
 API_KEY = "test-api-key"
 
@@ -55,3 +56,28 @@ def accepted(event_id: str | None) -> str:
     """The id ``track()`` returned, asserting the event was accepted."""
     assert event_id is not None, "track() refused the event"
     return event_id
+
+
+#: ``socketless(fake, **options)``: see the fixture.
+Socketless = Callable[..., Tracker]
+
+
+@pytest.fixture
+def socketless() -> Iterator[Socketless]:
+    """``socketless(fake, **options) -> Tracker``: a tracker for ``fake`` through its
+    ``transport()`` (no socket, for the unit tier), without a SIGTERM handler and with
+    ``Tracker``'s own defaults otherwise; each is shut down after the test."""
+    made: list[Tracker] = []
+
+    def make(fake: FakeEnso, **options: Any) -> Tracker:
+        options.setdefault("handle_sigterm", False)
+        made.append(
+            t := Tracker(
+                api_key=API_KEY, base_url="https://enso.test", transport=fake.transport(), **options
+            )
+        )
+        return t
+
+    yield make
+    for t in made:
+        t.shutdown(5.0)

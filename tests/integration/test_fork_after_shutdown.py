@@ -5,34 +5,17 @@ Here, not in the unit tier, because the test forks a process."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
-from enso_tracker import Tracker
 from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, accepted
-
-
-@pytest.fixture
-def made() -> Iterator[list[Tracker]]:
-    trackers: list[Tracker] = []
-    yield trackers
-    for tracker in trackers:
-        tracker.shutdown(5.0)
+from tests.conftest import Socketless, accepted
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_of_a_shut_down_tracker_stays_shut_down(made: list[Tracker]) -> None:
+def test_a_forked_child_of_a_shut_down_tracker_stays_shut_down(socketless: Socketless) -> None:
     fake = FakeEnso()
-    t = Tracker(
-        api_key=API_KEY,
-        base_url="https://enso.test",
-        transport=fake.transport(),
-        handle_sigterm=False,
-        flush_interval=0.05,
-    )
-    made.append(t)
+    t = socketless(fake, flush_interval=0.05)
     accepted(t.track("ent_1", "api_calls", 1))
     assert t.shutdown(5.0) is True
     pid = os.fork()

@@ -6,7 +6,6 @@ nothing refused is queued, and a value exactly at a limit is accepted and sent."
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from enso_tracker import InvalidEventError, InvalidEventTypeError, Tracker
 from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY
+from tests.conftest import Socketless
 
 GOOD: dict[str, Any] = {"entity": "ent_1", "metric": "api_calls", "value": 1}
 
@@ -25,16 +24,8 @@ def socketless_fake() -> FakeEnso:
 
 
 @pytest.fixture
-def socketless_tracker(socketless_fake: FakeEnso) -> Iterator[Tracker]:
-    made = Tracker(
-        api_key=API_KEY,
-        base_url="https://enso.test",
-        transport=socketless_fake.transport(),
-        handle_sigterm=False,
-        flush_interval=0.05,
-    )
-    yield made
-    made.shutdown(5.0)
+def socketless_tracker(socketless_fake: FakeEnso, socketless: Socketless) -> Tracker:
+    return socketless(socketless_fake, flush_interval=0.05)
 
 
 REFUSED: list[tuple[dict[str, Any], type[InvalidEventError], str]] = [

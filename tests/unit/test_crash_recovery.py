@@ -10,7 +10,6 @@ FakeEnso's socketless transport, each with one injected crash.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from enso_tracker._outcomes import apply_outcome
 from enso_tracker._record import SEQ, Pending, held
 from enso_tracker._worker import Worker
 from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY, accepted, wait_until
+from tests.conftest import Socketless, accepted, wait_until
 from tests.unit.audit import audit
 from tests.unit.test_ledger import accept, answer, ledger, settle, take
 
@@ -79,31 +78,12 @@ def test_a_crash_while_a_fresh_body_is_in_flight_requeues_its_events_in_order() 
 # ----------------------------------------------------------- on real trackers
 
 
-@pytest.fixture
-def made() -> Iterator[list[Tracker]]:
-    trackers: list[Tracker] = []
-    yield trackers
-    for tracker in trackers:
-        tracker.shutdown(5.0)
-
-
-def tracker(fake: FakeEnso, made: list[Tracker], **options: Any) -> Tracker:
-    t = Tracker(
-        api_key=API_KEY,
-        base_url="https://enso.test",
-        transport=fake.transport(),
-        handle_sigterm=False,
-        flush_interval=0.05,
-        backoff_base=0.001,
-        backoff_max=0.01,
-        **options,
-    )
-    made.append(t)
-    return t
+def tracker(fake: FakeEnso, socketless: Socketless, **options: Any) -> Tracker:
+    return socketless(fake, flush_interval=0.05, backoff_base=0.001, backoff_max=0.01, **options)
 
 
 def test_a_sender_crash_while_settling_loses_nothing_and_bills_once(
-    monkeypatch: pytest.MonkeyPatch, made: list[Tracker]
+    monkeypatch: pytest.MonkeyPatch, socketless: Socketless
 ) -> None:
     fake = FakeEnso()
     fake.fail_event_ids(["e1"], status=503, times=1)  # an answer that does not vouch for all
@@ -117,7 +97,7 @@ def test_a_sender_crash_while_settling_loses_nothing_and_bills_once(
 
     # Where the ledger applies an outcome (Ledger.finish_send_locked) looks it up.
     monkeypatch.setattr("enso_tracker._ledger_send.apply_outcome", crash_once)
-    t = tracker(fake, made)
+    t = tracker(fake, socketless)
     ids = [accepted(t.track("ent_1", "api_calls", i, event_id=f"e{i}")) for i in range(3)]
     assert t.flush(10.0)
     assert crashes == [1]
@@ -130,7 +110,7 @@ def test_a_sender_crash_while_settling_loses_nothing_and_bills_once(
 
 
 def test_a_spooler_crash_before_writing_loses_nothing(
-    monkeypatch: pytest.MonkeyPatch, made: list[Tracker], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, socketless: Socketless, tmp_path: Path
 ) -> None:
     fake = FakeEnso()
     real = Worker.encode_all
@@ -143,7 +123,7 @@ def test_a_spooler_crash_before_writing_loses_nothing(
         return real(self, items)
 
     monkeypatch.setattr(Worker, "encode_all", crash_once_on_the_spooler)
-    t = tracker(fake, made, spool_dir=str(tmp_path), spool_interval=0.05)
+    t = tracker(fake, socketless, spool_dir=str(tmp_path), spool_interval=0.05)
     ids = [accepted(t.track("ent_1", "api_calls", i, event_id=f"e{i}")) for i in range(3)]
     assert t.flush(10.0)
     assert crashes == ["spooler"]
@@ -157,7 +137,7 @@ def test_a_spooler_crash_before_writing_loses_nothing(
 
 
 def test_a_sender_thread_that_could_not_start_is_started_by_the_next_track(
-    monkeypatch: pytest.MonkeyPatch, made: list[Tracker]
+    monkeypatch: pytest.MonkeyPatch, socketless: Socketless
 ) -> None:
     fake = FakeEnso()
     real_start = threading.Thread.start
@@ -171,7 +151,7 @@ def test_a_sender_thread_that_could_not_start_is_started_by_the_next_track(
 
     monkeypatch.setattr(threading.Thread, "start", start_fails_once)
     # A batch boundary (which kicks the sender anyway) is far beyond what this tracks.
-    t = tracker(fake, made, max_batch_size=100_000)
+    t = tracker(fake, socketless, max_batch_size=100_000)
     ids = [accepted(t.track("ent_1", "api_calls", 1))]  # its kick cannot start the sender
     assert refused == ["enso-tracker-sender"]
 
@@ -188,7 +168,7 @@ def test_a_sender_thread_that_could_not_start_is_started_by_the_next_track(
 
 
 def test_flush_without_a_sender_thread_delivers_in_its_own_and_returns_once_settled(
-    monkeypatch: pytest.MonkeyPatch, made: list[Tracker]
+    monkeypatch: pytest.MonkeyPatch, socketless: Socketless
 ) -> None:
     fake = FakeEnso()
     real_start = threading.Thread.start
@@ -199,7 +179,7 @@ def test_flush_without_a_sender_thread_delivers_in_its_own_and_returns_once_sett
         real_start(self)
 
     monkeypatch.setattr(threading.Thread, "start", sender_never_starts)
-    t = tracker(fake, made)
+    t = tracker(fake, socketless)
     ids = [accepted(t.track("ent_1", "api_calls", i)) for i in range(3)]
     result: list[bool] = []
     # flush(60) runs the rounds in the caller's thread: it must stop once its events

@@ -26,7 +26,7 @@ import pytest
 from enso_tracker import Config, InvalidEventError, InvalidEventTypeError, Tracker
 from enso_tracker._validate import check_event
 from enso_tracker.testing import FakeEnso
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, Socketless
 
 GOOD: dict[str, Any] = {"entity": "ent_1", "metric": "api_calls", "value": 1}
 MAX = 9007199254740991  # 2**53 - 1
@@ -38,16 +38,8 @@ def fake() -> FakeEnso:
 
 
 @pytest.fixture
-def tracker(fake: FakeEnso) -> Iterator[Tracker]:
-    made = Tracker(
-        api_key=API_KEY,
-        base_url="https://enso.test",
-        transport=fake.transport(),
-        handle_sigterm=False,
-        flush_interval=0.05,
-    )
-    yield made
-    made.shutdown(5.0)
+def tracker(fake: FakeEnso, socketless: Socketless) -> Tracker:
+    return socketless(fake, flush_interval=0.05)
 
 
 class Big(enum.IntEnum):
