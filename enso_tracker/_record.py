@@ -158,7 +158,7 @@ class Pending(msgspec.Struct, order=True, gc=False):
 def unencoded(item: QueuedEvent) -> Pending:
     """A queued event as a ``Pending`` not encoded (no body), holding what it held: to
     drop it (unencodable, left at close) or report it."""
-    return Pending(0.0, item[SEQ], item, b"", item[SIZE] + EVENT_OVERHEAD)
+    return Pending(0.0, item[SEQ], item, b"", held(item))
 
 
 def delivered(items: list[QueuedEvent]) -> list[Pending]:

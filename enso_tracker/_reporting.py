@@ -13,7 +13,7 @@ here, never under the lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -43,6 +43,19 @@ class Reporter:
         self.log = DeferredLog(self.hook_errors)
         self._encoder = EventEncoder()  # for timestamps: cached per millisecond
         self._decode_metadata = msgspec.json.Decoder(dict[str, Any]).decode
+
+    def hand_over(self, reports: Reports, handed_over: Callable[[int], None]) -> None:
+        """After a locked section, with the lock released: emit the log records queued
+        under it, or report the drops and then, even if reporting failed, tell the ledger
+        they reached ``on_drop`` (``Ledger.handed_over``: a waiting ``flush()`` may
+        return). The one ending of the sender's and the spooler's rounds."""
+        if not reports:
+            self.log.emit()
+            return
+        try:
+            self.report(reports)
+        finally:
+            handed_over(len(reports))
 
     def report(self, reports: Reports) -> None:
         """Log and hand drops to ``on_drop``; never under the lock, never raising."""

@@ -256,10 +256,4 @@ class SendPath:
             self.spooler.commit()
         elif self.receipts is not None:
             self.report_problems(self.receipts.commit_settled(self.ledger))
-        if not reports:
-            self.reporter.log.emit()
-            return
-        try:
-            self.reporter.report(reports)
-        finally:
-            self.ledger.handed_over(len(reports))
+        self.reporter.hand_over(reports, self.ledger.handed_over)

@@ -312,10 +312,4 @@ class Spooler(BacklogRounds):
         """``Worker.hand_over`` for the spooler's own locked sections: commit to disk,
         then report the drops and let ``flush()`` see them done."""
         self.commit()
-        if not reports:
-            self.reporter.log.emit()
-            return
-        try:
-            self.reporter.report(reports)
-        finally:
-            self.ledger.handed_over(len(reports))
+        self.reporter.hand_over(reports, self.ledger.handed_over)

@@ -68,3 +68,17 @@ def test_without_a_hook_nothing_is_decoded(monkeypatch: pytest.MonkeyPatch) -> N
     [adopted] = spooled([in_body.body], [1], None)
     reporter.report([([in_body, adopted], REASON)])
     assert reporter.hook_errors.count == 0
+
+
+def test_hand_over_tells_the_ledger_once_the_drops_reached_the_hook_even_if_it_raised() -> None:
+    handed: list[int] = []
+
+    def interrupted(events: Sequence[Event], reason: DropReason) -> None:
+        raise KeyboardInterrupt  # not an Exception: report() lets it through
+
+    reporter = Reporter(interrupted, "pre")
+    with pytest.raises(KeyboardInterrupt):
+        reporter.hand_over([([_encoded(1, None, None)], REASON)], handed.append)
+    assert handed == [1]  # a flush() waiting on these drops is released all the same
+    reporter.hand_over([], handed.append)
+    assert handed == [1]  # nothing reported: nothing handed over
